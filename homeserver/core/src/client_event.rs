@@ -1,0 +1,75 @@
+//! The client-server format of a stored PDU.
+
+use serde_json::{Map, Value};
+
+/// Fields of a PDU that clients see; everything else (hashes, signatures, auth and prev events,
+/// depth, origin) is federation-only.
+const CLIENT_FIELDS: [&str; 7] = [
+    "content",
+    "event_id",
+    "origin_server_ts",
+    "room_id",
+    "sender",
+    "state_key",
+    "type",
+];
+
+/// Turn a stored PDU into a client event. `room_id` is set explicitly because v12 create events
+/// carry none; `include_room_id` is false inside `/sync` room sections.
+pub fn to_client_event(stored: &Value, room_id: &str, now_ms: u64, include_room_id: bool) -> Value {
+    let mut out = Map::new();
+    for f in CLIENT_FIELDS {
+        if let Some(v) = stored.get(f) {
+            out.insert(f.to_owned(), v.clone());
+        }
+    }
+    if include_room_id {
+        out.insert("room_id".into(), Value::String(room_id.to_owned()));
+    } else {
+        out.remove("room_id");
+    }
+    if let Some(r) = stored.get("redacts") {
+        out.insert("redacts".into(), r.clone());
+    }
+    let mut unsigned = stored
+        .get("unsigned")
+        .and_then(|u| u.as_object())
+        .cloned()
+        .unwrap_or_default();
+    if let Some(ts) = stored.get("origin_server_ts").and_then(Value::as_u64) {
+        unsigned.insert("age".into(), Value::from(now_ms.saturating_sub(ts)));
+    }
+    out.insert("unsigned".into(), Value::Object(unsigned));
+    Value::Object(out)
+}
+
+/// Stripped state for invites and knocks: only type, state_key, sender and content.
+pub fn to_stripped(stored: &Value) -> Value {
+    let mut out = Map::new();
+    for f in ["content", "sender", "state_key", "type"] {
+        if let Some(v) = stored.get(f) {
+            out.insert(f.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn hides_federation_fields_and_adds_age() {
+        let stored = json!({"event_id": "$e", "type": "m.room.message", "content": {"body": "x"},
+            "sender": "@a:x", "origin_server_ts": 1000, "depth": 3, "hashes": {}, "signatures": {},
+            "auth_events": [], "prev_events": [], "origin": "x"});
+        let ev = to_client_event(&stored, "!r:x", 1500, true);
+        assert_eq!(ev["room_id"], "!r:x");
+        assert_eq!(ev["unsigned"]["age"], 500);
+        assert!(ev.get("depth").is_none() && ev.get("hashes").is_none());
+        let ev = to_client_event(&stored, "!r:x", 1500, false);
+        assert!(ev.get("room_id").is_none());
+    }
+}

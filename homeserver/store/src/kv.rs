@@ -1,0 +1,136 @@
+//! The ordered key-value boundary.
+
+use thiserror::Error;
+
+use crate::Table;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("corrupt record in {table:?}: {why}")]
+    Corrupt { table: Table, why: String },
+    #[error("store schema version {0} is not supported by this build")]
+    SchemaTooNew(u64),
+    #[error("store lock poisoned")]
+    Poisoned,
+}
+
+/// Keys are `table byte ‖ key`.
+fn k(table: Table, key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(key.len() + 1);
+    v.push(table as u8);
+    v.extend_from_slice(key);
+    v
+}
+
+#[derive(Clone)]
+pub struct Kv {
+    db: sled::Db,
+}
+
+/// Writes applied together or not at all.
+#[derive(Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    len: usize,
+}
+
+impl Batch {
+    pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
+        self.inner.insert(k(table, key), value);
+        self.len += 1;
+    }
+    pub fn delete(&mut self, table: Table, key: &[u8]) {
+        self.inner.remove(k(table, key));
+        self.len += 1;
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Kv {
+    pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        Ok(Self { db })
+    }
+
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(k(table, key))?.map(|v| v.to_vec()))
+    }
+
+    pub fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(k(table, key))?)
+    }
+
+    /// Insert only if absent; returns the value that is stored afterwards.
+    pub fn insert_if_absent(
+        &self,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        match self
+            .db
+            .compare_and_swap(k(table, key), None as Option<&[u8]>, Some(value))?
+        {
+            Ok(()) => Ok(value.to_vec()),
+            Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
+    }
+
+    /// All `(key without table byte and prefix, value)` under `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
+        let full = k(table, prefix);
+        let skip = full.len();
+        self.db.scan_prefix(full).map(move |r| {
+            r.map(|(key, v)| (key[skip..].to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        })
+    }
+
+    /// Keys in `[from, to)` within a table, keys returned without the table byte.
+    pub fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
+        self.db.range(k(table, from)..k(table, to)).map(|r| {
+            r.map(|(key, v)| (key[1..].to_vec(), v.to_vec()))
+                .map_err(StoreError::from)
+        })
+    }
+
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        Ok(self.db.apply_batch(batch.inner)?)
+    }
+
+    /// A process-wide unique id that is never handed out twice, even across crashes.
+    pub fn unique_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the engine uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}

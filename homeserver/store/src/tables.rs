@@ -1,0 +1,56 @@
+/// Tables of the keyspace. The discriminant is the key prefix: never renumber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Table {
+    Meta = 0,
+    /// event id → short event id
+    EventIdShort = 1,
+    /// short event id → event id
+    ShortEventId = 2,
+    /// `type \0 state_key` → short state key
+    StateKeyShort = 3,
+    /// short state key → `type \0 state_key`
+    ShortStateKey = 4,
+    /// room id → short room id
+    RoomIdShort = 5,
+    /// short room id → room id
+    ShortRoomId = 6,
+    /// short event id → stored PDU JSON
+    Pdu = 7,
+    /// short room id ‖ count → short event id
+    Timeline = 8,
+    /// short event id → short room id ‖ count
+    EventPosition = 9,
+    /// short state hash → state delta
+    StateSnapshot = 10,
+    /// short event id → state hash before ‖ state hash after
+    EventState = 11,
+    /// short room id → current state hash
+    RoomState = 12,
+    /// short room id ‖ short event id → (forward extremity)
+    Extremity = 13,
+    /// user id → account JSON
+    User = 14,
+    /// access token → session JSON
+    AccessToken = 15,
+    /// user id \0 device id → device JSON
+    Device = 16,
+    /// user \0 device \0 txn id → event id
+    TxnId = 17,
+    /// user id \0 room id → membership JSON
+    UserRoom = 18,
+    /// short room id ‖ user id → membership
+    RoomMember = 19,
+    /// user \0 room (or empty) \0 type → account data JSON
+    AccountData = 20,
+    /// user \0 filter id → filter JSON
+    Filter = 21,
+    /// room alias → room id
+    Alias = 22,
+    /// short room id → room metadata JSON
+    RoomMeta = 23,
+    /// refresh token → session JSON
+    RefreshToken = 24,
+    /// room id → () for rooms published in the directory
+    PublicRoom = 25,
+}
