@@ -54,20 +54,30 @@ impl Store {
         self.committed.load(Ordering::Acquire)
     }
 
-    /// Apply a batch that needs a new stream position. The closure fills the batch given the
-    /// position; positions become visible to readers strictly in order.
+    /// Apply a batch that needs `n >= 1` new stream positions. The closure fills the batch given
+    /// the first one; positions become visible to readers strictly in order. Returns the last.
+    pub fn commit_with_counts<T>(
+        &self,
+        n: u64,
+        fill: impl FnOnce(u64, &mut Batch) -> Result<T, StoreError>,
+    ) -> Result<(u64, T), StoreError> {
+        let _guard = self.write_lock.lock().map_err(|_| StoreError::Poisoned)?;
+        let first = self.committed.load(Ordering::Acquire) + 1;
+        let last = first + n.max(1) - 1;
+        let mut batch = Batch::default();
+        let out = fill(first, &mut batch)?;
+        batch.put(Table::Meta, META_COUNT, &last.to_be_bytes());
+        self.kv.apply(batch)?;
+        self.committed.store(last, Ordering::Release);
+        Ok((last, out))
+    }
+
+    /// [`Self::commit_with_counts`] with one position.
     pub fn commit_with_count<T>(
         &self,
         fill: impl FnOnce(u64, &mut Batch) -> Result<T, StoreError>,
     ) -> Result<(u64, T), StoreError> {
-        let _guard = self.write_lock.lock().map_err(|_| StoreError::Poisoned)?;
-        let count = self.committed.load(Ordering::Acquire) + 1;
-        let mut batch = Batch::default();
-        let out = fill(count, &mut batch)?;
-        batch.put(Table::Meta, META_COUNT, &count.to_be_bytes());
-        self.kv.apply(batch)?;
-        self.committed.store(count, Ordering::Release);
-        Ok((count, out))
+        self.commit_with_counts(1, fill)
     }
 
     /// Apply a batch that needs no stream position.

@@ -171,44 +171,39 @@ impl StateStore {
         Ok(None)
     }
 
-    /// Write the snapshot `parent + changes` into `batch`; returns its hash.
+    /// Depth of a snapshot in its delta chain.
+    pub fn depth(&self, hash: u64) -> Result<u32, StoreError> {
+        Ok(self.load(hash)?.depth)
+    }
+
+    /// Write the snapshot `parent + changes` into `batch`; returns its hash and chain depth.
+    /// `full_after` gives the whole resulting map when a full snapshot is due; it is the caller's
+    /// because the parent may itself still be in the same unapplied batch.
     pub fn derive(
         &self,
-        parent: Option<u64>,
+        parent: Option<(u64, u32)>,
         changes: &[(u64, u64)],
         removed: &[u64],
+        full_after: impl FnOnce() -> StateMap,
         batch: &mut Batch,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u32), StoreError> {
         let hash = self.kv.unique_id()?;
-        let parent_depth = match parent {
-            Some(p) => self.load(p)?.depth,
-            None => 0,
-        };
-        let delta = if parent.is_none() || parent_depth + 1 >= FULL_EVERY {
-            let mut map = match parent {
-                Some(p) => (*self.full(p)?).clone(),
-                None => StateMap::new(),
-            };
-            for k in removed {
-                map.remove(k);
-            }
-            map.extend(changes.iter().copied());
-            Delta {
-                parent: None,
-                depth: 0,
-                added: map.into_iter().collect(),
-                removed: vec![],
-            }
-        } else {
-            Delta {
-                parent,
-                depth: parent_depth + 1,
+        let delta = match parent {
+            Some((p, depth)) if depth + 1 < FULL_EVERY => Delta {
+                parent: Some(p),
+                depth: depth + 1,
                 added: changes.to_vec(),
                 removed: removed.to_vec(),
-            }
+            },
+            _ => Delta {
+                parent: None,
+                depth: 0,
+                added: full_after().into_iter().collect(),
+                removed: vec![],
+            },
         };
         batch.put(Table::StateSnapshot, &hash.to_be_bytes(), &delta.encode());
-        Ok(hash)
+        Ok((hash, delta.depth))
     }
 }
 
@@ -227,11 +222,15 @@ mod tests {
         for i in 0..200u64 {
             let mut b = Batch::default();
             let key = i % 150;
-            let h = st.derive(hash, &[(key, 1000 + i)], &[], &mut b).unwrap();
+            let mut after = expect.clone();
+            after.insert(key, 1000 + i);
+            let h = st
+                .derive(hash, &[(key, 1000 + i)], &[], || after.clone(), &mut b)
+                .unwrap();
             kv.apply(b).unwrap();
-            expect.insert(key, 1000 + i);
+            expect = after;
             hash = Some(h);
-            hashes.push((h, expect.clone()));
+            hashes.push((h.0, expect.clone()));
         }
         // A fresh store (cold cache) reads every snapshot right.
         let cold = StateStore::new(kv.clone());
@@ -250,7 +249,9 @@ mod tests {
         assert!(depth <= FULL_EVERY as usize);
         // Removal works.
         let mut b = Batch::default();
-        let h = st.derive(hash, &[], &[3], &mut b).unwrap();
+        let mut after = expect.clone();
+        after.remove(&3);
+        let (h, _) = st.derive(hash, &[], &[3], || after, &mut b).unwrap();
         kv.apply(b).unwrap();
         assert_eq!(st.get(h, 3).unwrap(), None);
     }

@@ -53,4 +53,6 @@ pub enum Table {
     RefreshToken = 24,
     /// room id → () for rooms published in the directory
     PublicRoom = 25,
+    /// short event id → device id \0 txn id of the local send that created it
+    EventTxn = 26,
 }

@@ -1,0 +1,337 @@
+//! Registration, login, logout, whoami, refresh, password change, deactivation.
+
+use axum::{extract::State, Json};
+use plexus_core::signing::random_alnum;
+use ruma::{OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    config::RegistrationPolicy,
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Query},
+    service::{accounts::IssuedTokens, App, Services},
+};
+
+#[derive(Deserialize)]
+pub struct RegisterQuery {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RegisterBody {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    #[serde(default)]
+    refresh_token: bool,
+    auth: Option<Value>,
+}
+
+/// Localparts per the spec's user identifier grammar (historical characters are not accepted for
+/// new accounts).
+fn validate_localpart(svc: &Services, localpart: &str) -> ApiResult<OwnedUserId> {
+    let ok = !localpart.is_empty()
+        && localpart.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        );
+    if !ok {
+        return Err(ApiError::InvalidUsername(
+            "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
+        ));
+    }
+    let id = UserId::parse_with_server_name(localpart, svc.server_name())
+        .map_err(|e| ApiError::InvalidUsername(e.to_string()))?;
+    if id.as_str().len() > 255 {
+        return Err(ApiError::InvalidUsername("User ID is too long".into()));
+    }
+    Ok(id)
+}
+
+fn login_response(user_id: &UserId, device_id: &str, t: IssuedTokens, svc: &Services) -> Value {
+    let mut v = json!({
+        "user_id": user_id,
+        "access_token": t.access_token,
+        "device_id": device_id,
+        "home_server": svc.server_name(),
+    });
+    if let Some(r) = t.refresh_token {
+        v["refresh_token"] = json!(r);
+    }
+    if let Some(e) = t.expires_in_ms {
+        v["expires_in_ms"] = json!(e);
+    }
+    v
+}
+
+pub async fn register(
+    State(app): State<App>,
+    Query(q): Query<RegisterQuery>,
+    Body(body): Body<RegisterBody>,
+) -> ApiResult<Json<Value>> {
+    if q.kind.as_deref() == Some("guest") {
+        return Err(ApiError::GuestAccessForbidden);
+    }
+    if let Some(k) = q.kind.as_deref().filter(|k| *k != "user") {
+        return Err(ApiError::InvalidParam(format!("unknown kind {k}")));
+    }
+    let flows: &[&[&str]] = match app.settings.registration {
+        RegistrationPolicy::Disabled => {
+            return Err(ApiError::Forbidden("Registration has been disabled".into()))
+        }
+        RegistrationPolicy::Open => &[&["m.login.dummy"]],
+        RegistrationPolicy::Token => &[&["m.login.registration_token"]],
+    };
+    let user_id = match &body.username {
+        Some(u) => validate_localpart(&app, &u.to_lowercase())?,
+        None => validate_localpart(&app, &random_alnum(12).to_lowercase())?,
+    };
+    if app.user(&user_id)?.is_some() {
+        return Err(ApiError::UserInUse("User ID already taken".into()));
+    }
+    if let Some(p) = &body.password {
+        if p.len() > 512 {
+            return Err(ApiError::WeakPassword("password too long".into()));
+        }
+    }
+    app.uia_step(body.auth.as_ref(), flows, None)?;
+    app.create_user(&user_id, body.password.as_deref(), false)
+        .await?;
+    tracing::info!(user = %user_id, "registered");
+    if body.inhibit_login {
+        return Ok(Json(
+            json!({ "user_id": user_id, "home_server": app.server_name() }),
+        ));
+    }
+    let (device_id, tokens) = app
+        .issue_device(
+            &user_id,
+            body.device_id.as_deref(),
+            body.initial_device_display_name,
+            body.refresh_token,
+        )
+        .await?;
+    Ok(Json(login_response(
+        &user_id,
+        device_id.as_str(),
+        tokens,
+        &app,
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct AvailableQuery {
+    username: String,
+}
+
+pub async fn available(
+    State(app): State<App>,
+    Query(q): Query<AvailableQuery>,
+) -> ApiResult<Json<Value>> {
+    let user_id = validate_localpart(&app, &q.username)?;
+    if app.user(&user_id)?.is_some() {
+        return Err(ApiError::UserInUse("User ID already taken".into()));
+    }
+    Ok(Json(json!({ "available": true })))
+}
+
+pub async fn login_flows() -> Json<Value> {
+    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginBody {
+    #[serde(rename = "type")]
+    kind: String,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    refresh_token: bool,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+pub async fn login(State(app): State<App>, Body(body): Body<LoginBody>) -> ApiResult<Json<Value>> {
+    if body.kind != "m.login.password" {
+        return Err(ApiError::Unknown(format!(
+            "Unknown login type {}",
+            body.kind
+        )));
+    }
+    let creds = Value::Object(body.rest.clone());
+    let user_id = match app.password_auth(&creds) {
+        Some(u) => u,
+        None => {
+            // A deactivated account with the right password gets its own error code.
+            let name = creds
+                .get("identifier")
+                .and_then(|i| i.get("user"))
+                .or_else(|| creds.get("user"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let Ok(id) = app.parse_user_name(name) {
+                if let Some(rec) = app.user(&id)? {
+                    let pw = creds
+                        .get("password")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if rec.deactivated && Services::check_password(&rec, pw) {
+                        return Err(ApiError::UserDeactivated);
+                    }
+                }
+            }
+            return Err(ApiError::Forbidden("Invalid username or password".into()));
+        }
+    };
+    let (device_id, tokens) = app
+        .issue_device(
+            &user_id,
+            body.device_id.as_deref(),
+            body.initial_device_display_name,
+            body.refresh_token,
+        )
+        .await?;
+    Ok(Json(login_response(
+        &user_id,
+        device_id.as_str(),
+        tokens,
+        &app,
+    )))
+}
+
+pub async fn logout(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    app.delete_devices(&s.user_id, &[s.device_id.to_string()])
+        .await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn logout_all(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    let all: Vec<String> = app
+        .devices(&s.user_id)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    app.delete_devices(&s.user_id, &all).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+pub async fn refresh(
+    State(app): State<App>,
+    Body(body): Body<RefreshBody>,
+) -> ApiResult<Json<Value>> {
+    let t = app.refresh(&body.refresh_token).await?;
+    Ok(Json(json!({
+        "access_token": t.access_token,
+        "refresh_token": t.refresh_token,
+        "expires_in_ms": t.expires_in_ms,
+    })))
+}
+
+pub async fn whoami(Auth(s): Auth) -> Json<Value> {
+    Json(json!({ "user_id": s.user_id, "device_id": s.device_id, "is_guest": false }))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    auth: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn password(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<PasswordBody>,
+) -> ApiResult<Json<Value>> {
+    app.uia_step(
+        body.auth.as_ref(),
+        &[&["m.login.password"]],
+        Some(&s.user_id),
+    )?;
+    if body.new_password.is_empty() || body.new_password.len() > 512 {
+        return Err(ApiError::WeakPassword(
+            "password must be 1 to 512 bytes".into(),
+        ));
+    }
+    let mut rec = app
+        .user(&s.user_id)?
+        .ok_or_else(|| ApiError::Forbidden("unknown user".into()))?;
+    rec.password_hash = Some(Services::hash_password(&body.new_password)?);
+    let mut b = plexus_store::Batch::default();
+    app.put_user(&s.user_id, &rec, &mut b);
+    app.store.commit(b)?;
+    if body.logout_devices {
+        let others: Vec<String> = app
+            .devices(&s.user_id)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| d != s.device_id.as_str())
+            .collect();
+        app.delete_devices(&s.user_id, &others).await?;
+    }
+    app.store.flush().await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct DeactivateBody {
+    auth: Option<Value>,
+}
+
+pub async fn deactivate(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<DeactivateBody>,
+) -> ApiResult<Json<Value>> {
+    app.uia_step(
+        body.auth.as_ref(),
+        &[&["m.login.password"]],
+        Some(&s.user_id),
+    )?;
+    // Leave every room first, so the account's memberships end while it can still act.
+    for (room_id, m) in app.user_rooms(&s.user_id)? {
+        if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {
+            let ev = plexus_core::builder::NewEvent {
+                kind: "m.room.member".into(),
+                content: json!({ "membership": "leave" }),
+                state_key: Some(s.user_id.to_string()),
+                redacts: None,
+            };
+            if let Err(e) =
+                crate::service::writer::send_one(&app, &room_id, &s.user_id, ev, None).await
+            {
+                tracing::warn!(room = %room_id, error = %e, "could not leave room on deactivation");
+            }
+        }
+    }
+    let mut rec = app
+        .user(&s.user_id)?
+        .ok_or_else(|| ApiError::Forbidden("unknown user".into()))?;
+    rec.deactivated = true;
+    rec.displayname = None;
+    rec.avatar_url = None;
+    let mut b = plexus_store::Batch::default();
+    app.put_user(&s.user_id, &rec, &mut b);
+    app.store.commit(b)?;
+    let all: Vec<String> = app
+        .devices(&s.user_id)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    app.delete_devices(&s.user_id, &all).await?;
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}

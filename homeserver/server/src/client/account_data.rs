@@ -1,0 +1,103 @@
+//! Global and per-room account data (needed by sync; `m.direct`, `m.push_rules`, tags live here).
+
+use axum::{extract::State, Json};
+use plexus_store::Table;
+use serde_json::{json, Value};
+
+use super::membership::parse_room_id;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, JsonObject, Path},
+    service::{decode, encode, key3, App},
+};
+
+fn own(s: &crate::service::accounts::Session, user: &str) -> ApiResult<()> {
+    if s.user_id.as_str() != user {
+        return Err(ApiError::Forbidden(
+            "Cannot access another user's account data".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Account data is stored with the stream position of its last change, so sync can send only
+/// what changed.
+async fn put(
+    app: &App,
+    user: &ruma::UserId,
+    room: &str,
+    kind: &str,
+    content: Value,
+) -> ApiResult<()> {
+    if kind.is_empty() {
+        return Err(ApiError::InvalidParam("empty type".into()));
+    }
+    if kind == "m.fully_read" || kind == "m.push_rules" {
+        return Err(ApiError::BadJson(format!(
+            "{kind} cannot be set through this endpoint"
+        )));
+    }
+    let (count, ()) = app.store.commit_with_count(|count, b| {
+        b.put(
+            Table::AccountData,
+            &key3(user.as_str(), room, kind),
+            &encode(&json!({ "count": count, "content": content })),
+        );
+        Ok(())
+    })?;
+    app.store.flush().await?;
+    app.notifier.wake([user], count);
+    Ok(())
+}
+
+fn get(app: &App, user: &ruma::UserId, room: &str, kind: &str) -> ApiResult<Value> {
+    let raw = app
+        .store
+        .kv
+        .get(Table::AccountData, &key3(user.as_str(), room, kind))?
+        .ok_or_else(|| ApiError::NotFound("Account data not found".into()))?;
+    let v: Value = decode(&raw)?;
+    Ok(v.get("content").cloned().unwrap_or(json!({})))
+}
+
+pub async fn put_global(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, kind)): Path<(String, String)>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<Value>> {
+    own(&s, &user)?;
+    put(&app, &s.user_id, "", &kind, Value::Object(body)).await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn get_global(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, kind)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    own(&s, &user)?;
+    Ok(Json(get(&app, &s.user_id, "", &kind)?))
+}
+
+pub async fn put_room(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, room, kind)): Path<(String, String, String)>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<Value>> {
+    own(&s, &user)?;
+    let room = parse_room_id(&room)?;
+    put(&app, &s.user_id, room.as_str(), &kind, Value::Object(body)).await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn get_room(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, room, kind)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    own(&s, &user)?;
+    let room = parse_room_id(&room)?;
+    Ok(Json(get(&app, &s.user_id, room.as_str(), &kind)?))
+}

@@ -1,0 +1,105 @@
+//! Device management.
+
+use axum::{extract::State, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Path},
+    service::{accounts::DeviceRecord, App},
+};
+
+fn device_json(id: &str, d: &DeviceRecord) -> Value {
+    json!({ "device_id": id, "display_name": d.display_name, "last_seen_ts": d.last_seen_ts })
+}
+
+pub async fn list(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    let devices: Vec<Value> = app
+        .devices(&s.user_id)?
+        .iter()
+        .map(|(id, d)| device_json(id, d))
+        .collect();
+    Ok(Json(json!({ "devices": devices })))
+}
+
+pub async fn get(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(device_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let d = app
+        .device(&s.user_id, &device_id)?
+        .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
+    Ok(Json(device_json(&device_id, &d)))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateBody {
+    display_name: Option<String>,
+}
+
+pub async fn update(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(device_id): Path<String>,
+    Body(body): Body<UpdateBody>,
+) -> ApiResult<Json<Value>> {
+    let mut d = app
+        .device(&s.user_id, &device_id)?
+        .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
+    if let Some(name) = body.display_name {
+        if name.len() > 512 {
+            return Err(ApiError::InvalidParam("display_name too long".into()));
+        }
+        d.display_name = Some(name);
+    }
+    let mut b = plexus_store::Batch::default();
+    app.put_device(&s.user_id, &device_id, &d, &mut b);
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteBody {
+    auth: Option<Value>,
+}
+
+pub async fn delete(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(device_id): Path<String>,
+    Body(body): Body<DeleteBody>,
+) -> ApiResult<Json<Value>> {
+    if app.device(&s.user_id, &device_id)?.is_none() {
+        return Err(ApiError::NotFound("Unknown device".into()));
+    }
+    app.uia_step(
+        body.auth.as_ref(),
+        &[&["m.login.password"]],
+        Some(&s.user_id),
+    )?;
+    app.delete_devices(&s.user_id, &[device_id]).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteManyBody {
+    devices: Vec<String>,
+    auth: Option<Value>,
+}
+
+pub async fn delete_many(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<DeleteManyBody>,
+) -> ApiResult<Json<Value>> {
+    app.uia_step(
+        body.auth.as_ref(),
+        &[&["m.login.password"]],
+        Some(&s.user_id),
+    )?;
+    app.delete_devices(&s.user_id, &body.devices).await?;
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,219 @@
+//! Filters: stored per user, applied while reading timelines and state.
+
+use axum::{extract::State, Json};
+use plexus_core::signing::random_alnum;
+use plexus_store::Table;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, JsonObject, Path},
+    service::{accounts::Session, key2, App},
+};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct EventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub contains_url: Option<bool>,
+    pub lazy_load_members: bool,
+    pub include_redundant_members: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RoomFilter {
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub timeline: EventFilter,
+    pub state: EventFilter,
+    pub ephemeral: EventFilter,
+    pub account_data: EventFilter,
+    pub include_leave: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Filter {
+    pub event_fields: Option<Vec<String>>,
+    pub event_format: Option<String>,
+    pub presence: EventFilter,
+    pub account_data: EventFilter,
+    pub room: RoomFilter,
+}
+
+/// `*` matches any suffix, as the spec allows in type and sender lists.
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+impl EventFilter {
+    pub fn allows(&self, ev: &Value) -> bool {
+        let kind = ev.get("type").and_then(Value::as_str).unwrap_or_default();
+        let sender = ev.get("sender").and_then(Value::as_str).unwrap_or_default();
+        if self.not_types.iter().any(|p| glob(p, kind)) {
+            return false;
+        }
+        if self
+            .types
+            .as_ref()
+            .is_some_and(|t| !t.iter().any(|p| glob(p, kind)))
+        {
+            return false;
+        }
+        if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if self
+            .senders
+            .as_ref()
+            .is_some_and(|s| !s.iter().any(|x| x == sender))
+        {
+            return false;
+        }
+        if let Some(want) = self.contains_url {
+            let has = ev
+                .get("content")
+                .and_then(|c| c.get("url"))
+                .is_some_and(Value::is_string);
+            if has != want {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl RoomFilter {
+    pub fn allows_room(&self, room_id: &str) -> bool {
+        !self.not_rooms.iter().any(|r| r == room_id)
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|x| x == room_id))
+    }
+}
+
+pub fn parse_filter(v: Value) -> ApiResult<Filter> {
+    let f: Filter =
+        serde_json::from_value(v).map_err(|e| ApiError::BadJson(format!("invalid filter: {e}")))?;
+    if let Some(fmt) = &f.event_format {
+        if fmt != "client" && fmt != "federation" {
+            return Err(ApiError::BadJson(
+                "event_format must be client or federation".into(),
+            ));
+        }
+    }
+    Ok(f)
+}
+
+/// A filter given inline (`{...}`) or by id.
+pub fn resolve(app: &App, s: &Session, filter: Option<&str>) -> ApiResult<Filter> {
+    match filter {
+        None => Ok(Filter::default()),
+        Some(f) if f.trim_start().starts_with('{') => {
+            let v: Value = serde_json::from_str(f)
+                .map_err(|e| ApiError::InvalidParam(format!("filter is not JSON: {e}")))?;
+            parse_filter(v).map_err(|e| ApiError::InvalidParam(e.to_string()))
+        }
+        Some(id) => {
+            let raw = app
+                .store
+                .kv
+                .get(Table::Filter, &key2(s.user_id.as_str(), id))?
+                .ok_or_else(|| ApiError::NotFound("Unknown filter".into()))?;
+            let v: Value = crate::service::decode(&raw)?;
+            parse_filter(v)
+        }
+    }
+}
+
+/// A room event filter given inline on `/messages` and `/context`.
+pub fn parse_event_filter(filter: Option<&str>) -> ApiResult<EventFilter> {
+    match filter {
+        None => Ok(EventFilter::default()),
+        Some(f) => serde_json::from_str(f)
+            .map_err(|e| ApiError::InvalidParam(format!("invalid filter: {e}"))),
+    }
+}
+
+fn own_user(s: &Session, user: &str) -> ApiResult<()> {
+    if s.user_id.as_str() != user {
+        return Err(ApiError::Forbidden(
+            "Cannot access another user's data".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(user): Path<String>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<Value>> {
+    own_user(&s, &user)?;
+    let v = Value::Object(body);
+    parse_filter(v.clone())?;
+    let id = random_alnum(12);
+    let mut b = plexus_store::Batch::default();
+    b.put(
+        Table::Filter,
+        &key2(s.user_id.as_str(), &id),
+        &crate::service::encode(&v),
+    );
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({ "filter_id": id })))
+}
+
+pub async fn get(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    own_user(&s, &user)?;
+    let raw = app
+        .store
+        .kv
+        .get(Table::Filter, &key2(s.user_id.as_str(), &id))?
+        .ok_or_else(|| ApiError::NotFound("Unknown filter".into()))?;
+    Ok(Json(crate::service::decode(&raw)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_types_senders_and_urls() {
+        let f: EventFilter = serde_json::from_value(json!({
+            "types": ["m.room.*"], "not_types": ["m.room.member"], "not_senders": ["@x:y"]
+        }))
+        .unwrap();
+        assert!(f.allows(&json!({"type": "m.room.message", "sender": "@a:y"})));
+        assert!(!f.allows(&json!({"type": "m.room.member", "sender": "@a:y"})));
+        assert!(!f.allows(&json!({"type": "m.reaction", "sender": "@a:y"})));
+        assert!(!f.allows(&json!({"type": "m.room.message", "sender": "@x:y"})));
+        let u: EventFilter = serde_json::from_value(json!({"contains_url": true})).unwrap();
+        assert!(u.allows(&json!({"type": "m.room.message", "content": {"url": "mxc://a/b"}})));
+        assert!(!u.allows(&json!({"type": "m.room.message", "content": {}})));
+    }
+
+    #[test]
+    fn bad_filters_are_rejected() {
+        assert!(parse_filter(json!({"room": {"timeline": {"limit": "ten"}}})).is_err());
+        assert!(parse_filter(json!({"event_format": "xml"})).is_err());
+        assert!(parse_filter(json!({"room": {"timeline": {"limit": 5}}})).is_ok());
+    }
+}

@@ -1,0 +1,280 @@
+//! Joining, inviting, leaving, forgetting, kicking, banning.
+
+use axum::{extract::State, Json};
+use plexus_core::builder::NewEvent;
+use plexus_store::Table;
+use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Path},
+    service::{
+        encode, key2,
+        writer::{member_content, RoomWriter},
+        App,
+    },
+};
+
+pub fn parse_room_id(s: &str) -> ApiResult<OwnedRoomId> {
+    RoomId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))
+}
+
+fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
+    UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))
+}
+
+/// Resolve `#alias:server` through the local directory.
+pub fn resolve_alias(app: &App, alias: &RoomAliasId) -> ApiResult<OwnedRoomId> {
+    if alias.server_name() != app.server_name() {
+        return Err(ApiError::NotFound(
+            "Room alias not found (federation is not enabled)".into(),
+        ));
+    }
+    let raw = app
+        .store
+        .kv
+        .get(Table::Alias, alias.as_bytes())?
+        .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
+    OwnedRoomId::try_from(String::from_utf8_lossy(&raw).into_owned())
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ReasonBody {
+    reason: Option<String>,
+}
+
+fn member_event(target: &UserId, mut content: Value, reason: Option<&String>) -> NewEvent {
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    NewEvent {
+        kind: "m.room.member".into(),
+        content,
+        state_key: Some(target.to_string()),
+        redacts: None,
+    }
+}
+
+async fn do_join(
+    app: &App,
+    user: &UserId,
+    room_id: &RoomId,
+    reason: Option<&String>,
+) -> ApiResult<Json<Value>> {
+    if app.room(room_id)?.is_none() {
+        return Err(ApiError::NotFound(
+            "No known servers for this room (federation is not enabled)".into(),
+        ));
+    }
+    let mut w = RoomWriter::open(app, room_id).await?;
+    if w.membership_of(user)?.as_deref() == Some("join") {
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
+    let content = member_content(app, user, "join")?;
+    w.append(user, member_event(user, content, reason), None)?;
+    w.commit().await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+pub async fn join_by_id_or_alias(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Body(body): Body<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = if room.starts_with('#') {
+        let alias = RoomAliasId::parse(&room)
+            .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
+        resolve_alias(&app, &alias)?
+    } else {
+        parse_room_id(&room)?
+    };
+    do_join(&app, &s.user_id, &room_id, body.reason.as_ref()).await
+}
+
+pub async fn join(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    do_join(&app, &s.user_id, &room_id, body.reason.as_ref()).await
+}
+
+#[derive(Deserialize)]
+pub struct TargetBody {
+    user_id: String,
+    reason: Option<String>,
+}
+
+/// Change another user's membership; `allowed_from` lists the target memberships the change
+/// makes sense from (the auth rules decide whether the sender may).
+async fn change_member(
+    app: &App,
+    sender: &UserId,
+    room_id: &str,
+    body: TargetBody,
+    membership: &str,
+    allowed_from: &[&str],
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(room_id)?;
+    let target = parse_user_id(&body.user_id)?;
+    if membership == "invite" {
+        if !app.is_local(&target) {
+            return Err(ApiError::Forbidden(
+                "federation is not enabled on this server".into(),
+            ));
+        }
+        if app.user(&target)?.is_none() {
+            return Err(ApiError::NotFound(format!("unknown user {target}")));
+        }
+    }
+    let mut w = RoomWriter::open(app, &room_id).await?;
+    if w.membership_of(sender)?.as_deref() != Some("join") {
+        return Err(ApiError::Forbidden("You are not in this room".into()));
+    }
+    let current = w.membership_of(&target)?;
+    let current = current.as_deref().unwrap_or("leave");
+    if !allowed_from.contains(&current) {
+        return Err(ApiError::Forbidden(format!(
+            "{target} is {current} in this room; cannot {membership}"
+        )));
+    }
+    w.append(
+        sender,
+        member_event(
+            &target,
+            json!({ "membership": membership }),
+            body.reason.as_ref(),
+        ),
+        None,
+    )?;
+    w.commit().await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn invite(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    change_member(
+        &app,
+        &s.user_id,
+        &room_id,
+        body,
+        "invite",
+        &["leave", "invite", "knock"],
+    )
+    .await
+}
+
+pub async fn kick(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    change_member(
+        &app,
+        &s.user_id,
+        &room_id,
+        body,
+        "leave",
+        &["join", "invite", "knock"],
+    )
+    .await
+}
+
+pub async fn ban(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    change_member(
+        &app,
+        &s.user_id,
+        &room_id,
+        body,
+        "ban",
+        &["join", "invite", "knock", "leave", "ban"],
+    )
+    .await
+}
+
+pub async fn unban(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<TargetBody>,
+) -> ApiResult<Json<Value>> {
+    change_member(&app, &s.user_id, &room_id, body, "leave", &["ban"]).await
+}
+
+pub async fn leave(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let mut w = RoomWriter::open(&app, &room_id).await?;
+    match w.membership_of(&s.user_id)?.as_deref() {
+        Some("join" | "invite" | "knock") => {}
+        Some("leave") => return Ok(Json(json!({}))),
+        _ => return Err(ApiError::Forbidden("You are not in this room".into())),
+    }
+    w.append(
+        &s.user_id,
+        member_event(
+            &s.user_id,
+            json!({ "membership": "leave" }),
+            body.reason.as_ref(),
+        ),
+        None,
+    )?;
+    w.commit().await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn forget(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let mut m = app
+        .membership(&s.user_id, &room_id)?
+        .ok_or_else(|| ApiError::NotFound("You have no membership in this room".into()))?;
+    if matches!(m.membership.as_str(), "join" | "invite" | "knock") {
+        return Err(ApiError::Unknown(
+            "User is still in the room; leave it first".into(),
+        ));
+    }
+    m.forgotten = true;
+    let mut b = plexus_store::Batch::default();
+    b.put(
+        Table::UserRoom,
+        &key2(s.user_id.as_str(), room_id.as_str()),
+        &encode(&m),
+    );
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn joined_rooms(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    let rooms: Vec<OwnedRoomId> = app
+        .user_rooms(&s.user_id)?
+        .into_iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(r, _)| r)
+        .collect();
+    Ok(Json(json!({ "joined_rooms": rooms })))
+}

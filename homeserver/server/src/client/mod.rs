@@ -1,0 +1,108 @@
+//! The client-server API.
+
+mod account;
+mod account_data;
+mod devices;
+mod discovery;
+mod filter;
+mod membership;
+mod messages;
+mod profile;
+mod room_create;
+mod room_events;
+mod sync;
+
+use axum::{
+    routing::{get, post, put},
+    Router,
+};
+
+use crate::service::App;
+
+pub fn router() -> Router<App> {
+    let v3 = Router::new()
+        // account
+        .route("/register", post(account::register))
+        .route("/register/available", get(account::available))
+        .route("/login", get(account::login_flows).post(account::login))
+        .route("/logout", post(account::logout))
+        .route("/logout/all", post(account::logout_all))
+        .route("/refresh", post(account::refresh))
+        .route("/account/whoami", get(account::whoami))
+        .route("/account/password", post(account::password))
+        .route("/account/deactivate", post(account::deactivate))
+        .route("/capabilities", get(discovery::capabilities))
+        // devices
+        .route("/devices", get(devices::list))
+        .route(
+            "/devices/{device_id}",
+            get(devices::get)
+                .put(devices::update)
+                .delete(devices::delete),
+        )
+        .route("/delete_devices", post(devices::delete_many))
+        // profile
+        .route("/profile/{user_id}", get(profile::get_profile))
+        .route(
+            "/profile/{user_id}/{field}",
+            get(profile::get_field).put(profile::set_field),
+        )
+        // rooms
+        .route("/createRoom", post(room_create::create_room))
+        .route("/join/{room}", post(membership::join_by_id_or_alias))
+        .route("/rooms/{room_id}/join", post(membership::join))
+        .route("/rooms/{room_id}/invite", post(membership::invite))
+        .route("/rooms/{room_id}/leave", post(membership::leave))
+        .route("/rooms/{room_id}/forget", post(membership::forget))
+        .route("/rooms/{room_id}/kick", post(membership::kick))
+        .route("/rooms/{room_id}/ban", post(membership::ban))
+        .route("/rooms/{room_id}/unban", post(membership::unban))
+        .route("/joined_rooms", get(membership::joined_rooms))
+        .route("/rooms/{room_id}/state", get(room_events::all_state))
+        .route(
+            "/rooms/{room_id}/state/{event_type}",
+            get(room_events::get_state_empty_key).put(room_events::put_state_empty_key),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/{state_key}",
+            get(room_events::get_state).put(room_events::put_state),
+        )
+        .route(
+            "/rooms/{room_id}/send/{event_type}/{txn_id}",
+            put(room_events::send),
+        )
+        .route(
+            "/rooms/{room_id}/redact/{event_id}/{txn_id}",
+            put(room_events::redact),
+        )
+        .route("/rooms/{room_id}/event/{event_id}", get(room_events::event))
+        .route("/rooms/{room_id}/members", get(room_events::members))
+        .route(
+            "/rooms/{room_id}/joined_members",
+            get(room_events::joined_members),
+        )
+        .route("/rooms/{room_id}/messages", get(messages::messages))
+        .route(
+            "/rooms/{room_id}/context/{event_id}",
+            get(messages::context),
+        )
+        // filters, account data, sync
+        .route("/user/{user_id}/filter", post(filter::create))
+        .route("/user/{user_id}/filter/{filter_id}", get(filter::get))
+        .route(
+            "/user/{user_id}/account_data/{kind}",
+            get(account_data::get_global).put(account_data::put_global),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
+            get(account_data::get_room).put(account_data::put_room),
+        )
+        .route("/sync", get(sync::sync));
+
+    Router::new()
+        .route("/_matrix/client/versions", get(discovery::versions))
+        .route("/.well-known/matrix/client", get(discovery::well_known))
+        // r0 is the pre-v1.1 name of v3; older clients still call it.
+        .nest("/_matrix/client/v3", v3.clone())
+        .nest("/_matrix/client/r0", v3)
+}

@@ -1,0 +1,110 @@
+//! Profiles: displayname and avatar_url, propagated to every joined room as a member event.
+
+use axum::{extract::State, Json};
+use plexus_core::builder::NewEvent;
+use ruma::{OwnedUserId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, JsonObject, Path},
+    service::{writer, App},
+};
+
+fn parse_user(s: &str) -> ApiResult<OwnedUserId> {
+    UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))
+}
+
+fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
+    let rec = app
+        .user(user)?
+        .filter(|r| !r.deactivated || r.displayname.is_some())
+        .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
+    let mut m = Map::new();
+    if let Some(d) = rec.displayname {
+        m.insert("displayname".into(), json!(d));
+    }
+    if let Some(a) = rec.avatar_url {
+        m.insert("avatar_url".into(), json!(a));
+    }
+    Ok(m)
+}
+
+pub async fn get_profile(
+    State(app): State<App>,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let user = parse_user(&user)?;
+    Ok(Json(Value::Object(profile_of(&app, &user)?)))
+}
+
+fn check_field(field: &str) -> ApiResult<()> {
+    match field {
+        "displayname" | "avatar_url" => Ok(()),
+        _ => Err(ApiError::Unrecognized),
+    }
+}
+
+pub async fn get_field(
+    State(app): State<App>,
+    Path((user, field)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    check_field(&field)?;
+    let user = parse_user(&user)?;
+    let p = profile_of(&app, &user)?;
+    match p.get(&field) {
+        Some(v) => Ok(Json(json!({ field: v }))),
+        None => Err(ApiError::NotFound(format!("{field} not set"))),
+    }
+}
+
+pub async fn set_field(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, field)): Path<(String, String)>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<Value>> {
+    check_field(&field)?;
+    let user = parse_user(&user)?;
+    if user != s.user_id {
+        return Err(ApiError::Forbidden(
+            "Cannot set another user's profile".into(),
+        ));
+    }
+    let value = match body.get(&field) {
+        Some(Value::String(v)) => Some(v.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(ApiError::BadJson(format!("{field} must be a string"))),
+    };
+    if value.as_ref().is_some_and(|v| v.len() > 1024) {
+        return Err(ApiError::InvalidParam(format!("{field} too long")));
+    }
+    let mut rec = app
+        .user(&user)?
+        .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
+    match field.as_str() {
+        "displayname" => rec.displayname = value,
+        _ => rec.avatar_url = value,
+    }
+    let mut b = plexus_store::Batch::default();
+    app.put_user(&user, &rec, &mut b);
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    // Propagate to joined rooms; a room that refuses (e.g. power levels) keeps the old profile.
+    for (room_id, m) in app.user_rooms(&user)? {
+        if m.membership != "join" {
+            continue;
+        }
+        let content = writer::member_content(&app, &user, "join")?;
+        let ev = NewEvent {
+            kind: "m.room.member".into(),
+            content,
+            state_key: Some(user.to_string()),
+            redacts: None,
+        };
+        if let Err(e) = writer::send_one(&app, &room_id, &user, ev, None).await {
+            tracing::warn!(room = %room_id, error = %e, "profile update not propagated");
+        }
+    }
+    Ok(Json(json!({})))
+}

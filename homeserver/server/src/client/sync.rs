@@ -1,0 +1,381 @@
+//! `/sync` v3. Since-tokens are stream positions; state comes from snapshots (never by replaying
+//! the timeline), filters apply while reading, and an empty incremental sync waits on the
+//! user's notifier until something concerns them or the timeout passes.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use axum::{extract::State, Json};
+use plexus_store::Table;
+use ruma::RoomId;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{
+    filter::{resolve, Filter},
+    messages::member_events_for,
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Query},
+    service::{
+        accounts::Session,
+        decode,
+        rooms::{Membership, RoomRef},
+        App,
+    },
+};
+
+/// Longest a client may make us wait.
+const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// Most timeline entries one room inspects per sync.
+const SCAN_CAP: usize = 5_000;
+/// Invite state a client needs to render an invite (the spec's recommended set).
+const INVITE_STATE: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+pub fn parse_token(t: &str) -> ApiResult<u64> {
+    t.parse::<u64>()
+        .map_err(|_| ApiError::InvalidParam(format!("invalid pagination token {t:?}")))
+}
+
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    since: Option<String>,
+    filter: Option<String>,
+    timeout: Option<String>,
+    full_state: Option<String>,
+    set_presence: Option<String>,
+}
+
+pub async fn sync(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Query(q): Query<SyncQuery>,
+) -> ApiResult<Json<Value>> {
+    let since = q.since.as_deref().map(parse_token).transpose()?;
+    let filter = resolve(&app, &s, q.filter.as_deref())?;
+    let timeout = match q.timeout.as_deref() {
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::InvalidParam("timeout must be an integer".into()))?,
+        None => 0,
+    }
+    .min(MAX_TIMEOUT_MS);
+    let full_state = match q.full_state.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidParam(
+                "full_state must be true or false".into(),
+            ))
+        }
+    };
+    if let Some(p) = q.set_presence.as_deref() {
+        if !matches!(p, "online" | "offline" | "unavailable") {
+            return Err(ApiError::InvalidParam(
+                "set_presence must be online, offline or unavailable".into(),
+            ));
+        }
+    }
+    let mut rx = app.notifier.subscribe(&s.user_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    loop {
+        let (body, changed) = build(&app, &s, since, &filter, full_state)?;
+        if changed || since.is_none() || full_state || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(body));
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => {
+                let (body, _) = build(&app, &s, since, &filter, full_state)?;
+                return Ok(Json(body));
+            }
+        }
+    }
+}
+
+/// The sync response and whether it carries anything new.
+fn build(
+    app: &App,
+    s: &Session,
+    since: Option<u64>,
+    filter: &Filter,
+    full_state: bool,
+) -> ApiResult<(Value, bool)> {
+    let now = app.store.current_count();
+    let since = since.map(|c| c.min(now));
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let room_account_data = account_data(app, s, since, true)?;
+
+    for (room_id, m) in app.user_rooms(&s.user_id)? {
+        if m.forgotten || !filter.room.allows_room(room_id.as_str()) {
+            continue;
+        }
+        let Some(room) = app.room(&room_id)? else {
+            continue;
+        };
+        let changed_since = since.is_none_or(|c| m.count > c);
+        match m.membership.as_str() {
+            "join" => {
+                let ad = room_account_data
+                    .get(room_id.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(v) =
+                    room_section(app, s, &room, &m, since, now, filter, full_state, ad)?
+                {
+                    join.insert(room_id.to_string(), v);
+                }
+            }
+            "invite" if changed_since => {
+                invite.insert(
+                    room_id.to_string(),
+                    json!({ "invite_state": { "events": invite_state(app, &room, &m)? } }),
+                );
+            }
+            "leave" | "ban"
+                if (since.is_some() && changed_since)
+                    || (since.is_none() && filter.room.include_leave) =>
+            {
+                if let Some(v) = room_section(
+                    app,
+                    s,
+                    &room,
+                    &m,
+                    since,
+                    m.count,
+                    filter,
+                    full_state,
+                    vec![],
+                )? {
+                    leave.insert(room_id.to_string(), v);
+                }
+            }
+            _ => {}
+        }
+    }
+    let global = account_data(app, s, since, false)?;
+    let global_events = global.get("").cloned().unwrap_or_default();
+    let changed =
+        !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global_events.is_empty();
+    Ok((
+        json!({
+            "next_batch": now.to_string(),
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "account_data": { "events": global_events },
+        }),
+        changed,
+    ))
+}
+
+/// Account data changed since `since`, grouped by room ("" = global).
+fn account_data(
+    app: &App,
+    s: &Session,
+    since: Option<u64>,
+    rooms: bool,
+) -> ApiResult<std::collections::HashMap<String, Vec<Value>>> {
+    let mut out: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut prefix = s.user_id.as_bytes().to_vec();
+    prefix.push(0);
+    for item in app.store.kv.scan_prefix(Table::AccountData, &prefix) {
+        let (k, v) = item?;
+        let text = String::from_utf8_lossy(&k);
+        let Some((room, kind)) = text.split_once('\0') else {
+            continue;
+        };
+        if rooms == room.is_empty() {
+            continue;
+        }
+        let rec: Value = decode(&v)?;
+        if since.is_some_and(|c| rec["count"].as_u64().unwrap_or(0) <= c) {
+            continue;
+        }
+        out.entry(room.to_owned())
+            .or_default()
+            .push(json!({ "type": kind, "content": rec["content"] }));
+    }
+    Ok(out)
+}
+
+fn invite_state(app: &App, room: &RoomRef, m: &Membership) -> ApiResult<Vec<Value>> {
+    let hash = app.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+    let mut events = vec![];
+    for kind in INVITE_STATE {
+        if let Some(ev) = app.state_json(hash, kind, "")? {
+            events.push(plexus_core::client_event::to_stripped(&ev));
+        }
+    }
+    if let Some(ev) = app.state_json(hash, "m.room.member", m.sender.as_str())? {
+        events.push(plexus_core::client_event::to_stripped(&ev));
+    }
+    if let Some(short) = app.short_event(&m.event_id)? {
+        if let Some(ev) = app.pdu_json(short)? {
+            events.push(plexus_core::client_event::to_stripped(&ev));
+        }
+    }
+    Ok(events)
+}
+
+/// One joined (or left) room: timeline after `since` up to `upper`, the state the client lacks,
+/// summary and room account data. `None` if nothing changed.
+#[allow(clippy::too_many_arguments)]
+fn room_section(
+    app: &App,
+    s: &Session,
+    room: &RoomRef,
+    m: &Membership,
+    since: Option<u64>,
+    upper: u64,
+    filter: &Filter,
+    full_state: bool,
+    account_data: Vec<Value>,
+) -> ApiResult<Option<Value>> {
+    let room_id: &RoomId = &room.meta.room_id;
+    let tl_filter = &filter.room.timeline;
+    let limit = tl_filter
+        .limit
+        .unwrap_or(10)
+        .min(app.settings.max_page as u64) as usize;
+    let lower = since.unwrap_or(0);
+    // Newly joined since the token: the client knows nothing of this room yet.
+    let newly = match since {
+        None => true,
+        Some(c) => {
+            m.count > c && {
+                let at = app.state_at_count(room.short, c)?;
+                app.state_pdu(at, "m.room.member", s.user_id.as_str())?
+                    .and_then(|p| p.membership())
+                    .as_deref()
+                    != Some("join")
+            }
+        }
+    };
+
+    // Timeline: newest first while scanning, `limit + 1` visible events tell us if it is limited.
+    let mut picked: Vec<(u64, u64, Value)> = vec![];
+    let mut limited = false;
+    for (scanned, item) in app.timeline(room.short, lower, upper).rev().enumerate() {
+        if scanned >= SCAN_CAP {
+            limited = true;
+            break;
+        }
+        let (count, short) = item?;
+        let Some(pdu) = app.pdu_by_short(short)? else {
+            continue;
+        };
+        let Some(stored) = app.pdu_json(short)? else {
+            continue;
+        };
+        if !app.can_see(&s.user_id, room_id, short, &pdu)? {
+            continue;
+        }
+        if picked.len() == limit {
+            limited = true;
+            break;
+        }
+        if tl_filter.allows(&stored) {
+            picked.push((count, short, stored));
+        }
+    }
+    picked.reverse();
+    if !newly && !full_state && picked.is_empty() && account_data.is_empty() {
+        return Ok(None);
+    }
+
+    // State: what lies between what the client knows and the start of the timeline.
+    let timeline_start_hash = match picked.first() {
+        Some((_, short, _)) => app
+            .event_state(*short)?
+            .map(|(before, _)| before)
+            .unwrap_or(0),
+        None => app.state_at_count(room.short, upper)?,
+    };
+    let start_map = app.state_map(timeline_start_hash)?;
+    let state_shorts: Vec<u64> = if newly || full_state {
+        start_map.values().copied().collect()
+    } else if limited {
+        let known = app.state_map(app.state_at_count(room.short, lower)?)?;
+        start_map
+            .iter()
+            .filter(|(k, v)| known.get(k) != Some(v))
+            .map(|(_, v)| *v)
+            .collect()
+    } else {
+        vec![]
+    };
+    let st_filter = &filter.room.state;
+    let senders: BTreeSet<String> = picked
+        .iter()
+        .filter_map(|(_, _, e)| e["sender"].as_str().map(str::to_owned))
+        .collect();
+    let mut state = vec![];
+    let timeline_ids: BTreeSet<u64> = picked.iter().map(|(_, sh, _)| *sh).collect();
+    for short in state_shorts {
+        if timeline_ids.contains(&short) {
+            continue;
+        }
+        let Some(stored) = app.pdu_json(short)? else {
+            continue;
+        };
+        if !st_filter.allows(&stored) {
+            continue;
+        }
+        if st_filter.lazy_load_members && stored["type"] == "m.room.member" {
+            let target = stored["state_key"].as_str().unwrap_or_default();
+            if target != s.user_id.as_str() && !senders.contains(target) {
+                continue;
+            }
+        }
+        state.push(app.client_event(short, &stored, room_id, Some(s), false)?);
+    }
+    if st_filter.lazy_load_members && !(newly || full_state || limited) {
+        // Incremental: make sure the client can render every sender in the timeline.
+        for ev in member_events_for(app, room, timeline_start_hash, &senders, s)? {
+            let mut ev = ev;
+            if let Some(o) = ev.as_object_mut() {
+                o.remove("room_id");
+            }
+            state.push(ev);
+        }
+    }
+
+    let mut timeline = Vec::with_capacity(picked.len());
+    for (_, short, stored) in &picked {
+        timeline.push(app.client_event(*short, stored, room_id, Some(s), false)?);
+    }
+    let prev_batch = picked.first().map(|(c, _, _)| c - 1).unwrap_or(upper);
+
+    Ok(Some(json!({
+        "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch.to_string() },
+        "state": { "events": state },
+        "account_data": { "events": account_data },
+        "ephemeral": { "events": [] },
+        "summary": summary(app, s, room)?,
+    })))
+}
+
+/// `m.heroes` and member counts, for clients that name rooms after their members.
+fn summary(app: &App, s: &Session, room: &RoomRef) -> ApiResult<Value> {
+    let members = app.room_members(room.short)?;
+    let joined = members.iter().filter(|(_, m)| m == "join").count();
+    let invited = members.iter().filter(|(_, m)| m == "invite").count();
+    let heroes: Vec<String> = members
+        .iter()
+        .filter(|(u, m)| *u != s.user_id && (m == "join" || m == "invite"))
+        .take(5)
+        .map(|(u, _)| u.to_string())
+        .collect();
+    Ok(
+        json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
+    )
+}

@@ -1,0 +1,348 @@
+//! Configuration: embedded defaults, then the TOML file, then `PLEXUS_*` environment overrides,
+//! validated once at start-up with errors that name the key.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {why}")]
+    Read { path: String, why: String },
+    #[error("config file {path}: {why}")]
+    Parse { path: String, why: String },
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationPolicy {
+    Disabled,
+    Token,
+    Open,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name in user ids and room aliases (`@alice:<server_name>`).
+    pub server_name: String,
+    /// Where sled, media and the search index live.
+    pub data_dir: PathBuf,
+    pub listeners: Listeners,
+    pub registration: RegistrationConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// Client-server API, `host:port`.
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// `disabled`, `token` or `open`. Absent: `open` on a loopback listener, else `disabled`.
+    pub policy: Option<RegistrationPolicy>,
+    /// Tokens accepted by the `m.login.registration_token` stage when `policy = "token"`.
+    pub tokens: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest `limit` a client may ask of `/messages` and friends.
+    pub max_page: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `plexus=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens issued together with a refresh token, in seconds.
+    pub refreshable_token_lifetime_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            data_dir: PathBuf::from("./plexus-data"),
+            listeners: Listeners::default(),
+            registration: RegistrationConfig::default(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            client: "127.0.0.1:8008".into(),
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            policy: None,
+            tokens: vec![],
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 65_536,
+            max_page: 1000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            refreshable_token_lifetime_secs: 300,
+        }
+    }
+}
+
+/// The validated, ready-to-use configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub server_name: ruma::OwnedServerName,
+    pub data_dir: PathBuf,
+    pub client_listen: SocketAddr,
+    pub registration: RegistrationPolicy,
+    pub registration_tokens: Vec<String>,
+    pub max_request_bytes: usize,
+    pub max_page: usize,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub refreshable_token_lifetime_ms: u64,
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then environment overrides.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.display().to_string(),
+                    why: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    why: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = var("PLEXUS_SERVER_NAME") {
+            self.server_name = v;
+        }
+        if let Some(v) = var("PLEXUS_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("PLEXUS_CLIENT_LISTEN") {
+            self.listeners.client = v;
+        }
+        if let Some(v) = var("PLEXUS_REGISTRATION") {
+            self.registration.policy = Some(match v.as_str() {
+                "disabled" => RegistrationPolicy::Disabled,
+                "token" => RegistrationPolicy::Token,
+                "open" => RegistrationPolicy::Open,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "PLEXUS_REGISTRATION",
+                        why: format!("`{other}` is not one of disabled, token, open"),
+                    })
+                }
+            });
+        }
+        if let Some(v) = var("PLEXUS_REGISTRATION_TOKEN") {
+            self.registration.tokens.push(v);
+        }
+        if let Some(v) = var("PLEXUS_LOG") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let server_name =
+            ruma::OwnedServerName::try_from(self.server_name.as_str()).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "server_name",
+                    why: format!("not a valid server name: {e}"),
+                }
+            })?;
+        let client_listen: SocketAddr =
+            self.listeners
+                .client
+                .parse()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "listeners.client",
+                    why: format!("expected host:port: {e}"),
+                })?;
+        let loopback = client_listen.ip().is_loopback();
+        let registration = match self.registration.policy {
+            Some(p) => p,
+            None if loopback => RegistrationPolicy::Open,
+            None => RegistrationPolicy::Disabled,
+        };
+        if registration == RegistrationPolicy::Open && !loopback {
+            return Err(ConfigError::Invalid {
+                key: "registration.policy",
+                why: "`open` registration is only allowed on a loopback client listener; use \
+                      `token` (with registration.tokens) or create users with `plexus create-user`"
+                    .into(),
+            });
+        }
+        if registration == RegistrationPolicy::Token && self.registration.tokens.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "registration.tokens",
+                why: "policy `token` needs at least one token".into(),
+            });
+        }
+        if self.limits.max_request_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_request_bytes",
+                why: "must be at least 1024".into(),
+            });
+        }
+        if self.limits.max_page == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_page",
+                why: "must be > 0".into(),
+            });
+        }
+        if self.auth.refreshable_token_lifetime_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "auth.refreshable_token_lifetime_secs",
+                why: "must be > 0".into(),
+            });
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::Invalid {
+                key: "log.level",
+                why: e.to_string(),
+            }
+        })?;
+        Ok(Settings {
+            server_name,
+            data_dir: self.data_dir.clone(),
+            client_listen,
+            registration,
+            registration_tokens: self.registration.tokens.clone(),
+            max_request_bytes: self.limits.max_request_bytes,
+            max_page: self.limits.max_page,
+            log_level: self.log.level.clone(),
+            log_format: self.log.format,
+            refreshable_token_lifetime_ms: self.auth.refreshable_token_lifetime_secs * 1000,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_open_on_loopback() {
+        let s = Config::default().validate().unwrap();
+        assert_eq!(s.registration, RegistrationPolicy::Open);
+        assert_eq!(s.client_listen.to_string(), "127.0.0.1:8008");
+    }
+
+    #[test]
+    fn open_registration_refused_off_loopback() {
+        let mut c = Config::default();
+        c.listeners.client = "0.0.0.0:8008".into();
+        assert_eq!(
+            c.validate().unwrap().registration,
+            RegistrationPolicy::Disabled
+        );
+        c.registration.policy = Some(RegistrationPolicy::Open);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("registration.policy"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_bad_values_name_the_key() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "PLEXUS_SERVER_NAME" => Some("example.org".to_owned()),
+            "PLEXUS_CLIENT_LISTEN" => Some("127.0.0.1:9999".to_owned()),
+            "PLEXUS_REGISTRATION" => Some("token".to_owned()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("registration.tokens"), "{err}");
+        c.registration.tokens.push("t".into());
+        let s = c.validate().unwrap();
+        assert_eq!(s.server_name.as_str(), "example.org");
+        assert_eq!(s.client_listen.port(), 9999);
+
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| (k == "PLEXUS_REGISTRATION").then(|| "yes".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("PLEXUS_REGISTRATION"));
+        c.server_name = "bad name!".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("server_name"));
+    }
+
+    #[test]
+    fn unknown_keys_in_file_are_errors() {
+        let err = toml::from_str::<Config>("servr_name = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("servr_name"), "{err}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Errors as types, mapped to Matrix errors (`errcode`, HTTP status) only at the HTTP edge.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use plexus_core::CoreError;
+use plexus_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    NotJson(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    #[error("request too large")]
+    TooLarge,
+    #[error("missing access token")]
+    MissingToken,
+    #[error("unknown access token")]
+    UnknownToken { soft_logout: bool },
+    #[error("unrecognized request")]
+    Unrecognized,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    UserInUse(String),
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("{0}")]
+    RoomInUse(String),
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    #[error("{0}")]
+    Exclusive(String),
+    #[error("registration token invalid")]
+    RegistrationTokenInvalid,
+    #[error("{0}")]
+    WeakPassword(String),
+    #[error("{0}")]
+    Unknown(String),
+    #[error("guest access is not allowed")]
+    GuestAccessForbidden,
+    #[error("this account has been deactivated")]
+    UserDeactivated,
+    /// User-interactive auth must continue: the body is the UIA state.
+    #[error("user-interactive authentication required")]
+    Uia(serde_json::Value),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+            BadJson(_) => (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            NotJson(_) => (StatusCode::BAD_REQUEST, "M_NOT_JSON"),
+            InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+            MissingParam(_) => (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+            TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
+            UnknownToken { .. } => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            Unrecognized => (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
+            UserInUse(_) => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
+            InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
+            RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
+            UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            Exclusive(_) => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
+            RegistrationTokenInvalid => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            WeakPassword(_) => (StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD"),
+            Unknown(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+            GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
+            UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
+            Uia(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, errcode) = self.parts();
+        let body = match &self {
+            ApiError::Uia(state) => state.clone(),
+            ApiError::UnknownToken { soft_logout } => {
+                json!({"errcode": errcode, "error": self.to_string(), "soft_logout": soft_logout})
+            }
+            ApiError::Internal(why) => {
+                tracing::error!(error = %why, "internal error");
+                json!({"errcode": errcode, "error": "Internal server error"})
+            }
+            _ => json!({"errcode": errcode, "error": self.to_string()}),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Auth(why) => ApiError::Forbidden(why),
+            CoreError::TooLarge => ApiError::TooLarge,
+            CoreError::UnsupportedRoomVersion(v) => {
+                ApiError::UnsupportedRoomVersion(format!("room version {v} is not supported"))
+            }
+            CoreError::BadPdu(why) => ApiError::BadJson(why),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,125 @@
+//! Request extractors. Each answers with the spec's error instead of axum's plain-text rejections.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    error::ApiError,
+    service::{accounts::Session, App},
+};
+
+/// A JSON body: `M_TOO_LARGE` over the configured limit, `M_NOT_JSON` if it is not JSON at all,
+/// `M_BAD_JSON` if it is JSON of the wrong shape. An empty body reads as `{}`.
+pub struct Body<T>(pub T);
+
+/// The raw JSON body, for endpoints whose content is arbitrary (events, account data).
+pub struct JsonObject(pub serde_json::Map<String, serde_json::Value>);
+
+async fn read_json(req: Request, app: &App) -> Result<serde_json::Value, ApiError> {
+    let limit = app.settings.max_request_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::TooLarge);
+        }
+    }
+    let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::TooLarge)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))
+}
+
+impl<T: DeserializeOwned> FromRequest<App> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
+        let value = read_json(req, app).await?;
+        if !value.is_object() {
+            return Err(ApiError::BadJson("Body must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| ApiError::BadJson(e.to_string()))
+    }
+}
+
+impl FromRequest<App> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
+        match read_json(req, app).await? {
+            serde_json::Value::Object(o) => Ok(JsonObject(o)),
+            _ => Err(ApiError::BadJson("Body must be a JSON object".into())),
+        }
+    }
+}
+
+/// Query parameters; a malformed one is `M_INVALID_PARAM`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or_default();
+        serde_html_form::from_str(q)
+            .map(Query)
+            .map_err(|e| ApiError::InvalidParam(format!("invalid query parameter: {e}")))
+    }
+}
+
+/// Path parameters, percent-decoded; a malformed one is `M_INVALID_PARAM`.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, s)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| ApiError::InvalidParam(format!("invalid path parameter: {e}")))
+    }
+}
+
+/// The caller's access token, from the `Authorization: Bearer` header or the deprecated
+/// `access_token` query parameter.
+pub fn access_token(parts: &Parts) -> Option<String> {
+    if let Some(h) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        serde_html_form::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v)
+    })
+}
+
+/// An authenticated request: `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise.
+pub struct Auth(pub Session);
+
+impl FromRequestParts<App> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts).ok_or(ApiError::MissingToken)?;
+        app.session(&token).map(Auth)
+    }
+}

@@ -1,0 +1,168 @@
+//! `plexus`: the homeserver binary.
+
+mod client;
+mod config;
+mod error;
+mod http;
+mod service;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use axum::{extract::Request, middleware, response::IntoResponse, Router};
+use clap::{Parser, Subcommand};
+use futures_util::FutureExt;
+
+use crate::{
+    config::{Config, LogFormat, Settings},
+    error::ApiError,
+    service::{App, Services},
+};
+
+#[derive(Parser)]
+#[command(name = "plexus", version, about = "A Matrix homeserver")]
+struct Cli {
+    /// TOML config file; without it the embedded defaults apply (PLEXUS_* variables still do).
+    #[arg(long, env = "PLEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver (the default).
+    Serve,
+    /// Create an account directly in the data dir (the server must not be running).
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Check the configuration and print the effective settings.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Config::load(cli.config.as_deref()).and_then(|c| c.validate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("plexus: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plexus: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(settings).await,
+            Command::CreateUser {
+                username,
+                password,
+                admin,
+            } => create_user(settings, &username, &password, admin).await,
+            Command::CheckConfig => {
+                println!("{settings:#?}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plexus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(s: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::new(&s.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn create_user(
+    settings: Settings,
+    username: &str,
+    password: &str,
+    admin: bool,
+) -> Result<(), String> {
+    let app = Services::open(settings).map_err(|e| e.to_string())?;
+    let user_id = app.parse_user_name(username).map_err(|e| e.to_string())?;
+    app.create_user(&user_id, Some(password), admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("created {user_id}");
+    Ok(())
+}
+
+pub fn router(app: App) -> Router {
+    client::router()
+        .fallback(http::unrecognized)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn(http::cors))
+        .with_state(app)
+}
+
+/// A bug must never take a connection down without an answer: turn panics into `M_UNKNOWN`.
+async fn catch_panic(req: Request, next: middleware::Next) -> axum::response::Response {
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(res) => res,
+        Err(_) => ApiError::Internal("handler panicked".into()).into_response(),
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let addr: SocketAddr = settings.client_listen;
+    let app = Services::open(settings).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
+    let store_app = app.clone();
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    store_app.store.flush().await.map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

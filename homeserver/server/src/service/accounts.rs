@@ -1,0 +1,423 @@
+//! Accounts, passwords, devices, access and refresh tokens, user-interactive auth sessions.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use argon2::{
+    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    Argon2,
+};
+use plexus_core::signing::random_alnum;
+use plexus_store::{Batch, Table};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{decode, encode, key2, now_ms, Services};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub password_hash: Option<String>,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    #[serde(default)]
+    pub deactivated: bool,
+    #[serde(default)]
+    pub admin: bool,
+    pub created_ts: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// Set for access tokens that come with a refresh token.
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub last_seen_ts: u64,
+}
+
+/// An authenticated request's identity.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+}
+
+/// Tokens handed out at login or register.
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in_ms: Option<u64>,
+}
+
+/// Open user-interactive auth sessions. Not persisted: a session that is lost on restart only
+/// makes the client start the flow again; nothing acknowledged depends on it.
+#[derive(Default)]
+pub struct UiaSessions {
+    inner: Mutex<HashMap<String, UiaState>>,
+}
+
+#[derive(Clone, Default)]
+struct UiaState {
+    completed: Vec<String>,
+    /// The account that proved itself in this session, if any.
+    user: Option<OwnedUserId>,
+}
+
+const UIA_SESSIONS_MAX: usize = 10_000;
+
+impl Services {
+    pub fn user(&self, user_id: &UserId) -> ApiResult<Option<UserRecord>> {
+        match self.store.kv.get(Table::User, user_id.as_bytes())? {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.server_name()
+    }
+
+    pub fn put_user(&self, user_id: &UserId, rec: &UserRecord, batch: &mut Batch) {
+        batch.put(Table::User, user_id.as_bytes(), &encode(rec));
+    }
+
+    pub fn hash_password(password: &str) -> ApiResult<String> {
+        let salt = SaltString::encode_b64(random_alnum(16).as_bytes())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    pub fn check_password(rec: &UserRecord, password: &str) -> bool {
+        let Some(hash) = &rec.password_hash else {
+            return false;
+        };
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return false;
+        };
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    }
+
+    /// Create an account. Fails with `M_USER_IN_USE` if taken.
+    pub async fn create_user(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        admin: bool,
+    ) -> ApiResult<()> {
+        let rec = UserRecord {
+            password_hash: password.map(Self::hash_password).transpose()?,
+            displayname: Some(user_id.localpart().to_owned()),
+            avatar_url: None,
+            deactivated: false,
+            admin,
+            created_ts: now_ms(),
+        };
+        let stored =
+            self.store
+                .kv
+                .insert_if_absent(Table::User, user_id.as_bytes(), &encode(&rec))?;
+        if stored != encode(&rec) {
+            return Err(ApiError::UserInUse("User ID already taken".into()));
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// A new device with fresh tokens (or the named device, replacing its tokens).
+    pub async fn issue_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<String>,
+        refreshable: bool,
+    ) -> ApiResult<(OwnedDeviceId, IssuedTokens)> {
+        let device_id: OwnedDeviceId = match device_id {
+            Some(d) => d.into(),
+            None => random_alnum(10).to_uppercase().into(),
+        };
+        let mut batch = Batch::default();
+        let existing = self.device(user_id, device_id.as_str())?;
+        if let Some(old) = &existing {
+            self.revoke_tokens(old, &mut batch);
+        }
+        let tokens = self.new_tokens(user_id, &device_id, refreshable, &mut batch);
+        let rec = DeviceRecord {
+            display_name: display_name.or_else(|| existing.and_then(|e| e.display_name)),
+            access_token: tokens.access_token.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+            last_seen_ts: now_ms(),
+        };
+        batch.put(
+            Table::Device,
+            &key2(user_id.as_str(), device_id.as_str()),
+            &encode(&rec),
+        );
+        self.store.commit(batch)?;
+        self.store.flush().await?;
+        Ok((device_id, tokens))
+    }
+
+    fn new_tokens(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+        refreshable: bool,
+        batch: &mut Batch,
+    ) -> IssuedTokens {
+        let access_token = format!("px_{}", random_alnum(32));
+        let lifetime = self.settings.refreshable_token_lifetime_ms;
+        let session = SessionRecord {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            expires_at: refreshable.then(|| now_ms() + lifetime),
+        };
+        batch.put(
+            Table::AccessToken,
+            access_token.as_bytes(),
+            &encode(&session),
+        );
+        let refresh_token = refreshable.then(|| {
+            let t = format!("pxr_{}", random_alnum(32));
+            let s = SessionRecord {
+                expires_at: None,
+                ..session.clone()
+            };
+            batch.put(Table::RefreshToken, t.as_bytes(), &encode(&s));
+            t
+        });
+        IssuedTokens {
+            access_token,
+            refresh_token,
+            expires_in_ms: refreshable.then_some(lifetime),
+        }
+    }
+
+    fn revoke_tokens(&self, dev: &DeviceRecord, batch: &mut Batch) {
+        batch.delete(Table::AccessToken, dev.access_token.as_bytes());
+        if let Some(r) = &dev.refresh_token {
+            batch.delete(Table::RefreshToken, r.as_bytes());
+        }
+    }
+
+    /// Exchange a refresh token for new tokens; the old pair stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> ApiResult<IssuedTokens> {
+        let raw = self
+            .store
+            .kv
+            .get(Table::RefreshToken, refresh_token.as_bytes())?
+            .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+        let s: SessionRecord = decode(&raw)?;
+        let mut dev = self
+            .device(&s.user_id, s.device_id.as_str())?
+            .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+        let mut batch = Batch::default();
+        self.revoke_tokens(&dev, &mut batch);
+        let tokens = self.new_tokens(&s.user_id, &s.device_id, true, &mut batch);
+        dev.access_token = tokens.access_token.clone();
+        dev.refresh_token = tokens.refresh_token.clone();
+        batch.put(
+            Table::Device,
+            &key2(s.user_id.as_str(), s.device_id.as_str()),
+            &encode(&dev),
+        );
+        self.store.commit(batch)?;
+        self.store.flush().await?;
+        Ok(tokens)
+    }
+
+    /// Resolve an access token.
+    pub fn session(&self, token: &str) -> ApiResult<Session> {
+        let raw = self
+            .store
+            .kv
+            .get(Table::AccessToken, token.as_bytes())?
+            .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+        let s: SessionRecord = decode(&raw)?;
+        if s.expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(ApiError::UnknownToken { soft_logout: true });
+        }
+        Ok(Session {
+            user_id: s.user_id,
+            device_id: s.device_id,
+            access_token: token.to_owned(),
+        })
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> ApiResult<Option<DeviceRecord>> {
+        match self
+            .store
+            .kv
+            .get(Table::Device, &key2(user_id.as_str(), device_id))?
+        {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> ApiResult<Vec<(String, DeviceRecord)>> {
+        let mut prefix = user_id.as_bytes().to_vec();
+        prefix.push(0);
+        self.store
+            .kv
+            .scan_prefix(Table::Device, &prefix)
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
+    pub fn put_device(&self, user_id: &UserId, device_id: &str, rec: &DeviceRecord, b: &mut Batch) {
+        b.put(
+            Table::Device,
+            &key2(user_id.as_str(), device_id),
+            &encode(rec),
+        );
+    }
+
+    /// Remove devices and their tokens.
+    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> ApiResult<()> {
+        let mut batch = Batch::default();
+        for d in device_ids {
+            if let Some(dev) = self.device(user_id, d)? {
+                self.revoke_tokens(&dev, &mut batch);
+                batch.delete(Table::Device, &key2(user_id.as_str(), d));
+            }
+        }
+        self.store.commit(batch)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    // ---- user-interactive auth ----
+
+    /// Run one step of user-interactive auth with the given flows. Returns `Ok(user)` once a flow
+    /// is complete (the user that proved itself with a password, if any).
+    pub fn uia_step(
+        &self,
+        auth: Option<&Value>,
+        flows: &[&[&str]],
+        expected_user: Option<&UserId>,
+    ) -> ApiResult<Option<OwnedUserId>> {
+        let challenge = |session: &str, completed: &[String], error: Option<(&str, &str)>| {
+            let mut body = json!({
+                "flows": flows.iter().map(|f| json!({"stages": f})).collect::<Vec<_>>(),
+                "params": {},
+                "session": session,
+                "completed": completed,
+            });
+            if let Some((code, msg)) = error {
+                body["errcode"] = json!(code);
+                body["error"] = json!(msg);
+            }
+            ApiError::Uia(body)
+        };
+        let mut sessions = self.uia.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(auth) = auth else {
+            if sessions.len() >= UIA_SESSIONS_MAX {
+                sessions.clear();
+            }
+            let id = random_alnum(24);
+            sessions.insert(id.clone(), UiaState::default());
+            return Err(challenge(&id, &[], None));
+        };
+        let session_id = auth
+            .get("session")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut state = sessions.get(&session_id).cloned().unwrap_or_default();
+        let session_id = if sessions.contains_key(&session_id) {
+            session_id
+        } else {
+            let id = random_alnum(24);
+            sessions.insert(id.clone(), UiaState::default());
+            id
+        };
+        let stage = auth.get("type").and_then(Value::as_str).unwrap_or_default();
+        let allowed = flows.iter().any(|f| f.contains(&stage));
+        if !allowed {
+            return Err(challenge(&session_id, &state.completed, None));
+        }
+        let outcome: Result<(), (&str, &str)> = match stage {
+            "m.login.dummy" => Ok(()),
+            "m.login.registration_token" => {
+                let token = auth
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if self.settings.registration_tokens.iter().any(|t| t == token) {
+                    Ok(())
+                } else {
+                    Err(("M_FORBIDDEN", "Invalid registration token"))
+                }
+            }
+            "m.login.password" => match self.password_auth(auth) {
+                Some(user) if expected_user.is_none_or(|e| e == user) => {
+                    state.user = Some(user);
+                    Ok(())
+                }
+                _ => Err(("M_FORBIDDEN", "Invalid username or password")),
+            },
+            _ => Err(("M_UNRECOGNIZED", "Unknown auth stage")),
+        };
+        if let Err(e) = outcome {
+            return Err(challenge(&session_id, &state.completed, Some(e)));
+        }
+        if !state.completed.iter().any(|c| c == stage) {
+            state.completed.push(stage.to_owned());
+        }
+        let done = flows
+            .iter()
+            .any(|f| f.iter().all(|s| state.completed.iter().any(|c| c == s)));
+        if done {
+            sessions.remove(&session_id);
+            Ok(state.user)
+        } else {
+            sessions.insert(session_id.clone(), state.clone());
+            Err(challenge(&session_id, &state.completed, None))
+        }
+    }
+
+    /// Check an `m.login.password` body (identifier or legacy `user`); the user it names.
+    pub fn password_auth(&self, body: &Value) -> Option<OwnedUserId> {
+        let name = body
+            .get("identifier")
+            .filter(|i| i.get("type").and_then(Value::as_str) == Some("m.id.user"))
+            .and_then(|i| i.get("user"))
+            .or_else(|| body.get("user"))
+            .and_then(Value::as_str)?;
+        let password = body.get("password").and_then(Value::as_str)?;
+        let user_id = self.parse_user_name(name).ok()?;
+        let rec = self.user(&user_id).ok()??;
+        (!rec.deactivated && Self::check_password(&rec, password)).then_some(user_id)
+    }
+
+    /// `alice` or `@alice:server` → a local user id.
+    pub fn parse_user_name(&self, name: &str) -> ApiResult<OwnedUserId> {
+        let id = if name.starts_with('@') {
+            UserId::parse(name)
+        } else {
+            UserId::parse_with_server_name(name.to_lowercase(), self.server_name())
+        }
+        .map_err(|e| ApiError::InvalidUsername(format!("invalid user id: {e}")))?;
+        if !self.is_local(&id) {
+            return Err(ApiError::InvalidParam("user is not on this server".into()));
+        }
+        Ok(id)
+    }
+}

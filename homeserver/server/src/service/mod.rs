@@ -1,0 +1,116 @@
+//! Services shared by every router: accounts, rooms, the sync notifier.
+
+pub mod accounts;
+pub mod notify;
+pub mod rooms;
+pub mod writer;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use plexus_core::signing::ServerKey;
+use plexus_store::{Store, Table};
+use ruma::OwnedRoomId;
+
+use crate::{config::Settings, error::ApiError};
+
+pub type App = Arc<Services>;
+
+pub struct Services {
+    pub settings: Settings,
+    pub store: Store,
+    pub key: ServerKey,
+    pub notifier: notify::Notifier,
+    pub uia: accounts::UiaSessions,
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+const META_SIGNING_KEY: &[u8] = b"signing_key";
+
+impl Services {
+    pub fn open(settings: Settings) -> Result<App, ApiError> {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            ApiError::Internal(format!(
+                "cannot create {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?;
+        let store = Store::open(&settings.data_dir.join("db"))?;
+        let key = load_or_create_key(&store)?;
+        Ok(Arc::new(Self {
+            settings,
+            store,
+            key,
+            notifier: notify::Notifier::default(),
+            uia: accounts::UiaSessions::default(),
+            room_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.settings.server_name
+    }
+
+    /// The append lock of a room: one writer builds on the room's extremities at a time.
+    pub fn room_lock(&self, room_id: &ruma::RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.room_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+}
+
+/// The server signing key is generated on first start and kept in the store.
+fn load_or_create_key(store: &Store) -> Result<ServerKey, ApiError> {
+    if let Some(raw) = store.kv.get(Table::Meta, META_SIGNING_KEY)? {
+        let text = String::from_utf8_lossy(&raw);
+        let (version, doc) = text
+            .split_once(' ')
+            .ok_or_else(|| ApiError::Internal("stored signing key is malformed".into()))?;
+        return ServerKey::from_stored(version, doc).map_err(|e| ApiError::Internal(e.to_string()));
+    }
+    let key = ServerKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (version, doc) = key.to_stored();
+    let mut b = plexus_store::Batch::default();
+    b.put(
+        Table::Meta,
+        META_SIGNING_KEY,
+        format!("{version} {doc}").as_bytes(),
+    );
+    store.commit(b)?;
+    store.kv.flush_blocking()?;
+    Ok(key)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// JSON records in the store: a corrupt one is an internal error, never a panic.
+pub fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::Internal(format!("corrupt record: {e}")))
+}
+
+pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// `a \0 b` keys for per-user tables.
+pub fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+pub fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = key2(a, b);
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}

@@ -1,0 +1,403 @@
+//! Reading rooms: ids, PDUs, timeline positions, state snapshots, memberships, visibility.
+
+use std::sync::Arc;
+
+use plexus_core::Pdu;
+use plexus_store::{be_u64, StateMap, Table};
+use ruma::{
+    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{decode, key2, Services};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomMeta {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+}
+
+/// A user's latest membership in a room, as recorded when its member event was persisted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Membership {
+    pub membership: String,
+    /// Stream position of the member event.
+    pub count: u64,
+    pub event_id: OwnedEventId,
+    pub sender: OwnedUserId,
+    /// Set by `/forget`: the room no longer shows up for this user.
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// A known room: short id and metadata.
+#[derive(Clone, Debug)]
+pub struct RoomRef {
+    pub short: u64,
+    pub meta: RoomMeta,
+}
+
+impl Services {
+    pub fn room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
+        let Some(short) = self.store.kv.get(Table::RoomIdShort, room_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let short = be_u64(&short);
+        let meta = self
+            .store
+            .kv
+            .get(Table::RoomMeta, &short.to_be_bytes())?
+            .ok_or_else(|| ApiError::Internal(format!("room {room_id} has no metadata")))?;
+        Ok(Some(RoomRef {
+            short,
+            meta: decode(&meta)?,
+        }))
+    }
+
+    pub fn room_or_404(&self, room_id: &RoomId) -> ApiResult<RoomRef> {
+        self.room(room_id)?
+            .ok_or_else(|| ApiError::NotFound("Unknown room".into()))
+    }
+
+    pub fn short_event(&self, event_id: &EventId) -> ApiResult<Option<u64>> {
+        Ok(self
+            .store
+            .kv
+            .get(Table::EventIdShort, event_id.as_bytes())?
+            .map(|v| be_u64(&v)))
+    }
+
+    pub fn pdu_json(&self, short: u64) -> ApiResult<Option<Value>> {
+        match self.store.kv.get(Table::Pdu, &short.to_be_bytes())? {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn pdu_by_short(&self, short: u64) -> ApiResult<Option<Pdu>> {
+        match self.store.kv.get(Table::Pdu, &short.to_be_bytes())? {
+            Some(raw) => Ok(Some(
+                Pdu::from_json(&raw).map_err(|e| ApiError::Internal(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn pdu(&self, event_id: &EventId) -> ApiResult<Option<Pdu>> {
+        match self.short_event(event_id)? {
+            Some(s) => self.pdu_by_short(s),
+            None => Ok(None),
+        }
+    }
+
+    /// `(short room id, stream position)` of a persisted event.
+    pub fn event_position(&self, short: u64) -> ApiResult<Option<(u64, u64)>> {
+        Ok(self
+            .store
+            .kv
+            .get(Table::EventPosition, &short.to_be_bytes())?
+            .map(|v| (be_u64(&v), be_u64(&v[8..]))))
+    }
+
+    /// Current state of a room: snapshot hash and its delta depth.
+    pub fn current_state(&self, short_room: u64) -> ApiResult<Option<(u64, u32)>> {
+        Ok(self
+            .store
+            .kv
+            .get(Table::RoomState, &short_room.to_be_bytes())?
+            .map(|v| {
+                let depth = v
+                    .get(8..12)
+                    .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                    .map(u32::from_be_bytes);
+                (be_u64(&v), depth.unwrap_or(0))
+            }))
+    }
+
+    /// State hashes before and after an event (0 = empty state).
+    pub fn event_state(&self, short_event: u64) -> ApiResult<Option<(u64, u64)>> {
+        Ok(self
+            .store
+            .kv
+            .get(Table::EventState, &short_event.to_be_bytes())?
+            .map(|v| (be_u64(&v), be_u64(&v[8..]))))
+    }
+
+    pub fn short_state_key(&self, kind: &str, state_key: &str) -> ApiResult<Option<u64>> {
+        Ok(self
+            .store
+            .kv
+            .get(Table::StateKeyShort, &key2(kind, state_key))?
+            .map(|v| be_u64(&v)))
+    }
+
+    /// Get or allocate the short id of `(type, state_key)`; races resolve to one winner.
+    pub fn short_state_key_or_create(&self, kind: &str, state_key: &str) -> ApiResult<u64> {
+        if let Some(s) = self.short_state_key(kind, state_key)? {
+            return Ok(s);
+        }
+        let fresh = self.store.kv.unique_id()?;
+        let k = key2(kind, state_key);
+        let won = be_u64(&self.store.kv.insert_if_absent(
+            Table::StateKeyShort,
+            &k,
+            &fresh.to_be_bytes(),
+        )?);
+        if won == fresh {
+            let mut b = plexus_store::Batch::default();
+            b.put(Table::ShortStateKey, &fresh.to_be_bytes(), &k);
+            self.store.commit(b)?;
+        }
+        Ok(won)
+    }
+
+    pub fn state_key_of(&self, short: u64) -> ApiResult<(String, String)> {
+        let raw = self
+            .store
+            .kv
+            .get(Table::ShortStateKey, &short.to_be_bytes())?
+            .ok_or_else(|| ApiError::Internal(format!("unknown state key {short}")))?;
+        let text = String::from_utf8_lossy(&raw);
+        let (t, k) = text.split_once('\0').unwrap_or((&text, ""));
+        Ok((t.to_owned(), k.to_owned()))
+    }
+
+    pub fn state_map(&self, hash: u64) -> ApiResult<Arc<StateMap>> {
+        if hash == 0 {
+            return Ok(Arc::default());
+        }
+        Ok(self.store.state.full(hash)?)
+    }
+
+    /// Short id of the event at `(type, state_key)` in a snapshot.
+    pub fn state_get(&self, hash: u64, kind: &str, state_key: &str) -> ApiResult<Option<u64>> {
+        if hash == 0 {
+            return Ok(None);
+        }
+        match self.short_state_key(kind, state_key)? {
+            Some(sk) => Ok(self.store.state.get(hash, sk)?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn state_pdu(&self, hash: u64, kind: &str, state_key: &str) -> ApiResult<Option<Pdu>> {
+        match self.state_get(hash, kind, state_key)? {
+            Some(e) => self.pdu_by_short(e),
+            None => Ok(None),
+        }
+    }
+
+    pub fn state_json(&self, hash: u64, kind: &str, state_key: &str) -> ApiResult<Option<Value>> {
+        match self.state_get(hash, kind, state_key)? {
+            Some(e) => self.pdu_json(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Every state event of a snapshot, in stored form.
+    pub fn state_events(&self, hash: u64) -> ApiResult<Vec<Value>> {
+        self.state_map(hash)?
+            .values()
+            .filter_map(|e| self.pdu_json(*e).transpose())
+            .collect()
+    }
+
+    /// Current state of a room as a closure for the auth rules.
+    pub fn fetch_state_fn(&self, hash: u64) -> impl Fn(&StateEventType, &str) -> Option<Pdu> + '_ {
+        move |t, k| self.state_pdu(hash, &t.to_string(), k).ok().flatten()
+    }
+
+    pub fn membership(&self, user: &UserId, room_id: &RoomId) -> ApiResult<Option<Membership>> {
+        match self
+            .store
+            .kv
+            .get(Table::UserRoom, &key2(user.as_str(), room_id.as_str()))?
+        {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn is_joined(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
+        Ok(self
+            .membership(user, room_id)?
+            .is_some_and(|m| m.membership == "join"))
+    }
+
+    /// Every room the user has a membership in.
+    pub fn user_rooms(&self, user: &UserId) -> ApiResult<Vec<(OwnedRoomId, Membership)>> {
+        let mut prefix = user.as_bytes().to_vec();
+        prefix.push(0);
+        self.store
+            .kv
+            .scan_prefix(Table::UserRoom, &prefix)
+            .map(|r| {
+                let (k, v) = r?;
+                let room = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok((room, decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// `(user, membership)` for everyone with a membership in the room.
+    pub fn room_members(&self, short_room: u64) -> ApiResult<Vec<(OwnedUserId, String)>> {
+        self.store
+            .kv
+            .scan_prefix(Table::RoomMember, &short_room.to_be_bytes())
+            .map(|r| {
+                let (k, v) = r?;
+                let user = OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned())
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok((user, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    pub fn extremities(&self, short_room: u64) -> ApiResult<Vec<u64>> {
+        self.store
+            .kv
+            .scan_prefix(Table::Extremity, &short_room.to_be_bytes())
+            .map(|r| r.map(|(k, _)| be_u64(&k)))
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    /// Timeline entries `(count, short event id)` with `lo < count <= hi`, oldest first.
+    pub fn timeline(
+        &self,
+        short_room: u64,
+        lo: u64,
+        hi: u64,
+    ) -> impl DoubleEndedIterator<Item = ApiResult<(u64, u64)>> + '_ {
+        let key = |c: u64| {
+            let mut k = short_room.to_be_bytes().to_vec();
+            k.extend_from_slice(&c.to_be_bytes());
+            k
+        };
+        self.store
+            .kv
+            .range(
+                Table::Timeline,
+                &key(lo.saturating_add(1)),
+                &key(hi.saturating_add(1)),
+            )
+            .map(|r| {
+                r.map(|(k, v)| (be_u64(&k[8..]), be_u64(&v)))
+                    .map_err(Into::into)
+            })
+    }
+
+    /// The state after the last event at or before `count` (the room as of a sync token).
+    pub fn state_at_count(&self, short_room: u64, count: u64) -> ApiResult<u64> {
+        match self.timeline(short_room, 0, count).next_back() {
+            Some(r) => {
+                let (_, ev) = r?;
+                Ok(self.event_state(ev)?.map(|(_, after)| after).unwrap_or(0))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// May `user` see this event? History visibility and the user's membership at the event,
+    /// per the spec's rules; a user always sees their own membership events.
+    pub fn can_see(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        short_event: u64,
+        pdu: &Pdu,
+    ) -> ApiResult<bool> {
+        if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.membership().is_some() {
+            return Ok(true);
+        }
+        let before = self.event_state(short_event)?.map(|(b, _)| b).unwrap_or(0);
+        let visibility = self
+            .state_pdu(before, "m.room.history_visibility", "")?
+            .and_then(|p| {
+                p.content_value()
+                    .get("history_visibility")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".into());
+        if visibility == "world_readable" {
+            return Ok(true);
+        }
+        let at_event = self
+            .state_pdu(before, "m.room.member", user.as_str())?
+            .and_then(|p| p.membership());
+        Ok(match (visibility.as_str(), at_event.as_deref()) {
+            (_, Some("join")) => true,
+            ("invited", Some("invite")) => true,
+            ("shared", _) => self.is_joined(user, room_id)?,
+            _ => false,
+        })
+    }
+}
+
+impl Services {
+    /// The client form of a stored event for `viewer`: adds `unsigned.transaction_id` when the
+    /// viewer's own device sent it.
+    pub fn client_event(
+        &self,
+        short: u64,
+        stored: &Value,
+        room_id: &RoomId,
+        viewer: Option<&super::accounts::Session>,
+        include_room_id: bool,
+    ) -> ApiResult<Value> {
+        let mut ev = plexus_core::client_event::to_client_event(
+            stored,
+            room_id.as_str(),
+            super::now_ms(),
+            include_room_id,
+        );
+        if let Some(s) = viewer {
+            if stored.get("sender").and_then(Value::as_str) == Some(s.user_id.as_str()) {
+                if let Some(raw) = self.store.kv.get(Table::EventTxn, &short.to_be_bytes())? {
+                    let text = String::from_utf8_lossy(&raw);
+                    if let Some((device, txn)) = text.split_once('\0') {
+                        if device == s.device_id.as_str() {
+                            ev["unsigned"]["transaction_id"] = Value::String(txn.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ev)
+    }
+
+    /// The state a user may read: the current state while joined (or if the room is world
+    /// readable), the state as they left it otherwise. `M_FORBIDDEN` if they never were in it.
+    pub fn visible_state_hash(&self, user: &UserId, room: &RoomRef) -> ApiResult<u64> {
+        let current = self.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
+        match self.membership(user, &room.meta.room_id)? {
+            Some(m) if m.membership == "join" => return Ok(current),
+            Some(m) if m.membership == "leave" || m.membership == "ban" => {
+                if let Some(short) = self.short_event(&m.event_id)? {
+                    if let Some((_, after)) = self.event_state(short)? {
+                        return Ok(after);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let world_readable = self
+            .state_pdu(current, "m.room.history_visibility", "")?
+            .and_then(|p| {
+                p.content_value()
+                    .get("history_visibility")?
+                    .as_str()
+                    .map(|v| v == "world_readable")
+            })
+            .unwrap_or(false);
+        if world_readable {
+            return Ok(current);
+        }
+        Err(ApiError::Forbidden("You are not in this room".into()))
+    }
+}

@@ -1,0 +1,495 @@
+//! Appending local events to a room: build from current state, authorize, and commit one or
+//! many events in a single atomic, flushed batch (so createRoom either fully happens or not at all).
+
+use std::{collections::HashMap, sync::Arc};
+
+use plexus_core::{
+    auth,
+    builder::{build_pdu, BuiltPdu, EventRef, NewEvent, RoomContext},
+    room_version, Pdu,
+};
+use plexus_store::{StateMap, Table};
+use ruma::{
+    canonical_json::{redact, try_from_json_map},
+    room_version_rules::RoomVersionRules,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId,
+};
+use serde_json::{json, Value};
+use tokio::sync::OwnedMutexGuard;
+
+use super::{
+    encode, key2, now_ms,
+    rooms::{Membership, RoomMeta},
+    Services,
+};
+use crate::error::{ApiError, ApiResult};
+
+/// Most prev_events cited by one new event.
+const MAX_PREV_EVENTS: usize = 20;
+
+struct Pending {
+    built: BuiltPdu,
+    stored: Value,
+    txn: Option<(String, String)>,
+    redacts: Option<u64>,
+}
+
+pub struct RoomWriter<'a> {
+    svc: &'a Services,
+    pub room_id: Option<OwnedRoomId>,
+    short_room: u64,
+    pub rules: RoomVersionRules,
+    version: RoomVersionId,
+    base: Option<(u64, u32)>,
+    base_map: Arc<StateMap>,
+    pending_state: HashMap<(String, String), usize>,
+    pending: Vec<Pending>,
+    tips: Vec<EventRef>,
+    depth: u64,
+    new_room: bool,
+    /// Extra records committed in the same batch as the events (aliases, directory entries).
+    pub extra: Vec<(Table, Vec<u8>, Vec<u8>)>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl<'a> RoomWriter<'a> {
+    /// Take the room's append lock and load its current state.
+    pub async fn open(svc: &'a Services, room_id: &ruma::RoomId) -> ApiResult<Self> {
+        let guard = svc.room_lock(room_id).lock_owned().await;
+        let room = svc.room_or_404(room_id)?;
+        let rules = room_version::rules(&room.meta.version)?;
+        let base = svc.current_state(room.short)?;
+        let base_map = svc.state_map(base.map(|b| b.0).unwrap_or(0))?;
+        let mut tips = Vec::new();
+        let mut depth = 0;
+        for short in svc
+            .extremities(room.short)?
+            .into_iter()
+            .take(MAX_PREV_EVENTS)
+        {
+            if let Some(pdu) = svc.pdu_by_short(short)? {
+                depth = depth.max(u64::from(pdu.depth));
+                tips.push(EventRef::of(&pdu));
+            }
+        }
+        Ok(Self {
+            svc,
+            room_id: Some(room_id.to_owned()),
+            short_room: room.short,
+            rules,
+            version: room.meta.version,
+            base,
+            base_map,
+            pending_state: HashMap::new(),
+            pending: vec![],
+            tips,
+            depth,
+            new_room: false,
+            extra: vec![],
+            _guard: Some(guard),
+        })
+    }
+
+    /// A writer for a room that does not exist yet; the first event must be `m.room.create`.
+    pub fn create(svc: &'a Services, version: RoomVersionId) -> ApiResult<Self> {
+        let rules = room_version::rules(&version)?;
+        let room_id = if rules.authorization.room_create_event_id_as_room_id {
+            None
+        } else {
+            let id = format!(
+                "!{}:{}",
+                plexus_core::signing::random_alnum(18),
+                svc.server_name()
+            );
+            Some(OwnedRoomId::try_from(id).map_err(|e| ApiError::Internal(e.to_string()))?)
+        };
+        Ok(Self {
+            svc,
+            room_id,
+            short_room: svc.store.kv.unique_id()?,
+            rules,
+            version,
+            base: None,
+            base_map: Arc::default(),
+            pending_state: HashMap::new(),
+            pending: vec![],
+            tips: vec![],
+            depth: 0,
+            new_room: true,
+            extra: vec![],
+            _guard: None,
+        })
+    }
+
+    /// The current state event at `(type, state_key)`, including events appended but not
+    /// committed yet.
+    pub fn state(&self, kind: &str, state_key: &str) -> ApiResult<Option<Pdu>> {
+        if let Some(i) = self
+            .pending_state
+            .get(&(kind.to_owned(), state_key.to_owned()))
+        {
+            return Ok(Some(self.pending[*i].built.pdu.clone()));
+        }
+        let Some(sk) = self.svc.short_state_key(kind, state_key)? else {
+            return Ok(None);
+        };
+        match self.base_map.get(&sk) {
+            Some(e) => self.svc.pdu_by_short(*e),
+            None => Ok(None),
+        }
+    }
+
+    pub fn membership_of(&self, user: &UserId) -> ApiResult<Option<String>> {
+        Ok(self
+            .state("m.room.member", user.as_str())?
+            .and_then(|p| p.membership()))
+    }
+
+    fn event(&self, id: &ruma::EventId) -> Option<Pdu> {
+        self.pending
+            .iter()
+            .find(|p| p.built.event_id == id)
+            .map(|p| p.built.pdu.clone())
+            .or_else(|| self.svc.pdu(id).ok().flatten())
+    }
+
+    /// Build, sign and authorize an event on top of everything appended so far.
+    pub fn append(
+        &mut self,
+        sender: &UserId,
+        ev: NewEvent,
+        txn: Option<(String, String)>,
+    ) -> ApiResult<OwnedEventId> {
+        let types = auth::auth_types(
+            &self.rules,
+            &ev.kind,
+            sender,
+            ev.state_key.as_deref(),
+            &ev.content,
+        )
+        .map_err(|e| ApiError::BadJson(e.to_string()))?;
+        let mut auth_events = Vec::with_capacity(types.len());
+        for (t, k) in &types {
+            if let Some(p) = self.state(&t.to_string(), k)? {
+                auth_events.push(EventRef::of(&p));
+            }
+        }
+        let ctx = RoomContext {
+            room_id: self.room_id.as_deref(),
+            rules: &self.rules,
+            sender,
+            origin: self.svc.server_name(),
+            prev_events: self.tips.clone(),
+            auth_events,
+            depth: self.depth + 1,
+            origin_server_ts: now_ms(),
+        };
+        let built = build_pdu(&ev, &ctx, &self.svc.key)?;
+        auth::check(
+            &self.rules,
+            &built.pdu,
+            |id| self.event(id),
+            |t, k| self.state(&t.to_string(), k).ok().flatten(),
+        )
+        .map_err(|e| {
+            ApiError::Forbidden(
+                e.to_string()
+                    .trim_start_matches("event auth failed: ")
+                    .to_owned(),
+            )
+        })?;
+
+        if self.room_id.is_none() {
+            let id = format!("!{}", &built.event_id.as_str()[1..]);
+            self.room_id =
+                Some(OwnedRoomId::try_from(id).map_err(|e| ApiError::Internal(e.to_string()))?);
+        }
+
+        let mut stored =
+            serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Some(sk) = &ev.state_key {
+            if let Some(prev) = self.state(&ev.kind, sk)? {
+                stored["unsigned"] = json!({
+                    "prev_content": prev.content_value(),
+                    "prev_sender": prev.sender,
+                    "replaces_state": prev.event_id,
+                });
+            }
+        }
+        let redacts = match &built.pdu.redacts {
+            Some(target) if built.pdu.kind == ruma::events::TimelineEventType::RoomRedaction => {
+                self.redaction_target(sender, target)?
+            }
+            _ => None,
+        };
+
+        let event_id = built.event_id.clone();
+        self.tips = vec![EventRef::of(&built.pdu)];
+        self.depth += 1;
+        if let Some(sk) = &ev.state_key {
+            self.pending_state
+                .insert((ev.kind.clone(), sk.clone()), self.pending.len());
+        }
+        self.pending.push(Pending {
+            built,
+            stored,
+            txn,
+            redacts,
+        });
+        Ok(event_id)
+    }
+
+    /// The short id of an event this redaction may actually redact: same room, and the sender
+    /// either sent it or has the power to redact others' events.
+    fn redaction_target(&self, sender: &UserId, target: &ruma::EventId) -> ApiResult<Option<u64>> {
+        let Some(short) = self.svc.short_event(target)? else {
+            return Ok(None);
+        };
+        let Some((room, _)) = self.svc.event_position(short)? else {
+            return Ok(None);
+        };
+        if room != self.short_room {
+            return Ok(None);
+        }
+        let Some(orig) = self.svc.pdu_by_short(short)? else {
+            return Ok(None);
+        };
+        if orig.sender == sender {
+            return Ok(Some(short));
+        }
+        let pl = self
+            .state("m.room.power_levels", "")?
+            .map(|p| p.content_value())
+            .unwrap_or(Value::Null);
+        let level = |v: Option<&Value>, d: i64| v.and_then(Value::as_i64).unwrap_or(d);
+        let redact_level = level(pl.get("redact"), 50);
+        let sender_level = if self.is_creator(sender)? {
+            i64::MAX
+        } else {
+            level(
+                pl.get("users").and_then(|u| u.get(sender.as_str())),
+                level(pl.get("users_default"), 0),
+            )
+        };
+        Ok((sender_level >= redact_level).then_some(short))
+    }
+
+    /// v12 creators (the create event's sender and `additional_creators`) outrank everyone.
+    pub fn is_creator(&self, user: &UserId) -> ApiResult<bool> {
+        if !self.rules.authorization.explicitly_privilege_room_creators {
+            return Ok(false);
+        }
+        let Some(create) = self.state("m.room.create", "")? else {
+            return Ok(false);
+        };
+        let extra = create.content_value();
+        let extra = extra.get("additional_creators").and_then(Value::as_array);
+        Ok(create.sender == user
+            || extra.is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))))
+    }
+
+    /// Persist everything appended in one batch, flush, then wake the users it concerns.
+    /// Returns the last stream position.
+    pub async fn commit(mut self) -> ApiResult<u64> {
+        if self.pending.is_empty() {
+            return Ok(self.svc.store.current_count());
+        }
+        let svc = self.svc;
+        let room_id = self
+            .room_id
+            .clone()
+            .ok_or_else(|| ApiError::Internal("room without id".into()))?;
+        // Allocate state keys before the batch: they are shared across rooms and written once.
+        let mut state_keys = Vec::with_capacity(self.pending.len());
+        for p in &self.pending {
+            state_keys.push(match &p.built.pdu.state_key {
+                Some(sk) => {
+                    Some(svc.short_state_key_or_create(p.built.pdu.kind.to_string().as_str(), sk)?)
+                }
+                None => None,
+            });
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let n = pending.len() as u64;
+        let short_room = self.short_room;
+        let base_map = self.base_map.clone();
+        let mut state = self.base;
+        let new_room = self.new_room.then(|| RoomMeta {
+            room_id: room_id.clone(),
+            version: self.version.clone(),
+        });
+        let rules = self.rules.clone();
+        let extra = std::mem::take(&mut self.extra);
+        let mut affected: Vec<OwnedUserId> = vec![];
+
+        let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
+            let mut changes: Vec<(u64, u64)> = vec![];
+            if let Some(meta) = &new_room {
+                batch.put(
+                    Table::RoomIdShort,
+                    room_id.as_bytes(),
+                    &short_room.to_be_bytes(),
+                );
+                batch.put(
+                    Table::ShortRoomId,
+                    &short_room.to_be_bytes(),
+                    room_id.as_bytes(),
+                );
+                batch.put(Table::RoomMeta, &short_room.to_be_bytes(), &encode(meta));
+            }
+            for prev in svc.extremities(short_room).map_err(store_err)? {
+                batch.delete(Table::Extremity, &pos_key(short_room, prev));
+            }
+            let mut last_short = 0;
+            for (i, p) in pending.iter().enumerate() {
+                let count = first + i as u64;
+                let short = svc.store.kv.unique_id()?;
+                let sb = short.to_be_bytes();
+                let pdu = &p.built.pdu;
+                batch.put(Table::EventIdShort, p.built.event_id.as_bytes(), &sb);
+                batch.put(Table::ShortEventId, &sb, p.built.event_id.as_bytes());
+                batch.put(Table::Pdu, &sb, &encode(&p.stored));
+                batch.put(Table::Timeline, &pos_key(short_room, count), &sb);
+                batch.put(Table::EventPosition, &sb, &pos_key(short_room, count));
+                if let Some((device, txn)) = &p.txn {
+                    batch.put(Table::EventTxn, &sb, &key2(device, txn));
+                    batch.put(
+                        Table::TxnId,
+                        &super::key3(pdu.sender.as_str(), device, txn),
+                        p.built.event_id.as_bytes(),
+                    );
+                }
+                let before = state;
+                if let Some(sk) = state_keys[i] {
+                    changes.push((sk, short));
+                    let full = || {
+                        let mut m = (*base_map).clone();
+                        m.extend(changes.iter().copied());
+                        m
+                    };
+                    state =
+                        Some(
+                            svc.store
+                                .state
+                                .derive(state, &[(sk, short)], &[], full, batch)?,
+                        );
+                }
+                let mut st = before.map(|b| b.0).unwrap_or(0).to_be_bytes().to_vec();
+                st.extend_from_slice(&state.map(|s| s.0).unwrap_or(0).to_be_bytes());
+                batch.put(Table::EventState, &sb, &st);
+
+                if let (Some(target), Some(membership)) = (&pdu.state_key, pdu.membership()) {
+                    if let Ok(user) = OwnedUserId::try_from(target.as_str()) {
+                        let m = Membership {
+                            membership: membership.clone(),
+                            count,
+                            event_id: p.built.event_id.clone(),
+                            sender: pdu.sender.clone(),
+                            forgotten: false,
+                        };
+                        batch.put(
+                            Table::UserRoom,
+                            &key2(user.as_str(), room_id.as_str()),
+                            &encode(&m),
+                        );
+                        let mut rk = short_room.to_be_bytes().to_vec();
+                        rk.extend_from_slice(user.as_bytes());
+                        batch.put(Table::RoomMember, &rk, membership.as_bytes());
+                        affected.push(user);
+                    }
+                }
+                if let Some(target) = p.redacts {
+                    if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
+                    {
+                        batch.put(Table::Pdu, &target.to_be_bytes(), &encode(&redacted));
+                    }
+                }
+                last_short = short;
+            }
+            batch.put(Table::Extremity, &pos_key(short_room, last_short), &[]);
+            for (t, k, v) in &extra {
+                batch.put(*t, k, v);
+            }
+            if let Some((hash, depth)) = state {
+                let mut v = hash.to_be_bytes().to_vec();
+                v.extend_from_slice(&depth.to_be_bytes());
+                batch.put(Table::RoomState, &short_room.to_be_bytes(), &v);
+            }
+            Ok(())
+        })?;
+        drop(self._guard.take());
+        svc.store.flush().await?;
+
+        let mut wake: Vec<OwnedUserId> = svc
+            .room_members(short_room)?
+            .into_iter()
+            .filter(|(_, m)| m == "join" || m == "invite")
+            .map(|(u, _)| u)
+            .collect();
+        wake.extend(affected);
+        svc.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
+        Ok(last)
+    }
+}
+
+fn store_err(e: ApiError) -> plexus_store::StoreError {
+    plexus_store::StoreError::Corrupt {
+        table: Table::Extremity,
+        why: e.to_string(),
+    }
+}
+
+fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The stored form of `target` after redaction by `because` (kept in `unsigned`).
+fn redacted_form(
+    svc: &Services,
+    target: u64,
+    because: &Value,
+    room_id: &ruma::RoomId,
+    rules: &RoomVersionRules,
+) -> Option<Value> {
+    let orig = svc.pdu_json(target).ok()??;
+    let map = orig.as_object()?.clone();
+    let obj = try_from_json_map(map).ok()?;
+    let redacted = redact(obj, &rules.redaction, None).ok()?;
+    let mut v = serde_json::to_value(redacted).ok()?;
+    let because =
+        plexus_core::client_event::to_client_event(because, room_id.as_str(), now_ms(), true);
+    v["unsigned"] = json!({ "redacted_because": because });
+    Some(v)
+}
+
+/// The member event content for a user joining or changing profile: their displayname and avatar.
+pub fn member_content(svc: &Services, user: &UserId, membership: &str) -> ApiResult<Value> {
+    let mut c = json!({ "membership": membership });
+    if membership == "join" {
+        if let Some(rec) = svc.user(user)? {
+            if let Some(d) = rec.displayname {
+                c["displayname"] = json!(d);
+            }
+            if let Some(a) = rec.avatar_url {
+                c["avatar_url"] = json!(a);
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Append one event to an existing room and commit it.
+pub async fn send_one(
+    svc: &Services,
+    room_id: &ruma::RoomId,
+    sender: &UserId,
+    ev: NewEvent,
+    txn: Option<(String, String)>,
+) -> ApiResult<OwnedEventId> {
+    let mut w = RoomWriter::open(svc, room_id).await?;
+    let id = w.append(sender, ev, txn)?;
+    w.commit().await?;
+    Ok(id)
+}
