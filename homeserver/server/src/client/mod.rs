@@ -63,6 +63,11 @@ pub fn router() -> Router<App> {
             "/rooms/{room_id}/state/{event_type}",
             get(room_events::get_state_empty_key).put(room_events::put_state_empty_key),
         )
+        // An empty state key is sent as a trailing slash by many clients.
+        .route(
+            "/rooms/{room_id}/state/{event_type}/",
+            get(room_events::get_state_empty_key).put(room_events::put_state_empty_key),
+        )
         .route(
             "/rooms/{room_id}/state/{event_type}/{state_key}",
             get(room_events::get_state).put(room_events::put_state),

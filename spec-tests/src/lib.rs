@@ -1,0 +1,335 @@
+//! Black-box test harness: real `plexus` processes on free loopback ports with temporary data
+//! dirs, and a small JSON client that returns exactly what a Matrix client would see.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+/// The `plexus` binary: `PLEXUS_BIN`, else the one built next to this test executable.
+pub fn plexus_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PLEXUS_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/plexus
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("plexus");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p plexus` first or set PLEXUS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `plexus` process. Killed on drop; its data dir lives as long as the value.
+pub struct Server {
+    pub base: String,
+    pub port: u16,
+    pub data: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// A server with open registration.
+    pub async fn start() -> Server {
+        Self::start_with(&[("PLEXUS_REGISTRATION", "open")]).await
+    }
+
+    pub async fn start_with(env: &[(&str, &str)]) -> Server {
+        let data = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = data.path().join("plexus.log");
+        let mut s = Server {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log,
+            data,
+            child: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(plexus_bin());
+        cmd.env("PLEXUS_DATA_DIR", self.data.path().join("data"))
+            .env("PLEXUS_CLIENT_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("PLEXUS_SERVER_NAME", "localhost")
+            .env("PLEXUS_LOG", "warn,plexus=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn plexus"));
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client
+                .get(format!("{}/_matrix/client/versions", self.base))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("plexus exited with {status}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plexus did not come up:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown, no final flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL then start again on the same port and data dir.
+    pub async fn crash_and_restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: reqwest::Client::new(),
+            token: None,
+            user_id: String::new(),
+            device_id: String::new(),
+        }
+    }
+
+    /// Register a fresh user (dummy auth) and return a logged-in client.
+    pub async fn user(&self, name: &str) -> Client {
+        let mut c = self.client();
+        c.register(name, "password-1234").await;
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// What a response looked like: status and JSON body (`Null` if not JSON).
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn ok(&self) -> &Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "expected success, got {}: {}",
+            self.status,
+            self.body
+        );
+        &self.body
+    }
+
+    /// Assert a Matrix error.
+    pub fn err(&self, status: u16, errcode: &str) {
+        assert_eq!(self.status, status, "status; body: {}", self.body);
+        assert_eq!(
+            self.body["errcode"], errcode,
+            "errcode; body: {}",
+            self.body
+        );
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+impl Client {
+    pub async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Resp {
+        let url = format!("{}{}", self.base, path);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, url).timeout(Duration::from_secs(60));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let res = req.send().await.expect("request failed");
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp { status, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.raw("GET", path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.raw("POST", path, Some(body.to_string().into_bytes()))
+            .await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.raw("PUT", path, Some(body.to_string().into_bytes()))
+            .await
+    }
+    pub async fn delete(&self, path: &str, body: Value) -> Resp {
+        self.raw("DELETE", path, Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    pub async fn register(&mut self, name: &str, password: &str) -> Value {
+        let first = self
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": name, "password": password}),
+            )
+            .await;
+        assert_eq!(
+            first.status, 401,
+            "register should start UIA: {}",
+            first.body
+        );
+        let session = first.body["session"].as_str().expect("session").to_owned();
+        let r = self
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": name, "password": password, "auth": {"type": "m.login.dummy", "session": session}}),
+            )
+            .await;
+        let body = r.ok().clone();
+        self.adopt(&body);
+        body
+    }
+
+    pub async fn login(&mut self, name: &str, password: &str) -> Resp {
+        let r = self
+            .post(
+                "/_matrix/client/v3/login",
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": password}),
+            )
+            .await;
+        if r.status == 200 {
+            self.adopt(&r.body.clone());
+        }
+        r
+    }
+
+    fn adopt(&mut self, body: &Value) {
+        self.token = body["access_token"].as_str().map(str::to_owned);
+        self.user_id = body["user_id"].as_str().unwrap_or_default().to_owned();
+        self.device_id = body["device_id"].as_str().unwrap_or_default().to_owned();
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let r = self.post("/_matrix/client/v3/createRoom", body).await;
+        r.ok()["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    pub async fn send_text(&self, room: &str, body: &str) -> String {
+        let txn = format!("t{}", rand_suffix());
+        let r = self
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room)
+                ),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        r.ok()["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    pub async fn join(&self, room: &str) -> Resp {
+        self.post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({}))
+            .await
+    }
+
+    pub async fn sync(&self, query: &str) -> Value {
+        self.get(&format!("/_matrix/client/v3/sync?{query}"))
+            .await
+            .ok()
+            .clone()
+    }
+}
+
+/// Percent-encode a path segment (room ids, aliases, event ids contain `!#$:`).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{}{}", std::process::id(), n)
+}
+
+/// Timeline events of a room in a sync response.
+pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+pub fn bodies(events: &[&Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}

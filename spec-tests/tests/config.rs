@@ -1,0 +1,100 @@
+//! Start-up configuration: bad values are refused with an error naming the key.
+
+use std::process::Command;
+
+use plexus_spec_tests::plexus_bin;
+
+fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(plexus_bin());
+    cmd.env("PLEXUS_DATA_DIR", dir.path()).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_settings_name_the_key() {
+    let (code, err) = run(&[("PLEXUS_REGISTRATION", "sometimes")], &["check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("PLEXUS_REGISTRATION"), "{err}");
+    let (code, err) = run(&[("PLEXUS_CLIENT_LISTEN", "nowhere")], &["check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("listeners.client"), "{err}");
+    let (code, err) = run(
+        &[
+            ("PLEXUS_CLIENT_LISTEN", "0.0.0.0:8008"),
+            ("PLEXUS_REGISTRATION", "open"),
+        ],
+        &["check-config"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("registration.policy"), "{err}");
+    let (code, err) = run(&[("PLEXUS_SERVER_NAME", "bad name")], &["check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("server_name"), "{err}");
+}
+
+#[test]
+fn config_file_is_read_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "server_name = \"example.org\"\n[listeners]\nclient = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(&[], &["--config", good.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 0, "{err}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "server_name = \"example.org\"\n[limits]\nmax_request_bytes = 10\n",
+    )
+    .unwrap();
+    let (code, err) = run(&[], &["--config", bad.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("limits.max_request_bytes"), "{err}");
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "sever_name = \"x\"\n").unwrap();
+    let (code, err) = run(&[], &["--config", typo.to_str().unwrap(), "check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("sever_name"), "{err}");
+    // The shipped example config is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/plexus.toml");
+    let (code, err) = run(&[], &["--config", example, "check-config"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn create_user_admin_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(plexus_bin())
+        .env("PLEXUS_DATA_DIR", dir.path())
+        .args([
+            "create-user",
+            "--username",
+            "root",
+            "--password",
+            "pw-123456",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("@root:localhost"));
+    let again = Command::new(plexus_bin())
+        .env("PLEXUS_DATA_DIR", dir.path())
+        .args(["create-user", "--username", "root", "--password", "x"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}

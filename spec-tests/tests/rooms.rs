@@ -1,0 +1,561 @@
+//! createRoom, membership, state, send, redact, events, members, and the auth rules behind them.
+
+use plexus_spec_tests::{bodies, enc, timeline, Server};
+use serde_json::json;
+
+#[tokio::test]
+async fn create_room_with_everything() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    srv.user("bob").await;
+    let room = alice
+        .create_room(json!({
+            "name": "Engineering", "topic": "schemas", "room_alias_name": "eng",
+            "invite": ["@bob:localhost"], "is_direct": true, "preset": "trusted_private_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}},
+                              {"type": "org.example.custom", "state_key": "k", "content": {"v": 1}}],
+            "power_level_content_override": {"events_default": 10},
+            "creation_content": {"m.federate": false},
+        }))
+        .await;
+    let st = |t: &str| format!("/_matrix/client/v3/rooms/{}/state/{t}", enc(&room));
+    assert_eq!(
+        alice.get(&st("m.room.name")).await.ok()["name"],
+        "Engineering"
+    );
+    assert_eq!(
+        alice.get(&st("m.room.topic")).await.ok()["topic"],
+        "schemas"
+    );
+    assert_eq!(
+        alice.get(&st("m.room.canonical_alias")).await.ok()["alias"],
+        "#eng:localhost"
+    );
+    assert_eq!(
+        alice.get(&st("m.room.join_rules")).await.ok()["join_rule"],
+        "invite"
+    );
+    assert_eq!(
+        alice.get(&st("m.room.history_visibility")).await.ok()["history_visibility"],
+        "joined"
+    );
+    assert_eq!(alice.get(&st("org.example.custom/k")).await.ok()["v"], 1);
+    let create = alice.get(&st("m.room.create")).await;
+    assert_eq!(create.ok()["room_version"], "12");
+    assert_eq!(create.body["m.federate"], false);
+    let pl = alice.get(&st("m.room.power_levels")).await;
+    assert_eq!(pl.ok()["events_default"], 10);
+    // v12: the creator is privileged by the create event, not listed in users.
+    assert!(pl.body["users"].get("@alice:localhost").is_none());
+    assert_eq!(pl.body["users"]["@bob:localhost"], 100);
+    let invite = alice.get(&st("m.room.member/@bob:localhost")).await;
+    assert_eq!(invite.ok()["membership"], "invite");
+    assert_eq!(invite.body["is_direct"], true);
+    // v12 room ids are the create event's reference hash.
+    let ev = alice
+        .get(&format!("{}?format=event", st("m.room.create")))
+        .await;
+    assert_eq!(&ev.ok()["event_id"].as_str().unwrap()[1..], &room[1..]);
+
+    // The alias is taken now.
+    let r = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"room_alias_name": "eng"}),
+        )
+        .await;
+    r.err(400, "M_ROOM_IN_USE");
+}
+
+#[tokio::test]
+async fn create_room_bad_input_changes_nothing() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"room_version": "99"}),
+        )
+        .await
+        .err(400, "M_UNSUPPORTED_ROOM_VERSION");
+    alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"invite": ["not-a-user"]}),
+        )
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .post("/_matrix/client/v3/createRoom", json!({"preset": "party"}))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .post("/_matrix/client/v3/createRoom", json!({"name": 5}))
+        .await
+        .err(400, "M_BAD_JSON");
+    // An initial_state event that fails auth (needs power 100 on a custom type) aborts the whole room.
+    let r = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({
+            "power_level_content_override": {"events": {"m.room.name": 200}},
+            "name": "too high", "room_alias_name": "half", "room_version": "11"}),
+        )
+        .await;
+    r.err(403, "M_FORBIDDEN");
+    let rooms = alice.get("/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(
+        rooms.ok()["joined_rooms"].as_array().unwrap().len(),
+        0,
+        "no half-made room: {}",
+        rooms.body
+    );
+    // The alias of the refused room was not taken.
+    alice.create_room(json!({"room_alias_name": "half"})).await;
+}
+
+#[tokio::test]
+async fn every_room_version_can_be_created_and_used() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    for v in 1..=12 {
+        let room = alice
+            .create_room(json!({"room_version": v.to_string(), "preset": "public_chat"}))
+            .await;
+        bob.join(&room).await.ok();
+        bob.send_text(&room, &format!("hello v{v}")).await;
+        let msgs = alice
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                enc(&room)
+            ))
+            .await;
+        assert_eq!(
+            msgs.ok()["chunk"][0]["content"]["body"],
+            format!("hello v{v}"),
+            "v{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn join_rules_and_membership_transitions() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let carol = srv.user("carol").await;
+    let private = alice.create_room(json!({})).await;
+    bob.join(&private).await.err(403, "M_FORBIDDEN");
+    bob.send_text_status(&private).await;
+    let p = |r: &str, a: &str| format!("/_matrix/client/v3/rooms/{}/{a}", enc(r));
+    alice
+        .post(&p(&private, "invite"), json!({"user_id": "@bob:localhost"}))
+        .await
+        .ok();
+    bob.join(&private).await.ok();
+    // Invite of a joined user fails; invites of unknown users are 404.
+    alice
+        .post(&p(&private, "invite"), json!({"user_id": "@bob:localhost"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    alice
+        .post(
+            &p(&private, "invite"),
+            json!({"user_id": "@nobody:localhost"}),
+        )
+        .await
+        .err(404, "M_NOT_FOUND");
+    // Bob (power 0) may not invite in a room where invite needs 50, nor kick.
+    let public = alice
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "pub"}))
+        .await;
+    bob.join("#pub:localhost").await.ok();
+    bob.post(
+        &p(&public, "invite"),
+        json!({"user_id": "@carol:localhost"}),
+    )
+    .await
+    .err(403, "M_FORBIDDEN");
+    bob.post(&p(&public, "kick"), json!({"user_id": "@alice:localhost"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    // Alice kicks, bans and unbans Bob.
+    alice
+        .post(
+            &p(&public, "kick"),
+            json!({"user_id": "@bob:localhost", "reason": "spam"}),
+        )
+        .await
+        .ok();
+    let m = alice
+        .get(&p(&public, "state/m.room.member/@bob:localhost"))
+        .await;
+    assert_eq!(m.ok()["membership"], "leave");
+    assert_eq!(m.body["reason"], "spam");
+    alice
+        .post(&p(&public, "kick"), json!({"user_id": "@bob:localhost"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    alice
+        .post(&p(&public, "ban"), json!({"user_id": "@bob:localhost"}))
+        .await
+        .ok();
+    bob.join(&public).await.err(403, "M_FORBIDDEN");
+    alice
+        .post(&p(&public, "unban"), json!({"user_id": "@bob:localhost"}))
+        .await
+        .ok();
+    bob.join(&public).await.ok();
+    // Leave, then forget; forget while joined is refused.
+    carol.join(&public).await.ok();
+    carol
+        .post(&p(&public, "forget"), json!({}))
+        .await
+        .err(400, "M_UNKNOWN");
+    carol.post(&p(&public, "leave"), json!({})).await.ok();
+    carol.post(&p(&public, "forget"), json!({})).await.ok();
+    let rooms = carol.get("/_matrix/client/v3/joined_rooms").await;
+    assert!(rooms.ok()["joined_rooms"].as_array().unwrap().is_empty());
+    // Unknown rooms.
+    bob.join("!nope:localhost").await.err(404, "M_NOT_FOUND");
+    bob.join("#nope:localhost").await.err(404, "M_NOT_FOUND");
+    bob.join("not-an-id").await.err(400, "M_INVALID_PARAM");
+}
+
+trait SendCheck {
+    async fn send_text_status(&self, room: &str);
+}
+impl SendCheck for plexus_spec_tests::Client {
+    /// A non-member's send is refused with M_FORBIDDEN.
+    async fn send_text_status(&self, room: &str) {
+        let r = self
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/x1",
+                    enc(room)
+                ),
+                json!({"body": "x"}),
+            )
+            .await;
+        r.err(403, "M_FORBIDDEN");
+    }
+}
+
+#[tokio::test]
+async fn send_is_idempotent_per_transaction() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/txn-1",
+        enc(&room)
+    );
+    let a = alice
+        .put(&path, json!({"msgtype": "m.text", "body": "once"}))
+        .await;
+    let b = alice
+        .put(&path, json!({"msgtype": "m.text", "body": "once"}))
+        .await;
+    assert_eq!(a.ok()["event_id"], b.ok()["event_id"]);
+    let msgs = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
+        .await;
+    let n = msgs.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["content"]["body"] == "once")
+        .count();
+    assert_eq!(n, 1);
+    // The sender's own device sees its transaction id.
+    let sync = alice.sync("").await;
+    let ev = timeline(&sync, &room)
+        .into_iter()
+        .find(|e| e["content"]["body"] == "once")
+        .unwrap();
+    assert_eq!(ev["unsigned"]["transaction_id"], "txn-1");
+}
+
+#[tokio::test]
+async fn state_events_and_power_levels() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let p = |a: &str| format!("/_matrix/client/v3/rooms/{}/{a}", enc(&room));
+    let r = alice
+        .put(&p("state/m.room.topic"), json!({"topic": "new"}))
+        .await;
+    assert!(r.ok()["event_id"].as_str().unwrap().starts_with('$'));
+    bob.put(&p("state/m.room.topic"), json!({"topic": "mine"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    bob.put(
+        &p("state/m.room.power_levels"),
+        json!({"users": {"@bob:localhost": 100}}),
+    )
+    .await
+    .err(403, "M_FORBIDDEN");
+    assert_eq!(bob.get(&p("state/m.room.topic")).await.ok()["topic"], "new");
+    let ev = bob.get(&p("state/m.room.topic/?format=event")).await;
+    assert_eq!(ev.ok()["sender"], "@alice:localhost");
+    assert_eq!(
+        ev.body["unsigned"]["prev_content"]["topic"],
+        serde_json::Value::Null
+    );
+    bob.get(&p("state/m.room.name"))
+        .await
+        .err(404, "M_NOT_FOUND");
+    let all = bob.get(&p("state")).await;
+    let types: Vec<&str> = all
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "m.room.create",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.topic",
+        "m.room.member",
+    ] {
+        assert!(types.contains(&t), "{t} missing from {types:?}");
+    }
+    // Outsiders see nothing.
+    let eve = srv.user("eve").await;
+    eve.get(&p("state")).await.err(403, "M_FORBIDDEN");
+    eve.get(&p("state/m.room.topic"))
+        .await
+        .err(403, "M_FORBIDDEN");
+    eve.get(&p("members")).await.err(403, "M_FORBIDDEN");
+    eve.get(&p("messages?dir=b")).await.err(403, "M_FORBIDDEN");
+    // Members lists.
+    let members = alice.get(&p("members")).await;
+    assert_eq!(members.ok()["chunk"].as_array().unwrap().len(), 2);
+    let joined = alice.get(&p("joined_members")).await;
+    assert!(joined.ok()["joined"]["@bob:localhost"].is_object());
+    let only_join = alice.get(&p("members?membership=join")).await;
+    assert_eq!(only_join.ok()["chunk"].as_array().unwrap().len(), 2);
+    let not_join = alice.get(&p("members?not_membership=join")).await;
+    assert_eq!(not_join.ok()["chunk"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn redaction_and_event_lookup() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let p = |a: &str| format!("/_matrix/client/v3/rooms/{}/{a}", enc(&room));
+    let a_msg = alice.send_text(&room, "alice secret").await;
+    let b_msg = bob.send_text(&room, "bob secret").await;
+    let ev = bob.get(&p(&format!("event/{}", enc(&a_msg)))).await;
+    assert_eq!(ev.ok()["content"]["body"], "alice secret");
+    bob.get(&p("event/$doesnotexist"))
+        .await
+        .err(404, "M_NOT_FOUND");
+    // Bob cannot redact Alice's message (redaction needs 50); the event exists but changes nothing.
+    bob.put(
+        &p(&format!("redact/{}/r1", enc(&a_msg))),
+        json!({"reason": "no"}),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        bob.get(&p(&format!("event/{}", enc(&a_msg)))).await.ok()["content"]["body"],
+        "alice secret"
+    );
+    // Bob redacts his own; Alice (creator) redacts Bob's too.
+    bob.put(
+        &p(&format!("redact/{}/r2", enc(&b_msg))),
+        json!({"reason": "oops"}),
+    )
+    .await
+    .ok();
+    let red = alice.get(&p(&format!("event/{}", enc(&b_msg)))).await;
+    assert_eq!(red.ok()["content"], json!({}));
+    assert_eq!(
+        red.body["unsigned"]["redacted_because"]["content"]["reason"],
+        "oops"
+    );
+    alice
+        .put(&p(&format!("redact/{}/r3", enc(&a_msg))), json!({}))
+        .await
+        .ok();
+    assert_eq!(
+        bob.get(&p(&format!("event/{}", enc(&a_msg)))).await.ok()["content"],
+        json!({})
+    );
+    let sync = bob.sync("").await;
+    assert!(!bodies(&timeline(&sync, &room))
+        .iter()
+        .any(|b| b.contains("secret")));
+}
+
+#[tokio::test]
+async fn history_visibility_is_enforced() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}]}))
+        .await;
+    let before = alice.send_text(&room, "before bob").await;
+    bob.join(&room).await.ok();
+    alice.send_text(&room, "after bob").await;
+    let msgs = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
+        .await;
+    let got: Vec<&str> = msgs.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(got, vec!["after bob"]);
+    bob.get(&format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        enc(&room),
+        enc(&before)
+    ))
+    .await
+    .err(404, "M_NOT_FOUND");
+    // After leaving, later messages are hidden from Bob.
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await
+    .ok();
+    alice.send_text(&room, "after leave").await;
+    let msgs = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
+        .await;
+    let got: Vec<&str> = msgs.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(got, vec!["after bob"]);
+}
+
+#[tokio::test]
+async fn messages_paging_and_context() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let mut ids = vec![];
+    for i in 0..25 {
+        ids.push(alice.send_text(&room, &format!("m{i}")).await);
+    }
+    // Page backwards 10 at a time and collect all 25 in reverse order.
+    let mut from = String::new();
+    let mut seen = vec![];
+    loop {
+        let q = if from.is_empty() {
+            String::new()
+        } else {
+            format!("&from={from}")
+        };
+        let r = alice
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10{q}",
+                enc(&room)
+            ))
+            .await;
+        let body = r.ok().clone();
+        for e in body["chunk"].as_array().unwrap() {
+            if let Some(b) = e["content"]["body"].as_str() {
+                seen.push(b.to_owned());
+            }
+        }
+        match body["end"].as_str() {
+            Some(e) => from = e.to_owned(),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want);
+    // Forwards with a filter.
+    let f = enc(r#"{"types":["m.room.message"]}"#);
+    let r = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=5&filter={f}",
+            enc(&room)
+        ))
+        .await;
+    let got: Vec<&str> = r.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"]);
+    // Context around m12.
+    let r = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/context/{}?limit=4&filter={f}",
+            enc(&room),
+            enc(&ids[12])
+        ))
+        .await;
+    let body = r.ok();
+    assert_eq!(body["event"]["content"]["body"], "m12");
+    let before: Vec<&str> = body["events_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    let after: Vec<&str> = body["events_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(before, vec!["m11", "m10"]);
+    assert_eq!(after, vec!["m13", "m14"]);
+    assert!(body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+    // Bad parameters.
+    alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=x",
+            enc(&room)
+        ))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&from=garbage",
+            enc(&room)
+        ))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=-1",
+            enc(&room)
+        ))
+        .await
+        .err(400, "M_INVALID_PARAM");
+}

@@ -1,0 +1,353 @@
+//! `/sync`: initial and incremental, long-poll wake-up, limited timelines, filters, lazy-loading,
+//! invite and leave sections, account data, full_state.
+
+use std::time::{Duration, Instant};
+
+use plexus_spec_tests::{bodies, enc, timeline, Server};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn initial_and_incremental_sync() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice
+        .create_room(json!({"name": "Chat", "invite": ["@bob:localhost"]}))
+        .await;
+
+    let s0 = bob.sync("").await;
+    let inv = &s0["rooms"]["invite"][&room]["invite_state"]["events"];
+    let types: Vec<&str> = inv
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"m.room.name") && types.contains(&"m.room.create"),
+        "{types:?}"
+    );
+    assert!(inv
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost"));
+    let since = s0["next_batch"].as_str().unwrap().to_owned();
+
+    bob.join(&room).await.ok();
+    alice.send_text(&room, "hi bob").await;
+    let s1 = bob.sync(&format!("since={since}")).await;
+    let joined = &s1["rooms"]["join"][&room];
+    // Newly joined: full state is sent, the timeline has the message.
+    let state_types: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    let tl = timeline(&s1, &room);
+    let all_types: Vec<&str> = state_types
+        .iter()
+        .copied()
+        .chain(tl.iter().map(|e| e["type"].as_str().unwrap()))
+        .collect();
+    for t in ["m.room.create", "m.room.name", "m.room.power_levels"] {
+        assert!(all_types.contains(&t), "{t} missing");
+    }
+    assert_eq!(bodies(&tl), vec!["hi bob"]);
+    assert!(
+        tl.iter().all(|e| e.get("room_id").is_none()),
+        "sync events omit room_id"
+    );
+    assert!(s1["rooms"]["invite"].get(&room).is_none());
+
+    // Nothing new: an incremental sync with timeout 0 is empty.
+    let since = s1["next_batch"].as_str().unwrap().to_owned();
+    let s2 = bob.sync(&format!("since={since}&timeout=0")).await;
+    assert!(s2["rooms"]["join"].get(&room).is_none(), "{s2}");
+    assert_eq!(s2["next_batch"], since);
+
+    // One new message: incremental, not limited, no state.
+    alice.send_text(&room, "second").await;
+    let s3 = bob.sync(&format!("since={since}")).await;
+    assert_eq!(bodies(&timeline(&s3, &room)), vec!["second"]);
+    assert_eq!(s3["rooms"]["join"][&room]["timeline"]["limited"], false);
+    assert_eq!(s3["rooms"]["join"][&room]["state"]["events"], json!([]));
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_send() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let since = bob.sync("").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiter = {
+        let bob = bob.clone();
+        let since = since.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let s = bob.sync(&format!("since={since}&timeout=20000")).await;
+            (s, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.send_text(&room, "wake up").await;
+    let (s, elapsed) = waiter.await.unwrap();
+    assert_eq!(bodies(&timeline(&s, &room)), vec!["wake up"]);
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "long-poll returned only after {elapsed:?}"
+    );
+
+    // With nothing to say, the wait lasts the timeout.
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    let t = Instant::now();
+    let s = bob.sync(&format!("since={since}&timeout=700")).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "returned early: {s}"
+    );
+}
+
+#[tokio::test]
+async fn limited_timeline_and_prev_batch_paging() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let since = alice.sync("").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)),
+            json!({"topic": "changed"}),
+        )
+        .await
+        .ok();
+    for i in 0..15 {
+        alice.send_text(&room, &format!("n{i}")).await;
+    }
+    let f = enc(r#"{"room":{"timeline":{"limit":5}}}"#);
+    let s = alice.sync(&format!("since={since}&filter={f}")).await;
+    let r = &s["rooms"]["join"][&room];
+    assert_eq!(r["timeline"]["limited"], true);
+    assert_eq!(
+        bodies(&timeline(&s, &room)),
+        vec!["n10", "n11", "n12", "n13", "n14"]
+    );
+    // The topic change fell in the gap, so it is in the state section.
+    let state = r["state"]["events"].as_array().unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "changed"),
+        "{state:?}"
+    );
+    // prev_batch continues exactly where the timeline starts.
+    let prev = r["timeline"]["prev_batch"].as_str().unwrap();
+    let m = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={prev}",
+            enc(&room)
+        ))
+        .await;
+    let got: Vec<&str> = m.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(got, vec!["n9", "n8", "n7"]);
+}
+
+#[tokio::test]
+async fn stored_filters_and_lazy_loading() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let mut others = vec![];
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    for i in 0..4 {
+        let c = srv.user(&format!("m{i}")).await;
+        c.join(&room).await.ok();
+        others.push(c);
+    }
+    others[0].send_text(&room, "from m0").await;
+    let filter = json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}});
+    let r = alice
+        .post(
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            filter.clone(),
+        )
+        .await;
+    let id = r.ok()["filter_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        alice
+            .get(&format!(
+                "/_matrix/client/v3/user/@alice:localhost/filter/{id}"
+            ))
+            .await
+            .ok(),
+        &filter
+    );
+    alice
+        .get("/_matrix/client/v3/user/@alice:localhost/filter/nope")
+        .await
+        .err(404, "M_NOT_FOUND");
+    alice
+        .post("/_matrix/client/v3/user/@bob:localhost/filter", json!({}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    alice
+        .post(
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            json!({"room": {"timeline": {"limit": "x"}}}),
+        )
+        .await
+        .err(400, "M_BAD_JSON");
+
+    let s = alice.sync(&format!("filter={id}")).await;
+    let r = &s["rooms"]["join"][&room];
+    let members: Vec<&str> = r["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    // Only the timeline's sender and the user themself, not all five members.
+    assert!(
+        members.contains(&"@m0:localhost") && members.contains(&"@alice:localhost"),
+        "{members:?}"
+    );
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(r["summary"]["m.joined_member_count"], 5);
+    // Inline filter JSON works too; a bad one is rejected.
+    let inline = enc(r#"{"room":{"timeline":{"types":["m.room.member"]}}}"#);
+    let s = alice.sync(&format!("filter={inline}")).await;
+    assert!(timeline(&s, &room)
+        .iter()
+        .all(|e| e["type"] == "m.room.member"));
+    let r = alice
+        .get(&format!("/_matrix/client/v3/sync?filter={}", enc("{bad")))
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn leave_section_account_data_and_full_state() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let since = bob.sync("").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.send_text(&room, "last words").await;
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await
+    .ok();
+    alice.send_text(&room, "after bob left").await;
+    let s = bob.sync(&format!("since={since}")).await;
+    let left = &s["rooms"]["leave"][&room];
+    let tl: Vec<&Value> = left["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert!(bodies(&tl).contains(&"last words".to_owned()));
+    assert!(!bodies(&tl).contains(&"after bob left".to_owned()));
+    assert!(tl
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"));
+    assert!(s["rooms"]["join"].get(&room).is_none());
+
+    // Account data, global and per room.
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .put(
+            "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.pref",
+            json!({"theme": "dark"}),
+        )
+        .await
+        .ok();
+    alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/@alice:localhost/rooms/{}/account_data/org.example.room",
+                enc(&room)
+            ),
+            json!({"pinned": true}),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        alice
+            .get("/_matrix/client/v3/user/@alice:localhost/account_data/org.example.pref")
+            .await
+            .ok()["theme"],
+        "dark"
+    );
+    alice
+        .get("/_matrix/client/v3/user/@alice:localhost/account_data/org.example.none")
+        .await
+        .err(404, "M_NOT_FOUND");
+    alice
+        .put(
+            "/_matrix/client/v3/user/@bob:localhost/account_data/x",
+            json!({}),
+        )
+        .await
+        .err(403, "M_FORBIDDEN");
+    let s = alice.sync("").await;
+    assert!(s["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "org.example.pref"));
+    let rad = &s["rooms"]["join"][&room]["account_data"]["events"];
+    assert!(rad
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "org.example.room" && e["content"]["pinned"] == true));
+    // Bob's incremental sync does not see Alice's account data.
+    let sb = bob.sync(&format!("since={since}")).await;
+    assert_eq!(sb["account_data"]["events"], json!([]));
+
+    // full_state resends all state even with nothing new.
+    let next = s["next_batch"].as_str().unwrap();
+    let fs = alice.sync(&format!("since={next}&full_state=true")).await;
+    let st = fs["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap()
+        .len()
+        + timeline(&fs, &room)
+            .iter()
+            .filter(|e| e.get("state_key").is_some())
+            .count();
+    assert!(st >= 4, "{fs}");
+    // Bad parameters.
+    alice
+        .get("/_matrix/client/v3/sync?since=abc")
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .get("/_matrix/client/v3/sync?set_presence=busy")
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .get("/_matrix/client/v3/sync?timeout=soon")
+        .await
+        .err(400, "M_INVALID_PARAM");
+}
