@@ -76,33 +76,51 @@ pub async fn set_field(
         Some(Value::Null) | None => None,
         Some(_) => return Err(ApiError::BadJson(format!("{field} must be a string"))),
     };
+    update(&app, &s.user_id, &user, &field, value).await
+}
+
+pub async fn delete_field(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((user, field)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    check_field(&field)?;
+    let user = parse_user(&user)?;
+    update(&app, &s.user_id, &user, &field, None).await
+}
+
+/// Store the new value and propagate it as a member event to every joined room.
+async fn update(app: &App, caller: &UserId, user: &UserId, field: &str, value: Option<String>) -> ApiResult<Json<Value>> {
+    if user != caller {
+        return Err(ApiError::Forbidden("Cannot set another user's profile".into()));
+    }
     if value.as_ref().is_some_and(|v| v.len() > 1024) {
         return Err(ApiError::InvalidParam(format!("{field} too long")));
     }
     let mut rec = app
         .user(&user)?
         .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
-    match field.as_str() {
+    match field {
         "displayname" => rec.displayname = value,
         _ => rec.avatar_url = value,
     }
     let mut b = plexus_store::Batch::default();
-    app.put_user(&user, &rec, &mut b);
+    app.put_user(user, &rec, &mut b);
     app.store.commit(b)?;
     app.store.flush().await?;
     // Propagate to joined rooms; a room that refuses (e.g. power levels) keeps the old profile.
-    for (room_id, m) in app.user_rooms(&user)? {
+    for (room_id, m) in app.user_rooms(user)? {
         if m.membership != "join" {
             continue;
         }
-        let content = writer::member_content(&app, &user, "join")?;
+        let content = writer::member_content(app, user, "join")?;
         let ev = NewEvent {
             kind: "m.room.member".into(),
             content,
             state_key: Some(user.to_string()),
             redacts: None,
         };
-        if let Err(e) = writer::send_one(&app, &room_id, &user, ev, None).await {
+        if let Err(e) = writer::send_one(app, &room_id, user, ev, None).await {
             tracing::warn!(room = %room_id, error = %e, "profile update not propagated");
         }
     }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every Plexus test: unit tests, black-box spec-tests against real plexus processes, and the
+# interop test with a Matrix client library nobody here wrote (matrix-nio from PyPI).
+#
+# Usage: bash spec-tests/run-all.sh
+# Needs: cargo, python3 (3.9+) with venv. Creates target/interop-venv on first run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+
+echo "== build"
+cargo build --workspace --all-targets
+
+echo "== cargo test (unit + black-box spec-tests)"
+cargo test --workspace
+
+echo "== interop: matrix-nio against a real plexus"
+venv=$target/interop-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r spec-tests/interop/requirements.txt
+
+data=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PLEXUS_DATA_DIR="$data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$port" PLEXUS_REGISTRATION=open \
+  PLEXUS_LOG=warn "$target/debug/plexus" >"$data/plexus.log" 2>&1 &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+if ! "$venv/bin/python" spec-tests/interop/nio_smoke.py "http://127.0.0.1:$port"; then
+  echo "--- plexus log"; tail -50 "$data/plexus.log"; exit 1
+fi
+echo "== all tests passed"
