@@ -374,8 +374,14 @@ async fn profile_fields_can_be_deleted() {
     let srv = Server::start().await;
     let alice = srv.user("delia").await;
     let path = "/_matrix/client/v3/profile/@delia:localhost/avatar_url";
-    alice.put(path, json!({"avatar_url": "mxc://localhost/x"})).await.ok();
+    alice
+        .put(path, json!({"avatar_url": "mxc://localhost/x"}))
+        .await
+        .ok();
     alice.delete(path, json!({})).await.ok();
     alice.get(path).await.err(404, "M_NOT_FOUND");
-    alice.get("/_matrix/client/v3/profile/@delia:localhost/m.tz").await.err(404, "M_UNRECOGNIZED");
+    alice
+        .get("/_matrix/client/v3/profile/@delia:localhost/m.tz")
+        .await
+        .err(404, "M_UNRECOGNIZED");
 }

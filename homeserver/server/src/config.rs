@@ -52,7 +52,7 @@ pub struct Listeners {
     pub client: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// `disabled`, `token` or `open`. Absent: `open` on a loopback listener, else `disabled`.
@@ -103,15 +103,6 @@ impl Default for Listeners {
     fn default() -> Self {
         Self {
             client: "127.0.0.1:8008".into(),
-        }
-    }
-}
-
-impl Default for RegistrationConfig {
-    fn default() -> Self {
-        Self {
-            policy: None,
-            tokens: vec![],
         }
     }
 }

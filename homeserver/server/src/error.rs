@@ -105,7 +105,15 @@ impl IntoResponse for ApiError {
             }
             _ => json!({"errcode": errcode, "error": self.to_string()}),
         };
-        (status, Json(body)).into_response()
+        let mut res = (status, Json(body)).into_response();
+        if matches!(self, ApiError::TooLarge) {
+            // The rest of an oversized body is never read, so the connection cannot be reused.
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        res
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{be_u64, Batch, Kv, StoreError, Table};
 pub type StateMap = BTreeMap<u64, u64>;
 
 /// Longest chain of deltas before a full snapshot is written.
-const FULL_EVERY: u32 = 64;
+pub const FULL_EVERY: u32 = 64;
 /// Bound on cached materialised snapshots.
 const CACHE_MAX: usize = 512;
 

@@ -102,20 +102,18 @@ pub async fn messages(
     let mut chunk = vec![];
     let mut senders = BTreeSet::new();
     let mut last_pos = None;
-    let mut scanned = 0;
     let mut exhausted = true;
     let iter: Box<dyn Iterator<Item = ApiResult<(u64, u64)>>> = if backwards {
         Box::new(app.timeline(room.short, lo, hi).rev())
     } else {
         Box::new(app.timeline(room.short, lo, hi))
     };
-    for item in iter {
+    for (scanned, item) in iter.enumerate() {
         if chunk.len() >= limit || scanned >= SCAN_CAP {
             exhausted = false;
             break;
         }
         let (count, short) = item?;
-        scanned += 1;
         last_pos = Some(count);
         let Some(pdu) = app.pdu_by_short(short)? else {
             continue;

@@ -45,7 +45,9 @@ pub fn router() -> Router<App> {
         .route("/profile/{user_id}", get(profile::get_profile))
         .route(
             "/profile/{user_id}/{field}",
-            get(profile::get_field).put(profile::set_field).delete(profile::delete_field),
+            get(profile::get_field)
+                .put(profile::set_field)
+                .delete(profile::delete_field),
         )
         // rooms
         .route("/createRoom", post(room_create::create_room))

@@ -90,15 +90,23 @@ pub async fn delete_field(
 }
 
 /// Store the new value and propagate it as a member event to every joined room.
-async fn update(app: &App, caller: &UserId, user: &UserId, field: &str, value: Option<String>) -> ApiResult<Json<Value>> {
+async fn update(
+    app: &App,
+    caller: &UserId,
+    user: &UserId,
+    field: &str,
+    value: Option<String>,
+) -> ApiResult<Json<Value>> {
     if user != caller {
-        return Err(ApiError::Forbidden("Cannot set another user's profile".into()));
+        return Err(ApiError::Forbidden(
+            "Cannot set another user's profile".into(),
+        ));
     }
     if value.as_ref().is_some_and(|v| v.len() > 1024) {
         return Err(ApiError::InvalidParam(format!("{field} too long")));
     }
     let mut rec = app
-        .user(&user)?
+        .user(user)?
         .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
     match field {
         "displayname" => rec.displayname = value,

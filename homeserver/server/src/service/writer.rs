@@ -40,8 +40,8 @@ pub struct RoomWriter<'a> {
     short_room: u64,
     pub rules: RoomVersionRules,
     version: RoomVersionId,
+    /// The room's committed current state: snapshot hash and delta depth.
     base: Option<(u64, u32)>,
-    base_map: Arc<StateMap>,
     pending_state: HashMap<(String, String), usize>,
     pending: Vec<Pending>,
     tips: Vec<EventRef>,
@@ -59,7 +59,6 @@ impl<'a> RoomWriter<'a> {
         let room = svc.room_or_404(room_id)?;
         let rules = room_version::rules(&room.meta.version)?;
         let base = svc.current_state(room.short)?;
-        let base_map = svc.state_map(base.map(|b| b.0).unwrap_or(0))?;
         let mut tips = Vec::new();
         let mut depth = 0;
         for short in svc
@@ -79,7 +78,6 @@ impl<'a> RoomWriter<'a> {
             rules,
             version: room.meta.version,
             base,
-            base_map,
             pending_state: HashMap::new(),
             pending: vec![],
             tips,
@@ -110,7 +108,6 @@ impl<'a> RoomWriter<'a> {
             rules,
             version,
             base: None,
-            base_map: Arc::default(),
             pending_state: HashMap::new(),
             pending: vec![],
             tips: vec![],
@@ -130,13 +127,9 @@ impl<'a> RoomWriter<'a> {
         {
             return Ok(Some(self.pending[*i].built.pdu.clone()));
         }
-        let Some(sk) = self.svc.short_state_key(kind, state_key)? else {
-            return Ok(None);
-        };
-        match self.base_map.get(&sk) {
-            Some(e) => self.svc.pdu_by_short(*e),
-            None => Ok(None),
-        }
+        // One entry of the snapshot, read without materialising the whole room state.
+        self.svc
+            .state_pdu(self.base.map(|b| b.0).unwrap_or(0), kind, state_key)
     }
 
     pub fn membership_of(&self, user: &UserId) -> ApiResult<Option<String>> {
@@ -312,7 +305,15 @@ impl<'a> RoomWriter<'a> {
         let pending = std::mem::take(&mut self.pending);
         let n = pending.len() as u64;
         let short_room = self.short_room;
-        let base_map = self.base_map.clone();
+        // A full snapshot is written every FULL_EVERY links; only then is the whole map needed.
+        let n_state = state_keys.iter().flatten().count() as u32;
+        let needs_full = self
+            .base
+            .is_none_or(|(_, depth)| depth + n_state + 1 >= plexus_store::state::FULL_EVERY);
+        let base_map: Arc<StateMap> = match self.base {
+            Some((hash, _)) if needs_full => svc.state_map(hash)?,
+            _ => Arc::default(),
+        };
         let mut state = self.base;
         let new_room = self.new_room.then(|| RoomMeta {
             room_id: room_id.clone(),
