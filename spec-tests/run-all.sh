@@ -13,7 +13,11 @@ echo "== build"
 cargo build --workspace --all-targets
 
 echo "== cargo test (unit + black-box spec-tests)"
-cargo test --workspace
+log=$(mktemp)
+cargo test --workspace 2>&1 | tee "$log"
+# Totals over every test binary, for the summary line at the end.
+read -r cargo_passed cargo_failed < <(awk '/^test result:/ {p+=$4; f+=$6} END {print p+0, f+0}' "$log")
+rm -f "$log"
 
 echo "== interop: matrix-nio against a real plexus"
 venv=$target/interop-venv
@@ -33,7 +37,11 @@ for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
   sleep 0.1
 done
-if ! "$venv/bin/python" spec-tests/interop/nio_smoke.py "http://127.0.0.1:$port"; then
+nio_log=$(mktemp)
+if ! "$venv/bin/python" spec-tests/interop/nio_smoke.py "http://127.0.0.1:$port" | tee "$nio_log"; then
   echo "--- plexus log"; tail -50 "$data/plexus.log"; exit 1
 fi
-echo "== all tests passed"
+read -r nio_passed nio_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$nio_log")
+rm -f "$nio_log"
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed passed"
+echo "$((cargo_passed + nio_passed)) passed, $((cargo_failed + nio_failed)) failed"

@@ -27,6 +27,19 @@ fn k(table: Table, key: &[u8]) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Kv {
     db: sled::Db,
+    durability: std::sync::Arc<Durability>,
+}
+
+/// Group commit. sled deadlocks when many `flush_async` calls are in flight at once (its IO
+/// pool fills with flushes waiting on each other), so one flush runs at a time and every
+/// writer whose batch it covered returns together.
+#[derive(Default)]
+struct Durability {
+    /// Batches applied so far.
+    applied: std::sync::atomic::AtomicU64,
+    /// Batches known to be on disk.
+    flushed: std::sync::atomic::AtomicU64,
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// Writes applied together or not at all.
@@ -56,7 +69,10 @@ impl Kv {
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            durability: Default::default(),
+        })
     }
 
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -78,7 +94,12 @@ impl Kv {
             .db
             .compare_and_swap(k(table, key), None as Option<&[u8]>, Some(value))?
         {
-            Ok(()) => Ok(value.to_vec()),
+            Ok(()) => {
+                self.durability
+                    .applied
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                Ok(value.to_vec())
+            }
             Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
     }
@@ -111,7 +132,11 @@ impl Kv {
     }
 
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        Ok(self.db.apply_batch(batch.inner)?)
+        self.db.apply_batch(batch.inner)?;
+        self.durability
+            .applied
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     /// A process-wide unique id that is never handed out twice, even across crashes.
@@ -119,13 +144,34 @@ impl Kv {
         Ok(self.db.generate_id()? + 1)
     }
 
+    /// Wait until every batch applied before this call is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Acquire;
+        let d = &self.durability;
+        let target = d.applied.load(Acquire);
+        if d.flushed.load(Acquire) >= target {
+            return Ok(());
+        }
+        let _one_at_a_time = d.flushing.lock().await;
+        if d.flushed.load(Acquire) >= target {
+            return Ok(());
+        }
+        let covered = d.applied.load(Acquire);
         self.db.flush_async().await?;
+        d.flushed
+            .fetch_max(covered, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let covered = self
+            .durability
+            .applied
+            .load(std::sync::atomic::Ordering::Acquire);
         self.db.flush()?;
+        self.durability
+            .flushed
+            .fetch_max(covered, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use crate::{
     config::RegistrationPolicy,
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Query},
+    service::accounts::PASSWORD_FLOW,
     service::{accounts::IssuedTokens, App, Services},
 };
 
@@ -79,7 +80,7 @@ pub async fn register(
     if let Some(k) = q.kind.as_deref().filter(|k| *k != "user") {
         return Err(ApiError::InvalidParam(format!("unknown kind {k}")));
     }
-    let flows: &[&[&str]] = match app.settings.registration {
+    let flows: &'static [&'static [&'static str]] = match app.settings.registration {
         RegistrationPolicy::Disabled => {
             return Err(ApiError::Forbidden("Registration has been disabled".into()))
         }
@@ -98,7 +99,7 @@ pub async fn register(
             return Err(ApiError::WeakPassword("password too long".into()));
         }
     }
-    app.uia_step(body.auth.as_ref(), flows, None)?;
+    app.uia(body.auth.clone(), flows, None).await?;
     app.create_user(&user_id, body.password.as_deref(), false)
         .await?;
     tracing::info!(user = %user_id, "registered");
@@ -163,7 +164,11 @@ pub async fn login(State(app): State<App>, Body(body): Body<LoginBody>) -> ApiRe
         )));
     }
     let creds = Value::Object(body.rest.clone());
-    let user_id = match app.password_auth(&creds) {
+    let check = {
+        let (app, creds) = (app.clone(), creds.clone());
+        crate::service::accounts::blocking(move || app.password_auth(&creds)).await?
+    };
+    let user_id = match check {
         Some(u) => u,
         None => {
             // A deactivated account with the right password gets its own error code.
@@ -257,11 +262,8 @@ pub async fn password(
     Auth(s): Auth,
     Body(body): Body<PasswordBody>,
 ) -> ApiResult<Json<Value>> {
-    app.uia_step(
-        body.auth.as_ref(),
-        &[&["m.login.password"]],
-        Some(&s.user_id),
-    )?;
+    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
+        .await?;
     if body.new_password.is_empty() || body.new_password.len() > 512 {
         return Err(ApiError::WeakPassword(
             "password must be 1 to 512 bytes".into(),
@@ -270,7 +272,11 @@ pub async fn password(
     let mut rec = app
         .user(&s.user_id)?
         .ok_or_else(|| ApiError::Forbidden("unknown user".into()))?;
-    rec.password_hash = Some(Services::hash_password(&body.new_password)?);
+    let new_password = body.new_password.clone();
+    rec.password_hash = Some(
+        crate::service::accounts::blocking(move || Services::hash_password(&new_password))
+            .await??,
+    );
     let mut b = plexus_store::Batch::default();
     app.put_user(&s.user_id, &rec, &mut b);
     app.store.commit(b)?;
@@ -297,11 +303,8 @@ pub async fn deactivate(
     Auth(s): Auth,
     Body(body): Body<DeactivateBody>,
 ) -> ApiResult<Json<Value>> {
-    app.uia_step(
-        body.auth.as_ref(),
-        &[&["m.login.password"]],
-        Some(&s.user_id),
-    )?;
+    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
+        .await?;
     // Leave every room first, so the account's memberships end while it can still act.
     for (room_id, m) in app.user_rooms(&s.user_id)? {
         if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
+    service::accounts::PASSWORD_FLOW,
     service::{accounts::DeviceRecord, App},
 };
 
@@ -75,11 +76,8 @@ pub async fn delete(
     if app.device(&s.user_id, &device_id)?.is_none() {
         return Err(ApiError::NotFound("Unknown device".into()));
     }
-    app.uia_step(
-        body.auth.as_ref(),
-        &[&["m.login.password"]],
-        Some(&s.user_id),
-    )?;
+    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
+        .await?;
     app.delete_devices(&s.user_id, &[device_id]).await?;
     Ok(Json(json!({})))
 }
@@ -95,11 +93,8 @@ pub async fn delete_many(
     Auth(s): Auth,
     Body(body): Body<DeleteManyBody>,
 ) -> ApiResult<Json<Value>> {
-    app.uia_step(
-        body.auth.as_ref(),
-        &[&["m.login.password"]],
-        Some(&s.user_id),
-    )?;
+    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
+        .await?;
     app.delete_devices(&s.user_id, &body.devices).await?;
     Ok(Json(json!({})))
 }

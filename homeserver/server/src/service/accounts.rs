@@ -74,6 +74,9 @@ struct UiaState {
 
 const UIA_SESSIONS_MAX: usize = 10_000;
 
+/// The flow for actions that need the account's password again.
+pub const PASSWORD_FLOW: &[&[&str]] = &[&["m.login.password"]];
+
 impl Services {
     pub fn user(&self, user_id: &UserId) -> ApiResult<Option<UserRecord>> {
         match self.store.kv.get(Table::User, user_id.as_bytes())? {
@@ -119,7 +122,13 @@ impl Services {
         admin: bool,
     ) -> ApiResult<()> {
         let rec = UserRecord {
-            password_hash: password.map(Self::hash_password).transpose()?,
+            password_hash: match password {
+                Some(p) => {
+                    let p = p.to_owned();
+                    Some(blocking(move || Self::hash_password(&p)).await??)
+                }
+                None => None,
+            },
             displayname: Some(user_id.localpart().to_owned()),
             avatar_url: None,
             deactivated: false,
@@ -305,6 +314,18 @@ impl Services {
 
     // ---- user-interactive auth ----
 
+    /// [`Self::uia_step`] off the async workers: a password stage runs Argon2, which would
+    /// otherwise stall every request sharing the worker.
+    pub async fn uia(
+        self: &std::sync::Arc<Self>,
+        auth: Option<Value>,
+        flows: &'static [&'static [&'static str]],
+        expected_user: Option<OwnedUserId>,
+    ) -> ApiResult<Option<OwnedUserId>> {
+        let app = self.clone();
+        blocking(move || app.uia_step(auth.as_ref(), flows, expected_user.as_deref())).await?
+    }
+
     /// Run one step of user-interactive auth with the given flows. Returns `Ok(user)` once a flow
     /// is complete (the user that proved itself with a password, if any).
     pub fn uia_step(
@@ -420,4 +441,11 @@ impl Services {
         }
         Ok(id)
     }
+}
+
+/// Run CPU-heavy work (password hashing) on the blocking pool.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
 }
