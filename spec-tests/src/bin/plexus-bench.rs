@@ -565,8 +565,7 @@ async fn run_all(
                 let mut res = res;
                 // The waiting sync may return before the event for other reasons; follow up.
                 let mut tries = 0;
-                loop {
-                    let Some(r) = &res else { break };
+                while let Some(r) = &res {
                     since = r["next_batch"].as_str().unwrap_or_default().to_owned();
                     let found = r["rooms"]["join"][&room]["timeline"]["events"]
                         .as_array()
