@@ -43,5 +43,12 @@ if ! "$venv/bin/python" spec-tests/interop/nio_smoke.py "http://127.0.0.1:$port"
 fi
 read -r nio_passed nio_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$nio_log")
 rm -f "$nio_log"
-echo "== summary: cargo $cargo_passed passed, interop $nio_passed passed"
-echo "$((cargo_passed + nio_passed)) passed, $((cargo_failed + nio_failed)) failed"
+
+echo "== plexus-bench --scale tiny (every response checked; no timing assertions)"
+bench_ok=1
+"$target/debug/plexus-bench" run --base "http://127.0.0.1:$port" --scale tiny --pid "$pid" --data-dir "$data" || bench_ok=0
+if [ "$bench_ok" != 1 ]; then
+  echo "plexus-bench reported errors"; tail -50 "$data/plexus.log"; exit 1
+fi
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed passed, bench smoke 1 passed"
+echo "$((cargo_passed + nio_passed + 1)) passed, $((cargo_failed + nio_failed)) failed"

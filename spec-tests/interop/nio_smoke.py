@@ -1,18 +1,26 @@
 """Smoke test with matrix-nio, a Matrix client library nobody here wrote.
 
-Two users register, one creates a named room and invites the other, the other joins, they
-exchange messages and each sees the other's message through sync.
+Two fresh users register (m.login.dummy, open registration), A creates a named room with a topic
+and invites B, B sees the invite through sync and joins, A sends a message and B a reply, each
+sees the other's message through sync, B sees the room's name and topic, the joined members are
+exactly A and B, and both log out (after which A's old access token is refused).
 
-Usage: python nio_smoke.py BASE_URL
+Checked against Synapse as the reference server (spec-tests/synapse/synapse.sh).
+
+Usage: python nio_smoke.py BASE_URL        e.g. http://127.0.0.1:8008
+Prints one line per check and ends with "N passed, M failed"; exit status 1 on any failure.
 """
 
 import asyncio
 import sys
 import time
+import traceback
 import uuid
 
+import aiohttp
 from nio import (
     AsyncClient,
+    InviteMemberEvent,
     JoinedMembersResponse,
     JoinResponse,
     LogoutResponse,
@@ -20,106 +28,209 @@ from nio import (
     RoomCreateResponse,
     RoomMessageText,
     RoomSendResponse,
+    SyncResponse,
 )
+
+SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
+
+ROOM_NAME = "nio smoke room"
+ROOM_TOPIC = "interop between a real client and the server"
 
 passed = 0
 failed = 0
 
 
+class Abort(Exception):
+    """A check failed that later checks depend on."""
+
+
 def desc(resp):
-    """A short description of a nio response for the log: its type, and the error if any."""
-    msg = getattr(resp, "message", None)
-    return type(resp).__name__ + (f" ({msg})" if msg else "")
+    """A short description of a nio response: its type, and the error if any."""
+    parts = [type(resp).__name__]
+    for attr in ("status_code", "message"):
+        val = getattr(resp, attr, None)
+        if val:
+            parts.append(f"{attr}={val}")
+    return " ".join(parts)
 
 
-def check(cond, what):
+def check(cond, what, detail=""):
+    """Record one check, print one line for it, and return whether it held."""
     global passed, failed
     if cond:
         passed += 1
-        print(f"ok   - {what}")
+        print(f"ok   - {what}", flush=True)
     else:
         failed += 1
-        print(f"FAIL - {what}")
-    return cond
+        print(f"FAIL - {what}" + (f": {detail}" if detail else ""), flush=True)
+    return bool(cond)
 
 
-async def sync_until(client, predicate, what, timeout=30.0):
-    """Sync until predicate(client) holds; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await client.sync(timeout=1000)
-        if predicate(client):
+def require(cond, what, detail=""):
+    """A check that later checks cannot do without."""
+    if not check(cond, what, detail):
+        raise Abort(what)
+
+
+class Timeline:
+    """Every timeline event (joined rooms) and invite state event (invited rooms) a client has
+    seen through sync, per room, straight from the sync responses."""
+
+    def __init__(self):
+        self.events = {}
+        self.invite_state = {}
+        self.last_error = None
+
+    def record(self, resp):
+        if not isinstance(resp, SyncResponse):
+            self.last_error = desc(resp)
+            return
+        for room_id, info in resp.rooms.join.items():
+            self.events.setdefault(room_id, []).extend(info.timeline.events)
+        for room_id, info in resp.rooms.invite.items():
+            self.invite_state.setdefault(room_id, []).extend(info.invite_state)
+
+    def texts(self, room_id):
+        return [e for e in self.events.get(room_id, []) if isinstance(e, RoomMessageText)]
+
+
+async def sync_until(client, timeline, predicate):
+    """Sync until predicate() holds; gives up after SYNC_DEADLINE seconds. Returns whether it held."""
+    deadline = time.monotonic() + SYNC_DEADLINE
+    while True:
+        if predicate():
             return True
-    return check(False, f"{what} (timed out after {timeout}s)")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        # The long-poll timeout stays well under the remaining time (the server may hold the
+        # request that long, plus the round trip).
+        wait_ms = int(max(0.0, min(2.0, remaining - 1.0)) * 1000)
+        try:
+            resp = await asyncio.wait_for(client.sync(timeout=wait_ms), timeout=remaining + 5)
+        except asyncio.TimeoutError:
+            timeline.last_error = "sync request timed out"
+            continue
+        timeline.record(resp)
 
 
-def saw_message(client, room_id, sender, body):
-    room = client.rooms.get(room_id)
-    return room is not None and any(
-        isinstance(e, RoomMessageText) and e.sender == sender and e.body == body
-        for e in getattr(room, "_seen_messages", [])
-    )
+async def token_refused(base, token):
+    """Whether /account/whoami refuses the token with 401 M_UNKNOWN_TOKEN, as the spec says a
+    logged-out token must be. Returns (refused, what was seen)."""
+    url = base.rstrip("/") + "/_matrix/client/v3/account/whoami"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:
+                body = None
+            errcode = body.get("errcode") if isinstance(body, dict) else None
+            return r.status == 401 and errcode == "M_UNKNOWN_TOKEN", f"HTTP {r.status} {body}"
 
 
-async def main(base):
-    suffix = uuid.uuid4().hex[:8]
+async def run(base):
+    suffix = uuid.uuid4().hex[:10]
+    a_local, b_local = f"nio_a_{suffix}", f"nio_b_{suffix}"
     a = AsyncClient(base)
     b = AsyncClient(base)
+    ta, tb = Timeline(), Timeline()
     try:
-        ra = await a.register(f"nio_a_{suffix}", "password-a-1234", "nio-a")
-        rb = await b.register(f"nio_b_{suffix}", "password-b-1234", "nio-b")
-        if not (check(isinstance(ra, RegisterResponse), f"register A: {desc(ra)}")
-                and check(isinstance(rb, RegisterResponse), f"register B: {desc(rb)}")):
-            return
+        # Registration: the server decides the full user id; its localpart must be ours.
+        ra = await a.register(a_local, "password-a-" + suffix, "nio-smoke-a")
+        require(isinstance(ra, RegisterResponse) and ra.user_id.startswith(f"@{a_local}:"),
+                f"register A ({a_local}) with m.login.dummy", desc(ra))
+        rb = await b.register(b_local, "password-b-" + suffix, "nio-smoke-b")
+        require(isinstance(rb, RegisterResponse) and rb.user_id.startswith(f"@{b_local}:"),
+                f"register B ({b_local}) with m.login.dummy", desc(rb))
         a_id, b_id = ra.user_id, rb.user_id
+        require(a.access_token and b.access_token and a.access_token != b.access_token,
+                "A and B hold distinct access tokens")
 
-        # Record every text message each client sees.
-        for client in (a, b):
-            def make_cb(c):
-                async def on_message(room, event):
-                    room._seen_messages = getattr(room, "_seen_messages", []) + [event]
-                return on_message
-            client.add_event_callback(make_cb(client), RoomMessageText)
+        # An initial sync each, so that every later sync is incremental.
+        for name, client, tl in (("A", a, ta), ("B", b, tb)):
+            first = await client.sync(timeout=0)
+            tl.record(first)
+            require(isinstance(first, SyncResponse) and first.next_batch,
+                    f"{name}'s initial sync answers with a next_batch token", desc(first))
 
-        created = await a.room_create(name="nio smoke", topic="interop", invite=[b_id])
-        if not check(isinstance(created, RoomCreateResponse), f"A creates a room: {desc(created)}"):
-            return
+        created = await a.room_create(name=ROOM_NAME, topic=ROOM_TOPIC, invite=[b_id])
+        require(isinstance(created, RoomCreateResponse) and created.room_id.startswith("!"),
+                "A creates a room with a name and topic, inviting B", desc(created))
         room_id = created.room_id
 
-        await sync_until(b, lambda c: room_id in c.invited_rooms, "B sees the invite")
-        check(room_id in b.invited_rooms, "B sees the invite")
+        ok = await sync_until(b, tb, lambda: room_id in tb.invite_state)
+        require(ok and room_id in b.invited_rooms, "B sees the invite through sync",
+                f"no invite for the room after {SYNC_DEADLINE}s; last error: {tb.last_error}")
+        # The invite's stripped state carries B's m.room.member event, sent by A.
+        members = [(e.sender, e.state_key, e.membership) for e in tb.invite_state[room_id]
+                   if isinstance(e, InviteMemberEvent)]
+        check((a_id, b_id, "invite") in members,
+              "the invite's m.room.member event says A invited B", f"member events seen: {members}")
+
         joined = await b.join(room_id)
-        check(isinstance(joined, JoinResponse), f"B joins: {desc(joined)}")
+        require(isinstance(joined, JoinResponse) and joined.room_id == room_id,
+                "B joins the room", desc(joined))
 
-        sent_a = await a.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hello from A"})
-        check(isinstance(sent_a, RoomSendResponse), f"A sends: {desc(sent_a)}")
-        sent_b = await b.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hello back from B"})
-        check(isinstance(sent_b, RoomSendResponse), f"B sends: {desc(sent_b)}")
+        body_a = f"hello from A ({suffix})"
+        body_b = f"hello back from B ({suffix})"
+        sent_a = await a.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body_a})
+        require(isinstance(sent_a, RoomSendResponse) and sent_a.event_id.startswith("$"),
+                "A sends a text message", desc(sent_a))
+        sent_b = await b.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body_b})
+        require(isinstance(sent_b, RoomSendResponse) and sent_b.event_id.startswith("$"),
+                "B sends a reply", desc(sent_b))
 
-        await sync_until(b, lambda c: saw_message(c, room_id, a_id, "hello from A"), "B sees A's message")
-        check(saw_message(b, room_id, a_id, "hello from A"), "B sees A's message with the right sender and body")
-        await sync_until(a, lambda c: saw_message(c, room_id, b_id, "hello back from B"), "A sees B's message")
-        check(saw_message(a, room_id, b_id, "hello back from B"), "A sees B's message with the right sender and body")
+        def saw(tl, event_id, sender, body):
+            return any(e.event_id == event_id and e.sender == sender and e.body == body
+                       for e in tl.texts(room_id))
+
+        def seen(tl):
+            return [(e.sender, e.body) for e in tl.texts(room_id)]
+
+        ok = await sync_until(b, tb, lambda: saw(tb, sent_a.event_id, a_id, body_a))
+        check(ok, "B sees A's message in the room timeline (event id, sender, body)",
+              f"after {SYNC_DEADLINE}s B saw {seen(tb)}; last error: {tb.last_error}")
+        ok = await sync_until(a, ta, lambda: saw(ta, sent_b.event_id, b_id, body_b))
+        check(ok, "A sees B's message in the room timeline (event id, sender, body)",
+              f"after {SYNC_DEADLINE}s A saw {seen(ta)}; last error: {ta.last_error}")
 
         room_b = b.rooms.get(room_id)
-        check(room_b is not None and room_b.name == "nio smoke", f"B sees the room name: {room_b and room_b.name}")
-        check(room_b is not None and room_b.topic == "interop", f"B sees the topic: {room_b and room_b.topic}")
+        check(room_b is not None and room_b.name == ROOM_NAME, "B sees the room's name",
+              f"{room_b.name if room_b else 'room unknown to B'!r}")
+        check(room_b is not None and room_b.topic == ROOM_TOPIC, "B sees the room's topic",
+              f"{room_b.topic if room_b else 'room unknown to B'!r}")
 
-        members = await a.joined_members(room_id)
-        ids = {m.user_id for m in members.members} if isinstance(members, JoinedMembersResponse) else set()
-        check(ids == {a_id, b_id}, f"joined members are exactly A and B: {ids}")
+        for name, client in (("A", a), ("B", b)):
+            members = await client.joined_members(room_id)
+            ids = ({m.user_id for m in members.members}
+                   if isinstance(members, JoinedMembersResponse) else None)
+            check(ids == {a_id, b_id}, f"joined members as {name} asks are exactly {{A, B}}",
+                  f"{ids if ids is not None else desc(members)}")
 
-        out = await a.logout()
-        check(isinstance(out, LogoutResponse), f"A logs out: {desc(out)}")
+        token_a = a.access_token
+        for name, client in (("A", a), ("B", b)):
+            out = await client.logout()
+            check(isinstance(out, LogoutResponse), f"{name} logs out", desc(out))
+        refused, seen_whoami = await token_refused(base, token_a)
+        check(refused, "A's access token is refused after logout (401 M_UNKNOWN_TOKEN)", seen_whoami)
     finally:
         await a.close()
         await b.close()
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print(__doc__)
+def main():
+    if len(sys.argv) != 2 or not sys.argv[1].startswith(("http://", "https://")):
+        print(__doc__, file=sys.stderr)
         sys.exit(2)
-    asyncio.run(main(sys.argv[1]))
-    print(f"{passed} passed, {failed} failed")
+    try:
+        asyncio.run(run(sys.argv[1]))
+    except Abort as e:
+        print(f"# stopped: later checks depend on \"{e}\"", flush=True)
+    except Exception:  # an unexpected error is a failure too, never a silent pass
+        check(False, "no unexpected exception", traceback.format_exc().strip().replace("\n", "\n# "))
+    print(f"{passed} passed, {failed} failed", flush=True)
     sys.exit(1 if failed or passed == 0 else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -44,124 +44,16 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
-    //! A tiny in-memory room that builds real signed PDUs and runs them through the spec's rules.
-    use std::collections::HashMap;
-
-    use ruma::{room_version_rules::RoomVersionRules, OwnedEventId, OwnedRoomId, RoomVersionId};
+    //! The spec's auth rules, exercised through real signed PDUs in an in-memory room.
+    use ruma::{OwnedEventId, RoomVersionId};
     use serde_json::{json, Value};
 
-    use super::*;
-    use crate::{
-        builder::{build_pdu, EventRef, NewEvent, RoomContext},
-        room_version,
-        signing::ServerKey,
-    };
-
-    struct Room {
-        rules: RoomVersionRules,
-        key: ServerKey,
-        room_id: Option<OwnedRoomId>,
-        events: HashMap<OwnedEventId, Pdu>,
-        state: HashMap<(String, String), OwnedEventId>,
-        last: Option<OwnedEventId>,
-        depth: u64,
-    }
-
-    impl Room {
-        fn new(version: RoomVersionId, creator: &str) -> Self {
-            let mut room = Room {
-                rules: room_version::rules(&version).unwrap(),
-                key: ServerKey::generate().unwrap(),
-                room_id: None,
-                events: HashMap::new(),
-                state: HashMap::new(),
-                last: None,
-                depth: 0,
-            };
-            if !room.rules.authorization.room_create_event_id_as_room_id {
-                room.room_id = Some("!room:example.org".try_into().unwrap());
-            }
-            let mut create = json!({"room_version": version.as_str()});
-            if !room.rules.authorization.use_room_create_sender {
-                create["creator"] = json!(creator);
-            }
-            room.send(creator, "m.room.create", Some(""), create)
-                .unwrap();
-            room.send(
-                creator,
-                "m.room.member",
-                Some(creator),
-                json!({"membership": "join"}),
-            )
-            .unwrap();
-            room
-        }
-
-        /// Build an event from the current state and accept it only if auth passes.
-        fn send(
-            &mut self,
-            sender: &str,
-            kind: &str,
-            state_key: Option<&str>,
-            content: Value,
-        ) -> Result<OwnedEventId, CoreError> {
-            let sender = UserId::parse(sender).unwrap();
-            let types = auth_types(&self.rules, kind, &sender, state_key, &content)?;
-            let auth_events: Vec<EventRef> = types
-                .iter()
-                .filter_map(|(t, k)| self.state.get(&(t.to_string(), k.clone())))
-                .map(|id| EventRef::of(&self.events[id]))
-                .collect();
-            self.depth += 1;
-            let ctx = RoomContext {
-                room_id: self.room_id.as_deref(),
-                rules: &self.rules,
-                sender: &sender,
-                origin: ruma::server_name!("example.org"),
-                prev_events: self
-                    .last
-                    .iter()
-                    .map(|id| EventRef::of(&self.events[id]))
-                    .collect(),
-                auth_events,
-                depth: self.depth,
-                origin_server_ts: 1_700_000_000_000 + self.depth,
-            };
-            let ev = NewEvent {
-                kind: kind.into(),
-                content,
-                state_key: state_key.map(str::to_owned),
-                redacts: None,
-            };
-            let built = build_pdu(&ev, &ctx, &self.key)?;
-            check(
-                &self.rules,
-                &built.pdu,
-                |id| self.events.get(id).cloned(),
-                |t, k| {
-                    self.state
-                        .get(&(t.to_string(), k.to_owned()))
-                        .and_then(|id| self.events.get(id).cloned())
-                },
-            )?;
-            if self.room_id.is_none() {
-                let id = format!("!{}", &built.event_id.as_str()[1..]);
-                self.room_id = Some(id.try_into().unwrap());
-            }
-            if let Some(sk) = state_key {
-                self.state
-                    .insert((kind.into(), sk.into()), built.event_id.clone());
-            }
-            self.last = Some(built.event_id.clone());
-            self.events.insert(built.event_id.clone(), built.pdu);
-            Ok(built.event_id)
-        }
-    }
+    use crate::{testing::TestRoom, CoreError};
 
     const ALICE: &str = "@alice:example.org";
     const BOB: &str = "@bob:example.org";
 
-    fn join(room: &mut Room, user: &str) -> Result<OwnedEventId, CoreError> {
+    fn join(room: &mut TestRoom, user: &str) -> Result<OwnedEventId, CoreError> {
         room.send(
             user,
             "m.room.member",
@@ -170,7 +62,7 @@ mod tests {
         )
     }
 
-    fn power_levels(room: &mut Room, users: Value) -> Result<OwnedEventId, CoreError> {
+    fn power_levels(room: &mut TestRoom, users: Value) -> Result<OwnedEventId, CoreError> {
         room.send(
             ALICE,
             "m.room.power_levels",
@@ -187,7 +79,7 @@ mod tests {
             RoomVersionId::V11,
             RoomVersionId::V12,
         ] {
-            let mut room = Room::new(v.clone(), ALICE);
+            let mut room = TestRoom::new(v.clone(), ALICE);
             assert!(room
                 .send(ALICE, "m.room.message", None, json!({"body": "hi"}))
                 .is_ok());
@@ -198,7 +90,7 @@ mod tests {
 
     #[test]
     fn invite_only_needs_invite() {
-        let mut room = Room::new(RoomVersionId::V11, ALICE);
+        let mut room = TestRoom::new(RoomVersionId::V11, ALICE);
         power_levels(&mut room, json!({ALICE: 100})).unwrap();
         room.send(
             ALICE,
@@ -222,7 +114,7 @@ mod tests {
 
     #[test]
     fn public_room_join_and_power_levels() {
-        let mut room = Room::new(RoomVersionId::V11, ALICE);
+        let mut room = TestRoom::new(RoomVersionId::V11, ALICE);
         power_levels(&mut room, json!({ALICE: 100})).unwrap();
         room.send(
             ALICE,
@@ -273,7 +165,7 @@ mod tests {
 
     #[test]
     fn v12_creator_has_unlimited_power_and_cannot_be_listed() {
-        let mut room = Room::new(RoomVersionId::V12, ALICE);
+        let mut room = TestRoom::new(RoomVersionId::V12, ALICE);
         // In v12 the creator must not appear in `users`; an event that lists it is refused.
         assert!(power_levels(&mut room, json!({ALICE: 100})).is_err());
         power_levels(&mut room, json!({BOB: 50})).unwrap();
@@ -303,7 +195,7 @@ mod tests {
     #[test]
     fn old_room_versions_work() {
         for v in [RoomVersionId::V1, RoomVersionId::V3, RoomVersionId::V5] {
-            let mut room = Room::new(v.clone(), ALICE);
+            let mut room = TestRoom::new(v.clone(), ALICE);
             power_levels(&mut room, json!({ALICE: 100})).unwrap();
             room.send(
                 ALICE,

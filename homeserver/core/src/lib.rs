@@ -10,6 +10,8 @@ pub mod error;
 pub mod pdu;
 pub mod room_version;
 pub mod signing;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::CoreError;
 pub use pdu::Pdu;

@@ -1,21 +1,12 @@
 //! `plexus`: the homeserver binary.
 
-mod client;
-mod config;
-mod error;
-mod http;
-mod service;
-
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use axum::{extract::Request, middleware, response::IntoResponse, Router};
 use clap::{Parser, Subcommand};
-use futures_util::FutureExt;
-
-use crate::{
+use plexus::{
     config::{Config, LogFormat, Settings},
-    error::ApiError,
-    service::{App, Services},
+    router,
+    service::Services,
 };
 
 #[derive(Parser)]
@@ -124,26 +115,6 @@ async fn create_user(
         .map_err(|e| e.to_string())?;
     println!("created {user_id}");
     Ok(())
-}
-
-pub fn router(app: App) -> Router {
-    client::router()
-        .fallback(http::unrecognized)
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(middleware::from_fn(catch_panic))
-        .layer(middleware::from_fn(http::cors))
-        .with_state(app)
-}
-
-/// A bug must never take a connection down without an answer: turn panics into `M_UNKNOWN`.
-async fn catch_panic(req: Request, next: middleware::Next) -> axum::response::Response {
-    match std::panic::AssertUnwindSafe(next.run(req))
-        .catch_unwind()
-        .await
-    {
-        Ok(res) => res,
-        Err(_) => ApiError::Internal("handler panicked".into()).into_response(),
-    }
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {

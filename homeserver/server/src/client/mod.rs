@@ -4,13 +4,13 @@ mod account;
 mod account_data;
 mod devices;
 mod discovery;
-mod filter;
+pub mod filter;
 mod membership;
 mod messages;
 mod profile;
 mod room_create;
 mod room_events;
-mod sync;
+pub mod sync;
 
 use axum::{
     routing::{get, post, put},

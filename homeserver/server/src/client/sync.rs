@@ -102,7 +102,7 @@ pub async fn sync(
 }
 
 /// The sync response and whether it carries anything new.
-fn build(
+pub fn build(
     app: &App,
     s: &Session,
     since: Option<u64>,

@@ -1,0 +1,34 @@
+//! The Plexus homeserver: configuration, the HTTP edge, services and the client-server API.
+//! The `plexus` binary is a thin wrapper; benchmarks and tests use the library directly.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod service;
+
+use axum::{extract::Request, middleware, response::IntoResponse, Router};
+use futures_util::FutureExt;
+
+use crate::{error::ApiError, service::App};
+
+/// Every route, with the Matrix fallbacks, panic guard and CORS.
+pub fn router(app: App) -> Router {
+    client::router()
+        .fallback(http::unrecognized)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn(http::cors))
+        .with_state(app)
+}
+
+/// A bug must never take a connection down without an answer: turn panics into `M_UNKNOWN`.
+async fn catch_panic(req: Request, next: middleware::Next) -> axum::response::Response {
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(res) => res,
+        Err(_) => ApiError::Internal("handler panicked".into()).into_response(),
+    }
+}
