@@ -209,7 +209,7 @@ fn bench_state_res(c: &mut Criterion) {
         })
         .collect();
     let rules = room_version::rules(&RoomVersionId::V11).unwrap();
-    let v2 = rules.state_res.v2_rules().unwrap().clone();
+    let v2 = *rules.state_res.v2_rules().unwrap();
     let mut group = c.benchmark_group("state resolution");
     group.sample_size(10);
     group.bench_function("two branches of 1,000 state events (v11)", |bench| {
