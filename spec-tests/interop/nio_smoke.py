@@ -20,6 +20,7 @@ import uuid
 import aiohttp
 from nio import (
     AsyncClient,
+    AsyncClientConfig,
     InviteMemberEvent,
     JoinedMembersResponse,
     JoinResponse,
@@ -32,6 +33,13 @@ from nio import (
 )
 
 SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
+RUN_DEADLINE = 180.0  # seconds for the whole run, whatever happens
+
+# nio retries connection errors forever and 429s without limit by default: bound both, so that a
+# dead or throttling server fails the run instead of hanging it.
+CLIENT_CONFIG = AsyncClientConfig(
+    max_timeouts=2, max_limit_exceeded=3, request_timeout=20, max_timeout_retry_wait_time=2
+)
 
 ROOM_NAME = "nio smoke room"
 ROOM_TOPIC = "interop between a real client and the server"
@@ -103,9 +111,9 @@ async def sync_until(client, timeline, predicate):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        # The long-poll timeout stays well under the remaining time (the server may hold the
-        # request that long, plus the round trip).
-        wait_ms = int(max(0.0, min(2.0, remaining - 1.0)) * 1000)
+        # The long-poll timeout stays under the remaining time (the server may hold the request
+        # that long). Never 0: nio then turns it into a zero client-side timeout.
+        wait_ms = int(max(0.1, min(2.0, remaining - 1.0)) * 1000)
         try:
             resp = await asyncio.wait_for(client.sync(timeout=wait_ms), timeout=remaining + 5)
         except asyncio.TimeoutError:
@@ -131,8 +139,8 @@ async def token_refused(base, token):
 async def run(base):
     suffix = uuid.uuid4().hex[:10]
     a_local, b_local = f"nio_a_{suffix}", f"nio_b_{suffix}"
-    a = AsyncClient(base)
-    b = AsyncClient(base)
+    a = AsyncClient(base, config=CLIENT_CONFIG)
+    b = AsyncClient(base, config=CLIENT_CONFIG)
     ta, tb = Timeline(), Timeline()
     try:
         # Registration: the server decides the full user id; its localpart must be ours.
@@ -148,7 +156,7 @@ async def run(base):
 
         # An initial sync each, so that every later sync is incremental.
         for name, client, tl in (("A", a, ta), ("B", b, tb)):
-            first = await client.sync(timeout=0)
+            first = await client.sync(timeout=100)
             tl.record(first)
             require(isinstance(first, SyncResponse) and first.next_batch,
                     f"{name}'s initial sync answers with a next_batch token", desc(first))
@@ -218,16 +226,28 @@ async def run(base):
         await b.close()
 
 
+def where(exc):
+    """The line of this script an exception came through, for the failure message."""
+    here = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
+    return f" at line {here[-1].lineno} ({here[-1].line})" if here else ""
+
+
 def main():
     if len(sys.argv) != 2 or not sys.argv[1].startswith(("http://", "https://")):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
+    start = time.monotonic()
     try:
-        asyncio.run(run(sys.argv[1]))
+        asyncio.run(asyncio.wait_for(run(sys.argv[1]), RUN_DEADLINE))
     except Abort as e:
         print(f"# stopped: later checks depend on \"{e}\"", flush=True)
-    except Exception:  # an unexpected error is a failure too, never a silent pass
-        check(False, "no unexpected exception", traceback.format_exc().strip().replace("\n", "\n# "))
+    except TimeoutError as e:
+        if time.monotonic() - start >= RUN_DEADLINE:
+            check(False, f"the whole run finishes within {RUN_DEADLINE:.0f}s")
+        else:  # a request that nio gave up on
+            check(False, "no unexpected exception", f"request timed out{where(e)}")
+    except Exception as e:  # an unexpected error is a failure too, never a silent pass
+        check(False, "no unexpected exception", f"{type(e).__name__}: {e}{where(e)}")
     print(f"{passed} passed, {failed} failed", flush=True)
     sys.exit(1 if failed or passed == 0 else 0)
 

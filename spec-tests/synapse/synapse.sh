@@ -39,7 +39,7 @@ start_postgres() {
   mkdir -p "$pg"
   chown -R postgres "$dir/data" 2>/dev/null || true
   runuser -u postgres -- "$bin/initdb" -D "$pg" -U postgres -E UTF8 --locale=C >/dev/null
-  runuser -u postgres -- "$bin/pg_ctl" -D "$pg" -o "-p $pgport -k /tmp -c listen_addresses=127.0.0.1" -l "$dir/postgres.log" -w start >/dev/null
+  runuser -u postgres -- "$bin/pg_ctl" -D "$pg" -o "-p $pgport -k /tmp -c listen_addresses=127.0.0.1" -l "$dir/data/postgres.log" -w start >/dev/null
   runuser -u postgres -- "$bin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres -E UTF8 --locale=C -T template0 synapse
   echo "$bin" > "$dir/pg.bin"
 }
@@ -118,8 +118,9 @@ rc_presence:
 rc_delayed_event_mgmt: $rc
 rc_reports: $rc
 rc_room_creation: $rc
-rc_profile: {per_second: 100000, burst_count: 100000}
+rc_profile: $rc
 rc_key_requests: $rc
+rc_user_directory: $rc
 YAML
   cat > "$dir/log.yaml" <<YAML
 version: 1
