@@ -109,7 +109,10 @@ async fn setup(app: &App, owner: &OwnedUserId, reader: &OwnedUserId) {
 
 fn bench_sync(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config { data_dir: dir.path().to_owned(), ..Default::default() };
+    let cfg = Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
     let app = Services::open(cfg.validate().unwrap()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -124,6 +124,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
+    app.spawn_typing_expiry();
     let store_app = app.clone();
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown_signal())

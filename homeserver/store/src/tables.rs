@@ -55,4 +55,6 @@ pub enum Table {
     PublicRoom = 25,
     /// short event id → device id \0 txn id of the local send that created it
     EventTxn = 26,
+    /// short room id ‖ user id \0 receipt type \0 thread id → receipt JSON
+    Receipt = 27,
 }

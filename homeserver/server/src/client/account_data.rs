@@ -20,8 +20,7 @@ fn own(s: &crate::service::accounts::Session, user: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Account data is stored with the stream position of its last change, so sync can send only
-/// what changed.
+/// Account data as clients set it; server-managed types have their own endpoints.
 async fn put(
     app: &App,
     user: &ruma::UserId,
@@ -37,6 +36,18 @@ async fn put(
             "{kind} cannot be set through this endpoint"
         )));
     }
+    store(app, user, room, kind, content).await
+}
+
+/// Account data is stored with the stream position of its last change, so sync can send only
+/// what changed.
+pub async fn store(
+    app: &App,
+    user: &ruma::UserId,
+    room: &str,
+    kind: &str,
+    content: Value,
+) -> ApiResult<()> {
     let (count, ()) = app.store.commit_with_count(|count, b| {
         b.put(
             Table::AccountData,
@@ -50,7 +61,7 @@ async fn put(
     Ok(())
 }
 
-fn get(app: &App, user: &ruma::UserId, room: &str, kind: &str) -> ApiResult<Value> {
+pub fn load(app: &App, user: &ruma::UserId, room: &str, kind: &str) -> ApiResult<Value> {
     let raw = app
         .store
         .kv
@@ -77,7 +88,7 @@ pub async fn get_global(
     Path((user, kind)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     own(&s, &user)?;
-    Ok(Json(get(&app, &s.user_id, "", &kind)?))
+    Ok(Json(load(&app, &s.user_id, "", &kind)?))
 }
 
 pub async fn put_room(
@@ -99,5 +110,5 @@ pub async fn get_room(
 ) -> ApiResult<Json<Value>> {
     own(&s, &user)?;
     let room = parse_room_id(&room)?;
-    Ok(Json(get(&app, &s.user_id, room.as_str(), &kind)?))
+    Ok(Json(load(&app, &s.user_id, room.as_str(), &kind)?))
 }

@@ -74,9 +74,7 @@ pub async fn messages(
     Query(q): Query<MessagesQuery>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let room = app
-        .room(&room_id)?
-        .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))?;
+    let room = app.room_or_forbidden(&room_id)?;
     check_access(&app, &s, &room)?;
     let backwards = match q.dir.as_deref() {
         Some("b") => true,

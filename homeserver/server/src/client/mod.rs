@@ -8,9 +8,11 @@ pub mod filter;
 mod membership;
 mod messages;
 mod profile;
+mod receipts;
 mod room_create;
 mod room_events;
 pub mod sync;
+mod tags;
 
 use axum::{
     routing::{get, post, put},
@@ -104,7 +106,22 @@ pub fn router() -> Router<App> {
             "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
             get(account_data::get_room).put(account_data::put_room),
         )
-        .route("/sync", get(sync::sync));
+        .route("/sync", get(sync::sync))
+        // typing, receipts, read markers, tags
+        .route("/rooms/{room_id}/typing/{user_id}", put(receipts::typing))
+        .route(
+            "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
+            post(receipts::receipt),
+        )
+        .route(
+            "/rooms/{room_id}/read_markers",
+            post(receipts::read_markers),
+        )
+        .route("/user/{user_id}/rooms/{room_id}/tags", get(tags::list))
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put(tags::put).delete(tags::delete),
+        );
 
     Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))

@@ -29,9 +29,7 @@ pub async fn all_state(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let room = app
-        .room(&room_id)?
-        .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))?;
+    let room = app.room_or_forbidden(&room_id)?;
     let hash = app.visible_state_hash(&s.user_id, &room)?;
     let map = app.state_map(hash)?;
     let mut out = Vec::with_capacity(map.len());
@@ -57,9 +55,7 @@ async fn state_event(
     format: Option<String>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
-    let room = app
-        .room(&room_id)?
-        .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))?;
+    let room = app.room_or_forbidden(&room_id)?;
     let hash = app.visible_state_hash(&s.user_id, &room)?;
     let short = app
         .state_get(hash, kind, key)?
@@ -257,9 +253,7 @@ pub async fn members(
     Query(q): Query<MembersQuery>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let room = app
-        .room(&room_id)?
-        .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))?;
+    let room = app.room_or_forbidden(&room_id)?;
     let mut hash = app.visible_state_hash(&s.user_id, &room)?;
     if let Some(at) = &q.at {
         let count = super::sync::parse_token(at)?;
@@ -296,9 +290,7 @@ pub async fn joined_members(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let room = app
-        .room(&room_id)?
-        .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))?;
+    let room = app.room_or_forbidden(&room_id)?;
     if !app.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }

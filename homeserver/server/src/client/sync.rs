@@ -288,7 +288,20 @@ fn room_section(
         }
     }
     picked.reverse();
-    if !newly && !full_state && picked.is_empty() && account_data.is_empty() {
+
+    // Ephemeral: typing and receipts, only while joined.
+    let mut ephemeral = vec![];
+    if m.membership == "join" {
+        if let Some(users) = app.typing_since(room_id, since) {
+            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+        if let Some(content) = app.receipts_since(room.short, since, &s.user_id)? {
+            ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+        }
+        ephemeral.retain(|e| filter.room.ephemeral.allows(e));
+    }
+    if !newly && !full_state && picked.is_empty() && account_data.is_empty() && ephemeral.is_empty()
+    {
         return Ok(None);
     }
 
@@ -359,7 +372,7 @@ fn room_section(
         "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch.to_string() },
         "state": { "events": state },
         "account_data": { "events": account_data },
-        "ephemeral": { "events": [] },
+        "ephemeral": { "events": ephemeral },
         "summary": summary(app, s, room)?,
     })))
 }

@@ -1,6 +1,7 @@
 //! Services shared by every router: accounts, rooms, the sync notifier.
 
 pub mod accounts;
+pub mod ephemeral;
 pub mod notify;
 pub mod rooms;
 pub mod writer;
@@ -25,6 +26,7 @@ pub struct Services {
     pub key: ServerKey,
     pub notifier: notify::Notifier,
     pub uia: accounts::UiaSessions,
+    pub typing: ephemeral::Typing,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -46,6 +48,7 @@ impl Services {
             key,
             notifier: notify::Notifier::default(),
             uia: accounts::UiaSessions::default(),
+            typing: ephemeral::Typing::default(),
             room_locks: Mutex::new(HashMap::new()),
         }))
     }

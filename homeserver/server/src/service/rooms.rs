@@ -57,6 +57,12 @@ impl Services {
         }))
     }
 
+    /// For reads by members: an unknown room looks exactly like a room the user is not in.
+    pub fn room_or_forbidden(&self, room_id: &RoomId) -> ApiResult<RoomRef> {
+        self.room(room_id)?
+            .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))
+    }
+
     pub fn room_or_404(&self, room_id: &RoomId) -> ApiResult<RoomRef> {
         self.room(room_id)?
             .ok_or_else(|| ApiError::NotFound("Unknown room".into()))

@@ -1,0 +1,220 @@
+//! Typing notifications (in memory, with timeouts) and read receipts (stored), both ordered on
+//! the global stream so that sync sees them like any other update.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use plexus_store::Table;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::{decode, encode, now_ms, Services};
+use crate::error::{ApiError, ApiResult};
+
+/// Longest a client may claim to be typing without renewing.
+pub const MAX_TYPING_MS: u64 = 120_000;
+
+#[derive(Default)]
+pub struct Typing {
+    rooms: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+}
+
+#[derive(Default)]
+struct RoomTyping {
+    /// user → expiry (ms since epoch)
+    users: HashMap<OwnedUserId, u64>,
+    /// Stream position of the last change.
+    changed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Receipt {
+    pub event_id: String,
+    pub ts: u64,
+    pub count: u64,
+}
+
+fn receipt_key(short_room: u64, user: &UserId, kind: &str, thread: &str) -> Vec<u8> {
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(&super::key3(user.as_str(), kind, thread));
+    k
+}
+
+impl Services {
+    /// A new stream position for an update that has no batch of its own.
+    fn bump(&self) -> ApiResult<u64> {
+        Ok(self.store.commit_with_count(|_, _| Ok(()))?.0)
+    }
+
+    fn wake_room(&self, room_id: &RoomId, count: u64) -> ApiResult<()> {
+        let Some(room) = self.room(room_id)? else {
+            return Ok(());
+        };
+        let members: Vec<OwnedUserId> = self
+            .room_members(room.short)?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(u, _)| u)
+            .collect();
+        self.notifier
+            .wake(members.iter().map(|u| u.as_ref()), count);
+        Ok(())
+    }
+
+    pub fn set_typing(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        timeout_ms: Option<u64>,
+    ) -> ApiResult<()> {
+        let count = self.bump()?;
+        {
+            let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let room = rooms.entry(room_id.to_owned()).or_default();
+            match timeout_ms {
+                Some(t) => {
+                    room.users
+                        .insert(user.to_owned(), now_ms() + t.min(MAX_TYPING_MS));
+                }
+                None => {
+                    room.users.remove(user);
+                }
+            }
+            room.changed = count;
+        }
+        self.wake_room(room_id, count)
+    }
+
+    /// Users typing in the room, if that changed after `since` (or always for an initial sync).
+    pub fn typing_since(&self, room_id: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
+        let rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.get(room_id)?;
+        let now = now_ms();
+        let users: Vec<OwnedUserId> = room
+            .users
+            .iter()
+            .filter(|(_, e)| **e > now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        match since {
+            Some(c) if room.changed <= c => None,
+            None if users.is_empty() => None,
+            _ => Some(users),
+        }
+    }
+
+    /// Drop expired typing entries and tell the rooms' members; runs every second.
+    pub fn spawn_typing_expiry(self: &Arc<Self>) {
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(app) = app.upgrade() else { return };
+                let now = now_ms();
+                let expired: Vec<OwnedRoomId> = {
+                    let mut rooms = app.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
+                    rooms.retain(|_, r| !r.users.is_empty() || r.changed > 0);
+                    rooms
+                        .iter_mut()
+                        .filter_map(|(id, r)| {
+                            let before = r.users.len();
+                            r.users.retain(|_, e| *e > now);
+                            (r.users.len() != before).then(|| id.clone())
+                        })
+                        .collect()
+                };
+                for room in expired {
+                    if let Ok(count) = app.bump() {
+                        if let Some(r) = app
+                            .typing
+                            .rooms
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(&room)
+                        {
+                            r.changed = count;
+                        }
+                        let _ = app.wake_room(&room, count);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Store a receipt; public receipts wake the room, private ones only their owner.
+    pub async fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        short_room: u64,
+        user: &UserId,
+        kind: &str,
+        event_id: &str,
+        thread: &str,
+    ) -> ApiResult<()> {
+        let key = receipt_key(short_room, user, kind, thread);
+        let (count, ()) = self.store.commit_with_count(|count, b| {
+            let r = Receipt {
+                event_id: event_id.to_owned(),
+                ts: now_ms(),
+                count,
+            };
+            b.put(Table::Receipt, &key, &encode(&r));
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        if kind == "m.read.private" {
+            self.notifier.wake([user], count);
+        } else {
+            self.wake_room(room_id, count)?;
+        }
+        Ok(())
+    }
+
+    /// The `m.receipt` content of receipts newer than `since` that `viewer` may see.
+    pub fn receipts_since(
+        &self,
+        short_room: u64,
+        since: Option<u64>,
+        viewer: &UserId,
+    ) -> ApiResult<Option<Value>> {
+        let mut content: Map<String, Value> = Map::new();
+        for item in self
+            .store
+            .kv
+            .scan_prefix(Table::Receipt, &short_room.to_be_bytes())
+        {
+            let (k, v) = item?;
+            let r: Receipt = decode(&v)?;
+            if since.is_some_and(|c| r.count <= c) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&k);
+            let mut parts = text.splitn(3, '\0');
+            let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if kind == "m.read.private" && user != viewer.as_str() {
+                continue;
+            }
+            let mut info = json!({ "ts": r.ts });
+            if !thread.is_empty() {
+                info["thread_id"] = json!(thread);
+            }
+            let by_event = content
+                .entry(r.event_id.clone())
+                .or_insert_with(|| json!({}));
+            by_event
+                .as_object_mut()
+                .ok_or_else(|| ApiError::Internal("receipt content".into()))?
+                .entry(kind.to_owned())
+                .or_insert_with(|| json!({}))[user] = info;
+        }
+        Ok((!content.is_empty()).then_some(Value::Object(content)))
+    }
+}
