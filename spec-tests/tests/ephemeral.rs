@@ -198,3 +198,61 @@ async fn room_tags() {
         .await
         .err(403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn presence_set_get_and_sync() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let carol = srv.user("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let since = bob.sync("set_presence=offline").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let path = "/_matrix/client/v3/presence/@alice:localhost/status";
+    alice
+        .put(
+            path,
+            json!({"presence": "unavailable", "status_msg": "in a meeting"}),
+        )
+        .await
+        .ok();
+    let mine = alice.get(path).await;
+    assert_eq!(mine.ok()["presence"], "unavailable");
+    assert_eq!(mine.body["status_msg"], "in a meeting");
+    assert!(mine.body["last_active_ago"].is_u64());
+    // Bob shares a room and sees it, through GET and through sync.
+    assert_eq!(bob.get(path).await.ok()["status_msg"], "in a meeting");
+    let s = bob
+        .sync(&format!("since={since}&set_presence=offline"))
+        .await;
+    let ev = s["presence"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["sender"] == "@alice:localhost")
+        .cloned();
+    assert_eq!(
+        ev.expect("alice's presence")["content"]["presence"],
+        "unavailable"
+    );
+    // Syncing marks a user online unless the client says otherwise.
+    alice.sync("").await;
+    assert_eq!(bob.get(path).await.ok()["presence"], "online");
+    // Carol shares no room with Alice; nobody may set another user's presence; bad values.
+    carol.get(path).await.err(403, "M_FORBIDDEN");
+    bob.put(path, json!({"presence": "online"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    alice
+        .put(path, json!({"presence": "busy"}))
+        .await
+        .err(400, "M_BAD_JSON");
+    alice
+        .get("/_matrix/client/v3/presence/@nobody:localhost/status")
+        .await
+        .err(404, "M_NOT_FOUND");
+}

@@ -57,4 +57,6 @@ pub enum Table {
     EventTxn = 26,
     /// short room id ‖ user id \0 receipt type \0 thread id → receipt JSON
     Receipt = 27,
+    /// user id → presence JSON
+    Presence = 28,
 }

@@ -7,6 +7,7 @@ mod discovery;
 pub mod filter;
 mod membership;
 mod messages;
+mod presence;
 mod profile;
 mod receipts;
 mod room_create;
@@ -107,6 +108,10 @@ pub fn router() -> Router<App> {
             get(account_data::get_room).put(account_data::put_room),
         )
         .route("/sync", get(sync::sync))
+        .route(
+            "/presence/{user_id}/status",
+            get(presence::get).put(presence::set),
+        )
         // typing, receipts, read markers, tags
         .route("/rooms/{room_id}/typing/{user_id}", put(receipts::typing))
         .route(

@@ -77,12 +77,16 @@ pub async fn sync(
             ))
         }
     };
-    if let Some(p) = q.set_presence.as_deref() {
-        if !matches!(p, "online" | "offline" | "unavailable") {
-            return Err(ApiError::InvalidParam(
-                "set_presence must be online, offline or unavailable".into(),
-            ));
-        }
+    // Syncing is activity: the user is online unless the client says otherwise.
+    let presence = q.set_presence.as_deref().unwrap_or("online");
+    if !matches!(presence, "online" | "offline" | "unavailable") {
+        return Err(ApiError::InvalidParam(
+            "set_presence must be online, offline or unavailable".into(),
+        ));
+    }
+    if presence != "offline" {
+        app.update_presence(&s.user_id, presence, None, presence == "online")
+            .await?;
     }
     let mut rx = app.notifier.subscribe(&s.user_id);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
@@ -165,13 +169,19 @@ pub fn build(
     }
     let global = account_data(app, s, since, false)?;
     let global_events = global.get("").cloned().unwrap_or_default();
-    let changed =
-        !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global_events.is_empty();
+    let mut presence = app.presence_since(&s.user_id, since)?;
+    presence.retain(|e| filter.presence.allows(e));
+    let changed = !join.is_empty()
+        || !invite.is_empty()
+        || !leave.is_empty()
+        || !global_events.is_empty()
+        || !presence.is_empty();
     Ok((
         json!({
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
             "account_data": { "events": global_events },
+            "presence": { "events": presence },
         }),
         changed,
     ))

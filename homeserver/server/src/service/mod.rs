@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod ephemeral;
 pub mod notify;
+pub mod presence;
 pub mod rooms;
 pub mod writer;
 
