@@ -559,3 +559,71 @@ async fn messages_paging_and_context() {
         .await
         .err(400, "M_INVALID_PARAM");
 }
+
+#[tokio::test]
+async fn room_aliases() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "first"}))
+        .await;
+    bob.join(&room).await.ok();
+    let dir = |a: &str| format!("/_matrix/client/v3/directory/room/{}", enc(a));
+    // Resolve the alias made by createRoom, add another, list both.
+    let r = bob.get(&dir("#first:localhost")).await;
+    assert_eq!(r.ok()["room_id"], room.as_str());
+    assert_eq!(r.body["servers"], json!(["localhost"]));
+    bob.put(&dir("#second:localhost"), json!({"room_id": room}))
+        .await
+        .ok();
+    bob.put(&dir("#second:localhost"), json!({"room_id": room}))
+        .await
+        .err(409, "M_UNKNOWN");
+    let list = alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&room)))
+        .await;
+    let mut aliases: Vec<&str> = list.ok()["aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    aliases.sort();
+    assert_eq!(aliases, vec!["#first:localhost", "#second:localhost"]);
+    bob.join("#second:localhost").await.ok();
+    // Bob (power 0) may delete the alias he made, not Alice's; Alice may delete any.
+    bob.delete(&dir("#first:localhost"), json!({}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    bob.delete(&dir("#second:localhost"), json!({})).await.ok();
+    bob.get(&dir("#second:localhost"))
+        .await
+        .err(404, "M_NOT_FOUND");
+    alice.delete(&dir("#first:localhost"), json!({})).await.ok();
+    alice
+        .get(&dir("#first:localhost"))
+        .await
+        .err(404, "M_NOT_FOUND");
+    // Bad input.
+    alice
+        .put(&dir("no-hash"), json!({"room_id": room}))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .put(&dir("#x:elsewhere.org"), json!({"room_id": room}))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .put(&dir("#x:localhost"), json!({"room_id": "!nope:localhost"}))
+        .await
+        .err(404, "M_NOT_FOUND");
+    alice
+        .put(&dir("#x:localhost"), json!({}))
+        .await
+        .err(400, "M_BAD_JSON");
+    let eve = srv.user("eve").await;
+    eve.get(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&room)))
+        .await
+        .err(403, "M_FORBIDDEN");
+}

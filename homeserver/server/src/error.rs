@@ -39,6 +39,9 @@ pub enum ApiError {
     InvalidUsername(String),
     #[error("{0}")]
     RoomInUse(String),
+    /// 409: the resource exists already (room aliases).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     UnsupportedRoomVersion(String),
     #[error("{0}")]
@@ -78,6 +81,7 @@ impl ApiError {
             UserInUse(_) => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
             RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
+            Conflict(_) => (StatusCode::CONFLICT, "M_UNKNOWN"),
             UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             Exclusive(_) => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
             RegistrationTokenInvalid => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),

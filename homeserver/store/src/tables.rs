@@ -59,4 +59,6 @@ pub enum Table {
     Receipt = 27,
     /// user id → presence JSON
     Presence = 28,
+    /// room id \0 alias → user id of whoever created the alias
+    RoomAlias = 29,
 }

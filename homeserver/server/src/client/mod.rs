@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod devices;
+mod directory;
 mod discovery;
 pub mod filter;
 mod membership;
@@ -108,6 +109,13 @@ pub fn router() -> Router<App> {
             get(account_data::get_room).put(account_data::put_room),
         )
         .route("/sync", get(sync::sync))
+        .route(
+            "/directory/room/{alias}",
+            get(directory::get)
+                .put(directory::create)
+                .delete(directory::delete),
+        )
+        .route("/rooms/{room_id}/aliases", get(directory::room_aliases))
         .route(
             "/presence/{user_id}/status",
             get(presence::get).put(presence::set),

@@ -273,6 +273,11 @@ pub async fn create_room(
             a.as_bytes().to_vec(),
             room_id.as_bytes().to_vec(),
         ));
+        w.extra.push((
+            Table::RoomAlias,
+            crate::service::key2(room_id.as_str(), a.as_str()),
+            sender.as_bytes().to_vec(),
+        ));
     }
     if visibility == "public" {
         w.extra
