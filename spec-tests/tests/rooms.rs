@@ -627,3 +627,102 @@ async fn room_aliases() {
         .await
         .err(403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn public_room_directory() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let big = alice.create_room(json!({"visibility": "public", "name": "Rust lovers", "topic": "borrowck", "room_alias_name": "rust"})).await;
+    bob.join(&big).await.ok();
+    let small = alice
+        .create_room(json!({"visibility": "public", "name": "Go fans"}))
+        .await;
+    let hidden = alice.create_room(json!({"name": "Secret"})).await;
+
+    // Anyone may list; biggest first; private rooms are absent.
+    let list = srv.client().get("/_matrix/client/v3/publicRooms").await;
+    let chunk = list.ok()["chunk"].as_array().unwrap().clone();
+    let ids: Vec<&str> = chunk
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![big.as_str(), small.as_str()]);
+    assert_eq!(chunk[0]["name"], "Rust lovers");
+    assert_eq!(chunk[0]["canonical_alias"], "#rust:localhost");
+    assert_eq!(chunk[0]["num_joined_members"], 2);
+    assert_eq!(chunk[0]["join_rule"], "public");
+    assert_eq!(list.body["total_room_count_estimate"], 2);
+
+    // Paging with limit and since.
+    let p1 = srv
+        .client()
+        .get("/_matrix/client/v3/publicRooms?limit=1")
+        .await;
+    let next = p1.ok()["next_batch"].as_str().unwrap().to_owned();
+    let p2 = srv
+        .client()
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?limit=1&since={next}"
+        ))
+        .await;
+    assert_eq!(p2.ok()["chunk"][0]["room_id"], small.as_str());
+    assert!(p2.body.get("next_batch").is_none());
+
+    // Search (authenticated POST).
+    let found = alice
+        .post(
+            "/_matrix/client/v3/publicRooms",
+            json!({"filter": {"generic_search_term": "BORROW"}}),
+        )
+        .await;
+    let ids: Vec<&str> = found.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![big.as_str()]);
+
+    // Visibility: read by anyone, changed by those with power.
+    let vis = |r: &str| format!("/_matrix/client/v3/directory/list/room/{}", enc(r));
+    assert_eq!(bob.get(&vis(&hidden)).await.ok()["visibility"], "private");
+    bob.put(&vis(&big), json!({"visibility": "private"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    alice
+        .put(&vis(&hidden), json!({"visibility": "public"}))
+        .await
+        .ok();
+    assert_eq!(bob.get(&vis(&hidden)).await.ok()["visibility"], "public");
+    alice
+        .put(&vis(&big), json!({"visibility": "private"}))
+        .await
+        .ok();
+    let list = srv.client().get("/_matrix/client/v3/publicRooms").await;
+    let ids: Vec<&str> = list.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&hidden.as_str()) && !ids.contains(&big.as_str()));
+
+    // Bad input.
+    alice
+        .put(&vis(&big), json!({"visibility": "friends"}))
+        .await
+        .err(400, "M_BAD_JSON");
+    alice
+        .get(&vis("!nope:localhost"))
+        .await
+        .err(404, "M_NOT_FOUND");
+    srv.client()
+        .get("/_matrix/client/v3/publicRooms?since=zzz")
+        .await
+        .err(400, "M_INVALID_PARAM");
+    srv.client()
+        .post("/_matrix/client/v3/publicRooms", json!({}))
+        .await
+        .err(401, "M_MISSING_TOKEN");
+}

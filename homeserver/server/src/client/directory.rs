@@ -83,32 +83,12 @@ pub async fn delete(
         .get(Table::RoomAlias, &key2(room_id.as_str(), alias.as_str()))?;
     let is_creator = creator.as_deref() == Some(s.user_id.as_bytes());
     // Otherwise whoever may change the room's canonical alias may remove its aliases.
-    let may_manage = is_creator || {
-        let room = app.room_or_404(&room_id)?;
-        let hash = app.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
-        let pl = app
-            .state_json(hash, "m.room.power_levels", "")?
-            .map(|e| e["content"].clone())
-            .unwrap_or(Value::Null);
-        let level = |v: &Value, d: i64| v.as_i64().unwrap_or(d);
-        let needed = level(
-            &pl["events"]["m.room.canonical_alias"],
-            level(&pl["state_default"], 50),
-        );
-        let creator_of_room = app.state_json(hash, "m.room.create", "")?.is_some_and(|c| {
-            c["sender"] == s.user_id.as_str()
-                && room
-                    .meta
-                    .version
-                    .rules()
-                    .is_some_and(|r| r.authorization.explicitly_privilege_room_creators)
-        });
-        let mine = level(
-            &pl["users"][s.user_id.as_str()],
-            level(&pl["users_default"], 0),
-        );
-        app.is_joined(&s.user_id, &room_id)? && (creator_of_room || mine >= needed)
-    };
+    let may_manage = is_creator
+        || app.may_send_state(
+            &s.user_id,
+            &app.room_or_404(&room_id)?,
+            "m.room.canonical_alias",
+        )?;
     if !may_manage {
         return Err(ApiError::Forbidden("You may not delete this alias".into()));
     }
@@ -137,4 +117,224 @@ pub async fn room_aliases(
         .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k).into_owned()))
         .collect::<Result<_, _>>()?;
     Ok(Json(json!({ "aliases": aliases })))
+}
+
+/// One room as the public directory shows it.
+fn summary(app: &App, room_id: &ruma::RoomId) -> ApiResult<Option<Value>> {
+    let Some(room) = app.room(room_id)? else {
+        return Ok(None);
+    };
+    let hash = app.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+    let content = |kind: &str| -> ApiResult<Value> {
+        Ok(app
+            .state_json(hash, kind, "")?
+            .map(|e| e["content"].clone())
+            .unwrap_or(Value::Null))
+    };
+    let joined = app
+        .room_members(room.short)?
+        .iter()
+        .filter(|(_, m)| m == "join")
+        .count();
+    let mut v = json!({
+        "room_id": room_id,
+        "num_joined_members": joined,
+        "world_readable": content("m.room.history_visibility")?["history_visibility"] == "world_readable",
+        "guest_can_join": content("m.room.guest_access")?["guest_access"] == "can_join",
+        "join_rule": content("m.room.join_rules")?["join_rule"].as_str().unwrap_or("invite"),
+    });
+    for (field, kind, key) in [
+        ("name", "m.room.name", "name"),
+        ("topic", "m.room.topic", "topic"),
+        ("canonical_alias", "m.room.canonical_alias", "alias"),
+        ("avatar_url", "m.room.avatar", "url"),
+        ("room_type", "m.room.create", "type"),
+    ] {
+        if let Some(x) = content(kind)?.get(key).filter(|x| x.is_string()) {
+            v[field] = x.clone();
+        }
+    }
+    Ok(Some(v))
+}
+
+#[derive(Deserialize, Default)]
+pub struct PublicRoomsQuery {
+    limit: Option<String>,
+    since: Option<String>,
+    server: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct PublicRoomsFilter {
+    generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct PublicRoomsBody {
+    limit: Option<usize>,
+    since: Option<String>,
+    server: Option<String>,
+    #[serde(default)]
+    filter: PublicRoomsFilter,
+}
+
+/// Rooms published in the directory, largest first, paged by offset tokens.
+fn list_public(
+    app: &App,
+    limit: Option<usize>,
+    since: Option<&str>,
+    server: Option<&str>,
+    filter: &PublicRoomsFilter,
+) -> ApiResult<Value> {
+    if server.is_some_and(|s| s != app.server_name().as_str()) {
+        return Err(ApiError::InvalidParam(
+            "Other servers' directories need federation, which is not enabled".into(),
+        ));
+    }
+    let offset = match since {
+        None => 0,
+        Some(t) => t
+            .strip_prefix('o')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| ApiError::InvalidParam(format!("invalid since token {t}")))?,
+    };
+    let term = filter
+        .generic_search_term
+        .as_deref()
+        .map(str::to_lowercase)
+        .filter(|t| !t.is_empty());
+    let mut rooms = vec![];
+    for item in app.store.kv.scan_prefix(Table::PublicRoom, b"") {
+        let (k, _) = item?;
+        let Ok(room_id) = ruma::OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
+        else {
+            continue;
+        };
+        let Some(v) = summary(app, &room_id)? else {
+            continue;
+        };
+        if let Some(t) = &term {
+            let hay = ["name", "topic", "canonical_alias"]
+                .iter()
+                .filter_map(|f| v[*f].as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase();
+            if !hay.contains(t.as_str()) && room_id.as_str() != t {
+                continue;
+            }
+        }
+        if let Some(types) = &filter.room_types {
+            let room_type = v["room_type"].as_str().map(str::to_owned);
+            if !types.contains(&room_type) {
+                continue;
+            }
+        }
+        rooms.push(v);
+    }
+    rooms.sort_by(|a, b| {
+        b["num_joined_members"]
+            .as_u64()
+            .cmp(&a["num_joined_members"].as_u64())
+            .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+    });
+    let total = rooms.len();
+    let limit = limit
+        .unwrap_or(total.max(1))
+        .clamp(1, app.settings.max_page);
+    let chunk: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
+    let mut out = json!({ "chunk": chunk, "total_room_count_estimate": total });
+    if offset + limit < total {
+        out["next_batch"] = json!(format!("o{}", offset + limit));
+    }
+    if offset > 0 {
+        out["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
+    }
+    Ok(out)
+}
+
+pub async fn public_rooms(
+    State(app): State<App>,
+    crate::http::extract::Query(q): crate::http::extract::Query<PublicRoomsQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<usize>()
+                .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
+        })
+        .transpose()?;
+    Ok(Json(list_public(
+        &app,
+        limit,
+        q.since.as_deref(),
+        q.server.as_deref(),
+        &PublicRoomsFilter::default(),
+    )?))
+}
+
+pub async fn search_public_rooms(
+    State(app): State<App>,
+    Auth(_): Auth,
+    crate::http::extract::Query(q): crate::http::extract::Query<PublicRoomsQuery>,
+    Body(body): Body<PublicRoomsBody>,
+) -> ApiResult<Json<Value>> {
+    let server = body.server.as_deref().or(q.server.as_deref());
+    Ok(Json(list_public(
+        &app,
+        body.limit,
+        body.since.as_deref(),
+        server,
+        &body.filter,
+    )?))
+}
+
+pub async fn get_visibility(
+    State(app): State<App>,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    app.room_or_404(&room_id)?;
+    let public = app
+        .store
+        .kv
+        .contains(Table::PublicRoom, room_id.as_bytes())?;
+    Ok(Json(
+        json!({ "visibility": if public { "public" } else { "private" } }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct VisibilityBody {
+    visibility: String,
+}
+
+pub async fn set_visibility(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<VisibilityBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let room = app.room_or_404(&room_id)?;
+    if !app.may_send_state(&s.user_id, &room, "m.room.canonical_alias")? {
+        return Err(ApiError::Forbidden(
+            "You may not change this room's directory visibility".into(),
+        ));
+    }
+    let mut b = Batch::default();
+    match body.visibility.as_str() {
+        "public" => b.put(Table::PublicRoom, room_id.as_bytes(), &[]),
+        "private" => b.delete(Table::PublicRoom, room_id.as_bytes()),
+        other => {
+            return Err(ApiError::BadJson(format!(
+                "visibility must be public or private, not {other}"
+            )))
+        }
+    }
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({})))
 }

@@ -117,6 +117,14 @@ pub fn router() -> Router<App> {
         )
         .route("/rooms/{room_id}/aliases", get(directory::room_aliases))
         .route(
+            "/publicRooms",
+            get(directory::public_rooms).post(directory::search_public_rooms),
+        )
+        .route(
+            "/directory/list/room/{room_id}",
+            get(directory::get_visibility).put(directory::set_visibility),
+        )
+        .route(
             "/presence/{user_id}/status",
             get(presence::get).put(presence::set),
         )

@@ -407,3 +407,46 @@ impl Services {
         Err(ApiError::Forbidden("You are not in this room".into()))
     }
 }
+
+impl Services {
+    /// Whether `user` is joined and has the power to send state of type `kind` in the room's
+    /// current state (v12 creators always may).
+    pub fn may_send_state(&self, user: &UserId, room: &RoomRef, kind: &str) -> ApiResult<bool> {
+        if !self.is_joined(user, &room.meta.room_id)? {
+            return Ok(false);
+        }
+        let hash = self.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+        let privileged = room
+            .meta
+            .version
+            .rules()
+            .is_some_and(|r| r.authorization.explicitly_privilege_room_creators);
+        if privileged {
+            let create = self
+                .state_json(hash, "m.room.create", "")?
+                .unwrap_or(Value::Null);
+            let extra = create["content"]["additional_creators"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if create["sender"] == user.as_str() || extra.iter().any(|u| u == user.as_str()) {
+                return Ok(true);
+            }
+        }
+        let pl = self
+            .state_json(hash, "m.room.power_levels", "")?
+            .map(|e| e["content"].clone())
+            .unwrap_or(Value::Null);
+        let level = |v: &Value, d: i64| v.as_i64().unwrap_or(d);
+        if pl.is_null() {
+            // No power levels yet: only the room creator may act.
+            let create = self
+                .state_json(hash, "m.room.create", "")?
+                .unwrap_or(Value::Null);
+            return Ok(create["sender"] == user.as_str());
+        }
+        let needed = level(&pl["events"][kind], level(&pl["state_default"], 50));
+        let mine = level(&pl["users"][user.as_str()], level(&pl["users_default"], 0));
+        Ok(mine >= needed)
+    }
+}
