@@ -385,3 +385,44 @@ async fn profile_fields_can_be_deleted() {
         .await
         .err(404, "M_UNRECOGNIZED");
 }
+
+#[tokio::test]
+async fn openid_tokens_and_registration_token_validity() {
+    let srv = Server::start_with(&[
+        ("PLEXUS_REGISTRATION", "token"),
+        ("PLEXUS_REGISTRATION_TOKEN", "open-sesame"),
+    ])
+    .await;
+    let c = srv.client();
+    let v = "/_matrix/client/v1/register/m.login.registration_token/validity";
+    assert_eq!(
+        c.get(&format!("{v}?token=open-sesame")).await.ok()["valid"],
+        true
+    );
+    assert_eq!(c.get(&format!("{v}?token=nope")).await.ok()["valid"], false);
+    c.get(v).await.err(400, "M_INVALID_PARAM");
+    let open = Server::start().await;
+    open.client()
+        .get(&format!("{v}?token=x"))
+        .await
+        .err(403, "M_FORBIDDEN");
+
+    let alice = open.user("alice").await;
+    let r = alice
+        .post(
+            "/_matrix/client/v3/user/@alice:localhost/openid/request_token",
+            json!({}),
+        )
+        .await;
+    assert!(r.ok()["access_token"].as_str().unwrap().len() >= 20);
+    assert_eq!(r.body["token_type"], "Bearer");
+    assert_eq!(r.body["matrix_server_name"], "localhost");
+    assert!(r.body["expires_in"].as_u64().unwrap() > 0);
+    alice
+        .post(
+            "/_matrix/client/v3/user/@bob:localhost/openid/request_token",
+            json!({}),
+        )
+        .await
+        .err(403, "M_FORBIDDEN");
+}

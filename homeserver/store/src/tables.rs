@@ -61,4 +61,6 @@ pub enum Table {
     Presence = 28,
     /// room id \0 alias → user id of whoever created the alias
     RoomAlias = 29,
+    /// OpenID access token → `{user_id, expires_at}`
+    OpenId = 30,
 }

@@ -338,3 +338,26 @@ pub async fn deactivate(
     app.delete_devices(&s.user_id, &all).await?;
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }
+
+#[derive(Deserialize)]
+pub struct TokenValidityQuery {
+    token: String,
+}
+
+/// Lets a client check a registration token before asking for the rest of the form.
+pub async fn registration_token_validity(
+    State(app): State<App>,
+    Query(q): Query<TokenValidityQuery>,
+) -> ApiResult<Json<Value>> {
+    if app.settings.registration != RegistrationPolicy::Token {
+        return Err(ApiError::Forbidden(
+            "This server does not use registration tokens".into(),
+        ));
+    }
+    let valid = app
+        .settings
+        .registration_tokens
+        .iter()
+        .any(|t| *t == q.token);
+    Ok(Json(json!({ "valid": valid })))
+}

@@ -8,6 +8,7 @@ mod discovery;
 pub mod filter;
 mod membership;
 mod messages;
+mod openid;
 mod presence;
 mod profile;
 mod receipts;
@@ -110,6 +111,10 @@ pub fn router() -> Router<App> {
         )
         .route("/sync", get(sync::sync))
         .route(
+            "/user/{user_id}/openid/request_token",
+            post(openid::request_token),
+        )
+        .route(
             "/directory/room/{alias}",
             get(directory::get)
                 .put(directory::create)
@@ -144,8 +149,14 @@ pub fn router() -> Router<App> {
             put(tags::put).delete(tags::delete),
         );
 
+    let v1 = Router::new().route(
+        "/register/m.login.registration_token/validity",
+        get(account::registration_token_validity),
+    );
+
     Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))
+        .nest("/_matrix/client/v1", v1)
         .route("/.well-known/matrix/client", get(discovery::well_known))
         // r0 is the pre-v1.1 name of v3; older clients still call it.
         .nest("/_matrix/client/v3", v3.clone())
