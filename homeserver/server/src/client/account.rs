@@ -354,10 +354,6 @@ pub async fn registration_token_validity(
             "This server does not use registration tokens".into(),
         ));
     }
-    let valid = app
-        .settings
-        .registration_tokens
-        .iter()
-        .any(|t| *t == q.token);
+    let valid = app.settings.registration_tokens.contains(&q.token);
     Ok(Json(json!({ "valid": valid })))
 }
