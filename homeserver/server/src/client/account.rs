@@ -11,7 +11,7 @@ use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Query},
     service::accounts::PASSWORD_FLOW,
-    service::{accounts::IssuedTokens, App, Services},
+    service::{App, Services},
 };
 
 #[derive(Deserialize)]
@@ -53,7 +53,17 @@ fn validate_localpart(svc: &Services, localpart: &str) -> ApiResult<OwnedUserId>
     Ok(id)
 }
 
-fn login_response(user_id: &UserId, device_id: &str, t: IssuedTokens, svc: &Services) -> Value {
+/// Issue a device and tokens and answer as `/login` and `/register` both do.
+async fn log_in(
+    svc: &App,
+    user_id: &UserId,
+    device_id: Option<&str>,
+    display_name: Option<String>,
+    refreshable: bool,
+) -> ApiResult<Json<Value>> {
+    let (device_id, t) = svc
+        .issue_device(user_id, device_id, display_name, refreshable)
+        .await?;
     let mut v = json!({
         "user_id": user_id,
         "access_token": t.access_token,
@@ -66,7 +76,7 @@ fn login_response(user_id: &UserId, device_id: &str, t: IssuedTokens, svc: &Serv
     if let Some(e) = t.expires_in_ms {
         v["expires_in_ms"] = json!(e);
     }
-    v
+    Ok(Json(v))
 }
 
 pub async fn register(
@@ -108,20 +118,14 @@ pub async fn register(
             json!({ "user_id": user_id, "home_server": app.server_name() }),
         ));
     }
-    let (device_id, tokens) = app
-        .issue_device(
-            &user_id,
-            body.device_id.as_deref(),
-            body.initial_device_display_name,
-            body.refresh_token,
-        )
-        .await?;
-    Ok(Json(login_response(
-        &user_id,
-        device_id.as_str(),
-        tokens,
+    log_in(
         &app,
-    )))
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name,
+        body.refresh_token,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -192,20 +196,14 @@ pub async fn login(State(app): State<App>, Body(body): Body<LoginBody>) -> ApiRe
             return Err(ApiError::Forbidden("Invalid username or password".into()));
         }
     };
-    let (device_id, tokens) = app
-        .issue_device(
-            &user_id,
-            body.device_id.as_deref(),
-            body.initial_device_display_name,
-            body.refresh_token,
-        )
-        .await?;
-    Ok(Json(login_response(
-        &user_id,
-        device_id.as_str(),
-        tokens,
+    log_in(
         &app,
-    )))
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name,
+        body.refresh_token,
+    )
+    .await
 }
 
 pub async fn logout(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
