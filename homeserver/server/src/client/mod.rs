@@ -11,6 +11,7 @@ mod messages;
 mod openid;
 mod presence;
 mod profile;
+pub mod push_rules;
 mod receipts;
 mod room_create;
 mod room_events;
@@ -110,6 +111,24 @@ pub fn router() -> Router<App> {
             get(account_data::get_room).put(account_data::put_room),
         )
         .route("/sync", get(sync::sync))
+        // push rules
+        .route("/pushrules", get(push_rules::get_all))
+        .route("/pushrules/", get(push_rules::get_all))
+        .route("/pushrules/global/", get(push_rules::get_global))
+        .route(
+            "/pushrules/global/{kind}/{rule_id}",
+            get(push_rules::get_rule)
+                .put(push_rules::put_rule)
+                .delete(push_rules::delete_rule),
+        )
+        .route(
+            "/pushrules/global/{kind}/{rule_id}/enabled",
+            get(push_rules::get_enabled).put(push_rules::put_enabled),
+        )
+        .route(
+            "/pushrules/global/{kind}/{rule_id}/actions",
+            get(push_rules::get_actions).put(push_rules::put_actions),
+        )
         .route(
             "/user/{user_id}/openid/request_token",
             post(openid::request_token),

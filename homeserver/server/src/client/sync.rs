@@ -168,7 +168,12 @@ pub fn build(
         }
     }
     let global = account_data(app, s, since, false)?;
-    let global_events = global.get("").cloned().unwrap_or_default();
+    let mut global_events = global.get("").cloned().unwrap_or_default();
+    // Clients expect their push rules in the first sync, stored or not.
+    if since.is_none() && !global_events.iter().any(|e| e["type"] == "m.push_rules") {
+        let rules = super::push_rules::ruleset(app, &s.user_id)?;
+        global_events.push(json!({ "type": "m.push_rules", "content": { "global": rules } }));
+    }
     let mut presence = app.presence_since(&s.user_id, since)?;
     presence.retain(|e| filter.presence.allows(e));
     let changed = !join.is_empty()

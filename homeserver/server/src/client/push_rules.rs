@@ -1,0 +1,215 @@
+//! Push rules: the spec's default rule set (ruma's `server_default`), stored per user as the
+//! `m.push_rules` account data, and every endpoint that reads or edits it.
+//!
+//! Evaluating the rules into unread counts and notifications is not done yet (issue 8).
+
+use axum::{extract::State, Json};
+use ruma::{
+    push::{
+        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
+        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+    },
+    OwnedRoomId, OwnedUserId, UserId,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::account_data;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, JsonObject, Path, Query},
+    service::App,
+};
+
+/// The user's rule set: what they stored, or the defaults.
+pub fn ruleset(app: &App, user: &UserId) -> ApiResult<Ruleset> {
+    match account_data::load(app, user, "", "m.push_rules") {
+        Ok(v) => serde_json::from_value(v["global"].clone())
+            .map_err(|e| ApiError::Internal(format!("stored push rules unreadable: {e}"))),
+        Err(ApiError::NotFound(_)) => Ok(Ruleset::server_default(user)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn save(app: &App, user: &UserId, rules: &Ruleset) -> ApiResult<()> {
+    let global = serde_json::to_value(rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+    account_data::store(app, user, "", "m.push_rules", json!({ "global": global })).await
+}
+
+fn kind(s: &str) -> ApiResult<RuleKind> {
+    match s {
+        "override" | "underride" | "sender" | "room" | "content" => Ok(RuleKind::from(s)),
+        _ => Err(ApiError::InvalidParam(format!(
+            "unknown push rule kind {s}"
+        ))),
+    }
+}
+
+/// The rule as JSON, found in the serialised rule set.
+fn find(rules: &Ruleset, kind: &str, rule_id: &str) -> ApiResult<Value> {
+    let all = serde_json::to_value(rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+    all[kind]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["rule_id"] == rule_id))
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound("Unknown push rule".into()))
+}
+
+pub async fn get_all(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "global": ruleset(&app, &s.user_id)? })))
+}
+
+pub async fn get_global(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        serde_json::to_value(ruleset(&app, &s.user_id)?)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+pub async fn get_rule(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    kind(&k)?;
+    Ok(Json(find(&ruleset(&app, &s.user_id)?, &k, &id)?))
+}
+
+#[derive(Deserialize, Default)]
+pub struct Position {
+    before: Option<String>,
+    after: Option<String>,
+}
+
+pub async fn put_rule(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+    Query(pos): Query<Position>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<Value>> {
+    kind(&k)?;
+    let field = |name: &str| body.get(name).cloned().unwrap_or(Value::Null);
+    let actions: Vec<Action> = serde_json::from_value(field("actions"))
+        .map_err(|e| ApiError::BadJson(format!("invalid actions: {e}")))?;
+    let rule = match k.as_str() {
+        "override" | "underride" => {
+            let conditions: Vec<PushCondition> = match body.get("conditions") {
+                None => vec![],
+                Some(c) => serde_json::from_value(c.clone())
+                    .map_err(|e| ApiError::BadJson(format!("invalid conditions: {e}")))?,
+            };
+            let r = NewConditionalPushRule::new(id.clone(), conditions, actions);
+            if k == "override" {
+                NewPushRule::Override(r)
+            } else {
+                NewPushRule::Underride(r)
+            }
+        }
+        "content" => {
+            let pattern = field("pattern")
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::BadJson("content rules need a pattern".into()))?;
+            NewPushRule::Content(NewPatternedPushRule::new(id.clone(), pattern, actions))
+        }
+        "room" => {
+            let room = OwnedRoomId::try_from(id.as_str()).map_err(|e| {
+                ApiError::InvalidParam(format!("room rules are named by room id: {e}"))
+            })?;
+            NewPushRule::Room(NewSimplePushRule::new(room, actions))
+        }
+        _ => {
+            let user = OwnedUserId::try_from(id.as_str()).map_err(|e| {
+                ApiError::InvalidParam(format!("sender rules are named by user id: {e}"))
+            })?;
+            NewPushRule::Sender(NewSimplePushRule::new(user, actions))
+        }
+    };
+    let mut rules = ruleset(&app, &s.user_id)?;
+    rules
+        .insert(rule, pos.after.as_deref(), pos.before.as_deref())
+        .map_err(|e| match e {
+            InsertPushRuleError::UnknownRuleId => {
+                ApiError::NotFound("before/after rule not found".into())
+            }
+            other => ApiError::InvalidParam(other.to_string()),
+        })?;
+    save(&app, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn delete_rule(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let kind = kind(&k)?;
+    let mut rules = ruleset(&app, &s.user_id)?;
+    rules.remove(kind, &id).map_err(|e| match e {
+        RemovePushRuleError::NotFound => ApiError::NotFound("Unknown push rule".into()),
+        other => ApiError::InvalidParam(other.to_string()),
+    })?;
+    save(&app, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn get_enabled(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    kind(&k)?;
+    let rule = find(&ruleset(&app, &s.user_id)?, &k, &id)?;
+    Ok(Json(json!({ "enabled": rule["enabled"] })))
+}
+
+#[derive(Deserialize)]
+pub struct EnabledBody {
+    enabled: bool,
+}
+
+pub async fn put_enabled(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+    crate::http::extract::Body(body): crate::http::extract::Body<EnabledBody>,
+) -> ApiResult<Json<Value>> {
+    let kind = kind(&k)?;
+    let mut rules = ruleset(&app, &s.user_id)?;
+    rules
+        .set_enabled(kind, &id, body.enabled)
+        .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
+    save(&app, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn get_actions(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    kind(&k)?;
+    let rule = find(&ruleset(&app, &s.user_id)?, &k, &id)?;
+    Ok(Json(json!({ "actions": rule["actions"] })))
+}
+
+#[derive(Deserialize)]
+pub struct ActionsBody {
+    actions: Vec<Action>,
+}
+
+pub async fn put_actions(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((k, id)): Path<(String, String)>,
+    crate::http::extract::Body(body): crate::http::extract::Body<ActionsBody>,
+) -> ApiResult<Json<Value>> {
+    let kind = kind(&k)?;
+    let mut rules = ruleset(&app, &s.user_id)?;
+    rules
+        .set_actions(kind, &id, body.actions)
+        .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
+    save(&app, &s.user_id, &rules).await?;
+    Ok(Json(json!({})))
+}
