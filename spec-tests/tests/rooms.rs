@@ -726,3 +726,67 @@ async fn public_room_directory() {
         .await
         .err(401, "M_MISSING_TOKEN");
 }
+
+#[tokio::test]
+async fn user_directory_search() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let carol = srv.user("carol").await;
+    let dave = srv.user("dave").await;
+    bob.put(
+        "/_matrix/client/v3/profile/@bob:localhost/displayname",
+        json!({"displayname": "Bobby Tables"}),
+    )
+    .await
+    .ok();
+    // Alice shares a private room with Bob; Carol is in a public room; Dave shares nothing.
+    let private = alice
+        .create_room(json!({"invite": ["@bob:localhost"]}))
+        .await;
+    bob.join(&private).await.ok();
+    let public = carol
+        .create_room(json!({"visibility": "public", "preset": "public_chat"}))
+        .await;
+    let _ = (&public, &dave);
+    let search = |term: &str| json!({"search_term": term, "limit": 10});
+    let r = alice
+        .post("/_matrix/client/v3/user_directory/search", search("tables"))
+        .await;
+    assert_eq!(
+        r.ok()["results"],
+        json!([{"user_id": "@bob:localhost", "display_name": "Bobby Tables"}])
+    );
+    assert_eq!(r.body["limited"], false);
+    let r = alice
+        .post("/_matrix/client/v3/user_directory/search", search("carol"))
+        .await;
+    assert_eq!(r.ok()["results"][0]["user_id"], "@carol:localhost");
+    let r = alice
+        .post("/_matrix/client/v3/user_directory/search", search("dave"))
+        .await;
+    assert_eq!(
+        r.ok()["results"],
+        json!([]),
+        "users sharing nothing are not found"
+    );
+    let r = alice
+        .post(
+            "/_matrix/client/v3/user_directory/search",
+            json!({"search_term": "localhost", "limit": 1}),
+        )
+        .await;
+    assert_eq!(r.ok()["results"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["limited"], true);
+    alice
+        .post(
+            "/_matrix/client/v3/user_directory/search",
+            json!({"limit": 1}),
+        )
+        .await
+        .err(400, "M_BAD_JSON");
+    alice
+        .post("/_matrix/client/v3/user_directory/search", search("  "))
+        .await
+        .err(400, "M_INVALID_PARAM");
+}

@@ -17,6 +17,7 @@ mod room_create;
 mod room_events;
 pub mod sync;
 mod tags;
+mod user_directory;
 
 use axum::{
     routing::{get, post, put},
@@ -111,6 +112,7 @@ pub fn router() -> Router<App> {
             get(account_data::get_room).put(account_data::put_room),
         )
         .route("/sync", get(sync::sync))
+        .route("/user_directory/search", post(user_directory::search))
         // push rules
         .route("/pushrules", get(push_rules::get_all))
         .route("/pushrules/", get(push_rules::get_all))

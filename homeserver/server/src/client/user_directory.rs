@@ -1,0 +1,95 @@
+//! User directory search: users who share a room with the searcher, and members of rooms in the
+//! public directory, matched on user id and display name.
+
+use std::collections::BTreeSet;
+
+use axum::{extract::State, Json};
+use plexus_store::Table;
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body},
+    service::App,
+};
+
+#[derive(Deserialize)]
+pub struct SearchBody {
+    search_term: String,
+    limit: Option<usize>,
+}
+
+/// Everyone the searcher may find: room-mates and members of public rooms.
+fn candidates(app: &App, searcher: &ruma::UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
+    let mut users = app.presence_audience(searcher)?;
+    for item in app.store.kv.scan_prefix(Table::PublicRoom, b"") {
+        let (k, _) = item?;
+        let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) else {
+            continue;
+        };
+        if let Some(room) = app.room(&room_id)? {
+            users.extend(
+                app.room_members(room.short)?
+                    .into_iter()
+                    .filter(|(_, m)| m == "join")
+                    .map(|(u, _)| u),
+            );
+        }
+    }
+    Ok(users)
+}
+
+pub async fn search(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<SearchBody>,
+) -> ApiResult<Json<Value>> {
+    let limit = body.limit.unwrap_or(10).min(app.settings.max_page);
+    let term = body.search_term.trim().to_lowercase();
+    if term.is_empty() {
+        return Err(ApiError::InvalidParam(
+            "search_term must not be empty".into(),
+        ));
+    }
+    let mut hits = vec![];
+    for user in candidates(&app, &s.user_id)? {
+        let rec = app.user(&user)?;
+        if rec.as_ref().is_some_and(|r| r.deactivated) {
+            continue;
+        }
+        let name = rec.as_ref().and_then(|r| r.displayname.clone());
+        let avatar = rec.as_ref().and_then(|r| r.avatar_url.clone());
+        let id_match = user.as_str().to_lowercase().contains(&term);
+        let name_match = name
+            .as_ref()
+            .is_some_and(|n| n.to_lowercase().contains(&term));
+        if !(id_match || name_match) {
+            continue;
+        }
+        // Prefix matches first, then alphabetical.
+        let prefix = user.localpart().to_lowercase().starts_with(&term)
+            || name
+                .as_ref()
+                .is_some_and(|n| n.to_lowercase().starts_with(&term));
+        hits.push((!prefix, user, name, avatar));
+    }
+    hits.sort();
+    let limited = hits.len() > limit;
+    let results: Vec<Value> = hits
+        .into_iter()
+        .take(limit)
+        .map(|(_, user, name, avatar)| {
+            let mut v = json!({ "user_id": user });
+            if let Some(n) = name {
+                v["display_name"] = json!(n);
+            }
+            if let Some(a) = avatar {
+                v["avatar_url"] = json!(a);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "results": results, "limited": limited })))
+}
