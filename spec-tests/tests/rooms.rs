@@ -733,7 +733,8 @@ async fn user_directory_search() {
     let alice = srv.user("alice").await;
     let bob = srv.user("bob").await;
     let carol = srv.user("carol").await;
-    let dave = srv.user("dave").await;
+    // Dave exists but shares no room with Alice.
+    let _dave = srv.user("dave").await;
     bob.put(
         "/_matrix/client/v3/profile/@bob:localhost/displayname",
         json!({"displayname": "Bobby Tables"}),
