@@ -790,3 +790,89 @@ async fn user_directory_search() {
         .await
         .err(400, "M_INVALID_PARAM");
 }
+
+#[tokio::test]
+async fn reports_and_timestamp_to_event() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let before = alice.send_text(&room, "first").await;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let mid = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let after = alice.send_text(&room, "second").await;
+
+    // timestamp_to_event in both directions.
+    let t = |dir: &str, ts: u64| {
+        format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={ts}&dir={dir}",
+            enc(&room)
+        )
+    };
+    assert_eq!(bob.get(&t("f", mid)).await.ok()["event_id"], after.as_str());
+    assert_eq!(
+        bob.get(&t("b", mid)).await.ok()["event_id"],
+        before.as_str()
+    );
+    bob.get(&t("f", mid + 3_600_000))
+        .await
+        .err(404, "M_NOT_FOUND");
+    bob.get(&format!(
+        "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts=1&dir=x",
+        enc(&room)
+    ))
+    .await
+    .err(400, "M_INVALID_PARAM");
+    bob.get(&format!(
+        "/_matrix/client/v1/rooms/{}/timestamp_to_event?dir=f",
+        enc(&room)
+    ))
+    .await
+    .err(400, "M_MISSING_PARAM");
+    let eve = srv.user("eve").await;
+    eve.get(&t("f", mid)).await.err(403, "M_FORBIDDEN");
+
+    // Reports.
+    let rep = |e: &str| format!("/_matrix/client/v3/rooms/{}/report/{}", enc(&room), enc(e));
+    bob.post(&rep(&after), json!({"reason": "spam", "score": -100}))
+        .await
+        .ok();
+    bob.post(&rep("$nope"), json!({"reason": "x"}))
+        .await
+        .err(404, "M_NOT_FOUND");
+    eve.post(&rep(&after), json!({"reason": "x"}))
+        .await
+        .err(404, "M_NOT_FOUND");
+    bob.post(&rep(&after), json!({"reason": 5}))
+        .await
+        .err(400, "M_BAD_JSON");
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/report", enc(&room)),
+        json!({"reason": "bad room"}),
+    )
+    .await
+    .ok();
+    bob.post(
+        "/_matrix/client/v3/rooms/!nope:localhost/report",
+        json!({"reason": "x"}),
+    )
+    .await
+    .err(404, "M_NOT_FOUND");
+    bob.post(
+        "/_matrix/client/v3/users/@alice:localhost/report",
+        json!({"reason": "rude"}),
+    )
+    .await
+    .ok();
+    bob.post(
+        "/_matrix/client/v3/users/@ghost:localhost/report",
+        json!({"reason": "x"}),
+    )
+    .await
+    .err(404, "M_NOT_FOUND");
+}

@@ -63,4 +63,6 @@ pub enum Table {
     RoomAlias = 29,
     /// OpenID access token → `{user_id, expires_at}`
     OpenId = 30,
+    /// report id (unique id, big-endian) → report JSON, for server admins
+    Report = 31,
 }

@@ -220,3 +220,58 @@ pub async fn context(
         "state": state,
     })))
 }
+
+/// Most timeline entries `timestamp_to_event` inspects.
+const TS_SCAN_CAP: usize = 100_000;
+
+#[derive(Deserialize)]
+pub struct TimestampQuery {
+    ts: Option<String>,
+    dir: Option<String>,
+}
+
+/// The visible event closest to `ts` in the given direction: the first at or after it (`f`),
+/// or the last at or before it (`b`).
+pub async fn timestamp_to_event(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Query(q): Query<TimestampQuery>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let room = app.room_or_forbidden(&room_id)?;
+    check_access(&app, &s, &room)?;
+    let ts: u64 =
+        q.ts.as_deref()
+            .ok_or_else(|| ApiError::MissingParam("ts is required".into()))?
+            .parse()
+            .map_err(|_| ApiError::InvalidParam("ts must be a timestamp in milliseconds".into()))?;
+    let forwards = match q.dir.as_deref() {
+        Some("f") => true,
+        Some("b") => false,
+        Some(_) => return Err(ApiError::InvalidParam("dir must be f or b".into())),
+        None => return Err(ApiError::MissingParam("dir is required".into())),
+    };
+    let now = app.store.current_count();
+    let mut best: Option<(u64, u64, String)> = None;
+    for item in app.timeline(room.short, 0, now).take(TS_SCAN_CAP) {
+        let (_, short) = item?;
+        let Some(pdu) = app.pdu_by_short(short)? else {
+            continue;
+        };
+        let ev_ts = u64::from(pdu.origin_server_ts.0);
+        let fits = if forwards { ev_ts >= ts } else { ev_ts <= ts };
+        if !fits || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+            continue;
+        }
+        let distance = ev_ts.abs_diff(ts);
+        if best.as_ref().is_none_or(|(d, _, _)| distance < *d) {
+            best = Some((distance, ev_ts, pdu.event_id.to_string()));
+        }
+    }
+    let (_, ev_ts, event_id) =
+        best.ok_or_else(|| ApiError::NotFound("No event found in that direction".into()))?;
+    Ok(Json(
+        json!({ "event_id": event_id, "origin_server_ts": ev_ts }),
+    ))
+}

@@ -13,6 +13,7 @@ mod presence;
 mod profile;
 pub mod push_rules;
 mod receipts;
+mod reports;
 mod room_create;
 mod room_events;
 pub mod sync;
@@ -112,6 +113,12 @@ pub fn router() -> Router<App> {
             get(account_data::get_room).put(account_data::put_room),
         )
         .route("/sync", get(sync::sync))
+        .route(
+            "/rooms/{room_id}/report/{event_id}",
+            post(reports::report_event),
+        )
+        .route("/rooms/{room_id}/report", post(reports::report_room))
+        .route("/users/{user_id}/report", post(reports::report_user))
         .route("/user_directory/search", post(user_directory::search))
         // push rules
         .route("/pushrules", get(push_rules::get_all))
@@ -170,10 +177,15 @@ pub fn router() -> Router<App> {
             put(tags::put).delete(tags::delete),
         );
 
-    let v1 = Router::new().route(
-        "/register/m.login.registration_token/validity",
-        get(account::registration_token_validity),
-    );
+    let v1 = Router::new()
+        .route(
+            "/register/m.login.registration_token/validity",
+            get(account::registration_token_validity),
+        )
+        .route(
+            "/rooms/{room_id}/timestamp_to_event",
+            get(messages::timestamp_to_event),
+        );
 
     Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))
