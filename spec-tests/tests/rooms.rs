@@ -876,3 +876,130 @@ async fn reports_and_timestamp_to_event() {
     .await
     .err(404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn relations_endpoints() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let root = alice.send_text(&room, "root").await;
+    let send = |c: &plexus_spec_tests::Client, kind: &str, content: serde_json::Value| {
+        let c = c.clone();
+        let room = room.clone();
+        let kind = kind.to_owned();
+        async move {
+            let txn = plexus_spec_tests::rand_suffix();
+            c.put(
+                &format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(&room)),
+                content,
+            )
+            .await
+            .ok()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let thumbs = send(
+        &bob,
+        "m.reaction",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👍"}}),
+    )
+    .await;
+    let t1 = send(
+        &bob,
+        "m.room.message",
+        json!({"body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+    )
+    .await;
+    let t2 = send(
+        &alice,
+        "m.room.message",
+        json!({"body": "thread 2", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+    )
+    .await;
+    // A reply is not a relation; an edit of a thread reply relates to that reply.
+    send(
+        &alice,
+        "m.room.message",
+        json!({"body": "reply", "m.relates_to": {"m.in_reply_to": {"event_id": root}}}),
+    )
+    .await;
+    let edit = send(&bob, "m.room.message", json!({"body": "* edited", "m.new_content": {"body": "edited"}, "m.relates_to": {"rel_type": "m.replace", "event_id": t1}})).await;
+
+    let rel = |suffix: &str| {
+        format!(
+            "/_matrix/client/v1/rooms/{}/relations/{}{suffix}",
+            enc(&room),
+            enc(&root)
+        )
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = alice.get(&rel("")).await;
+    assert_eq!(
+        ids(all.ok()),
+        vec![t2.clone(), t1.clone(), thumbs.clone()],
+        "newest first, replies excluded"
+    );
+    let threads = alice.get(&rel("/m.thread")).await;
+    assert_eq!(ids(threads.ok()), vec![t2.clone(), t1.clone()]);
+    let reactions = alice.get(&rel("/m.annotation/m.reaction")).await;
+    assert_eq!(ids(reactions.ok()), vec![thumbs.clone()]);
+    // Paging forwards one at a time.
+    let p1 = alice.get(&rel("?dir=f&limit=1")).await;
+    assert_eq!(ids(p1.ok()), vec![thumbs.clone()]);
+    let next = p1.body["next_batch"].as_str().unwrap().to_owned();
+    let p2 = alice
+        .get(&rel(&format!("?dir=f&limit=1&from={next}")))
+        .await;
+    assert_eq!(ids(p2.ok()), vec![t1.clone()]);
+    // Recursion reaches the edit of a thread reply.
+    let deep = alice.get(&rel("?recurse=true&limit=10")).await;
+    assert!(ids(deep.ok()).contains(&edit));
+    // A redacted relation disappears.
+    bob.put(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+            enc(&room),
+            enc(&thumbs)
+        ),
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        ids(alice.get(&rel("/m.annotation")).await.ok()),
+        Vec::<String>::new()
+    );
+    // Bad input and invisible parents.
+    alice
+        .get(&rel("?dir=sideways"))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    alice
+        .get(&format!(
+            "/_matrix/client/v1/rooms/{}/relations/$nope",
+            enc(&room)
+        ))
+        .await
+        .err(404, "M_NOT_FOUND");
+    let eve = srv.user("eve").await;
+    let private = alice.create_room(json!({})).await;
+    let secret = alice.send_text(&private, "secret").await;
+    eve.get(&format!(
+        "/_matrix/client/v1/rooms/{}/relations/{}",
+        enc(&private),
+        enc(&secret)
+    ))
+    .await
+    .err(404, "M_NOT_FOUND");
+}

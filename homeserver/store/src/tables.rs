@@ -65,4 +65,6 @@ pub enum Table {
     OpenId = 30,
     /// report id (unique id, big-endian) → report JSON, for server admins
     Report = 31,
+    /// parent event id \0 count → short event id of an event relating to it
+    Relation = 32,
 }

@@ -13,6 +13,7 @@ mod presence;
 mod profile;
 pub mod push_rules;
 mod receipts;
+mod relations;
 mod reports;
 mod room_create;
 mod room_events;
@@ -185,6 +186,15 @@ pub fn router() -> Router<App> {
         .route(
             "/rooms/{room_id}/timestamp_to_event",
             get(messages::timestamp_to_event),
+        )
+        .route("/rooms/{room_id}/relations/{event_id}", get(relations::all))
+        .route(
+            "/rooms/{room_id}/relations/{event_id}/{rel_type}",
+            get(relations::by_rel_type),
+        )
+        .route(
+            "/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::by_rel_and_event_type),
         );
 
     Router::new()

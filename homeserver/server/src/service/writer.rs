@@ -399,6 +399,12 @@ impl<'a> RoomWriter<'a> {
                         affected.push(user);
                     }
                 }
+                if let Some(parent) = relation_parent(&p.stored) {
+                    let mut k = parent.into_bytes();
+                    k.push(0);
+                    k.extend_from_slice(&count.to_be_bytes());
+                    batch.put(Table::Relation, &k, &sb);
+                }
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
                     {
@@ -431,6 +437,13 @@ impl<'a> RoomWriter<'a> {
         svc.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
         Ok(last)
     }
+}
+
+/// The event this one relates to through `m.relates_to` (replies are not relations).
+pub fn relation_parent(stored: &Value) -> Option<String> {
+    let rel = stored.get("content")?.get("m.relates_to")?;
+    rel.get("rel_type")?.as_str()?;
+    rel.get("event_id")?.as_str().map(str::to_owned)
 }
 
 fn store_err(e: ApiError) -> plexus_store::StoreError {
