@@ -1003,3 +1003,70 @@ async fn relations_endpoints() {
     .await
     .err(404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn knocking() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice
+        .create_room(json!({"name": "Knock knock", "room_alias_name": "door",
+            "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}))
+        .await;
+    bob.join(&room).await.err(403, "M_FORBIDDEN");
+    let r = bob
+        .post(
+            "/_matrix/client/v3/knock/%23door:localhost",
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(r.ok()["room_id"], room.as_str());
+    // Bob sees his knock with the room's stripped state; Alice sees the knock in the timeline.
+    let s = bob.sync("").await;
+    let ks = s["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .unwrap();
+    assert!(ks
+        .iter()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock knock"));
+    assert!(ks
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "knock"));
+    let member = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/@bob:localhost",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(member.ok()["membership"], "knock");
+    assert_eq!(member.body["reason"], "let me in");
+    // Alice lets Bob in by inviting him.
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await
+        .ok();
+    bob.join(&room).await.ok();
+    // Knocking on a room that does not allow it, or in an old room version, is refused.
+    let closed = alice.create_room(json!({})).await;
+    bob.post(
+        &format!("/_matrix/client/v3/knock/{}", enc(&closed)),
+        json!({}),
+    )
+    .await
+    .err(403, "M_FORBIDDEN");
+    let old = alice
+        .create_room(json!({"room_version": "6", "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}))
+        .await;
+    bob.post(
+        &format!("/_matrix/client/v3/knock/{}", enc(&old)),
+        json!({}),
+    )
+    .await
+    .err(403, "M_FORBIDDEN");
+    bob.post("/_matrix/client/v3/knock/!nope:localhost", json!({}))
+        .await
+        .err(404, "M_NOT_FOUND");
+}

@@ -278,3 +278,34 @@ pub async fn joined_rooms(State(app): State<App>, Auth(s): Auth) -> ApiResult<Js
         .collect();
     Ok(Json(json!({ "joined_rooms": rooms })))
 }
+
+/// Ask to join a room whose join rule is `knock` (room versions 7 and later); the auth rules
+/// refuse everything else.
+pub async fn knock(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Body(body): Body<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = if room.starts_with('#') {
+        let alias = RoomAliasId::parse(&room)
+            .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
+        resolve_alias(&app, &alias)?
+    } else {
+        parse_room_id(&room)?
+    };
+    if app.room(&room_id)?.is_none() {
+        return Err(ApiError::NotFound(
+            "No known servers for this room (federation is not enabled)".into(),
+        ));
+    }
+    let mut w = RoomWriter::open(&app, &room_id).await?;
+    let content = member_content(&app, &s.user_id, "knock")?;
+    w.append(
+        &s.user_id,
+        member_event(&s.user_id, content, body.reason.as_ref()),
+        None,
+    )?;
+    w.commit().await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}

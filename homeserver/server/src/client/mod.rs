@@ -62,6 +62,7 @@ pub fn router() -> Router<App> {
         .route("/createRoom", post(room_create::create_room))
         .route("/join/{room}", post(membership::join_by_id_or_alias))
         .route("/rooms/{room_id}/join", post(membership::join))
+        .route("/knock/{room}", post(membership::knock))
         .route("/rooms/{room_id}/invite", post(membership::invite))
         .route("/rooms/{room_id}/leave", post(membership::leave))
         .route("/rooms/{room_id}/forget", post(membership::forget))

@@ -118,6 +118,7 @@ pub fn build(
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
+    let mut knock = Map::new();
     let room_account_data = account_data(app, s, since, true)?;
 
     for (room_id, m) in app.user_rooms(&s.user_id)? {
@@ -139,6 +140,12 @@ pub fn build(
                 {
                     join.insert(room_id.to_string(), v);
                 }
+            }
+            "knock" if changed_since => {
+                knock.insert(
+                    room_id.to_string(),
+                    json!({ "knock_state": { "events": invite_state(app, &room, &m)? } }),
+                );
             }
             "invite" if changed_since => {
                 invite.insert(
@@ -179,12 +186,13 @@ pub fn build(
     let changed = !join.is_empty()
         || !invite.is_empty()
         || !leave.is_empty()
+        || !knock.is_empty()
         || !global_events.is_empty()
         || !presence.is_empty();
     Ok((
         json!({
             "next_batch": now.to_string(),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": {} },
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": global_events },
             "presence": { "events": presence },
         }),
