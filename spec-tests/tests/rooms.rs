@@ -1070,3 +1070,66 @@ async fn knocking() {
         .await
         .err(404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn room_upgrade() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let old = alice
+        .create_room(
+            json!({"room_version": "10", "preset": "public_chat", "visibility": "public",
+            "name": "Old name", "topic": "kept", "room_alias_name": "moving"}),
+        )
+        .await;
+    bob.join(&old).await.ok();
+    let p = |r: &str, a: &str| format!("/_matrix/client/v3/rooms/{}/{a}", enc(r));
+    bob.post(&p(&old, "upgrade"), json!({"new_version": "12"}))
+        .await
+        .err(403, "M_FORBIDDEN");
+    alice
+        .post(&p(&old, "upgrade"), json!({"new_version": "99"}))
+        .await
+        .err(400, "M_UNSUPPORTED_ROOM_VERSION");
+    let r = alice
+        .post(&p(&old, "upgrade"), json!({"new_version": "12"}))
+        .await;
+    let new = r.ok()["replacement_room"].as_str().unwrap().to_owned();
+
+    // The old room points to the new one and is restricted.
+    let tomb = bob.get(&p(&old, "state/m.room.tombstone")).await;
+    assert_eq!(tomb.ok()["replacement_room"], new.as_str());
+    bob.put(
+        &p(&old, "send/m.room.message/late"),
+        json!({"body": "too late"}),
+    )
+    .await
+    .err(403, "M_FORBIDDEN");
+    // The new room carries the state over and knows its predecessor.
+    let create = alice.get(&p(&new, "state/m.room.create")).await;
+    assert_eq!(create.ok()["room_version"], "12");
+    assert_eq!(create.body["predecessor"]["room_id"], old.as_str());
+    assert_eq!(
+        alice.get(&p(&new, "state/m.room.name")).await.ok()["name"],
+        "Old name"
+    );
+    assert_eq!(
+        alice.get(&p(&new, "state/m.room.topic")).await.ok()["topic"],
+        "kept"
+    );
+    // Aliases and the directory entry moved; Bob can follow.
+    let dir = alice
+        .get("/_matrix/client/v3/directory/room/%23moving:localhost")
+        .await;
+    assert_eq!(dir.ok()["room_id"], new.as_str());
+    let list = srv.client().get("/_matrix/client/v3/publicRooms").await;
+    let ids: Vec<&str> = list.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![new.as_str()]);
+    bob.join("#moving:localhost").await.ok();
+    bob.send_text(&new, "hello new room").await;
+}

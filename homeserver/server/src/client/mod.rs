@@ -19,6 +19,7 @@ mod room_create;
 mod room_events;
 pub mod sync;
 mod tags;
+mod upgrade;
 mod user_directory;
 
 use axum::{
@@ -63,6 +64,7 @@ pub fn router() -> Router<App> {
         .route("/join/{room}", post(membership::join_by_id_or_alias))
         .route("/rooms/{room_id}/join", post(membership::join))
         .route("/knock/{room}", post(membership::knock))
+        .route("/rooms/{room_id}/upgrade", post(upgrade::upgrade))
         .route("/rooms/{room_id}/invite", post(membership::invite))
         .route("/rooms/{room_id}/leave", post(membership::leave))
         .route("/rooms/{room_id}/forget", post(membership::forget))

@@ -1,0 +1,205 @@
+//! `POST /rooms/{roomId}/upgrade`: a new room of the requested version that carries the old
+//! room's state over, a tombstone pointing to it, moved aliases, and an old room where only
+//! moderators can still speak or invite.
+
+use axum::{extract::State, Json};
+use plexus_core::{builder::NewEvent, room_version};
+use plexus_store::Table;
+use ruma::RoomVersionId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::membership::parse_room_id;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Path},
+    service::{
+        key2,
+        writer::{member_content, RoomWriter},
+        App,
+    },
+};
+
+/// State copied to the replacement room, per the spec.
+const CARRIED_STATE: [&str; 9] = [
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+    "m.room.pinned_events",
+];
+
+#[derive(Deserialize)]
+pub struct UpgradeBody {
+    new_version: String,
+    #[serde(default)]
+    additional_creators: Vec<String>,
+}
+
+fn state(kind: &str, key: &str, content: Value) -> NewEvent {
+    NewEvent {
+        kind: kind.into(),
+        content,
+        state_key: Some(key.into()),
+        redacts: None,
+    }
+}
+
+pub async fn upgrade(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    Body(body): Body<UpgradeBody>,
+) -> ApiResult<Json<Value>> {
+    let old_id = parse_room_id(&room_id)?;
+    let version = RoomVersionId::try_from(body.new_version.as_str())
+        .ok()
+        .filter(room_version::is_supported)
+        .ok_or_else(|| {
+            ApiError::UnsupportedRoomVersion(format!(
+                "room version {} is not supported",
+                body.new_version
+            ))
+        })?;
+    let old_room = app.room_or_forbidden(&old_id)?;
+    if !app.is_joined(&s.user_id, &old_id)? {
+        return Err(ApiError::Forbidden("You are not in this room".into()));
+    }
+    if !app.may_send_state(&s.user_id, &old_room, "m.room.tombstone")? {
+        return Err(ApiError::Forbidden("You may not upgrade this room".into()));
+    }
+    let old_hash = app.current_state(old_room.short)?.map(|h| h.0).unwrap_or(0);
+    let old_state = |kind: &str| -> ApiResult<Option<Value>> {
+        Ok(app
+            .state_json(old_hash, kind, "")?
+            .map(|e| e["content"].clone()))
+    };
+
+    // The replacement room.
+    let mut w = RoomWriter::create(&app, version.clone())?;
+    let rules = w.rules.clone();
+    let mut create = old_state("m.room.create")?.unwrap_or(json!({}));
+    create["room_version"] = json!(version.as_str());
+    create["predecessor"] = json!({ "room_id": old_id });
+    if let Some(o) = create.as_object_mut() {
+        o.remove("creator");
+        o.remove("additional_creators");
+    }
+    if rules.authorization.use_room_create_sender {
+        // v11+: the creator is the create event's sender.
+    } else {
+        create["creator"] = json!(s.user_id);
+    }
+    if rules.authorization.additional_room_creators && !body.additional_creators.is_empty() {
+        create["additional_creators"] = json!(body.additional_creators);
+    }
+    w.append(&s.user_id, state("m.room.create", "", create), None)?;
+    w.append(
+        &s.user_id,
+        state(
+            "m.room.member",
+            s.user_id.as_str(),
+            member_content(&app, &s.user_id, "join")?,
+        ),
+        None,
+    )?;
+
+    let mut pl = old_state("m.room.power_levels")?.unwrap_or(json!({}));
+    if let Some(users) = pl["users"].as_object_mut() {
+        if rules.authorization.explicitly_privilege_room_creators {
+            // Creators are privileged by the create event and may not be listed.
+            users.remove(s.user_id.as_str());
+            for c in &body.additional_creators {
+                users.remove(c);
+            }
+        } else {
+            users.insert(s.user_id.to_string(), json!(100));
+        }
+    }
+    w.append(
+        &s.user_id,
+        state("m.room.power_levels", "", pl.clone()),
+        None,
+    )?;
+    for kind in CARRIED_STATE {
+        if let Some(content) = old_state(kind)? {
+            w.append(&s.user_id, state(kind, "", content), None)?;
+        }
+    }
+    let alias = old_state("m.room.canonical_alias")?;
+    if let Some(a) = &alias {
+        w.append(
+            &s.user_id,
+            state("m.room.canonical_alias", "", a.clone()),
+            None,
+        )?;
+    }
+    // Move every local alias of the old room.
+    let mut prefix = old_id.as_bytes().to_vec();
+    prefix.push(0);
+    let aliases: Vec<(Vec<u8>, Vec<u8>)> = app
+        .store
+        .kv
+        .scan_prefix(Table::RoomAlias, &prefix)
+        .collect::<Result<_, _>>()?;
+    let new_id = w
+        .room_id
+        .clone()
+        .ok_or_else(|| ApiError::Internal("room id not set".into()))?;
+    for (alias, creator) in &aliases {
+        let alias = String::from_utf8_lossy(alias);
+        w.extra.push((
+            Table::Alias,
+            alias.as_bytes().to_vec(),
+            new_id.as_bytes().to_vec(),
+        ));
+        w.extra.push((
+            Table::RoomAlias,
+            key2(new_id.as_str(), &alias),
+            creator.clone(),
+        ));
+    }
+    if app
+        .store
+        .kv
+        .contains(Table::PublicRoom, old_id.as_bytes())?
+    {
+        w.extra
+            .push((Table::PublicRoom, new_id.as_bytes().to_vec(), vec![]));
+    }
+    w.commit().await?;
+
+    // Tombstone the old room and restrict it.
+    let mut old = RoomWriter::open(&app, &old_id).await?;
+    old.append(
+        &s.user_id,
+        state(
+            "m.room.tombstone",
+            "",
+            json!({ "body": "This room has been replaced", "replacement_room": new_id }),
+        ),
+        None,
+    )?;
+    let users_default = pl["users_default"].as_i64().unwrap_or(0);
+    let restricted = (users_default + 1).max(50);
+    let mut old_pl = old_state("m.room.power_levels")?.unwrap_or(json!({}));
+    old_pl["events_default"] =
+        json!(restricted.max(old_pl["events_default"].as_i64().unwrap_or(0)));
+    old_pl["invite"] = json!(restricted.max(old_pl["invite"].as_i64().unwrap_or(0)));
+    old.append(&s.user_id, state("m.room.power_levels", "", old_pl), None)?;
+    let mut b = plexus_store::Batch::default();
+    for (alias, _) in &aliases {
+        let mut k = prefix.clone();
+        k.extend_from_slice(alias);
+        b.delete(Table::RoomAlias, &k);
+    }
+    b.delete(Table::PublicRoom, old_id.as_bytes());
+    app.store.commit(b)?;
+    old.commit().await?;
+    tracing::info!(old = %old_id, new = %new_id, version = %version, "room upgraded");
+    Ok(Json(json!({ "replacement_room": new_id })))
+}
