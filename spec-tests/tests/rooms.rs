@@ -304,10 +304,21 @@ async fn state_events_and_power_levels() {
     assert_eq!(bob.get(&p("state/m.room.topic")).await.ok()["topic"], "new");
     let ev = bob.get(&p("state/m.room.topic/?format=event")).await;
     assert_eq!(ev.ok()["sender"], "@alice:localhost");
-    assert_eq!(
-        ev.body["unsigned"]["prev_content"]["topic"],
-        serde_json::Value::Null
+    // The first topic replaced nothing.
+    assert!(
+        ev.body["unsigned"].get("prev_content").is_none(),
+        "{}",
+        ev.body
     );
+    // A second change carries the replaced content for clients.
+    alice
+        .put(&p("state/m.room.topic"), json!({"topic": "newer"}))
+        .await
+        .ok();
+    let ev = bob.get(&p("state/m.room.topic/?format=event")).await;
+    assert_eq!(ev.ok()["content"]["topic"], "newer");
+    assert_eq!(ev.body["unsigned"]["prev_content"]["topic"], "new");
+    assert_eq!(ev.body["unsigned"]["prev_sender"], "@alice:localhost");
     bob.get(&p("state/m.room.name"))
         .await
         .err(404, "M_NOT_FOUND");

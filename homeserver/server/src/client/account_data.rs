@@ -11,15 +11,6 @@ use crate::{
     service::{decode, encode, key3, App},
 };
 
-fn own(s: &crate::service::accounts::Session, user: &str) -> ApiResult<()> {
-    if s.user_id.as_str() != user {
-        return Err(ApiError::Forbidden(
-            "Cannot access another user's account data".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Account data as clients set it; server-managed types have their own endpoints.
 async fn put(
     app: &App,
@@ -77,7 +68,7 @@ pub async fn put_global(
     Path((user, kind)): Path<(String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     put(&app, &s.user_id, "", &kind, Value::Object(body)).await?;
     Ok(Json(json!({})))
 }
@@ -87,7 +78,7 @@ pub async fn get_global(
     Auth(s): Auth,
     Path((user, kind)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     Ok(Json(load(&app, &s.user_id, "", &kind)?))
 }
 
@@ -97,7 +88,7 @@ pub async fn put_room(
     Path((user, room, kind)): Path<(String, String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     let room = parse_room_id(&room)?;
     put(&app, &s.user_id, room.as_str(), &kind, Value::Object(body)).await?;
     Ok(Json(json!({})))
@@ -108,7 +99,7 @@ pub async fn get_room(
     Auth(s): Auth,
     Path((user, room, kind)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     let room = parse_room_id(&room)?;
     Ok(Json(load(&app, &s.user_id, room.as_str(), &kind)?))
 }

@@ -147,22 +147,13 @@ pub fn parse_event_filter(filter: Option<&str>) -> ApiResult<EventFilter> {
     }
 }
 
-fn own_user(s: &Session, user: &str) -> ApiResult<()> {
-    if s.user_id.as_str() != user {
-        return Err(ApiError::Forbidden(
-            "Cannot access another user's data".into(),
-        ));
-    }
-    Ok(())
-}
-
 pub async fn create(
     State(app): State<App>,
     Auth(s): Auth,
     Path(user): Path<String>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    own_user(&s, &user)?;
+    s.require_self(&user)?;
     let v = Value::Object(body);
     parse_filter(v.clone())?;
     let id = random_alnum(12);
@@ -182,7 +173,7 @@ pub async fn get(
     Auth(s): Auth,
     Path((user, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    own_user(&s, &user)?;
+    s.require_self(&user)?;
     let raw = app
         .store
         .kv

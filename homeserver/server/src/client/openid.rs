@@ -7,7 +7,7 @@ use plexus_store::{Batch, Table};
 use serde_json::{json, Value};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     http::extract::{Auth, JsonObject, Path},
     service::{encode, now_ms, App},
 };
@@ -20,11 +20,7 @@ pub async fn request_token(
     Path(user): Path<String>,
     JsonObject(_body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    if user != s.user_id.as_str() {
-        return Err(ApiError::Forbidden(
-            "Cannot request a token for another user".into(),
-        ));
-    }
+    s.require_self(&user)?;
     let token = random_alnum(32);
     let mut b = Batch::default();
     b.put(

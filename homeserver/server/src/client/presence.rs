@@ -30,11 +30,7 @@ pub async fn set(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
-    if user != s.user_id {
-        return Err(ApiError::Forbidden(
-            "Cannot set another user's presence".into(),
-        ));
-    }
+    s.require_self(user.as_str())?;
     let presence = body
         .get("presence")
         .and_then(Value::as_str)

@@ -31,9 +31,17 @@ pub fn ruleset(app: &App, user: &UserId) -> ApiResult<Ruleset> {
     }
 }
 
-async fn save(app: &App, user: &UserId, rules: &Ruleset) -> ApiResult<()> {
-    let global = serde_json::to_value(rules).map_err(|e| ApiError::Internal(e.to_string()))?;
-    account_data::store(app, user, "", "m.push_rules", json!({ "global": global })).await
+/// Load the rule set, apply one edit, store it: every write endpoint is this.
+async fn edit(
+    app: &App,
+    user: &UserId,
+    change: impl FnOnce(&mut Ruleset) -> ApiResult<()>,
+) -> ApiResult<Json<Value>> {
+    let mut rules = ruleset(app, user)?;
+    change(&mut rules)?;
+    let global = serde_json::to_value(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+    account_data::store(app, user, "", "m.push_rules", json!({ "global": global })).await?;
+    Ok(Json(json!({})))
 }
 
 fn kind(s: &str) -> ApiResult<RuleKind> {
@@ -126,17 +134,18 @@ pub async fn put_rule(
             NewPushRule::Sender(NewSimplePushRule::new(user, actions))
         }
     };
-    let mut rules = ruleset(&app, &s.user_id)?;
-    rules
-        .insert(rule, pos.after.as_deref(), pos.before.as_deref())
-        .map_err(|e| match e {
-            InsertPushRuleError::UnknownRuleId => {
-                ApiError::NotFound("before/after rule not found".into())
-            }
-            other => ApiError::InvalidParam(other.to_string()),
-        })?;
-    save(&app, &s.user_id, &rules).await?;
-    Ok(Json(json!({})))
+    edit(&app, &s.user_id, |rules| {
+        rules
+            .insert(rule, pos.after.as_deref(), pos.before.as_deref())
+            .map_err(|e| match e {
+                InsertPushRuleError::UnknownRuleId => {
+                    ApiError::NotFound("before/after rule not found".into())
+                }
+                other => ApiError::InvalidParam(other.to_string()),
+            })?;
+        Ok(())
+    })
+    .await
 }
 
 pub async fn delete_rule(
@@ -145,13 +154,14 @@ pub async fn delete_rule(
     Path((k, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let kind = kind(&k)?;
-    let mut rules = ruleset(&app, &s.user_id)?;
-    rules.remove(kind, &id).map_err(|e| match e {
-        RemovePushRuleError::NotFound => ApiError::NotFound("Unknown push rule".into()),
-        other => ApiError::InvalidParam(other.to_string()),
-    })?;
-    save(&app, &s.user_id, &rules).await?;
-    Ok(Json(json!({})))
+    edit(&app, &s.user_id, |rules| {
+        rules.remove(kind, &id).map_err(|e| match e {
+            RemovePushRuleError::NotFound => ApiError::NotFound("Unknown push rule".into()),
+            other => ApiError::InvalidParam(other.to_string()),
+        })?;
+        Ok(())
+    })
+    .await
 }
 
 pub async fn get_enabled(
@@ -176,12 +186,13 @@ pub async fn put_enabled(
     crate::http::extract::Body(body): crate::http::extract::Body<EnabledBody>,
 ) -> ApiResult<Json<Value>> {
     let kind = kind(&k)?;
-    let mut rules = ruleset(&app, &s.user_id)?;
-    rules
-        .set_enabled(kind, &id, body.enabled)
-        .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
-    save(&app, &s.user_id, &rules).await?;
-    Ok(Json(json!({})))
+    edit(&app, &s.user_id, |rules| {
+        rules
+            .set_enabled(kind, &id, body.enabled)
+            .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
+        Ok(())
+    })
+    .await
 }
 
 pub async fn get_actions(
@@ -206,10 +217,11 @@ pub async fn put_actions(
     crate::http::extract::Body(body): crate::http::extract::Body<ActionsBody>,
 ) -> ApiResult<Json<Value>> {
     let kind = kind(&k)?;
-    let mut rules = ruleset(&app, &s.user_id)?;
-    rules
-        .set_actions(kind, &id, body.actions)
-        .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
-    save(&app, &s.user_id, &rules).await?;
-    Ok(Json(json!({})))
+    edit(&app, &s.user_id, |rules| {
+        rules
+            .set_actions(kind, &id, body.actions)
+            .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
+        Ok(())
+    })
+    .await
 }

@@ -27,11 +27,7 @@ pub async fn typing(
     let room_id = parse_room_id(&room_id)?;
     let user = UserId::parse(&user)
         .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
-    if user != s.user_id {
-        return Err(ApiError::Forbidden(
-            "Cannot set another user's typing state".into(),
-        ));
-    }
+    s.require_self(user.as_str())?;
     if !app.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }

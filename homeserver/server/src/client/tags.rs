@@ -10,15 +10,6 @@ use crate::{
     service::{accounts::Session, App},
 };
 
-fn own(s: &Session, user: &str) -> ApiResult<()> {
-    if s.user_id.as_str() != user {
-        return Err(ApiError::Forbidden(
-            "Cannot access another user's tags".into(),
-        ));
-    }
-    Ok(())
-}
-
 fn current(app: &App, s: &Session, room: &str) -> ApiResult<Map<String, Value>> {
     match account_data::load(app, &s.user_id, room, "m.tag") {
         Ok(v) => Ok(v
@@ -36,7 +27,7 @@ pub async fn list(
     Auth(s): Auth,
     Path((user, room)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     let room = parse_room_id(&room)?;
     Ok(Json(json!({ "tags": current(&app, &s, room.as_str())? })))
 }
@@ -47,7 +38,7 @@ pub async fn put(
     Path((user, room, tag)): Path<(String, String, String)>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     let room = parse_room_id(&room)?;
     if tag.is_empty() || tag.len() > 255 {
         return Err(ApiError::InvalidParam("tag must be 1 to 255 bytes".into()));
@@ -73,7 +64,7 @@ pub async fn delete(
     Auth(s): Auth,
     Path((user, room, tag)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
-    own(&s, &user)?;
+    s.require_self(&user)?;
     let room = parse_room_id(&room)?;
     let mut tags = current(&app, &s, room.as_str())?;
     if tags.remove(&tag).is_some() {

@@ -51,6 +51,18 @@ pub struct Session {
     pub access_token: String,
 }
 
+impl Session {
+    /// Per-user endpoints (`/user/{userId}/...`) act only on the caller's own data.
+    pub fn require_self(&self, user: &str) -> ApiResult<()> {
+        if self.user_id.as_str() != user {
+            return Err(ApiError::Forbidden(
+                "Cannot access another user's data".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Tokens handed out at login or register.
 pub struct IssuedTokens {
     pub access_token: String,

@@ -118,7 +118,6 @@ impl Services {
                 let now = now_ms();
                 let expired: Vec<OwnedRoomId> = {
                     let mut rooms = app.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
-                    rooms.retain(|_, r| !r.users.is_empty() || r.changed > 0);
                     rooms
                         .iter_mut()
                         .filter_map(|(id, r)| {

@@ -323,6 +323,8 @@ impl<'a> RoomWriter<'a> {
         let extra = std::mem::take(&mut self.extra);
         let mut affected: Vec<OwnedUserId> = vec![];
 
+        // Read under the room lock, so they cannot change before the batch is applied.
+        let old_tips = svc.extremities(short_room)?;
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];
             if let Some(meta) = &new_room {
@@ -338,7 +340,7 @@ impl<'a> RoomWriter<'a> {
                 );
                 batch.put(Table::RoomMeta, &short_room.to_be_bytes(), &encode(meta));
             }
-            for prev in svc.extremities(short_room).map_err(store_err)? {
+            for &prev in &old_tips {
                 batch.delete(Table::Extremity, &pos_key(short_room, prev));
             }
             let mut last_short = 0;
@@ -444,13 +446,6 @@ pub fn relation_parent(stored: &Value) -> Option<String> {
     let rel = stored.get("content")?.get("m.relates_to")?;
     rel.get("rel_type")?.as_str()?;
     rel.get("event_id")?.as_str().map(str::to_owned)
-}
-
-fn store_err(e: ApiError) -> plexus_store::StoreError {
-    plexus_store::StoreError::Corrupt {
-        table: Table::Extremity,
-        why: e.to_string(),
-    }
 }
 
 fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
