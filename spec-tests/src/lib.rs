@@ -38,6 +38,9 @@ pub fn free_port() -> u16 {
 pub struct Server {
     pub base: String,
     pub port: u16,
+    /// Federation port and server name (`127.0.0.1:<fed_port>`) of a federating server.
+    pub fed_port: Option<u16>,
+    pub server_name: String,
     pub data: tempfile::TempDir,
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -50,13 +53,43 @@ impl Server {
         Self::start_with(&[("PLEXUS_REGISTRATION", "open")]).await
     }
 
+    /// A server that federates on loopback: named `127.0.0.1:<port>`, TLS with a generated
+    /// self-signed certificate, peers' certificates not verified.
+    pub async fn federated() -> Server {
+        Self::federated_with(&[]).await
+    }
+
+    pub async fn federated_with(extra: &[(&str, &str)]) -> Server {
+        let fed = free_port();
+        let name = format!("127.0.0.1:{fed}");
+        let mut env = vec![
+            ("PLEXUS_REGISTRATION", "open"),
+            ("PLEXUS_SERVER_NAME", name.as_str()),
+            ("PLEXUS_FEDERATION_LISTEN", name.as_str()),
+            ("PLEXUS_FEDERATION_VERIFY_TLS", "false"),
+            ("PLEXUS_FEDERATION_ALLOW_LOOPBACK", "true"),
+        ];
+        env.extend_from_slice(extra);
+        Self::start_with(&env).await
+    }
+
     pub async fn start_with(env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = data.path().join("plexus.log");
+        let fed_port = env
+            .iter()
+            .find(|(k, _)| *k == "PLEXUS_FEDERATION_LISTEN")
+            .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok());
+        let server_name = env
+            .iter()
+            .find(|(k, _)| *k == "PLEXUS_SERVER_NAME")
+            .map_or("localhost".to_owned(), |(_, v)| v.to_string());
         let mut s = Server {
             base: format!("http://127.0.0.1:{port}"),
             port,
+            fed_port,
+            server_name,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -296,6 +329,72 @@ impl Client {
             .await
             .ok()
             .clone()
+    }
+}
+
+/// Poll `check` every 100 ms until it gives a value or `secs` pass (then panic with `what`).
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Client {
+    /// Bodies of the latest `m.room.message` events in a room, oldest first (via `/messages`).
+    pub async fn recent_bodies(&self, room: &str) -> Vec<String> {
+        let r = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(room)
+            ))
+            .await;
+        if r.status != 200 {
+            return vec![];
+        }
+        let mut out: Vec<String> = r.body["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// The content of a state event, if the caller may see it.
+    pub async fn state(&self, room: &str, kind: &str, key: &str) -> Option<Value> {
+        let r = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ))
+            .await;
+        (r.status == 200).then_some(r.body)
+    }
+
+    pub async fn joined_members(&self, room: &str) -> Vec<String> {
+        let r = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/joined_members",
+                enc(room)
+            ))
+            .await;
+        let mut v: Vec<String> = r.body["joined"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 }
 

@@ -65,7 +65,8 @@ impl BuiltPdu {
     }
 }
 
-fn refs_json(refs: &[EventRef], rules: &RoomVersionRules) -> CanonicalJsonValue {
+/// `prev_events`/`auth_events` in the room version's shape.
+pub fn refs_json(refs: &[EventRef], rules: &RoomVersionRules) -> CanonicalJsonValue {
     let v1 = matches!(rules.event_id_format, EventIdFormatVersion::V1);
     CanonicalJsonValue::Array(
         refs.iter()
@@ -119,24 +120,36 @@ pub fn build_pdu(
     obj.insert("prev_events".into(), refs_json(&ctx.prev_events, ctx.rules));
     obj.insert("auth_events".into(), refs_json(&ctx.auth_events, ctx.rules));
 
-    let v1_ids = matches!(ctx.rules.event_id_format, EventIdFormatVersion::V1);
+    sign_pdu(obj, ctx.rules, ctx.origin, key)
+}
+
+/// Hash, sign and name a complete PDU (ours, or a join/leave template from another server
+/// that we fill in): v1/v2 ids are `$random:origin`, later ones the reference hash.
+pub fn sign_pdu(
+    mut obj: CanonicalJsonObject,
+    rules: &RoomVersionRules,
+    origin: &ServerName,
+    key: &ServerKey,
+) -> Result<BuiltPdu, CoreError> {
+    let s = |v: String| CanonicalJsonValue::String(v);
+    obj.remove("signatures");
+    obj.remove("hashes");
+    obj.remove("unsigned");
+    obj.remove("event_id");
+    let v1_ids = matches!(rules.event_id_format, EventIdFormatVersion::V1);
     let v1_event_id = if v1_ids {
-        let id = format!("${}:{}", random_alnum(18), ctx.origin);
+        let id = format!("${}:{}", random_alnum(18), origin);
         obj.insert("event_id".into(), s(id.clone()));
         Some(id)
     } else {
         None
     };
 
-    hash_and_sign_event(
-        ctx.origin.as_str(),
-        key.pair(),
-        &mut obj,
-        &ctx.rules.redaction,
-    )
-    .map_err(|e| match e {
-        ruma::signatures::JsonError::PduTooLarge => CoreError::TooLarge,
-        e => CoreError::Signing(e.to_string()),
+    hash_and_sign_event(origin.as_str(), key.pair(), &mut obj, &rules.redaction).map_err(|e| {
+        match e {
+            ruma::signatures::JsonError::PduTooLarge => CoreError::TooLarge,
+            e => CoreError::Signing(e.to_string()),
+        }
     })?;
 
     let size = serde_json::to_vec(&obj)
@@ -150,7 +163,7 @@ pub fn build_pdu(
         Some(id) => id,
         None => {
             let hash =
-                reference_hash(&obj, ctx.rules).map_err(|e| CoreError::Signing(e.to_string()))?;
+                reference_hash(&obj, rules).map_err(|e| CoreError::Signing(e.to_string()))?;
             let id = format!("${hash}");
             obj.insert("event_id".into(), s(id.clone()));
             id

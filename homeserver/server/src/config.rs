@@ -43,6 +43,36 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub federation: FederationConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Federation listener (TLS), `host:port`. Federation is off (no inbound or outbound
+    /// traffic at all) unless this is set.
+    pub listen: Option<String>,
+    /// PEM certificate chain and private key; both absent: a self-signed pair is generated in
+    /// the data dir on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Verify peers' TLS certificates. Only test networks turn this off.
+    pub verify_tls: bool,
+    /// Allow talking to peers on 127.0.0.0/8 and ::1 (test networks); off, loopback and other
+    /// private destinations are refused so remote input cannot aim us at internal services.
+    pub allow_loopback: bool,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            verify_tls: true,
+            allow_loopback: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -95,6 +125,7 @@ impl Default for Config {
             limits: Limits::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -146,6 +177,17 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub refreshable_token_lifetime_ms: u64,
+    /// `None`: federation is switched off.
+    pub federation: Option<FederationSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FederationSettings {
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub verify_tls: bool,
+    pub allow_loopback: bool,
 }
 
 impl Config {
@@ -196,6 +238,21 @@ impl Config {
         }
         if let Some(v) = var("PLEXUS_LOG") {
             self.log.level = v;
+        }
+        if let Some(v) = var("PLEXUS_FEDERATION_LISTEN") {
+            self.federation.listen = Some(v);
+        }
+        if let Some(v) = var("PLEXUS_TLS_CERT") {
+            self.federation.tls_cert = Some(v.into());
+        }
+        if let Some(v) = var("PLEXUS_TLS_KEY") {
+            self.federation.tls_key = Some(v.into());
+        }
+        if let Some(v) = var("PLEXUS_FEDERATION_VERIFY_TLS") {
+            self.federation.verify_tls = parse_bool("PLEXUS_FEDERATION_VERIFY_TLS", &v)?;
+        }
+        if let Some(v) = var("PLEXUS_FEDERATION_ALLOW_LOOPBACK") {
+            self.federation.allow_loopback = parse_bool("PLEXUS_FEDERATION_ALLOW_LOOPBACK", &v)?;
         }
         Ok(())
     }
@@ -260,6 +317,42 @@ impl Config {
                 why: e.to_string(),
             }
         })?;
+        let federation = match &self.federation.listen {
+            None => None,
+            Some(l) => {
+                let listen = l.parse().map_err(|e| ConfigError::Invalid {
+                    key: "federation.listen",
+                    why: format!("expected host:port: {e}"),
+                })?;
+                let f = &self.federation;
+                if f.tls_cert.is_some() != f.tls_key.is_some() {
+                    return Err(ConfigError::Invalid {
+                        key: "federation.tls_cert",
+                        why: "tls_cert and tls_key go together".into(),
+                    });
+                }
+                for (key, p) in [
+                    ("federation.tls_cert", &f.tls_cert),
+                    ("federation.tls_key", &f.tls_key),
+                ] {
+                    if let Some(p) = p {
+                        if !p.is_file() {
+                            return Err(ConfigError::Invalid {
+                                key,
+                                why: format!("{} is not a readable file", p.display()),
+                            });
+                        }
+                    }
+                }
+                Some(FederationSettings {
+                    listen,
+                    tls_cert: f.tls_cert.clone(),
+                    tls_key: f.tls_key.clone(),
+                    verify_tls: f.verify_tls,
+                    allow_loopback: f.allow_loopback,
+                })
+            }
+        };
         Ok(Settings {
             server_name,
             data_dir: self.data_dir.clone(),
@@ -271,7 +364,19 @@ impl Config {
             log_level: self.log.level.clone(),
             log_format: self.log.format,
             refreshable_token_lifetime_ms: self.auth.refreshable_token_lifetime_secs * 1000,
+            federation,
         })
+    }
+}
+
+fn parse_bool(key: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(ConfigError::Invalid {
+            key,
+            why: format!("`{other}` is not one of true, false"),
+        }),
     }
 }
 
@@ -327,6 +432,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("server_name"));
+    }
+
+    #[test]
+    fn federation_is_off_unless_listening() {
+        assert!(Config::default().validate().unwrap().federation.is_none());
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "PLEXUS_FEDERATION_LISTEN" => Some("127.0.0.1:8448".into()),
+            "PLEXUS_FEDERATION_VERIFY_TLS" => Some("false".into()),
+            "PLEXUS_FEDERATION_ALLOW_LOOPBACK" => Some("true".into()),
+            _ => None,
+        })
+        .unwrap();
+        let f = c.validate().unwrap().federation.unwrap();
+        assert_eq!(f.listen.port(), 8448);
+        assert!(!f.verify_tls && f.allow_loopback);
+        let err = Config::default()
+            .apply_env(|k| (k == "PLEXUS_FEDERATION_VERIFY_TLS").then(|| "no".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("PLEXUS_FEDERATION_VERIFY_TLS"));
+        c.federation.tls_cert = Some("/nonexistent.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("federation.tls_cert"), "{err}");
     }
 
     #[test]

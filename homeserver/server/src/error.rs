@@ -59,6 +59,20 @@ pub enum ApiError {
     /// User-interactive auth must continue: the body is the UIA state.
     #[error("user-interactive authentication required")]
     Uia(serde_json::Value),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    IncompatibleRoomVersion(String),
+    /// A remote server refused: its Matrix error is passed on to the client.
+    #[error("{error}")]
+    Remote {
+        status: u16,
+        errcode: String,
+        error: String,
+    },
+    /// A remote server could not be reached or answered nonsense.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -90,6 +104,13 @@ impl ApiError {
             GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
             UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
             Uia(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
+            IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
+            Remote { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                "M_UNKNOWN",
+            ),
+            BadGateway(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -98,10 +119,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, errcode) = self.parts();
+        let errcode_default = errcode;
         let body = match &self {
             ApiError::Uia(state) => state.clone(),
             ApiError::UnknownToken { soft_logout } => {
                 json!({"errcode": errcode, "error": self.to_string(), "soft_logout": soft_logout})
+            }
+            ApiError::Remote { errcode, error, .. } => {
+                let code = if errcode.starts_with("M_") {
+                    errcode.as_str()
+                } else {
+                    errcode_default
+                };
+                json!({"errcode": code, "error": error})
             }
             ApiError::Internal(why) => {
                 tracing::error!(error = %why, "internal error");

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod service;
 
@@ -19,6 +20,15 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn(http::cors))
+        .with_state(app)
+}
+
+/// The federation listener's routes: server-server API and key server.
+pub fn federation_router(app: App) -> Router {
+    federation::router()
+        .fallback(http::unrecognized)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(middleware::from_fn(catch_panic))
         .with_state(app)
 }
 

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use plexus::{
     config::{Config, LogFormat, Settings},
-    router,
+    federation_router, router,
     service::Services,
 };
 
@@ -125,6 +125,25 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
     app.spawn_typing_expiry();
+    if let Some(fed) = app.federation.clone() {
+        let tls = plexus::federation::tls::load_or_generate(
+            &fed.settings,
+            &app.settings.data_dir,
+            app.server_name().as_str(),
+        )
+        .map_err(|e| e.to_string())?;
+        let addr = fed.settings.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, "plexus listening (federation, TLS)");
+        tokio::spawn(plexus::federation::tls::serve(
+            listener,
+            tls,
+            federation_router(app.clone()),
+        ));
+        fed.sender.start(&app);
+    }
     let store_app = app.clone();
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown_signal())

@@ -45,21 +45,23 @@ struct Durability {
 /// Writes applied together or not at all.
 #[derive(Default)]
 pub struct Batch {
-    inner: sled::Batch,
-    len: usize,
+    /// Key and new value (`None`: delete), in order; later writes to a key win.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Batch {
     pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
-        self.inner.insert(k(table, key), value);
-        self.len += 1;
+        self.ops.push((k(table, key), Some(value.to_vec())));
     }
     pub fn delete(&mut self, table: Table, key: &[u8]) {
-        self.inner.remove(k(table, key));
-        self.len += 1;
+        self.ops.push((k(table, key), None));
     }
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ops.is_empty()
+    }
+    /// Move every write of `other` into this batch, after the ones already here.
+    pub fn append(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
     }
 }
 
@@ -132,7 +134,14 @@ impl Kv {
     }
 
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        self.db.apply_batch(batch.inner)?;
+        let mut b = sled::Batch::default();
+        for (key, value) in batch.ops {
+            match value {
+                Some(v) => b.insert(key, v),
+                None => b.remove(key),
+            }
+        }
+        self.db.apply_batch(b)?;
         self.durability
             .applied
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

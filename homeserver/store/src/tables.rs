@@ -67,4 +67,8 @@ pub enum Table {
     Report = 31,
     /// parent event id \0 count → short event id of an event relating to it
     Relation = 32,
+    /// server name → its known signing keys and latest key response JSON
+    ServerKeys = 33,
+    /// destination \0 count → short event id of a PDU still to send there
+    Outbox = 34,
 }

@@ -3,13 +3,13 @@
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
 use plexus_store::Table;
-use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path},
+    http::extract::{Auth, Body, Path, Query},
     service::{
         encode, key2,
         writer::{member_content, RoomWriter},
@@ -23,6 +23,51 @@ pub fn parse_room_id(s: &str) -> ApiResult<OwnedRoomId> {
 
 fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))
+}
+
+/// Resolve `#alias:server`: our own directory, or the alias's server over federation.
+/// Also answers servers that know the room.
+pub async fn resolve_alias_servers(
+    app: &App,
+    alias: &RoomAliasId,
+) -> ApiResult<(OwnedRoomId, Vec<OwnedServerName>)> {
+    if alias.server_name() == app.server_name() {
+        return Ok((resolve_alias(app, alias)?, vec![]));
+    }
+    let Some(fed) = &app.federation else {
+        return Err(ApiError::NotFound(
+            "Room alias not found (federation is not enabled)".into(),
+        ));
+    };
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        crate::federation::sender::enc(alias.as_str())
+    );
+    let v = fed
+        .request(
+            app,
+            alias.server_name(),
+            http::Method::GET,
+            &path,
+            None,
+            true,
+        )
+        .await?;
+    let room_id = v
+        .get("room_id")
+        .and_then(Value::as_str)
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+        .ok_or_else(|| ApiError::BadGateway("alias answer without a room id".into()))?;
+    let mut servers: Vec<OwnedServerName> = v
+        .get("servers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|s| OwnedServerName::try_from(s).ok())
+        .collect();
+    servers.insert(0, alias.server_name().to_owned());
+    Ok((room_id, servers))
 }
 
 /// Resolve `#alias:server` through the local directory.
@@ -63,11 +108,31 @@ async fn do_join(
     user: &UserId,
     room_id: &RoomId,
     reason: Option<&String>,
+    via: Vec<OwnedServerName>,
 ) -> ApiResult<Json<Value>> {
-    if app.room(room_id)?.is_none() {
-        return Err(ApiError::NotFound(
-            "No known servers for this room (federation is not enabled)".into(),
-        ));
+    let known = app.room(room_id)?;
+    let resident = match &known {
+        Some(r) => crate::federation::ingest::local_members(app, r.short)? > 0,
+        None => false,
+    };
+    if !resident && (known.is_none() || app.federation.is_some()) {
+        if app.federation.is_none() {
+            return Err(ApiError::NotFound(
+                "No known servers for this room (federation is not enabled)".into(),
+            ));
+        }
+        let mut servers = via;
+        if let Some(s) = room_id.server_name() {
+            servers.push(s.to_owned());
+        }
+        if let Some(r) = &known {
+            servers.extend(crate::federation::ingest::room_servers(app, r.short)?);
+        }
+        if let Some(m) = app.membership(user, room_id)? {
+            servers.insert(0, m.sender.server_name().to_owned());
+        }
+        crate::federation::join::join_remote(app, user, room_id, &servers, reason).await?;
+        return Ok(Json(json!({ "room_id": room_id })));
     }
     let mut w = RoomWriter::open(app, room_id).await?;
     if w.membership_of(user)?.as_deref() == Some("join") {
@@ -79,20 +144,42 @@ async fn do_join(
     Ok(Json(json!({ "room_id": room_id })))
 }
 
+#[derive(Deserialize, Default)]
+pub struct ViaQuery {
+    #[serde(default)]
+    server_name: Vec<String>,
+    #[serde(default)]
+    via: Vec<String>,
+}
+
+impl ViaQuery {
+    fn servers(&self) -> Vec<OwnedServerName> {
+        self.via
+            .iter()
+            .chain(&self.server_name)
+            .filter_map(|s| OwnedServerName::try_from(s.as_str()).ok())
+            .collect()
+    }
+}
+
 pub async fn join_by_id_or_alias(
     State(app): State<App>,
     Auth(s): Auth,
     Path(room): Path<String>,
+    Query(q): Query<ViaQuery>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
+    let mut via = q.servers();
     let room_id = if room.starts_with('#') {
         let alias = RoomAliasId::parse(&room)
             .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
-        resolve_alias(&app, &alias)?
+        let (id, servers) = resolve_alias_servers(&app, &alias).await?;
+        via.extend(servers);
+        id
     } else {
         parse_room_id(&room)?
     };
-    do_join(&app, &s.user_id, &room_id, body.reason.as_ref()).await
+    do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), via).await
 }
 
 pub async fn join(
@@ -102,7 +189,7 @@ pub async fn join(
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    do_join(&app, &s.user_id, &room_id, body.reason.as_ref()).await
+    do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), vec![]).await
 }
 
 #[derive(Deserialize)]

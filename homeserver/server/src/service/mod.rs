@@ -28,6 +28,8 @@ pub struct Services {
     pub notifier: notify::Notifier,
     pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
+    /// `None` when federation is switched off: then nothing is ever sent to other servers.
+    pub federation: Option<Arc<crate::federation::Federation>>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -43,7 +45,12 @@ impl Services {
         })?;
         let store = Store::open(&settings.data_dir.join("db"))?;
         let key = load_or_create_key(&store)?;
+        let federation = match &settings.federation {
+            Some(f) => Some(Arc::new(crate::federation::Federation::new(f.clone())?)),
+            None => None,
+        };
         Ok(Arc::new(Self {
+            federation,
             settings,
             store,
             key,
@@ -52,6 +59,18 @@ impl Services {
             typing: ephemeral::Typing::default(),
             room_locks: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Federation, or an error saying it is off.
+    pub fn fed(
+        &self,
+    ) -> Result<&Arc<crate::federation::Federation>, crate::federation::client::FedError> {
+        self.federation.as_ref().ok_or_else(|| {
+            crate::federation::client::FedError::Refused(
+                "other servers".into(),
+                "federation is disabled on this server".into(),
+            )
+        })
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {

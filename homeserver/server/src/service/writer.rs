@@ -146,13 +146,8 @@ impl<'a> RoomWriter<'a> {
             .or_else(|| self.svc.pdu(id).ok().flatten())
     }
 
-    /// Build, sign and authorize an event on top of everything appended so far.
-    pub fn append(
-        &mut self,
-        sender: &UserId,
-        ev: NewEvent,
-        txn: Option<(String, String)>,
-    ) -> ApiResult<OwnedEventId> {
+    /// The current state events an event must cite as its `auth_events`.
+    fn auth_refs(&self, sender: &UserId, ev: &NewEvent) -> ApiResult<Vec<EventRef>> {
         let types = auth::auth_types(
             &self.rules,
             &ev.kind,
@@ -167,6 +162,59 @@ impl<'a> RoomWriter<'a> {
                 auth_events.push(EventRef::of(&p));
             }
         }
+        Ok(auth_events)
+    }
+
+    /// An unsigned event on top of the room for another server to complete and sign (the
+    /// make_join/make_leave template), checked against current state so a join that cannot
+    /// succeed is refused up front.
+    pub fn template(&self, sender: &UserId, ev: &NewEvent) -> ApiResult<Value> {
+        let room_id = self
+            .room_id
+            .as_ref()
+            .ok_or_else(|| ApiError::Internal("room without id".into()))?;
+        let auth_events = self.auth_refs(sender, ev)?;
+        let mut t = json!({
+            "room_id": room_id,
+            "sender": sender,
+            "origin": sender.server_name(),
+            "origin_server_ts": now_ms(),
+            "type": ev.kind,
+            "content": ev.content,
+            "depth": self.depth + 1,
+            "prev_events": plexus_core::builder::refs_json(&self.tips, &self.rules),
+            "auth_events": plexus_core::builder::refs_json(&auth_events, &self.rules),
+        });
+        if let Some(sk) = &ev.state_key {
+            t["state_key"] = json!(sk);
+        }
+        let mut probe = t.clone();
+        probe["event_id"] = json!("$template:probe.invalid");
+        let pdu = Pdu::from_json(&encode(&probe))?;
+        auth::check(
+            &self.rules,
+            &pdu,
+            |id| self.event(id),
+            |t, k| self.state(&t.to_string(), k).ok().flatten(),
+        )
+        .map_err(|e| {
+            ApiError::Forbidden(
+                e.to_string()
+                    .trim_start_matches("event auth failed: ")
+                    .to_owned(),
+            )
+        })?;
+        Ok(t)
+    }
+
+    /// Build, sign and authorize an event on top of everything appended so far.
+    pub fn append(
+        &mut self,
+        sender: &UserId,
+        ev: NewEvent,
+        txn: Option<(String, String)>,
+    ) -> ApiResult<OwnedEventId> {
+        let auth_events = self.auth_refs(sender, &ev)?;
         let ctx = RoomContext {
             room_id: self.room_id.as_deref(),
             rules: &self.rules,
@@ -325,6 +373,11 @@ impl<'a> RoomWriter<'a> {
 
         // Read under the room lock, so they cannot change before the batch is applied.
         let old_tips = svc.extremities(short_room)?;
+        let dests = if svc.federation.is_some() && !self.new_room {
+            crate::federation::ingest::room_servers(svc, short_room)?
+        } else {
+            vec![]
+        };
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];
             if let Some(meta) = &new_room {
@@ -381,32 +434,16 @@ impl<'a> RoomWriter<'a> {
                 st.extend_from_slice(&state.map(|s| s.0).unwrap_or(0).to_be_bytes());
                 batch.put(Table::EventState, &sb, &st);
 
-                if let (Some(target), Some(membership)) = (&pdu.state_key, pdu.membership()) {
-                    if let Ok(user) = OwnedUserId::try_from(target.as_str()) {
-                        let m = Membership {
-                            membership: membership.clone(),
-                            count,
-                            event_id: p.built.event_id.clone(),
-                            sender: pdu.sender.clone(),
-                            forgotten: false,
-                        };
-                        batch.put(
-                            Table::UserRoom,
-                            &key2(user.as_str(), room_id.as_str()),
-                            &encode(&m),
-                        );
-                        let mut rk = short_room.to_be_bytes().to_vec();
-                        rk.extend_from_slice(user.as_bytes());
-                        batch.put(Table::RoomMember, &rk, membership.as_bytes());
-                        affected.push(user);
-                    }
+                if pdu.membership().is_some() {
+                    membership_rows(batch, short_room, &room_id, pdu, count);
+                    affected.extend(
+                        pdu.state_key
+                            .as_deref()
+                            .and_then(|k| OwnedUserId::try_from(k).ok()),
+                    );
                 }
-                if let Some(parent) = relation_parent(&p.stored) {
-                    let mut k = parent.into_bytes();
-                    k.push(0);
-                    k.extend_from_slice(&count.to_be_bytes());
-                    batch.put(Table::Relation, &k, &sb);
-                }
+                relation_row(batch, &p.stored, count, short);
+                outbox_rows(batch, &dests, count, short);
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
                     {
@@ -428,16 +465,90 @@ impl<'a> RoomWriter<'a> {
         })?;
         drop(self._guard.take());
         svc.store.flush().await?;
+        svc.notifier.wake(affected.iter().map(|u| u.as_ref()), last);
+        svc.after_room_write(short_room, last, &dests)?;
+        Ok(last)
+    }
+}
 
-        let mut wake: Vec<OwnedUserId> = svc
+impl Services {
+    /// After a room write is durable: wake the room's local members and the senders of the
+    /// destinations it was queued for.
+    pub fn after_room_write(
+        &self,
+        short_room: u64,
+        last: u64,
+        dests: &[ruma::OwnedServerName],
+    ) -> ApiResult<()> {
+        let wake: Vec<OwnedUserId> = self
             .room_members(short_room)?
             .into_iter()
-            .filter(|(_, m)| m == "join" || m == "invite")
+            .filter(|(u, m)| (m == "join" || m == "invite") && self.is_local(u))
             .map(|(u, _)| u)
             .collect();
-        wake.extend(affected);
-        svc.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
-        Ok(last)
+        self.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
+        if let Some(fed) = &self.federation {
+            for d in dests {
+                fed.sender.wake(d);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The membership records of a member event that became current state.
+pub fn membership_rows(
+    batch: &mut plexus_store::Batch,
+    short_room: u64,
+    room_id: &ruma::RoomId,
+    pdu: &Pdu,
+    count: u64,
+) {
+    let (Some(target), Some(membership)) = (&pdu.state_key, pdu.membership()) else {
+        return;
+    };
+    let Ok(user) = OwnedUserId::try_from(target.as_str()) else {
+        return;
+    };
+    let m = Membership {
+        membership: membership.clone(),
+        count,
+        event_id: pdu.event_id.clone(),
+        sender: pdu.sender.clone(),
+        forgotten: false,
+    };
+    batch.put(
+        Table::UserRoom,
+        &key2(user.as_str(), room_id.as_str()),
+        &encode(&m),
+    );
+    let mut rk = short_room.to_be_bytes().to_vec();
+    rk.extend_from_slice(user.as_bytes());
+    batch.put(Table::RoomMember, &rk, membership.as_bytes());
+}
+
+/// The relation index entry of an event that relates to another.
+pub fn relation_row(batch: &mut plexus_store::Batch, stored: &Value, count: u64, short: u64) {
+    if let Some(parent) = relation_parent(stored) {
+        let mut k = parent.into_bytes();
+        k.push(0);
+        k.extend_from_slice(&count.to_be_bytes());
+        batch.put(Table::Relation, &k, &short.to_be_bytes());
+    }
+}
+
+/// Queue an event for each destination server, in the same batch that persists it.
+pub fn outbox_rows(
+    batch: &mut plexus_store::Batch,
+    dests: &[ruma::OwnedServerName],
+    count: u64,
+    short: u64,
+) {
+    for d in dests {
+        let mut k = d.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(&count.to_be_bytes());
+        batch.put(Table::Outbox, &k, &short.to_be_bytes());
     }
 }
 

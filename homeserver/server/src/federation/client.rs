@@ -1,0 +1,227 @@
+//! Outbound federation HTTP: discovery, X-Matrix signing, timeouts, and a guard that keeps
+//! remote input from aiming us at loopback or private addresses.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use http::Method;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use ruma::ServerName;
+use serde_json::Value;
+
+use super::{resolve::Destination, x_matrix, Federation};
+use crate::error::ApiError;
+use crate::service::Services;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FedError {
+    #[error("{0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("refusing to contact {0}: {1}")]
+    Refused(String, String),
+    #[error("remote answered {status}: {errcode}: {error}")]
+    Status {
+        status: u16,
+        errcode: String,
+        error: String,
+    },
+    #[error("bad response: {0}")]
+    BadResponse(String),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl FedError {
+    pub fn local(e: ApiError) -> Self {
+        FedError::Local(e.to_string())
+    }
+}
+
+/// Remote refusals keep their Matrix error for the client; anything else is a 502.
+impl From<FedError> for ApiError {
+    fn from(e: FedError) -> Self {
+        match e {
+            FedError::Status {
+                status,
+                errcode,
+                error,
+            } if (400..500).contains(&status) => ApiError::Remote {
+                status,
+                errcode,
+                error,
+            },
+            e => ApiError::BadGateway(e.to_string()),
+        }
+    }
+}
+
+/// Addresses that remote input must not make us contact.
+pub fn forbidden_ip(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if ip.is_loopback() {
+        return (!allow_loopback).then_some("loopback address");
+    }
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Some("unspecified or multicast address");
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || o[0] == 0
+            {
+                return Some("private address");
+            }
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 {
+                return Some("private address");
+            }
+        }
+    }
+    None
+}
+
+/// DNS for outbound federation: the system resolver, minus forbidden addresses, so a name
+/// cannot be pointed at internal services after the check (no time-of-check gap).
+struct GuardedResolver {
+    allow_loopback: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.allow_loopback;
+        Box::pin(async move {
+            let host = format!("{}:0", name.as_str());
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host)
+                .await?
+                .filter(|a| forbidden_ip(a.ip(), allow).is_none())
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{} resolves to no permitted address", name.as_str()).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+pub fn http_client(verify_tls: bool, allow_loopback: bool) -> Result<reqwest::Client, ApiError> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(!verify_tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
+        .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ApiError::Internal(format!("http client: {e}")))
+}
+
+impl Federation {
+    /// One federation request to `dest`; `signed` adds the X-Matrix header (everything but
+    /// the key server). Answers the response JSON or the remote's Matrix error.
+    pub async fn request(
+        &self,
+        app: &Services,
+        dest: &ServerName,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        signed: bool,
+    ) -> Result<Value, FedError> {
+        if dest == app.server_name() {
+            return Err(FedError::Refused(
+                dest.to_string(),
+                "that is this server".into(),
+            ));
+        }
+        let Destination { base, host_header } = self.resolver.resolve(&self.http, dest).await;
+        let (host, _) = super::resolve::split(base.trim_start_matches("https://"));
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            if let Some(why) = forbidden_ip(ip, self.settings.allow_loopback) {
+                return Err(FedError::Refused(dest.to_string(), why.into()));
+            }
+        }
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{base}{path}"))
+            .header(http::header::HOST, host_header);
+        if signed {
+            let auth = x_matrix::authorization(app, dest, method.as_str(), path, body.as_ref())
+                .map_err(FedError::local)?;
+            req = req.header(http::header::AUTHORIZATION, auth);
+        }
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| FedError::Unreachable(dest.to_string(), error_chain(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| FedError::Unreachable(dest.to_string(), error_chain(&e)))?;
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let field = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            return Err(FedError::Status {
+                status: status.as_u16(),
+                errcode: field("errcode"),
+                error: field("error"),
+            });
+        }
+        if json.is_null() {
+            return Err(FedError::BadResponse(format!("{dest}{path}: not JSON")));
+        }
+        Ok(json)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_loopback_addresses_are_guarded() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(forbidden_ip(ip("127.0.0.1"), false).is_some());
+        assert!(forbidden_ip(ip("127.0.0.1"), true).is_none());
+        assert!(forbidden_ip(ip("::1"), false).is_some());
+        assert!(forbidden_ip(ip("::ffff:127.0.0.1"), false).is_some());
+        assert!(forbidden_ip(ip("10.1.2.3"), true).is_some());
+        assert!(forbidden_ip(ip("192.168.0.1"), true).is_some());
+        assert!(forbidden_ip(ip("169.254.169.254"), true).is_some());
+        assert!(forbidden_ip(ip("fd00::1"), true).is_some());
+        assert!(forbidden_ip(ip("0.0.0.0"), true).is_some());
+        assert!(forbidden_ip(ip("8.8.8.8"), false).is_none());
+        assert!(forbidden_ip(ip("2001:4860::8888"), false).is_none());
+    }
+}

@@ -1,0 +1,175 @@
+//! EDUs: typing, read receipts and presence, both ways. A server may only speak for its own
+//! users, in rooms where those users are joined.
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
+use serde_json::{json, Value};
+
+use super::ingest::room_servers;
+use crate::error::ApiResult;
+use crate::service::Services;
+
+fn remote_member(
+    app: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &str,
+) -> Option<OwnedUserId> {
+    let u = OwnedUserId::try_from(user).ok()?;
+    (u.server_name() == origin && app.is_joined(&u, room_id).ok()?).then_some(u)
+}
+
+pub async fn handle(app: &Services, origin: &ServerName, edu: &Value) -> ApiResult<()> {
+    let content = edu.get("content").cloned().unwrap_or(Value::Null);
+    match edu.get("edu_type").and_then(Value::as_str) {
+        Some("m.typing") => {
+            let room = content.get("room_id").and_then(Value::as_str);
+            let user = content.get("user_id").and_then(Value::as_str);
+            let (Some(room), Some(user)) = (room, user) else {
+                return Ok(());
+            };
+            let Ok(room_id) = OwnedRoomId::try_from(room) else {
+                return Ok(());
+            };
+            let Some(user) = remote_member(app, origin, &room_id, user) else {
+                return Ok(());
+            };
+            let typing = content.get("typing").and_then(Value::as_bool) == Some(true);
+            let timeout = content
+                .get("timeout")
+                .and_then(Value::as_u64)
+                .unwrap_or(30_000);
+            app.set_typing(&room_id, &user, typing.then_some(timeout))?;
+        }
+        Some("m.receipt") => {
+            let Some(rooms) = content.as_object() else {
+                return Ok(());
+            };
+            for (room, by_type) in rooms {
+                let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
+                    continue;
+                };
+                let Some(r) = app.room(&room_id)? else {
+                    continue;
+                };
+                let Some(read) = by_type.get("m.read").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (user, receipt) in read {
+                    let Some(user) = remote_member(app, origin, &room_id, user) else {
+                        continue;
+                    };
+                    let thread = receipt
+                        .get("data")
+                        .and_then(|d| d.get("thread_id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    for ev in receipt
+                        .get("event_ids")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .take(1)
+                    {
+                        app.set_receipt(&room_id, r.short, &user, "m.read", ev, thread)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Some("m.presence") => {
+            for p in content
+                .get("push")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .take(100)
+            {
+                let Some(user) = p
+                    .get("user_id")
+                    .and_then(Value::as_str)
+                    .and_then(|u| OwnedUserId::try_from(u).ok())
+                    .filter(|u| u.server_name() == origin)
+                else {
+                    continue;
+                };
+                let presence = match p.get("presence").and_then(Value::as_str) {
+                    Some(s @ ("online" | "offline" | "unavailable")) => s,
+                    _ => continue,
+                };
+                let msg = p
+                    .get("status_msg")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let active = p.get("currently_active").and_then(Value::as_bool) == Some(true);
+                app.update_presence(&user, presence, Some(msg), active)
+                    .await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Tell the other servers in the room that a local user is typing (or stopped).
+pub fn send_typing(
+    app: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    timeout_ms: Option<u64>,
+) -> ApiResult<()> {
+    let Some(fed) = &app.federation else {
+        return Ok(());
+    };
+    if !app.is_local(user) {
+        return Ok(());
+    }
+    let Some(room) = app.room(room_id)? else {
+        return Ok(());
+    };
+    let edu = json!({
+        "edu_type": "m.typing",
+        "content": {
+            "room_id": room_id,
+            "user_id": user,
+            "typing": timeout_ms.is_some(),
+            "timeout": timeout_ms.unwrap_or(0),
+        }
+    });
+    for d in room_servers(app, room.short)? {
+        fed.sender.send_edu(&d, edu.clone());
+    }
+    Ok(())
+}
+
+/// Pass a local user's public read receipt to the other servers in the room.
+pub fn send_receipt(
+    app: &Services,
+    room_id: &RoomId,
+    short_room: u64,
+    user: &UserId,
+    event_id: &str,
+    thread: &str,
+) -> ApiResult<()> {
+    let Some(fed) = &app.federation else {
+        return Ok(());
+    };
+    if !app.is_local(user) {
+        return Ok(());
+    }
+    let mut data = json!({ "ts": crate::service::now_ms() });
+    if !thread.is_empty() {
+        data["thread_id"] = json!(thread);
+    }
+    let edu = json!({
+        "edu_type": "m.receipt",
+        "content": { room_id.as_str(): { "m.read": { user.as_str(): {
+            "event_ids": [event_id],
+            "data": data,
+        } } } }
+    });
+    for d in room_servers(app, short_room)? {
+        fed.sender.send_edu(&d, edu.clone());
+    }
+    Ok(())
+}

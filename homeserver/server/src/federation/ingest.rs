@@ -1,0 +1,666 @@
+//! Accepting PDUs from other servers: signature and hash checks, the three auth checks (auth
+//! events, state before, current state for soft-fail), state resolution v2 where branches meet,
+//! and persisting exactly like a local event.
+//!
+//! `EventState` keeps, per event, the state *before* it and the room's current state right
+//! after it was persisted (what sync reads). For a linear room the latter is the state after
+//! the event; where branches meet it is the resolved state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+use plexus_core::{auth, Pdu};
+use plexus_store::{Batch, StateMap, Table};
+use ruma::{
+    canonical_json::{redact, try_from_json_map, CanonicalJsonObject, CanonicalJsonValue},
+    events::StateEventType,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    signatures::{PublicKeyMap, Verified},
+    state_res, EventId, OwnedEventId, OwnedServerName, RoomId, ServerName,
+};
+use serde_json::Value;
+
+use super::client::FedError;
+use crate::service::Services;
+use crate::{
+    error::{ApiError, ApiResult},
+    service::{
+        encode,
+        rooms::RoomRef,
+        writer::{membership_rows, outbox_rows, relation_row},
+    },
+};
+
+/// Most events fetched to fill one gap or to find missing auth events.
+const MAX_FETCH: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid PDU: {0}")]
+    Invalid(String),
+    #[error("signature check failed: {0}")]
+    Signature(String),
+    #[error("event auth failed: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Fetch(#[from] FedError),
+    #[error("{0}")]
+    Local(#[from] ApiError),
+}
+
+impl From<plexus_store::StoreError> for IngestError {
+    fn from(e: plexus_store::StoreError) -> Self {
+        IngestError::Local(e.into())
+    }
+}
+
+/// A PDU that passed its signature check, in stored form (redacted if its hash did not match).
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub event_id: OwnedEventId,
+    pub stored: Value,
+    pub pdu: Pdu,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    SoftFailed,
+    Duplicate,
+}
+
+/// The room version's event id for a canonical PDU (v1/v2 carry it, later ones hash it).
+pub fn event_id_of(
+    obj: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<OwnedEventId, String> {
+    let id = match rules.event_id_format {
+        EventIdFormatVersion::V1 => match obj.get("event_id") {
+            Some(CanonicalJsonValue::String(s)) => s.clone(),
+            _ => return Err("missing event_id".into()),
+        },
+        _ => format!(
+            "${}",
+            ruma::signatures::reference_hash(obj, rules).map_err(|e| e.to_string())?
+        ),
+    };
+    OwnedEventId::try_from(id).map_err(|e| e.to_string())
+}
+
+/// Check format, signatures and content hash of a PDU received from anyone.
+pub async fn check(
+    app: &Services,
+    rules: &RoomVersionRules,
+    raw: &Value,
+) -> Result<Checked, IngestError> {
+    let map = raw
+        .as_object()
+        .ok_or_else(|| IngestError::Invalid("PDU is not an object".into()))?
+        .clone();
+    let mut obj = try_from_json_map(map).map_err(|e| IngestError::Invalid(e.to_string()))?;
+    // Nothing in `unsigned` is covered by signatures: a peer's claims there are dropped.
+    obj.remove("unsigned");
+    if !matches!(rules.event_id_format, EventIdFormatVersion::V1) {
+        obj.remove("event_id");
+    }
+    state_res::check_pdu_format(&obj, &rules.event_format).map_err(IngestError::Invalid)?;
+    let servers =
+        ruma::signatures::required_server_signatures_to_verify_event(&obj, &rules.signatures)
+            .map_err(|e| IngestError::Invalid(e.to_string()))?;
+    let fed = app.fed()?;
+    let mut keys = PublicKeyMap::new();
+    for server in &servers {
+        let ids: Vec<String> = match obj.get("signatures") {
+            Some(CanonicalJsonValue::Object(s)) => match s.get(server.as_str()) {
+                Some(CanonicalJsonValue::Object(k)) => k.keys().cloned().collect(),
+                _ => vec![],
+            },
+            _ => vec![],
+        };
+        if ids.is_empty() {
+            return Err(IngestError::Signature(format!("not signed by {server}")));
+        }
+        let set = fed
+            .keys
+            .verify_keys(app, server, &ids)
+            .await
+            .map_err(|e| IngestError::Signature(format!("keys of {server}: {e}")))?;
+        keys.extend(set);
+    }
+    let verified = ruma::signatures::verify_event(&keys, &obj, rules)
+        .map_err(|e| IngestError::Signature(e.to_string()))?;
+    let event_id = event_id_of(&obj, rules).map_err(IngestError::Invalid)?;
+    if verified == Verified::Signatures {
+        tracing::info!(%event_id, "content hash mismatch: keeping the redacted form");
+        obj =
+            redact(obj, &rules.redaction, None).map_err(|e| IngestError::Invalid(e.to_string()))?;
+    }
+    obj.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(event_id.to_string()),
+    );
+    let stored = serde_json::to_value(&obj).map_err(|e| IngestError::Invalid(e.to_string()))?;
+    let bytes = serde_json::to_vec(&obj).map_err(|e| IngestError::Invalid(e.to_string()))?;
+    let pdu = Pdu::from_json(&bytes).map_err(|e| IngestError::Invalid(e.to_string()))?;
+    Ok(Checked {
+        event_id,
+        stored,
+        pdu,
+    })
+}
+
+/// Auth rules against the event's own `auth_events`.
+pub fn check_against_auth_events(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    fetch: impl Fn(&EventId) -> Option<Pdu>,
+) -> Result<(), IngestError> {
+    let mut by_key: HashMap<(StateEventType, String), Pdu> = HashMap::new();
+    // v12 rooms do not cite the create event: the room id names it.
+    let mut ids = pdu.auth_events.clone();
+    if rules.authorization.room_create_event_id_as_room_id {
+        if let Some(room) = &pdu.room_id {
+            if let Ok(id) = OwnedEventId::try_from(format!("${}", &room.as_str()[1..])) {
+                ids.push(id);
+            }
+        }
+    }
+    for id in &ids {
+        let ev = fetch(id).ok_or_else(|| IngestError::Auth(format!("auth event {id} unknown")))?;
+        if let Some(sk) = &ev.state_key {
+            by_key.insert((ev.kind.to_string().into(), sk.clone()), ev);
+        }
+    }
+    auth::check(rules, pdu, &fetch, |t, k| {
+        by_key.get(&(t.clone(), k.to_owned())).cloned()
+    })
+    .map_err(|e| IngestError::Auth(e.to_string()))
+}
+
+/// Write an event that is known but not part of the timeline (auth chains, fetched state).
+pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<u64> {
+    if let Some(s) = app.short_event(&c.event_id)? {
+        return Ok(s);
+    }
+    let short = app.store.kv.unique_id()?;
+    let sb = short.to_be_bytes();
+    batch.put(Table::EventIdShort, c.event_id.as_bytes(), &sb);
+    batch.put(Table::ShortEventId, &sb, c.event_id.as_bytes());
+    batch.put(Table::Pdu, &sb, &encode(&c.stored));
+    Ok(short)
+}
+
+/// The state after an event: the state before it plus itself when it is a state event.
+pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<StateMap>> {
+    let Some((before, _)) = app.event_state(short)? else {
+        return Ok(None);
+    };
+    let mut map = (*app.state_map(before)?).clone();
+    if let Some(pdu) = app.pdu_by_short(short)? {
+        if let Some(sk) = &pdu.state_key {
+            let k = app.short_state_key_or_create(&pdu.kind.to_string(), sk)?;
+            map.insert(k, short);
+        }
+    }
+    Ok(Some(map))
+}
+
+/// Resolve several state maps of a room with state resolution v2 (v2.1 for v12 rooms).
+pub fn resolve(
+    app: &Services,
+    rules: &RoomVersionRules,
+    maps: Vec<StateMap>,
+) -> ApiResult<StateMap> {
+    let mut uniq: Vec<StateMap> = vec![];
+    for m in maps {
+        if !uniq.contains(&m) {
+            uniq.push(m);
+        }
+    }
+    if uniq.len() <= 1 {
+        return Ok(uniq.pop().unwrap_or_default());
+    }
+    let state_res_rules = rules
+        .state_res
+        .v2_rules()
+        .ok_or_else(|| ApiError::Internal("room version without state resolution v2".into()))?;
+    let mut cache: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    let mut key_names: HashMap<u64, (StateEventType, String)> = HashMap::new();
+    let mut ruma_maps = vec![];
+    for m in &uniq {
+        let mut rm = state_res::StateMap::new();
+        for (&sk, &ev) in m {
+            let name = match key_names.get(&sk) {
+                Some(n) => n.clone(),
+                None => {
+                    let (t, k) = app.state_key_of(sk)?;
+                    let n: (StateEventType, String) = (t.into(), k);
+                    key_names.insert(sk, n.clone());
+                    n
+                }
+            };
+            let pdu = app
+                .pdu_by_short(ev)?
+                .ok_or_else(|| ApiError::Internal(format!("state event {ev} missing")))?;
+            let id = pdu.event_id.clone();
+            cache.insert(id.clone(), pdu);
+            rm.insert(name, id);
+        }
+        ruma_maps.push(rm);
+    }
+    // Full auth chains, shared between the maps.
+    let mut chains = vec![];
+    for rm in &ruma_maps {
+        let starts: Vec<OwnedEventId> = rm.values().cloned().collect();
+        chains.push(
+            auth_chain(app, &starts, &mut cache)?
+                .into_iter()
+                .collect::<state_res::utils::event_id_set::EventIdSet<_>>(),
+        );
+    }
+    let fetch = |id: &EventId| {
+        cache
+            .get(id)
+            .cloned()
+            .or_else(|| app.pdu(id).ok().flatten())
+    };
+    let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
+        Some(
+            conflicted_subgraph(conflicted, &fetch)
+                .into_iter()
+                .collect(),
+        )
+    };
+    let resolved = state_res::resolve(
+        &rules.authorization,
+        state_res_rules,
+        &ruma_maps,
+        chains,
+        fetch,
+        subgraph,
+    )
+    .map_err(|e| ApiError::Internal(format!("state resolution failed: {e}")))?;
+    let mut out = StateMap::new();
+    for ((t, k), id) in resolved {
+        let sk = app.short_state_key_or_create(&t.to_string(), &k)?;
+        let ev = app
+            .short_event(&id)?
+            .ok_or_else(|| ApiError::Internal(format!("resolved event {id} unknown")))?;
+        out.insert(sk, ev);
+    }
+    Ok(out)
+}
+
+/// Every event reachable through `auth_events` from `starts` (the starts included).
+pub fn auth_chain(
+    app: &Services,
+    starts: &[OwnedEventId],
+    cache: &mut HashMap<OwnedEventId, Pdu>,
+) -> ApiResult<HashSet<OwnedEventId>> {
+    let mut seen: HashSet<OwnedEventId> = HashSet::new();
+    let mut queue: VecDeque<OwnedEventId> = starts.iter().cloned().collect();
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let pdu = match cache.get(&id) {
+            Some(p) => p.clone(),
+            None => match app.pdu(&id)? {
+                Some(p) => {
+                    cache.insert(id.clone(), p.clone());
+                    p
+                }
+                None => continue,
+            },
+        };
+        queue.extend(pdu.auth_events.iter().cloned());
+    }
+    Ok(seen)
+}
+
+/// Room v12 (state resolution v2.1): the events on auth paths between conflicted events.
+fn conflicted_subgraph(
+    conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+    fetch: &impl Fn(&EventId) -> Option<Pdu>,
+) -> HashSet<OwnedEventId> {
+    let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+    // Walk down from every conflicted event, remembering each event's auth parents.
+    let mut parents: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
+    let mut queue: VecDeque<OwnedEventId> = targets.iter().cloned().collect();
+    while let Some(id) = queue.pop_front() {
+        if parents.contains_key(&id) {
+            continue;
+        }
+        let auth = fetch(&id).map(|p| p.auth_events).unwrap_or_default();
+        queue.extend(auth.iter().cloned());
+        parents.insert(id, auth);
+    }
+    // Keep events from which some conflicted event is reachable and that are reachable from one.
+    let mut memo: HashMap<OwnedEventId, bool> = HashMap::new();
+    fn reaches(
+        id: &OwnedEventId,
+        parents: &HashMap<OwnedEventId, Vec<OwnedEventId>>,
+        targets: &HashSet<OwnedEventId>,
+        memo: &mut HashMap<OwnedEventId, bool>,
+        depth: usize,
+    ) -> bool {
+        if let Some(r) = memo.get(id) {
+            return *r;
+        }
+        let r = depth < 10_000
+            && parents.get(id).is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| targets.contains(p) || reaches(p, parents, targets, memo, depth + 1))
+            });
+        memo.insert(id.clone(), r);
+        r
+    }
+    let mut out: HashSet<OwnedEventId> = HashSet::new();
+    for id in parents.keys() {
+        if targets.contains(id) || reaches(id, &parents, &targets, &mut memo, 0) {
+            out.insert(id.clone());
+        }
+    }
+    out
+}
+
+/// Store a snapshot equal to `map`, reusing `base` when nothing changed; `(hash, depth)`.
+fn snapshot(
+    app: &Services,
+    map: &StateMap,
+    base: Option<(u64, u32)>,
+    batch: &mut Batch,
+) -> ApiResult<Option<(u64, u32)>> {
+    let base_map: Arc<StateMap> = match base {
+        Some((h, _)) => app.state_map(h)?,
+        None => Arc::default(),
+    };
+    if *base_map == *map && base.is_some() {
+        return Ok(base);
+    }
+    if map.is_empty() {
+        return Ok(None);
+    }
+    let mut added = vec![];
+    for (k, v) in map {
+        if base_map.get(k) != Some(v) {
+            added.push((*k, *v));
+        }
+    }
+    let removed: Vec<u64> = base_map
+        .keys()
+        .filter(|k| !map.contains_key(k))
+        .copied()
+        .collect();
+    let full = map.clone();
+    Ok(Some(app.store.state.derive(
+        base,
+        &added,
+        &removed,
+        || full,
+        batch,
+    )?))
+}
+
+fn with_depth(app: &Services, hash: u64) -> ApiResult<Option<(u64, u32)>> {
+    if hash == 0 {
+        return Ok(None);
+    }
+    Ok(Some((hash, app.store.state.depth(hash)?)))
+}
+
+/// Persist a checked PDU whose prev events and auth events are all known, in its room.
+/// `forward_from`: set for joins/leaves we accepted as the resident server, which we must pass
+/// on to every other server in the room (not back to the one that sent it).
+pub async fn persist(
+    app: &Services,
+    room: &RoomRef,
+    rules: &RoomVersionRules,
+    c: Checked,
+    forward_from: Option<&ServerName>,
+) -> Result<Outcome, IngestError> {
+    let room_id = room.meta.room_id.clone();
+    let _guard = app.room_lock(&room_id).lock_owned().await;
+    if let Some(s) = app.short_event(&c.event_id)? {
+        if app.event_state(s)?.is_some() {
+            return Ok(Outcome::Duplicate);
+        }
+    }
+    let pdu = &c.pdu;
+    let fetch = |id: &EventId| app.pdu(id).ok().flatten();
+    check_against_auth_events(rules, pdu, fetch)?;
+
+    // The state before: the state after each prev event, resolved where they differ.
+    let mut prev_states = vec![];
+    let mut prev_shorts = vec![];
+    for p in &pdu.prev_events {
+        let short = app
+            .short_event(p)?
+            .ok_or_else(|| IngestError::Invalid(format!("prev event {p} unknown")))?;
+        let st = state_after(app, short)?
+            .ok_or_else(|| IngestError::Invalid(format!("no state known at prev event {p}")))?;
+        prev_states.push(st);
+        prev_shorts.push(short);
+    }
+    let before = resolve(app, rules, prev_states)?;
+    let fetch_in = |map: &StateMap| {
+        let map = map.clone();
+        move |t: &StateEventType, k: &str| -> Option<Pdu> {
+            let sk = app.short_state_key(&t.to_string(), k).ok()??;
+            app.pdu_by_short(*map.get(&sk)?).ok()?
+        }
+    };
+    auth::check(rules, pdu, fetch, fetch_in(&before))
+        .map_err(|e| IngestError::Auth(format!("against the state before it: {e}")))?;
+
+    let current_hash = app.current_state(room.short)?;
+    let current: Arc<StateMap> = match current_hash {
+        Some((h, _)) => app.state_map(h)?,
+        None => Arc::default(),
+    };
+    let soft_failed = auth::check(rules, pdu, fetch, fetch_in(&current)).is_err();
+
+    let short = match app.short_event(&c.event_id)? {
+        Some(s) => s,
+        None => app.store.kv.unique_id()?,
+    };
+    let mut after_self = before.clone();
+    let state_key = match &pdu.state_key {
+        Some(sk) => Some(app.short_state_key_or_create(&pdu.kind.to_string(), sk)?),
+        None => None,
+    };
+    if let Some(sk) = state_key {
+        after_self.insert(sk, short);
+    }
+    let old_tips = app.extremities(room.short)?;
+    let new_current = if soft_failed {
+        (*current).clone()
+    } else if old_tips.iter().all(|t| prev_shorts.contains(t)) {
+        after_self.clone()
+    } else {
+        resolve(app, rules, vec![(*current).clone(), after_self.clone()])?
+    };
+    let members_changed: Vec<(u64, u64)> = new_current
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+
+    let base_before = match prev_shorts.first() {
+        Some(&p) => with_depth(app, app.event_state(p)?.map(|s| s.1).unwrap_or(0))?,
+        None => None,
+    };
+    let dests = match forward_from {
+        Some(from) => room_servers(app, room.short)?
+            .into_iter()
+            .filter(|s| s != from)
+            .collect(),
+        None => vec![],
+    };
+    let mut pre = Batch::default();
+    let sb = short.to_be_bytes();
+    pre.put(Table::EventIdShort, c.event_id.as_bytes(), &sb);
+    pre.put(Table::ShortEventId, &sb, c.event_id.as_bytes());
+    pre.put(Table::Pdu, &sb, &encode(&c.stored));
+    let before_snap = snapshot(app, &before, base_before, &mut pre)?;
+    let after_snap = if soft_failed {
+        before_snap
+    } else {
+        snapshot(app, &new_current, before_snap.or(current_hash), &mut pre)?
+    };
+    let mut st = before_snap.map(|s| s.0).unwrap_or(0).to_be_bytes().to_vec();
+    st.extend_from_slice(&after_snap.map(|s| s.0).unwrap_or(0).to_be_bytes());
+    pre.put(Table::EventState, &sb, &st);
+    if soft_failed {
+        app.store.commit(pre)?;
+        drop(_guard);
+        app.store.flush().await?;
+        tracing::info!(event_id = %c.event_id, room_id = %room_id, "soft-failed against current state");
+        return Ok(Outcome::SoftFailed);
+    }
+    for t in &old_tips {
+        if prev_shorts.contains(t) {
+            pre.delete(Table::Extremity, &pos_key(room.short, *t));
+        }
+    }
+    pre.put(Table::Extremity, &pos_key(room.short, short), &[]);
+    if let Some((hash, depth)) = after_snap {
+        let mut v = hash.to_be_bytes().to_vec();
+        v.extend_from_slice(&depth.to_be_bytes());
+        pre.put(Table::RoomState, &room.short.to_be_bytes(), &v);
+    }
+    let mut members = vec![];
+    for (_, ev) in &members_changed {
+        let m = if *ev == short {
+            Some(pdu.clone())
+        } else {
+            app.pdu_by_short(*ev)?
+        };
+        members.extend(m.filter(|m| m.membership().is_some()));
+    }
+    let (last, ()) = app.store.commit_with_count(|count, batch| {
+        batch.append(pre);
+        let pos = pos_key(room.short, count);
+        batch.put(Table::Timeline, &pos, &sb);
+        batch.put(Table::EventPosition, &sb, &pos);
+        for m in &members {
+            membership_rows(batch, room.short, &room_id, m, count);
+        }
+        relation_row(batch, &c.stored, count, short);
+        outbox_rows(batch, &dests, count, short);
+        Ok(())
+    })?;
+    drop(_guard);
+    app.store.flush().await?;
+    app.after_room_write(room.short, last, &dests)?;
+    Ok(Outcome::Accepted)
+}
+
+/// How many of our users are joined to the room (0: we are not a resident server).
+pub fn local_members(app: &Services, short_room: u64) -> ApiResult<usize> {
+    Ok(app
+        .room_members(short_room)?
+        .into_iter()
+        .filter(|(u, m)| m == "join" && app.is_local(u))
+        .count())
+}
+
+/// Servers with a joined member in the room, other than this one.
+pub fn room_servers(app: &Services, short_room: u64) -> ApiResult<Vec<OwnedServerName>> {
+    let ours = app.server_name();
+    let set: BTreeSet<OwnedServerName> = app
+        .room_members(short_room)?
+        .into_iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(u, _)| u.server_name().to_owned())
+        .filter(|s| s != ours)
+        .collect();
+    Ok(set.into_iter().collect())
+}
+
+/// Fetch and check events of `room` by id from `origin` (auth events we lack), oldest first.
+pub async fn fetch_events(
+    app: &Services,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    ids: Vec<OwnedEventId>,
+) -> Result<Vec<Checked>, IngestError> {
+    let fed = app.fed()?;
+    let mut out: BTreeMap<OwnedEventId, Checked> = BTreeMap::new();
+    let mut queue: VecDeque<OwnedEventId> = ids.into();
+    while let Some(id) = queue.pop_front() {
+        if out.contains_key(&id) || app.short_event(&id)?.is_some() {
+            continue;
+        }
+        if out.len() >= MAX_FETCH {
+            return Err(IngestError::Invalid("too many unknown auth events".into()));
+        }
+        let path = format!(
+            "/_matrix/federation/v1/event/{}",
+            crate::federation::sender::enc(id.as_str())
+        );
+        let resp = fed
+            .request(app, origin, http::Method::GET, &path, None, true)
+            .await?;
+        let raw = resp
+            .get("pdus")
+            .and_then(|p| p.get(0))
+            .ok_or_else(|| IngestError::Invalid(format!("{origin} has no event {id}")))?;
+        let c = check(app, rules, raw).await?;
+        if c.event_id != id || c.pdu.room_id.as_deref().is_some_and(|r| r != room_id) {
+            return Err(IngestError::Invalid(format!(
+                "{origin} answered another event for {id}"
+            )));
+        }
+        queue.extend(c.pdu.auth_events.iter().cloned());
+        out.insert(id, c);
+    }
+    let mut v: Vec<Checked> = out.into_values().collect();
+    v.sort_by_key(|c| c.pdu.depth);
+    Ok(v)
+}
+
+/// Make sure every auth event of `c` is stored (fetched from `origin` if not), each checked
+/// against its own auth events.
+pub async fn ensure_auth_events(
+    app: &Services,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    c: &Checked,
+) -> Result<(), IngestError> {
+    let mut missing = vec![];
+    for id in &c.pdu.auth_events {
+        if app.short_event(id)?.is_none() {
+            missing.push(id.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let fetched = fetch_events(app, origin, rules, room_id, missing).await?;
+    let mut batch = Batch::default();
+    let mut local: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    for f in &fetched {
+        let fetch = |id: &EventId| {
+            local
+                .get(id)
+                .cloned()
+                .or_else(|| app.pdu(id).ok().flatten())
+        };
+        check_against_auth_events(rules, &f.pdu, fetch)?;
+        local.insert(f.event_id.clone(), f.pdu.clone());
+        put_outlier(app, f, &mut batch)?;
+    }
+    app.store.commit(batch)?;
+    Ok(())
+}
+
+fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}

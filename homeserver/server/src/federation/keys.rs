@@ -1,0 +1,332 @@
+//! Server signing keys: our key server and notary endpoints, and the cache of other servers'
+//! keys, fetched from their key servers, checked against their own signatures and persisted.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use axum::{extract::State, Json};
+use plexus_store::Table;
+use ruma::{
+    canonical_json::{to_canonical_value, CanonicalJsonObject, CanonicalJsonValue},
+    serde::Base64,
+    signatures::{PublicKeyMap, PublicKeySet},
+    OwnedServerName, ServerName,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::client::FedError;
+use crate::service::Services;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Body, Path},
+    service::{decode, encode, now_ms, App},
+};
+
+/// How long others may cache our key response.
+const OUR_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Refetch a server's keys at most this often when asked for a key id we do not know.
+const REFETCH_AFTER_MS: u64 = 60 * 1000;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct KnownKeys {
+    /// key id → unpadded base64 public key, every key the server has ever shown us.
+    keys: BTreeMap<String, String>,
+    /// Its latest self-signed response, served again by our notary endpoint.
+    response: Value,
+    fetched_at: u64,
+}
+
+#[derive(Default)]
+pub struct KeyCache {
+    mem: Mutex<HashMap<OwnedServerName, KnownKeys>>,
+    /// One fetch per server at a time.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl KeyCache {
+    fn known(&self, app: &Services, server: &ServerName) -> ApiResult<Option<KnownKeys>> {
+        if let Some(k) = self
+            .mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server)
+        {
+            return Ok(Some(k.clone()));
+        }
+        let Some(raw) = app.store.kv.get(Table::ServerKeys, server.as_bytes())? else {
+            return Ok(None);
+        };
+        let k: KnownKeys = decode(&raw)?;
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned(), k.clone());
+        Ok(Some(k))
+    }
+
+    /// Every known public key of `server`, fetching its key server when one of `key_ids` is
+    /// unknown (at most once a minute).
+    pub async fn verify_keys(
+        &self,
+        app: &Services,
+        server: &ServerName,
+        key_ids: &[String],
+    ) -> Result<PublicKeyMap, FedError> {
+        let mut map = PublicKeyMap::new();
+        if server == app.server_name() {
+            let mut set = PublicKeySet::new();
+            set.insert(app.key.key_id(), parse_key(&app.key.public_key_b64())?);
+            map.insert(server.to_string(), set);
+            return Ok(map);
+        }
+        let missing = |k: &Option<KnownKeys>| {
+            k.as_ref()
+                .is_none_or(|k| key_ids.iter().any(|id| !k.keys.contains_key(id)))
+        };
+        let mut known = self.known(app, server).map_err(FedError::local)?;
+        if missing(&known) {
+            let _guard = self.fetching.lock().await;
+            known = self.known(app, server).map_err(FedError::local)?;
+            let stale = known
+                .as_ref()
+                .is_none_or(|k| now_ms().saturating_sub(k.fetched_at) > REFETCH_AFTER_MS);
+            if missing(&known) && stale {
+                known = Some(self.fetch(app, server, known).await?);
+            }
+        }
+        let known = known.ok_or_else(|| FedError::BadResponse("no keys".into()))?;
+        let mut set = PublicKeySet::new();
+        for (id, key) in &known.keys {
+            set.insert(id.clone(), parse_key(key)?);
+        }
+        map.insert(server.to_string(), set);
+        Ok(map)
+    }
+
+    async fn fetch(
+        &self,
+        app: &Services,
+        server: &ServerName,
+        old: Option<KnownKeys>,
+    ) -> Result<KnownKeys, FedError> {
+        let fed = app.fed()?;
+        let resp = fed
+            .request(
+                app,
+                server,
+                http::Method::GET,
+                "/_matrix/key/v2/server",
+                None,
+                false,
+            )
+            .await?;
+        let keys = check_key_response(server, &resp)?;
+        let mut known = old.unwrap_or_default();
+        known.keys.extend(keys);
+        known.response = resp;
+        known.fetched_at = now_ms();
+        let mut b = plexus_store::Batch::default();
+        b.put(Table::ServerKeys, server.as_bytes(), &encode(&known));
+        app.store.commit(b).map_err(|e| FedError::local(e.into()))?;
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned(), known.clone());
+        tracing::debug!(%server, keys = known.keys.len(), "fetched server keys");
+        Ok(known)
+    }
+
+    /// The latest stored response of `server`, fetching it if we have none.
+    async fn response(&self, app: &Services, server: &ServerName) -> Result<Value, FedError> {
+        match self.known(app, server).map_err(FedError::local)? {
+            Some(k) if !k.response.is_null() => Ok(k.response),
+            old => Ok(self.fetch(app, server, old).await?.response),
+        }
+    }
+}
+
+fn parse_key(b64: &str) -> Result<Base64, FedError> {
+    Base64::parse(b64).map_err(|e| FedError::BadResponse(format!("bad public key: {e}")))
+}
+
+/// A key server response is valid when it names the server we asked and is signed by every
+/// key it lists as current. Returns its keys, old ones included.
+fn check_key_response(
+    server: &ServerName,
+    resp: &Value,
+) -> Result<BTreeMap<String, String>, FedError> {
+    let bad = |why: &str| FedError::BadResponse(format!("key response of {server}: {why}"));
+    if resp.get("server_name").and_then(Value::as_str) != Some(server.as_str()) {
+        return Err(bad("wrong server_name"));
+    }
+    let mut current = BTreeMap::new();
+    for (id, k) in resp
+        .get("verify_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("no verify_keys"))?
+    {
+        let key = k
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("key without `key`"))?;
+        current.insert(id.clone(), key.to_owned());
+    }
+    let obj = match to_canonical_value(resp) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => return Err(bad("not canonical JSON")),
+    };
+    // Only the signatures of the server itself count; notaries' are not ours to check here.
+    let mut own = CanonicalJsonObject::new();
+    for (k, v) in obj {
+        if k != "signatures" {
+            own.insert(k, v);
+        }
+    }
+    let sigs = resp
+        .get("signatures")
+        .and_then(|s| s.get(server.as_str()))
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("not signed by the server"))?;
+    let mut set = PublicKeySet::new();
+    let mut only = serde_json::Map::new();
+    for (id, sig) in sigs {
+        if let Some(key) = current.get(id) {
+            set.insert(id.clone(), parse_key(key)?);
+            only.insert(id.clone(), sig.clone());
+        }
+    }
+    if set.is_empty() {
+        return Err(bad("no signature by a listed key"));
+    }
+    own.insert(
+        "signatures".into(),
+        to_canonical_value(json!({ server.as_str(): only })).map_err(|_| bad("signatures"))?,
+    );
+    let mut map = PublicKeyMap::new();
+    map.insert(server.to_string(), set);
+    ruma::signatures::verify_json(&map, &own).map_err(|e| bad(&e.to_string()))?;
+    let mut all = current;
+    if let Some(old) = resp.get("old_verify_keys").and_then(Value::as_object) {
+        for (id, k) in old {
+            if let Some(key) = k.get("key").and_then(Value::as_str) {
+                all.entry(id.clone()).or_insert_with(|| key.to_owned());
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Our own signed key response.
+fn own_response(app: &Services) -> ApiResult<Value> {
+    let v = json!({
+        "server_name": app.server_name(),
+        "verify_keys": { app.key.key_id(): { "key": app.key.public_key_b64() } },
+        "old_verify_keys": {},
+        "valid_until_ts": now_ms() + OUR_VALIDITY_MS,
+    });
+    sign_value(app, v)
+}
+
+/// Add our signature to a JSON object.
+pub fn sign_value(app: &Services, v: Value) -> ApiResult<Value> {
+    let mut obj = match to_canonical_value(v) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        _ => return Err(ApiError::Internal("not a canonical object".into())),
+    };
+    ruma::signatures::sign_json(app.server_name().as_str(), app.key.pair(), &mut obj)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    serde_json::to_value(obj).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `GET /_matrix/key/v2/server`
+pub async fn server_keys(State(app): State<App>) -> ApiResult<Json<Value>> {
+    Ok(Json(own_response(&app)?))
+}
+
+#[derive(Deserialize)]
+pub struct QueryBody {
+    server_keys: BTreeMap<String, Value>,
+}
+
+/// `POST /_matrix/key/v2/query`: a notary answer, each response countersigned by us.
+pub async fn query(State(app): State<App>, Body(body): Body<QueryBody>) -> ApiResult<Json<Value>> {
+    let mut out = vec![];
+    for server in body.server_keys.keys().take(100) {
+        if let Some(v) = notarise(&app, server).await? {
+            out.push(v);
+        }
+    }
+    Ok(Json(json!({ "server_keys": out })))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`
+pub async fn query_one(
+    State(app): State<App>,
+    Path(server): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let out: Vec<Value> = notarise(&app, &server).await?.into_iter().collect();
+    Ok(Json(json!({ "server_keys": out })))
+}
+
+async fn notarise(app: &Services, server: &str) -> ApiResult<Option<Value>> {
+    let Ok(server) = <&ServerName>::try_from(server) else {
+        return Ok(None);
+    };
+    if server == app.server_name() {
+        return own_response(app).map(Some);
+    }
+    let fed = app.fed().map_err(|_| ApiError::Unrecognized)?;
+    match fed.keys.response(app, server).await {
+        Ok(resp) => sign_value(app, resp).map(Some),
+        Err(e) => {
+            tracing::debug!(%server, error = %e, "notary could not get keys");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_core::signing::ServerKey;
+
+    fn signed(key: &ServerKey, server: &str, v: Value) -> Value {
+        let mut obj = match to_canonical_value(v).unwrap() {
+            CanonicalJsonValue::Object(o) => o,
+            _ => unreachable!(),
+        };
+        ruma::signatures::sign_json(server, key.pair(), &mut obj).unwrap();
+        serde_json::to_value(obj).unwrap()
+    }
+
+    #[test]
+    fn key_responses_must_be_self_signed() {
+        let key = ServerKey::generate().unwrap();
+        let other = ServerKey::generate().unwrap();
+        let name = <&ServerName>::try_from("a.example").unwrap();
+        let body = |k: &ServerKey| {
+            json!({
+                "server_name": "a.example",
+                "verify_keys": { k.key_id(): { "key": k.public_key_b64() } },
+                "old_verify_keys": { "ed25519:old": { "key": other.public_key_b64(), "expired_ts": 1 } },
+                "valid_until_ts": 1,
+            })
+        };
+        let good = signed(&key, "a.example", body(&key));
+        let keys = check_key_response(name, &good).unwrap();
+        assert_eq!(keys.len(), 2, "old keys are kept for old events");
+        // Signed by a key it does not list: refused.
+        let forged = signed(&other, "a.example", body(&key));
+        assert!(check_key_response(name, &forged).is_err());
+        // Another server's name: refused.
+        let wrong = <&ServerName>::try_from("b.example").unwrap();
+        assert!(check_key_response(wrong, &good).is_err());
+        // Tampered after signing: refused.
+        let mut tampered = good.clone();
+        tampered["valid_until_ts"] = json!(2);
+        assert!(check_key_response(name, &tampered).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The server-server API: keys, signed requests, inbound transactions and joins, the outbound
+//! per-destination sender, and joining rooms that live on other servers.
+
+pub mod client;
+pub mod edu;
+pub mod events;
+pub mod ingest;
+pub mod join;
+pub mod keys;
+pub mod query;
+pub mod resolve;
+pub mod send;
+pub mod sender;
+pub mod tls;
+pub mod x_matrix;
+
+use axum::{
+    routing::{get, post, put},
+    Router,
+};
+
+use crate::{config::FederationSettings, error::ApiError, service::App};
+
+/// Outbound federation state, present only when federation is switched on.
+pub struct Federation {
+    pub settings: FederationSettings,
+    pub http: reqwest::Client,
+    pub resolver: resolve::Resolver,
+    pub keys: keys::KeyCache,
+    pub sender: sender::Sender,
+}
+
+impl Federation {
+    pub fn new(settings: FederationSettings) -> Result<Self, ApiError> {
+        Ok(Self {
+            http: client::http_client(settings.verify_tls, settings.allow_loopback)?,
+            settings,
+            resolver: resolve::Resolver::default(),
+            keys: keys::KeyCache::default(),
+            sender: sender::Sender::default(),
+        })
+    }
+}
+
+/// Routes of the federation listener.
+pub fn router() -> Router<App> {
+    // Full paths, not nested routers: the X-Matrix signature covers the request URI as sent.
+    const V1: &str = "/_matrix/federation/v1";
+    const V2: &str = "/_matrix/federation/v2";
+    Router::new()
+        .route(&format!("{V1}/version"), get(query::version))
+        .route(&format!("{V1}/send/{{txn}}"), put(send::transaction))
+        .route(
+            &format!("{V1}/make_join/{{room}}/{{user}}"),
+            get(join::make_join),
+        )
+        .route(
+            &format!("{V1}/make_leave/{{room}}/{{user}}"),
+            get(join::make_leave),
+        )
+        .route(&format!("{V1}/event/{{event}}"), get(events::event))
+        .route(&format!("{V1}/state/{{room}}"), get(events::state))
+        .route(&format!("{V1}/state_ids/{{room}}"), get(events::state_ids))
+        .route(
+            &format!("{V1}/event_auth/{{room}}/{{event}}"),
+            get(events::event_auth),
+        )
+        .route(&format!("{V1}/backfill/{{room}}"), get(events::backfill))
+        .route(
+            &format!("{V1}/get_missing_events/{{room}}"),
+            post(events::get_missing_events),
+        )
+        .route(&format!("{V1}/query/profile"), get(query::profile))
+        .route(&format!("{V1}/query/directory"), get(query::directory))
+        .route(
+            &format!("{V1}/openid/userinfo"),
+            get(query::openid_userinfo),
+        )
+        .route(
+            &format!("{V2}/send_join/{{room}}/{{event}}"),
+            put(join::send_join),
+        )
+        .route(
+            &format!("{V2}/send_leave/{{room}}/{{event}}"),
+            put(join::send_leave),
+        )
+        .route(
+            &format!("{V2}/invite/{{room}}/{{event}}"),
+            put(join::invite),
+        )
+        .route("/_matrix/key/v2/server", get(keys::server_keys))
+        .route("/_matrix/key/v2/query", post(keys::query))
+        .route("/_matrix/key/v2/query/{server}", get(keys::query_one))
+}

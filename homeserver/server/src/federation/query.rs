@@ -1,0 +1,110 @@
+//! Federation queries: server version, profiles and aliases of this server, OpenID userinfo.
+
+use axum::{extract::State, Json};
+use plexus_store::Table;
+use ruma::{OwnedRoomAliasId, OwnedUserId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::x_matrix::FedRequest;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::Query,
+    service::{decode, now_ms, App},
+};
+
+pub async fn version() -> Json<Value> {
+    Json(json!({ "server": { "name": "Plexus", "version": env!("CARGO_PKG_VERSION") } }))
+}
+
+#[derive(Deserialize)]
+pub struct ProfileQuery {
+    user_id: String,
+    field: Option<String>,
+}
+
+pub async fn profile(
+    State(app): State<App>,
+    Query(q): Query<ProfileQuery>,
+    _req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    let user = OwnedUserId::try_from(q.user_id.as_str())
+        .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
+    if !app.is_local(&user) {
+        return Err(ApiError::InvalidParam("user is not on this server".into()));
+    }
+    let rec = app
+        .user(&user)?
+        .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
+    let mut out = json!({});
+    let want = |f: &str| q.field.as_deref().is_none_or(|w| w == f);
+    if want("displayname") {
+        if let Some(d) = rec.displayname {
+            out["displayname"] = json!(d);
+        }
+    }
+    if want("avatar_url") {
+        if let Some(a) = rec.avatar_url {
+            out["avatar_url"] = json!(a);
+        }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+pub struct DirectoryQuery {
+    room_alias: String,
+}
+
+pub async fn directory(
+    State(app): State<App>,
+    Query(q): Query<DirectoryQuery>,
+    _req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    let alias = OwnedRoomAliasId::try_from(q.room_alias.as_str())
+        .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
+    if alias.server_name() != app.server_name() {
+        return Err(ApiError::NotFound("Room alias not found".into()));
+    }
+    let raw = app
+        .store
+        .kv
+        .get(Table::Alias, alias.as_bytes())?
+        .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
+    let room_id = String::from_utf8_lossy(&raw).into_owned();
+    let mut servers = vec![app.server_name().to_string()];
+    if let Some(room) = app.room(
+        &ruma::OwnedRoomId::try_from(room_id.as_str())
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    )? {
+        servers.extend(
+            super::ingest::room_servers(&app, room.short)?
+                .into_iter()
+                .map(|s| s.to_string()),
+        );
+    }
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    access_token: String,
+}
+
+/// Unauthenticated by design: the OpenID token is the credential.
+pub async fn openid_userinfo(
+    State(app): State<App>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Json<Value>> {
+    let unknown = || ApiError::UnknownToken { soft_logout: false };
+    let raw = app
+        .store
+        .kv
+        .get(Table::OpenId, q.access_token.as_bytes())?
+        .ok_or_else(unknown)?;
+    let v: Value = decode(&raw)?;
+    if v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) < now_ms() {
+        return Err(unknown());
+    }
+    Ok(Json(json!({ "sub": v.get("user_id") })))
+}

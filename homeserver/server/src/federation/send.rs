@@ -1,0 +1,278 @@
+//! `PUT /_matrix/federation/v1/send/{txnId}`: PDUs each accepted or refused on their own (the
+//! answer lists every one), then EDUs (typing, receipts, presence).
+
+use axum::{extract::State, Json};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    ingest::{self, Checked, IngestError},
+    sender::enc,
+    x_matrix::FedRequest,
+};
+use crate::service::Services;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::Path,
+    service::App,
+};
+
+/// Most events one `get_missing_events` call asks for.
+const MISSING_LIMIT: u64 = 20;
+
+#[derive(Deserialize)]
+struct Transaction {
+    origin: String,
+    #[serde(default)]
+    pdus: Vec<Value>,
+    #[serde(default)]
+    edus: Vec<Value>,
+}
+
+pub async fn transaction(
+    State(app): State<App>,
+    Path(_txn): Path<String>,
+    req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    let t: Transaction = req.json()?;
+    if t.origin != req.origin.as_str() {
+        return Err(ApiError::Forbidden(
+            "transaction origin does not match the signed origin".into(),
+        ));
+    }
+    if t.pdus.len() > 50 || t.edus.len() > 100 {
+        return Err(ApiError::BadJson("at most 50 PDUs and 100 EDUs".into()));
+    }
+    let mut results = serde_json::Map::new();
+    for raw in &t.pdus {
+        let (id, outcome) = one_pdu(&app, &req.origin, raw).await;
+        let Some(id) = id else { continue };
+        match outcome {
+            Ok(o) => {
+                tracing::debug!(event_id = %id, origin = %req.origin, outcome = ?o, "inbound PDU");
+                results.insert(id, json!({}));
+            }
+            Err(e) => {
+                tracing::info!(event_id = %id, origin = %req.origin, error = %e, "inbound PDU refused");
+                results.insert(id, json!({ "error": e.to_string() }));
+            }
+        }
+    }
+    for edu in &t.edus {
+        if let Err(e) = super::edu::handle(&app, &req.origin, edu).await {
+            tracing::debug!(origin = %req.origin, error = %e, "EDU ignored");
+        }
+    }
+    Ok(Json(json!({ "pdus": results })))
+}
+
+/// One PDU of a transaction: its id (if it has one we can name) and what became of it.
+async fn one_pdu(
+    app: &Services,
+    origin: &ServerName,
+    raw: &Value,
+) -> (Option<String>, Result<ingest::Outcome, IngestError>) {
+    let Some(room_id) = raw
+        .get("room_id")
+        .and_then(Value::as_str)
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+    else {
+        return (None, Err(IngestError::Invalid("no room_id".into())));
+    };
+    let room = match app.room(&room_id) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return (
+                raw.get("event_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                Err(IngestError::Invalid(
+                    "this server is not in the room".into(),
+                )),
+            )
+        }
+        Err(e) => return (None, Err(e.into())),
+    };
+    let rules = match plexus_core::room_version::rules(&room.meta.version) {
+        Ok(r) => r,
+        Err(e) => return (None, Err(IngestError::Invalid(e.to_string()))),
+    };
+    let checked = match ingest::check(app, &rules, raw).await {
+        Ok(c) => c,
+        Err(e) => {
+            let id = raw
+                .as_object()
+                .and_then(|o| ruma::canonical_json::try_from_json_map(o.clone()).ok())
+                .and_then(|o| ingest::event_id_of(&o, &rules).ok())
+                .map(|i| i.to_string());
+            return (id, Err(e));
+        }
+    };
+    let id = checked.event_id.to_string();
+    if checked.pdu.room_id.as_deref() != Some(&*room_id) {
+        return (
+            Some(id),
+            Err(IngestError::Invalid("room_id mismatch".into())),
+        );
+    }
+    (
+        Some(id),
+        accept(app, origin, &room_id, &rules, checked).await,
+    )
+}
+
+/// Fill gaps and missing auth events, then persist.
+pub async fn accept(
+    app: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    checked: Checked,
+) -> Result<ingest::Outcome, IngestError> {
+    let room = app.room_or_404(room_id)?;
+    if let Some(s) = app.short_event(&checked.event_id)? {
+        if app.event_state(s)?.is_some() {
+            return Ok(ingest::Outcome::Duplicate);
+        }
+    }
+    ingest::ensure_auth_events(app, origin, rules, room_id, &checked).await?;
+    let missing = missing_prevs(app, &checked)?;
+    if !missing.is_empty() {
+        fill_gap(app, origin, room_id, rules, &checked).await?;
+    }
+    let missing = missing_prevs(app, &checked)?;
+    if !missing.is_empty() {
+        state_at_prevs(app, origin, room_id, rules, &missing).await?;
+    }
+    ingest::persist(app, &room, rules, checked, None).await
+}
+
+fn missing_prevs(app: &Services, c: &Checked) -> ApiResult<Vec<OwnedEventId>> {
+    let mut out = vec![];
+    for p in &c.pdu.prev_events {
+        let known = match app.short_event(p)? {
+            Some(s) => app.event_state(s)?.is_some(),
+            None => false,
+        };
+        if !known {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// `get_missing_events` between our forward extremities and the event, persisted oldest first.
+async fn fill_gap(
+    app: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    c: &Checked,
+) -> Result<(), IngestError> {
+    let room = app.room_or_404(room_id)?;
+    let mut earliest = vec![];
+    for short in app.extremities(room.short)? {
+        if let Some(p) = app.pdu_by_short(short)? {
+            earliest.push(p.event_id);
+        }
+    }
+    let body = json!({
+        "earliest_events": earliest,
+        "latest_events": [c.event_id],
+        "limit": MISSING_LIMIT,
+        "min_depth": 0,
+    });
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        enc(room_id.as_str())
+    );
+    let resp = app
+        .fed()?
+        .request(app, origin, http::Method::POST, &path, Some(body), true)
+        .await?;
+    let mut events = vec![];
+    for raw in resp
+        .get("events")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(MISSING_LIMIT as usize)
+    {
+        match ingest::check(app, rules, raw).await {
+            Ok(e) if e.pdu.room_id.as_deref() == Some(room_id) => events.push(e),
+            Ok(_) => {}
+            Err(e) => tracing::info!(error = %e, "missing event refused"),
+        }
+    }
+    events.sort_by_key(|e| e.pdu.depth);
+    for e in events {
+        let id = e.event_id.clone();
+        ingest::ensure_auth_events(app, origin, rules, room_id, &e).await?;
+        if !missing_prevs(app, &e)?.is_empty() {
+            // The oldest events of a gap we could not close: their state comes from the peer.
+            let missing = missing_prevs(app, &e)?;
+            state_at_prevs(app, origin, room_id, rules, &missing).await?;
+        }
+        if let Err(err) = ingest::persist(app, &room, rules, e, None).await {
+            tracing::info!(event_id = %id, error = %err, "missing event refused");
+        }
+    }
+    Ok(())
+}
+
+/// For prev events we cannot reach: fetch the state at each from the peer (`/state`), store
+/// it with its auth chain, and the prev event itself as the point that state belongs to.
+async fn state_at_prevs(
+    app: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    missing: &[OwnedEventId],
+) -> Result<(), IngestError> {
+    let fed = app.fed()?;
+    for prev in missing.iter().take(5) {
+        let path = format!(
+            "/_matrix/federation/v1/state/{}?event_id={}",
+            enc(room_id.as_str()),
+            enc(prev.as_str())
+        );
+        let resp = fed
+            .request(app, origin, http::Method::GET, &path, None, true)
+            .await?;
+        let mut prev_ev =
+            ingest::fetch_events(app, origin, rules, room_id, vec![prev.clone()]).await?;
+        let mut all = vec![];
+        let mut state_ids = vec![];
+        for raw in resp
+            .get("auth_chain")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            all.push(ingest::check(app, rules, raw).await?);
+        }
+        for raw in resp
+            .get("pdus")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let c = ingest::check(app, rules, raw).await?;
+            state_ids.push(c.event_id.clone());
+            all.push(c);
+        }
+        let point = prev_ev
+            .pop()
+            .ok_or_else(|| IngestError::Invalid(format!("{origin} has no event {prev}")))?;
+        all.extend(prev_ev);
+        super::join::store_state_and_point(app, rules, room_id, all, &state_ids, point).await?;
+    }
+    Ok(())
+}
+
+/// Users a receipt or typing EDU may speak for: the origin's own users.
+pub fn origin_user(origin: &ServerName, user: &str) -> Option<OwnedUserId> {
+    let u = OwnedUserId::try_from(user).ok()?;
+    (u.server_name() == origin).then_some(u)
+}

@@ -1,0 +1,166 @@
+//! Federation between real `plexus` processes on loopback: joins through make_join/send_join,
+//! messages and state flowing all ways, typing and receipts as EDUs.
+
+use plexus_spec_tests::{enc, eventually, Server};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_share_a_room() {
+    let (a, b, c) = tokio::join!(
+        Server::federated(),
+        Server::federated(),
+        Server::federated()
+    );
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let carol = c.user("carol").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "federated"}))
+        .await;
+
+    // B joins through A (named in server_name), C through A too.
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "bob joins over federation: {}", r.body);
+    let r = carol
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "carol joins over federation: {}", r.body);
+
+    // Everyone sees everyone joined.
+    let want = {
+        let mut v = vec![
+            alice.user_id.clone(),
+            bob.user_id.clone(),
+            carol.user_id.clone(),
+        ];
+        v.sort();
+        v
+    };
+    for (who, cl) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
+        eventually(20, &format!("{who} sees three members"), || async {
+            (cl.joined_members(&room).await == want).then_some(())
+        })
+        .await;
+    }
+    // The room name came with the joined state.
+    assert_eq!(
+        bob.state(&room, "m.room.name", "").await.unwrap()["name"],
+        "federated"
+    );
+
+    // Messages from each server reach the other two.
+    alice.send_text(&room, "from A").await;
+    bob.send_text(&room, "from B").await;
+    carol.send_text(&room, "from C").await;
+    for (who, cl) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
+        eventually(20, &format!("{who} sees all three messages"), || async {
+            let b = cl.recent_bodies(&room).await;
+            ["from A", "from B", "from C"]
+                .iter()
+                .all(|m| b.iter().any(|x| x == m))
+                .then_some(())
+        })
+        .await;
+    }
+
+    // Power granted on A reaches C; then a state change on C is visible on A and B.
+    let mut pl = alice.state(&room, "m.room.power_levels", "").await.unwrap();
+    pl["users"][&carol.user_id] = json!(50);
+    let r = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(&room)
+            ),
+            pl,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(20, "carol sees her power", || async {
+        let pl = carol.state(&room, "m.room.power_levels", "").await?;
+        (pl["users"][&carol.user_id] == 50).then_some(())
+    })
+    .await;
+    let r = carol
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            json!({"topic": "set on C"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (who, cl) in [("alice", &alice), ("bob", &bob)] {
+        eventually(20, &format!("{who} sees C's topic"), || async {
+            let t = cl.state(&room, "m.room.topic", "").await?;
+            (t["topic"] == "set on C").then_some(())
+        })
+        .await;
+    }
+
+    // Typing on B shows in A's sync.
+    let r = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    eventually(20, "alice sees bob typing", || async {
+        let s = alice.sync("timeout=0").await;
+        let typing = s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.typing")
+            .map(|e| e["content"]["user_ids"].clone());
+        typing
+            .filter(|u| {
+                u.as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == bob.user_id.as_str()))
+            })
+            .map(|_| ())
+    })
+    .await;
+
+    // B leaves; A and C see it.
+    let r = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let two = {
+        let mut v = vec![alice.user_id.clone(), carol.user_id.clone()];
+        v.sort();
+        v
+    };
+    for (who, cl) in [("alice", &alice), ("carol", &carol)] {
+        eventually(20, &format!("{who} sees bob leave"), || async {
+            (cl.joined_members(&room).await == two).then_some(())
+        })
+        .await;
+    }
+}
