@@ -4,27 +4,56 @@
 #
 #   synapse.sh install DIR                     venv in DIR/venv with matrix-synapse
 #   synapse.sh start DIR PORT [sqlite|postgres] fresh data, client API on 127.0.0.1:PORT
+#   synapse.sh start-fed DIR PORT FED_PORT [sqlite|postgres]
+#                                              the same, federating on loopback (see below)
 #   synapse.sh stop DIR
+#
+# Environment:
+#   FED_PORT=N      `start` behaves as `start-fed` with this FED_PORT.
+#   SYNAPSE_VENV=D  use (and install into) the venv D instead of DIR/venv, so that several
+#                   Synapses can share one installation.
+#   SYNAPSE_VERSION the matrix-synapse version to install (default below).
 #
 # Rate limits are raised so that the limiter is not what gets measured. PostgreSQL (what
 # production Synapse runs on) comes from Debian's package and runs as its own cluster in DIR.
+#
+# Federated mode: server_name is "127.0.0.1:FED_PORT" (an IP literal with a port, so peers
+# connect straight there: no .well-known, no SRV). The client API stays plain HTTP on PORT; a
+# TLS listener on 127.0.0.1:FED_PORT serves the federation and key APIs with a self-signed
+# certificate (DIR/tls.crt, made with openssl). Outbound, Synapse skips certificate checks
+# (federation_verify_certificates: false), may connect to loopback (ip_range_blacklist: []),
+# fetches keys from the origin server (trusted_key_servers: []), retries an unreachable
+# destination after seconds instead of minutes, and has presence on. Without FED_PORT the
+# server is "localhost", does not federate, and has presence off, as before.
 set -euo pipefail
 
 SYNAPSE_VERSION=${SYNAPSE_VERSION:-1.163.2}
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 install|start|stop DIR [PORT] [sqlite|postgres]" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 install|start|start-fed|stop DIR [PORT] [FED_PORT] [sqlite|postgres]" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
+venv=${SYNAPSE_VENV:-$dir/venv}
+fed_port=${FED_PORT:-}
 
 install() {
-  if [ ! -x "$dir/venv/bin/python" ]; then
-    python3 -m venv "$dir/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
   fi
-  if ! "$dir/venv/bin/python" -c "import synapse" 2>/dev/null; then
-    echo "installing matrix-synapse $SYNAPSE_VERSION into $dir/venv"
-    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
+  if ! "$venv/bin/python" -c "import synapse" 2>/dev/null; then
+    echo "installing matrix-synapse $SYNAPSE_VERSION into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
   fi
+}
+
+# A self-signed certificate for 127.0.0.1 (peers are told not to verify it).
+make_cert() {
+  command -v openssl >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  }
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
 }
 
 start_postgres() {
@@ -32,7 +61,7 @@ start_postgres() {
   if ! command -v pg_ctlcluster >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
-  "$dir/venv/bin/python" -c "import psycopg2" 2>/dev/null || "$dir/venv/bin/pip" install --quiet psycopg2-binary
+  "$venv/bin/python" -c "import psycopg2" 2>/dev/null || "$venv/bin/pip" install --quiet psycopg2-binary
   local bin
   bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   local pg="$dir/data/pg"
@@ -66,8 +95,52 @@ write_config() {
     database: $dir/data/homeserver.db"
   fi
   local rc='{per_second: 1000000, burst_count: 1000000}'
+  local server_name=localhost fed_listener="" federation
+  if [ -n "$fed_port" ]; then
+    server_name="127.0.0.1:$fed_port"
+    fed_listener="
+  - port: $fed_port
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: true
+    x_forwarded: false
+    resources:
+      - names: [federation, keys]
+        compress: false"
+    federation="tls_certificate_path: $dir/tls.crt
+tls_private_key_path: $dir/tls.key
+# Peers are 127.0.0.1:PORT with self-signed certificates.
+federation_verify_certificates: false
+# Outbound requests to loopback are refused by default (127.0.0.0/8 is in the default
+# blacklist). ip_range_whitelist alone is not enough: the federation client also checks IP
+# literal server names against the blacklist only.
+ip_range_blacklist: []
+ip_range_whitelist: ['127.0.0.0/8', '::1/128']
+allow_public_rooms_over_federation: true
+allow_public_rooms_without_auth: true
+# A peer that was down (or not yet up) is retried after a second, not after ten minutes.
+federation:
+  destination_min_retry_interval: 1s
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: 10s
+  max_short_retry_delay: 1s
+  max_long_retry_delay: 5s
+rc_federation:
+  window_size: 1000
+  sleep_limit: 1000000
+  sleep_delay: 500
+  reject_limit: 1000000
+  concurrent: 1000
+federation_rr_transactions_per_room_per_second: 1000
+presence:
+  enabled: true"
+  else
+    federation="# Plexus has no presence yet: compare like with like.
+presence:
+  enabled: false"
+  fi
   cat > "$dir/homeserver.yaml" <<YAML
-server_name: "localhost"
+server_name: "$server_name"
 pid_file: $dir/homeserver.pid
 public_baseurl: http://127.0.0.1:$port/
 listeners:
@@ -78,7 +151,7 @@ listeners:
     x_forwarded: false
     resources:
       - names: [client]
-        compress: false
+        compress: false$fed_listener
 $database
 media_store_path: $dir/data/media_store
 signing_key_path: $dir/data/signing.key
@@ -91,9 +164,7 @@ enable_registration_without_verification: true
 suppress_key_server_warning: true
 trusted_key_servers: []
 room_list_publication_rules: [{action: allow}]
-# Plexus has no presence yet: compare like with like.
-presence:
-  enabled: false
+$federation
 rc_message: $rc
 rc_registration: $rc
 rc_registration_token_validity: $rc
@@ -154,12 +225,18 @@ start() {
   elif [ "$db" != sqlite ]; then
     echo "unknown database $db (sqlite or postgres)" >&2; exit 2
   fi
+  [ -z "$fed_port" ] || make_cert
   write_config "$port" "$db" "$pgport"
-  "$dir/venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --generate-keys >/dev/null
-  "$dir/venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --daemonize
+  "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --generate-keys >/dev/null
+  "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --daemonize
   for _ in $(seq 1 600); do
-    if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
-      echo "synapse $SYNAPSE_VERSION ($db) up on http://127.0.0.1:$port"
+    if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 &&
+      { [ -z "$fed_port" ] || curl -fsSk "https://127.0.0.1:$fed_port/_matrix/key/v2/server" >/dev/null 2>&1; }; then
+      if [ -n "$fed_port" ]; then
+        echo "synapse $SYNAPSE_VERSION ($db) up on http://127.0.0.1:$port, federating as 127.0.0.1:$fed_port"
+      else
+        echo "synapse $SYNAPSE_VERSION ($db) up on http://127.0.0.1:$port"
+      fi
       return 0
     fi
     sleep 0.1
@@ -187,6 +264,10 @@ stop_quiet() {
 case "$cmd" in
   install) install ;;
   start) start "$@" ;;
+  start-fed)
+    fed_port=${4:-}
+    [ -n "$fed_port" ] || { echo "start-fed needs PORT and FED_PORT" >&2; exit 2; }
+    start "$1" "$2" "$3" "${5:-sqlite}" ;;
   stop) stop_quiet; echo "synapse stopped" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
