@@ -33,6 +33,9 @@ dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 install|start|start-fed|stop DIR [PORT] [FED_PORT] [sqlite|postgres]" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
+# Python puts the working directory on its path: a `synapse/` folder there (like this script's
+# own) would shadow the real package.
+cd "$dir"
 venv=${SYNAPSE_VENV:-$dir/venv}
 fed_port=${FED_PORT:-}
 

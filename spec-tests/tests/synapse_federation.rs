@@ -1,0 +1,245 @@
+//! Interop with Synapse (from PyPI) as a real federation peer on loopback, both directions:
+//! a Synapse user joins a Plexus room and a Plexus user joins a Synapse room; messages, typing
+//! and receipts are visible on both sides.
+//!
+//! Needs python3 with venv; the Synapse venv is installed once under `target/synapse-venv`.
+
+use std::{path::PathBuf, process::Command};
+
+use plexus_spec_tests::{enc, eventually, free_port, Client, Server};
+use serde_json::{json, Value};
+
+struct Synapse {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+    base: String,
+    server_name: String,
+}
+
+impl Synapse {
+    fn start() -> Synapse {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let script = root.join("synapse/synapse.sh");
+        let venv = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("../target"))
+            .join("synapse-venv");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, fed) = (free_port(), free_port());
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["start-fed", dir.path().to_str().unwrap()])
+            .args([port.to_string(), fed.to_string()])
+            .env("SYNAPSE_VENV", &venv)
+            .output()
+            .expect("run synapse.sh");
+        assert!(
+            out.status.success(),
+            "synapse did not start:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Synapse {
+            dir,
+            script,
+            base: format!("http://127.0.0.1:{port}"),
+            server_name: format!("127.0.0.1:{fed}"),
+        }
+    }
+
+    async fn user(&self, name: &str) -> Client {
+        let mut c = Client {
+            base: self.base.clone(),
+            http: reqwest::Client::new(),
+            token: None,
+            user_id: String::new(),
+            device_id: String::new(),
+        };
+        c.register(name, "password-1234").await;
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("homeserver.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .output();
+    }
+}
+
+/// Every ephemeral event of `room` that shows up in `c`'s incremental syncs until `pred` holds.
+/// (Synapse caches identical sync requests for minutes, so polling needs `since`.)
+async fn watch_ephemeral(
+    c: &Client,
+    room: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<(), String> {
+    let mut since: Option<String> = None;
+    let mut seen = vec![];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let q = match &since {
+            Some(s) => format!("timeout=1000&since={}", enc(s)),
+            None => "timeout=0".to_owned(),
+        };
+        let s = c.sync(&q).await;
+        since = s["next_batch"].as_str().map(str::to_owned);
+        for e in s["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if pred(e) {
+                return Ok(());
+            }
+            seen.push(e.clone());
+        }
+    }
+    Err(format!(
+        "{} never saw {what}; saw {}",
+        c.user_id,
+        Value::Array(seen)
+    ))
+}
+
+async fn exchange(room: &str, a: &Client, b: &Client, tag: &str, logs: &dyn Fn() -> String) {
+    let from_a = format!("{tag}: hello from {}", a.user_id);
+    let from_b = format!("{tag}: hello from {}", b.user_id);
+    a.send_text(room, &from_a).await;
+    let eb = b.send_text(room, &from_b).await;
+    for (who, cl) in [(&a.user_id, a), (&b.user_id, b)] {
+        eventually(30, &format!("{who} sees both messages ({tag})"), || async {
+            let got = cl.recent_bodies(room).await;
+            (got.contains(&from_a) && got.contains(&from_b)).then_some(())
+        })
+        .await;
+    }
+    // Typing both ways.
+    for (typer, watcher) in [(a, b), (b, a)] {
+        let r = typer
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(room),
+                    enc(&typer.user_id)
+                ),
+                json!({"typing": true, "timeout": 30000}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let who = typer.user_id.clone();
+        watch_ephemeral(watcher, room, &format!("{who} typing ({tag})"), |e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|u| u == who.as_str()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    }
+    // A's read receipt on B's message reaches B.
+    let r = a
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room),
+                enc(&eb)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let who = a.user_id.clone();
+    watch_ephemeral(b, room, &format!("{who}'s receipt on {eb} ({tag})"), |e| {
+        e["type"] == "m.receipt" && !e["content"][&eb]["m.read"][&who].is_null()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_and_plexus_join_each_others_rooms() {
+    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus::federation=debug")]).await;
+    let alice = plexus.user("alice").await;
+    let bob = syn.user("bob").await;
+
+    // A Synapse user joins a Plexus room.
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "on plexus"}))
+        .await;
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(&plexus.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "synapse user joins a plexus room: {}\n{}",
+        r.body,
+        syn.log()
+    );
+    eventually(30, "alice sees bob join", || async {
+        alice
+            .joined_members(&room)
+            .await
+            .contains(&bob.user_id)
+            .then_some(())
+    })
+    .await;
+    let logs = || {
+        format!(
+            "--- plexus\n{}\n--- synapse\n{}",
+            plexus.log_text(),
+            syn.log()
+        )
+    };
+    exchange(&room, &alice, &bob, "plexus room", &logs).await;
+
+    // A Plexus user joins a Synapse room.
+    let room2 = bob
+        .create_room(json!({"preset": "public_chat", "name": "on synapse"}))
+        .await;
+    let r = alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room2),
+                enc(&syn.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "plexus user joins a synapse room: {}\n{}",
+        r.body,
+        plexus.log_text()
+    );
+    assert_eq!(
+        alice.state(&room2, "m.room.name", "").await.unwrap()["name"],
+        "on synapse"
+    );
+    eventually(30, "bob sees alice join", || async {
+        bob.joined_members(&room2)
+            .await
+            .contains(&alice.user_id)
+            .then_some(())
+    })
+    .await;
+    exchange(&room2, &bob, &alice, "synapse room", &logs).await;
+}
