@@ -164,3 +164,110 @@ async fn three_servers_share_a_room() {
         .await;
     }
 }
+
+/// While C is down, A and B change the same state concurrently; when C returns, all three
+/// agree on the resolved state and C has the messages it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_state_converges_and_a_restarted_server_catches_up() {
+    let (a, b, mut c) = tokio::join!(
+        Server::federated(),
+        Server::federated(),
+        Server::federated()
+    );
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let carol = c.user("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    // Bob may change the topic and power levels too.
+    let mut pl = alice.state(&room, "m.room.power_levels", "").await.unwrap();
+    pl["users"][&bob.user_id] = json!(100);
+    let r = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(&room)
+            ),
+            pl,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (cl, via) in [(&bob, &a.server_name), (&carol, &a.server_name)] {
+        let r = cl
+            .post(
+                &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(via)),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for cl in [&alice, &bob, &carol] {
+        eventually(20, "three members everywhere", || async {
+            (cl.joined_members(&room).await.len() == 3).then_some(())
+        })
+        .await;
+    }
+
+    c.kill9();
+    // Concurrent, conflicting changes from A and B.
+    let topic = |t: &str| json!({ "topic": t });
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+        enc(&room)
+    );
+    let (ra, rb) = tokio::join!(
+        alice.put(&path, topic("topic from A")),
+        bob.put(&path, topic("topic from B"))
+    );
+    assert_eq!((ra.status, rb.status), (200, 200));
+    let name_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room));
+    let (ra, rb) = tokio::join!(
+        alice.put(&name_path, json!({"name": "A's name"})),
+        bob.put(&name_path, json!({"name": "B's name"}))
+    );
+    assert_eq!((ra.status, rb.status), (200, 200));
+    alice.send_text(&room, "while C was down (A)").await;
+    bob.send_text(&room, "while C was down (B)").await;
+
+    // A and B converge on one resolved state.
+    let settled = eventually(30, "A and B agree on topic and name", || async {
+        let (ta, tb) = (
+            alice.state(&room, "m.room.topic", "").await?,
+            bob.state(&room, "m.room.topic", "").await?,
+        );
+        let (na, nb) = (
+            alice.state(&room, "m.room.name", "").await?,
+            bob.state(&room, "m.room.name", "").await?,
+        );
+        (ta == tb && na == nb).then_some((ta, na))
+    })
+    .await;
+
+    c.crash_and_restart().await;
+    // New activity after C is back; C catches up on what it missed.
+    alice.send_text(&room, "after C returned").await;
+    let want = [
+        "while C was down (A)",
+        "while C was down (B)",
+        "after C returned",
+    ];
+    let mut got = vec![];
+    for _ in 0..600 {
+        got = carol.recent_bodies(&room).await;
+        if want.iter().all(|m| got.iter().any(|x| x == m)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        want.iter().all(|m| got.iter().any(|x| x == m)),
+        "carol did not catch up: {got:?}\n--- C\n{}\n--- A\n{}",
+        c.log_text(),
+        a.log_text()
+    );
+    eventually(30, "carol agrees on the resolved state", || async {
+        let t = carol.state(&room, "m.room.topic", "").await?;
+        let n = carol.state(&room, "m.room.name", "").await?;
+        (t == settled.0 && n == settled.1).then_some(())
+    })
+    .await;
+}

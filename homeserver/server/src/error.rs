@@ -73,7 +73,7 @@ pub enum ApiError {
     /// A remote server could not be reached or answered nonsense.
     #[error("{0}")]
     BadGateway(String),
-    #[error("internal error")]
+    #[error("internal error: {0}")]
     Internal(String),
 }
 

@@ -366,19 +366,21 @@ fn conflicted_subgraph(
     out
 }
 
-/// Store a snapshot equal to `map`, reusing `base` when nothing changed; `(hash, depth)`.
+/// Store a snapshot equal to `map` as a delta on `base` (its hash and depth, and its map),
+/// reusing `base` when nothing changed; `(hash, depth)`.
 fn snapshot(
     app: &Services,
     map: &StateMap,
-    base: Option<(u64, u32)>,
+    base: Option<((u64, u32), &StateMap)>,
     batch: &mut Batch,
 ) -> ApiResult<Option<(u64, u32)>> {
-    let base_map: Arc<StateMap> = match base {
-        Some((h, _)) => app.state_map(h)?,
-        None => Arc::default(),
+    let empty = StateMap::new();
+    let (base_hash, base_map) = match base {
+        Some((h, m)) => (Some(h), m),
+        None => (None, &empty),
     };
-    if *base_map == *map && base.is_some() {
-        return Ok(base);
+    if base_map == map && base_hash.is_some() {
+        return Ok(base_hash);
     }
     if map.is_empty() {
         return Ok(None);
@@ -396,7 +398,7 @@ fn snapshot(
         .collect();
     let full = map.clone();
     Ok(Some(app.store.state.derive(
-        base,
+        base_hash,
         &added,
         &removed,
         || full,
@@ -462,9 +464,15 @@ pub async fn persist(
     };
     let soft_failed = auth::check(rules, pdu, fetch, fetch_in(&current)).is_err();
 
+    // Stored first on its own, so that state resolution can read it like any other event.
     let short = match app.short_event(&c.event_id)? {
         Some(s) => s,
-        None => app.store.kv.unique_id()?,
+        None => {
+            let mut b = Batch::default();
+            let s = put_outlier(app, &c, &mut b)?;
+            app.store.commit(b)?;
+            s
+        }
     };
     let mut after_self = before.clone();
     let state_key = match &pdu.state_key {
@@ -504,11 +512,24 @@ pub async fn persist(
     pre.put(Table::EventIdShort, c.event_id.as_bytes(), &sb);
     pre.put(Table::ShortEventId, &sb, c.event_id.as_bytes());
     pre.put(Table::Pdu, &sb, &encode(&c.stored));
-    let before_snap = snapshot(app, &before, base_before, &mut pre)?;
+    let base_before_map = match base_before {
+        Some((h, _)) => Some(app.state_map(h)?),
+        None => None,
+    };
+    let before_snap = snapshot(
+        app,
+        &before,
+        base_before.zip(base_before_map.as_deref()),
+        &mut pre,
+    )?;
     let after_snap = if soft_failed {
         before_snap
     } else {
-        snapshot(app, &new_current, before_snap.or(current_hash), &mut pre)?
+        let base = match before_snap {
+            Some(h) => Some((h, &before)),
+            None => current_hash.map(|h| (h, &*current)),
+        };
+        snapshot(app, &new_current, base, &mut pre)?
     };
     let mut st = before_snap.map(|s| s.0).unwrap_or(0).to_be_bytes().to_vec();
     st.extend_from_slice(&after_snap.map(|s| s.0).unwrap_or(0).to_be_bytes());

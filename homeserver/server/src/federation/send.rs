@@ -172,16 +172,19 @@ async fn fill_gap(
 ) -> Result<(), IngestError> {
     let room = app.room_or_404(room_id)?;
     let mut earliest = vec![];
+    let mut min_depth = u64::MAX;
     for short in app.extremities(room.short)? {
         if let Some(p) = app.pdu_by_short(short)? {
+            min_depth = min_depth.min(u64::from(p.depth));
             earliest.push(p.event_id);
         }
     }
+    // History from before our newest extremities is not a gap: it is what we joined after.
     let body = json!({
         "earliest_events": earliest,
         "latest_events": [c.event_id],
         "limit": MISSING_LIMIT,
-        "min_depth": 0,
+        "min_depth": if min_depth == u64::MAX { 0 } else { min_depth.saturating_sub(1) },
     });
     let path = format!(
         "/_matrix/federation/v1/get_missing_events/{}",
@@ -240,8 +243,18 @@ async fn state_at_prevs(
         let resp = fed
             .request(app, origin, http::Method::GET, &path, None, true)
             .await?;
-        let mut prev_ev =
-            ingest::fetch_events(app, origin, rules, room_id, vec![prev.clone()]).await?;
+        // The point itself: stored already (as an outlier), or fetched with its auth chain.
+        let mut prev_ev = match app.short_event(prev)? {
+            Some(s) => match (app.pdu_json(s)?, app.pdu_by_short(s)?) {
+                (Some(stored), Some(pdu)) => vec![Checked {
+                    event_id: prev.clone(),
+                    stored,
+                    pdu,
+                }],
+                _ => vec![],
+            },
+            None => ingest::fetch_events(app, origin, rules, room_id, vec![prev.clone()]).await?,
+        };
         let mut all = vec![];
         let mut state_ids = vec![];
         for raw in resp
