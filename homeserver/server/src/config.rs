@@ -44,6 +44,9 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub federation: FederationConfig,
+    /// The server's ed25519 signing key file (`<version> <base64 PKCS#8>`), created on first
+    /// start if missing. Absent: the key lives in the store.
+    pub signing_key_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -126,6 +129,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             federation: FederationConfig::default(),
+            signing_key_path: None,
         }
     }
 }
@@ -179,6 +183,7 @@ pub struct Settings {
     pub refreshable_token_lifetime_ms: u64,
     /// `None`: federation is switched off.
     pub federation: Option<FederationSettings>,
+    pub signing_key_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -238,6 +243,9 @@ impl Config {
         }
         if let Some(v) = var("PLEXUS_LOG") {
             self.log.level = v;
+        }
+        if let Some(v) = var("PLEXUS_SIGNING_KEY_PATH") {
+            self.signing_key_path = Some(v.into());
         }
         if let Some(v) = var("PLEXUS_FEDERATION_LISTEN") {
             self.federation.listen = Some(v);
@@ -365,6 +373,7 @@ impl Config {
             log_format: self.log.format,
             refreshable_token_lifetime_ms: self.auth.refreshable_token_lifetime_secs * 1000,
             federation,
+            signing_key_path: self.signing_key_path.clone(),
         })
     }
 }

@@ -44,7 +44,10 @@ impl Services {
             ))
         })?;
         let store = Store::open(&settings.data_dir.join("db"))?;
-        let key = load_or_create_key(&store)?;
+        let key = match &settings.signing_key_path {
+            Some(p) => load_or_create_key_file(p)?,
+            None => load_or_create_key(&store)?,
+        };
         let federation = match &settings.federation {
             Some(f) => Some(Arc::new(crate::federation::Federation::new(f.clone())?)),
             None => None,
@@ -81,6 +84,29 @@ impl Services {
     pub fn room_lock(&self, room_id: &ruma::RoomId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.room_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(room_id.to_owned()).or_default().clone()
+    }
+}
+
+/// A signing key kept in a file of its own (operators back it up and rotate it there).
+fn load_or_create_key_file(path: &std::path::Path) -> Result<ServerKey, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ApiError::Internal(format!("signing key {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let (version, doc) = text
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| bad(&"malformed"))?;
+            ServerKey::from_stored(version, doc).map_err(|e| bad(&e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ServerKey::generate().map_err(|e| bad(&e))?;
+            let (version, doc) = key.to_stored();
+            std::fs::write(path, format!("{version} {doc}\n")).map_err(|e| bad(&e))?;
+            Ok(key)
+        }
+        Err(e) => Err(bad(&e)),
     }
 }
 

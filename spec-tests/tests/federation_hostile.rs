@@ -1,0 +1,344 @@
+//! Hostile federation input: forged signatures, wrong origins and destinations, tampered
+//! content and events that fail auth are refused (or redacted) and never enter the room.
+//! The test acts as server B with B's own signing key (given to B through
+//! PLEXUS_SIGNING_KEY_PATH), so what it sends is exactly what a malicious B could send.
+
+use base64::Engine;
+use plexus_core::{
+    builder::{build_pdu, EventRef, NewEvent, RoomContext},
+    room_version,
+    ruma::{
+        canonical_json::{to_canonical_value, CanonicalJsonValue},
+        OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
+    },
+    signing::ServerKey,
+};
+use plexus_spec_tests::{enc, eventually, rand_suffix, Client, Server};
+use serde_json::{json, Value};
+
+struct Peer {
+    name: String,
+    key: ServerKey,
+    http: reqwest::Client,
+}
+
+impl Peer {
+    fn x_matrix(
+        &self,
+        key: &ServerKey,
+        dest: &str,
+        method: &str,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> String {
+        let mut obj =
+            json!({ "method": method, "uri": uri, "origin": self.name, "destination": dest });
+        if let Some(b) = body {
+            obj["content"] = b.clone();
+        }
+        let canonical = match to_canonical_value(&obj).unwrap() {
+            CanonicalJsonValue::Object(o) => serde_json::to_string(&o).unwrap(),
+            _ => unreachable!(),
+        };
+        let sig =
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.sign(canonical.as_bytes()));
+        format!(
+            "X-Matrix origin=\"{}\",destination=\"{dest}\",key=\"{}\",sig=\"{sig}\"",
+            self.name,
+            key.key_id()
+        )
+    }
+
+    async fn send(&self, to: &Server, auth: Option<String>, body: &Value) -> (u16, Value) {
+        let path = format!("/_matrix/federation/v1/send/{}", rand_suffix());
+        let url = format!("https://127.0.0.1:{}{path}", to.fed_port.unwrap());
+        let mut req = self.http.put(url).json(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn transaction(&self, to: &Server, pdus: Vec<Value>) -> Value {
+        let body = json!({ "origin": self.name, "origin_server_ts": 1, "pdus": pdus, "edus": [] });
+        let path_probe = format!("/_matrix/federation/v1/send/{}", rand_suffix());
+        let auth = self.x_matrix(&self.key, &to.server_name, "PUT", &path_probe, Some(&body));
+        let url = format!("https://127.0.0.1:{}{path_probe}", to.fed_port.unwrap());
+        let r = self
+            .http
+            .put(url)
+            .header("authorization", auth)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().await.unwrap()
+    }
+}
+
+/// The event id of the latest event and of the state events a message needs.
+async fn context(alice: &Client, room: &str, sender: &str) -> (OwnedEventId, Vec<OwnedEventId>) {
+    let m = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+            enc(room)
+        ))
+        .await;
+    let last = m.body["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let st = alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/state", enc(room)))
+        .await;
+    let mut auth = vec![];
+    for e in st.body.as_array().unwrap() {
+        let key = (
+            e["type"].as_str().unwrap(),
+            e["state_key"].as_str().unwrap(),
+        );
+        if key == ("m.room.power_levels", "") || key == ("m.room.member", sender) {
+            auth.push(OwnedEventId::try_from(e["event_id"].as_str().unwrap()).unwrap());
+        }
+    }
+    (OwnedEventId::try_from(last).unwrap(), auth)
+}
+
+/// A message PDU in federation form, built and signed with `key` for `origin`.
+fn message(
+    room: &str,
+    sender: &str,
+    origin: &str,
+    key: &ServerKey,
+    prev: &OwnedEventId,
+    auth: &[OwnedEventId],
+    body: &str,
+) -> (String, Value) {
+    let rules = room_version::rules(&RoomVersionId::V12).unwrap();
+    let sender = UserId::parse(sender).unwrap();
+    let origin = <&ServerName>::try_from(origin).unwrap();
+    let room_id = RoomId::parse(room).unwrap();
+    let refs = |ids: &[OwnedEventId]| {
+        ids.iter()
+            .map(|i| EventRef {
+                event_id: i.clone(),
+                sha256: None,
+            })
+            .collect()
+    };
+    let ctx = RoomContext {
+        room_id: Some(&room_id),
+        rules: &rules,
+        sender: &sender,
+        origin,
+        prev_events: refs(std::slice::from_ref(prev)),
+        auth_events: refs(auth),
+        depth: 100,
+        origin_server_ts: 1_800_000_000_000,
+    };
+    let ev = NewEvent {
+        kind: "m.room.message".into(),
+        content: json!({ "msgtype": "m.text", "body": body }),
+        state_key: None,
+        redacts: None,
+    };
+    let built = build_pdu(&ev, &ctx, key).unwrap();
+    let mut v = serde_json::to_value(&built.stored).unwrap();
+    v.as_object_mut().unwrap().remove("event_id");
+    (built.event_id.to_string(), v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_federation_input_is_refused() {
+    let keydir = tempfile::tempdir().unwrap();
+    let key_path = keydir.path().join("b.key");
+    let key = ServerKey::generate().unwrap();
+    let (version, doc) = key.to_stored();
+    std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
+    let a = Server::federated().await;
+    let b =
+        Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", key_path.to_str().unwrap())]).await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let peer = Peer {
+        name: b.server_name.clone(),
+        key,
+        http: reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap(),
+    };
+    let forger = ServerKey::generate().unwrap();
+    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let event_visible = |id: String| {
+        let alice = &alice;
+        let room = room.clone();
+        async move {
+            let r = alice
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(&id)
+                ))
+                .await;
+            (r.status == 200).then_some(r.body)
+        }
+    };
+
+    // A genuine message from B is accepted: the baseline the forgeries are measured against.
+    let (good, pdu) = message(
+        &room,
+        &bob.user_id,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "genuine",
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert_eq!(res["pdus"][&good], json!({}), "{res}");
+    let seen = eventually(10, "the genuine message", || event_visible(good.clone())).await;
+    assert_eq!(seen["content"]["body"], "genuine");
+
+    // Signed by a key that is not B's.
+    let (id, pdu) = message(
+        &room,
+        &bob.user_id,
+        &peer.name,
+        &forger,
+        &prev,
+        &auth,
+        "forged signature",
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert!(
+        res["pdus"][&id]["error"].is_string(),
+        "forged signature accepted: {res}"
+    );
+    assert!(event_visible(id).await.is_none());
+
+    // A sender on another server (A's name), signed only by B.
+    let fake_sender = format!("@mallory:{}", a.server_name);
+    let (id, pdu) = message(
+        &room,
+        &fake_sender,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "wrong origin",
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert!(
+        res["pdus"][&id]["error"].is_string(),
+        "spoofed sender accepted: {res}"
+    );
+    assert!(event_visible(id).await.is_none());
+
+    // A user of B who is not in the room: fails the auth rules.
+    let outsider = format!("@outsider:{}", peer.name);
+    let (id, pdu) = message(
+        &room,
+        &outsider,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "not a member",
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert!(
+        res["pdus"][&id]["error"].is_string(),
+        "non-member accepted: {res}"
+    );
+    assert!(event_visible(id).await.is_none());
+
+    // Content changed after signing: the hash fails, the event is kept only redacted.
+    let (id, mut pdu) = message(
+        &room,
+        &bob.user_id,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "original",
+    );
+    pdu["content"]["body"] = json!("tampered");
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert_eq!(res["pdus"][&id], json!({}), "{res}");
+    let seen = eventually(10, "the redacted event", || event_visible(id.clone())).await;
+    assert!(
+        seen["content"].get("body").is_none(),
+        "tampered content served: {seen}"
+    );
+
+    // Requests: signed with a forged key, for another destination, without auth, or whose
+    // body names another origin.
+    let body = json!({ "origin": peer.name, "origin_server_ts": 1, "pdus": [], "edus": [] });
+    let uri = "/_matrix/federation/v1/send/x";
+    let (status, err) = peer
+        .send(
+            &a,
+            Some(peer.x_matrix(&forger, &a.server_name, "PUT", uri, Some(&body))),
+            &body,
+        )
+        .await;
+    assert_eq!(
+        (status, err["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{err}"
+    );
+    let (status, _) = peer
+        .send(
+            &a,
+            Some(peer.x_matrix(&peer.key, "elsewhere.example", "PUT", uri, Some(&body))),
+            &body,
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = peer.send(&a, None, &body).await;
+    assert_eq!(status, 401);
+    let lying =
+        json!({ "origin": "elsewhere.example", "origin_server_ts": 1, "pdus": [], "edus": [] });
+    let path = format!("/_matrix/federation/v1/send/{}", rand_suffix());
+    let url = format!("https://127.0.0.1:{}{path}", a.fed_port.unwrap());
+    let auth_header = peer.x_matrix(&peer.key, &a.server_name, "PUT", &path, Some(&lying));
+    let r = peer
+        .http
+        .put(url)
+        .header("authorization", auth_header)
+        .json(&lying)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // After all that, alice's timeline holds the genuine and the redacted event only.
+    let bodies = alice.recent_bodies(&room).await;
+    assert!(bodies.contains(&"genuine".to_owned()), "{bodies:?}");
+    for bad in [
+        "forged signature",
+        "wrong origin",
+        "not a member",
+        "tampered",
+        "original",
+    ] {
+        assert!(
+            !bodies.contains(&bad.to_owned()),
+            "{bad} got in: {bodies:?}"
+        );
+    }
+}
