@@ -64,10 +64,14 @@ pub async fn create(
 
 pub async fn get(State(app): State<App>, Path(alias): Path<String>) -> ApiResult<Json<Value>> {
     let alias = parse_alias(&alias)?;
-    let room_id = resolve_alias(&app, &alias)?;
-    Ok(Json(
-        json!({ "room_id": room_id, "servers": [app.server_name()] }),
-    ))
+    let (room_id, mut servers) = super::membership::resolve_alias_servers(&app, &alias).await?;
+    if servers.is_empty() {
+        servers.push(app.server_name().to_owned());
+        if let Some(room) = app.room(&room_id)? {
+            servers.extend(crate::federation::ingest::room_servers(&app, room.short)?);
+        }
+    }
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
 }
 
 pub async fn delete(
