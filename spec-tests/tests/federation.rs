@@ -144,6 +144,27 @@ async fn three_servers_share_a_room() {
     })
     .await;
 
+    // Presence set on A reaches B.
+    let r = alice
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            json!({"presence": "online", "status_msg": "federating"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(20, "bob sees alice's presence", || async {
+        let s = bob.sync("timeout=0").await;
+        s["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["sender"] == alice.user_id.as_str() && e["content"]["status_msg"] == "federating"
+            })
+            .then_some(())
+    })
+    .await;
+
     // B leaves; A and C see it.
     let r = bob
         .post(

@@ -173,3 +173,38 @@ pub fn send_receipt(
     }
     Ok(())
 }
+
+/// Pass a local user's presence to the servers of everyone who shares a room with them.
+pub fn send_presence(
+    app: &Services,
+    user: &UserId,
+    audience: &std::collections::BTreeSet<OwnedUserId>,
+    presence: &str,
+    status_msg: Option<&str>,
+    last_active_ago: u64,
+) {
+    let Some(fed) = &app.federation else {
+        return;
+    };
+    if !app.is_local(user) {
+        return;
+    }
+    let mut p = json!({
+        "user_id": user,
+        "presence": presence,
+        "last_active_ago": last_active_ago,
+        "currently_active": presence == "online",
+    });
+    if let Some(m) = status_msg {
+        p["status_msg"] = json!(m);
+    }
+    let edu = json!({ "edu_type": "m.presence", "content": { "push": [p] } });
+    let servers: std::collections::BTreeSet<&ServerName> = audience
+        .iter()
+        .map(|u| u.server_name())
+        .filter(|s| *s != app.server_name())
+        .collect();
+    for d in servers {
+        fed.sender.send_edu(d, edu.clone());
+    }
+}

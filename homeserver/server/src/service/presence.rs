@@ -114,6 +114,14 @@ impl Services {
         let audience = self.presence_audience(user)?;
         self.notifier
             .wake(audience.iter().map(|u| u.as_ref()), count);
+        crate::federation::edu::send_presence(
+            self,
+            user,
+            &audience,
+            presence,
+            msg.as_deref(),
+            now - last_active,
+        );
         Ok(())
     }
 
