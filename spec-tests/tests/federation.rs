@@ -66,7 +66,7 @@ async fn three_servers_share_a_room() {
 
     // Messages from each server reach the other two.
     alice.send_text(&room, "from A").await;
-    bob.send_text(&room, "from B").await;
+    let from_b = bob.send_text(&room, "from B").await;
     carol.send_text(&room, "from C").await;
     for (who, cl) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
         eventually(20, &format!("{who} sees all three messages"), || async {
@@ -75,6 +75,32 @@ async fn three_servers_share_a_room() {
                 .iter()
                 .all(|m| b.iter().any(|x| x == m))
                 .then_some(())
+        })
+        .await;
+    }
+
+    // B redacts its message: A and C apply the redaction.
+    let r = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room),
+                enc(&from_b)
+            ),
+            json!({"reason": "oops"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (who, cl) in [("alice", &alice), ("carol", &carol)] {
+        eventually(20, &format!("{who} sees B's message redacted"), || async {
+            let e = cl
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(&from_b)
+                ))
+                .await;
+            (e.status == 200 && e.body["content"].get("body").is_none()).then_some(())
         })
         .await;
     }

@@ -49,33 +49,36 @@ impl Peer {
         )
     }
 
-    async fn send(&self, to: &Server, auth: Option<String>, body: &Value) -> (u16, Value) {
+    /// `PUT /send/{txn}` to `to`, signed (for the exact URI sent) with `key` as if for `dest`,
+    /// or unsigned when `key` is `None`.
+    async fn send(
+        &self,
+        to: &Server,
+        key: Option<(&ServerKey, &str)>,
+        body: &Value,
+    ) -> (u16, Value) {
         let path = format!("/_matrix/federation/v1/send/{}", rand_suffix());
         let url = format!("https://127.0.0.1:{}{path}", to.fed_port.unwrap());
         let mut req = self.http.put(url).json(body);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
+        if let Some((key, dest)) = key {
+            req = req.header(
+                "authorization",
+                self.x_matrix(key, dest, "PUT", &path, Some(body)),
+            );
         }
         let r = req.send().await.expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A correctly signed transaction of `pdus`; answers the per-PDU results.
     async fn transaction(&self, to: &Server, pdus: Vec<Value>) -> Value {
         let body = json!({ "origin": self.name, "origin_server_ts": 1, "pdus": pdus, "edus": [] });
-        let path_probe = format!("/_matrix/federation/v1/send/{}", rand_suffix());
-        let auth = self.x_matrix(&self.key, &to.server_name, "PUT", &path_probe, Some(&body));
-        let url = format!("https://127.0.0.1:{}{path_probe}", to.fed_port.unwrap());
-        let r = self
-            .http
-            .put(url)
-            .header("authorization", auth)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(r.status().as_u16(), 200);
-        r.json().await.unwrap()
+        let (status, res) = self
+            .send(to, Some((&self.key, &to.server_name)), &body)
+            .await;
+        assert_eq!(status, 200, "{res}");
+        res
     }
 }
 
@@ -286,45 +289,42 @@ async fn hostile_federation_input_is_refused() {
     );
 
     // Requests: signed with a forged key, for another destination, without auth, or whose
-    // body names another origin.
+    // body names another origin. The same body, correctly signed, is accepted.
     let body = json!({ "origin": peer.name, "origin_server_ts": 1, "pdus": [], "edus": [] });
-    let uri = "/_matrix/federation/v1/send/x";
+    let (status, _) = peer
+        .send(&a, Some((&peer.key, &a.server_name)), &body)
+        .await;
+    assert_eq!(status, 200, "the baseline request must pass");
+    let (status, err) = peer.send(&a, Some((&forger, &a.server_name)), &body).await;
+    assert_eq!(
+        (status, err["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{err}"
+    );
     let (status, err) = peer
-        .send(
-            &a,
-            Some(peer.x_matrix(&forger, &a.server_name, "PUT", uri, Some(&body))),
-            &body,
-        )
+        .send(&a, Some((&peer.key, "elsewhere.example")), &body)
         .await;
     assert_eq!(
         (status, err["errcode"].as_str()),
         (401, Some("M_UNAUTHORIZED")),
         "{err}"
     );
-    let (status, _) = peer
-        .send(
-            &a,
-            Some(peer.x_matrix(&peer.key, "elsewhere.example", "PUT", uri, Some(&body))),
-            &body,
-        )
-        .await;
-    assert_eq!(status, 401);
-    let (status, _) = peer.send(&a, None, &body).await;
-    assert_eq!(status, 401);
+    let (status, err) = peer.send(&a, None, &body).await;
+    assert_eq!(
+        (status, err["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{err}"
+    );
     let lying =
         json!({ "origin": "elsewhere.example", "origin_server_ts": 1, "pdus": [], "edus": [] });
-    let path = format!("/_matrix/federation/v1/send/{}", rand_suffix());
-    let url = format!("https://127.0.0.1:{}{path}", a.fed_port.unwrap());
-    let auth_header = peer.x_matrix(&peer.key, &a.server_name, "PUT", &path, Some(&lying));
-    let r = peer
-        .http
-        .put(url)
-        .header("authorization", auth_header)
-        .json(&lying)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    let (status, err) = peer
+        .send(&a, Some((&peer.key, &a.server_name)), &lying)
+        .await;
+    assert_eq!(
+        (status, err["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{err}"
+    );
 
     // After all that, alice's timeline holds the genuine and the redacted event only.
     let bodies = alice.recent_bodies(&room).await;

@@ -68,7 +68,7 @@ pub async fn get(State(app): State<App>, Path(alias): Path<String>) -> ApiResult
     if servers.is_empty() {
         servers.push(app.server_name().to_owned());
         if let Some(room) = app.room(&room_id)? {
-            servers.extend(crate::federation::ingest::room_servers(&app, room.short)?);
+            servers.extend(app.room_servers(room.short)?);
         }
     }
     Ok(Json(json!({ "room_id": room_id, "servers": servers })))

@@ -112,7 +112,7 @@ async fn do_join(
 ) -> ApiResult<Json<Value>> {
     let known = app.room(room_id)?;
     let resident = match &known {
-        Some(r) => crate::federation::ingest::local_members(app, r.short)? > 0,
+        Some(r) => app.room_audience(r.short)?.local_joined > 0,
         None => false,
     };
     if !resident && (known.is_none() || app.federation.is_some()) {
@@ -126,7 +126,7 @@ async fn do_join(
             servers.push(s.to_owned());
         }
         if let Some(r) = &known {
-            servers.extend(crate::federation::ingest::room_servers(app, r.short)?);
+            servers.extend(app.room_servers(r.short)?);
         }
         if let Some(m) = app.membership(user, room_id)? {
             servers.insert(0, m.sender.server_name().to_owned());

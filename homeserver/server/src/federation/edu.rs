@@ -4,7 +4,6 @@
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
-use super::ingest::room_servers;
 use crate::error::ApiResult;
 use crate::service::Services;
 
@@ -118,10 +117,7 @@ pub fn send_typing(
     user: &UserId,
     timeout_ms: Option<u64>,
 ) -> ApiResult<()> {
-    let Some(fed) = &app.federation else {
-        return Ok(());
-    };
-    if !app.is_local(user) {
+    if !outbound(app, user) {
         return Ok(());
     }
     let Some(room) = app.room(room_id)? else {
@@ -136,9 +132,7 @@ pub fn send_typing(
             "timeout": timeout_ms.unwrap_or(0),
         }
     });
-    for d in room_servers(app, room.short)? {
-        fed.sender.send_edu(&d, edu.clone());
-    }
+    broadcast(app, app.room_servers(room.short)?.iter().map(|s| &**s), edu);
     Ok(())
 }
 
@@ -151,10 +145,7 @@ pub fn send_receipt(
     event_id: &str,
     thread: &str,
 ) -> ApiResult<()> {
-    let Some(fed) = &app.federation else {
-        return Ok(());
-    };
-    if !app.is_local(user) {
+    if !outbound(app, user) {
         return Ok(());
     }
     let mut data = json!({ "ts": crate::service::now_ms() });
@@ -168,9 +159,7 @@ pub fn send_receipt(
             "data": data,
         } } } }
     });
-    for d in room_servers(app, short_room)? {
-        fed.sender.send_edu(&d, edu.clone());
-    }
+    broadcast(app, app.room_servers(short_room)?.iter().map(|s| &**s), edu);
     Ok(())
 }
 
@@ -183,10 +172,7 @@ pub fn send_presence(
     status_msg: Option<&str>,
     last_active_ago: u64,
 ) {
-    let Some(fed) = &app.federation else {
-        return;
-    };
-    if !app.is_local(user) {
+    if !outbound(app, user) {
         return;
     }
     let mut p = json!({
@@ -204,7 +190,18 @@ pub fn send_presence(
         .map(|u| u.server_name())
         .filter(|s| *s != app.server_name())
         .collect();
-    for d in servers {
-        fed.sender.send_edu(d, edu.clone());
+    broadcast(app, servers, edu);
+}
+
+/// EDUs go out only for our own users, and only with federation on.
+fn outbound(app: &Services, user: &UserId) -> bool {
+    app.federation.is_some() && app.is_local(user)
+}
+
+fn broadcast<'a>(app: &Services, servers: impl IntoIterator<Item = &'a ServerName>, edu: Value) {
+    if let Some(fed) = &app.federation {
+        for d in servers {
+            fed.sender.send_edu(d, edu.clone());
+        }
     }
 }

@@ -79,7 +79,7 @@ pub struct AtEvent {
 }
 
 /// The state before `event_id` and its auth chain, as event ids.
-fn state_before(
+pub fn state_before(
     app: &Services,
     room: &RoomRef,
     event_id: &str,
@@ -101,7 +101,8 @@ fn state_before(
     Ok((ids, chain))
 }
 
-fn federation_forms(
+/// Stored events by id, in federation form (unknown ids are skipped).
+pub fn federation_forms(
     app: &Services,
     ids: impl IntoIterator<Item = OwnedEventId>,
 ) -> ApiResult<Vec<Value>> {

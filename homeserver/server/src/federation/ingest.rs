@@ -7,7 +7,7 @@
 //! the event; where branches meet it is the resolved state.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -18,7 +18,7 @@ use ruma::{
     events::StateEventType,
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     signatures::{PublicKeyMap, Verified},
-    state_res, EventId, OwnedEventId, OwnedServerName, RoomId, ServerName,
+    state_res, EventId, OwnedEventId, OwnedServerName, OwnedUserId, RoomId, ServerName,
 };
 use serde_json::Value;
 
@@ -29,7 +29,10 @@ use crate::{
     service::{
         encode,
         rooms::RoomRef,
-        writer::{membership_rows, outbox_rows, relation_row},
+        writer::{
+            event_state_row, membership_rows, outbox_rows, redacted_form, redaction_target,
+            relation_row, room_state_row, timeline_rows, tip_rows,
+        },
     },
 };
 
@@ -157,7 +160,6 @@ pub fn check_against_auth_events(
     pdu: &Pdu,
     fetch: impl Fn(&EventId) -> Option<Pdu>,
 ) -> Result<(), IngestError> {
-    let mut by_key: HashMap<(StateEventType, String), Pdu> = HashMap::new();
     // v12 rooms do not cite the create event: the room id names it.
     let mut ids = pdu.auth_events.clone();
     if rules.authorization.room_create_event_id_as_room_id {
@@ -167,16 +169,81 @@ pub fn check_against_auth_events(
             }
         }
     }
+    let mut state = Vec::with_capacity(ids.len());
     for id in &ids {
-        let ev = fetch(id).ok_or_else(|| IngestError::Auth(format!("auth event {id} unknown")))?;
-        if let Some(sk) = &ev.state_key {
-            by_key.insert((ev.kind.to_string().into(), sk.clone()), ev);
-        }
+        state.push(fetch(id).ok_or_else(|| IngestError::Auth(format!("auth event {id} unknown")))?);
     }
+    check_against_events(rules, pdu, fetch, state)
+}
+
+/// Auth rules with `state` (a set of state events) as the room state.
+pub fn check_against_events(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    fetch: impl Fn(&EventId) -> Option<Pdu>,
+    state: impl IntoIterator<Item = Pdu>,
+) -> Result<(), IngestError> {
+    let by_key: HashMap<(StateEventType, String), Pdu> = state
+        .into_iter()
+        .filter_map(|ev| Some(((ev.kind.to_string().into(), ev.state_key.clone()?), ev)))
+        .collect();
     auth::check(rules, pdu, &fetch, |t, k| {
         by_key.get(&(t.clone(), k.to_owned())).cloned()
     })
     .map_err(|e| IngestError::Auth(e.to_string()))
+}
+
+/// Check events from a peer against their own auth events, oldest first, each able to rely
+/// on the ones before it; those that fail are left out (and so is anything that needs them).
+pub fn auth_in_order(
+    app: &Services,
+    rules: &RoomVersionRules,
+    mut events: Vec<Checked>,
+) -> HashMap<OwnedEventId, Checked> {
+    events.sort_by_key(|c| c.pdu.depth);
+    let mut ok: HashMap<OwnedEventId, Checked> = HashMap::new();
+    // Depth order is usually enough; a few passes cover auth events of equal depth.
+    for _ in 0..4 {
+        let before = ok.len();
+        let mut next = vec![];
+        for c in events {
+            let fetch = |id: &EventId| {
+                ok.get(id)
+                    .map(|c| c.pdu.clone())
+                    .or_else(|| app.pdu(id).ok().flatten())
+            };
+            match check_against_auth_events(rules, &c.pdu, fetch) {
+                Ok(()) => {
+                    ok.insert(c.event_id.clone(), c);
+                }
+                Err(_) => next.push(c),
+            }
+        }
+        events = next;
+        if events.is_empty() || ok.len() == before {
+            break;
+        }
+    }
+    for c in &events {
+        tracing::info!(event_id = %c.event_id, "event fails auth against its auth events; left out");
+    }
+    ok
+}
+
+/// Check every raw PDU of a peer's answer; those that fail are logged and left out.
+pub async fn check_each<'a>(
+    app: &Services,
+    rules: &RoomVersionRules,
+    raws: impl IntoIterator<Item = &'a Value>,
+) -> Vec<Checked> {
+    let mut out = vec![];
+    for raw in raws {
+        match check(app, rules, raw).await {
+            Ok(c) => out.push(c),
+            Err(e) => tracing::info!(error = %e, "PDU from a peer refused"),
+        }
+    }
+    out
 }
 
 /// Write an event that is known but not part of the timeline (auth chains, fetched state).
@@ -193,34 +260,46 @@ pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<
 }
 
 /// The state after an event: the state before it plus itself when it is a state event.
-pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<StateMap>> {
+/// Shared, not copied, when the event changes no state.
+pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<Arc<StateMap>>> {
     let Some((before, _)) = app.event_state(short)? else {
         return Ok(None);
     };
-    let mut map = (*app.state_map(before)?).clone();
-    if let Some(pdu) = app.pdu_by_short(short)? {
-        if let Some(sk) = &pdu.state_key {
-            let k = app.short_state_key_or_create(&pdu.kind.to_string(), sk)?;
-            map.insert(k, short);
-        }
-    }
-    Ok(Some(map))
+    let map = app.state_map(before)?;
+    let Some(pdu) = app.pdu_by_short(short)? else {
+        return Ok(Some(map));
+    };
+    let Some(sk) = &pdu.state_key else {
+        return Ok(Some(map));
+    };
+    let k = app.short_state_key_or_create(&pdu.kind.to_string(), sk)?;
+    let mut map = (*map).clone();
+    map.insert(k, short);
+    Ok(Some(Arc::new(map)))
+}
+
+/// Whether the event is persisted with its state (not merely known as an outlier).
+pub fn has_state(app: &Services, id: &EventId) -> ApiResult<bool> {
+    Ok(match app.short_event(id)? {
+        Some(s) => app.event_state(s)?.is_some(),
+        None => false,
+    })
 }
 
 /// Resolve several state maps of a room with state resolution v2 (v2.1 for v12 rooms).
 pub fn resolve(
     app: &Services,
     rules: &RoomVersionRules,
-    maps: Vec<StateMap>,
+    maps: &[&StateMap],
 ) -> ApiResult<StateMap> {
-    let mut uniq: Vec<StateMap> = vec![];
+    let mut uniq: Vec<&StateMap> = vec![];
     for m in maps {
-        if !uniq.contains(&m) {
+        if !uniq.contains(m) {
             uniq.push(m);
         }
     }
     if uniq.len() <= 1 {
-        return Ok(uniq.pop().unwrap_or_default());
+        return Ok(uniq.pop().cloned().unwrap_or_default());
     }
     let state_res_rules = rules
         .state_res
@@ -231,7 +310,7 @@ pub fn resolve(
     let mut ruma_maps = vec![];
     for m in &uniq {
         let mut rm = state_res::StateMap::new();
-        for (&sk, &ev) in m {
+        for (&sk, &ev) in *m {
             let name = match key_names.get(&sk) {
                 Some(n) => n.clone(),
                 None => {
@@ -379,7 +458,7 @@ fn snapshot(
         Some((h, m)) => (Some(h), m),
         None => (None, &empty),
     };
-    if base_map == map && base_hash.is_some() {
+    if base_hash.is_some() && (std::ptr::eq(base_map, map) || base_map == map) {
         return Ok(base_hash);
     }
     if map.is_empty() {
@@ -425,44 +504,12 @@ pub async fn persist(
 ) -> Result<Outcome, IngestError> {
     let room_id = room.meta.room_id.clone();
     let _guard = app.room_lock(&room_id).lock_owned().await;
-    if let Some(s) = app.short_event(&c.event_id)? {
-        if app.event_state(s)?.is_some() {
-            return Ok(Outcome::Duplicate);
-        }
+    if has_state(app, &c.event_id)? {
+        return Ok(Outcome::Duplicate);
     }
     let pdu = &c.pdu;
     let fetch = |id: &EventId| app.pdu(id).ok().flatten();
     check_against_auth_events(rules, pdu, fetch)?;
-
-    // The state before: the state after each prev event, resolved where they differ.
-    let mut prev_states = vec![];
-    let mut prev_shorts = vec![];
-    for p in &pdu.prev_events {
-        let short = app
-            .short_event(p)?
-            .ok_or_else(|| IngestError::Invalid(format!("prev event {p} unknown")))?;
-        let st = state_after(app, short)?
-            .ok_or_else(|| IngestError::Invalid(format!("no state known at prev event {p}")))?;
-        prev_states.push(st);
-        prev_shorts.push(short);
-    }
-    let before = resolve(app, rules, prev_states)?;
-    let fetch_in = |map: &StateMap| {
-        let map = map.clone();
-        move |t: &StateEventType, k: &str| -> Option<Pdu> {
-            let sk = app.short_state_key(&t.to_string(), k).ok()??;
-            app.pdu_by_short(*map.get(&sk)?).ok()?
-        }
-    };
-    auth::check(rules, pdu, fetch, fetch_in(&before))
-        .map_err(|e| IngestError::Auth(format!("against the state before it: {e}")))?;
-
-    let current_hash = app.current_state(room.short)?;
-    let current: Arc<StateMap> = match current_hash {
-        Some((h, _)) => app.state_map(h)?,
-        None => Arc::default(),
-    };
-    let soft_failed = auth::check(rules, pdu, fetch, fetch_in(&current)).is_err();
 
     // Stored first on its own, so that state resolution can read it like any other event.
     let short = match app.short_event(&c.event_id)? {
@@ -474,98 +521,158 @@ pub async fn persist(
             s
         }
     };
-    let mut after_self = before.clone();
-    let state_key = match &pdu.state_key {
-        Some(sk) => Some(app.short_state_key_or_create(&pdu.kind.to_string(), sk)?),
-        None => None,
-    };
-    if let Some(sk) = state_key {
-        after_self.insert(sk, short);
-    }
-    let old_tips = app.extremities(room.short)?;
-    let new_current = if soft_failed {
-        (*current).clone()
-    } else if old_tips.iter().all(|t| prev_shorts.contains(t)) {
-        after_self.clone()
-    } else {
-        resolve(app, rules, vec![(*current).clone(), after_self.clone()])?
-    };
-    let members_changed: Vec<(u64, u64)> = new_current
-        .iter()
-        .filter(|(k, v)| current.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
 
-    let base_before = match prev_shorts.first() {
-        Some(&p) => with_depth(app, app.event_state(p)?.map(|s| s.1).unwrap_or(0))?,
-        None => None,
+    // The state before: the state after each prev event, resolved where they differ.
+    let mut prev_states = vec![];
+    let mut prev_shorts = vec![];
+    for p in &pdu.prev_events {
+        let s = app
+            .short_event(p)?
+            .ok_or_else(|| IngestError::Invalid(format!("prev event {p} unknown")))?;
+        let st = state_after(app, s)?
+            .ok_or_else(|| IngestError::Invalid(format!("no state known at prev event {p}")))?;
+        prev_states.push(st);
+        prev_shorts.push(s);
+    }
+    let before: Arc<StateMap> = match prev_states.as_slice() {
+        [one] => one.clone(),
+        many => {
+            let refs: Vec<&StateMap> = many.iter().map(|m| &**m).collect();
+            Arc::new(resolve(app, rules, &refs)?)
+        }
     };
-    let dests = match forward_from {
-        Some(from) => room_servers(app, room.short)?
-            .into_iter()
-            .filter(|s| s != from)
-            .collect(),
-        None => vec![],
+    let lookup = |map: &StateMap, t: &StateEventType, k: &str| -> Option<Pdu> {
+        let sk = app.short_state_key(&t.to_string(), k).ok()??;
+        app.pdu_by_short(*map.get(&sk)?).ok()?
     };
+    auth::check(rules, pdu, fetch, |t, k| lookup(&before, t, k))
+        .map_err(|e| IngestError::Auth(format!("against the state before it: {e}")))?;
+
+    let current_hash = app.current_state(room.short)?;
+    let current: Arc<StateMap> = match current_hash {
+        Some((h, _)) => app.state_map(h)?,
+        None => Arc::default(),
+    };
+    let soft_failed = auth::check(rules, pdu, fetch, |t, k| lookup(&current, t, k)).is_err();
+
     let mut pre = Batch::default();
-    let sb = short.to_be_bytes();
-    pre.put(Table::EventIdShort, c.event_id.as_bytes(), &sb);
-    pre.put(Table::ShortEventId, &sb, c.event_id.as_bytes());
-    pre.put(Table::Pdu, &sb, &encode(&c.stored));
-    let base_before_map = match base_before {
-        Some((h, _)) => Some(app.state_map(h)?),
-        None => None,
-    };
-    let before_snap = snapshot(
-        app,
-        &before,
-        base_before.zip(base_before_map.as_deref()),
-        &mut pre,
-    )?;
-    let after_snap = if soft_failed {
-        before_snap
+    // In a room that grows in a line, the state before is the current state: share its snapshot.
+    let before_is_current =
+        current_hash.is_some() && (Arc::ptr_eq(&before, &current) || *before == *current);
+    let before_snap = if before_is_current {
+        current_hash
     } else {
-        let base = match before_snap {
-            Some(h) => Some((h, &before)),
-            None => current_hash.map(|h| (h, &*current)),
+        let base = match prev_shorts.first() {
+            Some(&p) => with_depth(app, app.event_state(p)?.map_or(0, |s| s.0))?,
+            None => None,
         };
-        snapshot(app, &new_current, base, &mut pre)?
+        let base_map = match base {
+            Some((h, _)) => Some(app.state_map(h)?),
+            None => None,
+        };
+        snapshot(app, &before, base.zip(base_map.as_deref()), &mut pre)?
     };
-    let mut st = before_snap.map(|s| s.0).unwrap_or(0).to_be_bytes().to_vec();
-    st.extend_from_slice(&after_snap.map(|s| s.0).unwrap_or(0).to_be_bytes());
-    pre.put(Table::EventState, &sb, &st);
     if soft_failed {
+        event_state_row(&mut pre, short, before_snap, before_snap);
         app.store.commit(pre)?;
         drop(_guard);
         app.store.flush().await?;
         tracing::info!(event_id = %c.event_id, room_id = %room_id, "soft-failed against current state");
         return Ok(Outcome::SoftFailed);
     }
-    for t in &old_tips {
-        if prev_shorts.contains(t) {
-            pre.delete(Table::Extremity, &pos_key(room.short, *t));
+
+    let state_key = match &pdu.state_key {
+        Some(sk) => Some(app.short_state_key_or_create(&pdu.kind.to_string(), sk)?),
+        None => None,
+    };
+    let after_self = || {
+        let mut m = (*before).clone();
+        m.extend(state_key.map(|k| (k, short)));
+        m
+    };
+    let old_tips = app.extremities(room.short)?;
+    // Short ids of the state events whose membership became current.
+    let (after_snap, changed): (Option<(u64, u32)>, Vec<u64>) =
+        if old_tips.iter().all(|t| prev_shorts.contains(t)) {
+            // Builds on every extremity: the new current state is the state after the event.
+            let snap = match state_key {
+                Some(k) => Some(app.store.state.derive(
+                    before_snap,
+                    &[(k, short)],
+                    &[],
+                    after_self,
+                    &mut pre,
+                )?),
+                None => before_snap,
+            };
+            let changed = if before_is_current {
+                state_key.map(|_| short).into_iter().collect()
+            } else {
+                let after = after_self();
+                diff(&current, &after)
+            };
+            (snap, changed)
+        } else {
+            let after = after_self();
+            let new_current = resolve(app, rules, &[&current, &after])?;
+            let base = current_hash.map(|h| (h, &*current));
+            (
+                snapshot(app, &new_current, base, &mut pre)?,
+                diff(&current, &new_current),
+            )
+        };
+    event_state_row(&mut pre, short, before_snap, after_snap);
+    let gone: Vec<u64> = old_tips
+        .iter()
+        .copied()
+        .filter(|t| prev_shorts.contains(t))
+        .collect();
+    tip_rows(&mut pre, room.short, &gone, short);
+    if let Some(snap) = after_snap {
+        room_state_row(&mut pre, room.short, snap);
+    }
+    if let Some(target) = pdu
+        .redacts
+        .as_ref()
+        .filter(|_| pdu.kind == ruma::events::TimelineEventType::RoomRedaction)
+    {
+        let state = |t: &str, k: &str| -> ApiResult<Option<Pdu>> {
+            Ok(app
+                .short_state_key(t, k)?
+                .and_then(|sk| before.get(&sk).copied())
+                .and_then(|e| app.pdu_by_short(e).ok().flatten()))
+        };
+        if let Some(t) = redaction_target(app, room.short, rules, &pdu.sender, target, state)? {
+            if let Some(redacted) = redacted_form(app, t, &c.stored, &room_id, rules) {
+                pre.put(Table::Pdu, &t.to_be_bytes(), &encode(&redacted));
+            }
         }
     }
-    pre.put(Table::Extremity, &pos_key(room.short, short), &[]);
-    if let Some((hash, depth)) = after_snap {
-        let mut v = hash.to_be_bytes().to_vec();
-        v.extend_from_slice(&depth.to_be_bytes());
-        pre.put(Table::RoomState, &room.short.to_be_bytes(), &v);
-    }
     let mut members = vec![];
-    for (_, ev) in &members_changed {
-        let m = if *ev == short {
+    for ev in changed {
+        let m = if ev == short {
             Some(pdu.clone())
         } else {
-            app.pdu_by_short(*ev)?
+            app.pdu_by_short(ev)?
         };
         members.extend(m.filter(|m| m.membership().is_some()));
     }
+    let audience = app.room_audience(room.short)?;
+    let dests: Vec<OwnedServerName> = match forward_from {
+        Some(from) => audience.servers.into_iter().filter(|s| s != from).collect(),
+        None => vec![],
+    };
+    let mut wake = audience.local;
+    wake.extend(
+        members
+            .iter()
+            .filter_map(|m| m.state_key.as_deref())
+            .filter_map(|k| OwnedUserId::try_from(k).ok())
+            .filter(|u| app.is_local(u)),
+    );
     let (last, ()) = app.store.commit_with_count(|count, batch| {
         batch.append(pre);
-        let pos = pos_key(room.short, count);
-        batch.put(Table::Timeline, &pos, &sb);
-        batch.put(Table::EventPosition, &sb, &pos);
+        timeline_rows(batch, room.short, count, short);
         for m in &members {
             membership_rows(batch, room.short, &room_id, m, count);
         }
@@ -575,30 +682,16 @@ pub async fn persist(
     })?;
     drop(_guard);
     app.store.flush().await?;
-    app.after_room_write(room.short, last, &dests)?;
+    app.after_room_write(&wake, last, &dests);
     Ok(Outcome::Accepted)
 }
 
-/// How many of our users are joined to the room (0: we are not a resident server).
-pub fn local_members(app: &Services, short_room: u64) -> ApiResult<usize> {
-    Ok(app
-        .room_members(short_room)?
-        .into_iter()
-        .filter(|(u, m)| m == "join" && app.is_local(u))
-        .count())
-}
-
-/// Servers with a joined member in the room, other than this one.
-pub fn room_servers(app: &Services, short_room: u64) -> ApiResult<Vec<OwnedServerName>> {
-    let ours = app.server_name();
-    let set: BTreeSet<OwnedServerName> = app
-        .room_members(short_room)?
-        .into_iter()
-        .filter(|(_, m)| m == "join")
-        .map(|(u, _)| u.server_name().to_owned())
-        .filter(|s| s != ours)
-        .collect();
-    Ok(set.into_iter().collect())
+/// The events of `to` that `from` does not have at the same key.
+fn diff(from: &StateMap, to: &StateMap) -> Vec<u64> {
+    to.iter()
+        .filter(|(k, v)| from.get(k) != Some(v))
+        .map(|(_, v)| *v)
+        .collect()
 }
 
 /// Fetch and check events of `room` by id from `origin` (auth events we lack), oldest first.
@@ -663,25 +756,17 @@ pub async fn ensure_auth_events(
         return Ok(());
     }
     let fetched = fetch_events(app, origin, rules, room_id, missing).await?;
+    let n = fetched.len();
+    let ok = auth_in_order(app, rules, fetched);
+    if ok.len() != n {
+        return Err(IngestError::Auth(
+            "an auth event fails its own auth checks".into(),
+        ));
+    }
     let mut batch = Batch::default();
-    let mut local: HashMap<OwnedEventId, Pdu> = HashMap::new();
-    for f in &fetched {
-        let fetch = |id: &EventId| {
-            local
-                .get(id)
-                .cloned()
-                .or_else(|| app.pdu(id).ok().flatten())
-        };
-        check_against_auth_events(rules, &f.pdu, fetch)?;
-        local.insert(f.event_id.clone(), f.pdu.clone());
-        put_outlier(app, f, &mut batch)?;
+    for c in ok.values() {
+        put_outlier(app, c, &mut batch)?;
     }
     app.store.commit(batch)?;
     Ok(())
-}
-
-fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(&n.to_be_bytes());
-    k
 }

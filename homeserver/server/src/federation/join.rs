@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::{extract::State, Json};
 use plexus_core::{builder::NewEvent, room_version, Pdu};
-use plexus_store::{Batch, StateMap, Table};
+use plexus_store::{Batch, StateMap};
 use ruma::{
     canonical_json::try_from_json_map, room_version_rules::RoomVersionRules, EventId, OwnedEventId,
     OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
@@ -23,9 +23,11 @@ use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Path, Query},
     service::{
-        encode,
         rooms::RoomMeta,
-        writer::{member_content, membership_rows, RoomWriter},
+        writer::{
+            event_state_row, member_content, membership_rows, room_rows, room_state_row,
+            timeline_rows, tip_rows, RoomWriter,
+        },
         App, Services,
     },
 };
@@ -66,7 +68,7 @@ async fn make_membership(
     let room = app
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
-    if ingest::local_members(app, room.short)? == 0 {
+    if app.room_audience(room.short)?.local_joined == 0 {
         return Err(ApiError::NotFound("This server is not in the room".into()));
     }
     if let Some(vers) = versions {
@@ -160,45 +162,15 @@ pub async fn send_join(
     req: FedRequest,
 ) -> ApiResult<Json<Value>> {
     let (meta, c) = send_membership(&app, &req, &room, &event_id, "join").await?;
-    let short = app
-        .short_event(&c.event_id)?
-        .ok_or_else(|| ApiError::Internal("join vanished".into()))?;
-    let (before, _) = app
-        .event_state(short)?
-        .ok_or_else(|| ApiError::Internal("join without state".into()))?;
-    let state_map = app.state_map(before)?;
-    let mut state = vec![];
-    let mut starts = c.pdu.auth_events.clone();
-    for ev in state_map.values() {
-        if let Some(p) = app.pdu_json(*ev)? {
-            if let Some(id) = p.get("event_id").and_then(Value::as_str) {
-                if let Ok(id) = OwnedEventId::try_from(id) {
-                    starts.push(id);
-                }
-            }
-            state.push(federation_form(&p));
-        }
-    }
-    let chain = ingest::auth_chain(&app, &starts, &mut HashMap::new())?;
-    let mut auth_chain = vec![];
-    for id in chain {
-        if let Some(short) = app.short_event(&id)? {
-            if let Some(p) = app.pdu_json(short)? {
-                auth_chain.push(federation_form(&p));
-            }
-        }
-    }
     let room = app.room_or_404(&meta.room_id)?;
-    let servers: BTreeSet<String> = app
-        .room_members(room.short)?
-        .into_iter()
-        .filter(|(_, m)| m == "join")
-        .map(|(u, _)| u.server_name().to_string())
-        .collect();
+    // The state before the join (which includes everything the join cites) and its auth chain.
+    let (state, chain) = super::events::state_before(&app, &room, c.event_id.as_str())?;
+    let mut servers = app.room_servers(room.short)?;
+    servers.push(app.server_name().to_owned());
     Ok(Json(json!({
         "origin": app.server_name(),
-        "state": state,
-        "auth_chain": auth_chain,
+        "state": super::events::federation_forms(&app, state)?,
+        "auth_chain": super::events::federation_forms(&app, chain)?,
         "event": federation_form(&c.stored),
         "members_omitted": false,
         "servers_in_room": servers,
@@ -222,51 +194,6 @@ pub async fn invite(
     _req: FedRequest,
 ) -> ApiResult<Json<Value>> {
     Err(ApiError::Unrecognized)
-}
-
-/// Check a set of events from another server against their own auth events, oldest first;
-/// events that fail are left out (and so is anything that needs them).
-async fn check_all(
-    app: &Services,
-    rules: &RoomVersionRules,
-    raws: impl Iterator<Item = &Value>,
-) -> Result<HashMap<OwnedEventId, Checked>, IngestError> {
-    let mut all: Vec<Checked> = vec![];
-    for raw in raws {
-        match ingest::check(app, rules, raw).await {
-            Ok(c) => all.push(c),
-            Err(e) => tracing::info!(error = %e, "event from send_join refused"),
-        }
-    }
-    all.sort_by_key(|c| c.pdu.depth);
-    let mut ok: HashMap<OwnedEventId, Checked> = HashMap::new();
-    let mut pending = all;
-    // Depth order is usually enough; a few passes cover auth events with equal depths.
-    for _ in 0..4 {
-        let mut next = vec![];
-        let before = ok.len();
-        for c in pending {
-            let fetch = |id: &EventId| {
-                ok.get(id)
-                    .map(|c| c.pdu.clone())
-                    .or_else(|| app.pdu(id).ok().flatten())
-            };
-            match ingest::check_against_auth_events(rules, &c.pdu, fetch) {
-                Ok(()) => {
-                    ok.insert(c.event_id.clone(), c);
-                }
-                Err(_) => next.push(c),
-            }
-        }
-        pending = next;
-        if pending.is_empty() || ok.len() == before {
-            break;
-        }
-    }
-    for c in &pending {
-        tracing::info!(event_id = %c.event_id, "event from send_join fails auth; left out");
-    }
-    Ok(ok)
 }
 
 /// Store `events` as outliers and a full snapshot of `state_ids` in `batch`; the snapshot's
@@ -306,15 +233,11 @@ fn stage_state(
 pub async fn store_state_and_point(
     app: &Services,
     rules: &RoomVersionRules,
-    _room_id: &RoomId,
     events: Vec<Checked>,
     state_ids: &[OwnedEventId],
     point: Checked,
 ) -> Result<(), IngestError> {
-    let mut ok: HashMap<OwnedEventId, Checked> = HashMap::new();
-    for c in events {
-        ok.insert(c.event_id.clone(), c);
-    }
+    let ok = ingest::auth_in_order(app, rules, events);
     let fetch = |id: &EventId| {
         ok.get(id)
             .map(|c| c.pdu.clone())
@@ -324,9 +247,7 @@ pub async fn store_state_and_point(
     let mut batch = Batch::default();
     let (snap, _) = stage_state(app, &ok, state_ids, &mut batch)?;
     let short = ingest::put_outlier(app, &point, &mut batch)?;
-    let mut st = snap.map(|s| s.0).unwrap_or(0).to_be_bytes().to_vec();
-    st.extend_from_slice(&snap.map(|s| s.0).unwrap_or(0).to_be_bytes());
-    batch.put(Table::EventState, &short.to_be_bytes(), &st);
+    event_state_row(&mut batch, short, snap, snap);
     app.store.commit(batch)?;
     Ok(())
 }
@@ -447,47 +368,16 @@ async fn finish_join(
         .await?;
 
     // The state and auth chain: signatures, hashes, then each against its auth events.
-    let raws = resp
-        .get("auth_chain")
-        .and_then(Value::as_array)
+    let list = |k: &str| resp.get(k).and_then(Value::as_array).into_iter().flatten();
+    let state = ingest::check_each(app, &rules, list("state")).await;
+    let state_ids: Vec<OwnedEventId> = state.iter().map(|c| c.event_id.clone()).collect();
+    let mut all = ingest::check_each(app, &rules, list("auth_chain")).await;
+    all.extend(state);
+    let ok = ingest::auth_in_order(app, &rules, all);
+    let state_ids: Vec<OwnedEventId> = state_ids
         .into_iter()
-        .flatten()
-        .chain(
-            resp.get("state")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten(),
-        );
-    let ok = check_all(app, &rules, raws)
-        .await
-        .map_err(|e| ApiError::BadGateway(e.to_string()))?;
-    let mut state_ids = vec![];
-    for raw in resp
-        .get("state")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(obj) = raw
-            .as_object()
-            .and_then(|o| try_from_json_map(o.clone()).ok())
-        else {
-            continue;
-        };
-        let mut obj = obj;
-        obj.remove("unsigned");
-        if !matches!(
-            rules.event_id_format,
-            ruma::room_version_rules::EventIdFormatVersion::V1
-        ) {
-            obj.remove("event_id");
-        }
-        if let Ok(id) = ingest::event_id_of(&obj, &rules) {
-            if ok.contains_key(&id) {
-                state_ids.push(id);
-            }
-        }
-    }
+        .filter(|id| ok.contains_key(id))
+        .collect();
     let create_ok = ok.values().any(|c| {
         c.pdu.kind == ruma::events::TimelineEventType::RoomCreate && state_ids.contains(&c.event_id)
     });
@@ -526,30 +416,19 @@ async fn persist_joined_room(
     join: Checked,
 ) -> ApiResult<()> {
     let _guard = app.room_lock(room_id).lock_owned().await;
-    {
-        let fetch = |id: &EventId| {
-            events
-                .get(id)
-                .map(|c| c.pdu.clone())
-                .or_else(|| app.pdu(id).ok().flatten())
-        };
-        let by_key: HashMap<(String, String), Pdu> = state_ids
-            .iter()
-            .filter_map(|id| events.get(id))
-            .filter_map(|c| {
-                Some((
-                    (c.pdu.kind.to_string(), c.pdu.state_key.clone()?),
-                    c.pdu.clone(),
-                ))
-            })
-            .collect();
-        plexus_core::auth::check(rules, &join.pdu, fetch, |t, k| {
-            by_key.get(&(t.to_string(), k.to_owned())).cloned()
-        })
-        .map_err(|e| {
-            ApiError::Forbidden(format!("our join is not allowed by the room state: {e}"))
-        })?;
-    }
+    let fetch = |id: &EventId| {
+        events
+            .get(id)
+            .map(|c| c.pdu.clone())
+            .or_else(|| app.pdu(id).ok().flatten())
+    };
+    let state = state_ids
+        .iter()
+        .filter_map(|id| events.get(id))
+        .map(|c| c.pdu.clone());
+    ingest::check_against_events(rules, &join.pdu, fetch, state).map_err(|e| {
+        ApiError::Forbidden(format!("our join is not allowed by the room state: {e}"))
+    })?;
     let existing = app.room(room_id)?;
     let short_room = match &existing {
         Some(r) => r.short,
@@ -561,41 +440,23 @@ async fn persist_joined_room(
             room_id: room_id.to_owned(),
             version: version.clone(),
         };
-        pre.put(
-            Table::RoomIdShort,
-            room_id.as_bytes(),
-            &short_room.to_be_bytes(),
-        );
-        pre.put(
-            Table::ShortRoomId,
-            &short_room.to_be_bytes(),
-            room_id.as_bytes(),
-        );
-        pre.put(Table::RoomMeta, &short_room.to_be_bytes(), &encode(&meta));
-    }
-    for t in app.extremities(short_room)? {
-        let mut k = short_room.to_be_bytes().to_vec();
-        k.extend_from_slice(&t.to_be_bytes());
-        pre.delete(Table::Extremity, &k);
+        room_rows(&mut pre, short_room, &meta);
     }
     let (snap, map) = stage_state(app, &events, state_ids, &mut pre)?;
     let short = ingest::put_outlier(app, &join, &mut pre)?;
     let sk = app.short_state_key_or_create("m.room.member", join.pdu.sender.as_str())?;
-    let mut after = map.clone();
-    after.insert(sk, short);
-    let after_snap =
-        app.store
-            .state
-            .derive(snap, &[(sk, short)], &[], || after.clone(), &mut pre)?;
-    let mut st = snap.map(|s| s.0).unwrap_or(0).to_be_bytes().to_vec();
-    st.extend_from_slice(&after_snap.0.to_be_bytes());
-    pre.put(Table::EventState, &short.to_be_bytes(), &st);
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(&short.to_be_bytes());
-    pre.put(Table::Extremity, &k, &[]);
-    let mut v = after_snap.0.to_be_bytes().to_vec();
-    v.extend_from_slice(&after_snap.1.to_be_bytes());
-    pre.put(Table::RoomState, &short_room.to_be_bytes(), &v);
+    let after = || {
+        let mut m = map.clone();
+        m.insert(sk, short);
+        m
+    };
+    let after_snap = app
+        .store
+        .state
+        .derive(snap, &[(sk, short)], &[], after, &mut pre)?;
+    event_state_row(&mut pre, short, snap, Some(after_snap));
+    tip_rows(&mut pre, short_room, &app.extremities(short_room)?, short);
+    room_state_row(&mut pre, short_room, after_snap);
     let members: Vec<Pdu> = state_ids
         .iter()
         .filter_map(|id| events.get(id))
@@ -604,10 +465,7 @@ async fn persist_joined_room(
         .collect();
     let (last, ()) = app.store.commit_with_count(|count, batch| {
         batch.append(pre);
-        let mut pos = short_room.to_be_bytes().to_vec();
-        pos.extend_from_slice(&count.to_be_bytes());
-        batch.put(Table::Timeline, &pos, &short.to_be_bytes());
-        batch.put(Table::EventPosition, &short.to_be_bytes(), &pos);
+        timeline_rows(batch, short_room, count, short);
         for m in &members {
             membership_rows(batch, short_room, room_id, m, count);
         }

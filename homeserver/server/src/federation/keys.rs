@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use axum::{extract::State, Json};
@@ -41,13 +41,14 @@ struct KnownKeys {
 
 #[derive(Default)]
 pub struct KeyCache {
-    mem: Mutex<HashMap<OwnedServerName, KnownKeys>>,
+    /// Shared, so a lookup per PDU does not copy the stored response.
+    mem: Mutex<HashMap<OwnedServerName, Arc<KnownKeys>>>,
     /// One fetch per server at a time.
     fetching: tokio::sync::Mutex<()>,
 }
 
 impl KeyCache {
-    fn known(&self, app: &Services, server: &ServerName) -> ApiResult<Option<KnownKeys>> {
+    fn known(&self, app: &Services, server: &ServerName) -> ApiResult<Option<Arc<KnownKeys>>> {
         if let Some(k) = self
             .mem
             .lock()
@@ -59,7 +60,7 @@ impl KeyCache {
         let Some(raw) = app.store.kv.get(Table::ServerKeys, server.as_bytes())? else {
             return Ok(None);
         };
-        let k: KnownKeys = decode(&raw)?;
+        let k: Arc<KnownKeys> = Arc::new(decode(&raw)?);
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -82,7 +83,7 @@ impl KeyCache {
             map.insert(server.to_string(), set);
             return Ok(map);
         }
-        let missing = |k: &Option<KnownKeys>| {
+        let missing = |k: &Option<Arc<KnownKeys>>| {
             k.as_ref()
                 .is_none_or(|k| key_ids.iter().any(|id| !k.keys.contains_key(id)))
         };
@@ -110,8 +111,8 @@ impl KeyCache {
         &self,
         app: &Services,
         server: &ServerName,
-        old: Option<KnownKeys>,
-    ) -> Result<KnownKeys, FedError> {
+        old: Option<Arc<KnownKeys>>,
+    ) -> Result<Arc<KnownKeys>, FedError> {
         let fed = app.fed()?;
         let resp = fed
             .request(
@@ -124,12 +125,13 @@ impl KeyCache {
             )
             .await?;
         let keys = check_key_response(server, &resp)?;
-        let mut known = old.unwrap_or_default();
+        let mut known = old.map(|k| (*k).clone()).unwrap_or_default();
         known.keys.extend(keys);
         known.response = resp;
         known.fetched_at = now_ms();
+        let known = Arc::new(known);
         let mut b = plexus_store::Batch::default();
-        b.put(Table::ServerKeys, server.as_bytes(), &encode(&known));
+        b.put(Table::ServerKeys, server.as_bytes(), &encode(&*known));
         app.store.commit(b).map_err(|e| FedError::local(e.into()))?;
         self.mem
             .lock()
@@ -142,8 +144,8 @@ impl KeyCache {
     /// The latest stored response of `server`, fetching it if we have none.
     async fn response(&self, app: &Services, server: &ServerName) -> Result<Value, FedError> {
         match self.known(app, server).map_err(FedError::local)? {
-            Some(k) if !k.response.is_null() => Ok(k.response),
-            old => Ok(self.fetch(app, server, old).await?.response),
+            Some(k) if !k.response.is_null() => Ok(k.response.clone()),
+            old => Ok(self.fetch(app, server, old).await?.response.clone()),
         }
     }
 }

@@ -78,7 +78,7 @@ pub async fn directory(
             .map_err(|e| ApiError::Internal(e.to_string()))?,
     )? {
         servers.extend(
-            super::ingest::room_servers(&app, room.short)?
+            app.room_servers(room.short)?
                 .into_iter()
                 .map(|s| s.to_string()),
         );

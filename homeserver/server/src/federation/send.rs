@@ -2,7 +2,7 @@
 //! answer lists every one), then EDUs (typing, receipts, presence).
 
 use axum::{extract::State, Json};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, ServerName};
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, ServerName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -131,10 +131,8 @@ pub async fn accept(
     checked: Checked,
 ) -> Result<ingest::Outcome, IngestError> {
     let room = app.room_or_404(room_id)?;
-    if let Some(s) = app.short_event(&checked.event_id)? {
-        if app.event_state(s)?.is_some() {
-            return Ok(ingest::Outcome::Duplicate);
-        }
+    if ingest::has_state(app, &checked.event_id)? {
+        return Ok(ingest::Outcome::Duplicate);
     }
     ingest::ensure_auth_events(app, origin, rules, room_id, &checked).await?;
     let missing = missing_prevs(app, &checked)?;
@@ -151,11 +149,7 @@ pub async fn accept(
 fn missing_prevs(app: &Services, c: &Checked) -> ApiResult<Vec<OwnedEventId>> {
     let mut out = vec![];
     for p in &c.pdu.prev_events {
-        let known = match app.short_event(p)? {
-            Some(s) => app.event_state(s)?.is_some(),
-            None => false,
-        };
-        if !known {
+        if !ingest::has_state(app, p)? {
             out.push(p.clone());
         }
     }
@@ -255,37 +249,16 @@ async fn state_at_prevs(
             },
             None => ingest::fetch_events(app, origin, rules, room_id, vec![prev.clone()]).await?,
         };
-        let mut all = vec![];
-        let mut state_ids = vec![];
-        for raw in resp
-            .get("auth_chain")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            all.push(ingest::check(app, rules, raw).await?);
-        }
-        for raw in resp
-            .get("pdus")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let c = ingest::check(app, rules, raw).await?;
-            state_ids.push(c.event_id.clone());
-            all.push(c);
-        }
+        let list = |k: &str| resp.get(k).and_then(Value::as_array).into_iter().flatten();
+        let state = ingest::check_each(app, rules, list("pdus")).await;
+        let state_ids: Vec<OwnedEventId> = state.iter().map(|c| c.event_id.clone()).collect();
+        let mut all = ingest::check_each(app, rules, list("auth_chain")).await;
+        all.extend(state);
         let point = prev_ev
             .pop()
             .ok_or_else(|| IngestError::Invalid(format!("{origin} has no event {prev}")))?;
         all.extend(prev_ev);
-        super::join::store_state_and_point(app, rules, room_id, all, &state_ids, point).await?;
+        super::join::store_state_and_point(app, rules, all, &state_ids, point).await?;
     }
     Ok(())
-}
-
-/// Users a receipt or typing EDU may speak for: the origin's own users.
-pub fn origin_user(origin: &ServerName, user: &str) -> Option<OwnedUserId> {
-    let u = OwnedUserId::try_from(user).ok()?;
-    (u.server_name() == origin).then_some(u)
 }

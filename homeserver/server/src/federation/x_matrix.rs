@@ -216,7 +216,7 @@ impl FromRequest<App> for FedRequest {
 impl FedRequest {
     /// The body as `T`; `M_BAD_JSON` if it has the wrong shape.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
-        serde_json::from_value(self.body.clone()).map_err(|e| ApiError::BadJson(e.to_string()))
+        T::deserialize(&self.body).map_err(|e| ApiError::BadJson(e.to_string()))
     }
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use plexus_core::Pdu;
 use plexus_store::{be_u64, StateMap, Table};
 use ruma::{
-    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
-    UserId,
+    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId,
+    RoomId, RoomVersionId, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +31,14 @@ pub struct Membership {
     /// Set by `/forget`: the room no longer shows up for this user.
     #[serde(default)]
     pub forgotten: bool,
+}
+
+/// See [`Services::room_audience`].
+#[derive(Debug, Default)]
+pub struct RoomAudience {
+    pub local: Vec<OwnedUserId>,
+    pub local_joined: usize,
+    pub servers: Vec<OwnedServerName>,
 }
 
 /// A known room: short id and metadata.
@@ -261,6 +269,31 @@ impl Services {
                 Ok((user, String::from_utf8_lossy(&v).into_owned()))
             })
             .collect()
+    }
+
+    /// Who a write to the room concerns, from one scan of its members: local users to wake
+    /// (joined or invited) and the other servers with a joined member.
+    pub fn room_audience(&self, short_room: u64) -> ApiResult<RoomAudience> {
+        let mut out = RoomAudience::default();
+        let mut servers = std::collections::BTreeSet::new();
+        for (user, m) in self.room_members(short_room)? {
+            let joined = m == "join";
+            if self.is_local(&user) {
+                out.local_joined += usize::from(joined);
+                if joined || m == "invite" {
+                    out.local.push(user);
+                }
+            } else if joined {
+                servers.insert(user.server_name().to_owned());
+            }
+        }
+        out.servers = servers.into_iter().collect();
+        Ok(out)
+    }
+
+    /// Servers other than this one with a joined member in the room.
+    pub fn room_servers(&self, short_room: u64) -> ApiResult<Vec<OwnedServerName>> {
+        Ok(self.room_audience(short_room)?.servers)
     }
 
     pub fn extremities(&self, short_room: u64) -> ApiResult<Vec<u64>> {

@@ -19,7 +19,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::{
     encode, key2, now_ms,
-    rooms::{Membership, RoomMeta},
+    rooms::{Membership, RoomAudience, RoomMeta},
     Services,
 };
 use crate::error::{ApiError, ApiResult};
@@ -190,20 +190,7 @@ impl<'a> RoomWriter<'a> {
         }
         let mut probe = t.clone();
         probe["event_id"] = json!("$template:probe.invalid");
-        let pdu = Pdu::from_json(&encode(&probe))?;
-        auth::check(
-            &self.rules,
-            &pdu,
-            |id| self.event(id),
-            |t, k| self.state(&t.to_string(), k).ok().flatten(),
-        )
-        .map_err(|e| {
-            ApiError::Forbidden(
-                e.to_string()
-                    .trim_start_matches("event auth failed: ")
-                    .to_owned(),
-            )
-        })?;
+        self.authorize(&Pdu::from_json(&encode(&probe))?)?;
         Ok(t)
     }
 
@@ -226,19 +213,7 @@ impl<'a> RoomWriter<'a> {
             origin_server_ts: now_ms(),
         };
         let built = build_pdu(&ev, &ctx, &self.svc.key)?;
-        auth::check(
-            &self.rules,
-            &built.pdu,
-            |id| self.event(id),
-            |t, k| self.state(&t.to_string(), k).ok().flatten(),
-        )
-        .map_err(|e| {
-            ApiError::Forbidden(
-                e.to_string()
-                    .trim_start_matches("event auth failed: ")
-                    .to_owned(),
-            )
-        })?;
+        self.authorize(&built.pdu)?;
 
         if self.room_id.is_none() {
             let id = format!("!{}", &built.event_id.as_str()[1..]);
@@ -280,53 +255,32 @@ impl<'a> RoomWriter<'a> {
         Ok(event_id)
     }
 
-    /// The short id of an event this redaction may actually redact: same room, and the sender
-    /// either sent it or has the power to redact others' events.
     fn redaction_target(&self, sender: &UserId, target: &ruma::EventId) -> ApiResult<Option<u64>> {
-        let Some(short) = self.svc.short_event(target)? else {
-            return Ok(None);
-        };
-        let Some((room, _)) = self.svc.event_position(short)? else {
-            return Ok(None);
-        };
-        if room != self.short_room {
-            return Ok(None);
-        }
-        let Some(orig) = self.svc.pdu_by_short(short)? else {
-            return Ok(None);
-        };
-        if orig.sender == sender {
-            return Ok(Some(short));
-        }
-        let pl = self
-            .state("m.room.power_levels", "")?
-            .map(|p| p.content_value())
-            .unwrap_or(Value::Null);
-        let level = |v: Option<&Value>, d: i64| v.and_then(Value::as_i64).unwrap_or(d);
-        let redact_level = level(pl.get("redact"), 50);
-        let sender_level = if self.is_creator(sender)? {
-            i64::MAX
-        } else {
-            level(
-                pl.get("users").and_then(|u| u.get(sender.as_str())),
-                level(pl.get("users_default"), 0),
-            )
-        };
-        Ok((sender_level >= redact_level).then_some(short))
+        redaction_target(
+            self.svc,
+            self.short_room,
+            &self.rules,
+            sender,
+            target,
+            |t, k| self.state(t, k),
+        )
     }
 
-    /// v12 creators (the create event's sender and `additional_creators`) outrank everyone.
-    pub fn is_creator(&self, user: &UserId) -> ApiResult<bool> {
-        if !self.rules.authorization.explicitly_privilege_room_creators {
-            return Ok(false);
-        }
-        let Some(create) = self.state("m.room.create", "")? else {
-            return Ok(false);
-        };
-        let extra = create.content_value();
-        let extra = extra.get("additional_creators").and_then(Value::as_array);
-        Ok(create.sender == user
-            || extra.is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))))
+    /// Auth rules against the room as this writer sees it (committed plus appended events).
+    fn authorize(&self, pdu: &Pdu) -> ApiResult<()> {
+        auth::check(
+            &self.rules,
+            pdu,
+            |id| self.event(id),
+            |t, k| self.state(&t.to_string(), k).ok().flatten(),
+        )
+        .map_err(|e| {
+            ApiError::Forbidden(
+                e.to_string()
+                    .trim_start_matches("event auth failed: ")
+                    .to_owned(),
+            )
+        })
     }
 
     /// Persist everything appended in one batch, flush, then wake the users it concerns.
@@ -369,32 +323,24 @@ impl<'a> RoomWriter<'a> {
         });
         let rules = self.rules.clone();
         let extra = std::mem::take(&mut self.extra);
-        let mut affected: Vec<OwnedUserId> = vec![];
 
         // Read under the room lock, so they cannot change before the batch is applied.
         let old_tips = svc.extremities(short_room)?;
-        let dests = if svc.federation.is_some() && !self.new_room {
-            crate::federation::ingest::room_servers(svc, short_room)?
+        let audience = if self.new_room {
+            RoomAudience::default()
+        } else {
+            svc.room_audience(short_room)?
+        };
+        let dests = if svc.federation.is_some() {
+            audience.servers
         } else {
             vec![]
         };
+        let mut wake = audience.local;
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];
             if let Some(meta) = &new_room {
-                batch.put(
-                    Table::RoomIdShort,
-                    room_id.as_bytes(),
-                    &short_room.to_be_bytes(),
-                );
-                batch.put(
-                    Table::ShortRoomId,
-                    &short_room.to_be_bytes(),
-                    room_id.as_bytes(),
-                );
-                batch.put(Table::RoomMeta, &short_room.to_be_bytes(), &encode(meta));
-            }
-            for &prev in &old_tips {
-                batch.delete(Table::Extremity, &pos_key(short_room, prev));
+                room_rows(batch, short_room, meta);
             }
             let mut last_short = 0;
             for (i, p) in pending.iter().enumerate() {
@@ -405,8 +351,7 @@ impl<'a> RoomWriter<'a> {
                 batch.put(Table::EventIdShort, p.built.event_id.as_bytes(), &sb);
                 batch.put(Table::ShortEventId, &sb, p.built.event_id.as_bytes());
                 batch.put(Table::Pdu, &sb, &encode(&p.stored));
-                batch.put(Table::Timeline, &pos_key(short_room, count), &sb);
-                batch.put(Table::EventPosition, &sb, &pos_key(short_room, count));
+                timeline_rows(batch, short_room, count, short);
                 if let Some((device, txn)) = &p.txn {
                     batch.put(Table::EventTxn, &sb, &key2(device, txn));
                     batch.put(
@@ -430,13 +375,11 @@ impl<'a> RoomWriter<'a> {
                                 .derive(state, &[(sk, short)], &[], full, batch)?,
                         );
                 }
-                let mut st = before.map(|b| b.0).unwrap_or(0).to_be_bytes().to_vec();
-                st.extend_from_slice(&state.map(|s| s.0).unwrap_or(0).to_be_bytes());
-                batch.put(Table::EventState, &sb, &st);
+                event_state_row(batch, short, before, state);
 
                 if pdu.membership().is_some() {
                     membership_rows(batch, short_room, &room_id, pdu, count);
-                    affected.extend(
+                    wake.extend(
                         pdu.state_key
                             .as_deref()
                             .and_then(|k| OwnedUserId::try_from(k).ok()),
@@ -452,48 +395,146 @@ impl<'a> RoomWriter<'a> {
                 }
                 last_short = short;
             }
-            batch.put(Table::Extremity, &pos_key(short_room, last_short), &[]);
+            tip_rows(batch, short_room, &old_tips, last_short);
             for (t, k, v) in &extra {
                 batch.put(*t, k, v);
             }
-            if let Some((hash, depth)) = state {
-                let mut v = hash.to_be_bytes().to_vec();
-                v.extend_from_slice(&depth.to_be_bytes());
-                batch.put(Table::RoomState, &short_room.to_be_bytes(), &v);
+            if let Some(snap) = state {
+                room_state_row(batch, short_room, snap);
             }
             Ok(())
         })?;
         drop(self._guard.take());
         svc.store.flush().await?;
-        svc.notifier.wake(affected.iter().map(|u| u.as_ref()), last);
-        svc.after_room_write(short_room, last, &dests)?;
+        svc.after_room_write(&wake, last, &dests);
         Ok(last)
     }
 }
 
 impl Services {
-    /// After a room write is durable: wake the room's local members and the senders of the
+    /// After a room write is durable: wake the local users it concerns and the senders of the
     /// destinations it was queued for.
     pub fn after_room_write(
         &self,
-        short_room: u64,
+        wake: &[OwnedUserId],
         last: u64,
         dests: &[ruma::OwnedServerName],
-    ) -> ApiResult<()> {
-        let wake: Vec<OwnedUserId> = self
-            .room_members(short_room)?
-            .into_iter()
-            .filter(|(u, m)| (m == "join" || m == "invite") && self.is_local(u))
-            .map(|(u, _)| u)
-            .collect();
+    ) {
         self.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
         if let Some(fed) = &self.federation {
             for d in dests {
                 fed.sender.wake(d);
             }
         }
-        Ok(())
     }
+}
+
+/// A room this server has not known before: its short id both ways and its metadata.
+pub fn room_rows(batch: &mut plexus_store::Batch, short_room: u64, meta: &RoomMeta) {
+    batch.put(
+        Table::RoomIdShort,
+        meta.room_id.as_bytes(),
+        &short_room.to_be_bytes(),
+    );
+    batch.put(
+        Table::ShortRoomId,
+        &short_room.to_be_bytes(),
+        meta.room_id.as_bytes(),
+    );
+    batch.put(Table::RoomMeta, &short_room.to_be_bytes(), &encode(meta));
+}
+
+/// An event's place in the room timeline (both directions).
+pub fn timeline_rows(batch: &mut plexus_store::Batch, short_room: u64, count: u64, short: u64) {
+    let pos = pos_key(short_room, count);
+    batch.put(Table::Timeline, &pos, &short.to_be_bytes());
+    batch.put(Table::EventPosition, &short.to_be_bytes(), &pos);
+}
+
+/// The state snapshots before an event and of the room right after it was persisted.
+pub fn event_state_row(
+    batch: &mut plexus_store::Batch,
+    short: u64,
+    before: Option<(u64, u32)>,
+    after: Option<(u64, u32)>,
+) {
+    let mut v = before.map_or(0, |s| s.0).to_be_bytes().to_vec();
+    v.extend_from_slice(&after.map_or(0, |s| s.0).to_be_bytes());
+    batch.put(Table::EventState, &short.to_be_bytes(), &v);
+}
+
+/// The room's current state snapshot (hash and delta depth).
+pub fn room_state_row(batch: &mut plexus_store::Batch, short_room: u64, (hash, depth): (u64, u32)) {
+    let mut v = hash.to_be_bytes().to_vec();
+    v.extend_from_slice(&depth.to_be_bytes());
+    batch.put(Table::RoomState, &short_room.to_be_bytes(), &v);
+}
+
+/// The forward extremities `gone` are replaced by `tip`.
+pub fn tip_rows(batch: &mut plexus_store::Batch, short_room: u64, gone: &[u64], tip: u64) {
+    for t in gone {
+        batch.delete(Table::Extremity, &pos_key(short_room, *t));
+    }
+    batch.put(Table::Extremity, &pos_key(short_room, tip), &[]);
+}
+
+/// The short id of an event `sender`'s redaction may actually redact: one in the same room
+/// that the sender sent, or that another server's user sent with the sender on the same server
+/// (that server vouches for it), or any when the sender has the redact power level.
+pub fn redaction_target(
+    svc: &Services,
+    short_room: u64,
+    rules: &RoomVersionRules,
+    sender: &UserId,
+    target: &ruma::EventId,
+    state: impl Fn(&str, &str) -> ApiResult<Option<Pdu>>,
+) -> ApiResult<Option<u64>> {
+    let Some(short) = svc.short_event(target)? else {
+        return Ok(None);
+    };
+    if svc.event_position(short)?.map(|p| p.0) != Some(short_room) {
+        return Ok(None);
+    }
+    let Some(orig) = svc.pdu_by_short(short)? else {
+        return Ok(None);
+    };
+    let remote_same_server = orig.sender.server_name() == sender.server_name()
+        && sender.server_name() != svc.server_name();
+    if orig.sender == sender || remote_same_server {
+        return Ok(Some(short));
+    }
+    let pl = state("m.room.power_levels", "")?
+        .map(|p| p.content_value())
+        .unwrap_or(Value::Null);
+    let level = |v: Option<&Value>, d: i64| v.and_then(Value::as_i64).unwrap_or(d);
+    let redact_level = level(pl.get("redact"), 50);
+    let sender_level = if is_creator(rules, sender, &state)? {
+        i64::MAX
+    } else {
+        level(
+            pl.get("users").and_then(|u| u.get(sender.as_str())),
+            level(pl.get("users_default"), 0),
+        )
+    };
+    Ok((sender_level >= redact_level).then_some(short))
+}
+
+/// v12 creators (the create event's sender and `additional_creators`) outrank everyone.
+fn is_creator(
+    rules: &RoomVersionRules,
+    user: &UserId,
+    state: impl Fn(&str, &str) -> ApiResult<Option<Pdu>>,
+) -> ApiResult<bool> {
+    if !rules.authorization.explicitly_privilege_room_creators {
+        return Ok(false);
+    }
+    let Some(create) = state("m.room.create", "")? else {
+        return Ok(false);
+    };
+    let extra = create.content_value();
+    let extra = extra.get("additional_creators").and_then(Value::as_array);
+    Ok(create.sender == user
+        || extra.is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))))
 }
 
 /// The membership records of a member event that became current state.
@@ -559,14 +600,15 @@ pub fn relation_parent(stored: &Value) -> Option<String> {
     rel.get("event_id")?.as_str().map(str::to_owned)
 }
 
-fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
+/// `short room ‖ n`: timeline positions and extremities.
+pub fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
     let mut k = short_room.to_be_bytes().to_vec();
     k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
 /// The stored form of `target` after redaction by `because` (kept in `unsigned`).
-fn redacted_form(
+pub fn redacted_form(
     svc: &Services,
     target: u64,
     because: &Value,
