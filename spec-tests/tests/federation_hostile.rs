@@ -342,3 +342,90 @@ async fn hostile_federation_input_is_refused() {
         );
     }
 }
+
+/// Inbound PDUs per second through `/send` (a measurement, not a check: run with
+/// `cargo test -p plexus-spec-tests --test federation_hostile -- --ignored --nocapture`).
+/// `PLEXUS_BENCH_STATE` sets how many state events the room has (default 1000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn inbound_pdu_rate() {
+    let n_state: usize = std::env::var("PLEXUS_BENCH_STATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let keydir = tempfile::tempdir().unwrap();
+    let key_path = keydir.path().join("b.key");
+    let key = ServerKey::generate().unwrap();
+    let (version, doc) = key.to_stored();
+    std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
+    let a = Server::federated().await;
+    let b =
+        Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", key_path.to_str().unwrap())]).await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    for i in 0..n_state {
+        let r = alice
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/org.example.bulk/k{i}",
+                    enc(&room)
+                ),
+                json!({"i": i}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let peer = Peer {
+        name: b.server_name.clone(),
+        key,
+        http: reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap(),
+    };
+    let (mut prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let (total, batch) = (1000, 50);
+    let start = std::time::Instant::now();
+    for t in 0..total / batch {
+        let mut pdus = vec![];
+        for i in 0..batch {
+            let (id, pdu) = message(
+                &room,
+                &bob.user_id,
+                &peer.name,
+                &peer.key,
+                &prev,
+                &auth,
+                &format!("m{t}-{i}"),
+            );
+            prev = OwnedEventId::try_from(id).unwrap();
+            pdus.push(pdu);
+        }
+        let res = peer.transaction(&a, pdus).await;
+        assert!(
+            res["pdus"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|v| v == &json!({})),
+            "{res}"
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "inbound: {total} PDUs in {batch}-PDU transactions, room with {n_state} state events: {secs:.2} s, {:.0} PDUs/s",
+        total as f64 / secs
+    );
+}
