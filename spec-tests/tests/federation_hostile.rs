@@ -58,17 +58,38 @@ impl Peer {
         body: &Value,
     ) -> (u16, Value) {
         let path = format!("/_matrix/federation/v1/send/{}", rand_suffix());
+        self.put(to, key, &path, body).await
+    }
+
+    /// `PUT path` to `to`, signed as [`Peer::send`] describes.
+    async fn put(
+        &self,
+        to: &Server,
+        key: Option<(&ServerKey, &str)>,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
         let url = format!("https://127.0.0.1:{}{path}", to.fed_port.unwrap());
         let mut req = self.http.put(url).json(body);
         if let Some((key, dest)) = key {
             req = req.header(
                 "authorization",
-                self.x_matrix(key, dest, "PUT", &path, Some(body)),
+                self.x_matrix(key, dest, "PUT", path, Some(body)),
             );
         }
         let r = req.send().await.expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `PUT /v2/invite` of `pdu` (federation form) with `state` as invite_room_state.
+    async fn invite(&self, to: &Server, version: &str, pdu: &Value, state: Value) -> (u16, Value) {
+        let room = pdu["room_id"].as_str().unwrap();
+        let id = event_id_of(version, pdu);
+        let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(room), enc(&id));
+        let body = json!({ "room_version": version, "event": pdu, "invite_room_state": state });
+        self.put(to, Some((&self.key, &to.server_name)), &path, &body)
+            .await
     }
 
     /// A correctly signed transaction of `pdus`; answers the per-PDU results.
@@ -149,6 +170,220 @@ fn message(
     let mut v = serde_json::to_value(&built.stored).unwrap();
     v.as_object_mut().unwrap().remove("event_id");
     (built.event_id.to_string(), v)
+}
+
+fn event_id_of(version: &str, pdu: &Value) -> String {
+    let rules = room_version::rules(&RoomVersionId::try_from(version).unwrap()).unwrap();
+    let obj = match to_canonical_value(pdu).unwrap() {
+        CanonicalJsonValue::Object(o) => o,
+        _ => unreachable!(),
+    };
+    format!(
+        "${}",
+        plexus_core::ruma::signatures::reference_hash(&obj, &rules).unwrap()
+    )
+}
+
+/// A member event in federation form for a room that lives on `origin` (no history needed:
+/// the invitee's server cannot check an invite against a room it is not in).
+fn member_pdu(
+    version: RoomVersionId,
+    room: &str,
+    sender: &str,
+    target: &str,
+    membership: &str,
+    origin: &str,
+    key: &ServerKey,
+) -> Value {
+    let rules = room_version::rules(&version).unwrap();
+    let sender = UserId::parse(sender).unwrap();
+    let origin = <&ServerName>::try_from(origin).unwrap();
+    let room_id = RoomId::parse(room).unwrap();
+    let ctx = RoomContext {
+        room_id: Some(&room_id),
+        rules: &rules,
+        sender: &sender,
+        origin,
+        prev_events: vec![],
+        auth_events: vec![],
+        depth: 5,
+        origin_server_ts: 1_800_000_000_000,
+    };
+    let ev = NewEvent {
+        kind: "m.room.member".into(),
+        content: json!({ "membership": membership }),
+        state_key: Some(target.to_owned()),
+        redacts: None,
+    };
+    let built = build_pdu(&ev, &ctx, key).unwrap();
+    let mut v = serde_json::to_value(&built.stored).unwrap();
+    v.as_object_mut().unwrap().remove("event_id");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_invites_are_refused() {
+    let keydir = tempfile::tempdir().unwrap();
+    let key_path = keydir.path().join("b.key");
+    let key = ServerKey::generate().unwrap();
+    let (version, doc) = key.to_stored();
+    std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
+    let a = Server::federated().await;
+    let b =
+        Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", key_path.to_str().unwrap())]).await;
+    let alice = a.user("alice").await;
+    let peer = Peer {
+        name: b.server_name.clone(),
+        key,
+        http: reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap(),
+    };
+    let bob = format!("@bob:{}", peer.name);
+    let room = format!("!hostile:{}", peer.name);
+    let name = json!([{"type": "m.room.name", "state_key": "", "sender": bob, "content": {"name": "from B"}},
+                      {"type": "m.room.create", "state_key": "", "sender": bob, "content": {"room_version": "10"}}]);
+    let invite = |target: &str, sender: &str, membership: &str, key: &ServerKey| {
+        member_pdu(
+            RoomVersionId::V10,
+            &room,
+            sender,
+            target,
+            membership,
+            &peer.name,
+            key,
+        )
+    };
+
+    // The genuine invite: countersigned by A, and alice sees it with the room's name.
+    let (status, res) = peer
+        .invite(
+            &a,
+            "10",
+            &invite(&alice.user_id, &bob, "invite", &peer.key),
+            name.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{res}");
+    let sigs = &res["event"]["signatures"];
+    assert!(
+        sigs[&a.server_name].is_object() && sigs[&peer.name].is_object(),
+        "{res}"
+    );
+    let s = eventually(10, "alice sees the invite", || async {
+        let s = alice.sync("").await;
+        s["rooms"]["invite"].get(&room).cloned()
+    })
+    .await;
+    assert!(
+        s["invite_state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["content"]["name"] == "from B"),
+        "{s}"
+    );
+
+    let check = |what: &'static str, status: u16, res: Value, want: (u16, &str)| {
+        assert_eq!(
+            (status, res["errcode"].as_str().unwrap_or("")),
+            want,
+            "{what}: {res}"
+        );
+    };
+    let forger = ServerKey::generate().unwrap();
+    let mut tampered = invite(&alice.user_id, &bob, "invite", &peer.key);
+    tampered["content"]["displayname"] = json!("changed after signing");
+    let cases = [
+        (
+            "unknown invitee",
+            invite(
+                &format!("@nobody:{}", a.server_name),
+                &bob,
+                "invite",
+                &peer.key,
+            ),
+            "10",
+            (404, "M_NOT_FOUND"),
+        ),
+        (
+            "invitee elsewhere",
+            invite("@carol:elsewhere.example", &bob, "invite", &peer.key),
+            "10",
+            (400, "M_INVALID_PARAM"),
+        ),
+        (
+            "sender not of the origin",
+            invite(
+                &alice.user_id,
+                &format!("@mallory:{}", a.server_name),
+                "invite",
+                &peer.key,
+            ),
+            "10",
+            (400, "M_INVALID_PARAM"),
+        ),
+        (
+            "not an invite",
+            invite(&alice.user_id, &bob, "join", &peer.key),
+            "10",
+            (400, "M_INVALID_PARAM"),
+        ),
+        (
+            "forged signature",
+            invite(&alice.user_id, &bob, "invite", &forger),
+            "10",
+            (400, "M_INVALID_PARAM"),
+        ),
+        ("tampered content", tampered, "10", (400, "M_INVALID_PARAM")),
+        (
+            "unknown room version",
+            invite(&alice.user_id, &bob, "invite", &peer.key),
+            "999",
+            (400, "M_INCOMPATIBLE_ROOM_VERSION"),
+        ),
+    ];
+    for (what, pdu, version, want) in cases {
+        let id = event_id_of("10", &pdu);
+        let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(&room), enc(&id));
+        let body = json!({ "room_version": version, "event": pdu, "invite_room_state": name });
+        let (status, res) = peer
+            .put(&a, Some((&peer.key, &a.server_name)), &path, &body)
+            .await;
+        check(what, status, res, want);
+    }
+
+    // Room version 12 wants full PDUs in invite_room_state, the create event among them.
+    let room12 = format!("!hostile12:{}", peer.name);
+    let pdu = member_pdu(
+        RoomVersionId::V12,
+        &room12,
+        &bob,
+        &alice.user_id,
+        "invite",
+        &peer.name,
+        &peer.key,
+    );
+    let (status, res) = peer.invite(&a, "12", &pdu, name.clone()).await;
+    check(
+        "stripped state in v12",
+        status,
+        res,
+        (400, "M_INVALID_PARAM"),
+    );
+    let (status, res) = peer.invite(&a, "12", &pdu, json!([])).await;
+    check(
+        "no create event in v12",
+        status,
+        res,
+        (400, "M_INVALID_PARAM"),
+    );
+
+    // None of the refused invites shows up.
+    let s = alice.sync("").await;
+    let invites: Vec<&String> = s["rooms"]["invite"].as_object().unwrap().keys().collect();
+    assert_eq!(invites, vec![&room], "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,3 +243,169 @@ async fn synapse_and_plexus_join_each_others_rooms() {
     .await;
     exchange(&room2, &bob, &alice, "synapse room", &logs).await;
 }
+
+/// `rooms.<section>.<room>` once it shows up in `c`'s syncs (incremental, as Synapse caches
+/// identical requests).
+async fn sync_until(c: &Client, section: &str, room: &str, logs: &dyn Fn() -> String) -> Value {
+    let mut since: Option<String> = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let q = match &since {
+            Some(s) => format!("timeout=1000&since={}", enc(s)),
+            None => "timeout=0".to_owned(),
+        };
+        let s = c.sync(&q).await;
+        if let Some(v) = s["rooms"][section].get(room) {
+            return v.clone();
+        }
+        since = s["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{} never saw {room} in {section}\n{}", c.user_id, logs());
+}
+
+async fn membership_of(c: &Client, room: &str, user: &str) -> Option<String> {
+    c.state(room, "m.room.member", user)
+        .await
+        .and_then(|v| v["membership"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_and_plexus_invite_and_knock_across() {
+    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus::federation=debug")]).await;
+    let logs = || {
+        format!(
+            "--- plexus\n{}\n--- synapse\n{}",
+            plexus.log_text(),
+            syn.log()
+        )
+    };
+    let alice = plexus.user("alice").await;
+    let erin = plexus.user("erin").await;
+    let carol = syn.user("carol").await;
+    let dan = syn.user("dan").await;
+
+    // Plexus invites a Synapse user (Synapse countersigns); she accepts.
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "plexus invite"}))
+        .await;
+    let r = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "invite to synapse: {}\n{}", r.body, logs());
+    let inv = sync_until(&carol, "invite", &room, &logs).await;
+    assert!(
+        inv["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["content"]["name"] == "plexus invite")),
+        "{inv}"
+    );
+    let r = carol
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "synapse accepts: {}\n{}", r.body, logs());
+    eventually(30, "alice sees carol join", || async {
+        (membership_of(&alice, &room, &carol.user_id)
+            .await
+            .as_deref()
+            == Some("join"))
+        .then_some(())
+    })
+    .await;
+
+    // Synapse invites a Plexus user (Plexus countersigns); he sees the room's name and joins.
+    let room2 = dan
+        .create_room(json!({"preset": "private_chat", "name": "synapse invite"}))
+        .await;
+    let r = dan
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room2)),
+            json!({"user_id": erin.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "invite to plexus: {}\n{}", r.body, logs());
+    let inv = sync_until(&erin, "invite", &room2, &logs).await;
+    assert!(
+        inv["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["content"]["name"] == "synapse invite")),
+        "{inv}"
+    );
+    let r = erin
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room2)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "plexus accepts: {}\n{}", r.body, logs());
+    eventually(30, "dan sees erin join", || async {
+        (membership_of(&dan, &room2, &erin.user_id).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+
+    // A Plexus user turns down a Synapse invite; Synapse learns it.
+    let room3 = dan.create_room(json!({"preset": "private_chat"})).await;
+    let r = dan
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room3)),
+            json!({"user_id": alice.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    sync_until(&alice, "invite", &room3, &logs).await;
+    let r = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room3)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "rejecting a synapse invite: {}\n{}",
+        r.body,
+        logs()
+    );
+    eventually(30, "dan sees the rejection", || async {
+        (membership_of(&dan, &room3, &alice.user_id).await.as_deref() == Some("leave"))
+            .then_some(())
+    })
+    .await;
+
+    // A Plexus user knocks on a Synapse room.
+    let room4 = dan
+        .create_room(json!({
+            "room_version": "10",
+            "name": "knock here",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+        }))
+        .await;
+    let r = erin
+        .post(
+            &format!(
+                "/_matrix/client/v3/knock/{}?via={}",
+                enc(&room4),
+                enc(&syn.server_name)
+            ),
+            json!({"reason": "hi"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "knocking on synapse: {}\n{}", r.body, logs());
+    let k = sync_until(&erin, "knock", &room4, &logs).await;
+    assert!(
+        k["knock_state"]["events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["content"]["name"] == "knock here")),
+        "{k}"
+    );
+    eventually(30, "dan sees the knock", || async {
+        (membership_of(&dan, &room4, &erin.user_id).await.as_deref() == Some("knock")).then_some(())
+    })
+    .await;
+}

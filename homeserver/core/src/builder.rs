@@ -180,6 +180,36 @@ pub fn sign_pdu(
     })
 }
 
+/// Add this server's signature to another server's event (an invite to one of our users) and
+/// leave everything else as it is. Signatures cover the redacted form, as for our own events.
+pub fn countersign(
+    mut obj: CanonicalJsonObject,
+    rules: &RoomVersionRules,
+    origin: &ServerName,
+    key: &ServerKey,
+) -> Result<CanonicalJsonObject, CoreError> {
+    obj.remove("unsigned");
+    let mut redacted = ruma::canonical_json::redact(obj.clone(), &rules.redaction, None)
+        .map_err(|e| CoreError::BadPdu(e.to_string()))?;
+    ruma::signatures::sign_json(origin.as_str(), key.pair(), &mut redacted)
+        .map_err(|e| CoreError::Signing(e.to_string()))?;
+    let ours = match redacted.get("signatures") {
+        Some(CanonicalJsonValue::Object(all)) => all.get(origin.as_str()).cloned(),
+        _ => None,
+    }
+    .ok_or_else(|| CoreError::Signing("no signature produced".into()))?;
+    match obj
+        .entry("signatures".to_owned())
+        .or_insert_with(|| CanonicalJsonValue::Object(Default::default()))
+    {
+        CanonicalJsonValue::Object(all) => {
+            all.insert(origin.to_string(), ours);
+        }
+        _ => return Err(CoreError::BadPdu("signatures is not an object".into())),
+    }
+    Ok(obj)
+}
+
 fn int(v: u64) -> Result<ruma::Int, CoreError> {
     ruma::Int::try_from(v).map_err(|_| CoreError::BadPdu("integer out of range".into()))
 }
@@ -275,6 +305,52 @@ mod tests {
         assert_eq!(
             verify_event(&keys, &obj, &rules).unwrap(),
             ruma::signatures::Verified::Signatures
+        );
+    }
+
+    #[test]
+    fn countersigned_invite_verifies_for_both_servers() {
+        let (a, b) = (key(), key());
+        let rules = room_version::rules(&RoomVersionId::V11).unwrap();
+        let ctx = RoomContext {
+            room_id: Some(ruma::room_id!("!r:a.example")),
+            rules: &rules,
+            sender: user_id!("@alice:a.example"),
+            origin: ruma::server_name!("a.example"),
+            prev_events: vec![],
+            auth_events: vec![],
+            depth: 3,
+            origin_server_ts: 1,
+        };
+        let ev = NewEvent {
+            kind: "m.room.member".into(),
+            content: json!({"membership": "invite"}),
+            state_key: Some("@bob:b.example".into()),
+            redacts: None,
+        };
+        let built = build_pdu(&ev, &ctx, &a).unwrap();
+        let mut obj = built.stored.clone();
+        obj.remove("event_id");
+        let signed = countersign(obj.clone(), &rules, ruma::server_name!("b.example"), &b).unwrap();
+        let mut keys = ruma::signatures::PublicKeyMap::new();
+        for (name, k) in [("a.example", &a), ("b.example", &b)] {
+            let mut set = ruma::signatures::PublicKeySet::new();
+            set.insert(k.key_id(), Base64::parse(k.public_key_b64()).unwrap());
+            keys.insert(name.into(), set);
+        }
+        assert_eq!(
+            verify_event(&keys, &signed, &rules).unwrap(),
+            ruma::signatures::Verified::All
+        );
+        let mut without_a = signed.clone();
+        if let Some(CanonicalJsonValue::Object(sigs)) = without_a.get_mut("signatures") {
+            sigs.remove("a.example");
+        }
+        assert!(verify_event(&keys, &without_a, &rules).is_err());
+        // Everything but the signatures is untouched, so the event id stays the same.
+        assert_eq!(
+            reference_hash(&signed, &rules).unwrap(),
+            reference_hash(&obj, &rules).unwrap()
         );
     }
 

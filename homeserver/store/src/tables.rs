@@ -71,4 +71,7 @@ pub enum Table {
     ServerKeys = 33,
     /// destination \0 count → short event id of a PDU still to send there
     Outbox = 34,
+    /// user id \0 room id → `{event_id, events}`: the stripped state another server sent with
+    /// an invite (or answered to a knock) for a room this server is not in
+    StrippedState = 35,
 }

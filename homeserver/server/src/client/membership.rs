@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
+    federation::join::remote_membership,
     http::extract::{Auth, Body, Path, Query},
     service::{
         encode, key2,
@@ -103,6 +104,45 @@ fn member_event(target: &UserId, mut content: Value, reason: Option<&String>) ->
     }
 }
 
+/// Whether a local user is joined to the room (so it can be written to here).
+fn is_resident(app: &App, room_id: &RoomId) -> ApiResult<bool> {
+    Ok(match app.room(room_id)? {
+        Some(r) => app.room_audience(r.short)?.local_joined > 0,
+        None => false,
+    })
+}
+
+/// Turn down an invite or withdraw a knock in a room this server is not in: through a server
+/// of the room (the inviter's, the room's, those behind its stripped state) or, when none
+/// answers, with a leave only this server knows of.
+async fn reject_remote(
+    app: &App,
+    user: &UserId,
+    room_id: &RoomId,
+    m: &crate::service::rooms::Membership,
+    reason: Option<&String>,
+) -> ApiResult<()> {
+    let mut servers = vec![m.sender.server_name().to_owned()];
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    for ev in app
+        .stored_stripped_state(user, room_id, &m.event_id)?
+        .unwrap_or_default()
+    {
+        if let Some(u) = ev.get("sender").and_then(Value::as_str) {
+            servers.extend(UserId::parse(u).ok().map(|u| u.server_name().to_owned()));
+        }
+    }
+    if app.federation.is_some() {
+        match remote_membership(app, user, room_id, &servers, "leave", reason).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::info!(room_id = %room_id, error = %e, "remote leave failed; leaving locally")
+            }
+        }
+    }
+    crate::federation::join::local_rejection(app, user, room_id, &m.event_id).await
+}
+
 async fn do_join(
     app: &App,
     user: &UserId,
@@ -131,7 +171,7 @@ async fn do_join(
         if let Some(m) = app.membership(user, room_id)? {
             servers.insert(0, m.sender.server_name().to_owned());
         }
-        crate::federation::join::join_remote(app, user, room_id, &servers, reason).await?;
+        remote_membership(app, user, room_id, &servers, "join", reason).await?;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     let mut w = RoomWriter::open(app, room_id).await?;
@@ -210,38 +250,51 @@ async fn change_member(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
     let target = parse_user_id(&body.user_id)?;
-    if membership == "invite" {
-        if !app.is_local(&target) {
-            return Err(ApiError::Forbidden(
-                "federation is not enabled on this server".into(),
-            ));
-        }
-        if app.user(&target)?.is_none() {
-            return Err(ApiError::NotFound(format!("unknown user {target}")));
-        }
+    let mut content = json!({ "membership": membership });
+    if let Some(r) = &body.reason {
+        content["reason"] = json!(r);
     }
-    let mut w = RoomWriter::open(app, &room_id).await?;
+    set_membership(app, sender, &room_id, &target, content, allowed_from).await?;
+    Ok(Json(json!({})))
+}
+
+/// Set `target`'s membership to `content` (whose `membership` says which); an invite of a user
+/// on another server is countersigned by their server before it is committed.
+pub async fn set_membership(
+    app: &App,
+    sender: &UserId,
+    room_id: &RoomId,
+    target: &UserId,
+    content: Value,
+    allowed_from: &[&str],
+) -> ApiResult<()> {
+    let membership = content["membership"].as_str().unwrap_or_default();
+    let remote_invite = membership == "invite" && !app.is_local(target);
+    if remote_invite && app.federation.is_none() {
+        return Err(ApiError::Forbidden(
+            "federation is not enabled on this server".into(),
+        ));
+    }
+    if membership == "invite" && !remote_invite && app.user(target)?.is_none() {
+        return Err(ApiError::NotFound(format!("unknown user {target}")));
+    }
+    let mut w = RoomWriter::open(app, room_id).await?;
     if w.membership_of(sender)?.as_deref() != Some("join") {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
-    let current = w.membership_of(&target)?;
+    let current = w.membership_of(target)?;
     let current = current.as_deref().unwrap_or("leave");
     if !allowed_from.contains(&current) {
         return Err(ApiError::Forbidden(format!(
             "{target} is {current} in this room; cannot {membership}"
         )));
     }
-    w.append(
-        sender,
-        member_event(
-            &target,
-            json!({ "membership": membership }),
-            body.reason.as_ref(),
-        ),
-        None,
-    )?;
+    let event_id = w.append(sender, member_event(target, content, None), None)?;
+    if remote_invite {
+        crate::federation::invite::countersigned_invite(app, &mut w, &event_id, target).await?;
+    }
     w.commit().await?;
-    Ok(Json(json!({})))
+    Ok(())
 }
 
 pub async fn invite(
@@ -311,6 +364,12 @@ pub async fn leave(
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
+    if let Some(m) = app.membership(&s.user_id, &room_id)? {
+        if matches!(m.membership.as_str(), "invite" | "knock") && !is_resident(&app, &room_id)? {
+            reject_remote(&app, &s.user_id, &room_id, &m, body.reason.as_ref()).await?;
+            return Ok(Json(json!({})));
+        }
+    }
     let mut w = RoomWriter::open(&app, &room_id).await?;
     match w.membership_of(&s.user_id)?.as_deref() {
         Some("join" | "invite" | "knock") => {}
@@ -372,19 +431,39 @@ pub async fn knock(
     State(app): State<App>,
     Auth(s): Auth,
     Path(room): Path<String>,
+    Query(q): Query<ViaQuery>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
+    let mut via = q.servers();
     let room_id = if room.starts_with('#') {
         let alias = RoomAliasId::parse(&room)
             .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
-        resolve_alias(&app, &alias)?
+        let (id, servers) = resolve_alias_servers(&app, &alias).await?;
+        via.extend(servers);
+        id
     } else {
         parse_room_id(&room)?
     };
-    if app.room(&room_id)?.is_none() {
-        return Err(ApiError::NotFound(
-            "No known servers for this room (federation is not enabled)".into(),
-        ));
+    if !is_resident(&app, &room_id)? {
+        if app.federation.is_none() {
+            return Err(ApiError::NotFound(
+                "No known servers for this room (federation is not enabled)".into(),
+            ));
+        }
+        via.extend(room_id.server_name().map(ToOwned::to_owned));
+        if let Some(r) = app.room(&room_id)? {
+            via.extend(app.room_servers(r.short)?);
+        }
+        remote_membership(
+            &app,
+            &s.user_id,
+            &room_id,
+            &via,
+            "knock",
+            body.reason.as_ref(),
+        )
+        .await?;
+        return Ok(Json(json!({ "room_id": room_id })));
     }
     let mut w = RoomWriter::open(&app, &room_id).await?;
     let content = member_content(&app, &s.user_id, "knock")?;

@@ -102,11 +102,12 @@ pub async fn create_room(
         let u = UserId::parse(i.as_str())
             .map_err(|e| ApiError::InvalidParam(format!("invalid user id {i}: {e}")))?;
         if !app.is_local(&u) {
-            return Err(ApiError::Forbidden(
-                "federation is not enabled on this server".into(),
-            ));
-        }
-        if app.user(&u)?.is_none() {
+            if app.federation.is_none() {
+                return Err(ApiError::Forbidden(
+                    "federation is not enabled on this server".into(),
+                ));
+            }
+        } else if app.user(&u)?.is_none() {
             return Err(ApiError::NotFound(format!("unknown user {u}")));
         }
         if u != sender && !invitees.contains(&u) {
@@ -254,7 +255,8 @@ pub async fn create_room(
         w.append(&sender, state("m.room.topic", "", content), None)?;
     }
 
-    // 8. invites
+    // 8. invites (of users on other servers once the room exists: their server countersigns)
+    let (invitees, remote): (Vec<_>, Vec<_>) = invitees.into_iter().partition(|u| app.is_local(u));
     for u in &invitees {
         let mut c = json!({ "membership": "invite" });
         if body.is_direct {
@@ -285,5 +287,17 @@ pub async fn create_room(
     }
     w.commit().await?;
     tracing::info!(room = %room_id, creator = %sender, version = %version, "room created");
+    for u in &remote {
+        let mut c = json!({ "membership": "invite" });
+        if body.is_direct {
+            c["is_direct"] = json!(true);
+        }
+        // The room exists either way; an invitee whose server refuses simply is not invited.
+        if let Err(e) =
+            super::membership::set_membership(&app, &sender, &room_id, u, c, &["leave"]).await
+        {
+            tracing::warn!(room = %room_id, invitee = %u, error = %e, "invite at room creation failed");
+        }
+    }
     Ok(Json(json!({ "room_id": room_id })))
 }

@@ -29,17 +29,6 @@ use crate::{
 const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
 /// Most timeline entries one room inspects per sync.
 const SCAN_CAP: usize = 5_000;
-/// Invite state a client needs to render an invite (the spec's recommended set).
-const INVITE_STATE: [&str; 7] = [
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
-
 pub fn parse_token(t: &str) -> ApiResult<u64> {
     t.parse::<u64>()
         .map_err(|_| ApiError::InvalidParam(format!("invalid pagination token {t:?}")))
@@ -144,13 +133,13 @@ pub fn build(
             "knock" if changed_since => {
                 knock.insert(
                     room_id.to_string(),
-                    json!({ "knock_state": { "events": invite_state(app, &room, &m)? } }),
+                    json!({ "knock_state": { "events": invite_state(app, &s.user_id, &room, &m)? } }),
                 );
             }
             "invite" if changed_since => {
                 invite.insert(
                     room_id.to_string(),
-                    json!({ "invite_state": { "events": invite_state(app, &room, &m)? } }),
+                    json!({ "invite_state": { "events": invite_state(app, &s.user_id, &room, &m)? } }),
                 );
             }
             "leave" | "ban"
@@ -230,17 +219,20 @@ fn account_data(
     Ok(out)
 }
 
-fn invite_state(app: &App, room: &RoomRef, m: &Membership) -> ApiResult<Vec<Value>> {
-    let hash = app.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
-    let mut events = vec![];
-    for kind in INVITE_STATE {
-        if let Some(ev) = app.state_json(hash, kind, "")? {
-            events.push(plexus_core::client_event::to_stripped(&ev));
-        }
-    }
-    if let Some(ev) = app.state_json(hash, "m.room.member", m.sender.as_str())? {
-        events.push(plexus_core::client_event::to_stripped(&ev));
-    }
+fn invite_state(
+    app: &App,
+    user: &ruma::UserId,
+    room: &RoomRef,
+    m: &Membership,
+) -> ApiResult<Vec<Value>> {
+    let mut events = match app.stored_stripped_state(user, &room.meta.room_id, &m.event_id)? {
+        Some(stored) => stored,
+        None => app
+            .stripped_state_events(room.short, Some(&m.sender))?
+            .iter()
+            .map(plexus_core::client_event::to_stripped)
+            .collect(),
+    };
     if let Some(short) = app.short_event(&m.event_id)? {
         if let Some(ev) = app.pdu_json(short)? {
             events.push(plexus_core::client_event::to_stripped(&ev));

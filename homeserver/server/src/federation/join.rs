@@ -109,7 +109,16 @@ pub async fn make_leave(
     make_membership(&app, &req.origin, &room, &user, "leave", None).await
 }
 
-/// The resident side of send_join/send_leave: check, persist and pass the event on.
+pub async fn make_knock(
+    State(app): State<App>,
+    Path((room, user)): Path<(String, String)>,
+    Query(q): Query<VerQuery>,
+    req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    make_membership(&app, &req.origin, &room, &user, "knock", Some(&q.ver)).await
+}
+
+/// The resident side of send_join/send_leave/send_knock: check, persist and pass the event on.
 async fn send_membership(
     app: &Services,
     req: &FedRequest,
@@ -186,14 +195,21 @@ pub async fn send_leave(
     Ok(Json(json!({})))
 }
 
-/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: not accepted yet (the invite is
-/// refused rather than silently dropped).
-pub async fn invite(
-    State(_app): State<App>,
-    Path((_room, _event_id)): Path<(String, String)>,
-    _req: FedRequest,
+/// A knock is persisted and passed on like a join; the knocking server gets the state that lets
+/// its user recognise the room.
+pub async fn send_knock(
+    State(app): State<App>,
+    Path((room, event_id)): Path<(String, String)>,
+    req: FedRequest,
 ) -> ApiResult<Json<Value>> {
-    Err(ApiError::Unrecognized)
+    let (meta, _) = send_membership(&app, &req, &room, &event_id, "knock").await?;
+    let room = app.room_or_404(&meta.room_id)?;
+    let state: Vec<Value> = app
+        .stripped_state_events(room.short, None)?
+        .iter()
+        .map(federation_form)
+        .collect();
+    Ok(Json(json!({ "knock_room_state": state })))
 }
 
 /// Store `events` as outliers and a full snapshot of `state_ids` in `batch`; the snapshot's
@@ -252,12 +268,14 @@ pub async fn store_state_and_point(
     Ok(())
 }
 
-/// Join `room_id`, which this server is not in, through one of `servers`.
-pub async fn join_remote(
+/// Join, leave or knock on a room this server is not in, through one of `servers`:
+/// make_{membership} there, fill in and sign the template here, send_{membership} back.
+pub async fn remote_membership(
     app: &Services,
     user: &UserId,
     room_id: &RoomId,
     servers: &[OwnedServerName],
+    membership: &str,
     reason: Option<&String>,
 ) -> ApiResult<()> {
     let fed = app.fed()?;
@@ -271,27 +289,29 @@ pub async fn join_remote(
         if server == app.server_name() || !tried.insert(server.clone()) {
             continue;
         }
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
+        let mut path = format!(
+            "/_matrix/federation/v1/make_{membership}/{}/{}",
             enc(room_id.as_str()),
             enc(user.as_str()),
-            vers.join("&")
         );
+        if membership != "leave" {
+            path = format!("{path}?{}", vers.join("&"));
+        }
         let tpl = match fed
             .request(app, server, http::Method::GET, &path, None, true)
             .await
         {
             Ok(t) => t,
             Err(e) => {
-                tracing::info!(%server, room_id = %room_id, error = %e, "make_join failed");
+                tracing::info!(%server, room_id = %room_id, error = %e, "make_{membership} failed");
                 last = Some(e.into());
                 continue;
             }
         };
-        match finish_join(app, user, room_id, server, &tpl, reason).await {
+        match send_remote(app, user, room_id, server, &tpl, membership, reason).await {
             Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::info!(%server, room_id = %room_id, error = %e, "send_join failed");
+                tracing::info!(%server, room_id = %room_id, error = %e, "send_{membership} failed");
                 last = Some(e);
             }
         }
@@ -299,12 +319,14 @@ pub async fn join_remote(
     Err(last.unwrap_or_else(|| ApiError::NotFound("No known servers for this room".into())))
 }
 
-async fn finish_join(
+/// Fill in and sign a make_{membership} template, send it, and store what comes back.
+async fn send_remote(
     app: &Services,
     user: &UserId,
     room_id: &RoomId,
     server: &ServerName,
     tpl: &Value,
+    membership: &str,
     reason: Option<&String>,
 ) -> ApiResult<()> {
     let fed = app.fed()?;
@@ -319,20 +341,21 @@ async fn finish_join(
         .get("event")
         .cloned()
         .filter(Value::is_object)
-        .ok_or_else(|| ApiError::BadGateway("make_join without an event".into()))?;
+        .ok_or_else(|| ApiError::BadGateway(format!("make_{membership} without an event")))?;
     if ev.get("sender").and_then(Value::as_str) != Some(user.as_str())
         || ev.get("state_key").and_then(Value::as_str) != Some(user.as_str())
         || ev.get("room_id").and_then(Value::as_str) != Some(room_id.as_str())
         || ev.get("type").and_then(Value::as_str) != Some("m.room.member")
     {
-        return Err(ApiError::BadGateway(
-            "make_join template is for something else".into(),
-        ));
+        return Err(ApiError::BadGateway(format!(
+            "make_{membership} template is for something else"
+        )));
     }
-    let mut content = member_content(app, user, "join")?;
+    let mut content = member_content(app, user, membership)?;
     if let Some(via) = ev
         .get("content")
         .and_then(|c| c.get("join_authorised_via_users_server"))
+        .filter(|_| membership == "join")
     {
         content["join_authorised_via_users_server"] = via.clone();
     }
@@ -351,8 +374,10 @@ async fn finish_join(
     let built = plexus_core::builder::sign_pdu(obj, &rules, app.server_name(), &app.key)?;
     let stored =
         serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Knocks were added after v2 of send_join/send_leave and only exist as v1.
+    let api = if membership == "knock" { "v1" } else { "v2" };
     let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
+        "/_matrix/federation/{api}/send_{membership}/{}/{}",
         enc(room_id.as_str()),
         enc(built.event_id.as_str())
     );
@@ -366,6 +391,19 @@ async fn finish_join(
             true,
         )
         .await?;
+    if membership != "join" {
+        let stripped = (membership == "knock").then(|| {
+            resp.get("knock_room_state")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.is_object())
+                .map(plexus_core::client_event::to_stripped)
+                .collect()
+        });
+        let c = local_checked(&built, stored);
+        return persist_out_of_room(app, room_id, &version, c, stripped).await;
+    }
 
     // The state and auth chain: signatures, hashes, then each against its auth events.
     let list = |k: &str| resp.get(k).and_then(Value::as_array).into_iter().flatten();
@@ -395,6 +433,87 @@ async fn finish_join(
         None => local_checked(&built, stored.clone()),
     };
     persist_joined_room(app, room_id, &version, &rules, ok, &state_ids, join).await
+}
+
+/// A membership event of ours in a room this server is not in (an invite we countersigned, a
+/// leave or knock we sent): kept as an outlier with the user's membership and, for invites and
+/// knocks, the stripped state that lets the user recognise the room.
+pub async fn persist_out_of_room(
+    app: &Services,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    c: Checked,
+    stripped: Option<Vec<Value>>,
+) -> ApiResult<()> {
+    let user = c
+        .pdu
+        .state_key
+        .as_deref()
+        .and_then(|k| OwnedUserId::try_from(k).ok())
+        .ok_or_else(|| ApiError::Internal("membership without a user".into()))?;
+    let _guard = app.room_lock(room_id).lock_owned().await;
+    let existing = app.room(room_id)?;
+    let short_room = match &existing {
+        Some(r) => r.short,
+        None => app.store.kv.unique_id()?,
+    };
+    let mut pre = Batch::default();
+    if existing.is_none() {
+        let meta = RoomMeta {
+            room_id: room_id.to_owned(),
+            version: version.clone(),
+        };
+        room_rows(&mut pre, short_room, &meta);
+    }
+    ingest::put_outlier(app, &c, &mut pre)?;
+    if let Some(events) = stripped {
+        pre.put(
+            plexus_store::Table::StrippedState,
+            &crate::service::key2(user.as_str(), room_id.as_str()),
+            &crate::service::encode(&json!({ "event_id": c.event_id, "events": events })),
+        );
+    }
+    let (last, ()) = app.store.commit_with_count(|count, batch| {
+        batch.append(pre);
+        membership_rows(batch, short_room, room_id, &c.pdu, count);
+        Ok(())
+    })?;
+    drop(_guard);
+    app.store.flush().await?;
+    app.notifier.wake([&*user], last);
+    Ok(())
+}
+
+/// Turn down an invite (or withdraw a knock) when no server of the room can be reached: a
+/// leave signed here that only this server knows of, so the user is not stuck with it.
+pub async fn local_rejection(
+    app: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    invite: &EventId,
+) -> ApiResult<()> {
+    let room = app.room_or_404(room_id)?;
+    let rules = room_version::rules(&room.meta.version)?;
+    let prev = app
+        .pdu(invite)?
+        .ok_or_else(|| ApiError::NotFound("the invite is gone".into()))?;
+    let refs = vec![plexus_core::builder::EventRef::of(&prev)];
+    let ctx = plexus_core::builder::RoomContext {
+        room_id: Some(room_id),
+        rules: &rules,
+        sender: user,
+        origin: app.server_name(),
+        prev_events: refs.clone(),
+        auth_events: refs,
+        depth: u64::from(prev.depth) + 1,
+        origin_server_ts: crate::service::now_ms(),
+    };
+    let built =
+        plexus_core::builder::build_pdu(&member_template_event(user, "leave"), &ctx, &app.key)?;
+    let stored =
+        serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let c = local_checked(&built, stored);
+    persist_out_of_room(app, room_id, &room.meta.version, c, None).await
 }
 
 fn local_checked(built: &plexus_core::builder::BuiltPdu, stored: Value) -> Checked {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod edu;
 pub mod events;
 pub mod ingest;
+pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod query;
@@ -58,6 +59,14 @@ pub fn router() -> Router<App> {
             &format!("{V1}/make_leave/{{room}}/{{user}}"),
             get(join::make_leave),
         )
+        .route(
+            &format!("{V1}/make_knock/{{room}}/{{user}}"),
+            get(join::make_knock),
+        )
+        .route(
+            &format!("{V1}/send_knock/{{room}}/{{event}}"),
+            put(join::send_knock),
+        )
         .route(&format!("{V1}/event/{{event}}"), get(events::event))
         .route(&format!("{V1}/state/{{room}}"), get(events::state))
         .route(&format!("{V1}/state_ids/{{room}}"), get(events::state_ids))
@@ -86,7 +95,7 @@ pub fn router() -> Router<App> {
         )
         .route(
             &format!("{V2}/invite/{{room}}/{{event}}"),
-            put(join::invite),
+            put(invite::invite),
         )
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/query", post(keys::query))

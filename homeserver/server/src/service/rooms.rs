@@ -14,6 +14,17 @@ use serde_json::Value;
 use super::{decode, key2, Services};
 use crate::error::{ApiError, ApiResult};
 
+/// State types that let someone outside a room recognise it (the spec's recommended set).
+pub const STRIPPED_STATE: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoomMeta {
     pub room_id: OwnedRoomId,
@@ -289,6 +300,47 @@ impl Services {
         }
         out.servers = servers.into_iter().collect();
         Ok(out)
+    }
+
+    /// The events that let someone outside the room recognise it (for invites and knocks):
+    /// [`STRIPPED_STATE`] from current state, plus `member`'s own member event.
+    pub fn stripped_state_events(
+        &self,
+        short_room: u64,
+        member: Option<&UserId>,
+    ) -> ApiResult<Vec<Value>> {
+        let Some((hash, _)) = self.current_state(short_room)? else {
+            return Ok(vec![]);
+        };
+        let mut events = vec![];
+        for kind in STRIPPED_STATE {
+            events.extend(self.state_json(hash, kind, "")?);
+        }
+        if let Some(m) = member {
+            events.extend(self.state_json(hash, "m.room.member", m.as_str())?);
+        }
+        Ok(events)
+    }
+
+    /// Stripped state another server gave us with `event_id` (an invite or a knock answer).
+    pub fn stored_stripped_state(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> ApiResult<Option<Vec<Value>>> {
+        let Some(raw) = self
+            .store
+            .kv
+            .get(Table::StrippedState, &key2(user.as_str(), room_id.as_str()))?
+        else {
+            return Ok(None);
+        };
+        let rec: Value = decode(&raw)?;
+        if rec["event_id"].as_str() != Some(event_id.as_str()) {
+            return Ok(None);
+        }
+        Ok(rec["events"].as_array().cloned())
     }
 
     /// Servers other than this one with a joined member in the room.

@@ -255,6 +255,22 @@ impl<'a> RoomWriter<'a> {
         Ok(event_id)
     }
 
+    /// The stored form of an appended event that is not committed yet.
+    pub fn pending_event(&self, id: &ruma::EventId) -> Option<&Value> {
+        self.pending
+            .iter()
+            .find(|p| p.built.event_id == id)
+            .map(|p| &p.stored)
+    }
+
+    /// Add another server's signatures to an appended event (an invitee's server countersigns
+    /// the invite before it is committed and sent to the room).
+    pub fn add_signatures(&mut self, id: &ruma::EventId, server: &str, sigs: Value) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.built.event_id == id) {
+            p.stored["signatures"][server] = sigs;
+        }
+    }
+
     fn redaction_target(&self, sender: &UserId, target: &ruma::EventId) -> ApiResult<Option<u64>> {
         redaction_target(
             self.svc,
@@ -629,7 +645,7 @@ pub fn redacted_form(
 /// The member event content for a user joining or changing profile: their displayname and avatar.
 pub fn member_content(svc: &Services, user: &UserId, membership: &str) -> ApiResult<Value> {
     let mut c = json!({ "membership": membership });
-    if membership == "join" {
+    if membership == "join" || membership == "knock" {
         if let Some(rec) = svc.user(user)? {
             if let Some(d) = rec.displayname {
                 c["displayname"] = json!(d);
