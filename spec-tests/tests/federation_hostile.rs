@@ -82,6 +82,21 @@ impl Peer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET path` from `to`, correctly signed.
+    async fn get(&self, to: &Server, path: &str) -> (u16, Value) {
+        let url = format!("https://127.0.0.1:{}{path}", to.fed_port.unwrap());
+        let auth = self.x_matrix(&self.key, &to.server_name, "GET", path, None);
+        let r = self
+            .http
+            .get(url)
+            .header("authorization", auth)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// `PUT /v2/invite` of `pdu` (federation form) with `state` as invite_room_state.
     async fn invite(&self, to: &Server, version: &str, pdu: &Value, state: Value) -> (u16, Value) {
         let room = pdu["room_id"].as_str().unwrap();
@@ -221,25 +236,172 @@ fn member_pdu(
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_invites_are_refused() {
+/// B's own signing key in a file, so the test can speak as B.
+fn key_file() -> (tempfile::TempDir, String, ServerKey) {
     let keydir = tempfile::tempdir().unwrap();
     let key_path = keydir.path().join("b.key");
     let key = ServerKey::generate().unwrap();
     let (version, doc) = key.to_stored();
     std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
-    let a = Server::federated().await;
-    let b =
-        Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", key_path.to_str().unwrap())]).await;
-    let alice = a.user("alice").await;
-    let peer = Peer {
+    let path = key_path.to_str().unwrap().to_owned();
+    (keydir, path, key)
+}
+
+fn peer_for(b: &Server, key: ServerKey) -> Peer {
+    Peer {
         name: b.server_name.clone(),
         key,
         http: reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .build()
             .unwrap(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_acl_shuts_out_denied_servers() {
+    let (_dir, key_path, key) = key_file();
+    let env = [("PLEXUS_SIGNING_KEY_PATH", key_path.as_str())];
+    let (a, b, c) = tokio::join!(
+        Server::federated(),
+        Server::federated_with(&env),
+        Server::federated()
+    );
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let carol = c.user("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let peer = peer_for(&b, key);
+    let state_ids = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        enc(&room),
+        enc(&context(&alice, &room, &bob.user_id).await.0.to_string())
+    );
+    let (status, res) = peer.get(&a, &state_ids).await;
+    assert_eq!(status, 200, "before the ACL B may read the room: {res}");
+    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let (id, pdu) = message(
+        &room,
+        &bob.user_id,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "before acl",
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert_eq!(res["pdus"][&id], json!({}), "{res}");
+
+    // Every test server is an IP literal, so this ACL denies them all (A included, for B).
+    let r = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                enc(&room)
+            ),
+            json!({"allow": ["*"], "deny": [], "allow_ip_literals": false}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let (id, pdu) = message(
+        &room,
+        &bob.user_id,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "after acl",
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert!(
+        res["pdus"][&id]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ACL")),
+        "a denied server's PDU is refused: {res}"
+    );
+    let (status, res) = peer.get(&a, &state_ids).await;
+    assert_eq!(
+        (status, res["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{res}"
+    );
+    let (status, res) = peer
+        .get(
+            &a,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                enc(&room),
+                enc(&format!("@new:{}", peer.name))
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, res["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{res}"
+    );
+    let r = carol
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(&a.server_name)
+            ),
+            json!({}),
+        )
+        .await;
+    r.err(403, "M_FORBIDDEN");
+
+    // Typing from the denied server is ignored.
+    let r = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let s = alice.sync("").await;
+    let typing = s["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|u| !u.is_empty())
+        });
+    assert!(!typing, "typing from a denied server got through: {s}");
+    let bodies = alice.recent_bodies(&room).await;
+    assert!(bodies.contains(&"before acl".to_owned()), "{bodies:?}");
+    assert!(!bodies.contains(&"after acl".to_owned()), "{bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_invites_are_refused() {
+    let (_dir, key_path, key) = key_file();
+    let a = Server::federated().await;
+    let b = Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", &key_path)]).await;
+    let alice = a.user("alice").await;
+    let peer = peer_for(&b, key);
     let bob = format!("@bob:{}", peer.name);
     let room = format!("!hostile:{}", peer.name);
     let name = json!([{"type": "m.room.name", "state_key": "", "sender": bob, "content": {"name": "from B"}},
@@ -388,14 +550,9 @@ async fn hostile_invites_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_federation_input_is_refused() {
-    let keydir = tempfile::tempdir().unwrap();
-    let key_path = keydir.path().join("b.key");
-    let key = ServerKey::generate().unwrap();
-    let (version, doc) = key.to_stored();
-    std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
+    let (_dir, key_path, key) = key_file();
     let a = Server::federated().await;
-    let b =
-        Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", key_path.to_str().unwrap())]).await;
+    let b = Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", &key_path)]).await;
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -411,14 +568,7 @@ async fn hostile_federation_input_is_refused() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
-    let peer = Peer {
-        name: b.server_name.clone(),
-        key,
-        http: reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap(),
-    };
+    let peer = peer_for(&b, key);
     let forger = ServerKey::generate().unwrap();
     let (prev, auth) = context(&alice, &room, &bob.user_id).await;
     let event_visible = |id: String| {
@@ -588,14 +738,9 @@ async fn inbound_pdu_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let keydir = tempfile::tempdir().unwrap();
-    let key_path = keydir.path().join("b.key");
-    let key = ServerKey::generate().unwrap();
-    let (version, doc) = key.to_stored();
-    std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
+    let (_dir, key_path, key) = key_file();
     let a = Server::federated().await;
-    let b =
-        Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", key_path.to_str().unwrap())]).await;
+    let b = Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", &key_path)]).await;
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
@@ -622,14 +767,7 @@ async fn inbound_pdu_rate() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let peer = Peer {
-        name: b.server_name.clone(),
-        key,
-        http: reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap(),
-    };
+    let peer = peer_for(&b, key);
     let (mut prev, auth) = context(&alice, &room, &bob.user_id).await;
     let (total, batch) = (1000, 50);
     let start = std::time::Instant::now();

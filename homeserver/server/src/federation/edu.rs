@@ -14,7 +14,11 @@ fn remote_member(
     user: &str,
 ) -> Option<OwnedUserId> {
     let u = OwnedUserId::try_from(user).ok()?;
-    (u.server_name() == origin && app.is_joined(&u, room_id).ok()?).then_some(u)
+    let room = app.room(room_id).ok()??;
+    (u.server_name() == origin
+        && app.is_joined(&u, room_id).ok()?
+        && super::acl::allowed(app, room.short, origin).ok()?)
+    .then_some(u)
 }
 
 pub async fn handle(app: &Services, origin: &ServerName, edu: &Value) -> ApiResult<()> {

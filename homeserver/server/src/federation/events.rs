@@ -32,6 +32,7 @@ fn room_for_peer(app: &Services, room_id: &str, origin: &ServerName) -> ApiResul
     if !member {
         return Err(ApiError::Forbidden(format!("{origin} is not in this room")));
     }
+    super::acl::ensure(app, room.short, origin)?;
     Ok(room)
 }
 

@@ -103,7 +103,10 @@ pub async fn invite(
     let signed = serde_json::to_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let resident = match app.room(&room_id)? {
-        Some(r) => app.room_audience(r.short)?.local_joined > 0,
+        Some(r) => {
+            super::acl::ensure(&app, r.short, &req.origin)?;
+            app.room_audience(r.short)?.local_joined > 0
+        }
         None => false,
     };
     if !resident {

@@ -71,6 +71,7 @@ async fn make_membership(
     if app.room_audience(room.short)?.local_joined == 0 {
         return Err(ApiError::NotFound("This server is not in the room".into()));
     }
+    super::acl::ensure(app, room.short, origin)?;
     if let Some(vers) = versions {
         let v = room.meta.version.as_str();
         let offered = if vers.is_empty() {
@@ -131,6 +132,7 @@ async fn send_membership(
     let room = app
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
+    super::acl::ensure(app, room.short, &req.origin)?;
     let rules = room_version::rules(&room.meta.version)?;
     let c = ingest::check(app, &rules, &req.body)
         .await

@@ -1,6 +1,7 @@
 //! The server-server API: keys, signed requests, inbound transactions and joins, the outbound
 //! per-destination sender, and joining rooms that live on other servers.
 
+pub mod acl;
 pub mod client;
 pub mod edu;
 pub mod events;

@@ -98,16 +98,24 @@ async fn one_pdu(
         Ok(r) => r,
         Err(e) => return (None, Err(IngestError::Invalid(e.to_string()))),
     };
+    // The id a PDU would have, for results about PDUs refused before their checks finish.
+    let claimed_id = || {
+        raw.as_object()
+            .and_then(|o| ruma::canonical_json::try_from_json_map(o.clone()).ok())
+            .and_then(|o| ingest::event_id_of(&o, &rules).ok())
+            .map(|i| i.to_string())
+    };
+    match super::acl::allowed(app, room.short, origin) {
+        Ok(true) => {}
+        Ok(false) => {
+            let why = format!("{origin} is denied by the room's server ACL");
+            return (claimed_id(), Err(IngestError::Auth(why)));
+        }
+        Err(e) => return (None, Err(e.into())),
+    }
     let checked = match ingest::check(app, &rules, raw).await {
         Ok(c) => c,
-        Err(e) => {
-            let id = raw
-                .as_object()
-                .and_then(|o| ruma::canonical_json::try_from_json_map(o.clone()).ok())
-                .and_then(|o| ingest::event_id_of(&o, &rules).ok())
-                .map(|i| i.to_string());
-            return (id, Err(e));
-        }
+        Err(e) => return (claimed_id(), Err(e)),
     };
     let id = checked.event_id.to_string();
     if checked.pdu.room_id.as_deref() != Some(&*room_id) {
