@@ -286,7 +286,7 @@ async fn server_acl_shuts_out_denied_servers() {
     let state_ids = format!(
         "/_matrix/federation/v1/state_ids/{}?event_id={}",
         enc(&room),
-        enc(&context(&alice, &room, &bob.user_id).await.0.to_string())
+        enc(context(&alice, &room, &bob.user_id).await.0.as_str())
     );
     let (status, res) = peer.get(&a, &state_ids).await;
     assert_eq!(status, 200, "before the ACL B may read the room: {res}");
