@@ -1,6 +1,6 @@
 //! Invites and knocks across servers: `/invite` v2 countersigning, invites shown with the
 //! room's stripped state, joining and rejecting invites to rooms elsewhere, and knocking
-//! through `make_knock`/`send_knock`.
+//! through `make_knock`/`send_knock`; other servers' room directories and profiles.
 
 use plexus_spec_tests::{enc, eventually, Client, Server};
 use serde_json::{json, Value};
@@ -250,4 +250,107 @@ async fn knocking_on_a_room_elsewhere() {
         (membership(&alice, &room, &erin.user_id).await.as_deref() == Some("join")).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_and_profiles_of_other_servers() {
+    let (a, b) = tokio::join!(Server::federated(), Server::federated());
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let r = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&alice.user_id)
+            ),
+            json!({"displayname": "Alice of A"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "visibility": "public", "name": "the lobby", "topic": "say hi"}))
+        .await;
+    alice
+        .create_room(json!({"preset": "public_chat", "visibility": "public", "name": "elsewhere"}))
+        .await;
+
+    // Bob browses A's directory: all of it, a page of it, and a search.
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?server={}",
+            enc(&a.server_name)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let names: Vec<&str> = r.body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"the lobby") && names.contains(&"elsewhere"),
+        "{}",
+        r.body
+    );
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?server={}&limit=1",
+            enc(&a.server_name)
+        ))
+        .await;
+    assert_eq!(r.body["chunk"].as_array().unwrap().len(), 1, "{}", r.body);
+    assert!(r.body["next_batch"].is_string(), "{}", r.body);
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                enc(&a.server_name)
+            ),
+            json!({"filter": {"generic_search_term": "LOBBY"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chunk = r.body["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1, "{}", r.body);
+    assert_eq!(chunk[0]["room_id"], room.as_str());
+    assert_eq!(chunk[0]["topic"], "say hi");
+    let r = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/publicRooms?server={}",
+                enc(&a.server_name)
+            ),
+            json!({"filter": {"generic_search_term": "nothing like it"}}),
+        )
+        .await;
+    assert_eq!(r.body["chunk"], json!([]), "{}", r.body);
+    let r = bob
+        .get("/_matrix/client/v3/publicRooms?server=bad%20name")
+        .await;
+    r.err(400, "M_INVALID_PARAM");
+
+    // Bob looks up alice's profile on her server; a user who does not exist there is 404.
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/profile/{}",
+            enc(&alice.user_id)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["displayname"], "Alice of A");
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            enc(&alice.user_id)
+        ))
+        .await;
+    assert_eq!(r.body, json!({"displayname": "Alice of A"}));
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/profile/{}",
+            enc(&format!("@ghost:{}", a.server_name))
+        ))
+        .await;
+    r.err(404, "M_NOT_FOUND");
 }

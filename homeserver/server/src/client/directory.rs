@@ -3,7 +3,7 @@
 use axum::{extract::State, Json};
 use plexus_store::{Batch, Table};
 use ruma::{OwnedRoomAliasId, RoomAliasId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::membership::{parse_room_id, resolve_alias};
@@ -168,34 +168,83 @@ pub struct PublicRoomsQuery {
     server: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 pub struct PublicRoomsFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
     generic_search_term: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     room_types: Option<Vec<Option<String>>>,
 }
 
 #[derive(Deserialize, Default)]
 pub struct PublicRoomsBody {
-    limit: Option<usize>,
-    since: Option<String>,
+    pub limit: Option<usize>,
+    pub since: Option<String>,
     server: Option<String>,
     #[serde(default)]
-    filter: PublicRoomsFilter,
+    pub filter: PublicRoomsFilter,
 }
 
-/// Rooms published in the directory, largest first, paged by offset tokens.
-fn list_public(
+/// This server's directory, or another server's over federation (`GET` when there is no
+/// filter, `POST` with one).
+async fn list_public_on(
     app: &App,
     limit: Option<usize>,
     since: Option<&str>,
     server: Option<&str>,
-    filter: &PublicRoomsFilter,
+    filter: Option<&PublicRoomsFilter>,
 ) -> ApiResult<Value> {
-    if server.is_some_and(|s| s != app.server_name().as_str()) {
-        return Err(ApiError::InvalidParam(
+    let server = match server {
+        Some(s) if s != app.server_name().as_str() => ruma::ServerName::parse(s)
+            .map_err(|e| ApiError::InvalidParam(format!("invalid server name: {e}")))?,
+        _ => return list_public(app, limit, since, filter.unwrap_or(&Default::default())),
+    };
+    let Some(fed) = &app.federation else {
+        return Err(ApiError::NotFound(
             "Other servers' directories need federation, which is not enabled".into(),
         ));
+    };
+    const PATH: &str = "/_matrix/federation/v1/publicRooms";
+    let v = match filter {
+        None => {
+            let mut q = vec![];
+            if let Some(l) = limit {
+                q.push(format!("limit={l}"));
+            }
+            if let Some(s) = since {
+                q.push(format!("since={}", crate::federation::sender::enc(s)));
+            }
+            let path = format!("{PATH}?{}", q.join("&"));
+            fed.request(app, &server, http::Method::GET, &path, None, true)
+                .await?
+        }
+        Some(f) => {
+            let mut body = json!({ "filter": f });
+            if let Some(l) = limit {
+                body["limit"] = json!(l);
+            }
+            if let Some(s) = since {
+                body["since"] = json!(s);
+            }
+            fed.request(app, &server, http::Method::POST, PATH, Some(body), true)
+                .await?
+        }
+    };
+    if !v.get("chunk").is_some_and(Value::is_array) {
+        return Err(ApiError::BadGateway(format!(
+            "{server} answered publicRooms without a chunk"
+        )));
     }
+    Ok(v)
+}
+
+/// Rooms published in this server's directory, largest first, paged by offset tokens.
+pub fn list_public(
+    app: &App,
+    limit: Option<usize>,
+    since: Option<&str>,
+    filter: &PublicRoomsFilter,
+) -> ApiResult<Value> {
     let offset = match since {
         None => 0,
         Some(t) => t
@@ -270,13 +319,9 @@ pub async fn public_rooms(
                 .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
         })
         .transpose()?;
-    Ok(Json(list_public(
-        &app,
-        limit,
-        q.since.as_deref(),
-        q.server.as_deref(),
-        &PublicRoomsFilter::default(),
-    )?))
+    Ok(Json(
+        list_public_on(&app, limit, q.since.as_deref(), q.server.as_deref(), None).await?,
+    ))
 }
 
 pub async fn search_public_rooms(
@@ -286,13 +331,16 @@ pub async fn search_public_rooms(
     Body(body): Body<PublicRoomsBody>,
 ) -> ApiResult<Json<Value>> {
     let server = body.server.as_deref().or(q.server.as_deref());
-    Ok(Json(list_public(
-        &app,
-        body.limit,
-        body.since.as_deref(),
-        server,
-        &body.filter,
-    )?))
+    Ok(Json(
+        list_public_on(
+            &app,
+            body.limit,
+            body.since.as_deref(),
+            server,
+            Some(&body.filter),
+        )
+        .await?,
+    ))
 }
 
 pub async fn get_visibility(

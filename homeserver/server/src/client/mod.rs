@@ -3,7 +3,7 @@
 mod account;
 mod account_data;
 mod devices;
-mod directory;
+pub mod directory;
 mod discovery;
 pub mod filter;
 mod membership;

@@ -15,7 +15,36 @@ fn parse_user(s: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))
 }
 
-fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
+/// A user's profile: ours from the store, anyone else's from their server (`query/profile`).
+async fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
+    if !app.is_local(user) {
+        let Some(fed) = &app.federation else {
+            return Err(ApiError::NotFound(
+                "Profile not found (federation is not enabled)".into(),
+            ));
+        };
+        let path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            crate::federation::sender::enc(user.as_str())
+        );
+        let v = fed
+            .request(
+                app,
+                user.server_name(),
+                http::Method::GET,
+                &path,
+                None,
+                true,
+            )
+            .await?;
+        let mut m = Map::new();
+        for f in ["displayname", "avatar_url"] {
+            if let Some(s) = v.get(f).filter(|s| s.is_string()) {
+                m.insert(f.into(), s.clone());
+            }
+        }
+        return Ok(m);
+    }
     let rec = app
         .user(user)?
         .filter(|r| !r.deactivated || r.displayname.is_some())
@@ -35,7 +64,7 @@ pub async fn get_profile(
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
-    Ok(Json(Value::Object(profile_of(&app, &user)?)))
+    Ok(Json(Value::Object(profile_of(&app, &user).await?)))
 }
 
 fn check_field(field: &str) -> ApiResult<()> {
@@ -51,7 +80,7 @@ pub async fn get_field(
 ) -> ApiResult<Json<Value>> {
     check_field(&field)?;
     let user = parse_user(&user)?;
-    let p = profile_of(&app, &user)?;
+    let p = profile_of(&app, &user).await?;
     match p.get(&field) {
         Some(v) => Ok(Json(json!({ field: v }))),
         None => Err(ApiError::NotFound(format!("{field} not set"))),

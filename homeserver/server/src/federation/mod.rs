@@ -81,6 +81,10 @@ pub fn router() -> Router<App> {
             post(events::get_missing_events),
         )
         .route(&format!("{V1}/query/profile"), get(query::profile))
+        .route(
+            &format!("{V1}/publicRooms"),
+            get(query::public_rooms).post(query::search_public_rooms),
+        )
         .route(&format!("{V1}/query/directory"), get(query::directory))
         .route(
             &format!("{V1}/openid/userinfo"),

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::x_matrix::FedRequest;
 use crate::{
+    client::directory::{list_public, PublicRoomsBody},
     error::{ApiError, ApiResult},
     http::extract::Query,
     service::{decode, now_ms, App},
@@ -107,4 +108,47 @@ pub async fn openid_userinfo(
         return Err(unknown());
     }
     Ok(Json(json!({ "sub": v.get("user_id") })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct PublicRoomsQuery {
+    limit: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /publicRooms`: this server's room directory for another server's users.
+pub async fn public_rooms(
+    State(app): State<App>,
+    Query(q): Query<PublicRoomsQuery>,
+    _req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    let limit = q
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<usize>()
+                .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
+        })
+        .transpose()?;
+    Ok(Json(list_public(
+        &app,
+        limit,
+        q.since.as_deref(),
+        &Default::default(),
+    )?))
+}
+
+/// `POST /publicRooms`: the same with a filter.
+pub async fn search_public_rooms(
+    State(app): State<App>,
+    req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    let body: PublicRoomsBody = serde_json::from_value(req.body.clone())
+        .map_err(|e| ApiError::BadJson(format!("invalid publicRooms request: {e}")))?;
+    Ok(Json(list_public(
+        &app,
+        body.limit,
+        body.since.as_deref(),
+        &body.filter,
+    )?))
 }
