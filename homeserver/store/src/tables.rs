@@ -74,4 +74,9 @@ pub enum Table {
     /// user id \0 room id → `{event_id, events}`: the stripped state another server sent with
     /// an invite (or answered to a knock) for a room this server is not in
     StrippedState = 35,
+    /// short room id, seq (big-endian; larger is older) → short event id of an event from
+    /// before the room's timeline here, fetched by backfill
+    History = 36,
+    /// short event id → its History seq (big-endian), so an event is placed in history once
+    HistoryEvent = 37,
 }

@@ -67,6 +67,93 @@ fn check_access(app: &App, s: &Session, room: &RoomRef) -> ApiResult<()> {
     app.visible_state_hash(&s.user_id, room).map(|_| ())
 }
 
+/// A place between two events of a room as `/messages` sees it: after timeline position `n`
+/// (a sync token), or after history row `h<n>` (backfilled events, older as `n` grows;
+/// `h0` is the start of the timeline).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pos {
+    Timeline(u64),
+    History(u64),
+}
+
+impl Pos {
+    fn parse(t: &str) -> ApiResult<Pos> {
+        match t.strip_prefix('h') {
+            Some(n) => n
+                .parse()
+                .map(Pos::History)
+                .map_err(|_| ApiError::InvalidParam(format!("invalid token {t}"))),
+            None => parse_token(t).map(Pos::Timeline),
+        }
+    }
+
+    fn token(self) -> String {
+        match self {
+            Pos::Timeline(n) => n.to_string(),
+            Pos::History(n) => format!("h{n}"),
+        }
+    }
+}
+
+type Entries<'a> = Box<dyn Iterator<Item = ApiResult<(Pos, u64)>> + Send + 'a>;
+
+/// Events going back from `from` to `to`: the timeline, then backfilled history. Each comes
+/// with the position just before it.
+fn backwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: Option<Pos>) -> Entries<'a> {
+    let history = move |after: u64, upto: u64| -> Entries<'a> {
+        Box::new(
+            crate::federation::backfill::history(app, short_room, after + 1, upto)
+                .map(|r| r.map(|(seq, short)| (Pos::History(seq), short))),
+        )
+    };
+    match (from, to) {
+        (Pos::Timeline(c), Some(Pos::Timeline(lo))) => Box::new(
+            app.timeline(short_room, lo, c)
+                .rev()
+                .map(|r| r.map(|(n, short)| (Pos::Timeline(n - 1), short))),
+        ),
+        (Pos::Timeline(c), to) => {
+            let upto = match to {
+                Some(Pos::History(h)) => h,
+                _ => u64::MAX - 1,
+            };
+            Box::new(
+                app.timeline(short_room, 0, c)
+                    .rev()
+                    .map(|r| r.map(|(n, short)| (Pos::Timeline(n - 1), short)))
+                    .chain(history(0, upto)),
+            )
+        }
+        (Pos::History(h), to) => {
+            let upto = match to {
+                Some(Pos::History(x)) => x,
+                Some(Pos::Timeline(_)) => h,
+                None => u64::MAX - 1,
+            };
+            history(h, upto)
+        }
+    }
+}
+
+/// Events going forward from `from` to `to`: the rest of history (newer rows), then the timeline.
+fn forwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: u64) -> Entries<'a> {
+    let timeline = move |after: u64| -> Entries<'a> {
+        Box::new(
+            app.timeline(short_room, after, to)
+                .map(|r| r.map(|(n, short)| (Pos::Timeline(n), short))),
+        )
+    };
+    match from {
+        Pos::Timeline(c) => timeline(c),
+        Pos::History(h) => Box::new(
+            crate::federation::backfill::history(app, short_room, 1, h)
+                .rev()
+                .map(|r| r.map(|(seq, short)| (Pos::History(seq - 1), short)))
+                .chain(timeline(0)),
+        ),
+    }
+}
+
 pub async fn messages(
     State(app): State<App>,
     Auth(s): Auth,
@@ -85,51 +172,75 @@ pub async fn messages(
     let limit = parse_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let filter = parse_event_filter(q.filter.as_deref())?;
     let now = app.store.current_count();
-    let from = match q.from.as_deref() {
-        Some(t) => parse_token(t)?.min(now),
-        None if backwards => now,
-        None => 0,
+    let from = match q.from.as_deref().map(Pos::parse).transpose()? {
+        Some(Pos::Timeline(c)) => Pos::Timeline(c.min(now)),
+        Some(h) => h,
+        None if backwards => Pos::Timeline(now),
+        None => Pos::Timeline(0),
     };
-    let to = q.to.as_deref().map(parse_token).transpose()?;
+    let to = q.to.as_deref().map(Pos::parse).transpose()?;
 
-    let (lo, hi) = if backwards {
-        (to.unwrap_or(0), from)
-    } else {
-        (from, to.unwrap_or(now).min(now))
-    };
     let mut chunk = vec![];
     let mut senders = BTreeSet::new();
     let mut last_pos = None;
     let mut exhausted = true;
-    let iter: Box<dyn Iterator<Item = ApiResult<(u64, u64)>>> = if backwards {
-        Box::new(app.timeline(room.short, lo, hi).rev())
-    } else {
-        Box::new(app.timeline(room.short, lo, hi))
-    };
-    for (scanned, item) in iter.enumerate() {
-        if chunk.len() >= limit || scanned >= SCAN_CAP {
-            exhausted = false;
+    let mut scanned = 0;
+    // Backwards past everything stored, one round of backfill from another server, then on.
+    for round in 0..2 {
+        let start = last_pos.unwrap_or(from);
+        let iter = if backwards {
+            backwards_from(&app, room.short, start, to)
+        } else {
+            let upto = match to {
+                Some(Pos::Timeline(t)) => t.min(now),
+                _ => now,
+            };
+            forwards_from(&app, room.short, start, upto)
+        };
+        exhausted = true;
+        for item in iter {
+            if chunk.len() >= limit || scanned >= SCAN_CAP {
+                exhausted = false;
+                break;
+            }
+            scanned += 1;
+            let (pos, short) = item?;
+            last_pos = Some(pos);
+            let Some(pdu) = app.pdu_by_short(short)? else {
+                continue;
+            };
+            let Some(stored) = app.pdu_json(short)? else {
+                continue;
+            };
+            if !filter.allows(&stored) || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+                continue;
+            }
+            senders.insert(pdu.sender.to_string());
+            chunk.push(app.client_event(short, &stored, &room_id, Some(&s), true)?);
+        }
+        let may_backfill = round == 0
+            && backwards
+            && exhausted
+            && !matches!(to, Some(Pos::Timeline(_)))
+            && app.federation.is_some();
+        if !may_backfill {
             break;
         }
-        let (count, short) = item?;
-        last_pos = Some(count);
-        let Some(pdu) = app.pdu_by_short(short)? else {
-            continue;
-        };
-        let Some(stored) = app.pdu_json(short)? else {
-            continue;
-        };
-        if !filter.allows(&stored) || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
-            continue;
+        let wanted = limit.saturating_sub(chunk.len()).max(1);
+        match crate::federation::backfill::backfill(&app, &room, wanted).await {
+            Ok(0) => break,
+            Ok(n) => tracing::debug!(room_id = %room_id, n, "paged into backfilled history"),
+            Err(e) => {
+                tracing::info!(room_id = %room_id, error = %e, "backfill failed");
+                break;
+            }
         }
-        senders.insert(pdu.sender.to_string());
-        chunk.push(app.client_event(short, &stored, &room_id, Some(&s), true)?);
     }
-    let mut out = json!({ "start": from.to_string(), "chunk": chunk });
+    let mut out = json!({ "start": from.token(), "chunk": chunk });
     match (backwards, last_pos) {
-        (true, Some(p)) if !exhausted => out["end"] = json!((p - 1).to_string()),
-        (false, Some(p)) => out["end"] = json!(p.to_string()),
-        (false, None) => out["end"] = json!(from.to_string()),
+        (true, Some(p)) if !exhausted => out["end"] = json!(p.token()),
+        (false, Some(p)) => out["end"] = json!(p.token()),
+        (false, None) => out["end"] = json!(from.token()),
         _ => {}
     }
     if filter.lazy_load_members && !senders.is_empty() {

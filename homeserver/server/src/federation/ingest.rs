@@ -59,6 +59,15 @@ impl From<plexus_store::StoreError> for IngestError {
     }
 }
 
+/// Whether an event belongs to `room_id`: by its `room_id`, or (room version 12 create events,
+/// which have none) by the room id being derived from the event id.
+pub fn in_room(room_id: Option<&RoomId>, event_id: &EventId, room: &RoomId) -> bool {
+    match room_id {
+        Some(r) => r == room,
+        None => room.as_str().get(1..) == event_id.as_str().get(1..),
+    }
+}
+
 /// A PDU that passed its signature check, in stored form (redacted if its hash did not match).
 #[derive(Clone, Debug)]
 pub struct Checked {
@@ -492,37 +501,32 @@ fn with_depth(app: &Services, hash: u64) -> ApiResult<Option<(u64, u32)>> {
     Ok(Some((hash, app.store.state.depth(hash)?)))
 }
 
-/// Persist a checked PDU whose prev events and auth events are all known, in its room.
-/// `forward_from`: set for joins/leaves we accepted as the resident server, which we must pass
-/// on to every other server in the room (not back to the one that sent it).
-pub async fn persist(
+/// A PDU stored on its own, with the state before it (resolved across its prev events).
+struct Before {
+    short: u64,
+    before: Arc<StateMap>,
+    prev_shorts: Vec<u64>,
+}
+
+/// Check a PDU against its auth events, store it (as an outlier, so state resolution can read
+/// it like any other event), work out the state before it, and check it against that.
+fn state_before_checked(
     app: &Services,
-    room: &RoomRef,
     rules: &RoomVersionRules,
-    c: Checked,
-    forward_from: Option<&ServerName>,
-) -> Result<Outcome, IngestError> {
-    let room_id = room.meta.room_id.clone();
-    let _guard = app.room_lock(&room_id).lock_owned().await;
-    if has_state(app, &c.event_id)? {
-        return Ok(Outcome::Duplicate);
-    }
+    c: &Checked,
+) -> Result<Before, IngestError> {
     let pdu = &c.pdu;
     let fetch = |id: &EventId| app.pdu(id).ok().flatten();
     check_against_auth_events(rules, pdu, fetch)?;
-
-    // Stored first on its own, so that state resolution can read it like any other event.
     let short = match app.short_event(&c.event_id)? {
         Some(s) => s,
         None => {
             let mut b = Batch::default();
-            let s = put_outlier(app, &c, &mut b)?;
+            let s = put_outlier(app, c, &mut b)?;
             app.store.commit(b)?;
             s
         }
     };
-
-    // The state before: the state after each prev event, resolved where they differ.
     let mut prev_states = vec![];
     let mut prev_shorts = vec![];
     for p in &pdu.prev_events {
@@ -541,12 +545,95 @@ pub async fn persist(
             Arc::new(resolve(app, rules, &refs)?)
         }
     };
+    let lookup = |t: &StateEventType, k: &str| -> Option<Pdu> {
+        let sk = app.short_state_key(&t.to_string(), k).ok()??;
+        app.pdu_by_short(*before.get(&sk)?).ok()?
+    };
+    auth::check(rules, pdu, fetch, lookup)
+        .map_err(|e| IngestError::Auth(format!("against the state before it: {e}")))?;
+    Ok(Before {
+        short,
+        before,
+        prev_shorts,
+    })
+}
+
+/// Persist an event from the room's past (backfill): its state before and after, but no
+/// timeline position, extremity or current-state change. Answers its short id.
+pub async fn persist_historic(
+    app: &Services,
+    room: &RoomRef,
+    rules: &RoomVersionRules,
+    c: &Checked,
+) -> Result<u64, IngestError> {
+    let _guard = app.room_lock(&room.meta.room_id).lock_owned().await;
+    if has_state(app, &c.event_id)? {
+        return app
+            .short_event(&c.event_id)?
+            .ok_or_else(|| IngestError::Invalid("stored event without id".into()));
+    }
+    let Before {
+        short,
+        before,
+        prev_shorts,
+    } = state_before_checked(app, rules, c)?;
+    let mut pre = Batch::default();
+    let base = match prev_shorts.first() {
+        Some(&p) => with_depth(app, app.event_state(p)?.map_or(0, |s| s.0))?,
+        None => None,
+    };
+    let base_map = match base {
+        Some((h, _)) => Some(app.state_map(h)?),
+        None => None,
+    };
+    let before_snap = snapshot(app, &before, base.zip(base_map.as_deref()), &mut pre)?;
+    let after_snap = match &c.pdu.state_key {
+        Some(sk) => {
+            let k = app.short_state_key_or_create(&c.pdu.kind.to_string(), sk)?;
+            let full = || {
+                let mut m = (*before).clone();
+                m.insert(k, short);
+                m
+            };
+            Some(
+                app.store
+                    .state
+                    .derive(before_snap, &[(k, short)], &[], full, &mut pre)?,
+            )
+        }
+        None => before_snap,
+    };
+    event_state_row(&mut pre, short, before_snap, after_snap);
+    app.store.commit(pre)?;
+    Ok(short)
+}
+
+/// Persist a checked PDU whose prev events and auth events are all known, in its room.
+/// `forward_from`: set for joins/leaves we accepted as the resident server, which we must pass
+/// on to every other server in the room (not back to the one that sent it).
+pub async fn persist(
+    app: &Services,
+    room: &RoomRef,
+    rules: &RoomVersionRules,
+    c: Checked,
+    forward_from: Option<&ServerName>,
+) -> Result<Outcome, IngestError> {
+    let room_id = room.meta.room_id.clone();
+    let _guard = app.room_lock(&room_id).lock_owned().await;
+    if has_state(app, &c.event_id)? {
+        return Ok(Outcome::Duplicate);
+    }
+    let pdu = &c.pdu;
+    let fetch = |id: &EventId| app.pdu(id).ok().flatten();
+    let Before {
+        short,
+        before,
+        prev_shorts,
+    } = state_before_checked(app, rules, &c)?;
     let lookup = |map: &StateMap, t: &StateEventType, k: &str| -> Option<Pdu> {
         let sk = app.short_state_key(&t.to_string(), k).ok()??;
         app.pdu_by_short(*map.get(&sk)?).ok()?
     };
-    auth::check(rules, pdu, fetch, |t, k| lookup(&before, t, k))
-        .map_err(|e| IngestError::Auth(format!("against the state before it: {e}")))?;
 
     let current_hash = app.current_state(room.short)?;
     let current: Arc<StateMap> = match current_hash {

@@ -157,11 +157,7 @@ async fn invite_state(
         let c = ingest::check(app, rules, e)
             .await
             .map_err(|err| ApiError::InvalidParam(format!("invite_room_state: {err}")))?;
-        let in_room = match &c.pdu.room_id {
-            Some(r) => r == room_id,
-            None => room_id.as_str().get(1..) == c.event_id.as_str().get(1..),
-        };
-        if !in_room {
+        if !ingest::in_room(c.pdu.room_id.as_deref(), &c.event_id, room_id) {
             return Err(ApiError::InvalidParam(
                 "invite_room_state holds an event of another room".into(),
             ));

@@ -2,6 +2,7 @@
 //! per-destination sender, and joining rooms that live on other servers.
 
 pub mod acl;
+pub mod backfill;
 pub mod client;
 pub mod edu;
 pub mod events;

@@ -226,9 +226,10 @@ async fn fill_gap(
     Ok(())
 }
 
-/// For prev events we cannot reach: fetch the state at each from the peer (`/state`), store
-/// it with its auth chain, and the prev event itself as the point that state belongs to.
-async fn state_at_prevs(
+/// For prev events we cannot reach: learn the state at each from the peer, store it with its
+/// auth chain, and the prev event itself as the point that state belongs to. `/state_ids`
+/// first, fetching only the events we lack; `/state` when that would be too many requests.
+pub(super) async fn state_at_prevs(
     app: &Services,
     origin: &ServerName,
     room_id: &RoomId,
@@ -237,36 +238,79 @@ async fn state_at_prevs(
 ) -> Result<(), IngestError> {
     let fed = app.fed()?;
     for prev in missing.iter().take(5) {
-        let path = format!(
-            "/_matrix/federation/v1/state/{}?event_id={}",
-            enc(room_id.as_str()),
-            enc(prev.as_str())
-        );
+        let query = format!("{}?event_id={}", enc(room_id.as_str()), enc(prev.as_str()));
         let resp = fed
-            .request(app, origin, http::Method::GET, &path, None, true)
+            .request(
+                app,
+                origin,
+                http::Method::GET,
+                &format!("/_matrix/federation/v1/state_ids/{query}"),
+                None,
+                true,
+            )
             .await?;
-        // The point itself: stored already (as an outlier), or fetched with its auth chain.
-        let mut prev_ev = match app.short_event(prev)? {
-            Some(s) => match (app.pdu_json(s)?, app.pdu_by_short(s)?) {
-                (Some(stored), Some(pdu)) => vec![Checked {
-                    event_id: prev.clone(),
-                    stored,
-                    pdu,
-                }],
-                _ => vec![],
-            },
-            None => ingest::fetch_events(app, origin, rules, room_id, vec![prev.clone()]).await?,
+        let ids = |k: &str| -> Vec<OwnedEventId> {
+            resp.get(k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter_map(|s| OwnedEventId::try_from(s).ok())
+                .collect()
         };
-        let list = |k: &str| resp.get(k).and_then(Value::as_array).into_iter().flatten();
-        let state = ingest::check_each(app, rules, list("pdus")).await;
-        let state_ids: Vec<OwnedEventId> = state.iter().map(|c| c.event_id.clone()).collect();
-        let mut all = ingest::check_each(app, rules, list("auth_chain")).await;
-        all.extend(state);
-        let point = prev_ev
-            .pop()
+        let state_ids = ids("pdu_ids");
+        let mut wanted = state_ids.clone();
+        wanted.extend(ids("auth_chain_ids"));
+        wanted.push(prev.clone());
+        let mut all = vec![];
+        let mut unknown = vec![];
+        for id in wanted {
+            match stored_checked(app, &id)? {
+                Some(c) => all.push(c),
+                None => unknown.push(id),
+            }
+        }
+        if unknown.len() > STATE_IDS_FETCH_MAX {
+            let resp = fed
+                .request(
+                    app,
+                    origin,
+                    http::Method::GET,
+                    &format!("/_matrix/federation/v1/state/{query}"),
+                    None,
+                    true,
+                )
+                .await?;
+            let list = |k: &str| resp.get(k).and_then(Value::as_array).into_iter().flatten();
+            all.extend(ingest::check_each(app, rules, list("pdus")).await);
+            all.extend(ingest::check_each(app, rules, list("auth_chain")).await);
+            unknown.retain(|id| id == prev && !all.iter().any(|c| &c.event_id == id));
+        }
+        all.extend(ingest::fetch_events(app, origin, rules, room_id, unknown).await?);
+        let at = all
+            .iter()
+            .position(|c| &c.event_id == prev)
             .ok_or_else(|| IngestError::Invalid(format!("{origin} has no event {prev}")))?;
-        all.extend(prev_ev);
+        let point = all.swap_remove(at);
         super::join::store_state_and_point(app, rules, all, &state_ids, point).await?;
     }
     Ok(())
+}
+
+/// Most events fetched one by one to complete a `/state_ids` answer before `/state` is cheaper.
+const STATE_IDS_FETCH_MAX: usize = 50;
+
+/// A stored event as a [`Checked`] (it was checked when it was stored).
+fn stored_checked(app: &Services, id: &ruma::EventId) -> ApiResult<Option<Checked>> {
+    let Some(short) = app.short_event(id)? else {
+        return Ok(None);
+    };
+    Ok(match (app.pdu_json(short)?, app.pdu_by_short(short)?) {
+        (Some(stored), Some(pdu)) => Some(Checked {
+            event_id: id.to_owned(),
+            stored,
+            pdu,
+        }),
+        _ => None,
+    })
 }

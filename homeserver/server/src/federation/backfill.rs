@@ -1,0 +1,180 @@
+//! Backfill: a room's history from before this server joined, fetched from a server in the
+//! room when a client pages past what is stored here. Backfilled events get their state
+//! (so history visibility applies to them) and a place in the room's `History` index, which
+//! `/messages` reads after the timeline; they never change current state or extremities.
+
+use plexus_store::{be_u64, Batch, Table};
+use ruma::OwnedEventId;
+use serde_json::Value;
+
+use super::{
+    ingest::{self, IngestError},
+    sender::enc,
+};
+use crate::{
+    error::ApiResult,
+    service::{rooms::RoomRef, Services},
+};
+
+/// Most events asked for in one `/backfill` request.
+const MAX_BACKFILL: usize = 100;
+
+pub fn history_key(short_room: u64, seq: u64) -> Vec<u8> {
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `(seq, short event id)` of the room's history rows with `seq` in `[lo, hi]`, newest first.
+pub fn history(
+    app: &Services,
+    short_room: u64,
+    lo: u64,
+    hi: u64,
+) -> impl DoubleEndedIterator<Item = ApiResult<(u64, u64)>> + '_ {
+    app.store
+        .kv
+        .range(
+            Table::History,
+            &history_key(short_room, lo),
+            &history_key(short_room, hi.saturating_add(1)),
+        )
+        .map(|r| {
+            r.map(|(k, v)| (be_u64(&k[8..]), be_u64(&v)))
+                .map_err(Into::into)
+        })
+}
+
+/// The oldest history seq of the room (0 when nothing was backfilled).
+fn last_seq(app: &Services, short_room: u64) -> ApiResult<u64> {
+    Ok(history(app, short_room, 1, u64::MAX)
+        .next_back()
+        .transpose()?
+        .map_or(0, |(seq, _)| seq))
+}
+
+fn placed(app: &Services, short: u64) -> ApiResult<bool> {
+    Ok(app
+        .store
+        .kv
+        .get(Table::HistoryEvent, &short.to_be_bytes())?
+        .is_some())
+}
+
+/// The events just before everything stored of the room's history: the prev events of the
+/// oldest backfilled event, or of the oldest timeline event.
+fn backward_extremities(app: &Services, room: &RoomRef) -> ApiResult<Vec<OwnedEventId>> {
+    let oldest = match history(app, room.short, 1, u64::MAX).next_back() {
+        Some(item) => Some(item?.1),
+        None => match app.timeline(room.short, 0, u64::MAX - 1).next() {
+            Some(item) => Some(item?.1),
+            None => None,
+        },
+    };
+    let Some(pdu) = oldest.map(|s| app.pdu_by_short(s)).transpose()?.flatten() else {
+        return Ok(vec![]);
+    };
+    let mut out = vec![];
+    for p in &pdu.prev_events {
+        match app.short_event(p)? {
+            Some(s) if placed(app, s)? => {}
+            _ => out.push(p.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// Fetch up to about `wanted` events of history from a server in the room and place them;
+/// answers how many were added (0 when there is nothing older or nobody to ask).
+pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<usize, IngestError> {
+    let Some(fed) = &app.federation else {
+        return Ok(0);
+    };
+    let v = backward_extremities(app, room)?;
+    if v.is_empty() {
+        return Ok(0);
+    }
+    let room_id = &room.meta.room_id;
+    let rules = plexus_core::room_version::rules(&room.meta.version)
+        .map_err(|e| IngestError::Local(e.into()))?;
+    let limit = wanted.clamp(10, MAX_BACKFILL);
+    let vs: Vec<String> = v.iter().map(|e| format!("v={}", enc(e.as_str()))).collect();
+    let path = format!(
+        "/_matrix/federation/v1/backfill/{}?limit={limit}&{}",
+        enc(room_id.as_str()),
+        vs.join("&")
+    );
+    for server in app.room_servers(room.short)? {
+        let resp = match fed
+            .request(app, &server, http::Method::GET, &path, None, true)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(%server, room_id = %room_id, error = %e, "backfill failed");
+                continue;
+            }
+        };
+        let pdus = resp
+            .get("pdus")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        let mut events = ingest::check_each(app, &rules, pdus.take(MAX_BACKFILL)).await;
+        events.retain(|c| ingest::in_room(c.pdu.room_id.as_deref(), &c.event_id, room_id));
+        events.sort_by_key(|c| c.pdu.depth);
+        let mut added = vec![];
+        for c in events {
+            if let Some(s) = app.short_event(&c.event_id)? {
+                if placed(app, s)? {
+                    continue;
+                }
+            }
+            let id = c.event_id.clone();
+            let stored = async {
+                ingest::ensure_auth_events(app, &server, &rules, room_id, &c).await?;
+                let mut missing = vec![];
+                for p in &c.pdu.prev_events {
+                    if !ingest::has_state(app, p)? {
+                        missing.push(p.clone());
+                    }
+                }
+                if !missing.is_empty() {
+                    super::send::state_at_prevs(app, &server, room_id, &rules, &missing).await?;
+                }
+                ingest::persist_historic(app, room, &rules, &c).await
+            };
+            match stored.await {
+                Ok(short) => added.push(short),
+                Err(e) => tracing::info!(event_id = %id, error = %e, "backfilled event refused"),
+            }
+        }
+        // Oldest first here; the newest of them sits right behind what was stored before.
+        let _guard = app.room_lock(room_id).lock_owned().await;
+        let mut seq = last_seq(app, room.short)?;
+        let mut batch = Batch::default();
+        let mut seen = std::collections::HashSet::new();
+        for short in added.iter().rev() {
+            if !seen.insert(*short) || placed(app, *short)? {
+                continue;
+            }
+            seq += 1;
+            batch.put(
+                Table::History,
+                &history_key(room.short, seq),
+                &short.to_be_bytes(),
+            );
+            batch.put(
+                Table::HistoryEvent,
+                &short.to_be_bytes(),
+                &seq.to_be_bytes(),
+            );
+        }
+        app.store.commit(batch)?;
+        drop(_guard);
+        app.store.flush().await?;
+        tracing::info!(%server, room_id = %room_id, added = added.len(), "backfilled");
+        return Ok(added.len());
+    }
+    Ok(0)
+}
