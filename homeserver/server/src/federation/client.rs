@@ -96,13 +96,21 @@ pub fn forbidden_ip(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
 /// cannot be pointed at internal services after the check (no time-of-check gap).
 struct GuardedResolver {
     allow_loopback: bool,
+    /// Names whose SRV record points elsewhere: connect to the target's addresses.
+    targets: super::resolve::SrvTargets,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow = self.allow_loopback;
+        let target = self
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name.as_str())
+            .cloned();
         Box::pin(async move {
-            let host = format!("{}:0", name.as_str());
+            let host = format!("{}:0", target.as_deref().unwrap_or(name.as_str()));
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host)
                 .await?
                 .filter(|a| forbidden_ip(a.ip(), allow).is_none())
@@ -115,14 +123,21 @@ impl Resolve for GuardedResolver {
     }
 }
 
-pub fn http_client(verify_tls: bool, allow_loopback: bool) -> Result<reqwest::Client, ApiError> {
+pub fn http_client(
+    verify_tls: bool,
+    allow_loopback: bool,
+    targets: super::resolve::SrvTargets,
+) -> Result<reqwest::Client, ApiError> {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(!verify_tls)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
         .pool_idle_timeout(Duration::from_secs(60))
         .redirect(reqwest::redirect::Policy::limited(3))
-        .dns_resolver(Arc::new(GuardedResolver { allow_loopback }))
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow_loopback,
+            targets,
+        }))
         .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ApiError::Internal(format!("http client: {e}")))

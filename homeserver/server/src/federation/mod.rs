@@ -35,10 +35,15 @@ pub struct Federation {
 
 impl Federation {
     pub fn new(settings: FederationSettings) -> Result<Self, ApiError> {
+        let resolver = resolve::Resolver::default();
         Ok(Self {
-            http: client::http_client(settings.verify_tls, settings.allow_loopback)?,
+            http: client::http_client(
+                settings.verify_tls,
+                settings.allow_loopback,
+                resolver.targets.clone(),
+            )?,
             settings,
-            resolver: resolve::Resolver::default(),
+            resolver,
             keys: keys::KeyCache::default(),
             sender: sender::Sender::default(),
         })

@@ -1,18 +1,24 @@
 //! Server discovery (spec: "Resolving server names"): IP literals, explicit ports,
-//! `/.well-known/matrix/server` delegation, then port 8448. Results are cached for an hour.
+//! `/.well-known/matrix/server` delegation, SRV records (`_matrix-fed._tcp`, then the
+//! deprecated `_matrix._tcp`), then port 8448. Results are cached for an hour.
 //!
-//! SRV records (`_matrix-fed._tcp`) are not looked up yet: a name without well-known
-//! delegation goes to port 8448 of its own host.
+//! An SRV target is reached through [`SrvTargets`]: the URL keeps the server's own host name
+//! (so TLS checks the certificate against it, as the spec requires) and the guarded DNS
+//! resolver connects to the target's addresses instead.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use hickory_resolver::{proto::rr::RData, TokioResolver};
 use ruma::ServerName;
 use serde_json::Value;
+
+/// Host name → the SRV target to connect to for it.
+pub type SrvTargets = Arc<Mutex<HashMap<String, String>>>;
 
 const CACHE_FOR: Duration = Duration::from_secs(3600);
 const DEFAULT_PORT: u16 = 8448;
@@ -25,9 +31,45 @@ pub struct Destination {
     pub host_header: String,
 }
 
-#[derive(Default)]
 pub struct Resolver {
     cache: Mutex<HashMap<String, (Destination, Instant)>>,
+    dns: Option<TokioResolver>,
+    pub targets: SrvTargets,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        let dns = TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| tracing::warn!(error = %e, "no DNS resolver: SRV records are not used"))
+            .ok();
+        Self {
+            cache: Mutex::default(),
+            dns,
+            targets: SrvTargets::default(),
+        }
+    }
+}
+
+/// Where a name goes after steps 1 and 2: its SRV record's target and port (connecting to the
+/// target while naming `host`), else port 8448 of `host` itself.
+fn via_srv(host: &str, srv: Option<(String, u16)>) -> (Destination, Option<String>) {
+    match srv {
+        Some((target, port)) => (
+            Destination {
+                base: format!("https://{host}:{port}"),
+                host_header: host.to_owned(),
+            },
+            Some(target),
+        ),
+        None => (
+            Destination {
+                base: format!("https://{host}:{DEFAULT_PORT}"),
+                host_header: host.to_owned(),
+            },
+            None,
+        ),
+    }
 }
 
 /// `host` and optional port of a server name; IPv6 literals keep their brackets.
@@ -85,21 +127,58 @@ impl Resolver {
                 return d.clone();
             }
         }
-        let d = match well_known(http, name.as_str()).await {
-            Some(delegated) => direct(&delegated).unwrap_or(Destination {
-                base: format!("https://{delegated}:{DEFAULT_PORT}"),
-                host_header: delegated,
-            }),
-            None => Destination {
-                base: format!("https://{name}:{DEFAULT_PORT}"),
-                host_header: name.to_string(),
-            },
+        let host = well_known(http, name.as_str())
+            .await
+            .unwrap_or_else(|| name.to_string());
+        let d = match direct(&host) {
+            Some(d) => d,
+            None => {
+                let (d, target) = via_srv(&host, self.srv(&host).await);
+                let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+                match target {
+                    Some(t) => targets.insert(host.clone(), t),
+                    None => targets.remove(&host),
+                };
+                d
+            }
         };
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), (d.clone(), Instant::now()));
         d
+    }
+}
+
+impl Resolver {
+    /// The best `_matrix-fed._tcp` record of `host`, else the best deprecated `_matrix._tcp` one.
+    async fn srv(&self, host: &str) -> Option<(String, u16)> {
+        let dns = self.dns.as_ref()?;
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            let name = format!("{service}.{host}.");
+            let Ok(found) = dns
+                .lookup(name.as_str(), hickory_resolver::proto::rr::RecordType::SRV)
+                .await
+            else {
+                continue;
+            };
+            let best = found
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(srv) => Some(srv),
+                    _ => None,
+                })
+                .min_by_key(|srv| (srv.priority, std::cmp::Reverse(srv.weight)));
+            if let Some(srv) = best {
+                let target = srv.target.to_ascii();
+                let target = target.trim_end_matches('.');
+                if !target.is_empty() {
+                    return Some((target.to_owned(), srv.port));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -139,5 +218,16 @@ mod tests {
             "matrix.example.org:443"
         );
         assert!(direct("example.org").is_none());
+    }
+
+    #[test]
+    fn srv_targets_keep_the_server_name_for_tls() {
+        let (d, target) = via_srv("example.org", Some(("matrix.host.net".into(), 8443)));
+        assert_eq!(d.base, "https://example.org:8443");
+        assert_eq!(d.host_header, "example.org");
+        assert_eq!(target.as_deref(), Some("matrix.host.net"));
+        let (d, target) = via_srv("example.org", None);
+        assert_eq!(d.base, "https://example.org:8448");
+        assert!(target.is_none());
     }
 }
