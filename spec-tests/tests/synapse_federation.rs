@@ -409,3 +409,61 @@ async fn synapse_and_plexus_invite_and_knock_across() {
     })
     .await;
 }
+
+/// A room on `owner`'s server with `n` extra state events (in `initial_state`), for the join
+/// benchmark.
+async fn big_room(owner: &Client, n: usize) -> String {
+    let state: Vec<Value> = (0..n)
+        .map(|i| json!({"type": "org.plexus.bench", "state_key": format!("k{i}"), "content": {"i": i}}))
+        .collect();
+    let r = owner
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"preset": "public_chat", "initial_state": state}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn timed_join(c: &Client, room: &str, via: &str) -> f64 {
+    let t = std::time::Instant::now();
+    let r = c
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    t.elapsed().as_secs_f64()
+}
+
+/// Joining rooms with many state events from another server (a measurement, not a check):
+/// Plexus joining a Plexus room and a Synapse room, and Synapse joining the same Plexus room
+/// for comparison. Sizes from `PLEXUS_BENCH_JOIN_STATE` (default `1000,5000`); run with a
+/// release `plexus` (`PLEXUS_BIN`) and `--ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn remote_join_time() {
+    let sizes: Vec<usize> = std::env::var("PLEXUS_BENCH_JOIN_STATE")
+        .unwrap_or_else(|_| "1000,5000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+    let (a, b) = tokio::join!(Server::federated(), Server::federated());
+    let alice = a.user("alice").await;
+    let carol = syn.user("carol").await;
+    println!("| state events | Plexus joins Plexus room | Plexus joins Synapse room | Synapse joins Plexus room |");
+    println!("| --- | --- | --- | --- |");
+    for n in sizes {
+        let on_plexus = big_room(&alice, n).await;
+        let on_synapse = big_room(&carol, n).await;
+        let bob = b.user(&format!("bob{n}")).await;
+        let dave = syn.user(&format!("dave{n}")).await;
+        let pp = timed_join(&bob, &on_plexus, &a.server_name).await;
+        let ps = timed_join(&bob, &on_synapse, &syn.server_name).await;
+        let sp = timed_join(&dave, &on_plexus, &a.server_name).await;
+        println!("| {n} | {pp:.2} s | {ps:.2} s | {sp:.2} s |");
+    }
+}
