@@ -40,6 +40,10 @@ venv=${SYNAPSE_VENV:-$dir/venv}
 fed_port=${FED_PORT:-}
 
 install() {
+  # Several tests may start Synapse at once with one shared venv: one installs, the others wait.
+  mkdir -p "$(dirname "$venv")"
+  exec 9>"$venv.lock"
+  flock 9
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
   fi
@@ -47,6 +51,8 @@ install() {
     echo "installing matrix-synapse $SYNAPSE_VERSION into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
   fi
+  flock -u 9
+  exec 9>&-
 }
 
 # A self-signed certificate for 127.0.0.1 (peers are told not to verify it).
