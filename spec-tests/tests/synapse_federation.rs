@@ -410,20 +410,28 @@ async fn synapse_and_plexus_invite_and_knock_across() {
     .await;
 }
 
-/// A room on `owner`'s server with `n` extra state events (in `initial_state`), for the join
-/// benchmark.
+/// A room on `owner`'s server with `n` extra state events, for the join benchmark (sent eight
+/// at a time: request size limits rule out one big `initial_state`).
 async fn big_room(owner: &Client, n: usize) -> String {
-    let state: Vec<Value> = (0..n)
-        .map(|i| json!({"type": "org.plexus.bench", "state_key": format!("k{i}"), "content": {"i": i}}))
-        .collect();
-    let r = owner
-        .post(
-            "/_matrix/client/v3/createRoom",
-            json!({"preset": "public_chat", "initial_state": state}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body["room_id"].as_str().unwrap().to_owned()
+    use futures_util::StreamExt;
+    let room = owner.create_room(json!({"preset": "public_chat"})).await;
+    let puts = futures_util::stream::iter(0..n).map(|i| {
+        let room = room.clone();
+        async move {
+            let r = owner
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/org.plexus.bench/k{i}",
+                        enc(&room)
+                    ),
+                    json!({ "i": i }),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    });
+    puts.buffer_unordered(8).collect::<Vec<()>>().await;
+    room
 }
 
 async fn timed_join(c: &Client, room: &str, via: &str) -> f64 {
