@@ -457,6 +457,9 @@ async fn hostile_invites_are_refused() {
     let forger = ServerKey::generate().unwrap();
     let mut tampered = invite(&alice.user_id, &bob, "invite", &peer.key);
     tampered["content"]["displayname"] = json!("changed after signing");
+    // Outside the content and dropped by redaction: the signature still holds, the hash not.
+    let mut padded = invite(&alice.user_id, &bob, "invite", &peer.key);
+    padded["x_added_after_signing"] = json!(true);
     let cases = [
         (
             "unknown invitee",
@@ -499,6 +502,12 @@ async fn hostile_invites_are_refused() {
             (400, "M_INVALID_PARAM"),
         ),
         ("tampered content", tampered, "10", (400, "M_INVALID_PARAM")),
+        (
+            "field added after signing",
+            padded,
+            "10",
+            (400, "M_INVALID_PARAM"),
+        ),
         (
             "unknown room version",
             invite(&alice.user_id, &bob, "invite", &peer.key),

@@ -163,8 +163,8 @@ fn summary(app: &App, room_id: &ruma::RoomId) -> ApiResult<Option<Value>> {
 
 #[derive(Deserialize, Default)]
 pub struct PublicRoomsQuery {
-    limit: Option<String>,
-    since: Option<String>,
+    pub limit: Option<String>,
+    pub since: Option<String>,
     server: Option<String>,
 }
 
@@ -236,6 +236,16 @@ async fn list_public_on(
         )));
     }
     Ok(v)
+}
+
+/// The `limit` query parameter of `publicRooms`.
+pub fn parse_limit(limit: Option<&str>) -> ApiResult<Option<usize>> {
+    limit
+        .map(|l| {
+            l.parse::<usize>()
+                .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
+        })
+        .transpose()
 }
 
 /// Rooms published in this server's directory, largest first, paged by offset tokens.
@@ -311,14 +321,7 @@ pub async fn public_rooms(
     State(app): State<App>,
     crate::http::extract::Query(q): crate::http::extract::Query<PublicRoomsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = q
-        .limit
-        .as_deref()
-        .map(|l| {
-            l.parse::<usize>()
-                .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
-        })
-        .transpose()?;
+    let limit = parse_limit(q.limit.as_deref())?;
     Ok(Json(
         list_public_on(&app, limit, q.since.as_deref(), q.server.as_deref(), None).await?,
     ))

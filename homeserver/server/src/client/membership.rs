@@ -104,14 +104,6 @@ fn member_event(target: &UserId, mut content: Value, reason: Option<&String>) ->
     }
 }
 
-/// Whether a local user is joined to the room (so it can be written to here).
-fn is_resident(app: &App, room_id: &RoomId) -> ApiResult<bool> {
-    Ok(match app.room(room_id)? {
-        Some(r) => app.room_audience(r.short)?.local_joined > 0,
-        None => false,
-    })
-}
-
 /// Turn down an invite or withdraw a knock in a room this server is not in: through a server
 /// of the room (the inviter's, the room's, those behind its stripped state) or, when none
 /// answers, with a leave only this server knows of.
@@ -122,18 +114,16 @@ async fn reject_remote(
     m: &crate::service::rooms::Membership,
     reason: Option<&String>,
 ) -> ApiResult<()> {
-    let mut servers = vec![m.sender.server_name().to_owned()];
-    servers.extend(room_id.server_name().map(ToOwned::to_owned));
-    for ev in app
+    let senders: Vec<OwnedServerName> = app
         .stored_stripped_state(user, room_id, &m.event_id)?
         .unwrap_or_default()
-    {
-        if let Some(u) = ev.get("sender").and_then(Value::as_str) {
-            servers.extend(UserId::parse(u).ok().map(|u| u.server_name().to_owned()));
-        }
-    }
+        .iter()
+        .filter_map(|ev| ev.get("sender").and_then(Value::as_str))
+        .filter_map(|u| UserId::parse(u).ok())
+        .map(|u| u.server_name().to_owned())
+        .collect();
     if app.federation.is_some() {
-        match remote_membership(app, user, room_id, &servers, "leave", reason).await {
+        match remote(app, user, room_id, senders, "leave", reason).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::info!(room_id = %room_id, error = %e, "remote leave failed; leaving locally")
@@ -143,6 +133,53 @@ async fn reject_remote(
     crate::federation::join::local_rejection(app, user, room_id, &m.event_id).await
 }
 
+/// Join, leave or knock on a room this server is not in. Servers are asked in this order:
+/// whoever sent the user's current membership (the inviter), `via`, the room id's server,
+/// then servers known to have members in the room.
+async fn remote(
+    app: &App,
+    user: &UserId,
+    room_id: &RoomId,
+    via: Vec<OwnedServerName>,
+    membership: &str,
+    reason: Option<&String>,
+) -> ApiResult<()> {
+    if app.federation.is_none() {
+        return Err(ApiError::NotFound(
+            "No known servers for this room (federation is not enabled)".into(),
+        ));
+    }
+    let mut servers: Vec<OwnedServerName> = app
+        .membership(user, room_id)?
+        .map(|m| m.sender.server_name().to_owned())
+        .into_iter()
+        .collect();
+    servers.extend(via);
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    if let Some(r) = app.room(room_id)? {
+        servers.extend(app.room_servers(r.short)?);
+    }
+    remote_membership(app, user, room_id, &servers, membership, reason).await
+}
+
+/// A room id, or an alias resolved (over federation if need be), with the servers that may
+/// know the room: `via`/`server_name` and those the alias's server named.
+async fn room_and_via(
+    app: &App,
+    room: &str,
+    q: &ViaQuery,
+) -> ApiResult<(OwnedRoomId, Vec<OwnedServerName>)> {
+    let mut via = q.servers();
+    if !room.starts_with('#') {
+        return Ok((parse_room_id(room)?, via));
+    }
+    let alias = RoomAliasId::parse(room)
+        .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
+    let (id, servers) = resolve_alias_servers(app, &alias).await?;
+    via.extend(servers);
+    Ok((id, via))
+}
+
 async fn do_join(
     app: &App,
     user: &UserId,
@@ -150,28 +187,10 @@ async fn do_join(
     reason: Option<&String>,
     via: Vec<OwnedServerName>,
 ) -> ApiResult<Json<Value>> {
-    let known = app.room(room_id)?;
-    let resident = match &known {
-        Some(r) => app.room_audience(r.short)?.local_joined > 0,
-        None => false,
-    };
-    if !resident && (known.is_none() || app.federation.is_some()) {
-        if app.federation.is_none() {
-            return Err(ApiError::NotFound(
-                "No known servers for this room (federation is not enabled)".into(),
-            ));
-        }
-        let mut servers = via;
-        if let Some(s) = room_id.server_name() {
-            servers.push(s.to_owned());
-        }
-        if let Some(r) = &known {
-            servers.extend(app.room_servers(r.short)?);
-        }
-        if let Some(m) = app.membership(user, room_id)? {
-            servers.insert(0, m.sender.server_name().to_owned());
-        }
-        remote_membership(app, user, room_id, &servers, "join", reason).await?;
+    // A room everyone here left is joined again locally when federation is off.
+    let known = app.room(room_id)?.is_some();
+    if !app.is_resident(room_id)? && (!known || app.federation.is_some()) {
+        remote(app, user, room_id, via, "join", reason).await?;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     let mut w = RoomWriter::open(app, room_id).await?;
@@ -209,16 +228,7 @@ pub async fn join_by_id_or_alias(
     Query(q): Query<ViaQuery>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
-    let mut via = q.servers();
-    let room_id = if room.starts_with('#') {
-        let alias = RoomAliasId::parse(&room)
-            .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
-        let (id, servers) = resolve_alias_servers(&app, &alias).await?;
-        via.extend(servers);
-        id
-    } else {
-        parse_room_id(&room)?
-    };
+    let (room_id, via) = room_and_via(&app, &room, &q).await?;
     do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), via).await
 }
 
@@ -365,7 +375,7 @@ pub async fn leave(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     if let Some(m) = app.membership(&s.user_id, &room_id)? {
-        if matches!(m.membership.as_str(), "invite" | "knock") && !is_resident(&app, &room_id)? {
+        if matches!(m.membership.as_str(), "invite" | "knock") && !app.is_resident(&room_id)? {
             reject_remote(&app, &s.user_id, &room_id, &m, body.reason.as_ref()).await?;
             return Ok(Json(json!({})));
         }
@@ -434,31 +444,13 @@ pub async fn knock(
     Query(q): Query<ViaQuery>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
-    let mut via = q.servers();
-    let room_id = if room.starts_with('#') {
-        let alias = RoomAliasId::parse(&room)
-            .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
-        let (id, servers) = resolve_alias_servers(&app, &alias).await?;
-        via.extend(servers);
-        id
-    } else {
-        parse_room_id(&room)?
-    };
-    if !is_resident(&app, &room_id)? {
-        if app.federation.is_none() {
-            return Err(ApiError::NotFound(
-                "No known servers for this room (federation is not enabled)".into(),
-            ));
-        }
-        via.extend(room_id.server_name().map(ToOwned::to_owned));
-        if let Some(r) = app.room(&room_id)? {
-            via.extend(app.room_servers(r.short)?);
-        }
-        remote_membership(
+    let (room_id, via) = room_and_via(&app, &room, &q).await?;
+    if !app.is_resident(&room_id)? {
+        remote(
             &app,
             &s.user_id,
             &room_id,
-            &via,
+            via,
             "knock",
             body.reason.as_ref(),
         )

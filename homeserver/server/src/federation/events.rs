@@ -44,13 +44,8 @@ fn event_in(app: &Services, room: &RoomRef, id: &EventId) -> ApiResult<Option<(u
     let Some(pdu) = app.pdu_json(short)? else {
         return Ok(None);
     };
-    let claimed = pdu
-        .get("room_id")
-        .and_then(Value::as_str)
-        .map(|r| ruma::OwnedRoomId::try_from(r).ok());
-    let in_room = match claimed {
-        Some(Some(r)) => ingest::in_room(Some(&r), id, &room.meta.room_id),
-        Some(None) => false,
+    let in_room = match pdu.get("room_id").and_then(Value::as_str) {
+        Some(r) => r == room.meta.room_id.as_str(),
         None => ingest::in_room(None, id, &room.meta.room_id),
     };
     Ok(in_room.then(|| (short, federation_form(&pdu))))

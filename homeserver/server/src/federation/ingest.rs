@@ -101,17 +101,31 @@ pub fn event_id_of(
     OwnedEventId::try_from(id).map_err(|e| e.to_string())
 }
 
+/// A JSON object as canonical JSON (which refuses floats and out-of-range integers).
+pub fn canonical_object(v: &Value) -> Result<CanonicalJsonObject, String> {
+    match v {
+        Value::Object(m) => try_from_json_map(m.clone()).map_err(|e| e.to_string()),
+        _ => Err("not a JSON object".into()),
+    }
+}
+
 /// Check format, signatures and content hash of a PDU received from anyone.
 pub async fn check(
     app: &Services,
     rules: &RoomVersionRules,
     raw: &Value,
 ) -> Result<Checked, IngestError> {
-    let map = raw
-        .as_object()
-        .ok_or_else(|| IngestError::Invalid("PDU is not an object".into()))?
-        .clone();
-    let mut obj = try_from_json_map(map).map_err(|e| IngestError::Invalid(e.to_string()))?;
+    Ok(check_hash(app, rules, raw).await?.0)
+}
+
+/// [`check`], also telling whether the content hash matched (when it did not, the event is
+/// kept redacted; some callers must refuse it instead).
+pub async fn check_hash(
+    app: &Services,
+    rules: &RoomVersionRules,
+    raw: &Value,
+) -> Result<(Checked, bool), IngestError> {
+    let mut obj = canonical_object(raw).map_err(|e| IngestError::Invalid(format!("PDU: {e}")))?;
     // Nothing in `unsigned` is covered by signatures: a peer's claims there are dropped.
     obj.remove("unsigned");
     if !matches!(rules.event_id_format, EventIdFormatVersion::V1) {
@@ -156,11 +170,14 @@ pub async fn check(
     let stored = serde_json::to_value(&obj).map_err(|e| IngestError::Invalid(e.to_string()))?;
     let bytes = serde_json::to_vec(&obj).map_err(|e| IngestError::Invalid(e.to_string()))?;
     let pdu = Pdu::from_json(&bytes).map_err(|e| IngestError::Invalid(e.to_string()))?;
-    Ok(Checked {
-        event_id,
-        stored,
-        pdu,
-    })
+    Ok((
+        Checked {
+            event_id,
+            stored,
+            pdu,
+        },
+        verified == Verified::All,
+    ))
 }
 
 /// Auth rules against the event's own `auth_events`.
@@ -494,6 +511,25 @@ fn snapshot(
     )?))
 }
 
+/// Store `map` (the state before an event) as a delta on the state before its first prev event,
+/// which it usually differs from by little.
+fn snapshot_on_prev(
+    app: &Services,
+    map: &StateMap,
+    prev_shorts: &[u64],
+    batch: &mut Batch,
+) -> ApiResult<Option<(u64, u32)>> {
+    let base = match prev_shorts.first() {
+        Some(&p) => with_depth(app, app.event_state(p)?.map_or(0, |s| s.0))?,
+        None => None,
+    };
+    let base_map = match base {
+        Some((h, _)) => Some(app.state_map(h)?),
+        None => None,
+    };
+    snapshot(app, map, base.zip(base_map.as_deref()), batch)
+}
+
 fn with_depth(app: &Services, hash: u64) -> ApiResult<Option<(u64, u32)>> {
     if hash == 0 {
         return Ok(None);
@@ -578,15 +614,7 @@ pub async fn persist_historic(
         prev_shorts,
     } = state_before_checked(app, rules, c)?;
     let mut pre = Batch::default();
-    let base = match prev_shorts.first() {
-        Some(&p) => with_depth(app, app.event_state(p)?.map_or(0, |s| s.0))?,
-        None => None,
-    };
-    let base_map = match base {
-        Some((h, _)) => Some(app.state_map(h)?),
-        None => None,
-    };
-    let before_snap = snapshot(app, &before, base.zip(base_map.as_deref()), &mut pre)?;
+    let before_snap = snapshot_on_prev(app, &before, &prev_shorts, &mut pre)?;
     let after_snap = match &c.pdu.state_key {
         Some(sk) => {
             let k = app.short_state_key_or_create(&c.pdu.kind.to_string(), sk)?;
@@ -649,15 +677,7 @@ pub async fn persist(
     let before_snap = if before_is_current {
         current_hash
     } else {
-        let base = match prev_shorts.first() {
-            Some(&p) => with_depth(app, app.event_state(p)?.map_or(0, |s| s.0))?,
-            None => None,
-        };
-        let base_map = match base {
-            Some((h, _)) => Some(app.state_map(h)?),
-            None => None,
-        };
-        snapshot(app, &before, base.zip(base_map.as_deref()), &mut pre)?
+        snapshot_on_prev(app, &before, &prev_shorts, &mut pre)?
     };
     if soft_failed {
         event_state_row(&mut pre, short, before_snap, before_snap);

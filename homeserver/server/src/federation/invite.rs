@@ -4,9 +4,8 @@
 use axum::{extract::State, Json};
 use plexus_core::{builder::countersign, client_event::to_stripped, room_version};
 use ruma::{
-    canonical_json::{redact, try_from_json_map, CanonicalJsonObject},
-    room_version_rules::RoomVersionRules,
-    EventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
+    canonical_json::redact, room_version_rules::RoomVersionRules, EventId, OwnedRoomId,
+    OwnedUserId, RoomId, RoomVersionId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -24,15 +23,6 @@ use crate::{
 
 /// Most entries of `invite_room_state` looked at.
 const MAX_INVITE_STATE: usize = 50;
-
-fn object(v: &Value) -> ApiResult<CanonicalJsonObject> {
-    match v {
-        Value::Object(m) => {
-            try_from_json_map(m.clone()).map_err(|e| ApiError::InvalidParam(e.to_string()))
-        }
-        _ => Err(ApiError::InvalidParam("event is not an object".into())),
-    }
-}
 
 /// An invite of one of our users to a room on another server: check it, countersign it, and
 /// (unless a local user is already in the room, when it also arrives in a transaction) keep
@@ -58,10 +48,10 @@ pub async fn invite(
         .get("event")
         .filter(|e| e.is_object())
         .ok_or_else(|| ApiError::MissingParam("event is required".into()))?;
-    let c = ingest::check(&app, &rules, raw)
+    let (c, hash_ok) = ingest::check_hash(&app, &rules, raw)
         .await
         .map_err(|e| ApiError::InvalidParam(e.to_string()))?;
-    if c.stored.get("content") != raw.get("content") {
+    if !hash_ok {
         return Err(ApiError::InvalidParam(
             "the invite's content does not match its hash".into(),
         ));
@@ -97,19 +87,15 @@ pub async fn invite(
     let state = invite_state(&app, &rules, &room_id, body.get("invite_room_state")).await?;
     tracing::info!(room_id = %room_id, event_id = %c.event_id, origin = %req.origin, "invite");
 
-    let mut obj = object(raw)?;
+    let mut obj = ingest::canonical_object(raw).map_err(ApiError::InvalidParam)?;
     obj.remove("unsigned");
     let signed = countersign(obj, &rules, app.server_name(), &app.key)?;
     let signed = serde_json::to_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
 
-    let resident = match app.room(&room_id)? {
-        Some(r) => {
-            super::acl::ensure(&app, r.short, &req.origin)?;
-            app.room_audience(r.short)?.local_joined > 0
-        }
-        None => false,
-    };
-    if !resident {
+    if let Some(r) = app.room(&room_id)? {
+        super::acl::ensure(&app, r.short, &req.origin)?;
+    }
+    if !app.is_resident(&room_id)? {
         let mut kept = c;
         kept.stored["signatures"] = signed["signatures"].clone();
         persist_out_of_room(&app, &room_id, &version, kept, Some(state)).await?;
@@ -244,7 +230,7 @@ pub async fn countersigned_invite(
         .unwrap_or_default();
     let keys = fed.keys.verify_keys(app, server, &ids).await?;
     let mut obj =
-        object(&federation_form(theirs)).map_err(|e| ApiError::BadGateway(e.to_string()))?;
+        ingest::canonical_object(&federation_form(theirs)).map_err(ApiError::BadGateway)?;
     if let Some(ruma::CanonicalJsonValue::Object(all)) = obj.get_mut("signatures") {
         all.retain(|s, _| s == server.as_str());
     }

@@ -8,8 +8,8 @@ use axum::{extract::State, Json};
 use plexus_core::{builder::NewEvent, room_version, Pdu};
 use plexus_store::{Batch, StateMap};
 use ruma::{
-    canonical_json::try_from_json_map, room_version_rules::RoomVersionRules, EventId, OwnedEventId,
-    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
+    room_version_rules::RoomVersionRules, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -367,12 +367,7 @@ async fn send_remote(
     ev["content"] = content;
     ev["origin"] = json!(app.server_name());
     ev["origin_server_ts"] = json!(crate::service::now_ms());
-    let obj = match ev {
-        Value::Object(m) => {
-            try_from_json_map(m).map_err(|e| ApiError::BadGateway(e.to_string()))?
-        }
-        _ => unreachable!("checked to be an object"),
-    };
+    let obj = ingest::canonical_object(&ev).map_err(ApiError::BadGateway)?;
     let built = plexus_core::builder::sign_pdu(obj, &rules, app.server_name(), &app.key)?;
     let stored =
         serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -437,6 +432,26 @@ async fn send_remote(
     persist_joined_room(app, room_id, &version, &rules, ok, &state_ids, join).await
 }
 
+/// The room's short id, or a new one with the room's rows staged in `batch` for a room this
+/// server has not known before.
+fn room_or_new(
+    app: &Services,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    batch: &mut Batch,
+) -> ApiResult<u64> {
+    if let Some(r) = app.room(room_id)? {
+        return Ok(r.short);
+    }
+    let short = app.store.kv.unique_id()?;
+    let meta = RoomMeta {
+        room_id: room_id.to_owned(),
+        version: version.clone(),
+    };
+    room_rows(batch, short, &meta);
+    Ok(short)
+}
+
 /// A membership event of ours in a room this server is not in (an invite we countersigned, a
 /// leave or knock we sent): kept as an outlier with the user's membership and, for invites and
 /// knocks, the stripped state that lets the user recognise the room.
@@ -454,19 +469,8 @@ pub async fn persist_out_of_room(
         .and_then(|k| OwnedUserId::try_from(k).ok())
         .ok_or_else(|| ApiError::Internal("membership without a user".into()))?;
     let _guard = app.room_lock(room_id).lock_owned().await;
-    let existing = app.room(room_id)?;
-    let short_room = match &existing {
-        Some(r) => r.short,
-        None => app.store.kv.unique_id()?,
-    };
     let mut pre = Batch::default();
-    if existing.is_none() {
-        let meta = RoomMeta {
-            room_id: room_id.to_owned(),
-            version: version.clone(),
-        };
-        room_rows(&mut pre, short_room, &meta);
-    }
+    let short_room = room_or_new(app, room_id, version, &mut pre)?;
     ingest::put_outlier(app, &c, &mut pre)?;
     if let Some(events) = stripped {
         pre.put(
@@ -550,19 +554,8 @@ async fn persist_joined_room(
     ingest::check_against_events(rules, &join.pdu, fetch, state).map_err(|e| {
         ApiError::Forbidden(format!("our join is not allowed by the room state: {e}"))
     })?;
-    let existing = app.room(room_id)?;
-    let short_room = match &existing {
-        Some(r) => r.short,
-        None => app.store.kv.unique_id()?,
-    };
     let mut pre = Batch::default();
-    if existing.is_none() {
-        let meta = RoomMeta {
-            room_id: room_id.to_owned(),
-            version: version.clone(),
-        };
-        room_rows(&mut pre, short_room, &meta);
-    }
+    let short_room = room_or_new(app, room_id, version, &mut pre)?;
     let (snap, map) = stage_state(app, &events, state_ids, &mut pre)?;
     let short = ingest::put_outlier(app, &join, &mut pre)?;
     let sk = app.short_state_key_or_create("m.room.member", join.pdu.sender.as_str())?;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::x_matrix::FedRequest;
 use crate::{
-    client::directory::{list_public, PublicRoomsBody},
+    client::directory::{list_public, parse_limit, PublicRoomsBody, PublicRoomsQuery},
     error::{ApiError, ApiResult},
     http::extract::Query,
     service::{decode, now_ms, App},
@@ -110,26 +110,13 @@ pub async fn openid_userinfo(
     Ok(Json(json!({ "sub": v.get("user_id") })))
 }
 
-#[derive(Deserialize, Default)]
-pub struct PublicRoomsQuery {
-    limit: Option<String>,
-    since: Option<String>,
-}
-
 /// `GET /publicRooms`: this server's room directory for another server's users.
 pub async fn public_rooms(
     State(app): State<App>,
     Query(q): Query<PublicRoomsQuery>,
     _req: FedRequest,
 ) -> ApiResult<Json<Value>> {
-    let limit = q
-        .limit
-        .as_deref()
-        .map(|l| {
-            l.parse::<usize>()
-                .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
-        })
-        .transpose()?;
+    let limit = parse_limit(q.limit.as_deref())?;
     Ok(Json(list_public(
         &app,
         limit,

@@ -45,8 +45,9 @@ pub async fn transaction(
         return Err(ApiError::BadJson("at most 50 PDUs and 100 EDUs".into()));
     }
     let mut results = serde_json::Map::new();
+    let mut acl = std::collections::HashMap::new();
     for raw in &t.pdus {
-        let (id, outcome) = one_pdu(&app, &req.origin, raw).await;
+        let (id, outcome) = one_pdu(&app, &req.origin, raw, &mut acl).await;
         let Some(id) = id else { continue };
         match outcome {
             Ok(o) => {
@@ -72,6 +73,7 @@ async fn one_pdu(
     app: &Services,
     origin: &ServerName,
     raw: &Value,
+    acl: &mut std::collections::HashMap<u64, bool>,
 ) -> (Option<String>, Result<ingest::Outcome, IngestError>) {
     let Some(room_id) = raw
         .get("room_id")
@@ -100,18 +102,22 @@ async fn one_pdu(
     };
     // The id a PDU would have, for results about PDUs refused before their checks finish.
     let claimed_id = || {
-        raw.as_object()
-            .and_then(|o| ruma::canonical_json::try_from_json_map(o.clone()).ok())
+        ingest::canonical_object(raw)
+            .ok()
             .and_then(|o| ingest::event_id_of(&o, &rules).ok())
             .map(|i| i.to_string())
     };
-    match super::acl::allowed(app, room.short, origin) {
-        Ok(true) => {}
-        Ok(false) => {
-            let why = format!("{origin} is denied by the room's server ACL");
-            return (claimed_id(), Err(IngestError::Auth(why)));
-        }
-        Err(e) => return (None, Err(e.into())),
+    // The ACL as it stands when the transaction arrives, read once per room.
+    let allowed = match acl.get(&room.short) {
+        Some(a) => *a,
+        None => match super::acl::allowed(app, room.short, origin) {
+            Ok(a) => *acl.entry(room.short).or_insert(a),
+            Err(e) => return (None, Err(e.into())),
+        },
+    };
+    if !allowed {
+        let why = format!("{origin} is denied by the room's server ACL");
+        return (claimed_id(), Err(IngestError::Auth(why)));
     }
     let checked = match ingest::check(app, &rules, raw).await {
         Ok(c) => c,

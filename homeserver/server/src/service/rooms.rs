@@ -343,6 +343,14 @@ impl Services {
         Ok(rec["events"].as_array().cloned())
     }
 
+    /// Whether a local user is joined to the room, so that this server can write to it.
+    pub fn is_resident(&self, room_id: &RoomId) -> ApiResult<bool> {
+        Ok(match self.room(room_id)? {
+            Some(r) => self.room_audience(r.short)?.local_joined > 0,
+            None => false,
+        })
+    }
+
     /// Servers other than this one with a joined member in the room.
     pub fn room_servers(&self, short_room: u64) -> ApiResult<Vec<OwnedServerName>> {
         Ok(self.room_audience(short_room)?.servers)
