@@ -324,6 +324,28 @@ impl Client {
             .await
     }
 
+    /// Join through another server named in `via` (a room this server may not be in).
+    pub async fn join_via(&self, room: &str, server: &str) -> Resp {
+        self.post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(server)),
+            json!({}),
+        )
+        .await
+    }
+
+    /// Start (or stop) typing in a room, with a 30 s timeout.
+    pub async fn typing(&self, room: &str, typing: bool) -> Resp {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(room),
+                enc(&self.user_id)
+            ),
+            json!({"typing": typing, "timeout": 30000}),
+        )
+        .await
+    }
+
     pub async fn sync(&self, query: &str) -> Value {
         self.get(&format!("/_matrix/client/v3/sync?{query}"))
             .await
@@ -380,6 +402,13 @@ impl Client {
             ))
             .await;
         (r.status == 200).then_some(r.body)
+    }
+
+    /// `user`'s membership in the room as this client sees it.
+    pub async fn membership(&self, room: &str, user: &str) -> Option<String> {
+        self.state(room, "m.room.member", user)
+            .await
+            .and_then(|c| c["membership"].as_str().map(str::to_owned))
     }
 
     pub async fn joined_members(&self, room: &str) -> Vec<String> {

@@ -30,16 +30,7 @@ async fn three_servers_share_a_room() {
         )
         .await;
     assert_eq!(r.status, 200, "bob joins over federation: {}", r.body);
-    let r = carol
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            json!({}),
-        )
-        .await;
+    let r = carol.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "carol joins over federation: {}", r.body);
 
     // Everyone sees everyone joined.
@@ -142,16 +133,7 @@ async fn three_servers_share_a_room() {
     }
 
     // Typing on B shows in A's sync.
-    let r = bob
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(&room),
-                enc(&bob.user_id)
-            ),
-            json!({"typing": true, "timeout": 20000}),
-        )
-        .await;
+    let r = bob.typing(&room, true).await;
     assert_eq!(r.status, 200);
     eventually(20, "alice sees bob typing", || async {
         let s = alice.sync("timeout=0").await;
@@ -239,12 +221,7 @@ async fn concurrent_state_converges_and_a_restarted_server_catches_up() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     for (cl, via) in [(&bob, &a.server_name), (&carol, &a.server_name)] {
-        let r = cl
-            .post(
-                &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(via)),
-                json!({}),
-            )
-            .await;
+        let r = cl.join_via(&room, via).await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     for cl in [&alice, &bob, &carol] {

@@ -60,16 +60,7 @@ async fn paging_past_the_join_fetches_history_from_the_room() {
         alice.send_text(&hidden, &format!("secret {i}")).await;
     }
     for r in [&room, &hidden] {
-        let resp = bob
-            .post(
-                &format!(
-                    "/_matrix/client/v3/join/{}?via={}",
-                    enc(r),
-                    enc(&a.server_name)
-                ),
-                json!({}),
-            )
-            .await;
+        let resp = bob.join_via(r, &a.server_name).await;
         assert_eq!(resp.status, 200, "{}", resp.body);
     }
     bob.send_text(&room, "bob is here").await;

@@ -271,16 +271,7 @@ async fn server_acl_shuts_out_denied_servers() {
     let bob = b.user("bob").await;
     let carol = c.user("carol").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
-    let r = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            json!({}),
-        )
-        .await;
+    let r = bob.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let peer = peer_for(&b, key);
     let state_ids = format!(
@@ -353,29 +344,11 @@ async fn server_acl_shuts_out_denied_servers() {
         (403, Some("M_FORBIDDEN")),
         "{res}"
     );
-    let r = carol
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            json!({}),
-        )
-        .await;
+    let r = carol.join_via(&room, &a.server_name).await;
     r.err(403, "M_FORBIDDEN");
 
     // Typing from the denied server is ignored.
-    let r = bob
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(&room),
-                enc(&bob.user_id)
-            ),
-            json!({"typing": true, "timeout": 30000}),
-        )
-        .await;
+    let r = bob.typing(&room, true).await;
     assert_eq!(r.status, 200);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let s = alice.sync("").await;
@@ -565,16 +538,7 @@ async fn hostile_federation_input_is_refused() {
     let alice = a.user("alice").await;
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
-    let r = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            json!({}),
-        )
-        .await;
+    let r = bob.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "{}", r.body);
 
     let peer = peer_for(&b, key);
@@ -610,58 +574,23 @@ async fn hostile_federation_input_is_refused() {
     let seen = eventually(10, "the genuine message", || event_visible(good.clone())).await;
     assert_eq!(seen["content"]["body"], "genuine");
 
-    // Signed by a key that is not B's.
-    let (id, pdu) = message(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &forger,
-        &prev,
-        &auth,
-        "forged signature",
-    );
-    let res = peer.transaction(&a, vec![pdu]).await;
-    assert!(
-        res["pdus"][&id]["error"].is_string(),
-        "forged signature accepted: {res}"
-    );
-    assert!(event_visible(id).await.is_none());
-
-    // A sender on another server (A's name), signed only by B.
+    // Refused and never visible: signed by a key that is not B's; a sender on another server
+    // (A's name) signed only by B; a user of B who is not in the room (fails the auth rules).
     let fake_sender = format!("@mallory:{}", a.server_name);
-    let (id, pdu) = message(
-        &room,
-        &fake_sender,
-        &peer.name,
-        &peer.key,
-        &prev,
-        &auth,
-        "wrong origin",
-    );
-    let res = peer.transaction(&a, vec![pdu]).await;
-    assert!(
-        res["pdus"][&id]["error"].is_string(),
-        "spoofed sender accepted: {res}"
-    );
-    assert!(event_visible(id).await.is_none());
-
-    // A user of B who is not in the room: fails the auth rules.
     let outsider = format!("@outsider:{}", peer.name);
-    let (id, pdu) = message(
-        &room,
-        &outsider,
-        &peer.name,
-        &peer.key,
-        &prev,
-        &auth,
-        "not a member",
-    );
-    let res = peer.transaction(&a, vec![pdu]).await;
-    assert!(
-        res["pdus"][&id]["error"].is_string(),
-        "non-member accepted: {res}"
-    );
-    assert!(event_visible(id).await.is_none());
+    for (what, sender, key) in [
+        ("forged signature", &bob.user_id, &forger),
+        ("wrong origin", &fake_sender, &peer.key),
+        ("not a member", &outsider, &peer.key),
+    ] {
+        let (id, pdu) = message(&room, sender, &peer.name, key, &prev, &auth, what);
+        let res = peer.transaction(&a, vec![pdu]).await;
+        assert!(
+            res["pdus"][&id]["error"].is_string(),
+            "{what} accepted: {res}"
+        );
+        assert!(event_visible(id).await.is_none(), "{what} is visible");
+    }
 
     // Content changed after signing: the hash fails, the event is kept only redacted.
     let (id, mut pdu) = message(
@@ -765,16 +694,7 @@ async fn inbound_pdu_rate() {
             .await;
         assert_eq!(r.status, 200);
     }
-    let r = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            json!({}),
-        )
-        .await;
+    let r = bob.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let peer = peer_for(&b, key);
     let (mut prev, auth) = context(&alice, &room, &bob.user_id).await;

@@ -25,12 +25,6 @@ fn stripped<'a>(section: &'a Value, key: &str, kind: &str) -> Option<&'a Value> 
         .find(|e| e["type"] == kind)
 }
 
-async fn membership(who: &Client, room: &str, user: &str) -> Option<String> {
-    who.state(room, "m.room.member", user)
-        .await
-        .and_then(|c| c["membership"].as_str().map(str::to_owned))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_cross_servers_and_can_be_accepted_or_rejected() {
     let (a, b) = tokio::join!(Server::federated(), Server::federated());
@@ -69,7 +63,7 @@ async fn invites_cross_servers_and_can_be_accepted_or_rejected() {
     assert_eq!(member["content"]["membership"], "invite");
     // The inviting side keeps the invite, with both servers' signatures.
     assert_eq!(
-        membership(&alice, &room, &bob.user_id).await.as_deref(),
+        alice.membership(&room, &bob.user_id).await.as_deref(),
         Some("invite")
     );
 
@@ -114,7 +108,7 @@ async fn invites_cross_servers_and_can_be_accepted_or_rejected() {
         .await;
     assert_eq!(r.status, 200, "rejecting the invite: {}", r.body);
     eventually(20, "alice sees dave's rejection", || async {
-        (membership(&alice, &room, &dave.user_id).await.as_deref() == Some("leave")).then_some(())
+        (alice.membership(&room, &dave.user_id).await.as_deref() == Some("leave")).then_some(())
     })
     .await;
     let s = dave.sync("").await;
@@ -129,7 +123,9 @@ async fn invites_cross_servers_and_can_be_accepted_or_rejected() {
         .await;
     r.err(404, "M_NOT_FOUND");
     assert_eq!(
-        membership(&alice, &room, &format!("@nobody:{}", b.server_name)).await,
+        alice
+            .membership(&room, &format!("@nobody:{}", b.server_name))
+            .await,
         None,
         "a refused invite is not in the room"
     );
@@ -191,16 +187,7 @@ async fn knocking_on_a_room_elsewhere() {
         .await;
 
     // A plain join is refused by the auth rules, a knock goes through.
-    let r = erin
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                enc(&room),
-                enc(&a.server_name)
-            ),
-            json!({}),
-        )
-        .await;
+    let r = erin.join_via(&room, &a.server_name).await;
     r.err(403, "M_FORBIDDEN");
     let r = erin
         .post(
@@ -221,7 +208,7 @@ async fn knocking_on_a_room_elsewhere() {
         "{k}"
     );
     eventually(20, "alice sees the knock", || async {
-        (membership(&alice, &room, &erin.user_id).await.as_deref() == Some("knock")).then_some(())
+        (alice.membership(&room, &erin.user_id).await.as_deref() == Some("knock")).then_some(())
     })
     .await;
     let reason = alice
@@ -247,7 +234,7 @@ async fn knocking_on_a_room_elsewhere() {
         .await;
     assert_eq!(r.status, 200, "joining after the knock: {}", r.body);
     eventually(20, "alice sees erin joined", || async {
-        (membership(&alice, &room, &erin.user_id).await.as_deref() == Some("join")).then_some(())
+        (alice.membership(&room, &erin.user_id).await.as_deref() == Some("join")).then_some(())
     })
     .await;
 }

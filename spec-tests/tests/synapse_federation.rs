@@ -123,16 +123,7 @@ async fn exchange(room: &str, a: &Client, b: &Client, tag: &str, logs: &dyn Fn()
     }
     // Typing both ways.
     for (typer, watcher) in [(a, b), (b, a)] {
-        let r = typer
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/typing/{}",
-                    enc(room),
-                    enc(&typer.user_id)
-                ),
-                json!({"typing": true, "timeout": 30000}),
-            )
-            .await;
+        let r = typer.typing(room, true).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let who = typer.user_id.clone();
         watch_ephemeral(watcher, room, &format!("{who} typing ({tag})"), |e| {
@@ -263,10 +254,42 @@ async fn sync_until(c: &Client, section: &str, room: &str, logs: &dyn Fn() -> St
     panic!("{} never saw {room} in {section}\n{}", c.user_id, logs());
 }
 
-async fn membership_of(c: &Client, room: &str, user: &str) -> Option<String> {
-    c.state(room, "m.room.member", user)
-        .await
-        .and_then(|v| v["membership"].as_str().map(str::to_owned))
+/// `inviter` invites `invitee` (on the other server) to a new room named `name`; the invitee
+/// sees the invite with the name and joins; the inviter sees the join.
+async fn invite_and_accept(
+    inviter: &Client,
+    invitee: &Client,
+    name: &str,
+    logs: &dyn Fn() -> String,
+) {
+    let room = inviter
+        .create_room(json!({"preset": "private_chat", "name": name}))
+        .await;
+    let r = inviter
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": invitee.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{name}: invite: {}\n{}", r.body, logs());
+    let inv = sync_until(invitee, "invite", &room, logs).await;
+    assert!(
+        inv["invite_state"]["events"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["content"]["name"] == name)),
+        "{inv}"
+    );
+    let r = invitee.join(&room).await;
+    assert_eq!(r.status, 200, "{name}: accepting: {}\n{}", r.body, logs());
+    eventually(
+        30,
+        &format!("{name}: the inviter sees the join"),
+        || async {
+            (inviter.membership(&room, &invitee.user_id).await.as_deref() == Some("join"))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,69 +308,10 @@ async fn synapse_and_plexus_invite_and_knock_across() {
     let carol = syn.user("carol").await;
     let dan = syn.user("dan").await;
 
-    // Plexus invites a Synapse user (Synapse countersigns); she accepts.
-    let room = alice
-        .create_room(json!({"preset": "private_chat", "name": "plexus invite"}))
-        .await;
-    let r = alice
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
-            json!({"user_id": carol.user_id}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "invite to synapse: {}\n{}", r.body, logs());
-    let inv = sync_until(&carol, "invite", &room, &logs).await;
-    assert!(
-        inv["invite_state"]["events"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| e["content"]["name"] == "plexus invite")),
-        "{inv}"
-    );
-    let r = carol
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "synapse accepts: {}\n{}", r.body, logs());
-    eventually(30, "alice sees carol join", || async {
-        (membership_of(&alice, &room, &carol.user_id)
-            .await
-            .as_deref()
-            == Some("join"))
-        .then_some(())
-    })
-    .await;
-
-    // Synapse invites a Plexus user (Plexus countersigns); he sees the room's name and joins.
-    let room2 = dan
-        .create_room(json!({"preset": "private_chat", "name": "synapse invite"}))
-        .await;
-    let r = dan
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room2)),
-            json!({"user_id": erin.user_id}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "invite to plexus: {}\n{}", r.body, logs());
-    let inv = sync_until(&erin, "invite", &room2, &logs).await;
-    assert!(
-        inv["invite_state"]["events"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| e["content"]["name"] == "synapse invite")),
-        "{inv}"
-    );
-    let r = erin
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room2)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "plexus accepts: {}\n{}", r.body, logs());
-    eventually(30, "dan sees erin join", || async {
-        (membership_of(&dan, &room2, &erin.user_id).await.as_deref() == Some("join")).then_some(())
-    })
-    .await;
+    // Plexus invites a Synapse user (Synapse countersigns) and the other way round (Plexus
+    // countersigns); each sees the room's name in the invite and accepts.
+    invite_and_accept(&alice, &carol, "plexus invite", &logs).await;
+    invite_and_accept(&dan, &erin, "synapse invite", &logs).await;
 
     // A Plexus user turns down a Synapse invite; Synapse learns it.
     let room3 = dan.create_room(json!({"preset": "private_chat"})).await;
@@ -373,8 +337,7 @@ async fn synapse_and_plexus_invite_and_knock_across() {
         logs()
     );
     eventually(30, "dan sees the rejection", || async {
-        (membership_of(&dan, &room3, &alice.user_id).await.as_deref() == Some("leave"))
-            .then_some(())
+        (dan.membership(&room3, &alice.user_id).await.as_deref() == Some("leave")).then_some(())
     })
     .await;
 
@@ -405,7 +368,7 @@ async fn synapse_and_plexus_invite_and_knock_across() {
         "{k}"
     );
     eventually(30, "dan sees the knock", || async {
-        (membership_of(&dan, &room4, &erin.user_id).await.as_deref() == Some("knock")).then_some(())
+        (dan.membership(&room4, &erin.user_id).await.as_deref() == Some("knock")).then_some(())
     })
     .await;
 }
@@ -436,12 +399,7 @@ async fn big_room(owner: &Client, n: usize) -> String {
 
 async fn timed_join(c: &Client, room: &str, via: &str) -> f64 {
     let t = std::time::Instant::now();
-    let r = c
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
-            json!({}),
-        )
-        .await;
+    let r = c.join_via(room, via).await;
     assert_eq!(r.status, 200, "{}", r.body);
     t.elapsed().as_secs_f64()
 }
