@@ -223,7 +223,115 @@ pub struct Client {
     pub device_id: String,
 }
 
+/// A response read as bytes, for media: status, headers, body.
+#[derive(Debug)]
+pub struct Bytes {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Bytes {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as a Matrix error, asserted.
+    pub fn err(&self, status: u16, errcode: &str) {
+        let body: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
+        Resp {
+            status: self.status,
+            body,
+        }
+        .err(status, errcode)
+    }
+
+    /// The body, asserting success.
+    pub fn ok(&self) -> &[u8] {
+        assert_eq!(
+            self.status,
+            200,
+            "expected 200, got {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        &self.body
+    }
+}
+
 impl Client {
+    /// `POST /_matrix/media/v3/upload`; the `mxc://` URI without its scheme (`server/id`).
+    pub async fn upload(
+        &self,
+        data: Vec<u8>,
+        content_type: &str,
+        filename: Option<&str>,
+    ) -> String {
+        let r = self.upload_raw(data, Some(content_type), filename).await;
+        let body: Value = serde_json::from_slice(r.ok()).expect("upload answer is JSON");
+        body["content_uri"]
+            .as_str()
+            .and_then(|u| u.strip_prefix("mxc://"))
+            .unwrap_or_else(|| panic!("no content_uri in {body}"))
+            .to_owned()
+    }
+
+    pub async fn upload_raw(
+        &self,
+        data: Vec<u8>,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+    ) -> Bytes {
+        let mut path = "/_matrix/media/v3/upload".to_owned();
+        if let Some(f) = filename {
+            path.push_str(&format!("?filename={}", enc(f)));
+        }
+        let mut headers = vec![];
+        if let Some(t) = content_type {
+            headers.push(("content-type", t.to_owned()));
+        }
+        self.bytes("POST", &path, &headers, Some(data.into())).await
+    }
+
+    /// Any request whose answer is read as bytes.
+    pub async fn bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<reqwest::Body>,
+    ) -> Bytes {
+        let url = format!("{}{}", self.base, path);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, url).timeout(Duration::from_secs(60));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let res = req.send().await.expect("request failed");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        Bytes {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET` of a media path, read as bytes.
+    pub async fn media(&self, path: &str) -> Bytes {
+        self.bytes("GET", path, &[], None).await
+    }
+
     pub async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Resp {
         let url = format!("{}{}", self.base, path);
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");

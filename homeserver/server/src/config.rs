@@ -44,6 +44,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub federation: FederationConfig,
+    pub media: MediaConfig,
     /// The server's ed25519 signing key file (`<version> <base64 PKCS#8>`), created on first
     /// start if missing. Absent: the key lives in the store.
     pub signing_key_path: Option<PathBuf>,
@@ -74,6 +75,27 @@ impl Default for FederationConfig {
             tls_key: None,
             verify_tls: true,
             allow_loopback: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest file accepted from a client or fetched from another server, in bytes.
+    pub max_upload_bytes: u64,
+    /// How long a media id reserved with `/media/v1/create` waits for its upload, in seconds.
+    pub unused_expiry_secs: u64,
+    /// Reserved ids one user may hold at a time before `/media/v1/create` answers 429.
+    pub max_pending_uploads: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            unused_expiry_secs: 24 * 3600,
+            max_pending_uploads: 10,
         }
     }
 }
@@ -129,6 +151,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             federation: FederationConfig::default(),
+            media: MediaConfig::default(),
             signing_key_path: None,
         }
     }
@@ -184,6 +207,7 @@ pub struct Settings {
     /// `None`: federation is switched off.
     pub federation: Option<FederationSettings>,
     pub signing_key_path: Option<PathBuf>,
+    pub media: MediaConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -246,6 +270,12 @@ impl Config {
         }
         if let Some(v) = var("PLEXUS_SIGNING_KEY_PATH") {
             self.signing_key_path = Some(v.into());
+        }
+        if let Some(v) = var("PLEXUS_MEDIA_MAX_UPLOAD_BYTES") {
+            self.media.max_upload_bytes = v.parse().map_err(|e| ConfigError::Invalid {
+                key: "PLEXUS_MEDIA_MAX_UPLOAD_BYTES",
+                why: format!("not a number of bytes: {e}"),
+            })?;
         }
         if let Some(v) = var("PLEXUS_FEDERATION_LISTEN") {
             self.federation.listen = Some(v);
@@ -313,6 +343,12 @@ impl Config {
                 why: "must be > 0".into(),
             });
         }
+        if self.media.max_upload_bytes == 0 || self.media.unused_expiry_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "media",
+                why: "max_upload_bytes and unused_expiry_secs must be > 0".into(),
+            });
+        }
         if self.auth.refreshable_token_lifetime_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "auth.refreshable_token_lifetime_secs",
@@ -374,6 +410,7 @@ impl Config {
             refreshable_token_lifetime_ms: self.auth.refreshable_token_lifetime_secs * 1000,
             federation,
             signing_key_path: self.signing_key_path.clone(),
+            media: self.media.clone(),
         })
     }
 }

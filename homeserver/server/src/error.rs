@@ -70,6 +70,18 @@ pub enum ApiError {
         errcode: String,
         error: String,
     },
+    /// 429: slow down.
+    #[error("{why}")]
+    LimitExceeded { why: String, retry_after_ms: u64 },
+    /// 409: a reserved media id that already has its content.
+    #[error("{0}")]
+    CannotOverwriteMedia(String),
+    /// 504: reserved media whose upload has not arrived in time.
+    #[error("content has not yet been uploaded")]
+    NotYetUploaded,
+    /// 502: another server's file is larger than this server accepts.
+    #[error("remote content is larger than this server accepts")]
+    RemoteTooLarge,
     /// A remote server could not be reached or answered nonsense.
     #[error("{0}")]
     BadGateway(String),
@@ -110,6 +122,10 @@ impl ApiError {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
                 "M_UNKNOWN",
             ),
+            LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            RemoteTooLarge => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
             BadGateway(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -132,6 +148,9 @@ impl IntoResponse for ApiError {
                     errcode_default
                 };
                 json!({"errcode": code, "error": error})
+            }
+            ApiError::LimitExceeded { retry_after_ms, .. } => {
+                json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})
             }
             ApiError::Internal(why) => {
                 tracing::error!(error = %why, "internal error");
@@ -172,3 +191,18 @@ impl From<CoreError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<plexus_media::MediaError> for ApiError {
+    fn from(e: plexus_media::MediaError) -> Self {
+        use plexus_media::MediaError::*;
+        match e {
+            TooLarge { .. } => ApiError::TooLarge,
+            Interrupted(why) => ApiError::Unknown(format!("upload interrupted: {why}")),
+            NotThumbnailable(why) => {
+                ApiError::Unknown(format!("Cannot generate a thumbnail: {why}"))
+            }
+            Multipart(why) => ApiError::BadGateway(format!("remote media: {why}")),
+            Io(e) => ApiError::Internal(format!("media storage: {e}")),
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod federation;
 pub mod http;
+pub mod media;
 pub mod service;
 
 use axum::{extract::Request, middleware, response::IntoResponse, Router};
@@ -16,6 +17,7 @@ use crate::{error::ApiError, service::App};
 /// Every route, with the Matrix fallbacks, panic guard and CORS.
 pub fn router(app: App) -> Router {
     client::router()
+        .merge(media::router())
         .fallback(http::unrecognized)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))

@@ -79,4 +79,11 @@ pub enum Table {
     History = 36,
     /// short event id → its History seq (big-endian), so an event is placed in history once
     HistoryEvent = 37,
+    /// origin server \0 media id → media record JSON (content digest, type, filename; for a
+    /// reserved id not yet uploaded, who reserved it and until when)
+    Media = 38,
+    /// origin server \0 media id \0 width, height (big-endian u32), method → thumbnail JSON
+    MediaThumbnail = 39,
+    /// user id \0 media id → expiry (big-endian ms) of an id reserved and not yet uploaded
+    MediaPending = 40,
 }

@@ -92,6 +92,17 @@ pub fn forbidden_ip(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
     None
 }
 
+/// Why a URL whose host is an IP address must not be contacted, if so.
+pub fn literal_ip_refused(url: &reqwest::Url, allow_loopback: bool) -> Option<&'static str> {
+    let host = url.host_str()?;
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    forbidden_ip(ip, allow_loopback)
+}
+
 /// DNS for outbound federation: the system resolver, minus forbidden addresses, so a name
 /// cannot be pointed at internal services after the check (no time-of-check gap).
 struct GuardedResolver {
@@ -133,7 +144,16 @@ pub fn http_client(
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
         .pool_idle_timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            // Names go through the guarded resolver; an address in the URL does not.
+            if attempt.previous().len() >= 3 {
+                attempt.error("too many redirects")
+            } else if let Some(why) = literal_ip_refused(attempt.url(), allow_loopback) {
+                attempt.error(format!("redirect to a {why}"))
+            } else {
+                attempt.follow()
+            }
+        }))
         .dns_resolver(Arc::new(GuardedResolver {
             allow_loopback,
             targets,
@@ -155,39 +175,9 @@ impl Federation {
         body: Option<Value>,
         signed: bool,
     ) -> Result<Value, FedError> {
-        if dest == app.server_name() {
-            return Err(FedError::Refused(
-                dest.to_string(),
-                "that is this server".into(),
-            ));
-        }
-        let Destination { base, host_header } = self.resolver.resolve(&self.http, dest).await;
-        let (host, _) = super::resolve::split(base.trim_start_matches("https://"));
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            if let Some(why) = forbidden_ip(ip, self.settings.allow_loopback) {
-                return Err(FedError::Refused(dest.to_string(), why.into()));
-            }
-        }
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{base}{path}"))
-            .header(http::header::HOST, host_header);
-        if signed {
-            let auth = x_matrix::authorization(app, dest, method.as_str(), path, body.as_ref())
-                .map_err(FedError::local)?;
-            req = req.header(http::header::AUTHORIZATION, auth);
-        }
-        if let Some(b) = &body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| FedError::Unreachable(dest.to_string(), error_chain(&e)))?;
+        let resp = self
+            .send(app, dest, method, path, body.as_ref(), signed)
+            .await?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -195,21 +185,66 @@ impl Federation {
             .map_err(|e| FedError::Unreachable(dest.to_string(), error_chain(&e)))?;
         let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
-            let field = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-            return Err(FedError::Status {
-                status: status.as_u16(),
-                errcode: field("errcode"),
-                error: field("error"),
-            });
+            return Err(status_error(status, &json));
         }
         if json.is_null() {
             return Err(FedError::BadResponse(format!("{dest}{path}: not JSON")));
         }
         Ok(json)
     }
+
+    /// Sends a request and answers the response as it arrives, whatever its status, for
+    /// callers that read something other than JSON (media).
+    pub async fn send(
+        &self,
+        app: &Services,
+        dest: &ServerName,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        signed: bool,
+    ) -> Result<reqwest::Response, FedError> {
+        if dest == app.server_name() {
+            return Err(FedError::Refused(
+                dest.to_string(),
+                "that is this server".into(),
+            ));
+        }
+        let Destination { base, host_header } = self.resolver.resolve(&self.http, dest).await;
+        let url = reqwest::Url::parse(&format!("{base}{path}"))
+            .map_err(|e| FedError::Refused(dest.to_string(), format!("bad URL: {e}")))?;
+        if let Some(why) = literal_ip_refused(&url, self.settings.allow_loopback) {
+            return Err(FedError::Refused(dest.to_string(), why.into()));
+        }
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .header(http::header::HOST, host_header);
+        if signed {
+            let auth = x_matrix::authorization(app, dest, method.as_str(), path, body)
+                .map_err(FedError::local)?;
+            req = req.header(http::header::AUTHORIZATION, auth);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send()
+            .await
+            .map_err(|e| FedError::Unreachable(dest.to_string(), error_chain(&e)))
+    }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// A non-success answer as the remote's Matrix error (empty fields if it sent none).
+pub fn status_error(status: http::StatusCode, json: &Value) -> FedError {
+    let field = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    FedError::Status {
+        status: status.as_u16(),
+        errcode: field("errcode"),
+        error: field("error"),
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

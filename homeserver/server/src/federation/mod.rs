@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod invite;
 pub mod join;
 pub mod keys;
+pub mod media;
 pub mod query;
 pub mod resolve;
 pub mod send;
@@ -107,6 +108,14 @@ pub fn router() -> Router<App> {
         .route(
             &format!("{V2}/invite/{{room}}/{{event}}"),
             put(invite::invite),
+        )
+        .route(
+            &format!("{V1}/media/download/{{media_id}}"),
+            get(media::download),
+        )
+        .route(
+            &format!("{V1}/media/thumbnail/{{media_id}}"),
+            get(media::thumbnail),
         )
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/query", post(keys::query))

@@ -30,6 +30,7 @@ pub struct Services {
     pub typing: ephemeral::Typing,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
     pub federation: Option<Arc<crate::federation::Federation>>,
+    pub media: crate::media::Repo,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -52,8 +53,10 @@ impl Services {
             Some(f) => Some(Arc::new(crate::federation::Federation::new(f.clone())?)),
             None => None,
         };
+        let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
         Ok(Arc::new(Self {
             federation,
+            media,
             settings,
             store,
             key,

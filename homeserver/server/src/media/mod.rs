@@ -1,0 +1,154 @@
+//! The media repository: uploads, downloads and thumbnails on the authenticated
+//! `/_matrix/client/v1/media/*` endpoints and the legacy `/_matrix/media/*` ones, with other
+//! servers' media fetched over federation and cached here.
+//!
+//! Files live under `<data_dir>/media`, content-addressed (`plexus_media::blob`); the store
+//! keeps one record per `mxc://` URI naming the content, its type and filename.
+
+mod download;
+pub mod remote;
+mod upload;
+
+pub use download::{local_ready, open as open_stored, thumbnail_of, ThumbQuery};
+
+use std::time::Duration;
+
+use axum::{
+    routing::{get, post, put},
+    Router,
+};
+use plexus_media::blob::BlobStore;
+use plexus_store::{Batch, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    service::{decode, encode, key2, App, Services},
+};
+
+/// What the store knows of one `mxc://` URI.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    /// The content's digest; absent while a reserved id waits for its upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// The local user who uploaded (or reserved) it; none for other servers' media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader: Option<String>,
+    pub created_ts: u64,
+    /// For a reserved id: when it is given up if nothing was uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_expires_at: Option<u64>,
+}
+
+/// A cached thumbnail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThumbRecord {
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+/// Media state held by [`Services`].
+pub struct Repo {
+    pub blobs: BlobStore,
+    /// Woken whenever a reserved id receives its content, for downloads waiting on it.
+    pub uploaded: tokio::sync::Notify,
+    /// Serialises the check-then-write of an upload to a reserved id.
+    reserve_lock: tokio::sync::Mutex<()>,
+    /// Thumbnailing decodes whole images: at most two at once keeps memory bounded.
+    pub thumbnailing: tokio::sync::Semaphore,
+}
+
+impl Repo {
+    pub fn open(dir: &std::path::Path) -> Result<Self, ApiError> {
+        Ok(Self {
+            blobs: BlobStore::open(dir)?,
+            uploaded: tokio::sync::Notify::new(),
+            reserve_lock: tokio::sync::Mutex::new(()),
+            thumbnailing: tokio::sync::Semaphore::new(2),
+        })
+    }
+}
+
+/// Longest a download waits for a reserved id's upload, whatever `timeout_ms` asks.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// `timeout_ms` when the request names none (the spec's default).
+pub const DEFAULT_WAIT_MS: u64 = 20_000;
+
+/// Media ids this server accepts in paths: opaque, but only URL-safe characters, so one can
+/// never escape a path or a URL it is put in.
+pub fn valid_media_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `(server, media id)` from path parameters: an unusable id cannot name any media.
+pub fn parse_mxc(server: &str, id: &str) -> ApiResult<(ruma::OwnedServerName, String)> {
+    let server = ruma::OwnedServerName::try_from(server)
+        .map_err(|e| ApiError::InvalidParam(format!("invalid server name: {e}")))?;
+    if !valid_media_id(id) {
+        return Err(ApiError::NotFound("Media not found".into()));
+    }
+    Ok((server, id.to_owned()))
+}
+
+impl Services {
+    pub fn media_record(&self, server: &str, id: &str) -> ApiResult<Option<Record>> {
+        self.store
+            .kv
+            .get(Table::Media, &key2(server, id))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    pub fn put_media_record(&self, server: &str, id: &str, rec: &Record, b: &mut Batch) {
+        b.put(Table::Media, &key2(server, id), &encode(rec));
+    }
+}
+
+/// Media routes for the client listener.
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/_matrix/client/v1/media/config", get(download::config))
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}",
+            get(download::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}/{filename}",
+            get(download::download_as),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
+            get(download::thumbnail),
+        )
+        .route("/_matrix/media/v3/config", get(download::config))
+        .route("/_matrix/media/v3/upload", post(upload::upload))
+        .route(
+            "/_matrix/media/v3/upload/{server}/{media_id}",
+            put(upload::upload_reserved),
+        )
+        .route("/_matrix/media/v1/create", post(upload::create))
+        .route(
+            "/_matrix/media/v3/download/{server}/{media_id}",
+            get(download::legacy_download),
+        )
+        .route(
+            "/_matrix/media/v3/download/{server}/{media_id}/{filename}",
+            get(download::legacy_download_as),
+        )
+        .route(
+            "/_matrix/media/v3/thumbnail/{server}/{media_id}",
+            get(download::legacy_thumbnail),
+        )
+}

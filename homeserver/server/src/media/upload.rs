@@ -1,0 +1,201 @@
+//! Uploads: in one step (`POST /upload`), or reserve an id first (`POST /v1/create`) and send
+//! the content later (`PUT /upload/{server}/{id}`). The file is on disk and its record durable
+//! before the client hears it succeeded.
+
+use axum::{
+    extract::{Request, State},
+    http::header,
+    Json,
+};
+use plexus_core::signing::random_alnum;
+use plexus_store::{Batch, Table};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse_mxc, Record};
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Path, Query},
+    service::{key2, now_ms, App},
+};
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    filename: Option<String>,
+}
+
+/// The declared type (default `application/octet-stream`) and a checked filename.
+fn describe(req: &Request, q: &UploadQuery) -> ApiResult<(String, Option<String>)> {
+    let content_type = match req.headers().get(header::CONTENT_TYPE) {
+        None => "application/octet-stream".to_owned(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|t| !t.trim().is_empty() && t.len() <= 255)
+            .ok_or_else(|| ApiError::InvalidParam("unusable Content-Type".into()))?
+            .trim()
+            .to_owned(),
+    };
+    if let Some(f) = &q.filename {
+        if f.is_empty() || f.len() > 255 || f.chars().any(char::is_control) {
+            return Err(ApiError::InvalidParam(
+                "filename must be 1 to 255 bytes without control characters".into(),
+            ));
+        }
+    }
+    Ok((content_type, q.filename.clone()))
+}
+
+/// Streams the body to the blob store, refusing it at the size limit.
+async fn store_body(app: &App, req: Request) -> ApiResult<plexus_media::blob::Blob> {
+    let limit = app.settings.media.max_upload_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge);
+    }
+    let stream = req.into_body().into_data_stream();
+    Ok(app.media.blobs.write_stream(stream, limit).await?)
+}
+
+fn mxc(app: &App, id: &str) -> String {
+    format!("mxc://{}/{id}", app.server_name())
+}
+
+pub async fn upload(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Query(q): Query<UploadQuery>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (content_type, filename) = describe(&req, &q)?;
+    let blob = store_body(&app, req).await?;
+    let id = random_alnum(24);
+    let rec = Record {
+        sha256: Some(blob.sha256),
+        size: blob.size,
+        content_type,
+        filename,
+        uploader: Some(s.user_id.to_string()),
+        created_ts: now_ms(),
+        unused_expires_at: None,
+    };
+    let mut b = Batch::default();
+    app.put_media_record(app.server_name().as_str(), &id, &rec, &mut b);
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    tracing::info!(user = %s.user_id, media = %id, size = rec.size, "media uploaded");
+    Ok(Json(json!({ "content_uri": mxc(&app, &id) })))
+}
+
+/// Reserves an id. Each user may hold a few at a time; expired reservations are dropped here.
+pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    let now = now_ms();
+    let user = s.user_id.to_string();
+    let server = app.server_name().as_str().to_owned();
+    let mut prefix = user.clone().into_bytes();
+    prefix.push(0);
+    let mut b = Batch::default();
+    let mut live = Vec::new();
+    for item in app.store.kv.scan_prefix(Table::MediaPending, &prefix) {
+        let (id, exp) = item?;
+        let exp = u64::from_be_bytes(exp.as_slice().try_into().unwrap_or_default());
+        let id = String::from_utf8_lossy(&id).into_owned();
+        if exp <= now {
+            b.delete(Table::MediaPending, &key2(&user, &id));
+            b.delete(Table::Media, &key2(&server, &id));
+        } else {
+            live.push(exp);
+        }
+    }
+    if live.len() >= app.settings.media.max_pending_uploads {
+        app.store.commit(b)?;
+        let soonest = live.iter().min().copied().unwrap_or(now);
+        return Err(ApiError::LimitExceeded {
+            why: "Too many pending media uploads".into(),
+            retry_after_ms: soonest.saturating_sub(now),
+        });
+    }
+    let id = random_alnum(24);
+    let expires = now + app.settings.media.unused_expiry_secs * 1000;
+    let rec = Record {
+        uploader: Some(user.clone()),
+        created_ts: now,
+        unused_expires_at: Some(expires),
+        ..Record::default()
+    };
+    app.put_media_record(&server, &id, &rec, &mut b);
+    b.put(
+        Table::MediaPending,
+        &key2(&user, &id),
+        &expires.to_be_bytes(),
+    );
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(
+        json!({ "content_uri": mxc(&app, &id), "unused_expires_at": expires }),
+    ))
+}
+
+/// Why a reserved id cannot take this upload, if it cannot.
+fn check_reserved(rec: Option<&Record>, user: &str, now: u64) -> ApiResult<()> {
+    let rec = rec.ok_or_else(|| ApiError::NotFound("Media not found".into()))?;
+    if rec.uploader.as_deref() != Some(user) {
+        return Err(ApiError::Forbidden(
+            "This media id was reserved by someone else".into(),
+        ));
+    }
+    if rec.sha256.is_some() {
+        return Err(ApiError::CannotOverwriteMedia(
+            "Media already has content".into(),
+        ));
+    }
+    if rec.unused_expires_at.is_some_and(|e| e <= now) {
+        return Err(ApiError::NotFound("Media id has expired".into()));
+    }
+    Ok(())
+}
+
+pub async fn upload_reserved(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(q): Query<UploadQuery>,
+    req: Request,
+) -> ApiResult<Json<Value>> {
+    let (server, id) = parse_mxc(&server, &media_id)?;
+    if server != app.server_name() {
+        return Err(ApiError::NotFound("Media not found".into()));
+    }
+    let user = s.user_id.to_string();
+    check_reserved(
+        app.media_record(server.as_str(), &id)?.as_ref(),
+        &user,
+        now_ms(),
+    )?;
+    let (content_type, filename) = describe(&req, &q)?;
+    let blob = store_body(&app, req).await?;
+    // Two uploads to one id may race: only the first to get here wins.
+    let _one = app.media.reserve_lock.lock().await;
+    let rec = app.media_record(server.as_str(), &id)?;
+    check_reserved(rec.as_ref(), &user, now_ms())?;
+    let rec = Record {
+        sha256: Some(blob.sha256),
+        size: blob.size,
+        content_type,
+        filename,
+        unused_expires_at: None,
+        ..rec.unwrap_or_default()
+    };
+    let mut b = Batch::default();
+    app.put_media_record(server.as_str(), &id, &rec, &mut b);
+    b.delete(Table::MediaPending, &key2(&user, &id));
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    app.media.uploaded.notify_waiters();
+    tracing::info!(user = %s.user_id, media = %id, size = rec.size, "reserved media uploaded");
+    Ok(Json(json!({})))
+}
