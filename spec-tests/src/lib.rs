@@ -569,3 +569,34 @@ pub fn bodies(events: &[&Value]) -> Vec<String> {
         .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// A PNG of `w`×`h` with a gradient (alpha channel, so thumbnails of it stay PNG).
+pub fn test_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(w, h, |x, y| {
+        image::Rgba([(x % 251) as u8, (y % 241) as u8, 77, 255])
+    }));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("encode png");
+    out
+}
+
+/// A JPEG photograph stand-in of `w`×`h`.
+pub fn test_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 200) as u8, (y % 200) as u8, 50])
+    }));
+    let mut out = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut out),
+        image::ImageFormat::Jpeg,
+    )
+    .expect("encode jpeg");
+    out
+}
+
+/// Width and height of an image answer.
+pub fn image_dims(bytes: &[u8]) -> (u32, u32) {
+    let img = image::load_from_memory(bytes).expect("an image");
+    (img.width(), img.height())
+}

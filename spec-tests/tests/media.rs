@@ -2,32 +2,11 @@
 //! endpoints, reserved ids with asynchronous upload, thumbnails, limits, bad input and
 //! durability across `kill -9`.
 
-use std::io::Cursor;
-
-use image::{DynamicImage, ImageFormat};
-use plexus_spec_tests::{enc, Client, Server};
+use plexus_spec_tests::{
+    enc, image_dims as dims, test_jpeg as jpeg, test_png as png, Client, Server,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-pub fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(w, h, |x, y| {
-        image::Rgba([(x % 251) as u8, (y % 241) as u8, 77, 255])
-    }));
-    let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-        .unwrap();
-    out
-}
-
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x % 200) as u8, (y % 200) as u8, 50])
-    }));
-    let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg)
-        .unwrap();
-    out
-}
 
 /// Pseudo-random bytes: content that no codec or proxy would alter.
 fn noise(n: usize) -> Vec<u8> {
@@ -44,11 +23,6 @@ fn noise(n: usize) -> Vec<u8> {
 
 fn json(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap_or(Value::Null)
-}
-
-fn dims(b: &[u8]) -> (u32, u32) {
-    let img = image::load_from_memory(b).expect("a thumbnail is an image");
-    (img.width(), img.height())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,6 +373,62 @@ async fn synapse_and_plexus_invite_and_knock_across() {
     .await;
 }
 
+/// Media both ways: each side downloads and thumbnails what a user of the other uploaded,
+/// through its own server, with content, type and filename intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_and_plexus_fetch_each_others_media() {
+    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus=debug")]).await;
+    let logs = || {
+        format!(
+            "--- plexus\n{}\n--- synapse\n{}",
+            plexus.log_text(),
+            syn.log()
+        )
+    };
+    let alice = plexus.user("alice").await;
+    let carol = syn.user("carol").await;
+    let picture = plexus_spec_tests::test_png(400, 300);
+    for (uploader, downloader, name) in [
+        (&alice, &carol, "from plexus.png"),
+        (&carol, &alice, "from synapse.png"),
+    ] {
+        let uri = uploader
+            .upload(picture.clone(), "image/png", Some(name))
+            .await;
+        let got = downloader
+            .media(&format!("/_matrix/client/v1/media/download/{uri}"))
+            .await;
+        assert_eq!(
+            got.status,
+            200,
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&got.body),
+            logs()
+        );
+        assert_eq!(got.body, picture, "{name}");
+        assert_eq!(got.header("content-type"), "image/png", "{name}");
+        // Synapse writes names with spaces as `filename*` (RFC 6266); either form will do.
+        assert_eq!(
+            plexus_media::disposition::filename_of(got.header("content-disposition")).as_deref(),
+            Some(name),
+            "{}",
+            got.header("content-disposition")
+        );
+        let thumb = downloader
+            .media(&format!(
+                "/_matrix/client/v1/media/thumbnail/{uri}?width=96&height=96&method=crop"
+            ))
+            .await;
+        assert_eq!(thumb.status, 200, "{name} thumbnail\n{}", logs());
+        assert_eq!(
+            plexus_spec_tests::image_dims(&thumb.body),
+            (96, 96),
+            "{name}"
+        );
+    }
+}
+
 /// A room on `owner`'s server with `n` extra state events, for the join benchmark (sent eight
 /// at a time: request size limits rule out one big `initial_state`).
 async fn big_room(owner: &Client, n: usize) -> String {
