@@ -144,6 +144,13 @@ async fn context(alice: &Client, room: &str, sender: &str) -> (OwnedEventId, Vec
 }
 
 /// A message PDU in federation form, built and signed with `key` for `origin`.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn message(
     room: &str,
     sender: &str,
@@ -152,6 +159,21 @@ fn message(
     prev: &OwnedEventId,
     auth: &[OwnedEventId],
     body: &str,
+) -> (String, Value) {
+    message_at(room, sender, origin, key, prev, auth, body, now_ms())
+}
+
+/// [`message`] stamped with `origin_server_ts`.
+#[allow(clippy::too_many_arguments)]
+fn message_at(
+    room: &str,
+    sender: &str,
+    origin: &str,
+    key: &ServerKey,
+    prev: &OwnedEventId,
+    auth: &[OwnedEventId],
+    body: &str,
+    origin_server_ts: u64,
 ) -> (String, Value) {
     let rules = room_version::rules(&RoomVersionId::V12).unwrap();
     let sender = UserId::parse(sender).unwrap();
@@ -173,7 +195,7 @@ fn message(
         prev_events: refs(std::slice::from_ref(prev)),
         auth_events: refs(auth),
         depth: 100,
-        origin_server_ts: 1_800_000_000_000,
+        origin_server_ts,
     };
     let ev = NewEvent {
         kind: "m.room.message".into(),
@@ -222,7 +244,7 @@ fn member_pdu(
         prev_events: vec![],
         auth_events: vec![],
         depth: 5,
-        origin_server_ts: 1_800_000_000_000,
+        origin_server_ts: now_ms(),
     };
     let ev = NewEvent {
         kind: "m.room.member".into(),
@@ -592,6 +614,26 @@ async fn hostile_federation_input_is_refused() {
         assert!(event_visible(id).await.is_none(), "{what} is visible");
     }
 
+    // Signed with B's real key, but stamped a month ahead: past the week a key is trusted
+    // for (room versions 5 and later enforce `valid_until_ts`).
+    let month = 30 * 24 * 3600 * 1000;
+    let (id, pdu) = message_at(
+        &room,
+        &bob.user_id,
+        &peer.name,
+        &peer.key,
+        &prev,
+        &auth,
+        "from the future",
+        now_ms() + month,
+    );
+    let res = peer.transaction(&a, vec![pdu]).await;
+    assert!(
+        res["pdus"][&id]["error"].is_string(),
+        "a signature past its key's validity was accepted: {res}"
+    );
+    assert!(event_visible(id).await.is_none());
+
     // Content changed after signing: the hash fails, the event is kept only redacted.
     let (id, mut pdu) = message(
         &room,
@@ -656,6 +698,7 @@ async fn hostile_federation_input_is_refused() {
         "forged signature",
         "wrong origin",
         "not a member",
+        "from the future",
         "tampered",
         "original",
     ] {

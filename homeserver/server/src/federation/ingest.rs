@@ -136,6 +136,13 @@ pub async fn check_hash(
         ruma::signatures::required_server_signatures_to_verify_event(&obj, &rules.signatures)
             .map_err(|e| IngestError::Invalid(e.to_string()))?;
     let fed = app.fed()?;
+    // From room version 5 on, a key signs only until its `valid_until_ts`.
+    let valid_at = match obj.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) if rules.enforce_key_validity => {
+            Some(u64::try_from(i64::from(*ts)).unwrap_or(0))
+        }
+        _ => None,
+    };
     let mut keys = PublicKeyMap::new();
     for server in &servers {
         let ids: Vec<String> = match obj.get("signatures") {
@@ -150,7 +157,7 @@ pub async fn check_hash(
         }
         let set = fed
             .keys
-            .verify_keys(app, server, &ids)
+            .verify_keys(app, server, &ids, valid_at)
             .await
             .map_err(|e| IngestError::Signature(format!("keys of {server}: {e}")))?;
         keys.extend(set);

@@ -228,7 +228,7 @@ pub async fn countersigned_invite(
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
-    let keys = fed.keys.verify_keys(app, server, &ids).await?;
+    let keys = fed.keys.verify_keys(app, server, &ids, None).await?;
     let mut obj =
         ingest::canonical_object(&federation_form(theirs)).map_err(ApiError::BadGateway)?;
     if let Some(ruma::CanonicalJsonValue::Object(all)) = obj.get_mut("signatures") {

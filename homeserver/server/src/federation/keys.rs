@@ -21,7 +21,7 @@ use super::client::FedError;
 use crate::service::Services;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Body, Path},
+    http::extract::{Body, Path, Query},
     service::{decode, encode, now_ms, App},
 };
 
@@ -34,6 +34,11 @@ const REFETCH_AFTER_MS: u64 = 60 * 1000;
 struct KnownKeys {
     /// key id → unpadded base64 public key, every key the server has ever shown us.
     keys: BTreeMap<String, String>,
+    /// key id → until when it may sign (ms): `valid_until_ts` capped at a week after the
+    /// fetch for current keys, `expired_ts` for old ones. Absent: not known (kept from
+    /// before this was recorded), treated as valid.
+    #[serde(default)]
+    valid_until: BTreeMap<String, u64>,
     /// Its latest self-signed response, served again by our notary endpoint.
     response: Value,
     fetched_at: u64,
@@ -69,12 +74,15 @@ impl KeyCache {
     }
 
     /// Every known public key of `server`, fetching its key server when one of `key_ids` is
-    /// unknown (at most once a minute).
+    /// unknown (at most once a minute). With `valid_at` (room versions that enforce key
+    /// validity: the event's `origin_server_ts`), keys that expired before then are left out,
+    /// and a key that looks expired is refetched in case the server extended it.
     pub async fn verify_keys(
         &self,
         app: &Services,
         server: &ServerName,
         key_ids: &[String],
+        valid_at: Option<u64>,
     ) -> Result<PublicKeyMap, FedError> {
         let mut map = PublicKeyMap::new();
         if server == app.server_name() {
@@ -84,8 +92,11 @@ impl KeyCache {
             return Ok(map);
         }
         let missing = |k: &Option<Arc<KnownKeys>>| {
-            k.as_ref()
-                .is_none_or(|k| key_ids.iter().any(|id| !k.keys.contains_key(id)))
+            k.as_ref().is_none_or(|k| {
+                key_ids
+                    .iter()
+                    .any(|id| !k.keys.contains_key(id) || !k.valid_at(id, valid_at))
+            })
         };
         let mut known = self.known(app, server).map_err(FedError::local)?;
         if missing(&known) {
@@ -101,7 +112,9 @@ impl KeyCache {
         let known = known.ok_or_else(|| FedError::BadResponse("no keys".into()))?;
         let mut set = PublicKeySet::new();
         for (id, key) in &known.keys {
-            set.insert(id.clone(), parse_key(key)?);
+            if known.valid_at(id, valid_at) {
+                set.insert(id.clone(), parse_key(key)?);
+            }
         }
         map.insert(server.to_string(), set);
         Ok(map)
@@ -126,9 +139,15 @@ impl KeyCache {
             .await?;
         let keys = check_key_response(server, &resp)?;
         let mut known = old.map(|k| (*k).clone()).unwrap_or_default();
-        known.keys.extend(keys);
+        let now = now_ms();
+        for (id, (key, valid_until)) in keys {
+            known.keys.insert(id.clone(), key);
+            known
+                .valid_until
+                .insert(id, valid_until.min(now + MAX_KEY_VALIDITY_MS));
+        }
         known.response = resp;
-        known.fetched_at = now_ms();
+        known.fetched_at = now;
         let known = Arc::new(known);
         let mut b = plexus_store::Batch::default();
         b.put(Table::ServerKeys, server.as_bytes(), &encode(&*known));
@@ -141,25 +160,61 @@ impl KeyCache {
         Ok(known)
     }
 
-    /// The latest stored response of `server`, fetching it if we have none.
-    async fn response(&self, app: &Services, server: &ServerName) -> Result<Value, FedError> {
-        match self.known(app, server).map_err(FedError::local)? {
-            Some(k) if !k.response.is_null() => Ok(k.response.clone()),
-            old => Ok(self.fetch(app, server, old).await?.response.clone()),
+    /// The latest response of `server`, valid until at least `min_valid` if the server can
+    /// give that: a stored one that expires sooner is refreshed (at most once a minute).
+    async fn response(
+        &self,
+        app: &Services,
+        server: &ServerName,
+        min_valid: u64,
+    ) -> Result<Value, FedError> {
+        let old = self.known(app, server).map_err(FedError::local)?;
+        if let Some(k) = &old {
+            let valid_until = k
+                .response
+                .get("valid_until_ts")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let recent = now_ms().saturating_sub(k.fetched_at) <= REFETCH_AFTER_MS;
+            if !k.response.is_null() && (valid_until >= min_valid || recent) {
+                return Ok(k.response.clone());
+            }
+        }
+        let _guard = self.fetching.lock().await;
+        match self.fetch(app, server, old.clone()).await {
+            Ok(k) => Ok(k.response.clone()),
+            // The server is away: what we have is still the best answer.
+            Err(e) => match old {
+                Some(k) if !k.response.is_null() => Ok(k.response.clone()),
+                _ => Err(e),
+            },
         }
     }
 }
+
+impl KnownKeys {
+    fn valid_at(&self, id: &str, ts: Option<u64>) -> bool {
+        match (ts, self.valid_until.get(id)) {
+            (Some(ts), Some(until)) => *until >= ts,
+            _ => true,
+        }
+    }
+}
+
+/// A key is trusted at most a week past the fetch, whatever `valid_until_ts` claims (spec).
+const MAX_KEY_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 fn parse_key(b64: &str) -> Result<Base64, FedError> {
     Base64::parse(b64).map_err(|e| FedError::BadResponse(format!("bad public key: {e}")))
 }
 
 /// A key server response is valid when it names the server we asked and is signed by every
-/// key it lists as current. Returns its keys, old ones included.
+/// key it lists as current. Returns its keys, old ones included, each with until when it may
+/// sign.
 fn check_key_response(
     server: &ServerName,
     resp: &Value,
-) -> Result<BTreeMap<String, String>, FedError> {
+) -> Result<BTreeMap<String, (String, u64)>, FedError> {
     let bad = |why: &str| FedError::BadResponse(format!("key response of {server}: {why}"));
     if resp.get("server_name").and_then(Value::as_str) != Some(server.as_str()) {
         return Err(bad("wrong server_name"));
@@ -210,11 +265,20 @@ fn check_key_response(
     let mut map = PublicKeyMap::new();
     map.insert(server.to_string(), set);
     ruma::signatures::verify_json(&map, &own).map_err(|e| bad(&e.to_string()))?;
-    let mut all = current;
+    let valid_until = resp
+        .get("valid_until_ts")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("no valid_until_ts"))?;
+    let mut all: BTreeMap<String, (String, u64)> = current
+        .into_iter()
+        .map(|(id, key)| (id, (key, valid_until)))
+        .collect();
     if let Some(old) = resp.get("old_verify_keys").and_then(Value::as_object) {
         for (id, k) in old {
             if let Some(key) = k.get("key").and_then(Value::as_str) {
-                all.entry(id.clone()).or_insert_with(|| key.to_owned());
+                let expired = k.get("expired_ts").and_then(Value::as_u64).unwrap_or(0);
+                all.entry(id.clone())
+                    .or_insert_with(|| (key.to_owned(), expired));
             }
         }
     }
@@ -256,24 +320,45 @@ pub struct QueryBody {
 /// `POST /_matrix/key/v2/query`: a notary answer, each response countersigned by us.
 pub async fn query(State(app): State<App>, Body(body): Body<QueryBody>) -> ApiResult<Json<Value>> {
     let mut out = vec![];
-    for server in body.server_keys.keys().take(100) {
-        if let Some(v) = notarise(&app, server).await? {
+    for (server, criteria) in body.server_keys.iter().take(100) {
+        // `{key_id: {minimum_valid_until_ts}}`: the latest any key asks for.
+        let min_valid = criteria
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|c| c.get("minimum_valid_until_ts").and_then(Value::as_u64))
+            .max();
+        if let Some(v) = notarise(&app, server, min_valid).await? {
             out.push(v);
         }
     }
     Ok(Json(json!({ "server_keys": out })))
 }
 
+#[derive(Deserialize)]
+pub struct QueryOne {
+    minimum_valid_until_ts: Option<u64>,
+}
+
 /// `GET /_matrix/key/v2/query/{serverName}`
 pub async fn query_one(
     State(app): State<App>,
     Path(server): Path<String>,
+    Query(q): Query<QueryOne>,
 ) -> ApiResult<Json<Value>> {
-    let out: Vec<Value> = notarise(&app, &server).await?.into_iter().collect();
+    let out: Vec<Value> = notarise(&app, &server, q.minimum_valid_until_ts)
+        .await?
+        .into_iter()
+        .collect();
     Ok(Json(json!({ "server_keys": out })))
 }
 
-async fn notarise(app: &Services, server: &str) -> ApiResult<Option<Value>> {
+/// One server's keys, countersigned; `min_valid` defaults to now, as the spec says.
+async fn notarise(
+    app: &Services,
+    server: &str,
+    min_valid: Option<u64>,
+) -> ApiResult<Option<Value>> {
     let Ok(server) = <&ServerName>::try_from(server) else {
         return Ok(None);
     };
@@ -281,7 +366,11 @@ async fn notarise(app: &Services, server: &str) -> ApiResult<Option<Value>> {
         return own_response(app).map(Some);
     }
     let fed = app.fed().map_err(|_| ApiError::Unrecognized)?;
-    match fed.keys.response(app, server).await {
+    match fed
+        .keys
+        .response(app, server, min_valid.unwrap_or_else(now_ms))
+        .await
+    {
         Ok(resp) => sign_value(app, resp).map(Some),
         Err(e) => {
             tracing::debug!(%server, error = %e, "notary could not get keys");

@@ -195,7 +195,12 @@ impl FromRequest<App> for FedRequest {
         )?;
         let keys = fed
             .keys
-            .verify_keys(app, &origin, std::slice::from_ref(&xm.key))
+            .verify_keys(
+                app,
+                &origin,
+                std::slice::from_ref(&xm.key),
+                Some(crate::service::now_ms()),
+            )
             .await
             .map_err(|e| ApiError::Unauthorized(format!("cannot get keys of {origin}: {e}")))?;
         let mut sigs = CanonicalJsonObject::new();
