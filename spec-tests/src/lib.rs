@@ -1,6 +1,8 @@
 //! Black-box test harness: real `plexus` processes on free loopback ports with temporary data
 //! dirs, and a small JSON client that returns exactly what a Matrix client would see.
 
+pub mod peer;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

@@ -3,223 +3,18 @@
 //! The test acts as server B with B's own signing key (given to B through
 //! PLEXUS_SIGNING_KEY_PATH), so what it sends is exactly what a malicious B could send.
 
-use base64::Engine;
 use plexus_core::{
-    builder::{build_pdu, EventRef, NewEvent, RoomContext},
+    builder::{build_pdu, NewEvent, RoomContext},
     room_version,
-    ruma::{
-        canonical_json::{to_canonical_value, CanonicalJsonValue},
-        OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
-    },
+    ruma::{RoomId, RoomVersionId, ServerName, UserId},
     signing::ServerKey,
 };
-use plexus_spec_tests::{enc, eventually, rand_suffix, Client, Server};
+use plexus_spec_tests::{
+    enc, eventually,
+    peer::{context, event_id_of, feed_messages, key_file, message, message_at, now_ms, peer_for},
+    Server,
+};
 use serde_json::{json, Value};
-
-struct Peer {
-    name: String,
-    key: ServerKey,
-    http: reqwest::Client,
-}
-
-impl Peer {
-    fn x_matrix(
-        &self,
-        key: &ServerKey,
-        dest: &str,
-        method: &str,
-        uri: &str,
-        body: Option<&Value>,
-    ) -> String {
-        let mut obj =
-            json!({ "method": method, "uri": uri, "origin": self.name, "destination": dest });
-        if let Some(b) = body {
-            obj["content"] = b.clone();
-        }
-        let canonical = match to_canonical_value(&obj).unwrap() {
-            CanonicalJsonValue::Object(o) => serde_json::to_string(&o).unwrap(),
-            _ => unreachable!(),
-        };
-        let sig =
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.sign(canonical.as_bytes()));
-        format!(
-            "X-Matrix origin=\"{}\",destination=\"{dest}\",key=\"{}\",sig=\"{sig}\"",
-            self.name,
-            key.key_id()
-        )
-    }
-
-    /// `PUT /send/{txn}` to `to`, signed (for the exact URI sent) with `key` as if for `dest`,
-    /// or unsigned when `key` is `None`.
-    async fn send(
-        &self,
-        to: &Server,
-        key: Option<(&ServerKey, &str)>,
-        body: &Value,
-    ) -> (u16, Value) {
-        let path = format!("/_matrix/federation/v1/send/{}", rand_suffix());
-        self.put(to, key, &path, body).await
-    }
-
-    /// `PUT path` to `to`, signed as [`Peer::send`] describes.
-    async fn put(
-        &self,
-        to: &Server,
-        key: Option<(&ServerKey, &str)>,
-        path: &str,
-        body: &Value,
-    ) -> (u16, Value) {
-        let url = format!("https://127.0.0.1:{}{path}", to.fed_port.unwrap());
-        let mut req = self.http.put(url).json(body);
-        if let Some((key, dest)) = key {
-            req = req.header(
-                "authorization",
-                self.x_matrix(key, dest, "PUT", path, Some(body)),
-            );
-        }
-        let r = req.send().await.expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// `GET path` from `to`, correctly signed.
-    async fn get(&self, to: &Server, path: &str) -> (u16, Value) {
-        let url = format!("https://127.0.0.1:{}{path}", to.fed_port.unwrap());
-        let auth = self.x_matrix(&self.key, &to.server_name, "GET", path, None);
-        let r = self
-            .http
-            .get(url)
-            .header("authorization", auth)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// `PUT /v2/invite` of `pdu` (federation form) with `state` as invite_room_state.
-    async fn invite(&self, to: &Server, version: &str, pdu: &Value, state: Value) -> (u16, Value) {
-        let room = pdu["room_id"].as_str().unwrap();
-        let id = event_id_of(version, pdu);
-        let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(room), enc(&id));
-        let body = json!({ "room_version": version, "event": pdu, "invite_room_state": state });
-        self.put(to, Some((&self.key, &to.server_name)), &path, &body)
-            .await
-    }
-
-    /// A correctly signed transaction of `pdus`; answers the per-PDU results.
-    async fn transaction(&self, to: &Server, pdus: Vec<Value>) -> Value {
-        let body = json!({ "origin": self.name, "origin_server_ts": 1, "pdus": pdus, "edus": [] });
-        let (status, res) = self
-            .send(to, Some((&self.key, &to.server_name)), &body)
-            .await;
-        assert_eq!(status, 200, "{res}");
-        res
-    }
-}
-
-/// The event id of the latest event and of the state events a message needs.
-async fn context(alice: &Client, room: &str, sender: &str) -> (OwnedEventId, Vec<OwnedEventId>) {
-    let m = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
-            enc(room)
-        ))
-        .await;
-    let last = m.body["chunk"][0]["event_id"].as_str().unwrap().to_owned();
-    let st = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/state", enc(room)))
-        .await;
-    let mut auth = vec![];
-    for e in st.body.as_array().unwrap() {
-        let key = (
-            e["type"].as_str().unwrap(),
-            e["state_key"].as_str().unwrap(),
-        );
-        if key == ("m.room.power_levels", "") || key == ("m.room.member", sender) {
-            auth.push(OwnedEventId::try_from(e["event_id"].as_str().unwrap()).unwrap());
-        }
-    }
-    (OwnedEventId::try_from(last).unwrap(), auth)
-}
-
-/// A message PDU in federation form, built and signed with `key` for `origin`.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn message(
-    room: &str,
-    sender: &str,
-    origin: &str,
-    key: &ServerKey,
-    prev: &OwnedEventId,
-    auth: &[OwnedEventId],
-    body: &str,
-) -> (String, Value) {
-    message_at(room, sender, origin, key, prev, auth, body, now_ms())
-}
-
-/// [`message`] stamped with `origin_server_ts`.
-#[allow(clippy::too_many_arguments)]
-fn message_at(
-    room: &str,
-    sender: &str,
-    origin: &str,
-    key: &ServerKey,
-    prev: &OwnedEventId,
-    auth: &[OwnedEventId],
-    body: &str,
-    origin_server_ts: u64,
-) -> (String, Value) {
-    let rules = room_version::rules(&RoomVersionId::V12).unwrap();
-    let sender = UserId::parse(sender).unwrap();
-    let origin = <&ServerName>::try_from(origin).unwrap();
-    let room_id = RoomId::parse(room).unwrap();
-    let refs = |ids: &[OwnedEventId]| {
-        ids.iter()
-            .map(|i| EventRef {
-                event_id: i.clone(),
-                sha256: None,
-            })
-            .collect()
-    };
-    let ctx = RoomContext {
-        room_id: Some(&room_id),
-        rules: &rules,
-        sender: &sender,
-        origin,
-        prev_events: refs(std::slice::from_ref(prev)),
-        auth_events: refs(auth),
-        depth: 100,
-        origin_server_ts,
-    };
-    let ev = NewEvent {
-        kind: "m.room.message".into(),
-        content: json!({ "msgtype": "m.text", "body": body }),
-        state_key: None,
-        redacts: None,
-    };
-    let built = build_pdu(&ev, &ctx, key).unwrap();
-    let mut v = serde_json::to_value(&built.stored).unwrap();
-    v.as_object_mut().unwrap().remove("event_id");
-    (built.event_id.to_string(), v)
-}
-
-fn event_id_of(version: &str, pdu: &Value) -> String {
-    let rules = room_version::rules(&RoomVersionId::try_from(version).unwrap()).unwrap();
-    let obj = match to_canonical_value(pdu).unwrap() {
-        CanonicalJsonValue::Object(o) => o,
-        _ => unreachable!(),
-    };
-    format!(
-        "${}",
-        plexus_core::ruma::signatures::reference_hash(&obj, &rules).unwrap()
-    )
-}
 
 /// A member event in federation form for a room that lives on `origin` (no history needed:
 /// the invitee's server cannot check an invite against a room it is not in).
@@ -258,28 +53,6 @@ fn member_pdu(
     v
 }
 
-/// B's own signing key in a file, so the test can speak as B.
-fn key_file() -> (tempfile::TempDir, String, ServerKey) {
-    let keydir = tempfile::tempdir().unwrap();
-    let key_path = keydir.path().join("b.key");
-    let key = ServerKey::generate().unwrap();
-    let (version, doc) = key.to_stored();
-    std::fs::write(&key_path, format!("{version} {doc}\n")).unwrap();
-    let path = key_path.to_str().unwrap().to_owned();
-    (keydir, path, key)
-}
-
-fn peer_for(b: &Server, key: ServerKey) -> Peer {
-    Peer {
-        name: b.server_name.clone(),
-        key,
-        http: reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_acl_shuts_out_denied_servers() {
     let (_dir, key_path, key) = key_file();
@@ -301,7 +74,7 @@ async fn server_acl_shuts_out_denied_servers() {
         enc(&room),
         enc(context(&alice, &room, &bob.user_id).await.0.as_str())
     );
-    let (status, res) = peer.get(&a, &state_ids).await;
+    let (status, res) = peer.get(&a.server_name, &state_ids).await;
     assert_eq!(status, 200, "before the ACL B may read the room: {res}");
     let (prev, auth) = context(&alice, &room, &bob.user_id).await;
     let (id, pdu) = message(
@@ -313,7 +86,7 @@ async fn server_acl_shuts_out_denied_servers() {
         &auth,
         "before acl",
     );
-    let res = peer.transaction(&a, vec![pdu]).await;
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&id], json!({}), "{res}");
 
     // Every test server is an IP literal, so this ACL denies them all (A included, for B).
@@ -338,14 +111,14 @@ async fn server_acl_shuts_out_denied_servers() {
         &auth,
         "after acl",
     );
-    let res = peer.transaction(&a, vec![pdu]).await;
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert!(
         res["pdus"][&id]["error"]
             .as_str()
             .is_some_and(|e| e.contains("ACL")),
         "a denied server's PDU is refused: {res}"
     );
-    let (status, res) = peer.get(&a, &state_ids).await;
+    let (status, res) = peer.get(&a.server_name, &state_ids).await;
     assert_eq!(
         (status, res["errcode"].as_str()),
         (403, Some("M_FORBIDDEN")),
@@ -353,7 +126,7 @@ async fn server_acl_shuts_out_denied_servers() {
     );
     let (status, res) = peer
         .get(
-            &a,
+            &a.server_name,
             &format!(
                 "/_matrix/federation/v1/make_join/{}/{}?ver=12",
                 enc(&room),
@@ -416,7 +189,7 @@ async fn hostile_invites_are_refused() {
     // The genuine invite: countersigned by A, and alice sees it with the room's name.
     let (status, res) = peer
         .invite(
-            &a,
+            &a.server_name,
             "10",
             &invite(&alice.user_id, &bob, "invite", &peer.key),
             name.clone(),
@@ -515,7 +288,12 @@ async fn hostile_invites_are_refused() {
         let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(&room), enc(&id));
         let body = json!({ "room_version": version, "event": pdu, "invite_room_state": name });
         let (status, res) = peer
-            .put(&a, Some((&peer.key, &a.server_name)), &path, &body)
+            .put(
+                &a.server_name,
+                Some((&peer.key, &a.server_name)),
+                &path,
+                &body,
+            )
             .await;
         check(what, status, res, want);
     }
@@ -531,14 +309,14 @@ async fn hostile_invites_are_refused() {
         &peer.name,
         &peer.key,
     );
-    let (status, res) = peer.invite(&a, "12", &pdu, name.clone()).await;
+    let (status, res) = peer.invite(&a.server_name, "12", &pdu, name.clone()).await;
     check(
         "stripped state in v12",
         status,
         res,
         (400, "M_INVALID_PARAM"),
     );
-    let (status, res) = peer.invite(&a, "12", &pdu, json!([])).await;
+    let (status, res) = peer.invite(&a.server_name, "12", &pdu, json!([])).await;
     check(
         "no create event in v12",
         status,
@@ -591,7 +369,7 @@ async fn hostile_federation_input_is_refused() {
         &auth,
         "genuine",
     );
-    let res = peer.transaction(&a, vec![pdu]).await;
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&good], json!({}), "{res}");
     let seen = eventually(10, "the genuine message", || event_visible(good.clone())).await;
     assert_eq!(seen["content"]["body"], "genuine");
@@ -606,7 +384,7 @@ async fn hostile_federation_input_is_refused() {
         ("not a member", &outsider, &peer.key),
     ] {
         let (id, pdu) = message(&room, sender, &peer.name, key, &prev, &auth, what);
-        let res = peer.transaction(&a, vec![pdu]).await;
+        let res = peer.transaction(&a.server_name, vec![pdu]).await;
         assert!(
             res["pdus"][&id]["error"].is_string(),
             "{what} accepted: {res}"
@@ -627,7 +405,7 @@ async fn hostile_federation_input_is_refused() {
         "from the future",
         now_ms() + month,
     );
-    let res = peer.transaction(&a, vec![pdu]).await;
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert!(
         res["pdus"][&id]["error"].is_string(),
         "a signature past its key's validity was accepted: {res}"
@@ -645,7 +423,7 @@ async fn hostile_federation_input_is_refused() {
         "original",
     );
     pdu["content"]["body"] = json!("tampered");
-    let res = peer.transaction(&a, vec![pdu]).await;
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&id], json!({}), "{res}");
     let seen = eventually(10, "the redacted event", || event_visible(id.clone())).await;
     assert!(
@@ -657,24 +435,30 @@ async fn hostile_federation_input_is_refused() {
     // body names another origin. The same body, correctly signed, is accepted.
     let body = json!({ "origin": peer.name, "origin_server_ts": 1, "pdus": [], "edus": [] });
     let (status, _) = peer
-        .send(&a, Some((&peer.key, &a.server_name)), &body)
+        .send(&a.server_name, Some((&peer.key, &a.server_name)), &body)
         .await;
     assert_eq!(status, 200, "the baseline request must pass");
-    let (status, err) = peer.send(&a, Some((&forger, &a.server_name)), &body).await;
+    let (status, err) = peer
+        .send(&a.server_name, Some((&forger, &a.server_name)), &body)
+        .await;
     assert_eq!(
         (status, err["errcode"].as_str()),
         (401, Some("M_UNAUTHORIZED")),
         "{err}"
     );
     let (status, err) = peer
-        .send(&a, Some((&peer.key, "elsewhere.example")), &body)
+        .send(
+            &a.server_name,
+            Some((&peer.key, "elsewhere.example")),
+            &body,
+        )
         .await;
     assert_eq!(
         (status, err["errcode"].as_str()),
         (401, Some("M_UNAUTHORIZED")),
         "{err}"
     );
-    let (status, err) = peer.send(&a, None, &body).await;
+    let (status, err) = peer.send(&a.server_name, None, &body).await;
     assert_eq!(
         (status, err["errcode"].as_str()),
         (401, Some("M_UNAUTHORIZED")),
@@ -683,7 +467,7 @@ async fn hostile_federation_input_is_refused() {
     let lying =
         json!({ "origin": "elsewhere.example", "origin_server_ts": 1, "pdus": [], "edus": [] });
     let (status, err) = peer
-        .send(&a, Some((&peer.key, &a.server_name)), &lying)
+        .send(&a.server_name, Some((&peer.key, &a.server_name)), &lying)
         .await;
     assert_eq!(
         (status, err["errcode"].as_str()),
@@ -740,35 +524,19 @@ async fn inbound_pdu_rate() {
     let r = bob.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let peer = peer_for(&b, key);
-    let (mut prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
     let (total, batch) = (1000, 50);
-    let start = std::time::Instant::now();
-    for t in 0..total / batch {
-        let mut pdus = vec![];
-        for i in 0..batch {
-            let (id, pdu) = message(
-                &room,
-                &bob.user_id,
-                &peer.name,
-                &peer.key,
-                &prev,
-                &auth,
-                &format!("m{t}-{i}"),
-            );
-            prev = OwnedEventId::try_from(id).unwrap();
-            pdus.push(pdu);
-        }
-        let res = peer.transaction(&a, pdus).await;
-        assert!(
-            res["pdus"]
-                .as_object()
-                .unwrap()
-                .values()
-                .all(|v| v == &json!({})),
-            "{res}"
-        );
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = feed_messages(
+        &peer,
+        &a.server_name,
+        &room,
+        &bob.user_id,
+        prev,
+        &auth,
+        total,
+        batch,
+    )
+    .await;
     println!(
         "inbound: {total} PDUs in {batch}-PDU transactions, room with {n_state} state events: {secs:.2} s, {:.0} PDUs/s",
         total as f64 / secs

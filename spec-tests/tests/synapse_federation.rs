@@ -431,9 +431,13 @@ async fn synapse_and_plexus_fetch_each_others_media() {
 
 /// A room on `owner`'s server with `n` extra state events, for the join benchmark (sent eight
 /// at a time: request size limits rule out one big `initial_state`).
-async fn big_room(owner: &Client, n: usize) -> String {
+async fn big_room(owner: &Client, n: usize, version: Option<&str>) -> String {
     use futures_util::StreamExt;
-    let room = owner.create_room(json!({"preset": "public_chat"})).await;
+    let mut body = json!({"preset": "public_chat"});
+    if let Some(v) = version {
+        body["room_version"] = json!(v);
+    }
+    let room = owner.create_room(body).await;
     let puts = futures_util::stream::iter(0..n).map(|i| {
         let room = room.clone();
         async move {
@@ -479,8 +483,8 @@ async fn remote_join_time() {
     println!("| state events | Plexus joins Plexus room | Plexus joins Synapse room | Synapse joins Plexus room |");
     println!("| --- | --- | --- | --- |");
     for n in sizes {
-        let on_plexus = big_room(&alice, n).await;
-        let on_synapse = big_room(&carol, n).await;
+        let on_plexus = big_room(&alice, n, None).await;
+        let on_synapse = big_room(&carol, n, None).await;
         let bob = b.user(&format!("bob{n}")).await;
         let dave = syn.user(&format!("dave{n}")).await;
         let pp = timed_join(&bob, &on_plexus, &a.server_name).await;
@@ -488,4 +492,45 @@ async fn remote_join_time() {
         let sp = timed_join(&dave, &on_plexus, &a.server_name).await;
         println!("| {n} | {pp:.2} s | {ps:.2} s | {sp:.2} s |");
     }
+}
+
+/// Inbound PDUs per second through Synapse's `/send`: the load of Plexus's
+/// `federation_hostile::inbound_pdu_rate`, for the Synapse column in docs/BENCHMARKS.md (a
+/// measurement, not a check: run with `-- --ignored --nocapture`). A Plexus server B lends its
+/// name and signing key; the test sends as B, into a v12 room on Synapse with
+/// `PLEXUS_BENCH_STATE` extra state events (default 1000) that a user of B has joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn synapse_inbound_pdu_rate() {
+    use plexus_spec_tests::peer::{context, feed_messages, key_file, peer_for};
+    let n_state: usize = std::env::var("PLEXUS_BENCH_STATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+    let (_dir, key_path, key) = key_file();
+    let b = Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", &key_path)]).await;
+    let carol = syn.user("carol").await;
+    let bob = b.user("bob").await;
+    let room = big_room(&carol, n_state, Some("12")).await;
+    let r = bob.join_via(&room, &syn.server_name).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, syn.log());
+    let peer = peer_for(&b, key);
+    let (prev, auth) = context(&carol, &room, &bob.user_id).await;
+    let (total, batch) = (1000, 50);
+    let secs = feed_messages(
+        &peer,
+        &syn.server_name,
+        &room,
+        &bob.user_id,
+        prev,
+        &auth,
+        total,
+        batch,
+    )
+    .await;
+    println!(
+        "synapse inbound: {total} PDUs in {batch}-PDU transactions, room with {n_state} state events: {secs:.2} s, {:.0} PDUs/s",
+        total as f64 / secs
+    );
 }
