@@ -3,7 +3,9 @@
 Two fresh users register (m.login.dummy, open registration), A creates a named room with a topic
 and invites B, B sees the invite through sync and joins, A sends a message and B a reply, each
 sees the other's message through sync, B sees the room's name and topic, the joined members are
-exactly A and B, and both log out (after which A's old access token is refused).
+exactly A and B; A uploads a file and a picture that B downloads (content, type, filename) and
+thumbnails through the authenticated media API; and both log out (after which A's old access
+token is refused).
 
 Checked against Synapse as the reference server (spec-tests/synapse/synapse.sh).
 
@@ -12,10 +14,13 @@ Prints one line per check and ends with "N passed, M failed"; exit status 1 on a
 """
 
 import asyncio
+import io
+import struct
 import sys
 import time
 import traceback
 import uuid
+import zlib
 
 import aiohttp
 from nio import (
@@ -25,12 +30,16 @@ from nio import (
     JoinedMembersResponse,
     JoinResponse,
     LogoutResponse,
+    MemoryDownloadResponse,
     RegisterResponse,
     RoomCreateResponse,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
+    ThumbnailResponse,
+    UploadResponse,
 )
+from nio.api import ResizingMethod
 
 SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
 RUN_DEADLINE = 180.0  # seconds for the whole run, whatever happens
@@ -46,6 +55,26 @@ ROOM_TOPIC = "interop between a real client and the server"
 
 passed = 0
 failed = 0
+
+
+def png(width, height):
+    """An RGB PNG written by hand (no imaging library needed)."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    raw = b"".join(
+        b"\x00" + b"".join(bytes((x * 4 % 256, y * 4 % 256, 128)) for x in range(width))
+        for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def png_size(data):
+    """Width and height from a PNG's IHDR, or None if it is not a PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return struct.unpack(">II", data[16:24])
 
 
 class Abort(Exception):
@@ -214,6 +243,32 @@ async def run(base):
                    if isinstance(members, JoinedMembersResponse) else None)
             check(ids == {a_id, b_id}, f"joined members as {name} asks are exactly {{A, B}}",
                   f"{ids if ids is not None else desc(members)}")
+
+        # Media: A uploads, B downloads and thumbnails through the authenticated endpoints.
+        text = b"bytes that cross the media repository intact"
+        up, _ = await a.upload(io.BytesIO(text), content_type="text/plain",
+                               filename="notes.txt", filesize=len(text))
+        check(isinstance(up, UploadResponse) and up.content_uri.startswith("mxc://"),
+              "A uploads a file", desc(up))
+        if isinstance(up, UploadResponse):
+            got = await b.download(up.content_uri)
+            check(isinstance(got, MemoryDownloadResponse) and got.body == text
+                  and got.content_type.startswith("text/plain") and got.filename == "notes.txt",
+                  "B downloads A's file: same bytes, type and filename",
+                  desc(got) if not isinstance(got, MemoryDownloadResponse)
+                  else f"{got.content_type!r} {got.filename!r} {got.body[:40]!r}")
+        picture = png(64, 48)
+        up, _ = await a.upload(io.BytesIO(picture), content_type="image/png",
+                               filename="picture.png", filesize=len(picture))
+        check(isinstance(up, UploadResponse), "A uploads a picture", desc(up))
+        if isinstance(up, UploadResponse):
+            server, media_id = up.content_uri[len("mxc://"):].split("/", 1)
+            thumb = await b.thumbnail(server, media_id, 32, 32, ResizingMethod.crop)
+            size = png_size(thumb.body) if isinstance(thumb, ThumbnailResponse) else None
+            check(isinstance(thumb, ThumbnailResponse) and size == (32, 32),
+                  "B gets a 32x32 cropped thumbnail of A's picture",
+                  desc(thumb) if not isinstance(thumb, ThumbnailResponse)
+                  else f"{thumb.content_type!r} size {size}")
 
         token_a = a.access_token
         for name, client in (("A", a), ("B", b)):
