@@ -288,3 +288,31 @@ pub async fn feed_messages(
     }
     start.elapsed().as_secs_f64()
 }
+
+/// Extra state events for the inbound benchmarks: `PLEXUS_BENCH_STATE`, default 1000.
+pub fn bench_state_events() -> usize {
+    std::env::var("PLEXUS_BENCH_STATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// The inbound benchmark: 1,000 messages from `sender` (a user of `peer` already in `room`)
+/// into server `to` in 50-PDU transactions; prints the rate under `label`.
+pub async fn measure_inbound(
+    label: &str,
+    peer: &Peer,
+    owner: &Client,
+    to: &str,
+    room: &str,
+    sender: &str,
+    n_state: usize,
+) {
+    let (prev, auth) = context(owner, room, sender).await;
+    let (total, batch) = (1000, 50);
+    let secs = feed_messages(peer, to, room, sender, prev, &auth, total, batch).await;
+    println!(
+        "{label} inbound: {total} PDUs in {batch}-PDU transactions, room with {n_state} state events: {secs:.2} s, {:.0} PDUs/s",
+        total as f64 / secs
+    );
+}

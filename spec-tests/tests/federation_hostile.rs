@@ -11,7 +11,10 @@ use plexus_core::{
 };
 use plexus_spec_tests::{
     enc, eventually,
-    peer::{context, event_id_of, feed_messages, key_file, message, message_at, now_ms, peer_for},
+    peer::{
+        bench_state_events, context, event_id_of, key_file, measure_inbound, message, message_at,
+        now_ms, peer_for,
+    },
     Server,
 };
 use serde_json::{json, Value};
@@ -499,10 +502,7 @@ async fn hostile_federation_input_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn inbound_pdu_rate() {
-    let n_state: usize = std::env::var("PLEXUS_BENCH_STATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n_state = bench_state_events();
     let (_dir, key_path, key) = key_file();
     let a = Server::federated().await;
     let b = Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", &key_path)]).await;
@@ -524,21 +524,14 @@ async fn inbound_pdu_rate() {
     let r = bob.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let peer = peer_for(&b, key);
-    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
-    let (total, batch) = (1000, 50);
-    let secs = feed_messages(
+    measure_inbound(
+        "plexus",
         &peer,
+        &alice,
         &a.server_name,
         &room,
         &bob.user_id,
-        prev,
-        &auth,
-        total,
-        batch,
+        n_state,
     )
     .await;
-    println!(
-        "inbound: {total} PDUs in {batch}-PDU transactions, room with {n_state} state events: {secs:.2} s, {:.0} PDUs/s",
-        total as f64 / secs
-    );
 }

@@ -502,11 +502,8 @@ async fn remote_join_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn synapse_inbound_pdu_rate() {
-    use plexus_spec_tests::peer::{context, feed_messages, key_file, peer_for};
-    let n_state: usize = std::env::var("PLEXUS_BENCH_STATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    use plexus_spec_tests::peer::{bench_state_events, key_file, measure_inbound, peer_for};
+    let n_state = bench_state_events();
     let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
     let (_dir, key_path, key) = key_file();
     let b = Server::federated_with(&[("PLEXUS_SIGNING_KEY_PATH", &key_path)]).await;
@@ -516,21 +513,14 @@ async fn synapse_inbound_pdu_rate() {
     let r = bob.join_via(&room, &syn.server_name).await;
     assert_eq!(r.status, 200, "{}\n{}", r.body, syn.log());
     let peer = peer_for(&b, key);
-    let (prev, auth) = context(&carol, &room, &bob.user_id).await;
-    let (total, batch) = (1000, 50);
-    let secs = feed_messages(
+    measure_inbound(
+        "synapse",
         &peer,
+        &carol,
         &syn.server_name,
         &room,
         &bob.user_id,
-        prev,
-        &auth,
-        total,
-        batch,
+        n_state,
     )
     .await;
-    println!(
-        "synapse inbound: {total} PDUs in {batch}-PDU transactions, room with {n_state} state events: {secs:.2} s, {:.0} PDUs/s",
-        total as f64 / secs
-    );
 }
