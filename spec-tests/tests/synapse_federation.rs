@@ -429,6 +429,77 @@ async fn synapse_and_plexus_fetch_each_others_media() {
     }
 }
 
+/// Spaces both ways: a user joins a space on the other server, and their own server fills in
+/// the child rooms it is not in through federation `/hierarchy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_and_plexus_walk_each_others_spaces() {
+    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus::federation=debug")]).await;
+    let logs = || {
+        format!(
+            "--- plexus\n{}\n--- synapse\n{}",
+            plexus.log_text(),
+            syn.log()
+        )
+    };
+    let alice = plexus.user("alice").await;
+    let carol = syn.user("carol").await;
+    for (owner, owner_server, visitor, tag) in [
+        (&alice, &plexus.server_name, &carol, "plexus space"),
+        (&carol, &syn.server_name, &alice, "synapse space"),
+    ] {
+        let space = owner
+            .create_room(json!({
+                "preset": "public_chat",
+                "name": format!("{tag}"),
+                "creation_content": {"type": "m.space"},
+            }))
+            .await;
+        for (i, name) in ["first", "second"].iter().enumerate() {
+            let child = owner
+                .create_room(json!({"preset": "public_chat", "name": format!("{tag} {name}")}))
+                .await;
+            let r = owner
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                        enc(&space),
+                        enc(&child)
+                    ),
+                    json!({"via": [owner_server], "order": format!("{i}")}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let r = visitor.join_via(&space, owner_server).await;
+        assert_eq!(r.status, 200, "{tag}: {}\n{}", r.body, logs());
+        let r = visitor
+            .get(&format!(
+                "/_matrix/client/v1/rooms/{}/hierarchy",
+                enc(&space)
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{tag}: {}\n{}", r.body, logs());
+        let names: Vec<&str> = r.body["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                tag.to_owned(),
+                format!("{tag} first"),
+                format!("{tag} second")
+            ],
+            "{}\n{}",
+            r.body,
+            logs()
+        );
+    }
+}
+
 /// A room on `owner`'s server with `n` extra state events, for the join benchmark (sent eight
 /// at a time: request size limits rule out one big `initial_state`).
 async fn big_room(owner: &Client, n: usize, version: Option<&str>) -> String {

@@ -123,39 +123,16 @@ pub async fn room_aliases(
     Ok(Json(json!({ "aliases": aliases })))
 }
 
-/// One room as the public directory shows it.
+/// One room as the public directory shows it: the room summary without the fields the
+/// directory's chunk does not have.
 fn summary(app: &App, room_id: &ruma::RoomId) -> ApiResult<Option<Value>> {
     let Some(room) = app.room(room_id)? else {
         return Ok(None);
     };
-    let hash = app.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
-    let content = |kind: &str| -> ApiResult<Value> {
-        Ok(app
-            .state_json(hash, kind, "")?
-            .map(|e| e["content"].clone())
-            .unwrap_or(Value::Null))
-    };
-    let joined = app
-        .room_members(room.short)?
-        .iter()
-        .filter(|(_, m)| m == "join")
-        .count();
-    let mut v = json!({
-        "room_id": room_id,
-        "num_joined_members": joined,
-        "world_readable": content("m.room.history_visibility")?["history_visibility"] == "world_readable",
-        "guest_can_join": content("m.room.guest_access")?["guest_access"] == "can_join",
-        "join_rule": content("m.room.join_rules")?["join_rule"].as_str().unwrap_or("invite"),
-    });
-    for (field, kind, key) in [
-        ("name", "m.room.name", "name"),
-        ("topic", "m.room.topic", "topic"),
-        ("canonical_alias", "m.room.canonical_alias", "alias"),
-        ("avatar_url", "m.room.avatar", "url"),
-        ("room_type", "m.room.create", "type"),
-    ] {
-        if let Some(x) = content(kind)?.get(key).filter(|x| x.is_string()) {
-            v[field] = x.clone();
+    let mut v = app.room_summary(&room)?;
+    if let Some(o) = v.as_object_mut() {
+        for extra in ["room_version", "encryption", "allowed_room_ids"] {
+            o.remove(extra);
         }
     }
     Ok(Some(v))

@@ -6,7 +6,7 @@ mod devices;
 pub mod directory;
 mod discovery;
 pub mod filter;
-mod membership;
+pub mod membership;
 mod messages;
 mod openid;
 mod presence;
@@ -17,6 +17,7 @@ mod relations;
 mod reports;
 mod room_create;
 mod room_events;
+mod spaces;
 pub mod sync;
 mod tags;
 mod upgrade;
@@ -190,6 +191,7 @@ pub fn router() -> Router<App> {
             "/rooms/{room_id}/timestamp_to_event",
             get(messages::timestamp_to_event),
         )
+        .route("/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
         .route("/rooms/{room_id}/relations/{event_id}", get(relations::all))
         .route(
             "/rooms/{room_id}/relations/{event_id}/{rel_type}",

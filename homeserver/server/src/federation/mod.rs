@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod client;
 pub mod edu;
 pub mod events;
+pub mod hierarchy;
 pub mod ingest;
 pub mod invite;
 pub mod join;
@@ -88,6 +89,10 @@ pub fn router() -> Router<App> {
             post(events::get_missing_events),
         )
         .route(&format!("{V1}/query/profile"), get(query::profile))
+        .route(
+            &format!("{V1}/hierarchy/{{room}}"),
+            get(hierarchy::hierarchy),
+        )
         .route(
             &format!("{V1}/publicRooms"),
             get(query::public_rooms).post(query::search_public_rooms),

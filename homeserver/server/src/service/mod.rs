@@ -5,6 +5,7 @@ pub mod ephemeral;
 pub mod notify;
 pub mod presence;
 pub mod rooms;
+pub mod spaces;
 pub mod writer;
 
 use std::{
