@@ -65,7 +65,7 @@ async fn a_space_tree_shows_each_user_what_they_may_see() {
     let here = json!(["localhost"]);
 
     let top = space(&alice, "Top", "public_chat").await;
-    let general = room(&alice, "general", json!({})).await;
+    let general = room(&alice, "general", json!({"room_alias_name": "general"})).await;
     let secret = room(&alice, "secret", json!({"preset": "private_chat"})).await;
     let members = room(
         &alice,
@@ -172,6 +172,40 @@ async fn a_space_tree_shows_each_user_what_they_may_see() {
         .await
         .err(403, "M_FORBIDDEN");
     s.client().get(&path("")).await.err(401, "M_MISSING_TOKEN");
+
+    // One room's summary, by id or alias, with the caller's membership; without a token,
+    // only what anyone may preview.
+    let summary = |c: Client, room: String| async move {
+        c.get(&format!("/_matrix/client/v1/room_summary/{}", enc(&room)))
+            .await
+    };
+    let g = summary(alice.clone(), "#general:localhost".into()).await;
+    assert_eq!(g.ok()["room_id"], general.as_str());
+    assert_eq!(g.body["name"], "general");
+    assert_eq!(g.body["membership"], "join");
+    assert_eq!(g.body["room_version"], "12");
+    assert!(g.body.get("children_state").is_none());
+    let anon = summary(s.client(), general.clone()).await;
+    assert_eq!(anon.ok()["name"], "general");
+    assert!(anon.body.get("membership").is_none());
+    summary(s.client(), secret.clone())
+        .await
+        .err(404, "M_NOT_FOUND");
+    summary(carol.clone(), secret.clone())
+        .await
+        .err(404, "M_NOT_FOUND");
+    summary(carol.clone(), members.clone())
+        .await
+        .err(404, "M_NOT_FOUND");
+    let m = summary(bob.clone(), members.clone()).await;
+    assert_eq!(m.ok()["join_rule"], "restricted");
+    assert!(m.body.get("membership").is_none());
+    summary(bob.clone(), "!nowhere:localhost".into())
+        .await
+        .err(404, "M_NOT_FOUND");
+    summary(bob.clone(), "#nothing:localhost".into())
+        .await
+        .err(404, "M_NOT_FOUND");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,6 +248,17 @@ async fn child_rooms_on_another_server_come_over_federation() {
         names(&hierarchy(&bob, &top, "limit=3").await),
         ["Top", "lobby", "staff"]
     );
+
+    // A summary of a room B is not in, from the server named in `via`.
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v1/room_summary/{}?via={}",
+            enc(&lobby),
+            enc(&a.server_name)
+        ))
+        .await;
+    assert_eq!(r.ok()["name"], "lobby");
+    assert_eq!(r.body["num_joined_members"], 1);
 
     // Another user of B, in nothing, does not see the restricted room even though B does.
     let erin = b.user("erin").await;

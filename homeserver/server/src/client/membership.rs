@@ -164,7 +164,7 @@ async fn remote(
 
 /// A room id, or an alias resolved (over federation if need be), with the servers that may
 /// know the room: `via`/`server_name` and those the alias's server named.
-async fn room_and_via(
+pub async fn room_and_via(
     app: &App,
     room: &str,
     q: &ViaQuery,

@@ -192,6 +192,7 @@ pub fn router() -> Router<App> {
             get(messages::timestamp_to_event),
         )
         .route("/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
+        .route("/room_summary/{room}", get(spaces::room_summary))
         .route("/rooms/{room_id}/relations/{event_id}", get(relations::all))
         .route(
             "/rooms/{room_id}/relations/{event_id}/{rel_type}",

@@ -1,6 +1,7 @@
 //! `GET /_matrix/client/v1/rooms/{roomId}/hierarchy`: a space's tree, depth first, with the
 //! rooms the user may see. Rooms this server is in are read from current state; the rest are
-//! asked of the servers their parent's `m.space.child` event names.
+//! asked of the servers their parent's `m.space.child` event names. And
+//! `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`, one room the same way.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,11 +10,11 @@ use ruma::{OwnedRoomId, OwnedServerName, RoomId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::membership::parse_room_id;
+use super::membership::{parse_room_id, room_and_via, ViaQuery};
 use crate::{
     error::{ApiError, ApiResult},
     federation::hierarchy::{self, wanted},
-    http::extract::{Auth, Path, Query},
+    http::extract::{Auth, MaybeAuth, Path, Query},
     service::{spaces::Viewer, App},
 };
 
@@ -174,6 +175,38 @@ pub async fn hierarchy(
         body["next_batch"] = json!(token(skip + limit, max_depth, suggested_only));
     }
     Ok(Json(body))
+}
+
+/// A room's summary, for anyone who may preview it (without a token: public, knockable and
+/// world-readable rooms only), with the caller's membership.
+pub async fn room_summary(
+    State(app): State<App>,
+    MaybeAuth(session): MaybeAuth,
+    Path(room): Path<String>,
+    Query(q): Query<ViaQuery>,
+) -> ApiResult<Json<Value>> {
+    let not_found = || ApiError::NotFound("Room not found.".into());
+    let (room_id, via) = room_and_via(&app, &room, &q).await?;
+    let via: Vec<OwnedServerName> = via
+        .into_iter()
+        .chain(room_id.server_name().map(ToOwned::to_owned))
+        .collect();
+    let viewer = match &session {
+        Some(s) => Viewer::User(&s.user_id),
+        None => Viewer::Anyone,
+    };
+    let mut summary = lookup(&app, &room_id, &via, false, viewer, &mut HashMap::new())
+        .await?
+        .ok_or_else(not_found)?;
+    if let Some(o) = summary.as_object_mut() {
+        o.remove("children_state");
+    }
+    if let Some(s) = &session {
+        if let Some(m) = app.membership(&s.user_id, &room_id)? {
+            summary["membership"] = json!(m.membership);
+        }
+    }
+    Ok(Json(summary))
 }
 
 #[cfg(test)]

@@ -123,3 +123,18 @@ impl FromRequestParts<App> for Auth {
         app.session(&token).map(Auth)
     }
 }
+
+/// For endpoints where authentication is optional: no token is `None`, a bad one is still
+/// `M_UNKNOWN_TOKEN`.
+pub struct MaybeAuth(pub Option<Session>);
+
+impl FromRequestParts<App> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        match access_token(parts) {
+            None => Ok(MaybeAuth(None)),
+            Some(token) => app.session(&token).map(|s| MaybeAuth(Some(s))),
+        }
+    }
+}

@@ -8,11 +8,13 @@ use serde_json::{json, Value};
 use super::{rooms::RoomRef, Services};
 use crate::error::ApiResult;
 
-/// Who is looking at a room: a local user, or another server on behalf of its users.
+/// Who is looking at a room: a local user, another server on behalf of its users, or
+/// anyone at all (no access token).
 #[derive(Clone, Copy)]
 pub enum Viewer<'a> {
     User(&'a UserId),
     Server(&'a ServerName),
+    Anyone,
 }
 
 impl Services {
@@ -112,6 +114,7 @@ impl Services {
                     Some(r) => self.room_servers(r.short)?.iter().any(|x| x == s),
                     None => false,
                 },
+                Viewer::Anyone => false,
             })
         };
         if member_of(room_id, true)? {
