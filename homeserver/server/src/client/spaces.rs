@@ -66,15 +66,13 @@ async fn lookup(
     viewer: Viewer<'_>,
     fetched: &mut HashMap<OwnedRoomId, Value>,
 ) -> ApiResult<Option<Value>> {
-    if app.is_resident(id)? {
-        if let Some(room) = app.room(id)? {
-            let mut s = app.room_summary(&room)?;
-            if !app.may_preview(id, &s, viewer)? {
-                return Ok(None);
-            }
-            s["children_state"] = json!(app.children_state(&room)?);
-            return Ok(Some(s));
+    if let Some(room) = app.resident_room(id)? {
+        let mut s = app.room_summary(&room)?;
+        if !app.may_preview(id, &s, viewer)? {
+            return Ok(None);
         }
+        s["children_state"] = json!(app.children_state(&room)?);
+        return Ok(Some(s));
     }
     let summary = match fetched.remove(id) {
         Some(s) => s,

@@ -34,10 +34,7 @@ pub async fn hierarchy(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let not_found = || ApiError::NotFound("Room not found or not accessible".into());
-    let room = match app.room(&room_id)? {
-        Some(r) if app.is_resident(&room_id)? => r,
-        _ => return Err(not_found()),
-    };
+    let room = app.resident_room(&room_id)?.ok_or_else(not_found)?;
     super::acl::ensure(&app, room.short, &req.origin)?;
     let viewer = Viewer::Server(&req.origin);
     let mut summary = app.room_summary(&room)?;
@@ -56,10 +53,7 @@ pub async fn hierarchy(
             continue;
         };
         // Children this server is not in are for the asking server to find elsewhere.
-        let Some(child) = app
-            .room(&id)?
-            .filter(|_| app.is_resident(&id).unwrap_or(false))
-        else {
+        let Some(child) = app.resident_room(&id)? else {
             continue;
         };
         let mut s = app.room_summary(&child)?;

@@ -168,19 +168,30 @@ impl KeyCache {
         server: &ServerName,
         min_valid: u64,
     ) -> Result<Value, FedError> {
-        let old = self.known(app, server).map_err(FedError::local)?;
-        if let Some(k) = &old {
-            let valid_until = k
-                .response
-                .get("valid_until_ts")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let recent = now_ms().saturating_sub(k.fetched_at) <= REFETCH_AFTER_MS;
-            if !k.response.is_null() && (valid_until >= min_valid || recent) {
-                return Ok(k.response.clone());
-            }
+        // Good enough: valid long enough, or fetched so recently that asking again is abuse.
+        let usable = |k: &Option<Arc<KnownKeys>>| {
+            k.as_ref()
+                .filter(|k| {
+                    let valid_until = k
+                        .response
+                        .get("valid_until_ts")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    let recent = now_ms().saturating_sub(k.fetched_at) <= REFETCH_AFTER_MS;
+                    !k.response.is_null() && (valid_until >= min_valid || recent)
+                })
+                .map(|k| k.response.clone())
+        };
+        let known = |this: &Self| this.known(app, server).map_err(FedError::local);
+        if let Some(r) = usable(&known(self)?) {
+            return Ok(r);
         }
         let _guard = self.fetching.lock().await;
+        // Someone else may have fetched while we waited.
+        let old = known(self)?;
+        if let Some(r) = usable(&old) {
+            return Ok(r);
+        }
         match self.fetch(app, server, old.clone()).await {
             Ok(k) => Ok(k.response.clone()),
             // The server is away: what we have is still the best answer.

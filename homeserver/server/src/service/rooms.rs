@@ -345,10 +345,15 @@ impl Services {
 
     /// Whether a local user is joined to the room, so that this server can write to it.
     pub fn is_resident(&self, room_id: &RoomId) -> ApiResult<bool> {
-        Ok(match self.room(room_id)? {
-            Some(r) => self.room_audience(r.short)?.local_joined > 0,
-            None => false,
-        })
+        Ok(self.resident_room(room_id)?.is_some())
+    }
+
+    /// The room, if a local user is joined to it (its current state here is then live).
+    pub fn resident_room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
+        match self.room(room_id)? {
+            Some(r) if self.room_audience(r.short)?.local_joined > 0 => Ok(Some(r)),
+            _ => Ok(None),
+        }
     }
 
     /// Servers other than this one with a joined member in the room.

@@ -5,6 +5,8 @@
 use ruma::{RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
+use plexus_store::{be_u64, Table};
+
 use super::{rooms::RoomRef, Services};
 use crate::error::ApiResult;
 
@@ -62,15 +64,28 @@ impl Services {
     }
 
     /// The room's `m.space.child` events that name a `via`, as stripped state with
-    /// `origin_server_ts`, in the spec's order.
+    /// `origin_server_ts`, in the spec's order; none for a room that is not a space.
     pub fn children_state(&self, room: &RoomRef) -> ApiResult<Vec<Value>> {
         let hash = self.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+        let is_space = self
+            .state_json(hash, "m.room.create", "")?
+            .is_some_and(|c| c["content"]["type"] == "m.space");
+        if !is_space {
+            return Ok(vec![]);
+        }
+        // The child state keys this server knows of, looked up in the room's state: far
+        // fewer than the state entries of a space with many members.
+        let state = self.state_map(hash)?;
         let mut out = vec![];
-        for (sk, ev) in self.state_map(hash)?.iter() {
-            let (kind, _) = self.state_key_of(*sk)?;
-            if kind != "m.space.child" {
+        for item in self
+            .store
+            .kv
+            .scan_prefix(Table::StateKeyShort, b"m.space.child\0")
+        {
+            let (_, short) = item?;
+            let Some(ev) = state.get(&be_u64(&short)) else {
                 continue;
-            }
+            };
             let Some(e) = self.pdu_json(*ev)? else {
                 continue;
             };
