@@ -514,6 +514,19 @@ impl Client {
         (r.status == 200).then_some(r.body)
     }
 
+    /// `PUT` a state event (`key` may be empty).
+    pub async fn put_state(&self, room: &str, kind: &str, key: &str, content: Value) -> Resp {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room),
+                enc(key)
+            ),
+            content,
+        )
+        .await
+    }
+
     /// `user`'s membership in the room as this client sees it.
     pub async fn membership(&self, room: &str, user: &str) -> Option<String> {
         self.state(room, "m.room.member", user)

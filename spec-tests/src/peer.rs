@@ -108,6 +108,27 @@ impl Peer {
         self.put(to, Some((&self.key, to)), &path, &body).await
     }
 
+    /// A message from `sender`, signed with this server's key and stamped now.
+    pub fn message(
+        &self,
+        room: &str,
+        sender: &str,
+        prev: &OwnedEventId,
+        auth: &[OwnedEventId],
+        body: &str,
+    ) -> (String, Value) {
+        message_at(
+            room,
+            sender,
+            &self.name,
+            &self.key,
+            prev,
+            auth,
+            body,
+            now_ms(),
+        )
+    }
+
     /// A correctly signed transaction of `pdus`; answers the per-PDU results.
     pub async fn transaction(&self, to: &str, pdus: Vec<Value>) -> Value {
         let body = json!({ "origin": self.name, "origin_server_ts": 1, "pdus": pdus, "edus": [] });
@@ -146,7 +167,7 @@ pub async fn context(
     (OwnedEventId::try_from(last).unwrap(), auth)
 }
 
-/// A message PDU in federation form, built and signed with `key` for `origin`.
+/// Wall-clock time in milliseconds, for `origin_server_ts`.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -154,19 +175,8 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-pub fn message(
-    room: &str,
-    sender: &str,
-    origin: &str,
-    key: &ServerKey,
-    prev: &OwnedEventId,
-    auth: &[OwnedEventId],
-    body: &str,
-) -> (String, Value) {
-    message_at(room, sender, origin, key, prev, auth, body, now_ms())
-}
-
-/// [`message`] stamped with `origin_server_ts`.
+/// A message PDU in federation form from `sender`, built for `origin` and signed with `key`
+/// (which need not be `origin`'s), stamped with `origin_server_ts`.
 #[allow(clippy::too_many_arguments)]
 pub fn message_at(
     room: &str,
@@ -264,15 +274,7 @@ pub async fn feed_messages(
     for t in 0..total / batch {
         let mut pdus = vec![];
         for i in 0..batch {
-            let (id, pdu) = message(
-                room,
-                sender,
-                &peer.name,
-                &peer.key,
-                &prev,
-                auth,
-                &format!("m{t}-{i}"),
-            );
+            let (id, pdu) = peer.message(room, sender, &prev, auth, &format!("m{t}-{i}"));
             prev = OwnedEventId::try_from(id).expect("event id");
             pdus.push(pdu);
         }

@@ -12,8 +12,8 @@ use plexus_core::{
 use plexus_spec_tests::{
     enc, eventually,
     peer::{
-        bench_state_events, context, event_id_of, key_file, measure_inbound, message, message_at,
-        now_ms, peer_for,
+        bench_state_events, context, event_id_of, key_file, measure_inbound, message_at, now_ms,
+        peer_for,
     },
     Server,
 };
@@ -80,40 +80,23 @@ async fn server_acl_shuts_out_denied_servers() {
     let (status, res) = peer.get(&a.server_name, &state_ids).await;
     assert_eq!(status, 200, "before the ACL B may read the room: {res}");
     let (prev, auth) = context(&alice, &room, &bob.user_id).await;
-    let (id, pdu) = message(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &prev,
-        &auth,
-        "before acl",
-    );
+    let (id, pdu) = peer.message(&room, &bob.user_id, &prev, &auth, "before acl");
     let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&id], json!({}), "{res}");
 
     // Every test server is an IP literal, so this ACL denies them all (A included, for B).
-    let r = alice
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
-                enc(&room)
-            ),
+    alice
+        .put_state(
+            &room,
+            "m.room.server_acl",
+            "",
             json!({"allow": ["*"], "deny": [], "allow_ip_literals": false}),
         )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+        .await
+        .ok();
 
     let (prev, auth) = context(&alice, &room, &bob.user_id).await;
-    let (id, pdu) = message(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &prev,
-        &auth,
-        "after acl",
-    );
+    let (id, pdu) = peer.message(&room, &bob.user_id, &prev, &auth, "after acl");
     let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert!(
         res["pdus"][&id]["error"]
@@ -363,15 +346,7 @@ async fn hostile_federation_input_is_refused() {
     };
 
     // A genuine message from B is accepted: the baseline the forgeries are measured against.
-    let (good, pdu) = message(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &prev,
-        &auth,
-        "genuine",
-    );
+    let (good, pdu) = peer.message(&room, &bob.user_id, &prev, &auth, "genuine");
     let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&good], json!({}), "{res}");
     let seen = eventually(10, "the genuine message", || event_visible(good.clone())).await;
@@ -386,7 +361,7 @@ async fn hostile_federation_input_is_refused() {
         ("wrong origin", &fake_sender, &peer.key),
         ("not a member", &outsider, &peer.key),
     ] {
-        let (id, pdu) = message(&room, sender, &peer.name, key, &prev, &auth, what);
+        let (id, pdu) = message_at(&room, sender, &peer.name, key, &prev, &auth, what, now_ms());
         let res = peer.transaction(&a.server_name, vec![pdu]).await;
         assert!(
             res["pdus"][&id]["error"].is_string(),
@@ -416,15 +391,7 @@ async fn hostile_federation_input_is_refused() {
     assert!(event_visible(id).await.is_none());
 
     // Content changed after signing: the hash fails, the event is kept only redacted.
-    let (id, mut pdu) = message(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &prev,
-        &auth,
-        "original",
-    );
+    let (id, mut pdu) = peer.message(&room, &bob.user_id, &prev, &auth, "original");
     pdu["content"]["body"] = json!("tampered");
     let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&id], json!({}), "{res}");
@@ -510,16 +477,10 @@ async fn inbound_pdu_rate() {
     let bob = b.user("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     for i in 0..n_state {
-        let r = alice
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/state/org.example.bulk/k{i}",
-                    enc(&room)
-                ),
-                json!({"i": i}),
-            )
-            .await;
-        assert_eq!(r.status, 200);
+        alice
+            .put_state(&room, "org.example.bulk", &format!("k{i}"), json!({"i": i}))
+            .await
+            .ok();
     }
     let r = bob.join_via(&room, &a.server_name).await;
     assert_eq!(r.status, 200, "{}", r.body);

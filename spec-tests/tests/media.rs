@@ -273,6 +273,10 @@ async fn reserved_ids_take_their_upload_later() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the download should be waiting for the upload"
+    );
     let put = alice
         .bytes(
             "PUT",
@@ -355,7 +359,7 @@ async fn thumbnails_are_scaled_cropped_and_cached() {
     let t = thumb(&alice, &tiny, "width=800&height=600&method=scale").await;
     assert_eq!(dims(t.ok()), (40, 20));
 
-    // The second request is served from the cache: the same bytes.
+    // Different requests that snap to the same standard size get the same thumbnail.
     let a = thumb(&alice, &photo, "width=300&height=200").await;
     let b = thumb(&alice, &photo, "width=320&height=240&method=scale").await;
     assert_eq!(a.ok(), b.ok());

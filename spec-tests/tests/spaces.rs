@@ -23,17 +23,9 @@ async fn room(c: &Client, name: &str, extra: Value) -> String {
 }
 
 async fn add_child(c: &Client, parent: &str, child: &str, content: Value) {
-    let r = c
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
-                enc(parent),
-                enc(child)
-            ),
-            content,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    c.put_state(parent, "m.space.child", child, content)
+        .await
+        .ok();
 }
 
 async fn hierarchy(c: &Client, room: &str, query: &str) -> Value {
@@ -84,6 +76,8 @@ async fn a_space_tree_shows_each_user_what_they_may_see() {
     add_child(&alice, &top, &members, json!({"via": here})).await;
     add_child(&alice, &top, &sub, json!({"via": here, "suggested": true})).await;
     add_child(&alice, &sub, &deep, json!({"via": here})).await;
+    // A child event in a room that is not a space means nothing.
+    add_child(&alice, &general, &deep, json!({"via": here})).await;
     // No `via`: not a child at all.
     let stray = room(&alice, "stray", json!({})).await;
     add_child(&alice, &top, &stray, json!({})).await;
@@ -108,6 +102,9 @@ async fn a_space_tree_shows_each_user_what_they_may_see() {
     assert_eq!(children, [&secret, &general, &members, &sub]);
     assert!(first["children_state"][0]["origin_server_ts"].is_u64());
     assert_eq!(all["rooms"][3]["allowed_room_ids"], json!([top]));
+    // A room that is not a space has no children, whatever state it holds.
+    assert_eq!(all["rooms"][2]["name"], "general");
+    assert_eq!(all["rooms"][2]["children_state"], json!([]));
 
     // Bob is in the space: the restricted room is his to see, the invite-only one is not.
     let seen = hierarchy(&bob, &top, "").await;

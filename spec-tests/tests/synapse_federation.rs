@@ -73,6 +73,29 @@ impl Drop for Synapse {
     }
 }
 
+/// Synapse and a federating Plexus on loopback, for the interop tests.
+struct Pair {
+    syn: Synapse,
+    plexus: Server,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
+        let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus=debug")]).await;
+        Pair { syn, plexus }
+    }
+
+    /// Both servers' logs, for failure messages.
+    fn logs(&self) -> String {
+        format!(
+            "--- plexus\n{}\n--- synapse\n{}",
+            self.plexus.log_text(),
+            self.syn.log()
+        )
+    }
+}
+
 /// Every ephemeral event of `room` that shows up in `c`'s incremental syncs until `pred` holds.
 /// (Synapse caches identical sync requests for minutes, so polling needs `since`.)
 async fn watch_ephemeral(
@@ -157,8 +180,8 @@ async fn exchange(room: &str, a: &Client, b: &Client, tag: &str, logs: &dyn Fn()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_and_plexus_join_each_others_rooms() {
-    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
-    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus::federation=debug")]).await;
+    let pair = Pair::start().await;
+    let (syn, plexus) = (&pair.syn, &pair.plexus);
     let alice = plexus.user("alice").await;
     let bob = syn.user("bob").await;
 
@@ -191,13 +214,7 @@ async fn synapse_and_plexus_join_each_others_rooms() {
             .then_some(())
     })
     .await;
-    let logs = || {
-        format!(
-            "--- plexus\n{}\n--- synapse\n{}",
-            plexus.log_text(),
-            syn.log()
-        )
-    };
+    let logs = || pair.logs();
     exchange(&room, &alice, &bob, "plexus room", &logs).await;
 
     // A Plexus user joins a Synapse room.
@@ -294,15 +311,9 @@ async fn invite_and_accept(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_and_plexus_invite_and_knock_across() {
-    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
-    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus::federation=debug")]).await;
-    let logs = || {
-        format!(
-            "--- plexus\n{}\n--- synapse\n{}",
-            plexus.log_text(),
-            syn.log()
-        )
-    };
+    let pair = Pair::start().await;
+    let (syn, plexus) = (&pair.syn, &pair.plexus);
+    let logs = || pair.logs();
     let alice = plexus.user("alice").await;
     let erin = plexus.user("erin").await;
     let carol = syn.user("carol").await;
@@ -377,15 +388,9 @@ async fn synapse_and_plexus_invite_and_knock_across() {
 /// through its own server, with content, type and filename intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_and_plexus_fetch_each_others_media() {
-    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
-    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus=debug")]).await;
-    let logs = || {
-        format!(
-            "--- plexus\n{}\n--- synapse\n{}",
-            plexus.log_text(),
-            syn.log()
-        )
-    };
+    let pair = Pair::start().await;
+    let (syn, plexus) = (&pair.syn, &pair.plexus);
+    let logs = || pair.logs();
     let alice = plexus.user("alice").await;
     let carol = syn.user("carol").await;
     let picture = plexus_spec_tests::test_png(400, 300);
@@ -433,15 +438,9 @@ async fn synapse_and_plexus_fetch_each_others_media() {
 /// the child rooms it is not in through federation `/hierarchy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_and_plexus_walk_each_others_spaces() {
-    let syn = tokio::task::spawn_blocking(Synapse::start).await.unwrap();
-    let plexus = Server::federated_with(&[("PLEXUS_LOG", "warn,plexus::federation=debug")]).await;
-    let logs = || {
-        format!(
-            "--- plexus\n{}\n--- synapse\n{}",
-            plexus.log_text(),
-            syn.log()
-        )
-    };
+    let pair = Pair::start().await;
+    let (syn, plexus) = (&pair.syn, &pair.plexus);
+    let logs = || pair.logs();
     let alice = plexus.user("alice").await;
     let carol = syn.user("carol").await;
     for (owner, owner_server, visitor, tag) in [
@@ -459,17 +458,15 @@ async fn synapse_and_plexus_walk_each_others_spaces() {
             let child = owner
                 .create_room(json!({"preset": "public_chat", "name": format!("{tag} {name}")}))
                 .await;
-            let r = owner
-                .put(
-                    &format!(
-                        "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
-                        enc(&space),
-                        enc(&child)
-                    ),
+            owner
+                .put_state(
+                    &space,
+                    "m.space.child",
+                    &child,
                     json!({"via": [owner_server], "order": format!("{i}")}),
                 )
-                .await;
-            assert_eq!(r.status, 200, "{}", r.body);
+                .await
+                .ok();
         }
         let r = visitor.join_via(&space, owner_server).await;
         assert_eq!(r.status, 200, "{tag}: {}\n{}", r.body, logs());
@@ -512,16 +509,15 @@ async fn big_room(owner: &Client, n: usize, version: Option<&str>) -> String {
     let puts = futures_util::stream::iter(0..n).map(|i| {
         let room = room.clone();
         async move {
-            let r = owner
-                .put(
-                    &format!(
-                        "/_matrix/client/v3/rooms/{}/state/org.plexus.bench/k{i}",
-                        enc(&room)
-                    ),
+            owner
+                .put_state(
+                    &room,
+                    "org.plexus.bench",
+                    &format!("k{i}"),
                     json!({ "i": i }),
                 )
-                .await;
-            assert_eq!(r.status, 200, "{}", r.body);
+                .await
+                .ok();
         }
     });
     puts.buffer_unordered(8).collect::<Vec<()>>().await;
