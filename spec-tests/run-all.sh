@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every Plexus test: unit tests, black-box spec-tests against real plexus processes, and the
-# interop test with a Matrix client library nobody here wrote (matrix-nio from PyPI).
+# interop tests with a Matrix client library nobody here wrote (matrix-nio from PyPI).
 #
 # Usage: bash spec-tests/run-all.sh
 # Needs: cargo, python3 (3.9+) with venv. Creates target/interop-venv on first run.
@@ -44,11 +44,19 @@ fi
 read -r nio_passed nio_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$nio_log")
 rm -f "$nio_log"
 
+echo "== interop: matrix-nio room features (receipts, typing, relations, threads, unread counts, tags, directory, spaces)"
+rooms_log=$(mktemp)
+if ! "$venv/bin/python" spec-tests/interop/nio_rooms.py "http://127.0.0.1:$port" | tee "$rooms_log"; then
+  echo "--- plexus log"; tail -50 "$data/plexus.log"; exit 1
+fi
+read -r rooms_passed rooms_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$rooms_log")
+rm -f "$rooms_log"
+
 echo "== plexus-bench --scale tiny (every response checked; no timing assertions)"
 bench_ok=1
 "$target/debug/plexus-bench" run --base "http://127.0.0.1:$port" --scale tiny --pid "$pid" --data-dir "$data" || bench_ok=0
 if [ "$bench_ok" != 1 ]; then
   echo "plexus-bench reported errors"; tail -50 "$data/plexus.log"; exit 1
 fi
-echo "== summary: cargo $cargo_passed passed, interop $nio_passed passed, bench smoke 1 passed"
-echo "$((cargo_passed + nio_passed + 1)) passed, $((cargo_failed + nio_failed)) failed"
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed passed, bench smoke 1 passed"
+echo "$((cargo_passed + nio_passed + rooms_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed)) failed"
