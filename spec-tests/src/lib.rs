@@ -2,6 +2,7 @@
 //! dirs, and a small JSON client that returns exactly what a Matrix client would see.
 
 pub mod peer;
+pub mod push_gateway;
 
 use std::{
     net::TcpListener,

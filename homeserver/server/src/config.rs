@@ -45,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub federation: FederationConfig,
     pub media: MediaConfig,
+    pub push: PushConfig,
     /// The server's ed25519 signing key file (`<version> <base64 PKCS#8>`), created on first
     /// start if missing. Absent: the key lives in the store.
     pub signing_key_path: Option<PathBuf>,
@@ -100,6 +101,15 @@ impl Default for MediaConfig {
     }
 }
 
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Allow push gateways on 127.0.0.0/8 and ::1 (a gateway on the same host, tests). Off,
+    /// loopback and private addresses are refused, so a pusher URL cannot aim this server at
+    /// internal services.
+    pub allow_loopback: bool,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
@@ -152,6 +162,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
             signing_key_path: None,
         }
     }
@@ -208,6 +219,7 @@ pub struct Settings {
     pub federation: Option<FederationSettings>,
     pub signing_key_path: Option<PathBuf>,
     pub media: MediaConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -276,6 +288,9 @@ impl Config {
                 key: "PLEXUS_MEDIA_MAX_UPLOAD_BYTES",
                 why: format!("not a number of bytes: {e}"),
             })?;
+        }
+        if let Some(v) = var("PLEXUS_PUSH_ALLOW_LOOPBACK") {
+            self.push.allow_loopback = parse_bool("PLEXUS_PUSH_ALLOW_LOOPBACK", &v)?;
         }
         if let Some(v) = var("PLEXUS_FEDERATION_LISTEN") {
             self.federation.listen = Some(v);
@@ -411,6 +426,7 @@ impl Config {
             federation,
             signing_key_path: self.signing_key_path.clone(),
             media: self.media.clone(),
+            push: self.push.clone(),
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod media;
+pub mod push;
 pub mod service;
 
 use axum::{extract::Request, middleware, response::IntoResponse, Router};

@@ -125,6 +125,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
     app.spawn_typing_expiry();
+    plexus::push::gateway::Pushers::spawn(&app).map_err(|e| e.to_string())?;
     if let Some(fed) = app.federation.clone() {
         let tls = plexus::federation::tls::load_or_generate(
             &fed.settings,

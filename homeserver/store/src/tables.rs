@@ -86,4 +86,13 @@ pub enum Table {
     MediaThumbnail = 39,
     /// user id \0 media id → expiry (big-endian ms) of an id reserved and not yet uploaded
     MediaPending = 40,
+    /// user id \0 short room id, count (big-endian) → highlight flag byte, then the thread
+    /// root's event id (empty: main timeline): a notification the user has not read yet
+    PushUnread = 41,
+    /// user id \0 count (big-endian) → notification JSON (room, short event id, actions, ts)
+    PushNotification = 42,
+    /// user id \0 app id \0 pushkey → pusher JSON
+    Pusher = 43,
+    /// user id \0 app id \0 pushkey → count (big-endian) of the last notification delivered
+    PusherProgress = 44,
 }

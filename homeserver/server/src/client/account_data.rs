@@ -52,7 +52,12 @@ pub async fn store(
     Ok(())
 }
 
-pub fn load(app: &App, user: &ruma::UserId, room: &str, kind: &str) -> ApiResult<Value> {
+pub fn load(
+    app: &crate::service::Services,
+    user: &ruma::UserId,
+    room: &str,
+    kind: &str,
+) -> ApiResult<Value> {
     let raw = app
         .store
         .kv

@@ -25,6 +25,8 @@ pub struct EventFilter {
     pub contains_url: Option<bool>,
     pub lazy_load_members: bool,
     pub include_redundant_members: bool,
+    /// Sync: count each thread's notifications apart from the main timeline's.
+    pub unread_thread_notifications: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

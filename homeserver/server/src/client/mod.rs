@@ -126,6 +126,9 @@ pub fn router() -> Router<App> {
         .route("/users/{user_id}/report", post(reports::report_user))
         .route("/user_directory/search", post(user_directory::search))
         // push rules
+        .route("/pushers", get(crate::push::pushers::get))
+        .route("/pushers/set", post(crate::push::pushers::set))
+        .route("/notifications", get(crate::push::notifications::get))
         .route("/pushrules", get(push_rules::get_all))
         .route("/pushrules/", get(push_rules::get_all))
         .route("/pushrules/global/", get(push_rules::get_global))

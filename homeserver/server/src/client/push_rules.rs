@@ -1,7 +1,5 @@
 //! Push rules: the spec's default rule set (ruma's `server_default`), stored per user as the
-//! `m.push_rules` account data, and every endpoint that reads or edits it.
-//!
-//! Evaluating the rules into unread counts and notifications is not done yet (issue 8).
+//! `m.push_rules` account data, and every endpoint that reads or edits it. Evaluation lives in `crate::push`.
 
 use axum::{extract::State, Json};
 use ruma::{
@@ -22,7 +20,7 @@ use crate::{
 };
 
 /// The user's rule set: what they stored, or the defaults.
-pub fn ruleset(app: &App, user: &UserId) -> ApiResult<Ruleset> {
+pub fn ruleset(app: &crate::service::Services, user: &UserId) -> ApiResult<Ruleset> {
     match account_data::load(app, user, "", "m.push_rules") {
         Ok(v) => serde_json::from_value(v["global"].clone())
             .map_err(|e| ApiError::Internal(format!("stored push rules unreadable: {e}"))),

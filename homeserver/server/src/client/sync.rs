@@ -383,13 +383,32 @@ fn room_section(
     }
     let prev_batch = picked.first().map(|(c, _, _)| c - 1).unwrap_or(upper);
 
-    Ok(Some(json!({
+    let mut section = json!({
         "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch.to_string() },
         "state": { "events": state },
         "account_data": { "events": account_data },
         "ephemeral": { "events": ephemeral },
         "summary": summary(app, s, room)?,
-    })))
+    });
+    if m.membership == "join" {
+        let (mut main, threads) = crate::push::unread::room_counts(app, &s.user_id, room.short)?;
+        if tl_filter.unread_thread_notifications {
+            if !threads.is_empty() {
+                section["unread_thread_notifications"] = threads
+                    .iter()
+                    .map(|(root, c)| (root.clone(), c.json()))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+        } else {
+            for c in threads.values() {
+                main.notifications += c.notifications;
+                main.highlights += c.highlights;
+            }
+        }
+        section["unread_notifications"] = main.json();
+    }
+    Ok(Some(section))
 }
 
 /// `m.heroes` and member counts, for clients that name rooms after their members.

@@ -776,6 +776,10 @@ pub async fn persist(
         Some(from) => audience.servers.into_iter().filter(|s| s != from).collect(),
         None => vec![],
     };
+    let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
+    let notified =
+        crate::push::evaluate::evaluate(app, &room_id, room.short, judged_at, rules, &c.stored)
+            .await?;
     let mut wake = audience.local;
     wake.extend(
         members
@@ -791,12 +795,24 @@ pub async fn persist(
             membership_rows(batch, room.short, &room_id, m, count);
         }
         relation_row(batch, &c.stored, count, short);
+        crate::push::unread::notification_rows(
+            batch,
+            &room_id,
+            room.short,
+            count,
+            short,
+            pdu.origin_server_ts.get().into(),
+            crate::push::evaluate::thread_of(&c.stored),
+            &notified,
+        );
         outbox_rows(batch, &dests, count, short);
         Ok(())
     })?;
     drop(_guard);
     app.store.flush().await?;
     app.after_room_write(&wake, last, &dests);
+    app.pushers
+        .wake(app, notified.iter().map(|n| n.user.as_ref()));
     Ok(Outcome::Accepted)
 }
 

@@ -157,6 +157,15 @@ impl Services {
         thread: &str,
     ) -> ApiResult<()> {
         let key = receipt_key(short_room, user, kind, thread);
+        // Where the receipt points in the timeline, for the unread notifications it clears.
+        let read_upto = match ruma::EventId::parse(event_id) {
+            Ok(id) if self.is_local(user) => self
+                .short_event(&id)?
+                .and_then(|short| self.event_position(short).ok().flatten())
+                .filter(|(room, _)| *room == short_room)
+                .map(|(_, count)| count),
+            _ => None,
+        };
         let (count, ()) = self.store.commit_with_count(|count, b| {
             let r = Receipt {
                 event_id: event_id.to_owned(),
@@ -164,6 +173,16 @@ impl Services {
                 count,
             };
             b.put(Table::Receipt, &key, &encode(&r));
+            if let Some(upto) = read_upto {
+                crate::push::unread::clear_through(
+                    self,
+                    b,
+                    user,
+                    short_room,
+                    upto,
+                    crate::push::unread::ReadScope::of_receipt(thread),
+                )?;
+            }
             Ok(())
         })?;
         self.store.flush().await?;

@@ -32,6 +32,7 @@ pub struct Services {
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
     pub federation: Option<Arc<crate::federation::Federation>>,
     pub media: crate::media::Repo,
+    pub pushers: crate::push::gateway::Pushers,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -64,6 +65,7 @@ impl Services {
             notifier: notify::Notifier::default(),
             uia: accounts::UiaSessions::default(),
             typing: ephemeral::Typing::default(),
+            pushers: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         }))
     }

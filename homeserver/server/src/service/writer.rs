@@ -353,6 +353,20 @@ impl<'a> RoomWriter<'a> {
             vec![]
         };
         let mut wake = audience.local;
+        // Push rules are judged against the state the events were built on.
+        let judged_at = self.base.map(|b| b.0).unwrap_or(0);
+        let mut notified = Vec::with_capacity(pending.len());
+        for p in &pending {
+            notified.push(
+                crate::push::evaluate::evaluate(
+                    svc, &room_id, short_room, judged_at, &rules, &p.stored,
+                )
+                .await?,
+            );
+        }
+        let sender_local = pending
+            .first()
+            .is_some_and(|p| svc.is_local(&p.built.pdu.sender));
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];
             if let Some(meta) = &new_room {
@@ -402,6 +416,26 @@ impl<'a> RoomWriter<'a> {
                     );
                 }
                 relation_row(batch, &p.stored, count, short);
+                crate::push::unread::notification_rows(
+                    batch,
+                    &room_id,
+                    short_room,
+                    count,
+                    short,
+                    pdu.origin_server_ts.get().into(),
+                    crate::push::evaluate::thread_of(&p.stored),
+                    &notified[i],
+                );
+                if sender_local {
+                    crate::push::unread::clear_through(
+                        svc,
+                        batch,
+                        &pdu.sender,
+                        short_room,
+                        count,
+                        crate::push::unread::ReadScope::of_event(&p.stored),
+                    )?;
+                }
                 outbox_rows(batch, &dests, count, short);
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
@@ -423,6 +457,8 @@ impl<'a> RoomWriter<'a> {
         drop(self._guard.take());
         svc.store.flush().await?;
         svc.after_room_write(&wake, last, &dests);
+        svc.pushers
+            .wake(svc, notified.iter().flatten().map(|n| n.user.as_ref()));
         Ok(last)
     }
 }

@@ -1,0 +1,178 @@
+//! Running users' push rules on a room event (ruma's rule engine, with the room's member count,
+//! the user's display name and the room's power levels as context).
+
+use ruma::{
+    events::room::power_levels::{
+        RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
+    },
+    push::{Action, PushConditionRoomCtx, Tweak},
+    serde::Raw,
+    OwnedUserId, RoomId, UInt,
+};
+use serde_json::Value;
+
+use crate::{
+    client::push_rules::ruleset,
+    error::{ApiError, ApiResult},
+    service::Services,
+};
+
+/// What one user's rules decided about one event that notifies them.
+#[derive(Debug, Clone)]
+pub struct Notified {
+    pub user: OwnedUserId,
+    pub actions: Vec<Action>,
+    pub highlight: bool,
+}
+
+/// The thread an event belongs to: its root's event id, or `None` for the main timeline.
+pub fn thread_of(stored: &Value) -> Option<&str> {
+    let rel = stored.get("content")?.get("m.relates_to")?;
+    (rel.get("rel_type")?.as_str()? == "m.thread")
+        .then(|| rel.get("event_id")?.as_str())
+        .flatten()
+}
+
+/// Everyone local whom `stored` notifies, with their actions: joined members, plus the target
+/// of an invite. The sender is never notified of their own event. `state_hash` is the room state
+/// the event is judged against (members' names, power levels).
+pub async fn evaluate(
+    app: &Services,
+    room_id: &RoomId,
+    short_room: u64,
+    state_hash: u64,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    stored: &Value,
+) -> ApiResult<Vec<Notified>> {
+    let sender = stored.get("sender").and_then(Value::as_str).unwrap_or("");
+    let members = app.room_members(short_room)?;
+    let joined = members.iter().filter(|(_, m)| m == "join").count();
+    let mut audience: Vec<OwnedUserId> = members
+        .into_iter()
+        .filter(|(u, m)| m == "join" && app.is_local(u) && u.as_str() != sender)
+        .map(|(u, _)| u)
+        .collect();
+    if stored["type"] == "m.room.member" && stored["content"]["membership"] == "invite" {
+        if let Some(target) = stored["state_key"]
+            .as_str()
+            .and_then(|k| OwnedUserId::try_from(k).ok())
+            .filter(|u| app.is_local(u) && u.as_str() != sender)
+        {
+            audience.push(target);
+        }
+    }
+    if audience.is_empty() {
+        return Ok(vec![]);
+    }
+    let raw: Raw<Value> = Raw::from_json(
+        serde_json::value::to_raw_value(stored).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    let power = power_levels(app, state_hash, rules)?;
+    let mut out = vec![];
+    for user in audience {
+        let name = app
+            .state_json(state_hash, "m.room.member", user.as_str())?
+            .and_then(|m| m["content"]["displayname"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| user.localpart().to_owned());
+        let ctx = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            UInt::try_from(joined).unwrap_or(UInt::MAX),
+            user.clone(),
+            name,
+        )
+        .with_power_levels(power.clone().into());
+        let set = ruleset(app, &user)?;
+        let actions = set.get_actions(&raw, &ctx).await;
+        if !actions.iter().any(Action::should_notify) {
+            continue;
+        }
+        out.push(Notified {
+            highlight: actions.iter().any(Action::is_highlight),
+            actions: actions.to_vec(),
+            user,
+        });
+    }
+    Ok(out)
+}
+
+/// The room's power levels as the rules see them (defaults without an event; v12 creators).
+fn power_levels(
+    app: &Services,
+    state_hash: u64,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> ApiResult<RoomPowerLevels> {
+    let content: Option<RoomPowerLevelsEventContent> = app
+        .state_json(state_hash, "m.room.power_levels", "")?
+        .and_then(|e| serde_json::from_value(e["content"].clone()).ok());
+    let mut creators: Vec<OwnedUserId> = vec![];
+    if rules.authorization.explicitly_privilege_room_creators {
+        if let Some(create) = app.state_json(state_hash, "m.room.create", "")? {
+            creators.extend(
+                create["sender"]
+                    .as_str()
+                    .into_iter()
+                    .chain(
+                        create["content"]["additional_creators"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str),
+                    )
+                    .filter_map(|u| OwnedUserId::try_from(u).ok()),
+            );
+        }
+    }
+    let source = match content {
+        Some(c) => RoomPowerLevelsSource::Original(c),
+        None => RoomPowerLevelsSource::None,
+    };
+    Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+}
+
+/// The tweaks of a notification's actions, as the push gateway wants them.
+pub fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for a in actions {
+        if let Action::SetTweak(t) = a {
+            if let Ok(Value::Object(o)) = serde_json::to_value(t) {
+                if let (Some(k), v) = (o.get("set_tweak").and_then(Value::as_str), o.get("value")) {
+                    let v = match t {
+                        Tweak::Highlight(_) => v.cloned().unwrap_or(Value::Bool(true)),
+                        _ => v.cloned().unwrap_or(Value::Null),
+                    };
+                    out.insert(k.to_owned(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn thread_roots_are_read_from_the_relation() {
+        let ev =
+            json!({"content": {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}});
+        assert_eq!(thread_of(&ev), Some("$root"));
+        let reply = json!({"content": {"m.relates_to": {"m.in_reply_to": {"event_id": "$x"}}}});
+        assert_eq!(thread_of(&reply), None);
+        assert_eq!(thread_of(&json!({"content": {"m.relates_to": 1}})), None);
+    }
+
+    #[test]
+    fn tweaks_are_flattened() {
+        let actions: Vec<Action> = serde_json::from_value(json!([
+            "notify",
+            {"set_tweak": "sound", "value": "default"},
+            {"set_tweak": "highlight"}
+        ]))
+        .unwrap();
+        let t = tweaks(&actions);
+        assert_eq!(t["sound"], "default");
+        assert_eq!(t["highlight"], true);
+    }
+}

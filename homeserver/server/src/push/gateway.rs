@@ -1,0 +1,318 @@
+//! Delivery to push gateways (`POST /_matrix/push/v1/notify`). One worker per pusher walks the
+//! user's notifications past the pusher's stored position, so a restart resumes where delivery
+//! stopped and a slow gateway holds up only its own pusher. Failures back off exponentially;
+//! pushkeys the gateway rejects lose their pusher, as the spec requires.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use plexus_store::{Batch, Table};
+use ruma::{push::Action, OwnedUserId, UserId};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+
+use super::{
+    evaluate::tweaks,
+    pushers::{of_user, users_with_pushers},
+    unread::{self, Stored},
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    service::{decode, App, Services},
+};
+
+/// Notifications one pass of a worker sends before looking for new work.
+const BATCH: usize = 100;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Wakes the delivery workers of users who were just notified.
+pub struct Pushers {
+    tx: mpsc::UnboundedSender<OwnedUserId>,
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<OwnedUserId>>>,
+}
+
+impl Default for Pushers {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Pushers {
+    /// Tell the workers of these users (those with pushers) that there may be work.
+    pub fn wake<'a>(&self, app: &Services, users: impl IntoIterator<Item = &'a UserId>) {
+        for u in users {
+            let mut prefix = u.as_bytes().to_vec();
+            prefix.push(0);
+            let has = app
+                .store
+                .kv
+                .scan_prefix(Table::Pusher, &prefix)
+                .next()
+                .is_some();
+            if has {
+                let _ = self.tx.send(u.to_owned());
+            }
+        }
+    }
+
+    /// Start delivering: a dispatcher that owns one worker per pusher, beginning with every
+    /// pusher that exists (work left from before a restart).
+    pub fn spawn(app: &App) -> ApiResult<()> {
+        let Some(mut rx) = app
+            .pushers
+            .rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let client = crate::federation::client::http_client(
+            true,
+            app.settings.push.allow_loopback,
+            Default::default(),
+        )?;
+        let app = app.clone();
+        let initial = users_with_pushers(&app)?;
+        tokio::spawn(async move {
+            let mut workers: HashMap<Vec<u8>, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
+                HashMap::new();
+            let mut wake_user = |user: OwnedUserId| {
+                let pushers = match of_user(&app, &user) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(user_id = %user, error = %e, "pushers unreadable");
+                        return;
+                    }
+                };
+                workers.retain(|_, (_, h)| !h.is_finished());
+                for (key, _) in pushers {
+                    let (wake, _) = workers.entry(key.clone()).or_insert_with(|| {
+                        let wake = Arc::new(Notify::new());
+                        let task = tokio::spawn(worker(
+                            app.clone(),
+                            client.clone(),
+                            user.clone(),
+                            key,
+                            wake.clone(),
+                        ));
+                        (wake, task)
+                    });
+                    wake.notify_one();
+                }
+            };
+            for u in initial {
+                wake_user(u);
+            }
+            while let Some(u) = rx.recv().await {
+                wake_user(u);
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn worker(
+    app: App,
+    client: reqwest::Client,
+    user: OwnedUserId,
+    key: Vec<u8>,
+    wake: Arc<Notify>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match deliver(&app, &client, &user, &key).await {
+            Ok(Pass::CaughtUp) => {
+                backoff = FIRST_BACKOFF;
+                wake.notified().await;
+            }
+            Ok(Pass::More) => backoff = FIRST_BACKOFF,
+            Ok(Pass::Gone) => return,
+            Err(e) => {
+                tracing::warn!(user_id = %user, error = %e, retry_in = ?backoff, "push delivery failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+enum Pass {
+    CaughtUp,
+    More,
+    /// The pusher was deleted (by its user, or because the gateway rejected its pushkey).
+    Gone,
+}
+
+async fn deliver(
+    app: &Services,
+    client: &reqwest::Client,
+    user: &UserId,
+    key: &[u8],
+) -> ApiResult<Pass> {
+    let Some(raw) = app.store.kv.get(Table::Pusher, key)? else {
+        return Ok(Pass::Gone);
+    };
+    let pusher: Value = decode(&raw)?;
+    let progress = app
+        .store
+        .kv
+        .get(Table::PusherProgress, key)?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let from = unread::notification_key(user, progress.saturating_add(1));
+    let to = unread::notification_key(user, u64::MAX);
+    let todo: Vec<(u64, Stored)> = app
+        .store
+        .kv
+        .range(Table::PushNotification, &from, &to)
+        .take(BATCH)
+        .map(|item| {
+            let (k, v) = item?;
+            let tail = k.get(k.len().saturating_sub(8)..).unwrap_or_default();
+            Ok((
+                u64::from_be_bytes(tail.try_into().unwrap_or([0; 8])),
+                decode::<Stored>(&v)?,
+            ))
+        })
+        .collect::<ApiResult<_>>()?;
+    let more = todo.len() == BATCH;
+    for (count, n) in todo {
+        // Read before it could be delivered: nothing to alert about any more.
+        if unread::is_unread(app, user, n.short_room, count)? {
+            if let Some(body) = request_body(app, user, &pusher, &n)? {
+                if post(client, app, &pusher, &body).await? {
+                    let mut b = Batch::default();
+                    b.delete(Table::Pusher, key);
+                    b.delete(Table::PusherProgress, key);
+                    app.store.commit(b)?;
+                    tracing::info!(user_id = %user, "push gateway rejected the pushkey; pusher removed");
+                    return Ok(Pass::Gone);
+                }
+            }
+        }
+        let mut b = Batch::default();
+        b.put(Table::PusherProgress, key, &count.to_be_bytes());
+        app.store.commit(b)?;
+    }
+    Ok(if more { Pass::More } else { Pass::CaughtUp })
+}
+
+/// POST one notification; answers whether the gateway rejected this pusher's pushkey.
+async fn post(
+    client: &reqwest::Client,
+    app: &Services,
+    pusher: &Value,
+    body: &Value,
+) -> ApiResult<bool> {
+    let url = pusher["data"]["url"]
+        .as_str()
+        .ok_or_else(|| ApiError::Internal("pusher without url".into()))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(why) =
+        crate::federation::client::literal_ip_refused(&parsed, app.settings.push.allow_loopback)
+    {
+        return Err(ApiError::BadGateway(format!("push gateway is a {why}")));
+    }
+    let resp = client
+        .post(parsed)
+        .timeout(REQUEST_TIMEOUT)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::BadGateway(format!(
+                "push gateway: {}",
+                crate::federation::client::error_chain(&e)
+            ))
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(ApiError::BadGateway(format!(
+            "push gateway answered {status}"
+        )));
+    }
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    let pushkey = &pusher["pushkey"];
+    Ok(answer["rejected"]
+        .as_array()
+        .is_some_and(|r| r.contains(pushkey)))
+}
+
+/// The `/notify` request for one notification, in the pusher's format; `None` if the event is
+/// gone.
+fn request_body(
+    app: &Services,
+    user: &UserId,
+    pusher: &Value,
+    n: &Stored,
+) -> ApiResult<Option<Value>> {
+    let Some(event) = app.pdu_json(n.event)? else {
+        return Ok(None);
+    };
+    let actions: Vec<Action> = serde_json::from_value(n.actions.clone()).unwrap_or_default();
+    let tweaks = tweaks(&actions);
+    let high = tweaks.contains_key("sound")
+        || tweaks.get("highlight") == Some(&Value::Bool(true))
+        || event["type"] == "m.room.encrypted";
+    let mut data = pusher["data"].clone();
+    if let Some(d) = data.as_object_mut() {
+        d.remove("url");
+    }
+    let mut device = json!({
+        "app_id": pusher["app_id"],
+        "pushkey": pusher["pushkey"],
+        "pushkey_ts": pusher["pushkey_ts"].as_u64().unwrap_or(0) / 1000,
+        "data": data,
+    });
+    if !tweaks.is_empty() {
+        device["tweaks"] = Value::Object(tweaks);
+    }
+    let mut note = json!({
+        "event_id": event["event_id"],
+        "room_id": n.room_id,
+        "prio": if high { "high" } else { "low" },
+        "devices": [device],
+    });
+    let unread = unread::total_unread(app, user)?;
+    if unread > 0 {
+        note["counts"] = json!({ "unread": unread });
+    }
+    if pusher["data"]["format"] != "event_id_only" {
+        let state = app.current_state(n.short_room)?.map(|s| s.0).unwrap_or(0);
+        let sender = event["sender"].as_str().unwrap_or_default();
+        note["type"] = event["type"].clone();
+        note["sender"] = event["sender"].clone();
+        if let Some(c) = event.get("content") {
+            note["content"] = c.clone();
+        }
+        if let Some(name) = app
+            .state_json(state, "m.room.member", sender)?
+            .and_then(|m| m["content"]["displayname"].as_str().map(str::to_owned))
+        {
+            note["sender_display_name"] = json!(name);
+        }
+        if let Some(name) = app
+            .state_json(state, "m.room.name", "")?
+            .and_then(|e| e["content"]["name"].as_str().map(str::to_owned))
+        {
+            note["room_name"] = json!(name);
+        }
+        if let Some(alias) = app
+            .state_json(state, "m.room.canonical_alias", "")?
+            .and_then(|e| e["content"]["alias"].as_str().map(str::to_owned))
+        {
+            note["room_alias"] = json!(alias);
+        }
+        if event["type"] == "m.room.member" {
+            note["user_is_target"] = json!(event["state_key"] == user.as_str());
+        }
+    }
+    Ok(Some(json!({ "notification": note })))
+}

@@ -1,0 +1,226 @@
+//! Pushers: `POST /_matrix/client/v3/pushers/set` and `GET /_matrix/client/v3/pushers`, stored
+//! per user as `user \0 app_id \0 pushkey`.
+
+use axum::{extract::State, Json};
+use plexus_store::{Batch, Table};
+use ruma::UserId;
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, JsonObject},
+    service::{decode, encode, key3, now_ms, App, Services},
+};
+
+/// The push gateway path the spec requires an HTTP pusher's URL to have.
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+const MAX_APP_ID: usize = 64;
+const MAX_PUSHKEY: usize = 512;
+
+pub fn pusher_key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
+    key3(user.as_str(), app_id, pushkey)
+}
+
+/// Every pusher of a user: `(key, pusher JSON)`.
+pub fn of_user(app: &Services, user: &UserId) -> ApiResult<Vec<(Vec<u8>, Value)>> {
+    let mut prefix = user.as_bytes().to_vec();
+    prefix.push(0);
+    app.store
+        .kv
+        .scan_prefix(Table::Pusher, &prefix)
+        .map(|r| {
+            let (k, v) = r?;
+            let mut key = prefix.clone();
+            key.extend_from_slice(&k);
+            Ok((key, decode(&v)?))
+        })
+        .collect()
+}
+
+/// Users with at least one pusher, for the delivery workers at start.
+pub fn users_with_pushers(app: &Services) -> ApiResult<Vec<ruma::OwnedUserId>> {
+    let mut out: Vec<ruma::OwnedUserId> = vec![];
+    for item in app.store.kv.scan_prefix(Table::Pusher, b"") {
+        let (k, _) = item?;
+        let user = k.split(|b| *b == 0).next().unwrap_or_default();
+        if let Ok(u) = ruma::OwnedUserId::try_from(String::from_utf8_lossy(user).into_owned()) {
+            if out.last() != Some(&u) {
+                out.push(u);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn get(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    let pushers: Vec<Value> = of_user(&app, &s.user_id)?
+        .into_iter()
+        .map(|(_, mut p)| {
+            if let Some(o) = p.as_object_mut() {
+                o.remove("pushkey_ts");
+            }
+            p
+        })
+        .collect();
+    Ok(Json(json!({ "pushers": pushers })))
+}
+
+fn required_str<'a>(body: &'a Map<String, Value>, field: &str) -> ApiResult<&'a str> {
+    match body.get(field) {
+        None | Some(Value::Null) => Err(ApiError::MissingParam(format!("{field} is required"))),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::InvalidParam(format!("{field} must be a string"))),
+    }
+}
+
+/// An HTTP pusher's URL: absolute http(s), with the spec's notify path, and not an address
+/// literal this server may not reach.
+fn check_url(app: &Services, url: &str) -> ApiResult<()> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::InvalidParam(format!("data.url is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::InvalidParam(
+            "data.url must be http or https".into(),
+        ));
+    }
+    if parsed.path() != NOTIFY_PATH {
+        return Err(ApiError::InvalidParam(format!(
+            "data.url must have the path {NOTIFY_PATH}"
+        )));
+    }
+    if let Some(why) =
+        crate::federation::client::literal_ip_refused(&parsed, app.settings.push.allow_loopback)
+    {
+        return Err(ApiError::InvalidParam(format!(
+            "data.url points at a {why}"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn set(
+    State(app): State<App>,
+    Auth(s): Auth,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Json<Value>> {
+    let pushkey = required_str(&body, "pushkey")?;
+    let app_id = required_str(&body, "app_id")?;
+    if app_id.len() > MAX_APP_ID {
+        return Err(ApiError::InvalidParam(format!(
+            "app_id is longer than {MAX_APP_ID} characters"
+        )));
+    }
+    if pushkey.len() > MAX_PUSHKEY {
+        return Err(ApiError::InvalidParam(format!(
+            "pushkey is longer than {MAX_PUSHKEY} bytes"
+        )));
+    }
+    if app_id.contains('\0') || pushkey.contains('\0') {
+        return Err(ApiError::InvalidParam(
+            "app_id and pushkey may not contain NUL".into(),
+        ));
+    }
+    let key = pusher_key(&s.user_id, app_id, pushkey);
+    let kind = match body.get("kind") {
+        None => return Err(ApiError::MissingParam("kind is required".into())),
+        Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => {
+            return Err(ApiError::InvalidParam(
+                "kind must be a string or null".into(),
+            ))
+        }
+    };
+    let Some(kind) = kind else {
+        let mut b = Batch::default();
+        b.delete(Table::Pusher, &key);
+        b.delete(Table::PusherProgress, &key);
+        app.store.commit(b)?;
+        app.store.flush().await?;
+        return Ok(Json(json!({})));
+    };
+    match kind {
+        "http" => {}
+        "email" => {
+            return Err(ApiError::InvalidParam(
+                "email pushers are not supported: this server sends no email".into(),
+            ))
+        }
+        other => {
+            return Err(ApiError::InvalidParam(format!(
+                "unknown pusher kind {other}"
+            )))
+        }
+    }
+    let app_display_name = required_str(&body, "app_display_name")?;
+    let device_display_name = required_str(&body, "device_display_name")?;
+    let lang = required_str(&body, "lang")?;
+    let data = match body.get("data") {
+        None | Some(Value::Null) => return Err(ApiError::MissingParam("data is required".into())),
+        Some(Value::Object(d)) => d,
+        Some(_) => return Err(ApiError::InvalidParam("data must be an object".into())),
+    };
+    let url = required_str(data, "url")
+        .map_err(|_| ApiError::MissingParam("data.url is required for an http pusher".into()))?;
+    check_url(&app, url)?;
+    if let Some(f) = data.get("format") {
+        if !f.is_string() {
+            return Err(ApiError::InvalidParam(
+                "data.format must be a string".into(),
+            ));
+        }
+    }
+    let profile_tag = match body.get("profile_tag") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => {
+            return Err(ApiError::InvalidParam(
+                "profile_tag must be a string".into(),
+            ))
+        }
+    };
+    let append = match body.get("append") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::InvalidParam("append must be a boolean".into())),
+    };
+    let mut pusher = json!({
+        "pushkey": pushkey,
+        "kind": kind,
+        "app_id": app_id,
+        "app_display_name": app_display_name,
+        "device_display_name": device_display_name,
+        "lang": lang,
+        "data": data,
+        "pushkey_ts": now_ms(),
+    });
+    if let Some(t) = profile_tag {
+        pusher["profile_tag"] = json!(t);
+    }
+    let mut b = Batch::default();
+    if !append {
+        // The same app and pushkey belong to one user: a device changed hands.
+        let tail = key3("", app_id, pushkey);
+        for item in app.store.kv.scan_prefix(Table::Pusher, b"") {
+            let (k, _) = item?;
+            if k.ends_with(&tail) && k != key {
+                b.delete(Table::Pusher, &k);
+                b.delete(Table::PusherProgress, &k);
+            }
+        }
+    }
+    // Deliver only what is notified from now on.
+    let exists = app.store.kv.contains(Table::Pusher, &key)?;
+    b.put(Table::Pusher, &key, &encode(&pusher));
+    if !exists {
+        b.put(
+            Table::PusherProgress,
+            &key,
+            &app.store.current_count().to_be_bytes(),
+        );
+    }
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    app.pushers.wake(&app, [s.user_id.as_ref()]);
+    Ok(Json(json!({})))
+}
