@@ -95,4 +95,14 @@ pub enum Table {
     Pusher = 43,
     /// user id \0 app id \0 pushkey → count (big-endian) of the last notification delivered
     PusherProgress = 44,
+    /// short room id, count of the thread's latest event (big-endian) → root's short event id;
+    /// rows whose count is no longer the thread's latest are stale and skipped
+    ThreadActivity = 45,
+    /// root's short event id → latest reply's count, latest reply's short id, reply count
+    /// (each big-endian u64)
+    ThreadLatest = 46,
+    /// root's short event id ‖ user id → (): the user replied in the thread
+    ThreadParticipant = 47,
+    /// short event id → short id of its latest valid `m.replace` edit
+    LatestEdit = 48,
 }

@@ -20,6 +20,7 @@ mod room_events;
 mod spaces;
 pub mod sync;
 mod tags;
+mod threads;
 mod upgrade;
 mod user_directory;
 
@@ -197,6 +198,7 @@ pub fn router() -> Router<App> {
         .route("/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
         .route("/room_summary/{room}", get(spaces::room_summary))
         .route("/rooms/{room_id}/relations/{event_id}", get(relations::all))
+        .route("/rooms/{room_id}/threads", get(threads::list))
         .route(
             "/rooms/{room_id}/relations/{event_id}/{rel_type}",
             get(relations::by_rel_type),

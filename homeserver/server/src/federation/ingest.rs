@@ -776,6 +776,7 @@ pub async fn persist(
         Some(from) => audience.servers.into_iter().filter(|s| s != from).collect(),
         None => vec![],
     };
+    let plan = app.aggregation_plan(room.short, &c.stored)?;
     let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
     let notified =
         crate::push::evaluate::evaluate(app, &room_id, room.short, judged_at, rules, &c.stored)
@@ -795,6 +796,7 @@ pub async fn persist(
             membership_rows(batch, room.short, &room_id, m, count);
         }
         relation_row(batch, &c.stored, count, short);
+        plan.rows(batch, room.short, count, short);
         crate::push::unread::notification_rows(
             batch,
             &room_id,

@@ -1,6 +1,7 @@
 //! Services shared by every router: accounts, rooms, the sync notifier.
 
 pub mod accounts;
+pub mod aggregations;
 pub mod ephemeral;
 pub mod notify;
 pub mod presence;

@@ -445,8 +445,28 @@ impl Services {
 
 impl Services {
     /// The client form of a stored event for `viewer`: adds `unsigned.transaction_id` when the
-    /// viewer's own device sent it.
+    /// viewer's own device sent it, and the bundled aggregations (thread summary, latest edit).
     pub fn client_event(
+        &self,
+        short: u64,
+        stored: &Value,
+        room_id: &RoomId,
+        viewer: Option<&super::accounts::Session>,
+        include_room_id: bool,
+    ) -> ApiResult<Value> {
+        let mut ev = self.client_event_inner(short, stored, room_id, viewer, include_room_id)?;
+        if let Some(s) = viewer {
+            if let Some(b) =
+                self.bundled_relations(short, stored, room_id, s, include_room_id, true)?
+            {
+                ev["unsigned"]["m.relations"] = b;
+            }
+        }
+        Ok(ev)
+    }
+
+    /// The client form without bundled aggregations.
+    pub fn client_event_inner(
         &self,
         short: u64,
         stored: &Value,

@@ -364,6 +364,10 @@ impl<'a> RoomWriter<'a> {
                 .await?,
             );
         }
+        let mut plans = Vec::with_capacity(pending.len());
+        for p in &pending {
+            plans.push(svc.aggregation_plan(short_room, &p.stored)?);
+        }
         let sender_local = pending
             .first()
             .is_some_and(|p| svc.is_local(&p.built.pdu.sender));
@@ -416,6 +420,7 @@ impl<'a> RoomWriter<'a> {
                     );
                 }
                 relation_row(batch, &p.stored, count, short);
+                plans[i].rows(batch, short_room, count, short);
                 crate::push::unread::notification_rows(
                     batch,
                     &room_id,

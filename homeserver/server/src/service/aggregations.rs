@@ -1,0 +1,308 @@
+//! Bundled aggregations (`unsigned.m.relations`): thread summaries and the latest edit. They
+//! are kept up to date as events are written, so rendering an event costs a lookup or two
+//! instead of a scan of everything that relates to it.
+
+use plexus_store::{be_u64, Batch, Table};
+use ruma::{EventId, RoomId};
+use serde_json::{json, Map, Value};
+
+use super::{accounts::Session, Services};
+use crate::error::ApiResult;
+
+/// What writing one event changes in the aggregation tables, worked out before the commit.
+pub enum Plan {
+    None,
+    Thread {
+        root: u64,
+        /// The thread's latest count and reply count before this event.
+        before: Option<(u64, u64)>,
+        sender: String,
+    },
+    /// A valid edit that is newer than the parent's current latest edit.
+    Edit {
+        parent: u64,
+    },
+}
+
+fn event_short(svc: &Services, id: &str) -> ApiResult<Option<u64>> {
+    match EventId::parse(id) {
+        Ok(id) => svc.short_event(&id),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Whether `edit` may replace `original`: same sender and type, not a state event, not itself
+/// an edit, and carrying `m.new_content`.
+fn valid_edit(original: &Value, edit: &Value) -> bool {
+    original["sender"] == edit["sender"]
+        && original["type"] == edit["type"]
+        && original.get("state_key").is_none()
+        && original["content"]["m.relates_to"]["rel_type"] != "m.replace"
+        && edit["content"]["m.new_content"].is_object()
+}
+
+/// The later of two edits: by `origin_server_ts`, then event id, as the spec orders them.
+fn later(a: &Value, b: &Value) -> bool {
+    let key = |e: &Value| {
+        (
+            e["origin_server_ts"].as_u64().unwrap_or(0),
+            e["event_id"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    key(a) > key(b)
+}
+
+impl Services {
+    /// The aggregation change `stored` (an event about to be written in `short_room`) makes.
+    pub fn aggregation_plan(&self, short_room: u64, stored: &Value) -> ApiResult<Plan> {
+        let rel = &stored["content"]["m.relates_to"];
+        let Some(parent_id) = rel["event_id"].as_str() else {
+            return Ok(Plan::None);
+        };
+        let Some(parent) = event_short(self, parent_id)? else {
+            return Ok(Plan::None);
+        };
+        if self
+            .event_position(parent)?
+            .is_none_or(|(room, _)| room != short_room)
+        {
+            return Ok(Plan::None);
+        }
+        match rel["rel_type"].as_str() {
+            Some("m.thread") => {
+                let before = self
+                    .store
+                    .kv
+                    .get(Table::ThreadLatest, &parent.to_be_bytes())?
+                    .map(|v| (be_u64(&v), be_u64(v.get(16..).unwrap_or_default())));
+                Ok(Plan::Thread {
+                    root: parent,
+                    before,
+                    sender: stored["sender"].as_str().unwrap_or_default().to_owned(),
+                })
+            }
+            Some("m.replace") => {
+                let Some(original) = self.pdu_json(parent)? else {
+                    return Ok(Plan::None);
+                };
+                if !valid_edit(&original, stored) {
+                    return Ok(Plan::None);
+                }
+                let newer = match self
+                    .store
+                    .kv
+                    .get(Table::LatestEdit, &parent.to_be_bytes())?
+                    .and_then(|v| self.pdu_json(be_u64(&v)).ok().flatten())
+                {
+                    Some(current) => later(stored, &current),
+                    None => true,
+                };
+                Ok(if newer {
+                    Plan::Edit { parent }
+                } else {
+                    Plan::None
+                })
+            }
+            _ => Ok(Plan::None),
+        }
+    }
+}
+
+impl Plan {
+    /// The rows of the plan, in the event's commit batch.
+    pub fn rows(&self, batch: &mut Batch, short_room: u64, count: u64, short: u64) {
+        match self {
+            Plan::None => {}
+            Plan::Thread {
+                root,
+                before,
+                sender,
+            } => {
+                let replies = before.map_or(0, |(_, n)| n) + 1;
+                if let Some((old, _)) = before {
+                    batch.delete(Table::ThreadActivity, &activity_key(short_room, *old));
+                }
+                let mut v = count.to_be_bytes().to_vec();
+                v.extend_from_slice(&short.to_be_bytes());
+                v.extend_from_slice(&replies.to_be_bytes());
+                batch.put(Table::ThreadLatest, &root.to_be_bytes(), &v);
+                batch.put(
+                    Table::ThreadActivity,
+                    &activity_key(short_room, count),
+                    &root.to_be_bytes(),
+                );
+                let mut p = root.to_be_bytes().to_vec();
+                p.extend_from_slice(sender.as_bytes());
+                batch.put(Table::ThreadParticipant, &p, b"");
+            }
+            Plan::Edit { parent } => {
+                batch.put(
+                    Table::LatestEdit,
+                    &parent.to_be_bytes(),
+                    &short.to_be_bytes(),
+                );
+            }
+        }
+    }
+}
+
+pub fn activity_key(short_room: u64, count: u64) -> Vec<u8> {
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(&count.to_be_bytes());
+    k
+}
+
+/// A thread as stored: its latest reply's count and short id, and how many replies it has.
+pub struct ThreadInfo {
+    pub latest_count: u64,
+    pub latest: u64,
+    pub replies: u64,
+}
+
+impl Services {
+    pub fn thread_info(&self, root: u64) -> ApiResult<Option<ThreadInfo>> {
+        Ok(self
+            .store
+            .kv
+            .get(Table::ThreadLatest, &root.to_be_bytes())?
+            .map(|v| ThreadInfo {
+                latest_count: be_u64(&v),
+                latest: be_u64(v.get(8..).unwrap_or_default()),
+                replies: be_u64(v.get(16..).unwrap_or_default()),
+            }))
+    }
+
+    /// Whether `user` wrote the root of the thread or replied in it.
+    pub fn participated(&self, root: u64, root_event: &Value, user: &str) -> ApiResult<bool> {
+        if root_event["sender"] == user {
+            return Ok(true);
+        }
+        let mut k = root.to_be_bytes().to_vec();
+        k.extend_from_slice(user.as_bytes());
+        Ok(self.store.kv.contains(Table::ThreadParticipant, &k)?)
+    }
+
+    /// The latest edit of an event that is still an edit (a redacted one no longer is): the
+    /// one recorded at write time, else the newest remaining one.
+    fn latest_edit(&self, short: u64, original: &Value) -> ApiResult<Option<(u64, Value)>> {
+        if let Some(v) = self.store.kv.get(Table::LatestEdit, &short.to_be_bytes())? {
+            let e = be_u64(&v);
+            if let Some(stored) = self.pdu_json(e)? {
+                if valid_edit(original, &stored) {
+                    return Ok(Some((e, stored)));
+                }
+            }
+        } else {
+            return Ok(None);
+        }
+        let Some(id) = original["event_id"].as_str() else {
+            return Ok(None);
+        };
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut best: Option<(u64, Value)> = None;
+        for item in self.store.kv.scan_prefix(Table::Relation, &prefix) {
+            let (_, v) = item?;
+            let e = be_u64(&v);
+            if let Some(stored) = self.pdu_json(e)? {
+                if stored["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                    && valid_edit(original, &stored)
+                    && best.as_ref().is_none_or(|(_, b)| later(&stored, b))
+                {
+                    best = Some((e, stored));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// `unsigned.m.relations` of an event as `viewer` sees it: the thread summary (for a root,
+    /// when `threads`) and the latest edit; `None` when there is nothing to bundle or the
+    /// event is redacted.
+    pub fn bundled_relations(
+        &self,
+        short: u64,
+        stored: &Value,
+        room_id: &RoomId,
+        viewer: &Session,
+        include_room_id: bool,
+        threads: bool,
+    ) -> ApiResult<Option<Value>> {
+        if stored["unsigned"].get("redacted_because").is_some() {
+            return Ok(None);
+        }
+        let mut out = Map::new();
+        if threads {
+            if let Some(t) = self.thread_info(short)? {
+                if let Some(latest) = self.pdu_json(t.latest)? {
+                    let mut ev = self.client_event_inner(
+                        t.latest,
+                        &latest,
+                        room_id,
+                        Some(viewer),
+                        include_room_id,
+                    )?;
+                    if let Some(b) = self.bundled_relations(
+                        t.latest,
+                        &latest,
+                        room_id,
+                        viewer,
+                        include_room_id,
+                        false,
+                    )? {
+                        ev["unsigned"]["m.relations"] = b;
+                    }
+                    out.insert(
+                        "m.thread".into(),
+                        json!({
+                            "latest_event": ev,
+                            "count": t.replies,
+                            "current_user_participated":
+                                self.participated(short, stored, viewer.user_id.as_str())?,
+                        }),
+                    );
+                }
+            }
+        }
+        if let Some((e, edit)) = self.latest_edit(short, stored)? {
+            out.insert(
+                "m.replace".into(),
+                self.client_event_inner(e, &edit, room_id, Some(viewer), include_room_id)?,
+            );
+        }
+        Ok((!out.is_empty()).then_some(Value::Object(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_must_match_the_original() {
+        let original =
+            json!({"sender": "@a:x", "type": "m.room.message", "content": {"body": "hi"}});
+        let edit = json!({"sender": "@a:x", "type": "m.room.message",
+            "content": {"m.new_content": {"body": "hello"}, "m.relates_to": {"rel_type": "m.replace"}}});
+        assert!(valid_edit(&original, &edit));
+        let mut other = edit.clone();
+        other["sender"] = json!("@b:x");
+        assert!(!valid_edit(&original, &other), "someone else's edit");
+        let mut redacted = edit.clone();
+        redacted["content"] = json!({});
+        assert!(!valid_edit(&original, &redacted), "a redacted edit");
+        let mut state = original.clone();
+        state["state_key"] = json!("");
+        assert!(!valid_edit(&state, &edit), "state events are not edited");
+    }
+
+    #[test]
+    fn later_edits_win_by_timestamp_then_id() {
+        let a = json!({"origin_server_ts": 10, "event_id": "$b"});
+        let b = json!({"origin_server_ts": 10, "event_id": "$a"});
+        let c = json!({"origin_server_ts": 9, "event_id": "$z"});
+        assert!(later(&a, &b));
+        assert!(later(&b, &c));
+        assert!(!later(&c, &a));
+    }
+}
