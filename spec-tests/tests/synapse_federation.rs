@@ -497,6 +497,57 @@ async fn synapse_and_plexus_walk_each_others_spaces() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_and_plexus_vouch_for_restricted_joins() {
+    let pair = Pair::start().await;
+    let (syn, plexus) = (&pair.syn, &pair.plexus);
+    let logs = || pair.logs();
+    let alice = plexus.user("alice").await;
+    let carol = syn.user("carol").await;
+    for (owner, owner_server, visitor, tag) in [
+        (&alice, &plexus.server_name, &carol, "plexus resident"),
+        (&carol, &syn.server_name, &alice, "synapse resident"),
+    ] {
+        let space = owner
+            .create_room(json!({"preset": "public_chat", "creation_content": {"type": "m.space"}}))
+            .await;
+        let room = owner
+            .create_room(json!({
+                "preset": "private_chat", "room_version": "10",
+                "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                    "content": {"join_rule": "restricted",
+                                "allow": [{"type": "m.room_membership", "room_id": space}]}}]
+            }))
+            .await;
+        let r = visitor.join_via(&room, owner_server).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{tag}: outside the space: {}\n{}",
+            r.body,
+            logs()
+        );
+        let r = visitor.join_via(&space, owner_server).await;
+        assert_eq!(r.status, 200, "{tag}: {}\n{}", r.body, logs());
+        let r = visitor.join_via(&room, owner_server).await;
+        assert_eq!(r.status, 200, "{tag}: {}\n{}", r.body, logs());
+        let content = eventually(30, &format!("{tag}: the owner sees the join"), || async {
+            owner
+                .state(&room, "m.room.member", &visitor.user_id)
+                .await
+                .filter(|c| c["membership"] == "join")
+        })
+        .await;
+        assert_eq!(
+            content["join_authorised_via_users_server"],
+            owner.user_id,
+            "{tag}\n{}",
+            logs()
+        );
+        exchange(&room, owner, visitor, tag, &logs).await;
+    }
+}
+
 /// A room on `owner`'s server with `n` extra state events, for the join benchmark (sent eight
 /// at a time: request size limits rule out one big `initial_state`).
 async fn big_room(owner: &Client, n: usize, version: Option<&str>) -> String {

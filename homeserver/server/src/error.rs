@@ -82,6 +82,12 @@ pub enum ApiError {
     /// 502: another server's file is larger than this server accepts.
     #[error("remote content is larger than this server accepts")]
     RemoteTooLarge,
+    /// 400: a restricted join this server cannot decide: it is in none of the allowed rooms.
+    #[error("this server is in none of the rooms that grant access, so cannot grant the join")]
+    UnableToGrantJoin,
+    /// 400: a restricted join this server cannot vouch for: no member here may invite.
+    #[error("no user on this server may authorise the join")]
+    UnableToAuthoriseJoin,
     /// A remote server could not be reached or answered nonsense.
     #[error("{0}")]
     BadGateway(String),
@@ -126,6 +132,8 @@ impl ApiError {
             CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             RemoteTooLarge => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
+            UnableToGrantJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
+            UnableToAuthoriseJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
             BadGateway(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }

@@ -11,6 +11,7 @@ use crate::{
     error::{ApiError, ApiResult},
     federation::join::remote_membership,
     http::extract::{Auth, Body, Path, Query},
+    service::restricted::JoinAuthorisation,
     service::{
         encode, key2,
         writer::{member_content, RoomWriter},
@@ -197,7 +198,11 @@ async fn do_join(
     if w.membership_of(user)?.as_deref() == Some("join") {
         return Ok(Json(json!({ "room_id": room_id })));
     }
-    let content = member_content(app, user, "join")?;
+    let mut content = member_content(app, user, "join")?;
+    let room = app.room_or_404(room_id)?;
+    if let JoinAuthorisation::Via(by) = app.authorise_join(&room, user)? {
+        content["join_authorised_via_users_server"] = json!(by);
+    }
     w.append(user, member_event(user, content, reason), None)?;
     w.commit().await?;
     Ok(Json(json!({ "room_id": room_id })))

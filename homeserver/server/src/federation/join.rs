@@ -23,6 +23,7 @@ use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Path, Query},
     service::{
+        restricted::JoinAuthorisation,
         rooms::RoomMeta,
         writer::{
             event_state_row, member_content, membership_rows, room_rows, room_state_row,
@@ -85,8 +86,14 @@ async fn make_membership(
             )));
         }
     }
+    let mut tpl = member_template_event(&user, membership);
+    if membership == "join" {
+        if let JoinAuthorisation::Via(by) = app.authorise_join(&room, &user)? {
+            tpl.content["join_authorised_via_users_server"] = json!(by);
+        }
+    }
     let w = RoomWriter::open(app, &room_id).await?;
-    let event = w.template(&user, &member_template_event(&user, membership))?;
+    let event = w.template(&user, &tpl)?;
     Ok(Json(json!({
         "room_version": room.meta.version,
         "event": event,
@@ -119,6 +126,15 @@ pub async fn make_knock(
     make_membership(&app, &req.origin, &room, &user, "knock", Some(&q.ver)).await
 }
 
+/// The local user a join names as its authoriser (`join_authorised_via_users_server`).
+fn authorised_by_us(app: &Services, ev: &Value) -> Option<OwnedUserId> {
+    ev.get("content")?
+        .get("join_authorised_via_users_server")?
+        .as_str()
+        .and_then(|u| OwnedUserId::try_from(u).ok())
+        .filter(|u| app.is_local(u))
+}
+
 /// The resident side of send_join/send_leave/send_knock: check, persist and pass the event on.
 async fn send_membership(
     app: &Services,
@@ -134,7 +150,24 @@ async fn send_membership(
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
     super::acl::ensure(app, room.short, &req.origin)?;
     let rules = room_version::rules(&room.meta.version)?;
-    let c = ingest::check(app, &rules, &req.body)
+    let body = match authorised_by_us(app, &req.body) {
+        // A restricted join one of our members vouches for: it needs our signature too.
+        Some(by) if membership == "join" => {
+            let user = req.body["state_key"].as_str().unwrap_or_default();
+            let user = OwnedUserId::try_from(user)
+                .map_err(|e| ApiError::BadJson(format!("invalid state_key: {e}")))?;
+            // Sign only for users who meet the allow conditions; the auth rules check the rest
+            // (that `by` is joined and may invite).
+            app.authorise_join(&room, &user)?;
+            tracing::info!(room_id = %room_id, user_id = %user, authoriser = %by, "countersigning a restricted join");
+            let obj = ingest::canonical_object(&req.body).map_err(ApiError::BadJson)?;
+            let signed =
+                plexus_core::builder::countersign(obj, &rules, app.server_name(), &app.key)?;
+            serde_json::to_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+        _ => req.body.clone(),
+    };
+    let c = ingest::check(app, &rules, &body)
         .await
         .map_err(|e| ApiError::BadJson(e.to_string()))?;
     if c.event_id.as_str() != event_id {

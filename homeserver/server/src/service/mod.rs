@@ -5,6 +5,7 @@ pub mod aggregations;
 pub mod ephemeral;
 pub mod notify;
 pub mod presence;
+pub mod restricted;
 pub mod rooms;
 pub mod spaces;
 pub mod writer;

@@ -1,0 +1,120 @@
+//! Restricted joins (room versions 8 and later): whether a user may join a `restricted` or
+//! `knock_restricted` room through their membership of one of its allowed rooms, and which local
+//! member vouches for the join (`join_authorised_via_users_server`).
+
+use plexus_core::room_version;
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+
+use super::{rooms::RoomRef, spaces::allowed_room_ids, Services};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinAuthorisation {
+    /// The room is not restricted, or the user is already invited or joined: a plain join.
+    NotNeeded,
+    /// This local member, who may invite, authorises the join.
+    Via(OwnedUserId),
+}
+
+impl Services {
+    /// Decide a join of `user` to a room this server is in, from its current state.
+    /// Errors: `M_FORBIDDEN` when the user is in none of the allowed rooms,
+    /// `M_UNABLE_TO_GRANT_JOIN` when this server is in none of them (so cannot tell), and
+    /// `M_UNABLE_TO_AUTHORISE_JOIN` when no local member may invite.
+    pub fn authorise_join(&self, room: &RoomRef, user: &UserId) -> ApiResult<JoinAuthorisation> {
+        let rules = room_version::rules(&room.meta.version)?;
+        if !rules.authorization.restricted_join_rule {
+            return Ok(JoinAuthorisation::NotNeeded);
+        }
+        let hash = self.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
+        let Some(join_rules) = self.state_json(hash, "m.room.join_rules", "")? else {
+            return Ok(JoinAuthorisation::NotNeeded);
+        };
+        let content = &join_rules["content"];
+        let rule = content["join_rule"].as_str().unwrap_or_default();
+        let restricted = rule == "restricted"
+            || (rule == "knock_restricted" && rules.authorization.knock_restricted_join_rule);
+        if !restricted {
+            return Ok(JoinAuthorisation::NotNeeded);
+        }
+        let current = self
+            .state_json(hash, "m.room.member", user.as_str())?
+            .and_then(|m| m["content"]["membership"].as_str().map(str::to_owned));
+        if matches!(current.as_deref(), Some("join" | "invite")) {
+            return Ok(JoinAuthorisation::NotNeeded);
+        }
+
+        let mut resident_in_any = false;
+        let mut allowed = false;
+        for id in allowed_room_ids(content) {
+            let Ok(id) = RoomId::parse(&id) else { continue };
+            if self.resident_room(&id)?.is_none() {
+                continue;
+            }
+            resident_in_any = true;
+            if self.is_joined(user, &id)? {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            return Err(if resident_in_any {
+                ApiError::Forbidden(
+                    "You are not a member of any room whose members may join this one".into(),
+                )
+            } else {
+                ApiError::UnableToGrantJoin
+            });
+        }
+        self.local_inviter(room, hash, &rules)?
+            .map(JoinAuthorisation::Via)
+            .ok_or(ApiError::UnableToAuthoriseJoin)
+    }
+
+    /// A local joined member with the power to invite (the room's creators in v12 always may).
+    fn local_inviter(
+        &self,
+        room: &RoomRef,
+        hash: u64,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> ApiResult<Option<OwnedUserId>> {
+        let pl = self
+            .state_json(hash, "m.room.power_levels", "")?
+            .map(|e| e["content"].clone());
+        let create = self
+            .state_json(hash, "m.room.create", "")?
+            .unwrap_or(Value::Null);
+        let creators: Vec<&str> = if rules.authorization.explicitly_privilege_room_creators {
+            create["sender"]
+                .as_str()
+                .into_iter()
+                .chain(
+                    create["content"]["additional_creators"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str),
+                )
+                .collect()
+        } else {
+            vec![]
+        };
+        let level = |v: &Value, d: i64| v.as_i64().unwrap_or(d);
+        let may_invite = |u: &UserId| match &pl {
+            _ if creators.contains(&u.as_str()) => true,
+            // Without power levels only the creator has power.
+            None => create["sender"] == u.as_str(),
+            Some(pl) => {
+                level(&pl["users"][u.as_str()], level(&pl["users_default"], 0))
+                    >= level(&pl["invite"], 0)
+            }
+        };
+        let mut members = self.room_members(room.short)?;
+        members.sort();
+        Ok(members
+            .into_iter()
+            .find(|(u, m)| m == "join" && self.is_local(u) && may_invite(u))
+            .map(|(u, _)| u))
+    }
+}
