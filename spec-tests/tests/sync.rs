@@ -351,3 +351,68 @@ async fn leave_section_account_data_and_full_state() {
         .await
         .err(400, "M_INVALID_PARAM");
 }
+
+#[tokio::test]
+async fn ignored_users_events_are_hidden_except_state() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await.ok();
+    let ignore = format!(
+        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+        enc(&alice.user_id)
+    );
+    alice
+        .put(
+            &ignore,
+            json!({"ignored_users": {(bob.user_id.clone()): {}}}),
+        )
+        .await
+        .ok();
+    bob.send_text(&room, "you cannot hear me").await;
+    alice.send_text(&room, "alone").await;
+
+    let s = alice.sync("").await;
+    let bodies: Vec<String> = bodies(&timeline(&s, &room));
+    assert_eq!(bodies, ["alone"], "bob's message is hidden in sync");
+    assert!(
+        timeline(&s, &room)
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()),
+        "state events of ignored users still show"
+    );
+    assert_eq!(
+        alice.recent_bodies(&room).await,
+        ["alone"],
+        "and in /messages"
+    );
+    assert_eq!(
+        s["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0,
+        "and it does not notify"
+    );
+
+    // Invites from an ignored user are not shown.
+    let other = bob.create_room(json!({"preset": "private_chat"})).await;
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+        json!({"user_id": alice.user_id}),
+    )
+    .await
+    .ok();
+    let s = alice.sync("").await;
+    assert!(
+        s["rooms"]["invite"].get(&other).is_none(),
+        "{}",
+        s["rooms"]["invite"]
+    );
+
+    // Un-ignored, everything shows again.
+    alice.put(&ignore, json!({"ignored_users": {}})).await.ok();
+    let s = alice.sync("").await;
+    assert!(s["rooms"]["invite"].get(&other).is_some());
+    assert!(alice
+        .recent_bodies(&room)
+        .await
+        .contains(&"you cannot hear me".to_owned()));
+}

@@ -27,6 +27,9 @@ pub struct EventFilter {
     pub include_redundant_members: bool,
     /// Sync: count each thread's notifications apart from the main timeline's.
     pub unread_thread_notifications: bool,
+    /// Users the reader ignores (`m.ignored_user_list`): their events are hidden, except state.
+    #[serde(skip)]
+    pub ignored: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -74,6 +77,9 @@ impl EventFilter {
             return false;
         }
         if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if ev.get("state_key").is_none() && self.ignored.contains(sender) {
             return false;
         }
         if self
@@ -208,5 +214,20 @@ mod tests {
         assert!(parse_filter(json!({"room": {"timeline": {"limit": "ten"}}})).is_err());
         assert!(parse_filter(json!({"event_format": "xml"})).is_err());
         assert!(parse_filter(json!({"room": {"timeline": {"limit": 5}}})).is_ok());
+    }
+}
+
+/// The users `user` ignores, from their `m.ignored_user_list` account data.
+pub fn ignored_users(
+    app: &crate::service::Services,
+    user: &ruma::UserId,
+) -> ApiResult<std::collections::BTreeSet<String>> {
+    match super::account_data::load(app, user, "", "m.ignored_user_list") {
+        Ok(v) => Ok(v["ignored_users"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()),
+        Err(ApiError::NotFound(_)) => Ok(Default::default()),
+        Err(e) => Err(e),
     }
 }

@@ -170,7 +170,8 @@ pub async fn messages(
         None => return Err(ApiError::MissingParam("dir is required".into())),
     };
     let limit = parse_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
-    let filter = parse_event_filter(q.filter.as_deref())?;
+    let mut filter = parse_event_filter(q.filter.as_deref())?;
+    filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
     let now = app.store.current_count();
     let from = match q.from.as_deref().map(Pos::parse).transpose()? {
         Some(Pos::Timeline(c)) => Pos::Timeline(c.min(now)),
@@ -268,7 +269,8 @@ pub async fn context(
     let not_found = || ApiError::NotFound("Event not found".into());
     let room = app.room(&room_id)?.ok_or_else(not_found)?;
     let limit = parse_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
-    let filter = parse_event_filter(q.filter.as_deref())?;
+    let mut filter = parse_event_filter(q.filter.as_deref())?;
+    filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
     let short = app.short_event(&event_id)?.ok_or_else(not_found)?;
     let (r, count) = app.event_position(short)?.ok_or_else(not_found)?;
     let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;

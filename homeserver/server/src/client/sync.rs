@@ -49,7 +49,8 @@ pub async fn sync(
     Query(q): Query<SyncQuery>,
 ) -> ApiResult<Json<Value>> {
     let since = q.since.as_deref().map(parse_token).transpose()?;
-    let filter = resolve(&app, &s, q.filter.as_deref())?;
+    let mut filter = resolve(&app, &s, q.filter.as_deref())?;
+    filter.room.timeline.ignored = super::filter::ignored_users(&app, &s.user_id)?;
     let timeout = match q.timeout.as_deref() {
         Some(t) => t
             .parse::<u64>()
@@ -136,7 +137,10 @@ pub fn build(
                     json!({ "knock_state": { "events": invite_state(app, &s.user_id, &room, &m)? } }),
                 );
             }
-            "invite" if changed_since => {
+            // Invites from ignored users are not shown.
+            "invite"
+                if changed_since && !filter.room.timeline.ignored.contains(m.sender.as_str()) =>
+            {
                 invite.insert(
                     room_id.to_string(),
                     json!({ "invite_state": { "events": invite_state(app, &s.user_id, &room, &m)? } }),

@@ -70,6 +70,10 @@ pub async fn evaluate(
     let power = power_levels(app, state_hash, rules)?;
     let mut out = vec![];
     for user in audience {
+        // Nobody is notified of the events of someone they ignore.
+        if crate::client::filter::ignored_users(app, &user)?.contains(sender) {
+            continue;
+        }
         let name = app
             .state_json(state_hash, "m.room.member", user.as_str())?
             .and_then(|m| m["content"]["displayname"].as_str().map(str::to_owned))
