@@ -190,6 +190,21 @@ pub async fn get(
     Ok(Json(crate::service::decode(&raw)?))
 }
 
+/// The users `user` ignores, from their `m.ignored_user_list` account data.
+pub fn ignored_users(
+    app: &crate::service::Services,
+    user: &ruma::UserId,
+) -> ApiResult<std::collections::BTreeSet<String>> {
+    match super::account_data::load(app, user, "", "m.ignored_user_list") {
+        Ok(v) => Ok(v["ignored_users"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()),
+        Err(ApiError::NotFound(_)) => Ok(Default::default()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,20 +229,5 @@ mod tests {
         assert!(parse_filter(json!({"room": {"timeline": {"limit": "ten"}}})).is_err());
         assert!(parse_filter(json!({"event_format": "xml"})).is_err());
         assert!(parse_filter(json!({"room": {"timeline": {"limit": 5}}})).is_ok());
-    }
-}
-
-/// The users `user` ignores, from their `m.ignored_user_list` account data.
-pub fn ignored_users(
-    app: &crate::service::Services,
-    user: &ruma::UserId,
-) -> ApiResult<std::collections::BTreeSet<String>> {
-    match super::account_data::load(app, user, "", "m.ignored_user_list") {
-        Ok(v) => Ok(v["ignored_users"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default()),
-        Err(ApiError::NotFound(_)) => Ok(Default::default()),
-        Err(e) => Err(e),
     }
 }
