@@ -127,6 +127,20 @@ async fn the_latest_edit_is_bundled_everywhere() {
         second
     );
 
+    // References are bundled as a list of event ids.
+    let reference = send(
+        &bob,
+        &room,
+        json!({"msgtype": "m.text", "body": "see above",
+               "m.relates_to": {"rel_type": "m.reference", "event_id": original}}),
+    )
+    .await;
+    let ev = event(&alice, &room, &original).await;
+    assert_eq!(
+        ev["unsigned"]["m.relations"]["m.reference"],
+        json!({"chunk": [{"event_id": reference}]})
+    );
+
     // Redacting the latest edit falls back to the one before it; redacting the original
     // drops the bundle.
     redact(&alice, &room, &second).await;

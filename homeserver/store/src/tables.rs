@@ -105,4 +105,6 @@ pub enum Table {
     ThreadParticipant = 47,
     /// short event id → short id of its latest valid `m.replace` edit
     LatestEdit = 48,
+    /// short event id, count (big-endian) → short id of an event that `m.reference`s it
+    Reference = 49,
 }

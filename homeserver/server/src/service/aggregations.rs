@@ -1,5 +1,5 @@
-//! Bundled aggregations (`unsigned.m.relations`): thread summaries and the latest edit. They
-//! are kept up to date as events are written, so rendering an event costs a lookup or two
+//! Bundled aggregations (`unsigned.m.relations`): thread summaries, the latest edit and the
+//! references. They are kept up to date as events are written, so rendering an event costs a lookup or two
 //! instead of a scan of everything that relates to it.
 
 use plexus_store::{be_u64, Batch, Table};
@@ -22,7 +22,13 @@ pub enum Plan {
     Edit {
         parent: u64,
     },
+    Reference {
+        parent: u64,
+    },
 }
+
+/// Most references bundled on one event.
+const MAX_REFERENCES: usize = 1000;
 
 fn event_short(svc: &Services, id: &str) -> ApiResult<Option<u64>> {
     match EventId::parse(id) {
@@ -103,6 +109,7 @@ impl Services {
                     Plan::None
                 })
             }
+            Some("m.reference") => Ok(Plan::Reference { parent }),
             _ => Ok(Plan::None),
         }
     }
@@ -139,6 +146,13 @@ impl Plan {
                 batch.put(
                     Table::LatestEdit,
                     &parent.to_be_bytes(),
+                    &short.to_be_bytes(),
+                );
+            }
+            Plan::Reference { parent } => {
+                batch.put(
+                    Table::Reference,
+                    &activity_key(*parent, count),
                     &short.to_be_bytes(),
                 );
             }
@@ -263,6 +277,24 @@ impl Services {
                     );
                 }
             }
+        }
+        let mut references = vec![];
+        for item in self
+            .store
+            .kv
+            .scan_prefix(Table::Reference, &short.to_be_bytes())
+            .take(MAX_REFERENCES)
+        {
+            let (_, v) = item?;
+            if let Some(r) = self.pdu_json(be_u64(&v))? {
+                // A redacted reference has lost its relation.
+                if r["content"]["m.relates_to"]["rel_type"] == "m.reference" {
+                    references.push(json!({ "event_id": r["event_id"] }));
+                }
+            }
+        }
+        if !references.is_empty() {
+            out.insert("m.reference".into(), json!({ "chunk": references }));
         }
         if let Some((e, edit)) = self.latest_edit(short, stored)? {
             out.insert(
