@@ -1095,6 +1095,17 @@ async fn room_upgrade() {
         .await;
     bob.join(&old).await.ok();
     let p = |r: &str, a: &str| format!("/_matrix/client/v3/rooms/{}/{a}", enc(r));
+    // Bob's personal settings for the old room: a tag and a muting room rule.
+    let tag_path = |r: &str| {
+        format!(
+            "/_matrix/client/v3/user/{}/rooms/{}/tags/m.favourite",
+            enc(&bob.user_id),
+            enc(r)
+        )
+    };
+    let rule_path = |r: &str| format!("/_matrix/client/v3/pushrules/global/room/{}", enc(r));
+    bob.put(&tag_path(&old), json!({"order": 0.25})).await.ok();
+    bob.put(&rule_path(&old), json!({"actions": []})).await.ok();
     bob.post(&p(&old, "upgrade"), json!({"new_version": "12"}))
         .await
         .err(403, "M_FORBIDDEN");
@@ -1143,4 +1154,15 @@ async fn room_upgrade() {
     assert_eq!(ids, vec![new.as_str()]);
     bob.join("#moving:localhost").await.ok();
     bob.send_text(&new, "hello new room").await;
+    // Joining the replacement carried bob's tag and room rule over.
+    let tags = bob
+        .get(&format!(
+            "/_matrix/client/v3/user/{}/rooms/{}/tags",
+            enc(&bob.user_id),
+            enc(&new)
+        ))
+        .await;
+    assert_eq!(tags.ok()["tags"]["m.favourite"]["order"], 0.25);
+    let rule = bob.get(&rule_path(&new)).await;
+    assert_eq!(rule.ok()["actions"], json!([]));
 }

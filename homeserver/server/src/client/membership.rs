@@ -192,6 +192,7 @@ async fn do_join(
     let known = app.room(room_id)?.is_some();
     if !app.is_resident(room_id)? && (!known || app.federation.is_some()) {
         remote(app, user, room_id, via, "join", reason).await?;
+        super::upgrade::carry_personal_settings(app, user, room_id).await?;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     let mut w = RoomWriter::open(app, room_id).await?;
@@ -205,6 +206,7 @@ async fn do_join(
     }
     w.append(user, member_event(user, content, reason), None)?;
     w.commit().await?;
+    super::upgrade::carry_personal_settings(app, user, room_id).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -30,7 +30,7 @@ pub fn ruleset(app: &crate::service::Services, user: &UserId) -> ApiResult<Rules
 }
 
 /// Load the rule set, apply one edit, store it: every write endpoint is this.
-async fn edit(
+pub(crate) async fn edit(
     app: &App,
     user: &UserId,
     change: impl FnOnce(&mut Ruleset) -> ApiResult<()>,

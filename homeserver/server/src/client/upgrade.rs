@@ -201,5 +201,64 @@ pub async fn upgrade(
     app.store.commit(b)?;
     old.commit().await?;
     tracing::info!(old = %old_id, new = %new_id, version = %version, "room upgraded");
+    carry_personal_settings(&app, &s.user_id, &new_id).await?;
     Ok(Json(json!({ "replacement_room": new_id })))
+}
+
+/// After `user` joins a room that replaced another (its create event names a predecessor),
+/// carry their personal settings over, as the spec recommends: the old room's tags and its
+/// room push rule (say, a muted room stays muted). Settings already set on the new room win.
+pub async fn carry_personal_settings(
+    app: &App,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+) -> ApiResult<()> {
+    let Some(room) = app.room(room_id)? else {
+        return Ok(());
+    };
+    let hash = app.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
+    let Some(old) = app
+        .state_json(hash, "m.room.create", "")?
+        .and_then(|c| {
+            c["content"]["predecessor"]["room_id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .and_then(|r| ruma::OwnedRoomId::try_from(r).ok())
+    else {
+        return Ok(());
+    };
+    let tags = |room: &str| match super::account_data::load(app, user, room, "m.tag") {
+        Ok(v) => Ok(Some(v)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    if tags(room_id.as_str())?.is_none() {
+        if let Some(t) = tags(old.as_str())? {
+            super::account_data::store(app, user, room_id.as_str(), "m.tag", t).await?;
+        }
+    }
+    let rules = super::push_rules::ruleset(app, user)?;
+    if rules
+        .get(ruma::push::RuleKind::Room, room_id.as_str())
+        .is_none()
+    {
+        if let Some(old_rule) = rules.get(ruma::push::RuleKind::Room, old.as_str()) {
+            let actions = old_rule.actions().to_vec();
+            let new_room = room_id.to_owned();
+            super::push_rules::edit(app, user, |r| {
+                r.insert(
+                    ruma::push::NewPushRule::Room(ruma::push::NewSimplePushRule::new(
+                        new_room, actions,
+                    )),
+                    None,
+                    None,
+                )
+                .map_err(|e| ApiError::Internal(e.to_string()))
+            })
+            .await
+            .map(drop)?;
+        }
+    }
+    Ok(())
 }
