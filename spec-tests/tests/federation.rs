@@ -277,3 +277,57 @@ async fn concurrent_state_converges_and_a_restarted_server_catches_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_directory_finds_remote_room_mates_by_name() {
+    let one = Server::federated().await;
+    let two = Server::federated().await;
+    let alice = one.user("alice").await;
+    let bob = two.user("bob").await;
+    bob.put(
+        &format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            enc(&bob.user_id)
+        ),
+        json!({"displayname": "Bobby Faraway"}),
+    )
+    .await
+    .ok();
+    let search = |term: &'static str| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .post(
+                    "/_matrix/client/v3/user_directory/search",
+                    json!({"search_term": term}),
+                )
+                .await
+                .ok()["results"]
+                .clone()
+        }
+    };
+    // Not a room-mate yet: not found.
+    assert_eq!(search("faraway").await, json!([]));
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await
+        .ok();
+    eventually(20, "bob's invite arrives", || async {
+        bob.sync("").await["rooms"]["invite"].get(&room).map(|_| ())
+    })
+    .await;
+    bob.join_via(&room, &one.server_name).await.ok();
+    let found = eventually(20, "alice finds bob by his display name", || async {
+        let r = search("faraway").await;
+        (r.as_array().is_some_and(|a| !a.is_empty())).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        found,
+        json!([{"user_id": bob.user_id, "display_name": "Bobby Faraway"}])
+    );
+}

@@ -41,6 +41,25 @@ fn candidates(app: &App, searcher: &ruma::UserId) -> ApiResult<BTreeSet<OwnedUse
     Ok(users)
 }
 
+/// A remote user's name and avatar as their member event in a room they are joined to here
+/// says (their server's profile is not asked on every search).
+fn remote_profile(app: &App, user: &ruma::UserId) -> ApiResult<(Option<String>, Option<String>)> {
+    for (room_id, m) in app.user_rooms(user)? {
+        if m.membership != "join" {
+            continue;
+        }
+        let Some(room) = app.room(&room_id)? else {
+            continue;
+        };
+        let hash = app.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
+        if let Some(ev) = app.state_json(hash, "m.room.member", user.as_str())? {
+            let field = |k: &str| ev["content"][k].as_str().map(str::to_owned);
+            return Ok((field("displayname"), field("avatar_url")));
+        }
+    }
+    Ok((None, None))
+}
+
 pub async fn search(
     State(app): State<App>,
     Auth(s): Auth,
@@ -55,12 +74,18 @@ pub async fn search(
     }
     let mut hits = vec![];
     for user in candidates(&app, &s.user_id)? {
-        let rec = app.user(&user)?;
-        if rec.as_ref().is_some_and(|r| r.deactivated) {
-            continue;
-        }
-        let name = rec.as_ref().and_then(|r| r.displayname.clone());
-        let avatar = rec.as_ref().and_then(|r| r.avatar_url.clone());
+        let (name, avatar) = if app.is_local(&user) {
+            let rec = app.user(&user)?;
+            if rec.as_ref().is_some_and(|r| r.deactivated) {
+                continue;
+            }
+            (
+                rec.as_ref().and_then(|r| r.displayname.clone()),
+                rec.as_ref().and_then(|r| r.avatar_url.clone()),
+            )
+        } else {
+            remote_profile(&app, &user)?
+        };
         let id_match = user.as_str().to_lowercase().contains(&term);
         let name_match = name
             .as_ref()

@@ -455,7 +455,9 @@ impl Services {
         include_room_id: bool,
     ) -> ApiResult<Value> {
         let mut ev = self.client_event_inner(short, stored, room_id, viewer, include_room_id)?;
-        if let Some(s) = viewer {
+        // State events are neither edited nor thread roots: skip the lookups (full-state syncs
+        // render thousands of them).
+        if let Some(s) = viewer.filter(|_| stored.get("state_key").is_none()) {
             if let Some(b) =
                 self.bundled_relations(short, stored, room_id, s, include_room_id, true)?
             {
