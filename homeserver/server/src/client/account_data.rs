@@ -47,6 +47,9 @@ pub async fn store(
         );
         Ok(())
     })?;
+    if room.is_empty() && matches!(kind, "m.push_rules" | "m.ignored_user_list") {
+        app.user_push.forget(user);
+    }
     app.store.flush().await?;
     app.notifier.wake([user], count);
     Ok(())

@@ -12,7 +12,6 @@ use ruma::{
 use serde_json::Value;
 
 use crate::{
-    client::push_rules::ruleset,
     error::{ApiError, ApiResult},
     service::Services,
 };
@@ -70,8 +69,9 @@ pub async fn evaluate(
     let power = power_levels(app, state_hash, rules)?;
     let mut out = vec![];
     for user in audience {
+        let mine = app.user_push.get(app, &user)?;
         // Nobody is notified of the events of someone they ignore.
-        if crate::client::filter::ignored_users(app, &user)?.contains(sender) {
+        if mine.ignored.contains(sender) {
             continue;
         }
         let name = app
@@ -85,8 +85,7 @@ pub async fn evaluate(
             name,
         )
         .with_power_levels(power.clone().into());
-        let set = ruleset(app, &user)?;
-        let actions = set.get_actions(&raw, &ctx).await;
+        let actions = mine.rules.get_actions(&raw, &ctx).await;
         if !actions.iter().any(Action::should_notify) {
             continue;
         }

@@ -7,3 +7,4 @@ pub mod gateway;
 pub mod notifications;
 pub mod pushers;
 pub mod unread;
+pub mod user_cache;

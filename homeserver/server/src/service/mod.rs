@@ -35,6 +35,7 @@ pub struct Services {
     pub federation: Option<Arc<crate::federation::Federation>>,
     pub media: crate::media::Repo,
     pub pushers: crate::push::gateway::Pushers,
+    pub user_push: crate::push::user_cache::UserPushCache,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -68,6 +69,7 @@ impl Services {
             uia: accounts::UiaSessions::default(),
             typing: ephemeral::Typing::default(),
             pushers: Default::default(),
+            user_push: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         }))
     }
