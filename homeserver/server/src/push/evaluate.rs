@@ -2,10 +2,7 @@
 //! the user's display name and the room's power levels as context).
 
 use ruma::{
-    events::room::power_levels::{
-        RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
-    },
-    push::{Action, PushConditionRoomCtx, Tweak},
+    push::{Action, PushConditionRoomCtx},
     serde::Raw,
     OwnedUserId, RoomId, UInt,
 };
@@ -66,7 +63,7 @@ pub async fn evaluate(
     let raw: Raw<Value> = Raw::from_json(
         serde_json::value::to_raw_value(stored).map_err(|e| ApiError::Internal(e.to_string()))?,
     );
-    let power = power_levels(app, state_hash, rules)?;
+    let power = app.power_levels(state_hash, rules)?;
     let mut out = vec![];
     for user in audience {
         let mine = app.user_push.get(app, &user)?;
@@ -98,52 +95,18 @@ pub async fn evaluate(
     Ok(out)
 }
 
-/// The room's power levels as the rules see them (defaults without an event; v12 creators).
-fn power_levels(
-    app: &Services,
-    state_hash: u64,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-) -> ApiResult<RoomPowerLevels> {
-    let content: Option<RoomPowerLevelsEventContent> = app
-        .state_json(state_hash, "m.room.power_levels", "")?
-        .and_then(|e| serde_json::from_value(e["content"].clone()).ok());
-    let mut creators: Vec<OwnedUserId> = vec![];
-    if rules.authorization.explicitly_privilege_room_creators {
-        if let Some(create) = app.state_json(state_hash, "m.room.create", "")? {
-            creators.extend(
-                create["sender"]
-                    .as_str()
-                    .into_iter()
-                    .chain(
-                        create["content"]["additional_creators"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(Value::as_str),
-                    )
-                    .filter_map(|u| OwnedUserId::try_from(u).ok()),
-            );
-        }
-    }
-    let source = match content {
-        Some(c) => RoomPowerLevelsSource::Original(c),
-        None => RoomPowerLevelsSource::None,
-    };
-    Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
-}
-
-/// The tweaks of a notification's actions, as the push gateway wants them.
+/// The tweaks of a notification's actions, as the push gateway wants them (a tweak without a
+/// value, which is how `highlight` is written, means `true`).
 pub fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
     for a in actions {
         if let Action::SetTweak(t) = a {
-            if let Ok(Value::Object(o)) = serde_json::to_value(t) {
-                if let (Some(k), v) = (o.get("set_tweak").and_then(Value::as_str), o.get("value")) {
-                    let v = match t {
-                        Tweak::Highlight(_) => v.cloned().unwrap_or(Value::Bool(true)),
-                        _ => v.cloned().unwrap_or(Value::Null),
-                    };
-                    out.insert(k.to_owned(), v);
+            if let Ok(o) = serde_json::to_value(t) {
+                if let Some(k) = o["set_tweak"].as_str() {
+                    out.insert(
+                        k.to_owned(),
+                        o.get("value").cloned().unwrap_or(Value::Bool(true)),
+                    );
                 }
             }
         }

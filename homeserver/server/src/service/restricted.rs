@@ -4,7 +4,6 @@
 
 use plexus_core::room_version;
 use ruma::{OwnedUserId, RoomId, UserId};
-use serde_json::Value;
 
 use super::{rooms::RoomRef, spaces::allowed_room_ids, Services};
 use crate::error::{ApiError, ApiResult};
@@ -72,49 +71,19 @@ impl Services {
             .ok_or(ApiError::UnableToAuthoriseJoin)
     }
 
-    /// A local joined member with the power to invite (the room's creators in v12 always may).
+    /// A local joined member with the power to invite.
     fn local_inviter(
         &self,
         room: &RoomRef,
         hash: u64,
         rules: &ruma::room_version_rules::RoomVersionRules,
     ) -> ApiResult<Option<OwnedUserId>> {
-        let pl = self
-            .state_json(hash, "m.room.power_levels", "")?
-            .map(|e| e["content"].clone());
-        let create = self
-            .state_json(hash, "m.room.create", "")?
-            .unwrap_or(Value::Null);
-        let creators: Vec<&str> = if rules.authorization.explicitly_privilege_room_creators {
-            create["sender"]
-                .as_str()
-                .into_iter()
-                .chain(
-                    create["content"]["additional_creators"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str),
-                )
-                .collect()
-        } else {
-            vec![]
-        };
-        let level = |v: &Value, d: i64| v.as_i64().unwrap_or(d);
-        let may_invite = |u: &UserId| match &pl {
-            _ if creators.contains(&u.as_str()) => true,
-            // Without power levels only the creator has power.
-            None => create["sender"] == u.as_str(),
-            Some(pl) => {
-                level(&pl["users"][u.as_str()], level(&pl["users_default"], 0))
-                    >= level(&pl["invite"], 0)
-            }
-        };
+        let power = self.power_levels(hash, rules)?;
         let mut members = self.room_members(room.short)?;
         members.sort();
         Ok(members
             .into_iter()
-            .find(|(u, m)| m == "join" && self.is_local(u) && may_invite(u))
+            .find(|(u, m)| m == "join" && self.is_local(u) && power.user_can_invite(u))
             .map(|(u, _)| u))
     }
 }

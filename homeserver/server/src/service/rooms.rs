@@ -5,8 +5,12 @@ use std::sync::Arc;
 use plexus_core::Pdu;
 use plexus_store::{be_u64, StateMap, Table};
 use ruma::{
-    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId,
-    RoomId, RoomVersionId, UserId,
+    events::{
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+        StateEventType,
+    },
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -529,44 +533,52 @@ impl Services {
 }
 
 impl Services {
+    /// The room's power levels at `hash` as the auth rules read them: the event's content, or
+    /// the spec's defaults without one, with the room's creators (privileged in v12, 100 by
+    /// default before that).
+    pub fn power_levels(
+        &self,
+        hash: u64,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> ApiResult<RoomPowerLevels> {
+        let content: Option<RoomPowerLevelsEventContent> = self
+            .state_json(hash, "m.room.power_levels", "")?
+            .and_then(|e| serde_json::from_value(e["content"].clone()).ok());
+        let create = self
+            .state_json(hash, "m.room.create", "")?
+            .unwrap_or(Value::Null);
+        let creator = if rules.authorization.use_room_create_sender {
+            &create["sender"]
+        } else {
+            &create["content"]["creator"]
+        };
+        let additional = create["content"]["additional_creators"]
+            .as_array()
+            .filter(|_| rules.authorization.additional_room_creators)
+            .into_iter()
+            .flatten();
+        let creators: Vec<OwnedUserId> = std::iter::once(creator)
+            .chain(additional)
+            .filter_map(Value::as_str)
+            .filter_map(|u| OwnedUserId::try_from(u).ok())
+            .collect();
+        let source = match content {
+            Some(c) => RoomPowerLevelsSource::Original(c),
+            None => RoomPowerLevelsSource::None,
+        };
+        Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+    }
+
     /// Whether `user` is joined and has the power to send state of type `kind` in the room's
-    /// current state (v12 creators always may).
+    /// current state.
     pub fn may_send_state(&self, user: &UserId, room: &RoomRef, kind: &str) -> ApiResult<bool> {
         if !self.is_joined(user, &room.meta.room_id)? {
             return Ok(false);
         }
         let hash = self.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
-        let privileged = room
-            .meta
-            .version
-            .rules()
-            .is_some_and(|r| r.authorization.explicitly_privilege_room_creators);
-        if privileged {
-            let create = self
-                .state_json(hash, "m.room.create", "")?
-                .unwrap_or(Value::Null);
-            let extra = create["content"]["additional_creators"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if create["sender"] == user.as_str() || extra.iter().any(|u| u == user.as_str()) {
-                return Ok(true);
-            }
-        }
-        let pl = self
-            .state_json(hash, "m.room.power_levels", "")?
-            .map(|e| e["content"].clone())
-            .unwrap_or(Value::Null);
-        let level = |v: &Value, d: i64| v.as_i64().unwrap_or(d);
-        if pl.is_null() {
-            // No power levels yet: only the room creator may act.
-            let create = self
-                .state_json(hash, "m.room.create", "")?
-                .unwrap_or(Value::Null);
-            return Ok(create["sender"] == user.as_str());
-        }
-        let needed = level(&pl["events"][kind], level(&pl["state_default"], 50));
-        let mine = level(&pl["users"][user.as_str()], level(&pl["users_default"], 0));
-        Ok(mine >= needed)
+        let rules = plexus_core::room_version::rules(&room.meta.version)?;
+        Ok(self
+            .power_levels(hash, &rules)?
+            .user_can_send_state(user, StateEventType::from(kind)))
     }
 }
