@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{filter::parse_event_filter, membership::parse_room_id, sync::parse_token};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Path, Query},
+    http::extract::{page_limit, Auth, Path, Query},
     service::{accounts::Session, rooms::RoomRef, App},
 };
 
@@ -25,16 +25,6 @@ pub struct MessagesQuery {
     dir: Option<String>,
     limit: Option<String>,
     filter: Option<String>,
-}
-
-fn parse_limit(limit: Option<&str>, default: usize, max: usize) -> ApiResult<usize> {
-    match limit {
-        None => Ok(default),
-        Some(l) => l
-            .parse::<usize>()
-            .map(|n| n.min(max))
-            .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into())),
-    }
 }
 
 /// The member events of `senders` in the given state, for lazy-loading clients.
@@ -169,7 +159,7 @@ pub async fn messages(
         Some(_) => return Err(ApiError::InvalidParam("dir must be b or f".into())),
         None => return Err(ApiError::MissingParam("dir is required".into())),
     };
-    let limit = parse_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
+    let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let mut filter = parse_event_filter(q.filter.as_deref())?;
     filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
     let now = app.store.current_count();
@@ -268,7 +258,7 @@ pub async fn context(
         .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
     let not_found = || ApiError::NotFound("Event not found".into());
     let room = app.room(&room_id)?.ok_or_else(not_found)?;
-    let limit = parse_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
+    let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let mut filter = parse_event_filter(q.filter.as_deref())?;
     filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
     let short = app.short_event(&event_id)?.ok_or_else(not_found)?;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{membership::parse_room_id, sync::parse_token};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Path, Query},
+    http::extract::{page_limit, Auth, Path, Query},
     service::{accounts::Session, App},
 };
 
@@ -77,13 +77,7 @@ async fn relations(
             ))
         }
     };
-    let limit = match q.limit.as_deref() {
-        None => 5,
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| ApiError::InvalidParam("limit must be an integer".into()))?,
-    }
-    .clamp(1, app.settings.max_page);
+    let limit = page_limit(q.limit.as_deref(), 5, app.settings.max_page)?;
     let from = q.from.as_deref().map(parse_token).transpose()?;
     let to = q.to.as_deref().map(parse_token).transpose()?;
 

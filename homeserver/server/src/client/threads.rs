@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{membership::parse_room_id, sync::parse_token};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Path, Query},
+    http::extract::{page_limit, Auth, Path, Query},
     service::{aggregations::activity_key, App},
 };
 
@@ -38,13 +38,7 @@ pub async fn list(
             )))
         }
     };
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| ApiError::InvalidParam("limit must be an integer".into()))?,
-    }
-    .clamp(1, app.settings.max_page);
+    let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, app.settings.max_page)?;
     let before = q.from.as_deref().map(parse_token).transpose()?;
     let room = app.room_or_forbidden(&room_id)?;
     // Members (and anyone, in a world-readable room) may list; others get 403.

@@ -772,15 +772,15 @@ pub async fn persist(
         members.extend(m.filter(|m| m.membership().is_some()));
     }
     let audience = app.room_audience(room.short)?;
+    let plan = app.aggregation_plan(room.short, &c.stored)?;
+    let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
+    let notified =
+        crate::push::evaluate::evaluate(app, &room_id, &audience, judged_at, rules, &c.stored)
+            .await?;
     let dests: Vec<OwnedServerName> = match forward_from {
         Some(from) => audience.servers.into_iter().filter(|s| s != from).collect(),
         None => vec![],
     };
-    let plan = app.aggregation_plan(room.short, &c.stored)?;
-    let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
-    let notified =
-        crate::push::evaluate::evaluate(app, &room_id, room.short, judged_at, rules, &c.stored)
-            .await?;
     let mut wake = audience.local;
     wake.extend(
         members

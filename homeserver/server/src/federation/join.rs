@@ -69,7 +69,7 @@ async fn make_membership(
     let room = app
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
-    if app.room_audience(room.short)?.local_joined == 0 {
+    if app.room_audience(room.short)?.local_joined.is_empty() {
         return Err(ApiError::NotFound("This server is not in the room".into()));
     }
     super::acl::ensure(app, room.short, origin)?;

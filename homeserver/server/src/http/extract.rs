@@ -138,3 +138,15 @@ impl FromRequestParts<App> for MaybeAuth {
         }
     }
 }
+
+/// A page size from a `limit` query parameter: `default` when absent, at least 1 and at most
+/// `max`; anything but a non-negative integer is `M_INVALID_PARAM`.
+pub fn page_limit(limit: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into())),
+    }
+    .map(|n| n.clamp(1, max.max(1)))
+}

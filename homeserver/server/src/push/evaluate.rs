@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::{
     error::{ApiError, ApiResult},
+    service::rooms::RoomAudience,
     service::Services,
 };
 
@@ -29,24 +30,24 @@ pub fn thread_of(stored: &Value) -> Option<&str> {
         .flatten()
 }
 
-/// Everyone local whom `stored` notifies, with their actions: joined members, plus the target
-/// of an invite. The sender is never notified of their own event. `state_hash` is the room state
-/// the event is judged against (members' names, power levels).
+/// Everyone local whom `stored` notifies, with their actions: the room's local joined members
+/// (from the `members` the writer already read), plus the target of an invite. The sender is
+/// never notified of their own event. `state_hash` is the room state the event is judged
+/// against (members' names, power levels).
 pub async fn evaluate(
     app: &Services,
     room_id: &RoomId,
-    short_room: u64,
+    members: &RoomAudience,
     state_hash: u64,
     rules: &ruma::room_version_rules::RoomVersionRules,
     stored: &Value,
 ) -> ApiResult<Vec<Notified>> {
     let sender = stored.get("sender").and_then(Value::as_str).unwrap_or("");
-    let members = app.room_members(short_room)?;
-    let joined = members.iter().filter(|(_, m)| m == "join").count();
     let mut audience: Vec<OwnedUserId> = members
-        .into_iter()
-        .filter(|(u, m)| m == "join" && app.is_local(u) && u.as_str() != sender)
-        .map(|(u, _)| u)
+        .local_joined
+        .iter()
+        .filter(|u| u.as_str() != sender)
+        .cloned()
         .collect();
     if stored["type"] == "m.room.member" && stored["content"]["membership"] == "invite" {
         if let Some(target) = stored["state_key"]
@@ -77,7 +78,7 @@ pub async fn evaluate(
             .unwrap_or_else(|| user.localpart().to_owned());
         let ctx = PushConditionRoomCtx::new(
             room_id.to_owned(),
-            UInt::try_from(joined).unwrap_or(UInt::MAX),
+            UInt::try_from(members.joined).unwrap_or(UInt::MAX),
             user.clone(),
             name,
         )

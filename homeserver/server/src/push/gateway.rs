@@ -166,22 +166,10 @@ async fn deliver(
         .and_then(|v| v.try_into().ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0);
-    let from = unread::notification_key(user, progress.saturating_add(1));
-    let to = unread::notification_key(user, u64::MAX);
-    let todo: Vec<(u64, Stored)> = app
-        .store
-        .kv
-        .range(Table::PushNotification, &from, &to)
-        .take(BATCH)
-        .map(|item| {
-            let (k, v) = item?;
-            let tail = k.get(k.len().saturating_sub(8)..).unwrap_or_default();
-            Ok((
-                u64::from_be_bytes(tail.try_into().unwrap_or([0; 8])),
-                decode::<Stored>(&v)?,
-            ))
-        })
-        .collect::<ApiResult<_>>()?;
+    let todo: Vec<(u64, Stored)> =
+        unread::notifications(app, user, progress.saturating_add(1), u64::MAX)
+            .take(BATCH)
+            .collect::<ApiResult<_>>()?;
     let more = todo.len() == BATCH;
     for (count, n) in todo {
         // Read before it could be delivered: nothing to alert about any more.

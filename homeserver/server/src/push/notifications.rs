@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::unread;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Query},
+    http::extract::{page_limit, Auth, Query},
     service::App,
 };
 
@@ -34,13 +34,7 @@ pub async fn get(
                 .map_err(|_| ApiError::InvalidParam(format!("invalid from token {t}")))?,
         ),
     };
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| ApiError::InvalidParam(format!("invalid limit {l}")))?,
-    }
-    .clamp(1, app.settings.max_page);
+    let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, app.settings.max_page)?;
     let only_highlight = match q.only.as_deref() {
         None => false,
         Some("highlight") => true,
@@ -48,7 +42,7 @@ pub async fn get(
     };
     let mut out = vec![];
     let mut next = None;
-    for item in unread::list(&app, &s.user_id, before) {
+    for item in unread::notifications(&app, &s.user_id, 0, before.unwrap_or(u64::MAX)).rev() {
         let (count, n) = item?;
         if only_highlight && !n.highlight {
             continue;

@@ -14,24 +14,18 @@ use crate::{
     service::{decode, encode, Services},
 };
 
-fn room_prefix(user: &UserId, short_room: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.as_str().len() + 9);
+/// `user \0 n`: a notification's key (n: its count) and an unread row's room prefix (n: the
+/// short room id).
+fn user_key(user: &UserId, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.as_str().len() + 17);
     k.extend_from_slice(user.as_bytes());
     k.push(0);
-    k.extend_from_slice(&short_room.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
 fn unread_key(user: &UserId, short_room: u64, count: u64) -> Vec<u8> {
-    let mut k = room_prefix(user, short_room);
-    k.extend_from_slice(&count.to_be_bytes());
-    k
-}
-
-pub fn notification_key(user: &UserId, count: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.as_str().len() + 9);
-    k.extend_from_slice(user.as_bytes());
-    k.push(0);
+    let mut k = user_key(user, short_room);
     k.extend_from_slice(&count.to_be_bytes());
     k
 }
@@ -78,7 +72,7 @@ pub fn notification_rows(
         };
         batch.put(
             Table::PushNotification,
-            &notification_key(&n.user, count),
+            &user_key(&n.user, count),
             &encode(&stored),
         );
     }
@@ -127,7 +121,7 @@ pub fn clear_through(
     upto: u64,
     scope: ReadScope<'_>,
 ) -> Result<bool, plexus_store::StoreError> {
-    let from = room_prefix(user, short_room);
+    let from = user_key(user, short_room);
     let to = unread_key(user, short_room, upto.saturating_add(1));
     let mut any = false;
     for item in app.store.kv.range(Table::PushUnread, &from, &to) {
@@ -167,7 +161,7 @@ pub fn room_counts(
     for item in app
         .store
         .kv
-        .scan_prefix(Table::PushUnread, &room_prefix(user, short_room))
+        .scan_prefix(Table::PushUnread, &user_key(user, short_room))
     {
         let (_, v) = item?;
         let highlight = v.first() == Some(&1);
@@ -201,18 +195,21 @@ pub fn is_unread(app: &Services, user: &UserId, short_room: u64, count: u64) -> 
         .contains(Table::PushUnread, &unread_key(user, short_room, count))?)
 }
 
-/// The user's notifications newest first, from before stream position `before`.
-pub fn list<'a>(
+/// The user's notifications with counts in `[from, to)`, oldest first (reverse it for newest
+/// first).
+pub fn notifications<'a>(
     app: &'a Services,
     user: &UserId,
-    before: Option<u64>,
-) -> impl Iterator<Item = ApiResult<(u64, Stored)>> + 'a {
-    let from = notification_key(user, 0);
-    let to = notification_key(user, before.unwrap_or(u64::MAX));
+    from: u64,
+    to: u64,
+) -> impl DoubleEndedIterator<Item = ApiResult<(u64, Stored)>> + 'a {
     app.store
         .kv
-        .range(Table::PushNotification, &from, &to)
-        .rev()
+        .range(
+            Table::PushNotification,
+            &user_key(user, from),
+            &user_key(user, to),
+        )
         .map(|item| {
             let (k, v) = item?;
             let tail = k.get(k.len().saturating_sub(8)..).unwrap_or_default();

@@ -51,8 +51,12 @@ pub struct Membership {
 /// See [`Services::room_audience`].
 #[derive(Debug, Default)]
 pub struct RoomAudience {
+    /// Local users joined or invited: those a write wakes.
     pub local: Vec<OwnedUserId>,
-    pub local_joined: usize,
+    /// Local users joined: those whose push rules judge a new event.
+    pub local_joined: Vec<OwnedUserId>,
+    /// Joined members on every server (the push rules' `room_member_count`).
+    pub joined: usize,
     pub servers: Vec<OwnedServerName>,
 }
 
@@ -293,8 +297,11 @@ impl Services {
         let mut servers = std::collections::BTreeSet::new();
         for (user, m) in self.room_members(short_room)? {
             let joined = m == "join";
+            out.joined += usize::from(joined);
             if self.is_local(&user) {
-                out.local_joined += usize::from(joined);
+                if joined {
+                    out.local_joined.push(user.clone());
+                }
                 if joined || m == "invite" {
                     out.local.push(user);
                 }
@@ -355,7 +362,7 @@ impl Services {
     /// The room, if a local user is joined to it (its current state here is then live).
     pub fn resident_room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
         match self.room(room_id)? {
-            Some(r) if self.room_audience(r.short)?.local_joined > 0 => Ok(Some(r)),
+            Some(r) if !self.room_audience(r.short)?.local_joined.is_empty() => Ok(Some(r)),
             _ => Ok(None),
         }
     }

@@ -347,30 +347,27 @@ impl<'a> RoomWriter<'a> {
         } else {
             svc.room_audience(short_room)?
         };
-        let dests = if svc.federation.is_some() {
-            audience.servers
-        } else {
-            vec![]
-        };
-        let mut wake = audience.local;
         // Push rules are judged against the state the events were built on.
         let judged_at = self.base.map(|b| b.0).unwrap_or(0);
         let mut notified = Vec::with_capacity(pending.len());
         for p in &pending {
             notified.push(
                 crate::push::evaluate::evaluate(
-                    svc, &room_id, short_room, judged_at, &rules, &p.stored,
+                    svc, &room_id, &audience, judged_at, &rules, &p.stored,
                 )
                 .await?,
             );
         }
+        let dests = if svc.federation.is_some() {
+            audience.servers
+        } else {
+            vec![]
+        };
+        let mut wake = audience.local;
         let mut plans = Vec::with_capacity(pending.len());
         for p in &pending {
             plans.push(svc.aggregation_plan(short_room, &p.stored)?);
         }
-        let sender_local = pending
-            .first()
-            .is_some_and(|p| svc.is_local(&p.built.pdu.sender));
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];
             if let Some(meta) = &new_room {
@@ -431,16 +428,15 @@ impl<'a> RoomWriter<'a> {
                     crate::push::evaluate::thread_of(&p.stored),
                     &notified[i],
                 );
-                if sender_local {
-                    crate::push::unread::clear_through(
-                        svc,
-                        batch,
-                        &pdu.sender,
-                        short_room,
-                        count,
-                        crate::push::unread::ReadScope::of_event(&p.stored),
-                    )?;
-                }
+                // Our own events are all by local users: sending reads up to the event.
+                crate::push::unread::clear_through(
+                    svc,
+                    batch,
+                    &pdu.sender,
+                    short_room,
+                    count,
+                    crate::push::unread::ReadScope::of_event(&p.stored),
+                )?;
                 outbox_rows(batch, &dests, count, short);
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
