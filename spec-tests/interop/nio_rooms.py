@@ -39,16 +39,13 @@ Prints one line per check and ends with "N passed, M failed"; exit status 1 on a
 
 import asyncio
 import json
-import sys
 import time
-import traceback
 import uuid
 from urllib.parse import quote
 
 import aiohttp
 from nio import (
     AsyncClient,
-    AsyncClientConfig,
     FullyReadEvent,
     JoinResponse,
     ProfileSetDisplayNameResponse,
@@ -72,50 +69,11 @@ from nio import (
 from nio.api import ReceiptType
 from nio.responses import PublicRoomsResponse
 
+from harness import CLIENT_CONFIG, check, desc, require, run_main
+
 SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
 RUN_DEADLINE = 240.0  # seconds for the whole run, whatever happens
 HTTP_TIMEOUT = 20.0  # seconds for one plain HTTP request
-
-# nio retries connection errors forever and 429s without limit by default: bound both, so that a
-# dead or throttling server fails the run instead of hanging it.
-CLIENT_CONFIG = AsyncClientConfig(
-    max_timeouts=2, max_limit_exceeded=3, request_timeout=20, max_timeout_retry_wait_time=2
-)
-
-passed = 0
-failed = 0
-
-
-class Abort(Exception):
-    """A check failed that later checks depend on."""
-
-
-def desc(resp):
-    """A short description of a nio response: its type, and the error if any."""
-    parts = [type(resp).__name__]
-    for attr in ("status_code", "message"):
-        val = getattr(resp, attr, None)
-        if val:
-            parts.append(f"{attr}={val}")
-    return " ".join(parts)
-
-
-def check(cond, what, detail=""):
-    """Record one check, print one line for it, and return whether it held."""
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   - {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL - {what}" + (f": {detail}" if detail else ""), flush=True)
-    return bool(cond)
-
-
-def require(cond, what, detail=""):
-    """A check that later checks cannot do without."""
-    if not check(cond, what, detail):
-        raise Abort(what)
 
 
 def short(value, limit=1500):
@@ -565,31 +523,5 @@ async def run(base):
         await http.close()
 
 
-def where(exc):
-    """The line of this script an exception came through, for the failure message."""
-    here = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
-    return f" at line {here[-1].lineno} ({here[-1].line})" if here else ""
-
-
-def main():
-    if len(sys.argv) != 2 or not sys.argv[1].startswith(("http://", "https://")):
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    start = time.monotonic()
-    try:
-        asyncio.run(asyncio.wait_for(run(sys.argv[1]), RUN_DEADLINE))
-    except Abort as e:
-        print(f"# stopped: later checks depend on \"{e}\"", flush=True)
-    except TimeoutError as e:
-        if time.monotonic() - start >= RUN_DEADLINE:
-            check(False, f"the whole run finishes within {RUN_DEADLINE:.0f}s")
-        else:  # a request that nio or aiohttp gave up on
-            check(False, "no unexpected exception", f"request timed out{where(e)}")
-    except Exception as e:  # an unexpected error is a failure too, never a silent pass
-        check(False, "no unexpected exception", f"{type(e).__name__}: {e}{where(e)}")
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(1 if failed or passed == 0 else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run_main(run, __doc__, RUN_DEADLINE)

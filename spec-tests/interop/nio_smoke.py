@@ -16,16 +16,13 @@ Prints one line per check and ends with "N passed, M failed"; exit status 1 on a
 import asyncio
 import io
 import struct
-import sys
 import time
-import traceback
 import uuid
 import zlib
 
 import aiohttp
 from nio import (
     AsyncClient,
-    AsyncClientConfig,
     InviteMemberEvent,
     JoinedMembersResponse,
     JoinResponse,
@@ -41,20 +38,13 @@ from nio import (
 )
 from nio.api import ResizingMethod
 
+from harness import CLIENT_CONFIG, check, desc, require, run_main
+
 SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
 RUN_DEADLINE = 180.0  # seconds for the whole run, whatever happens
 
-# nio retries connection errors forever and 429s without limit by default: bound both, so that a
-# dead or throttling server fails the run instead of hanging it.
-CLIENT_CONFIG = AsyncClientConfig(
-    max_timeouts=2, max_limit_exceeded=3, request_timeout=20, max_timeout_retry_wait_time=2
-)
-
 ROOM_NAME = "nio smoke room"
 ROOM_TOPIC = "interop between a real client and the server"
-
-passed = 0
-failed = 0
 
 
 def png(width, height):
@@ -75,38 +65,6 @@ def png_size(data):
     if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
         return None
     return struct.unpack(">II", data[16:24])
-
-
-class Abort(Exception):
-    """A check failed that later checks depend on."""
-
-
-def desc(resp):
-    """A short description of a nio response: its type, and the error if any."""
-    parts = [type(resp).__name__]
-    for attr in ("status_code", "message"):
-        val = getattr(resp, attr, None)
-        if val:
-            parts.append(f"{attr}={val}")
-    return " ".join(parts)
-
-
-def check(cond, what, detail=""):
-    """Record one check, print one line for it, and return whether it held."""
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   - {what}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL - {what}" + (f": {detail}" if detail else ""), flush=True)
-    return bool(cond)
-
-
-def require(cond, what, detail=""):
-    """A check that later checks cannot do without."""
-    if not check(cond, what, detail):
-        raise Abort(what)
 
 
 class Timeline:
@@ -281,31 +239,5 @@ async def run(base):
         await b.close()
 
 
-def where(exc):
-    """The line of this script an exception came through, for the failure message."""
-    here = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
-    return f" at line {here[-1].lineno} ({here[-1].line})" if here else ""
-
-
-def main():
-    if len(sys.argv) != 2 or not sys.argv[1].startswith(("http://", "https://")):
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    start = time.monotonic()
-    try:
-        asyncio.run(asyncio.wait_for(run(sys.argv[1]), RUN_DEADLINE))
-    except Abort as e:
-        print(f"# stopped: later checks depend on \"{e}\"", flush=True)
-    except TimeoutError as e:
-        if time.monotonic() - start >= RUN_DEADLINE:
-            check(False, f"the whole run finishes within {RUN_DEADLINE:.0f}s")
-        else:  # a request that nio gave up on
-            check(False, "no unexpected exception", f"request timed out{where(e)}")
-    except Exception as e:  # an unexpected error is a failure too, never a silent pass
-        check(False, "no unexpected exception", f"{type(e).__name__}: {e}{where(e)}")
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(1 if failed or passed == 0 else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run_main(run, __doc__, RUN_DEADLINE)

@@ -417,6 +417,12 @@ impl Client {
     }
 
     pub async fn send_text(&self, room: &str, body: &str) -> String {
+        self.send_message(room, json!({"msgtype": "m.text", "body": body}))
+            .await
+    }
+
+    /// Send an `m.room.message` with this content; its event id.
+    pub async fn send_message(&self, room: &str, content: Value) -> String {
         let txn = format!("t{}", rand_suffix());
         let r = self
             .put(
@@ -424,7 +430,7 @@ impl Client {
                     "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
                     enc(room)
                 ),
-                json!({"msgtype": "m.text", "body": body}),
+                content,
             )
             .await;
         r.ok()["event_id"].as_str().expect("event_id").to_owned()

@@ -1,7 +1,7 @@
 //! Push: rule evaluation into unread counts (per room and per thread), `/notifications`,
 //! pushers and delivery to a push gateway this test runs.
 
-use plexus_spec_tests::{enc, eventually, push_gateway::Gateway, rand_suffix, Client, Server};
+use plexus_spec_tests::{enc, eventually, push_gateway::Gateway, Client, Server};
 use serde_json::{json, Value};
 
 /// `(notification_count, highlight_count)` of a joined room in a full sync.
@@ -14,20 +14,6 @@ async fn counts(c: &Client, room: &str) -> (u64, u64) {
             .expect("notification_count"),
         u["highlight_count"].as_u64().expect("highlight_count"),
     )
-}
-
-async fn send(c: &Client, room: &str, content: Value) -> String {
-    let r = c
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/t{}",
-                enc(room),
-                rand_suffix()
-            ),
-            content,
-        )
-        .await;
-    r.ok()["event_id"].as_str().expect("event_id").to_owned()
 }
 
 async fn receipt(c: &Client, room: &str, event: &str, body: Value) {
@@ -69,13 +55,13 @@ async fn unread_counts_follow_messages_mentions_and_receipts() {
     assert_eq!(counts(&bob, &room).await, (0, 0));
 
     // A mention highlights.
-    let mention = send(
-        &bob,
-        &room,
-        json!({"msgtype": "m.text", "body": "alice: look",
+    let mention = bob
+        .send_message(
+            &room,
+            json!({"msgtype": "m.text", "body": "alice: look",
                "m.mentions": {"user_ids": [alice.user_id]}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(counts(&alice, &room).await, (3, 1));
     // Reading the latest event clears everything before it.
     receipt(&alice, &room, &mention, json!({})).await;
@@ -129,8 +115,8 @@ async fn thread_counts_are_apart_when_asked_for() {
                "m.relates_to": {"rel_type": "m.thread", "event_id": root,
                                 "is_falling_back": true, "m.in_reply_to": {"event_id": root}}})
     };
-    send(&bob, &room, in_thread("reply 1")).await;
-    let last = send(&bob, &room, in_thread("reply 2")).await;
+    bob.send_message(&room, in_thread("reply 1")).await;
+    let last = bob.send_message(&room, in_thread("reply 2")).await;
 
     // Without the filter flag, every notification counts in the room's total.
     assert_eq!(counts(&alice, &room).await, (3, 0));
@@ -158,13 +144,13 @@ async fn notifications_list_pages_and_marks_read() {
     let srv = Server::start().await;
     let (alice, bob, _carol, room) = room_of_three(&srv).await;
     let first = bob.send_text(&room, "first").await;
-    let second = send(
-        &bob,
-        &room,
-        json!({"msgtype": "m.text", "body": "hey alice",
+    let second = bob
+        .send_message(
+            &room,
+            json!({"msgtype": "m.text", "body": "hey alice",
                "m.mentions": {"user_ids": [alice.user_id]}}),
-    )
-    .await;
+        )
+        .await;
     let third = bob.send_text(&room, "third").await;
     receipt(&alice, &room, &first, json!({})).await;
 
@@ -450,13 +436,13 @@ async fn events_from_other_servers_notify() {
         .create_room(json!({"preset": "public_chat", "name": "across"}))
         .await;
     bob.join_via(&room, &one.server_name).await.ok();
-    let ev = send(
-        &bob,
-        &room,
-        json!({"msgtype": "m.text", "body": "hi alice",
+    let ev = bob
+        .send_message(
+            &room,
+            json!({"msgtype": "m.text", "body": "hi alice",
                "m.mentions": {"user_ids": [alice.user_id]}}),
-    )
-    .await;
+        )
+        .await;
     eventually(20, "the remote mention to count", || async {
         (counts(&alice, &room).await == (1, 1)).then_some(())
     })

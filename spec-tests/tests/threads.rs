@@ -4,20 +4,6 @@
 use plexus_spec_tests::{enc, rand_suffix, timeline, Client, Server};
 use serde_json::{json, Value};
 
-async fn send(c: &Client, room: &str, content: Value) -> String {
-    let r = c
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/t{}",
-                enc(room),
-                rand_suffix()
-            ),
-            content,
-        )
-        .await;
-    r.ok()["event_id"].as_str().expect("event_id").to_owned()
-}
-
 async fn event(c: &Client, room: &str, id: &str) -> Value {
     c.get(&format!(
         "/_matrix/client/v3/rooms/{}/event/{}",
@@ -82,10 +68,10 @@ async fn the_latest_edit_is_bundled_everywhere() {
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await.ok();
     let original = alice.send_text(&room, "helo").await;
-    let first = send(&alice, &room, edit(&original, "hello")).await;
-    let second = send(&alice, &room, edit(&original, "hello!")).await;
+    let first = alice.send_message(&room, edit(&original, "hello")).await;
+    let second = alice.send_message(&room, edit(&original, "hello!")).await;
     // Someone else's "edit" is not an edit.
-    send(&bob, &room, edit(&original, "hijacked")).await;
+    bob.send_message(&room, edit(&original, "hijacked")).await;
 
     let ev = event(&bob, &room, &original).await;
     let bundled = &ev["unsigned"]["m.relations"]["m.replace"];
@@ -128,13 +114,13 @@ async fn the_latest_edit_is_bundled_everywhere() {
     );
 
     // References are bundled as a list of event ids.
-    let reference = send(
-        &bob,
-        &room,
-        json!({"msgtype": "m.text", "body": "see above",
+    let reference = bob
+        .send_message(
+            &room,
+            json!({"msgtype": "m.text", "body": "see above",
                "m.relates_to": {"rel_type": "m.reference", "event_id": original}}),
-    )
-    .await;
+        )
+        .await;
     let ev = event(&alice, &room, &original).await;
     assert_eq!(
         ev["unsigned"]["m.relations"]["m.reference"],
@@ -165,10 +151,10 @@ async fn threads_are_listed_with_their_summaries() {
     carol.join(&room).await.ok();
 
     let root1 = alice.send_text(&room, "first thread").await;
-    send(&bob, &room, reply(&root1, "one")).await;
-    let latest1 = send(&bob, &room, reply(&root1, "two")).await;
+    bob.send_message(&room, reply(&root1, "one")).await;
+    let latest1 = bob.send_message(&room, reply(&root1, "two")).await;
     let root2 = alice.send_text(&room, "second thread").await;
-    send(&alice, &room, reply(&root2, "three")).await;
+    alice.send_message(&room, reply(&root2, "three")).await;
     alice.send_text(&room, "not a thread").await;
 
     // Most recent activity first.
@@ -184,7 +170,7 @@ async fn threads_are_listed_with_their_summaries() {
     );
 
     // A new reply moves its thread to the front.
-    send(&carol, &room, reply(&root1, "four")).await;
+    carol.send_message(&room, reply(&root1, "four")).await;
     assert_eq!(
         roots(&threads(&alice, &room, "").await),
         [root1.clone(), root2.clone()]
