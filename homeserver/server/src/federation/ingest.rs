@@ -813,8 +813,7 @@ pub async fn persist(
     drop(_guard);
     app.store.flush().await?;
     app.after_room_write(&wake, last, &dests);
-    app.pushers
-        .wake(app, notified.iter().map(|n| n.user.as_ref()));
+    app.pushers.wake(notified.iter().map(|n| n.user.as_ref()));
     Ok(Outcome::Accepted)
 }
 

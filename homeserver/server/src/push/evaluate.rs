@@ -2,7 +2,7 @@
 //! the user's display name and the room's power levels as context).
 
 use ruma::{
-    push::{Action, PushConditionRoomCtx},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     serde::Raw,
     OwnedUserId, RoomId, UInt,
 };
@@ -64,7 +64,9 @@ pub async fn evaluate(
     let raw: Raw<Value> = Raw::from_json(
         serde_json::value::to_raw_value(stored).map_err(|e| ApiError::Internal(e.to_string()))?,
     );
-    let power = app.power_levels(state_hash, rules)?;
+    // Flattened once for every member (ruma's `get_actions` would flatten per call).
+    let event = FlattenedJson::from_raw(&raw);
+    let power: PushConditionPowerLevelsCtx = app.power_levels(state_hash, rules)?.into();
     let mut out = vec![];
     for user in audience {
         let mine = app.user_push.get(app, &user)?;
@@ -82,8 +84,14 @@ pub async fn evaluate(
             user.clone(),
             name,
         )
-        .with_power_levels(power.clone().into());
-        let actions = mine.rules.get_actions(&raw, &ctx).await;
+        .with_power_levels(power.clone());
+        let mut actions: &[Action] = &[];
+        for rule in &mine.rules {
+            if rule.applies(&event, &ctx).await {
+                actions = rule.actions();
+                break;
+            }
+        }
         if !actions.iter().any(Action::should_notify) {
             continue;
         }

@@ -28,6 +28,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Wakes the delivery workers of users who were just notified.
 pub struct Pushers {
+    /// Users with at least one pusher (possibly one since deleted): whom a wake concerns,
+    /// without a store read per notified user on the send path.
+    users: std::sync::Mutex<std::collections::HashSet<OwnedUserId>>,
     tx: mpsc::UnboundedSender<OwnedUserId>,
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<OwnedUserId>>>,
 }
@@ -36,6 +39,7 @@ impl Default for Pushers {
     fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
+            users: Default::default(),
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
         }
@@ -44,20 +48,22 @@ impl Default for Pushers {
 
 impl Pushers {
     /// Tell the workers of these users (those with pushers) that there may be work.
-    pub fn wake<'a>(&self, app: &Services, users: impl IntoIterator<Item = &'a UserId>) {
+    pub fn wake<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let with_pushers = self.users.lock().unwrap_or_else(|p| p.into_inner());
         for u in users {
-            let mut prefix = u.as_bytes().to_vec();
-            prefix.push(0);
-            let has = app
-                .store
-                .kv
-                .scan_prefix(Table::Pusher, &prefix)
-                .next()
-                .is_some();
-            if has {
+            if with_pushers.contains(u) {
                 let _ = self.tx.send(u.to_owned());
             }
         }
+    }
+
+    /// After `user` set a pusher: deliver to it from now on.
+    pub fn added(&self, user: &UserId) {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_owned());
+        let _ = self.tx.send(user.to_owned());
     }
 
     /// Start delivering: a dispatcher that owns one worker per pusher, beginning with every
@@ -79,6 +85,11 @@ impl Pushers {
         )?;
         let app = app.clone();
         let initial = users_with_pushers(&app)?;
+        app.pushers
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(initial.iter().cloned());
         tokio::spawn(async move {
             let mut workers: HashMap<Vec<u8>, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
                 HashMap::new();

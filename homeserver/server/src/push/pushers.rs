@@ -221,6 +221,6 @@ pub async fn set(
     }
     app.store.commit(b)?;
     app.store.flush().await?;
-    app.pushers.wake(&app, [s.user_id.as_ref()]);
+    app.pushers.added(&s.user_id);
     Ok(Json(json!({})))
 }

@@ -459,7 +459,7 @@ impl<'a> RoomWriter<'a> {
         svc.store.flush().await?;
         svc.after_room_write(&wake, last, &dests);
         svc.pushers
-            .wake(svc, notified.iter().flatten().map(|n| n.user.as_ref()));
+            .wake(notified.iter().flatten().map(|n| n.user.as_ref()));
         Ok(last)
     }
 }
