@@ -1,6 +1,7 @@
 //! Black-box test harness: real `plexus` processes on free loopback ports with temporary data
 //! dirs, and a small JSON client that returns exactly what a Matrix client would see.
 
+pub mod keys;
 pub mod peer;
 pub mod push_gateway;
 

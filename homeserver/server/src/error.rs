@@ -89,6 +89,12 @@ pub enum ApiError {
     #[error("no user on this server may authorise the join")]
     UnableToAuthoriseJoin,
     /// A remote server could not be reached or answered nonsense.
+    /// 400 `M_INVALID_SIGNATURE`: a key or signature that does not verify.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// 403 `M_WRONG_ROOM_KEYS_VERSION`: a key backup write to a version that is not current.
+    #[error("Wrong backup version")]
+    WrongRoomKeysVersion { current: Option<String> },
     #[error("{0}")]
     BadGateway(String),
     #[error("internal error: {0}")]
@@ -134,6 +140,8 @@ impl ApiError {
             RemoteTooLarge => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
             UnableToGrantJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
             UnableToAuthoriseJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
+            InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
+            WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             BadGateway(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -156,6 +164,9 @@ impl IntoResponse for ApiError {
                     errcode_default
                 };
                 json!({"errcode": code, "error": error})
+            }
+            ApiError::WrongRoomKeysVersion { current } => {
+                json!({"errcode": errcode, "error": self.to_string(), "current_version": current})
             }
             ApiError::LimitExceeded { retry_after_ms, .. } => {
                 json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})

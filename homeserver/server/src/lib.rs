@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod http;

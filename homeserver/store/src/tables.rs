@@ -107,4 +107,38 @@ pub enum Table {
     LatestEdit = 48,
     /// short event id, count (big-endian) → short id of an event that `m.reference`s it
     Reference = 49,
+    /// user id \0 device id → the device's signed identity keys, with signatures added later
+    DeviceKeys = 50,
+    /// user id \0 device id \0 algorithm \0 key id → one-time key JSON, claimed at most once
+    OneTimeKey = 51,
+    /// user id \0 device id \0 algorithm → `{key_id, key, used}`: the device's fallback key
+    FallbackKey = 52,
+    /// user id \0 device id \0 count (big-endian) → to-device message JSON, kept until the
+    /// device syncs past it
+    ToDevice = 53,
+    /// count (big-endian) → user id whose device list (or cross-signing keys) changed then;
+    /// one row per user, the latest
+    DeviceListStream = 54,
+    /// user id → count (big-endian) of the user's latest device list change: the stream id
+    /// (and next `prev_id`) of a local user's `m.device_list_update` EDUs
+    DeviceListLatest = 55,
+    /// remote user id → their devices and cross-signing keys as last fetched, kept current by
+    /// their server's EDUs while a local user shares a room with them
+    RemoteDevices = 56,
+    /// user id \0 usage (`master`, `self_signing`, `user_signing`) → cross-signing key JSON
+    CrossSigningKey = 57,
+    /// signer \0 target user \0 key id → signatures one user made on another user's master
+    /// key, shown only to the signer
+    CrossSignature = 58,
+    /// user id \0 version (big-endian) → key backup version JSON (deleted ones stay, so a
+    /// version number is never reused)
+    BackupVersion = 59,
+    /// user id \0 version (big-endian) ‖ room id \0 session id → backed-up session key JSON
+    BackupKey = 60,
+    /// destination \0 count (big-endian) ‖ seq (big-endian u32) → an EDU that must not be lost
+    /// (to-device messages, device list updates), sent like the PDU outbox
+    OutboxEdu = 61,
+    /// short room id ‖ count (big-endian) ‖ user id → membership: who changed membership when,
+    /// so a sync can tell which device lists it must report as changed or left
+    RoomMemberChange = 62,
 }

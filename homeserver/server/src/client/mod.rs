@@ -29,7 +29,7 @@ use axum::{
     Router,
 };
 
-use crate::service::App;
+use crate::{e2ee, service::App};
 
 pub fn router() -> Router<App> {
     let v3 = Router::new()
@@ -126,6 +126,51 @@ pub fn router() -> Router<App> {
         .route("/rooms/{room_id}/report", post(reports::report_room))
         .route("/users/{user_id}/report", post(reports::report_user))
         .route("/user_directory/search", post(user_directory::search))
+        // end-to-end encryption
+        .route("/keys/upload", post(e2ee::device_keys::upload))
+        .route("/keys/query", post(e2ee::query::query))
+        .route("/keys/claim", post(e2ee::query::claim))
+        .route("/keys/changes", get(e2ee::device_lists::changes))
+        .route(
+            "/keys/device_signing/upload",
+            post(e2ee::cross_signing::upload),
+        )
+        .route(
+            "/keys/signatures/upload",
+            post(e2ee::cross_signing::upload_signatures),
+        )
+        .route(
+            "/sendToDevice/{event_type}/{txn_id}",
+            put(e2ee::to_device::send),
+        )
+        .route(
+            "/room_keys/version",
+            post(e2ee::backup::create_version).get(e2ee::backup::current_version),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            get(e2ee::backup::get_version_info)
+                .put(e2ee::backup::update_version)
+                .delete(e2ee::backup::delete_version),
+        )
+        .route(
+            "/room_keys/keys",
+            get(e2ee::backup::get_all)
+                .put(e2ee::backup::put_all)
+                .delete(e2ee::backup::delete_all),
+        )
+        .route(
+            "/room_keys/keys/{room_id}",
+            get(e2ee::backup::get_room)
+                .put(e2ee::backup::put_room)
+                .delete(e2ee::backup::delete_room),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            get(e2ee::backup::get_session)
+                .put(e2ee::backup::put_session)
+                .delete(e2ee::backup::delete_session),
+        )
         // push rules
         .route("/pushers", get(crate::push::pushers::get))
         .route("/pushers/set", post(crate::push::pushers::set))

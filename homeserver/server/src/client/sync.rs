@@ -105,6 +105,14 @@ pub fn build(
 ) -> ApiResult<(Value, bool)> {
     let now = app.store.current_count();
     let since = since.map(|c| c.min(now));
+    // To-device first: when more wait than one response carries, the whole response stops at
+    // the last one delivered, so the next token still covers the rest.
+    let (to_device, cut) = app.to_device_since(&s.user_id, s.device_id.as_str(), since, now)?;
+    let now = cut.unwrap_or(now);
+    let (lists_changed, lists_left) = match since {
+        Some(c) => crate::e2ee::device_lists::changes_for(app, &s.user_id, c, now)?,
+        None => Default::default(),
+    };
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
@@ -181,13 +189,21 @@ pub fn build(
         || !leave.is_empty()
         || !knock.is_empty()
         || !global_events.is_empty()
-        || !presence.is_empty();
+        || !presence.is_empty()
+        || !to_device.is_empty()
+        || !lists_changed.is_empty()
+        || !lists_left.is_empty();
     Ok((
         json!({
             "next_batch": now.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": global_events },
             "presence": { "events": presence },
+            "to_device": { "events": to_device },
+            "device_lists": { "changed": lists_changed, "left": lists_left },
+            "device_one_time_keys_count": app.one_time_key_counts(&s.user_id, s.device_id.as_str())?,
+            "device_unused_fallback_key_types":
+                app.unused_fallback_key_types(&s.user_id, s.device_id.as_str())?,
         }),
         changed,
     ))

@@ -5,7 +5,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
 use crate::error::ApiResult;
-use crate::service::Services;
+use crate::service::{App, Services};
 
 fn remote_member(
     app: &Services,
@@ -21,7 +21,7 @@ fn remote_member(
     .then_some(u)
 }
 
-pub async fn handle(app: &Services, origin: &ServerName, edu: &Value) -> ApiResult<()> {
+pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()> {
     let content = edu.get("content").cloned().unwrap_or(Value::Null);
     match edu.get("edu_type").and_then(Value::as_str) {
         Some("m.typing") => {
@@ -108,6 +108,15 @@ pub async fn handle(app: &Services, origin: &ServerName, edu: &Value) -> ApiResu
                 app.update_presence(&user, presence, Some(msg), active)
                     .await?;
             }
+        }
+        Some("m.direct_to_device") => {
+            crate::e2ee::to_device::receive(app, origin, &content).await?;
+        }
+        Some("m.device_list_update") => {
+            crate::e2ee::federation::device_list_update(app, origin, &content).await?;
+        }
+        Some("m.signing_key_update") => {
+            crate::e2ee::federation::signing_key_update(app, origin, &content).await?;
         }
         _ => {}
     }

@@ -99,6 +99,18 @@ pub fn router() -> Router<App> {
         )
         .route(&format!("{V1}/query/directory"), get(query::directory))
         .route(
+            &format!("{V1}/user/devices/{{user}}"),
+            get(crate::e2ee::federation::user_devices),
+        )
+        .route(
+            &format!("{V1}/user/keys/query"),
+            post(crate::e2ee::federation::user_keys_query),
+        )
+        .route(
+            &format!("{V1}/user/keys/claim"),
+            post(crate::e2ee::federation::user_keys_claim),
+        )
+        .route(
             &format!("{V1}/openid/userinfo"),
             get(query::openid_userinfo),
         )

@@ -74,7 +74,12 @@ impl Sender {
     pub fn start(&self, app: &Arc<Services>) {
         let _ = self.app.set(Arc::downgrade(app));
         let mut dests = BTreeSet::new();
-        for (k, _) in app.store.kv.scan_prefix(Table::Outbox, b"").flatten() {
+        let pending = app
+            .store
+            .kv
+            .scan_prefix(Table::Outbox, b"")
+            .chain(app.store.kv.scan_prefix(Table::OutboxEdu, b""));
+        for (k, _) in pending.flatten() {
             if let Some(end) = k.iter().position(|b| *b == 0) {
                 if let Ok(d) =
                     OwnedServerName::try_from(String::from_utf8_lossy(&k[..end]).as_ref())
@@ -161,12 +166,28 @@ async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
             }
             keys.push(k);
         }
-        let edus: Vec<Value> = {
+        // Durable EDUs (to-device messages, device list updates) first, in order.
+        let mut edu_keys = vec![];
+        let mut edus = vec![];
+        for (k, v) in svc
+            .store
+            .kv
+            .scan_prefix(Table::OutboxEdu, &prefix)
+            .take(MAX_EDUS)
+            .flatten()
+        {
+            if let Ok(edu) = serde_json::from_slice::<Value>(&v) {
+                edus.push(edu);
+            }
+            edu_keys.push(k);
+        }
+        let durable = edus.len();
+        {
             let mut e = q.edus.lock().unwrap_or_else(|p| p.into_inner());
-            let n = e.len().min(MAX_EDUS);
-            e.drain(..n).collect()
-        };
-        if keys.is_empty() && edus.is_empty() {
+            let n = e.len().min(MAX_EDUS - edu_keys.len());
+            edus.extend(e.drain(..n));
+        }
+        if keys.is_empty() && edus.is_empty() && edu_keys.is_empty() {
             drop(svc);
             q.work.notified().await;
             continue;
@@ -198,6 +219,11 @@ async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
                     full.extend_from_slice(k);
                     b.delete(Table::Outbox, &full);
                 }
+                for k in &edu_keys {
+                    let mut full = prefix.clone();
+                    full.extend_from_slice(k);
+                    b.delete(Table::OutboxEdu, &full);
+                }
                 if let Err(e) = svc.store.commit(b) {
                     tracing::error!(error = %e, "cannot clear the outbox");
                 }
@@ -206,7 +232,8 @@ async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
             Err(e) => {
                 {
                     let mut queued = q.edus.lock().unwrap_or_else(|p| p.into_inner());
-                    for edu in edus.into_iter().rev() {
+                    // The durable ones stay in the store and are read again.
+                    for edu in edus.into_iter().skip(durable).rev() {
                         if queued.len() < MAX_QUEUED_EDUS {
                             queued.push_front(edu);
                         }

@@ -310,18 +310,23 @@ impl Services {
         );
     }
 
-    /// Remove devices and their tokens.
+    /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
+    /// are gone.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> ApiResult<()> {
         let mut batch = Batch::default();
+        let mut changes = vec![];
         for d in device_ids {
             if let Some(dev) = self.device(user_id, d)? {
                 self.revoke_tokens(&dev, &mut batch);
                 batch.delete(Table::Device, &key2(user_id.as_str(), d));
+                self.delete_device_keys(user_id, d, &mut batch)?;
+                changes.push(crate::e2ee::device_lists::Change::Deleted { id: d.clone() });
             }
         }
-        self.store.commit(batch)?;
-        self.store.flush().await?;
-        Ok(())
+        if changes.is_empty() {
+            return Ok(());
+        }
+        crate::e2ee::device_lists::commit_local_changes(self, user_id, changes, batch).await
     }
 
     // ---- user-interactive auth ----

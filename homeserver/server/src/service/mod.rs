@@ -36,6 +36,7 @@ pub struct Services {
     pub media: crate::media::Repo,
     pub pushers: crate::push::gateway::Pushers,
     pub user_push: crate::push::user_cache::UserPushCache,
+    pub e2ee: crate::e2ee::E2ee,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -70,6 +71,7 @@ impl Services {
             typing: ephemeral::Typing::default(),
             pushers: Default::default(),
             user_push: Default::default(),
+            e2ee: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         }))
     }

@@ -619,6 +619,10 @@ pub fn membership_rows(
     let mut rk = short_room.to_be_bytes().to_vec();
     rk.extend_from_slice(user.as_bytes());
     batch.put(Table::RoomMember, &rk, membership.as_bytes());
+    let mut ck = short_room.to_be_bytes().to_vec();
+    ck.extend_from_slice(&count.to_be_bytes());
+    ck.extend_from_slice(user.as_bytes());
+    batch.put(Table::RoomMemberChange, &ck, membership.as_bytes());
 }
 
 /// The relation index entry of an event that relates to another.

@@ -1,0 +1,540 @@
+//! Server-side key backups (`/room_keys/...`): versions with opaque auth data, session keys per
+//! room, a count and an etag that changes whenever the keys do.
+
+use axum::{extract::State, Json};
+use plexus_store::{be_u64, Batch, Table};
+use ruma::{OwnedRoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Path, Query},
+    service::{decode, encode, key2, App, Services},
+};
+
+const ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Version {
+    algorithm: String,
+    auth_data: Value,
+    etag: u64,
+    count: u64,
+    #[serde(default)]
+    deleted: bool,
+}
+
+fn version_key(user: &UserId, v: u64) -> Vec<u8> {
+    let mut k = user.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&v.to_be_bytes());
+    k
+}
+
+fn session_key(user: &UserId, v: u64, room: &str, session: &str) -> Vec<u8> {
+    let mut k = version_key(user, v);
+    k.extend_from_slice(&key2(room, session));
+    k
+}
+
+/// Versions are numbers here; anything else names no backup.
+fn parse_version(v: &str) -> Option<u64> {
+    v.parse().ok()
+}
+
+/// The newest version ever created (deleted or not), and the newest live one.
+fn latest(app: &Services, user: &UserId) -> ApiResult<(u64, Option<(u64, Version)>)> {
+    let mut prefix = user.as_bytes().to_vec();
+    prefix.push(0);
+    let mut newest = 0;
+    let mut live = None;
+    for item in app
+        .store
+        .kv
+        .scan_prefix(Table::BackupVersion, &prefix)
+        .rev()
+    {
+        let (k, v) = item?;
+        let n = be_u64(&k);
+        newest = newest.max(n);
+        let rec: Version = decode(&v)?;
+        if !rec.deleted {
+            live = Some((n, rec));
+            break;
+        }
+    }
+    Ok((newest, live))
+}
+
+fn get_version(app: &Services, user: &UserId, v: &str) -> ApiResult<(u64, Version)> {
+    let not_found = || ApiError::NotFound("Unknown backup version".into());
+    let n = parse_version(v).ok_or_else(not_found)?;
+    let raw = app
+        .store
+        .kv
+        .get(Table::BackupVersion, &version_key(user, n))?
+        .ok_or_else(not_found)?;
+    let rec: Version = decode(&raw)?;
+    if rec.deleted {
+        return Err(not_found());
+    }
+    Ok((n, rec))
+}
+
+fn version_json(n: u64, v: &Version) -> Value {
+    json!({
+        "algorithm": v.algorithm, "auth_data": v.auth_data, "count": v.count,
+        "etag": v.etag.to_string(), "version": n.to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct VersionBody {
+    algorithm: String,
+    auth_data: Value,
+    version: Option<String>,
+}
+
+fn check_algorithm(body: &VersionBody) -> ApiResult<()> {
+    if body.algorithm != ALGORITHM {
+        return Err(ApiError::InvalidParam(format!(
+            "unsupported backup algorithm {:?}",
+            body.algorithm
+        )));
+    }
+    if !body.auth_data.is_object() {
+        return Err(ApiError::BadJson("auth_data must be an object".into()));
+    }
+    Ok(())
+}
+
+/// `POST /room_keys/version`.
+pub async fn create_version(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<VersionBody>,
+) -> ApiResult<Json<Value>> {
+    check_algorithm(&body)?;
+    let _guard = app.e2ee.backup_lock.lock().await;
+    let (newest, _) = latest(&app, &s.user_id)?;
+    let n = newest + 1;
+    let rec = Version {
+        algorithm: body.algorithm,
+        auth_data: body.auth_data,
+        etag: 0,
+        count: 0,
+        deleted: false,
+    };
+    let mut b = Batch::default();
+    b.put(
+        Table::BackupVersion,
+        &version_key(&s.user_id, n),
+        &encode(&rec),
+    );
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({ "version": n.to_string() })))
+}
+
+/// `GET /room_keys/version`: the current backup.
+pub async fn current_version(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+    match latest(&app, &s.user_id)?.1 {
+        Some((n, v)) => Ok(Json(version_json(n, &v))),
+        None => Err(ApiError::NotFound("No current backup version".into())),
+    }
+}
+
+/// `GET /room_keys/version/{version}`.
+pub async fn get_version_info(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(version): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (n, v) = get_version(&app, &s.user_id, &version)?;
+    Ok(Json(version_json(n, &v)))
+}
+
+/// `PUT /room_keys/version/{version}`: new auth data for the same algorithm.
+pub async fn update_version(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(version): Path<String>,
+    Body(body): Body<VersionBody>,
+) -> ApiResult<Json<Value>> {
+    let _guard = app.e2ee.backup_lock.lock().await;
+    let (n, mut rec) = get_version(&app, &s.user_id, &version)?;
+    if body.version.as_deref().is_some_and(|v| v != version) {
+        return Err(ApiError::InvalidParam(
+            "version in the body does not match the path".into(),
+        ));
+    }
+    if body.algorithm != rec.algorithm {
+        return Err(ApiError::InvalidParam("Algorithm does not match".into()));
+    }
+    check_algorithm(&body)?;
+    rec.auth_data = body.auth_data;
+    let mut b = Batch::default();
+    b.put(
+        Table::BackupVersion,
+        &version_key(&s.user_id, n),
+        &encode(&rec),
+    );
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /room_keys/version/{version}`: the backup and every key in it.
+pub async fn delete_version(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(version): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let _guard = app.e2ee.backup_lock.lock().await;
+    let (n, mut rec) = get_version(&app, &s.user_id, &version)?;
+    let mut b = Batch::default();
+    delete_sessions(&app, &s.user_id, n, None, None, &mut b)?;
+    rec.deleted = true;
+    rec.count = 0;
+    b.put(
+        Table::BackupVersion,
+        &version_key(&s.user_id, n),
+        &encode(&rec),
+    );
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({})))
+}
+
+/// Delete stored sessions of a version (all, one room's, or one); answers how many.
+fn delete_sessions(
+    app: &Services,
+    user: &UserId,
+    n: u64,
+    room: Option<&str>,
+    session: Option<&str>,
+    b: &mut Batch,
+) -> ApiResult<u64> {
+    let mut prefix = version_key(user, n);
+    if let Some(r) = room {
+        prefix.extend_from_slice(r.as_bytes());
+        prefix.push(0);
+        if let Some(s) = session {
+            let full = session_key(user, n, r, s);
+            let there = app.store.kv.contains(Table::BackupKey, &full)?;
+            if there {
+                b.delete(Table::BackupKey, &full);
+            }
+            return Ok(u64::from(there));
+        }
+    }
+    let mut removed = 0;
+    for item in app.store.kv.scan_prefix(Table::BackupKey, &prefix) {
+        let (k, _) = item?;
+        let mut full = prefix.clone();
+        full.extend_from_slice(&k);
+        b.delete(Table::BackupKey, &full);
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+#[derive(Deserialize)]
+pub struct VersionQuery {
+    version: Option<String>,
+}
+
+impl VersionQuery {
+    fn version(&self) -> ApiResult<&str> {
+        self.version
+            .as_deref()
+            .ok_or_else(|| ApiError::MissingParam("version is required".into()))
+    }
+}
+
+fn check_room(room: &str) -> ApiResult<()> {
+    OwnedRoomId::try_from(room)
+        .map(|_| ())
+        .map_err(|e| ApiError::InvalidParam(format!("invalid room id {room:?}: {e}")))
+}
+
+/// A session's key data has the fields that decide which of two copies is kept.
+fn check_key_data(k: &Value) -> ApiResult<()> {
+    let ok = k["first_message_index"].is_u64()
+        && k["forwarded_count"].is_u64()
+        && k["is_verified"].is_boolean()
+        && k["session_data"].is_object();
+    if !ok {
+        return Err(ApiError::BadJson(
+            "key data needs first_message_index, forwarded_count, is_verified and session_data"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `new` should replace `old`: verified beats unverified, then the lower first
+/// message index, then the lower forwarded count.
+fn better(new: &Value, old: &Value) -> bool {
+    let key = |k: &Value| {
+        (
+            !k["is_verified"].as_bool().unwrap_or(false),
+            k["first_message_index"].as_u64().unwrap_or(u64::MAX),
+            k["forwarded_count"].as_u64().unwrap_or(u64::MAX),
+        )
+    };
+    key(new) < key(old)
+}
+
+/// Store `{room: {session: key}}` in the current version.
+async fn put_sessions(
+    app: &App,
+    user: &UserId,
+    version: &str,
+    rooms: Vec<(String, Vec<(String, Value)>)>,
+) -> ApiResult<Json<Value>> {
+    for (room, sessions) in &rooms {
+        check_room(room)?;
+        for (_, k) in sessions {
+            check_key_data(k)?;
+        }
+    }
+    let _guard = app.e2ee.backup_lock.lock().await;
+    let (_, live) = latest(app, user)?;
+    let Some((current, mut rec)) = live else {
+        return Err(ApiError::NotFound("No current backup version".into()));
+    };
+    if parse_version(version) != Some(current) {
+        return Err(ApiError::WrongRoomKeysVersion {
+            current: Some(current.to_string()),
+        });
+    }
+    let mut b = Batch::default();
+    let mut changed = false;
+    for (room, sessions) in rooms {
+        for (session, k) in sessions {
+            let row = session_key(user, current, &room, &session);
+            let keep = match app.store.kv.get(Table::BackupKey, &row)? {
+                Some(old) => better(&k, &decode(&old)?),
+                None => {
+                    rec.count += 1;
+                    true
+                }
+            };
+            if keep {
+                b.put(Table::BackupKey, &row, &encode(&k));
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        rec.etag += 1;
+        b.put(
+            Table::BackupVersion,
+            &version_key(user, current),
+            &encode(&rec),
+        );
+        app.store.commit(b)?;
+        app.store.flush().await?;
+    }
+    Ok(Json(
+        json!({ "etag": rec.etag.to_string(), "count": rec.count }),
+    ))
+}
+
+fn sessions_of(v: &Value) -> ApiResult<Vec<(String, Value)>> {
+    let sessions = v["sessions"]
+        .as_object()
+        .ok_or_else(|| ApiError::BadJson("sessions must be an object".into()))?;
+    Ok(sessions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
+}
+
+/// `PUT /room_keys/keys`.
+pub async fn put_all(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Query(q): Query<VersionQuery>,
+    Body(body): Body<Value>,
+) -> ApiResult<Json<Value>> {
+    let rooms = body["rooms"]
+        .as_object()
+        .ok_or_else(|| ApiError::BadJson("rooms must be an object".into()))?
+        .iter()
+        .map(|(r, v)| Ok((r.clone(), sessions_of(v)?)))
+        .collect::<ApiResult<Vec<_>>>()?;
+    put_sessions(&app, &s.user_id, q.version()?, rooms).await
+}
+
+/// `PUT /room_keys/keys/{roomId}`.
+pub async fn put_room(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Query(q): Query<VersionQuery>,
+    Body(body): Body<Value>,
+) -> ApiResult<Json<Value>> {
+    let sessions = sessions_of(&body)?;
+    put_sessions(&app, &s.user_id, q.version()?, vec![(room, sessions)]).await
+}
+
+/// `PUT /room_keys/keys/{roomId}/{sessionId}`.
+pub async fn put_session(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((room, session)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+    Body(body): Body<Value>,
+) -> ApiResult<Json<Value>> {
+    put_sessions(
+        &app,
+        &s.user_id,
+        q.version()?,
+        vec![(room, vec![(session, body)])],
+    )
+    .await
+}
+
+/// Stored sessions of a version as `{room: {"sessions": {session: key}}}`.
+fn read_sessions(
+    app: &Services,
+    user: &UserId,
+    n: u64,
+    room: Option<&str>,
+) -> ApiResult<Map<String, Value>> {
+    let mut prefix = version_key(user, n);
+    if let Some(r) = room {
+        prefix.extend_from_slice(r.as_bytes());
+        prefix.push(0);
+    }
+    let mut rooms: Map<String, Value> = Map::new();
+    for item in app.store.kv.scan_prefix(Table::BackupKey, &prefix) {
+        let (k, v) = item?;
+        let text = String::from_utf8_lossy(&k).into_owned();
+        let (r, s) = match room {
+            Some(r) => (r.to_owned(), text),
+            None => match text.split_once('\0') {
+                Some((r, s)) => (r.to_owned(), s.to_owned()),
+                None => continue,
+            },
+        };
+        rooms.entry(r).or_insert_with(|| json!({ "sessions": {} }))["sessions"][s] = decode(&v)?;
+    }
+    Ok(rooms)
+}
+
+/// `GET /room_keys/keys`.
+pub async fn get_all(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
+    Ok(Json(
+        json!({ "rooms": read_sessions(&app, &s.user_id, n, None)? }),
+    ))
+}
+
+/// `GET /room_keys/keys/{roomId}`.
+pub async fn get_room(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
+    let mut rooms = read_sessions(&app, &s.user_id, n, Some(&room))?;
+    Ok(Json(
+        rooms
+            .remove(&room)
+            .unwrap_or_else(|| json!({ "sessions": {} })),
+    ))
+}
+
+/// `GET /room_keys/keys/{roomId}/{sessionId}`.
+pub async fn get_session(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((room, session)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
+    match app.store.kv.get(
+        Table::BackupKey,
+        &session_key(&s.user_id, n, &room, &session),
+    )? {
+        Some(raw) => Ok(Json(decode(&raw)?)),
+        None => Err(ApiError::NotFound("No room key found".into())),
+    }
+}
+
+/// Delete keys from a version (which need not be current); answers the new etag and count.
+async fn delete_keys(
+    app: &App,
+    user: &UserId,
+    version: &str,
+    room: Option<&str>,
+    session: Option<&str>,
+) -> ApiResult<Json<Value>> {
+    let _guard = app.e2ee.backup_lock.lock().await;
+    let (n, mut rec) = get_version(app, user, version)?;
+    let mut b = Batch::default();
+    let removed = delete_sessions(app, user, n, room, session, &mut b)?;
+    if removed > 0 {
+        rec.count = rec.count.saturating_sub(removed);
+        rec.etag += 1;
+        b.put(Table::BackupVersion, &version_key(user, n), &encode(&rec));
+        app.store.commit(b)?;
+        app.store.flush().await?;
+    }
+    Ok(Json(
+        json!({ "etag": rec.etag.to_string(), "count": rec.count }),
+    ))
+}
+
+/// `DELETE /room_keys/keys`.
+pub async fn delete_all(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    delete_keys(&app, &s.user_id, q.version()?, None, None).await
+}
+
+/// `DELETE /room_keys/keys/{roomId}`.
+pub async fn delete_room(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    delete_keys(&app, &s.user_id, q.version()?, Some(&room), None).await
+}
+
+/// `DELETE /room_keys/keys/{roomId}/{sessionId}`.
+pub async fn delete_session(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((room, session)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<Value>> {
+    delete_keys(&app, &s.user_id, q.version()?, Some(&room), Some(&session)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn better_copies_win() {
+        let k = |v: bool, i: u64, f: u64| json!({"is_verified": v, "first_message_index": i, "forwarded_count": f});
+        assert!(better(&k(true, 9, 9), &k(false, 0, 0)));
+        assert!(!better(&k(false, 0, 0), &k(true, 9, 9)));
+        assert!(better(&k(false, 1, 9), &k(false, 2, 0)));
+        assert!(better(&k(false, 1, 0), &k(false, 1, 1)));
+        assert!(!better(&k(false, 1, 1), &k(false, 1, 1)));
+    }
+}

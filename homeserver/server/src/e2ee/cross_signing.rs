@@ -1,0 +1,387 @@
+//! Cross-signing: the master, self-signing and user-signing keys
+//! (`/keys/device_signing/upload`) and the signatures made with them
+//! (`/keys/signatures/upload`).
+
+use std::collections::BTreeMap;
+
+use axum::{extract::State, Json};
+use plexus_store::{Batch, Table};
+use ruma::{OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{device_lists::Change, merge_signatures, signed_by, signed_part};
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body},
+    service::{accounts::PASSWORD_FLOW, decode, encode, key2, key3, App, Services},
+};
+
+pub const MASTER: &str = "master";
+pub const SELF_SIGNING: &str = "self_signing";
+pub const USER_SIGNING: &str = "user_signing";
+
+/// The one `ed25519:<public key>` entry a cross-signing key has: (key id, public key).
+pub fn public_key(key: &Value) -> Option<(String, String)> {
+    let map = key.get("keys")?.as_object()?;
+    if map.len() != 1 {
+        return None;
+    }
+    let (id, pk) = map.iter().next()?;
+    let pk = pk.as_str()?;
+    (id.strip_prefix("ed25519:") == Some(pk)).then(|| (id.clone(), pk.to_owned()))
+}
+
+impl Services {
+    pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> ApiResult<Option<Value>> {
+        match self
+            .store
+            .kv
+            .get(Table::CrossSigningKey, &key2(user.as_str(), usage))?
+        {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's master key as `viewer` sees it: with the signatures the viewer made on it.
+    pub fn master_key_for(
+        &self,
+        user: &UserId,
+        viewer: Option<&UserId>,
+    ) -> ApiResult<Option<Value>> {
+        let Some(mut key) = self.cross_signing_key(user, MASTER)? else {
+            return Ok(None);
+        };
+        if let Some(v) = viewer {
+            add_viewer_signatures(self, &mut key, user, v)?;
+        }
+        Ok(Some(key))
+    }
+}
+
+/// Signatures `viewer` made with their user-signing key on `user`'s master key.
+pub fn add_viewer_signatures(
+    app: &Services,
+    key: &mut Value,
+    user: &UserId,
+    viewer: &UserId,
+) -> ApiResult<()> {
+    if viewer == user {
+        return Ok(());
+    }
+    if let Some((id, _)) = public_key(key) {
+        let row = key3(viewer.as_str(), user.as_str(), &id);
+        if let Some(raw) = app.store.kv.get(Table::CrossSignature, &row)? {
+            merge_signatures(key, &json!({ "signatures": decode::<Value>(&raw)? }));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct UploadBody {
+    master_key: Option<Value>,
+    self_signing_key: Option<Value>,
+    user_signing_key: Option<Value>,
+    auth: Option<Value>,
+}
+
+/// A cross-signing key of `usage` for `user`, well formed.
+fn check_key(key: &Value, user: &UserId, usage: &str) -> ApiResult<(String, String)> {
+    if key["user_id"] != user.as_str() {
+        return Err(ApiError::InvalidParam(format!(
+            "{usage} key must name the user of the access token"
+        )));
+    }
+    let usages = key["usage"].as_array().cloned().unwrap_or_default();
+    if !usages.iter().any(|u| u == usage) {
+        return Err(ApiError::InvalidParam(format!(
+            "{usage} key must have {usage} in its usage"
+        )));
+    }
+    public_key(key).ok_or_else(|| {
+        ApiError::InvalidParam(format!(
+            "{usage} key must have exactly one ed25519 key, named after itself"
+        ))
+    })
+}
+
+/// `POST /keys/device_signing/upload`. The first upload needs no further authentication, nor
+/// does repeating the keys already stored; replacing keys needs the password again.
+pub async fn upload(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<UploadBody>,
+) -> ApiResult<Json<Value>> {
+    let user = &s.user_id;
+    let _guard = app.e2ee.cross_signing_lock.lock().await;
+    let existing_master = app.cross_signing_key(user, MASTER)?;
+    let provided = [
+        (MASTER, &body.master_key),
+        (SELF_SIGNING, &body.self_signing_key),
+        (USER_SIGNING, &body.user_signing_key),
+    ];
+    let mut unchanged = true;
+    for (usage, key) in provided {
+        if let Some(k) = key {
+            let stored = app.cross_signing_key(user, usage)?;
+            unchanged &= stored.is_some_and(|old| signed_part(&old) == signed_part(k));
+        }
+    }
+    if existing_master.is_some() {
+        if unchanged {
+            return Ok(Json(json!({})));
+        }
+        app.uia(body.auth.clone(), PASSWORD_FLOW, Some(user.clone()))
+            .await?;
+    }
+    let master = match (&body.master_key, &existing_master) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m,
+        (None, None) => {
+            return Err(ApiError::MissingParam(
+                "no master signing key is available".into(),
+            ))
+        }
+    };
+    let (master_id, master_pk) = check_key(master, user, MASTER)?;
+    let device_ids: Vec<String> = app.devices(user)?.into_iter().map(|(d, _)| d).collect();
+    let mut batch = Batch::default();
+    for (usage, key) in provided {
+        let Some(k) = key else { continue };
+        let (_, pk) = check_key(k, user, usage)?;
+        if device_ids.contains(&pk) {
+            return Err(ApiError::Forbidden(
+                "a cross-signing key may not share an id with a device".into(),
+            ));
+        }
+        if usage != MASTER && !signed_by(k, user.as_str(), &master_id, &master_pk) {
+            return Err(ApiError::InvalidSignature(format!(
+                "{usage} key is not signed by the master key"
+            )));
+        }
+        batch.put(
+            Table::CrossSigningKey,
+            &key2(user.as_str(), usage),
+            &encode(k),
+        );
+    }
+    // A new master key orphans the keys the old one signed.
+    let master_replaced = body.master_key.is_some()
+        && existing_master
+            .as_ref()
+            .is_some_and(|old| signed_part(old) != signed_part(master));
+    if master_replaced {
+        for (usage, key) in &provided[1..] {
+            if key.is_none() {
+                batch.delete(Table::CrossSigningKey, &key2(user.as_str(), usage));
+            }
+        }
+    }
+    let self_signing = match &body.self_signing_key {
+        Some(k) => Some(k.clone()),
+        None if master_replaced => None,
+        None => app.cross_signing_key(user, SELF_SIGNING)?,
+    };
+    let change = Change::CrossSigning {
+        master: Some(master.clone()),
+        self_signing,
+    };
+    super::device_lists::commit_local_changes(&app, user, vec![change], batch).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /keys/signatures/upload`: each signature is checked on its own; those that fail are
+/// listed in `failures` and the others are stored.
+pub async fn upload_signatures(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Body(body): Body<BTreeMap<String, Map<String, Value>>>,
+) -> ApiResult<Json<Value>> {
+    let me = &s.user_id;
+    let _guard = app.e2ee.cross_signing_lock.lock().await;
+    let mut failures: Map<String, Value> = Map::new();
+    let mut fail = |user: &str, key: &str, code: &str, why: &str| {
+        failures.entry(user.to_owned()).or_insert_with(|| json!({}))[key] =
+            json!({ "errcode": code, "error": why });
+    };
+    let mut own_changes = vec![];
+    let mut own_batch = Batch::default();
+    let mut others: Vec<(OwnedUserId, Batch)> = vec![];
+    for (target, keys) in body {
+        let Ok(target_id) = OwnedUserId::try_from(target.as_str()) else {
+            for key_id in keys.keys() {
+                fail(&target, key_id, "M_INVALID_PARAM", "invalid user id");
+            }
+            continue;
+        };
+        for (key_id, signed) in keys {
+            let outcome = if target_id == *me {
+                sign_own(&app, me, &key_id, &signed, &mut own_batch)
+            } else {
+                let mut b = Batch::default();
+                let r = sign_other(&app, me, &target_id, &key_id, &signed, &mut b).await;
+                if r.is_ok() {
+                    others.push((target_id.clone(), b));
+                }
+                r.map(|()| None)
+            };
+            match outcome {
+                Ok(Some(change)) => own_changes.push(change),
+                Ok(None) => {}
+                Err(e) => {
+                    let (code, why) = match &e {
+                        ApiError::InvalidSignature(w) => ("M_INVALID_SIGNATURE", w.clone()),
+                        ApiError::NotFound(w) => ("M_NOT_FOUND", w.clone()),
+                        other => ("M_INVALID_PARAM", other.to_string()),
+                    };
+                    fail(&target, &key_id, code, &why);
+                }
+            }
+        }
+    }
+    if !own_changes.is_empty() {
+        super::device_lists::commit_local_changes(&app, me, own_changes, own_batch).await?;
+    }
+    for (target, b) in others {
+        super::device_lists::commit_remote_change(&app, &target, b).await?;
+    }
+    Ok(Json(json!({ "failures": failures })))
+}
+
+/// A signature on one of the user's own keys: a device signed by the self-signing key, or the
+/// master key signed by one of the user's devices.
+fn sign_own(
+    app: &Services,
+    me: &UserId,
+    key_id: &str,
+    signed: &Value,
+    batch: &mut Batch,
+) -> ApiResult<Option<Change>> {
+    if let Some(mut stored) = app.device_keys(me, key_id)? {
+        if signed_part(&stored) != signed_part(signed) {
+            return Err(ApiError::InvalidSignature(
+                "the signed object does not match the device's keys".into(),
+            ));
+        }
+        let ss = app
+            .cross_signing_key(me, SELF_SIGNING)?
+            .ok_or_else(|| ApiError::NotFound("no self-signing key".into()))?;
+        let (ss_id, ss_pk) = public_key(&ss)
+            .ok_or_else(|| ApiError::Internal("stored self-signing key malformed".into()))?;
+        if !signed_by(signed, me.as_str(), &ss_id, &ss_pk) {
+            return Err(ApiError::InvalidSignature(
+                "not signed by the self-signing key".into(),
+            ));
+        }
+        let sig = signed["signatures"][me.as_str()][&ss_id].clone();
+        merge_signatures(
+            &mut stored,
+            &json!({ "signatures": { me.as_str(): { ss_id: sig } } }),
+        );
+        batch.put(
+            Table::DeviceKeys,
+            &key2(me.as_str(), key_id),
+            &encode(&stored),
+        );
+        let display_name = app.device(me, key_id)?.and_then(|d| d.display_name);
+        return Ok(Some(Change::Device {
+            id: key_id.to_owned(),
+            keys: Some(stored),
+            display_name,
+        }));
+    }
+    let mut master = app
+        .cross_signing_key(me, MASTER)?
+        .filter(|m| public_key(m).is_some_and(|(_, pk)| pk == key_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no key {key_id}")))?;
+    if signed_part(&master) != signed_part(signed) {
+        return Err(ApiError::InvalidSignature(
+            "the signed object does not match the master key".into(),
+        ));
+    }
+    // Any of the user's devices may vouch for the master key.
+    let mut added = Map::new();
+    for (sig_id, sig) in signed["signatures"][me.as_str()]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let Some(device) = sig_id.strip_prefix("ed25519:") else {
+            continue;
+        };
+        let Some(keys) = app.device_keys(me, device)? else {
+            continue;
+        };
+        let Some(pk) = keys["keys"][sig_id.as_str()].as_str() else {
+            continue;
+        };
+        if signed_by(signed, me.as_str(), sig_id, pk) {
+            added.insert(sig_id.clone(), sig.clone());
+        }
+    }
+    if added.is_empty() {
+        return Err(ApiError::InvalidSignature(
+            "not signed by any of the user's devices".into(),
+        ));
+    }
+    merge_signatures(
+        &mut master,
+        &json!({ "signatures": { me.as_str(): added } }),
+    );
+    batch.put(
+        Table::CrossSigningKey,
+        &key2(me.as_str(), MASTER),
+        &encode(&master),
+    );
+    let self_signing = app.cross_signing_key(me, SELF_SIGNING)?;
+    Ok(Some(Change::CrossSigning {
+        master: Some(master),
+        self_signing,
+    }))
+}
+
+/// A signature on another user's master key, made with the signer's user-signing key.
+async fn sign_other(
+    app: &App,
+    me: &UserId,
+    target: &UserId,
+    key_id: &str,
+    signed: &Value,
+    batch: &mut Batch,
+) -> ApiResult<()> {
+    let master = if app.is_local(target) {
+        app.cross_signing_key(target, MASTER)?
+    } else {
+        super::federation::remote_devices(app, target)
+            .await
+            .ok()
+            .and_then(|d| d.get("master_key").cloned())
+    };
+    let master = master
+        .filter(|m| public_key(m).is_some_and(|(_, pk)| pk == key_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no master key {key_id} for {target}")))?;
+    if signed_part(&master) != signed_part(signed) {
+        return Err(ApiError::InvalidSignature(
+            "the signed object does not match the master key".into(),
+        ));
+    }
+    let us = app
+        .cross_signing_key(me, USER_SIGNING)?
+        .ok_or_else(|| ApiError::NotFound("no user-signing key".into()))?;
+    let (us_id, us_pk) = public_key(&us)
+        .ok_or_else(|| ApiError::Internal("stored user-signing key malformed".into()))?;
+    if !signed_by(signed, me.as_str(), &us_id, &us_pk) {
+        return Err(ApiError::InvalidSignature(
+            "not signed by the user-signing key".into(),
+        ));
+    }
+    let sig = signed["signatures"][me.as_str()][&us_id].clone();
+    batch.put(
+        Table::CrossSignature,
+        &key3(me.as_str(), target.as_str(), &format!("ed25519:{key_id}")),
+        &encode(&json!({ me.as_str(): { us_id: sig } })),
+    );
+    Ok(())
+}

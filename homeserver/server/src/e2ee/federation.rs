@@ -1,0 +1,309 @@
+//! E2EE over federation: the `/user/devices`, `/user/keys/query` and `/user/keys/claim`
+//! endpoints for our users, the same requests to other servers for theirs, and the device list
+//! EDUs that keep our copy of a remote user's devices current.
+
+use std::collections::BTreeMap;
+
+use axum::{extract::State, Json};
+use plexus_store::{Batch, Table};
+use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
+use serde_json::{json, Map, Value};
+
+use super::{
+    cross_signing::{MASTER, SELF_SIGNING},
+    device_lists::{commit_remote_change, shared_with_local},
+    query::{claim_local, local_keys, parse_claim, parse_query, KeysAnswer},
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    federation::{sender::enc, x_matrix::FedRequest},
+    http::extract::Path,
+    service::{decode, encode, App},
+};
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's devices with the stream
+/// id of their latest change, so the asking server can follow the EDUs from there.
+pub async fn user_devices(
+    State(app): State<App>,
+    Path(user): Path<String>,
+    _req: FedRequest,
+) -> ApiResult<Json<Value>> {
+    let user = OwnedUserId::try_from(user.as_str())
+        .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
+    if !app.is_local(&user) {
+        return Err(ApiError::InvalidParam("user is not on this server".into()));
+    }
+    if app.user(&user)?.is_none() {
+        return Err(ApiError::NotFound("unknown user".into()));
+    }
+    let stream_id = app
+        .store
+        .kv
+        .get(Table::DeviceListLatest, user.as_bytes())?
+        .map(|v| plexus_store::be_u64(&v))
+        .unwrap_or(0);
+    let mut devices = vec![];
+    for (device, _) in app.devices(&user)? {
+        let mut d = json!({ "device_id": device });
+        if let Some(keys) = app.device_keys(&user, &device)? {
+            d["keys"] = keys;
+        }
+        devices.push(d);
+    }
+    let mut out = json!({ "user_id": user, "stream_id": stream_id, "devices": devices });
+    if let Some(m) = app.cross_signing_key(&user, MASTER)? {
+        out["master_key"] = m;
+    }
+    if let Some(k) = app.cross_signing_key(&user, SELF_SIGNING)? {
+        out["self_signing_key"] = k;
+    }
+    Ok(Json(out))
+}
+
+/// Only our own users, from another server's request.
+fn ours<T: Clone>(app: &App, m: BTreeMap<OwnedServerName, T>) -> Option<T> {
+    m.get(app.server_name()).cloned()
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`.
+pub async fn user_keys_query(State(app): State<App>, req: FedRequest) -> ApiResult<Json<Value>> {
+    let requested = req.body["device_keys"]
+        .as_object()
+        .ok_or_else(|| ApiError::BadJson("device_keys is required".into()))?;
+    let mut out = KeysAnswer::default();
+    if let Some(users) = ours(&app, parse_query(requested)?) {
+        local_keys(&app, &users, None, &mut out)?;
+    }
+    Ok(Json(json!({
+        "device_keys": out.device_keys,
+        "master_keys": out.master_keys,
+        "self_signing_keys": out.self_signing_keys,
+    })))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`.
+pub async fn user_keys_claim(State(app): State<App>, req: FedRequest) -> ApiResult<Json<Value>> {
+    let requested = req.body["one_time_keys"]
+        .as_object()
+        .ok_or_else(|| ApiError::BadJson("one_time_keys is required".into()))?;
+    let keys = match ours(&app, parse_claim(requested)?) {
+        Some(users) => claim_local(&app, &users).await?,
+        None => Map::new(),
+    };
+    Ok(Json(json!({ "one_time_keys": keys })))
+}
+
+/// Keys of `server`'s users: tracked users from our copy of their device list, the others
+/// asked for with `/user/keys/query`.
+pub async fn query_remote(
+    app: &App,
+    server: &ServerName,
+    users: &BTreeMap<OwnedUserId, Vec<String>>,
+) -> Result<Value, String> {
+    let mut out = json!({ "device_keys": {}, "master_keys": {}, "self_signing_keys": {} });
+    let mut ask = Map::new();
+    for (user, wanted) in users {
+        if !shared_with_local(app, user).map_err(|e| e.to_string())? {
+            ask.insert(user.to_string(), json!(wanted));
+            continue;
+        }
+        let list = remote_devices(app, user).await?;
+        let mut devices = Map::new();
+        for d in list["devices"].as_array().into_iter().flatten() {
+            let (Some(id), Some(keys)) = (d["device_id"].as_str(), d.get("keys")) else {
+                continue;
+            };
+            if wanted.is_empty() || wanted.iter().any(|w| w == id) {
+                let mut keys = keys.clone();
+                if let Some(name) = d["device_display_name"].as_str() {
+                    keys["unsigned"] = json!({ "device_display_name": name });
+                }
+                devices.insert(id.to_owned(), keys);
+            }
+        }
+        out["device_keys"][user.as_str()] = Value::Object(devices);
+        for (field, from) in [
+            ("master_keys", "master_key"),
+            ("self_signing_keys", "self_signing_key"),
+        ] {
+            if let Some(k) = list.get(from) {
+                out[field][user.as_str()] = k.clone();
+            }
+        }
+    }
+    if !ask.is_empty() {
+        let fed = app.fed().map_err(|e| e.to_string())?;
+        let answer = fed
+            .request(
+                app,
+                server,
+                http::Method::POST,
+                "/_matrix/federation/v1/user/keys/query",
+                Some(json!({ "device_keys": ask })),
+                true,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for field in ["device_keys", "master_keys", "self_signing_keys"] {
+            for (user, v) in answer[field].as_object().into_iter().flatten() {
+                out[field][user.as_str()] = v.clone();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `/user/keys/claim` on `server` for its users.
+pub async fn claim_remote(
+    app: &App,
+    server: &ServerName,
+    users: Map<String, Value>,
+) -> Result<Value, String> {
+    let fed = app.fed().map_err(|e| e.to_string())?;
+    fed.request(
+        app,
+        server,
+        http::Method::POST,
+        "/_matrix/federation/v1/user/keys/claim",
+        Some(json!({ "one_time_keys": users })),
+        true,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// A remote user's device list: our tracked copy, or fetched with `/user/devices` (and kept
+/// while a local user shares a room with them).
+pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
+    if let Some(raw) = app
+        .store
+        .kv
+        .get(Table::RemoteDevices, user.as_bytes())
+        .map_err(|e| e.to_string())?
+    {
+        return decode(&raw).map_err(|e| e.to_string());
+    }
+    let fed = app.fed().map_err(|e| e.to_string())?;
+    let path = format!("/_matrix/federation/v1/user/devices/{}", enc(user.as_str()));
+    let list = fed
+        .request(
+            app,
+            user.server_name(),
+            http::Method::GET,
+            &path,
+            None,
+            true,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if list["user_id"] != user.as_str() || !list["devices"].is_array() {
+        return Err(format!(
+            "{} answered a malformed device list",
+            user.server_name()
+        ));
+    }
+    if shared_with_local(app, user).map_err(|e| e.to_string())? {
+        let mut b = Batch::default();
+        b.put(Table::RemoteDevices, user.as_bytes(), &encode(&list));
+        app.store.commit(b).map_err(|e| e.to_string())?;
+    }
+    Ok(list)
+}
+
+/// The remote user an EDU from `origin` speaks for, if it may and we track them.
+fn tracked_sender(
+    app: &App,
+    origin: &ServerName,
+    content: &Value,
+) -> ApiResult<Option<OwnedUserId>> {
+    let Some(user) = content["user_id"]
+        .as_str()
+        .and_then(|u| OwnedUserId::try_from(u).ok())
+    else {
+        return Ok(None);
+    };
+    if user.server_name() != origin {
+        tracing::warn!(%origin, %user, "device list EDU for a user of another server");
+        return Ok(None);
+    }
+    Ok(shared_with_local(app, &user)?.then_some(user))
+}
+
+/// `m.device_list_update`: apply it to our copy when it follows on from what we have; when
+/// an update was missed, drop the copy and fetch the list again.
+pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+    let Some(user) = tracked_sender(app, origin, content)? else {
+        return Ok(());
+    };
+    let (Some(device), Some(stream_id)) =
+        (content["device_id"].as_str(), content["stream_id"].as_u64())
+    else {
+        return Ok(());
+    };
+    let mut b = Batch::default();
+    let mut resync = false;
+    if let Some(raw) = app.store.kv.get(Table::RemoteDevices, user.as_bytes())? {
+        let mut list: Value = decode(&raw)?;
+        let known = list["stream_id"].as_u64().unwrap_or(0);
+        if stream_id <= known {
+            return Ok(());
+        }
+        let prev: Vec<u64> = content["prev_id"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        if prev.is_empty() || prev.contains(&known) {
+            let devices = list["devices"].as_array_mut();
+            if let Some(devices) = devices {
+                devices.retain(|d| d["device_id"] != device);
+                if content["deleted"] != true {
+                    let mut d = json!({ "device_id": device });
+                    if let Some(k) = content.get("keys") {
+                        d["keys"] = k.clone();
+                    }
+                    if let Some(n) = content.get("device_display_name") {
+                        d["device_display_name"] = n.clone();
+                    }
+                    devices.push(d);
+                }
+            }
+            list["stream_id"] = json!(stream_id);
+            b.put(Table::RemoteDevices, user.as_bytes(), &encode(&list));
+        } else {
+            tracing::info!(%user, stream_id, known, "missed a device list update; fetching the list again");
+            b.delete(Table::RemoteDevices, user.as_bytes());
+            resync = true;
+        }
+    }
+    commit_remote_change(app, &user, b).await?;
+    if resync {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = remote_devices(&app, &user).await {
+                tracing::info!(%user, error = %e, "device list re-sync failed; the next query retries");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// `m.signing_key_update`: new public cross-signing keys of a remote user.
+pub async fn signing_key_update(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+    let Some(user) = tracked_sender(app, origin, content)? else {
+        return Ok(());
+    };
+    let mut b = Batch::default();
+    if let Some(raw) = app.store.kv.get(Table::RemoteDevices, user.as_bytes())? {
+        let mut list: Value = decode(&raw)?;
+        for field in ["master_key", "self_signing_key"] {
+            let key = &content[field];
+            if key["user_id"] == user.as_str() {
+                list[field] = key.clone();
+            }
+        }
+        b.put(Table::RemoteDevices, user.as_bytes(), &encode(&list));
+    }
+    commit_remote_change(app, &user, b).await
+}

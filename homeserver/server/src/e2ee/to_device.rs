@@ -1,0 +1,251 @@
+//! To-device messages: `/sendToDevice` with transaction ids, a durable inbox per device that
+//! sync drains once the client has acknowledged a position past a message, and the
+//! `m.direct_to_device` EDU both ways.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::{extract::State, Json};
+use plexus_store::{Batch, Table};
+use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::device_lists::outbox_key;
+use crate::{
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Path},
+    service::{decode, encode, key2, key3, App, Services},
+};
+
+/// Most messages one sync delivers to a device; the rest wait for the next.
+const SYNC_LIMIT: usize = 100;
+
+#[derive(Deserialize)]
+pub struct SendBody {
+    messages: BTreeMap<String, Map<String, Value>>,
+}
+
+/// One message for one device (`*`: every device of the user).
+struct Delivery {
+    user: OwnedUserId,
+    device: String,
+    content: Value,
+}
+
+/// `PUT /sendToDevice/{eventType}/{txnId}`.
+pub async fn send(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((kind, txn)): Path<(String, String)>,
+    Body(body): Body<SendBody>,
+) -> ApiResult<Json<Value>> {
+    let mut local = vec![];
+    let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
+    for (user, devices) in body.messages {
+        let user = OwnedUserId::try_from(user.as_str())
+            .map_err(|e| ApiError::InvalidParam(format!("invalid user id {user:?}: {e}")))?;
+        if app.is_local(&user) {
+            for (device, content) in devices {
+                local.push(Delivery {
+                    user: user.clone(),
+                    device,
+                    content,
+                });
+            }
+        } else {
+            remote
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user.to_string(), Value::Object(devices));
+        }
+    }
+    if !remote.is_empty() && app.federation.is_none() {
+        remote.clear();
+    }
+    let txn_key = key3(
+        s.user_id.as_str(),
+        s.device_id.as_str(),
+        &format!("m.to_device\0{txn}"),
+    );
+    let sender = s.user_id.to_string();
+    let targets = expand(&app, local)?;
+    let recipients: BTreeSet<OwnedUserId> = targets.iter().map(|d| d.user.clone()).collect();
+    let (count, fresh) = app.store.commit_with_count(|count, b| {
+        if app.store.kv.contains(Table::TxnId, &txn_key)? {
+            return Ok(false);
+        }
+        b.put(Table::TxnId, &txn_key, b"");
+        for d in &targets {
+            store_message(b, &d.user, &d.device, count, &sender, &kind, &d.content);
+        }
+        for (dest, messages) in &remote {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": sender, "type": kind, "message_id": count.to_string(),
+                    "messages": messages,
+                },
+            });
+            b.put(
+                Table::OutboxEdu,
+                &outbox_key(dest.as_str(), count, 0),
+                &encode(&edu),
+            );
+        }
+        Ok(true)
+    })?;
+    if fresh {
+        app.store.flush().await?;
+        app.notifier
+            .wake(recipients.iter().map(|u| u.as_ref()), count);
+        if let Some(fed) = &app.federation {
+            for dest in remote.keys() {
+                fed.sender.wake(dest);
+            }
+        }
+    }
+    Ok(Json(json!({})))
+}
+
+/// `*` becomes every device of the user; messages for devices that do not exist are dropped.
+fn expand(app: &Services, deliveries: Vec<Delivery>) -> ApiResult<Vec<Delivery>> {
+    let mut out = vec![];
+    for d in deliveries {
+        if d.device == "*" {
+            for (device, _) in app.devices(&d.user)? {
+                out.push(Delivery {
+                    user: d.user.clone(),
+                    device,
+                    content: d.content.clone(),
+                });
+            }
+        } else if app.device(&d.user, &d.device)?.is_some() {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+fn inbox_key(user: &UserId, device: &str, count: u64) -> Vec<u8> {
+    let mut k = key2(user.as_str(), device);
+    k.push(0);
+    k.extend_from_slice(&count.to_be_bytes());
+    k
+}
+
+fn store_message(
+    b: &mut Batch,
+    user: &UserId,
+    device: &str,
+    count: u64,
+    sender: &str,
+    kind: &str,
+    content: &Value,
+) {
+    b.put(
+        Table::ToDevice,
+        &inbox_key(user, device, count),
+        &encode(&json!({ "sender": sender, "type": kind, "content": content })),
+    );
+}
+
+impl Services {
+    /// The device's to-device messages after `since` up to `upper`, having first deleted those
+    /// the client acknowledged by syncing from `since`. When more are waiting than one sync
+    /// carries, also answers the position of the last one delivered: the sync must not claim
+    /// to be past the rest.
+    pub fn to_device_since(
+        &self,
+        user: &UserId,
+        device: &str,
+        since: Option<u64>,
+        upper: u64,
+    ) -> ApiResult<(Vec<Value>, Option<u64>)> {
+        let start = inbox_key(user, device, 0);
+        if let Some(since) = since {
+            let mut b = Batch::default();
+            for item in self.store.kv.range(
+                Table::ToDevice,
+                &start,
+                &inbox_key(user, device, since.saturating_add(1)),
+            ) {
+                let (k, _) = item?;
+                b.delete(Table::ToDevice, &k);
+            }
+            if !b.is_empty() {
+                self.store.commit(b)?;
+            }
+        }
+        let mut events = vec![];
+        let mut cut = None;
+        for item in self.store.kv.range(
+            Table::ToDevice,
+            &inbox_key(user, device, since.unwrap_or(0).saturating_add(1)),
+            &inbox_key(user, device, upper.saturating_add(1)),
+        ) {
+            let (k, v) = item?;
+            if events.len() == SYNC_LIMIT {
+                let at = k.len() - 8;
+                cut = Some(plexus_store::be_u64(&k[at..]) - 1);
+                break;
+            }
+            events.push(decode::<Value>(&v)?);
+        }
+        Ok((events, cut))
+    }
+}
+
+/// An `m.direct_to_device` EDU from `origin`: its sender must be one of origin's users, and
+/// only messages for our users are taken. A retried transaction's message is taken once.
+pub async fn receive(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+    let sender = content["sender"].as_str().unwrap_or_default();
+    let Ok(sender_id) = OwnedUserId::try_from(sender) else {
+        return Ok(());
+    };
+    let (Some(kind), Some(messages)) = (content["type"].as_str(), content["messages"].as_object())
+    else {
+        return Ok(());
+    };
+    if sender_id.server_name() != origin {
+        tracing::warn!(%origin, sender, "to-device message for a user of another server");
+        return Ok(());
+    }
+    if let Some(id) = content["message_id"].as_str() {
+        if !app.e2ee.first_sight(origin.as_str(), id) {
+            return Ok(());
+        }
+    }
+    let mut deliveries = vec![];
+    for (user, devices) in messages {
+        let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let Some(devices) = devices.as_object() else {
+            continue;
+        };
+        if !app.is_local(&user) {
+            continue;
+        }
+        for (device, c) in devices {
+            deliveries.push(Delivery {
+                user: user.clone(),
+                device: device.clone(),
+                content: c.clone(),
+            });
+        }
+    }
+    let targets = expand(app, deliveries)?;
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let (count, ()) = app.store.commit_with_count(|count, b| {
+        for d in &targets {
+            store_message(b, &d.user, &d.device, count, sender, kind, &d.content);
+        }
+        Ok(())
+    })?;
+    app.store.flush().await?;
+    let recipients: BTreeSet<&UserId> = targets.iter().map(|d| d.user.as_ref()).collect();
+    app.notifier.wake(recipients, count);
+    Ok(())
+}
