@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every Plexus test: unit tests, black-box spec-tests against real plexus processes, and the
-# interop tests with a Matrix client library nobody here wrote (matrix-nio from PyPI).
+# interop tests with a Matrix client library nobody here wrote (matrix-nio from PyPI, with
+# its vodozemac E2EE), on one plexus and across two federated ones.
 #
 # Usage: bash spec-tests/run-all.sh
 # Needs: cargo, python3 (3.9+) with venv. Creates target/interop-venv on first run.
@@ -52,11 +53,49 @@ fi
 read -r rooms_passed rooms_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$rooms_log")
 rm -f "$rooms_log"
 
+echo "== interop: matrix-nio end-to-end encryption (keys, Olm/Megolm, to-device, device lists, key backup)"
+e2ee_log=$(mktemp)
+if ! "$venv/bin/python" spec-tests/interop/nio_e2ee.py "http://127.0.0.1:$port" | tee "$e2ee_log"; then
+  echo "--- plexus log"; tail -50 "$data/plexus.log"; exit 1
+fi
+read -r e2ee_passed e2ee_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$e2ee_log")
+
+echo "== interop: matrix-nio end-to-end encryption across two federated plexus servers"
+fed_pids=()
+fed_urls=()
+for i in 1 2; do
+  fdir="$data/fed$i"; mkdir -p "$fdir"
+  cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  fport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  PLEXUS_DATA_DIR="$fdir" PLEXUS_CLIENT_LISTEN="127.0.0.1:$cport" PLEXUS_REGISTRATION=open \
+    PLEXUS_SERVER_NAME="127.0.0.1:$fport" PLEXUS_FEDERATION_LISTEN="127.0.0.1:$fport" \
+    PLEXUS_FEDERATION_VERIFY_TLS=false PLEXUS_FEDERATION_ALLOW_LOOPBACK=true \
+    PLEXUS_LOG=warn "$target/debug/plexus" >"$fdir/plexus.log" 2>&1 &
+  fed_pids+=($!)
+  fed_urls+=("http://127.0.0.1:$cport")
+done
+cleanup() {
+  kill "$pid" "${fed_pids[@]}" 2>/dev/null || true
+  wait "$pid" "${fed_pids[@]}" 2>/dev/null || true
+  rm -rf "$data"
+}
+for u in "${fed_urls[@]}"; do
+  for _ in $(seq 1 100); do
+    curl -fsS "$u/_matrix/client/versions" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+done
+if ! "$venv/bin/python" spec-tests/interop/nio_e2ee.py "${fed_urls[0]}" "${fed_urls[1]}" | tee "$e2ee_log"; then
+  echo "--- plexus logs"; tail -30 "$data/fed1/plexus.log" "$data/fed2/plexus.log"; exit 1
+fi
+read -r e2ee_fed_passed e2ee_fed_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$e2ee_log")
+rm -f "$e2ee_log"
+
 echo "== plexus-bench --scale tiny (every response checked; no timing assertions)"
 bench_ok=1
 "$target/debug/plexus-bench" run --base "http://127.0.0.1:$port" --scale tiny --pid "$pid" --data-dir "$data" || bench_ok=0
 if [ "$bench_ok" != 1 ]; then
   echo "plexus-bench reported errors"; tail -50 "$data/plexus.log"; exit 1
 fi
-echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed passed, bench smoke 1 passed"
-echo "$((cargo_passed + nio_passed + rooms_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed)) failed"
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $e2ee_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
+echo "$((cargo_passed + nio_passed + rooms_passed + e2ee_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + e2ee_failed + e2ee_fed_failed)) failed"

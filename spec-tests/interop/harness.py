@@ -1,22 +1,39 @@
 """What the matrix-nio interop scripts share: bounded client settings, the check counters and
 their one-line output, and a main that turns any failure into a failed check.
 
-Each script calls `run_main(run, __doc__, deadline)`; `run(base_url)` is its async body.
+Each script calls `run_main(run, __doc__, deadline)`; `run(base_url)` is its async body (or
+`run(base_url, base_url2)` with `max_urls=2`).
 """
 
 import asyncio
+import dataclasses
+import json
 import os
 import sys
 import time
 import traceback
+from urllib.parse import quote
 
+import aiohttp
 from nio import AsyncClientConfig
 
 # nio retries connection errors forever and 429s without limit by default: bound both, so that a
-# dead or throttling server fails the run instead of hanging it.
+# dead or throttling server fails the run instead of hanging it. Encryption is off explicitly:
+# nio turns it on by default whenever its E2EE extras (vodozemac, ...) are installed, as they are
+# for nio_e2ee.py; the other scripts run without it.
 CLIENT_CONFIG = AsyncClientConfig(
-    max_timeouts=2, max_limit_exceeded=3, request_timeout=20, max_timeout_retry_wait_time=2
+    max_timeouts=2, max_limit_exceeded=3, request_timeout=20, max_timeout_retry_wait_time=2,
+    encryption_enabled=False,
 )
+
+HTTP_TIMEOUT = 20.0  # seconds for one plain HTTP request
+
+
+def e2ee_config():
+    """CLIENT_CONFIG with end-to-end encryption on. Each client then needs its own store_path
+    (nio keeps its Olm account and sessions in a SQLite file there)."""
+    return dataclasses.replace(CLIENT_CONFIG, encryption_enabled=True)
+
 
 _counts = {"passed": 0, "failed": 0}
 
@@ -35,6 +52,42 @@ def desc(resp):
     return " ".join(parts)
 
 
+def short(value, limit=1500):
+    """JSON (or text) cut to `limit` characters, for failure details."""
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def q(part):
+    """One path segment, percent-encoded (room ids, event ids, ...)."""
+    return quote(part, safe="")
+
+
+class Http:
+    """Plain client-server API requests where nio has no method (or hides the response)."""
+
+    def __init__(self, base):
+        self.base = base.rstrip("/")
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
+
+    async def call(self, client, method, path, body=None):
+        """(status, JSON body or text, a one-line description of request and response), with
+        the access token of the nio `client`."""
+        headers = {"Authorization": f"Bearer {client.access_token}"}
+        async with self.session.request(method, self.base + path, headers=headers,
+                                        json=body) as r:
+            text = await r.text()
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = text
+        sent = f" {short(body, 300)}" if body is not None else ""
+        return r.status, data, f"{method} {path}{sent} -> HTTP {r.status} {short(data)}"
+
+    async def close(self):
+        await self.session.close()
+
+
 def check(cond, what, detail=""):
     """Record one check, print one line for it, and return whether it held."""
     if cond:
@@ -44,6 +97,11 @@ def check(cond, what, detail=""):
         _counts["failed"] += 1
         print(f"FAIL - {what}" + (f": {detail}" if detail else ""), flush=True)
     return bool(cond)
+
+
+def failed_count():
+    """How many checks have failed so far."""
+    return _counts["failed"]
 
 
 def require(cond, what, detail=""):
@@ -60,15 +118,18 @@ def _where(exc):
     return f" at line {here[-1].lineno} ({here[-1].line})" if here else ""
 
 
-def run_main(run, doc, deadline):
-    """Run `run(BASE_URL)` within `deadline` seconds, print "N passed, M failed", exit 1 on any
-    failure (or when nothing was checked)."""
-    if len(sys.argv) != 2 or not sys.argv[1].startswith(("http://", "https://")):
+def run_main(run, doc, deadline, max_urls=1):
+    """Run `run(BASE_URL, ...)` (1 to `max_urls` base URLs from the command line) within
+    `deadline` seconds, print "N passed, M failed", exit 1 on any failure (or when nothing was
+    checked)."""
+    urls = sys.argv[1:]
+    if not 1 <= len(urls) <= max_urls or not all(
+            u.startswith(("http://", "https://")) for u in urls):
         print(doc, file=sys.stderr)
         sys.exit(2)
     start = time.monotonic()
     try:
-        asyncio.run(asyncio.wait_for(run(sys.argv[1]), deadline))
+        asyncio.run(asyncio.wait_for(run(*urls), deadline))
     except Abort as e:
         print(f"# stopped: later checks depend on \"{e}\"", flush=True)
     except TimeoutError as e:

@@ -38,12 +38,9 @@ Prints one line per check and ends with "N passed, M failed"; exit status 1 on a
 """
 
 import asyncio
-import json
 import time
 import uuid
-from urllib.parse import quote
 
-import aiohttp
 from nio import (
     AsyncClient,
     FullyReadEvent,
@@ -69,16 +66,10 @@ from nio import (
 from nio.api import ReceiptType
 from nio.responses import PublicRoomsResponse
 
-from harness import CLIENT_CONFIG, check, desc, require, run_main
+from harness import CLIENT_CONFIG, Http, check, desc, q, require, run_main, short
 
 SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
 RUN_DEADLINE = 240.0  # seconds for the whole run, whatever happens
-HTTP_TIMEOUT = 20.0  # seconds for one plain HTTP request
-
-
-def short(value, limit=1500):
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def relations(event):
@@ -161,34 +152,6 @@ async def sync_until(client, seen, predicate):
             seen.last_error = "sync request timed out"
             continue
         seen.record(resp)
-
-
-class Http:
-    """Plain client-server API requests where nio has no method (or hides the response)."""
-
-    def __init__(self, base):
-        self.base = base.rstrip("/")
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
-
-    async def call(self, client, method, path, body=None):
-        """(status, JSON body or text, a one-line description of request and response)."""
-        headers = {"Authorization": f"Bearer {client.access_token}"}
-        async with self.session.request(method, self.base + path, headers=headers,
-                                        json=body) as r:
-            text = await r.text()
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = text
-        sent = f" {short(body, 300)}" if body is not None else ""
-        return r.status, data, f"{method} {path}{sent} -> HTTP {r.status} {short(data)}"
-
-    async def close(self):
-        await self.session.close()
-
-
-def q(part):
-    return quote(part, safe="")
 
 
 async def run(base):
