@@ -165,3 +165,94 @@ async fn keys_to_device_and_device_lists_cross_servers() {
     })
     .await;
 }
+
+/// One EDU in a transaction from `peer` to `to`.
+async fn send_edu(peer: &plexus_spec_tests::peer::Peer, to: &str, e: Value) {
+    let body = json!({ "origin": peer.name, "origin_server_ts": 1, "pdus": [], "edus": [e] });
+    let (status, r) = peer.send(to, Some((&peer.key, to)), &body).await;
+    assert_eq!(status, 200, "{r}");
+}
+
+/// Speaking as B (with B's own key), device list EDUs are applied when they follow on from
+/// what A holds; after a gap in `prev_id`, A drops its copy and fetches B's real list again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_device_list_update_makes_the_server_fetch_the_list_again() {
+    use plexus_spec_tests::peer::{key_file, peer_for};
+    let (_adir, a_key_path, a_key) = key_file();
+    let (_bdir, b_key_path, b_key) = key_file();
+    let a_env = [("PLEXUS_SIGNING_KEY_PATH", a_key_path.as_str())];
+    let b_env = [("PLEXUS_SIGNING_KEY_PATH", b_key_path.as_str())];
+    let (a, b) = tokio::join!(
+        Server::federated_with(&a_env),
+        Server::federated_with(&b_env)
+    );
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&room, &a.server_name).await.ok();
+    let bdev = Device::new(&bob.user_id, &bob.device_id);
+    bob.post(
+        "/_matrix/client/v3/keys/upload",
+        json!({ "device_keys": bdev.device_keys() }),
+    )
+    .await
+    .ok();
+    eventually(10, "alice sees bob's device", || {
+        let alice = alice.clone();
+        let (user, device) = (bob.user_id.clone(), bob.device_id.clone());
+        async move {
+            query(&alice, &user).await["device_keys"][&user]
+                .get(&device)
+                .map(|_| ())
+        }
+    })
+    .await;
+    // B's stream position for Bob, asked as A.
+    let as_a = peer_for(&a, a_key);
+    let (status, list) = as_a
+        .get(
+            &b.server_name,
+            &format!("/_matrix/federation/v1/user/devices/{}", enc(&bob.user_id)),
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let stream = list["stream_id"].as_u64().expect("stream_id");
+
+    let as_b = peer_for(&b, b_key);
+    let edu = |device: &str, stream_id: u64, prev: u64| {
+        let d = Device::new(&bob.user_id, device);
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": bob.user_id, "device_id": device, "stream_id": stream_id,
+            "prev_id": [prev], "deleted": false, "keys": d.device_keys(),
+        } })
+    };
+    let devices = |q: Value| -> Vec<String> {
+        let mut v: Vec<String> = q["device_keys"][&bob.user_id]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    // Following on from A's copy: applied as it stands.
+    send_edu(&as_b, &a.server_name, edu("GHOST", stream + 10, stream)).await;
+    let mut want = vec![bob.device_id.clone(), "GHOST".to_owned()];
+    want.sort();
+    assert_eq!(devices(query(&alice, &bob.user_id).await), want);
+
+    // A gap: A fetches Bob's real list from B, which has no such devices.
+    send_edu(
+        &as_b,
+        &a.server_name,
+        edu("GHOST2", stream + 30, stream + 20),
+    )
+    .await;
+    eventually(10, "A re-syncs bob's list from B", || {
+        let alice = alice.clone();
+        let user = bob.user_id.clone();
+        let real = vec![bob.device_id.clone()];
+        async move { (devices(query(&alice, &user).await) == real).then_some(()) }
+    })
+    .await;
+}

@@ -104,6 +104,7 @@ pub async fn query_remote(
     let mut ask = Map::new();
     for (user, wanted) in users {
         if !shared_with_local(app, user).map_err(|e| e.to_string())? {
+            forget_untracked(app, user).map_err(|e| e.to_string())?;
             ask.insert(user.to_string(), json!(wanted));
             continue;
         }
@@ -226,7 +227,26 @@ fn tracked_sender(
         tracing::warn!(%origin, %user, "device list EDU for a user of another server");
         return Ok(None);
     }
-    Ok(shared_with_local(app, &user)?.then_some(user))
+    if shared_with_local(app, &user)? {
+        return Ok(Some(user));
+    }
+    forget_untracked(app, &user)?;
+    Ok(None)
+}
+
+/// We stop following the EDUs of a user no local user shares a room with, so a copy of their
+/// device list would go stale: drop it, and fetch afresh if they come back.
+fn forget_untracked(app: &App, user: &UserId) -> ApiResult<()> {
+    if app
+        .store
+        .kv
+        .contains(Table::RemoteDevices, user.as_bytes())?
+    {
+        let mut b = Batch::default();
+        b.delete(Table::RemoteDevices, user.as_bytes());
+        app.store.commit(b)?;
+    }
+    Ok(())
 }
 
 /// `m.device_list_update`: apply it to our copy when it follows on from what we have; when

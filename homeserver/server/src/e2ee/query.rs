@@ -125,6 +125,34 @@ pub fn local_keys(
     Ok(())
 }
 
+/// The client's `timeout` for other servers' answers, bounded to a minute.
+fn remote_timeout(ms: Option<u64>) -> Duration {
+    Duration::from_millis(ms.unwrap_or(DEFAULT_TIMEOUT_MS).min(60_000))
+}
+
+/// Ask each server at once, each within `timeout`; answers per server, an error as text.
+async fn ask_servers<T, F, Fut>(
+    app: &App,
+    remote: Vec<(OwnedServerName, T)>,
+    timeout: Duration,
+    ask: F,
+) -> Vec<(OwnedServerName, Result<Value, String>)>
+where
+    F: Fn(App, OwnedServerName, T) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, String>>,
+{
+    futures_util::future::join_all(remote.into_iter().map(|(server, users)| {
+        let asked = ask(app.clone(), server.clone(), users);
+        async move {
+            let r = tokio::time::timeout(timeout, asked)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            (server, r)
+        }
+    }))
+    .await
+}
+
 #[derive(Deserialize)]
 pub struct QueryBody {
     device_keys: Map<String, Value>,
@@ -138,7 +166,7 @@ pub async fn query(
     Body(body): Body<QueryBody>,
 ) -> ApiResult<Json<Value>> {
     let by_server = parse_query(&body.device_keys)?;
-    let timeout = Duration::from_millis(body.timeout.unwrap_or(DEFAULT_TIMEOUT_MS).min(60_000));
+    let timeout = remote_timeout(body.timeout);
     let mut out = KeysAnswer::default();
     let mut remote = vec![];
     for (server, users) in by_server {
@@ -148,18 +176,9 @@ pub async fn query(
             remote.push((server, users));
         }
     }
-    let answers = futures_util::future::join_all(remote.into_iter().map(|(server, users)| {
-        let app = app.clone();
-        async move {
-            let r = tokio::time::timeout(
-                timeout,
-                super::federation::query_remote(&app, &server, &users),
-            )
-            .await
-            .unwrap_or_else(|_| Err("timed out".into()));
-            (server, r)
-        }
-    }))
+    let answers = ask_servers(&app, remote, timeout, |app, server, users| async move {
+        super::federation::query_remote(&app, &server, &users).await
+    })
     .await;
     for (server, r) in answers {
         match r {
@@ -250,7 +269,7 @@ pub async fn claim(
     Body(body): Body<ClaimBody>,
 ) -> ApiResult<Json<Value>> {
     let by_server = parse_claim(&body.one_time_keys)?;
-    let timeout = Duration::from_millis(body.timeout.unwrap_or(DEFAULT_TIMEOUT_MS).min(60_000));
+    let timeout = remote_timeout(body.timeout);
     let mut keys = Map::new();
     let mut failures = Map::new();
     let mut remote = vec![];
@@ -261,18 +280,9 @@ pub async fn claim(
             remote.push((server, users));
         }
     }
-    let answers = futures_util::future::join_all(remote.into_iter().map(|(server, users)| {
-        let app = app.clone();
-        async move {
-            let r = tokio::time::timeout(
-                timeout,
-                super::federation::claim_remote(&app, &server, users),
-            )
-            .await
-            .unwrap_or_else(|_| Err("timed out".into()));
-            (server, r)
-        }
-    }))
+    let answers = ask_servers(&app, remote, timeout, |app, server, users| async move {
+        super::federation::claim_remote(&app, &server, users).await
+    })
     .await;
     for (server, r) in answers {
         match r {
