@@ -58,6 +58,34 @@ def short(value, limit=1500):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
+
+
+async def sync_once(client, seen, wait_ms):
+    """One sync with a long-poll of `wait_ms`, recorded in `seen` (which has `record(resp)` and
+    `last_error`). Never a 0 ms poll: nio turns that into a zero client-side timeout."""
+    try:
+        resp = await asyncio.wait_for(client.sync(timeout=max(100, wait_ms)),
+                                      timeout=wait_ms / 1000 + 10)
+    except asyncio.TimeoutError:
+        seen.last_error = "sync request timed out"
+        return
+    seen.record(resp)
+
+
+async def sync_until(client, seen, predicate, deadline_s=SYNC_DEADLINE):
+    """Sync until predicate() holds; gives up after `deadline_s` seconds. Returns whether it
+    held. The long-poll stays under the time left (the server may hold the request that long)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if predicate():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await sync_once(client, seen, int(max(0.1, min(2.0, remaining - 1.0)) * 1000))
+
+
 def q(part):
     """One path segment, percent-encoded (room ids, event ids, ...)."""
     return quote(part, safe="")

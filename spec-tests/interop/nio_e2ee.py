@@ -54,13 +54,11 @@ Usage: python nio_e2ee.py BASE_URL [BASE_URL2]       e.g. http://127.0.0.1:8008
 Prints one line per check and ends with "N passed, M failed"; exit status 1 on any failure.
 """
 
-import asyncio
 import base64
 import json
 import logging
 import os
 import tempfile
-import time
 import uuid
 
 import vodozemac
@@ -96,6 +94,8 @@ from harness import (
     require,
     run_main,
     short,
+    sync_once,
+    sync_until,
 )
 
 SYNC_DEADLINE = 20.0  # seconds a client may sync before a "sees ..." check gives up
@@ -189,30 +189,6 @@ class Seen:
 
     def to_device_of(self, kind, predicate=lambda e: True):
         return [e for e in self.to_device if isinstance(e, kind) and predicate(e)]
-
-
-async def sync_once(client, seen, wait_ms):
-    """One sync with a long-poll of `wait_ms` (never 0: nio then turns it into a zero
-    client-side timeout)."""
-    try:
-        resp = await asyncio.wait_for(client.sync(timeout=max(100, wait_ms)),
-                                      timeout=wait_ms / 1000 + 10)
-    except asyncio.TimeoutError:
-        seen.last_error = "sync request timed out"
-        return
-    seen.record(resp)
-
-
-async def sync_until(client, seen, predicate):
-    """Sync until predicate() holds; gives up after SYNC_DEADLINE seconds. Returns whether it held."""
-    deadline = time.monotonic() + SYNC_DEADLINE
-    while True:
-        if predicate():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        await sync_once(client, seen, int(max(0.1, min(2.0, remaining - 1.0)) * 1000))
 
 
 def device_summary(resp, user_id):
@@ -328,7 +304,7 @@ async def decrypts(client, seen, who, room, event_id, body, sender):
         got = seen.message(room, event_id)
         return isinstance(got, RoomMessageText) and got.body == body and got.sender == sender
 
-    ok = await sync_until(client, seen, done)
+    ok = await sync_until(client, seen, done, SYNC_DEADLINE)
     check(ok, f"{who} decrypts it to the exact text",
           f"after {SYNC_DEADLINE}s: {view(seen.message(room, event_id))}; "
           f"last error: {seen.last_error}")
@@ -345,14 +321,14 @@ async def conversation(r):
     require(isinstance(created, RoomCreateResponse),
             f"alice creates a room with m.room.encryption ({MEGOLM}), inviting bob", desc(created))
     room = r.room = created.room_id
-    ok = await sync_until(a1, sa1, lambda: room in a1.rooms and a1.rooms[room].encrypted)
+    ok = await sync_until(a1, sa1, lambda: room in a1.rooms and a1.rooms[room].encrypted, SYNC_DEADLINE)
     require(ok, "alice's client sees her room as encrypted", f"last error: {sa1.last_error}")
     before_join = sa1.mark()
-    ok = await sync_until(b, sb, lambda: room in b.invited_rooms)
+    ok = await sync_until(b, sb, lambda: room in b.invited_rooms, SYNC_DEADLINE)
     require(ok, "bob sees the invite through sync", f"last error: {sb.last_error}")
     joined = await b.join(room)
     require(isinstance(joined, JoinResponse) and joined.room_id == room, "bob joins", desc(joined))
-    ok = await sync_until(b, sb, lambda: room in b.rooms and b.rooms[room].encrypted)
+    ok = await sync_until(b, sb, lambda: room in b.rooms and b.rooms[room].encrypted, SYNC_DEADLINE)
     require(ok, "bob's client sees the room as encrypted (m.room.encryption in its state)",
             f"last error: {sb.last_error}")
 
@@ -362,9 +338,9 @@ async def conversation(r):
         state = a1.rooms.get(room)
         return state is not None and bob_id in state.users and bob_id not in state.invited_users
 
-    ok = await sync_until(a1, sa1, bob_joined)
+    ok = await sync_until(a1, sa1, bob_joined, SYNC_DEADLINE)
     require(ok, "alice sees bob's join through sync", f"last error: {sa1.last_error}")
-    ok = await sync_until(a1, sa1, lambda: bob_id in sa1.changed_since(before_join))
+    ok = await sync_until(a1, sa1, lambda: bob_id in sa1.changed_since(before_join), SYNC_DEADLINE)
     check(ok, "alice's sync lists bob in device_lists.changed once he shares the encrypted room",
           f"after {SYNC_DEADLINE}s: {sa1.changed_since(before_join)}")
     await query(a1, "alice", b, "bob", "a member of her encrypted room")
@@ -380,7 +356,7 @@ async def conversation(r):
           "alice's client claimed one of bob's one-time keys and opened an Olm session with his "
           "device (/keys/claim)",
           f"alice's Olm sessions are with {[k for k, v in a1.olm.session_store.items() if v]}")
-    ok = await sync_until(b, sb, lambda: sb.otk_count == bob_otks - 1)
+    ok = await sync_until(b, sb, lambda: sb.otk_count == bob_otks - 1, SYNC_DEADLINE)
     check(ok, "bob's sync reports one one-time key fewer after alice claimed one",
           f"count {sb.otk_count!r}, was {bob_otks}")
 
@@ -400,7 +376,7 @@ async def conversation(r):
     def got_room_key(e):
         return e.room_id == room and e.session_id == session1 and e.sender == alice_id
 
-    ok = await sync_until(b, sb, lambda: sb.to_device_of(RoomKeyEvent, got_room_key))
+    ok = await sync_until(b, sb, lambda: sb.to_device_of(RoomKeyEvent, got_room_key), SYNC_DEADLINE)
     check(ok, "bob receives the room key as an Olm-encrypted to-device message from alice "
               "(m.room_key for this room and session)",
           f"to-device events seen: {[type(e).__name__ for e in sb.to_device]}; "
@@ -432,10 +408,10 @@ async def conversation(r):
     up = await a2.keys_upload()
     require(isinstance(up, KeysUploadResponse) and up.signed_curve25519_count > 0,
             "A2 uploads its device keys and one-time keys", desc(up))
-    ok = await sync_until(a2, sa2, lambda: room in a2.rooms and a2.rooms[room].encrypted)
+    ok = await sync_until(a2, sa2, lambda: room in a2.rooms and a2.rooms[room].encrypted, SYNC_DEADLINE)
     require(ok, "A2's sync has the encrypted room", f"last error: {sa2.last_error}")
 
-    ok = await sync_until(b, sb, lambda: alice_id in sb.changed_since(before_a2))
+    ok = await sync_until(b, sb, lambda: alice_id in sb.changed_since(before_a2), SYNC_DEADLINE)
     check(ok, "bob's sync lists alice in device_lists.changed after her new device uploaded keys",
           f"after {SYNC_DEADLINE}s: {sb.changed_since(before_a2)}")
     status, changes, seen_raw = await r.http_b.call(
@@ -470,7 +446,7 @@ async def to_device(r):
             check(isinstance(resp, ToDeviceResponse),
                   f"alice sends {PING_TYPE} #{n} to bob's device"
                   + (f" (transaction {txn}, try {i + 1})" if repeats > 1 else ""), desc(resp))
-        ok = await sync_until(b, sb, lambda: pings(nonce))
+        ok = await sync_until(b, sb, lambda: pings(nonce), SYNC_DEADLINE)
         got = pings(nonce)
         check(ok and got[0].sender == a1.user_id,
               f"bob receives message #{n} from alice through sync (to_device)",

@@ -37,8 +37,6 @@ Usage: python nio_rooms.py BASE_URL        e.g. http://127.0.0.1:8008
 Prints one line per check and ends with "N passed, M failed"; exit status 1 on any failure.
 """
 
-import asyncio
-import time
 import uuid
 
 from nio import (
@@ -66,9 +64,10 @@ from nio import (
 from nio.api import ReceiptType
 from nio.responses import PublicRoomsResponse
 
-from harness import CLIENT_CONFIG, Http, check, desc, q, require, run_main, short
+from harness import (
+    CLIENT_CONFIG, SYNC_DEADLINE, Http, check, desc, q, require, run_main, short, sync_until,
+)
 
-SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
 RUN_DEADLINE = 240.0  # seconds for the whole run, whatever happens
 
 
@@ -132,26 +131,6 @@ class Seen:
         """(notification_count, highlight_count) from the latest sync that had the room."""
         unread = self.unread.get(room_id)
         return (unread.notification_count, unread.highlight_count) if unread else (None, None)
-
-
-async def sync_until(client, seen, predicate):
-    """Sync until predicate() holds; gives up after SYNC_DEADLINE seconds. Returns whether it held."""
-    deadline = time.monotonic() + SYNC_DEADLINE
-    while True:
-        if predicate():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        # The long-poll timeout stays under the remaining time (the server may hold the request
-        # that long). Never 0: nio then turns it into a zero client-side timeout.
-        wait_ms = int(max(0.1, min(2.0, remaining - 1.0)) * 1000)
-        try:
-            resp = await asyncio.wait_for(client.sync(timeout=wait_ms), timeout=remaining + 5)
-        except asyncio.TimeoutError:
-            seen.last_error = "sync request timed out"
-            continue
-        seen.record(resp)
 
 
 async def run(base):

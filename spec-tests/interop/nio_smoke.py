@@ -13,10 +13,8 @@ Usage: python nio_smoke.py BASE_URL        e.g. http://127.0.0.1:8008
 Prints one line per check and ends with "N passed, M failed"; exit status 1 on any failure.
 """
 
-import asyncio
 import io
 import struct
-import time
 import uuid
 import zlib
 
@@ -38,9 +36,8 @@ from nio import (
 )
 from nio.api import ResizingMethod
 
-from harness import CLIENT_CONFIG, check, desc, require, run_main
+from harness import CLIENT_CONFIG, SYNC_DEADLINE, check, desc, require, run_main, sync_until
 
-SYNC_DEADLINE = 30.0  # seconds a client may sync before a "sees ..." check gives up
 RUN_DEADLINE = 180.0  # seconds for the whole run, whatever happens
 
 ROOM_NAME = "nio smoke room"
@@ -87,26 +84,6 @@ class Timeline:
 
     def texts(self, room_id):
         return [e for e in self.events.get(room_id, []) if isinstance(e, RoomMessageText)]
-
-
-async def sync_until(client, timeline, predicate):
-    """Sync until predicate() holds; gives up after SYNC_DEADLINE seconds. Returns whether it held."""
-    deadline = time.monotonic() + SYNC_DEADLINE
-    while True:
-        if predicate():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        # The long-poll timeout stays under the remaining time (the server may hold the request
-        # that long). Never 0: nio then turns it into a zero client-side timeout.
-        wait_ms = int(max(0.1, min(2.0, remaining - 1.0)) * 1000)
-        try:
-            resp = await asyncio.wait_for(client.sync(timeout=wait_ms), timeout=remaining + 5)
-        except asyncio.TimeoutError:
-            timeline.last_error = "sync request timed out"
-            continue
-        timeline.record(resp)
 
 
 async def token_refused(base, token):

@@ -579,6 +579,11 @@ pub fn rand_suffix() -> String {
 }
 
 /// Timeline events of a room in a sync response.
+/// A sync response's `next_batch` token.
+pub fn next_batch(sync: &Value) -> String {
+    sync["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
 pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
     sync["rooms"]["join"][room]["timeline"]["events"]
         .as_array()

@@ -4,7 +4,7 @@
 use plexus_spec_tests::{
     enc,
     keys::{CrossSigning, Device},
-    rand_suffix, Client, Server,
+    next_batch, rand_suffix, Client, Server,
 };
 use serde_json::{json, Value};
 
@@ -30,10 +30,6 @@ async fn claim(c: &Client, user: &str, device: &str) -> Value {
     .await
     .ok()["one_time_keys"]
         .clone()
-}
-
-fn next_batch(sync: &Value) -> String {
-    sync["next_batch"].as_str().expect("next_batch").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,13 +490,16 @@ async fn key_backup_versions_and_sessions() {
         .await
         .err(400, "M_INVALID_PARAM");
     let algorithm = "m.megolm_backup.v1.curve25519-aes-sha2";
-    let v1 = alice
-        .post(V, json!({ "algorithm": algorithm, "auth_data": auth }))
-        .await
-        .ok()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let new_version = || async {
+        alice
+            .post(V, json!({ "algorithm": algorithm, "auth_data": auth }))
+            .await
+            .ok()["version"]
+            .as_str()
+            .expect("version")
+            .to_owned()
+    };
+    let v1 = new_version().await;
     let info = alice.get(V).await.ok().clone();
     assert_eq!(info["version"], v1.as_str());
     assert_eq!(info["count"], 0);
@@ -545,13 +544,7 @@ async fn key_backup_versions_and_sessions() {
         )
         .await
         .err(400, "M_MISSING_PARAM");
-    let v2 = alice
-        .post(V, json!({ "algorithm": algorithm, "auth_data": auth }))
-        .await
-        .ok()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v2 = new_version().await;
     assert_ne!(v1, v2);
     let r = alice.put(&path, key(false, 1)).await;
     r.err(403, "M_WRONG_ROOM_KEYS_VERSION");
@@ -564,13 +557,7 @@ async fn key_backup_versions_and_sessions() {
         .await
         .err(404, "M_NOT_FOUND");
     assert_eq!(alice.get(V).await.ok()["version"], v1.as_str());
-    let v3 = alice
-        .post(V, json!({ "algorithm": algorithm, "auth_data": auth }))
-        .await
-        .ok()["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v3 = new_version().await;
     assert!(v3 != v2 && v3 != v1);
     let r = alice
         .delete(

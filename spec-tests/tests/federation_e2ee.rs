@@ -5,7 +5,7 @@
 use plexus_spec_tests::{
     enc, eventually,
     keys::{CrossSigning, Device},
-    Client, Server,
+    next_batch, Client, Server,
 };
 use serde_json::{json, Value};
 
@@ -66,10 +66,7 @@ async fn keys_to_device_and_device_lists_cross_servers() {
     assert_eq!(counts["signed_curve25519"], 0, "claimed on B");
 
     // A to-device message crosses as an EDU and arrives once.
-    let t = bob.sync("").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = next_batch(&bob.sync("").await);
     alice
         .put(
             "/_matrix/client/v3/sendToDevice/m.test/x1",
@@ -93,10 +90,7 @@ async fn keys_to_device_and_device_lists_cross_servers() {
     assert_eq!(s["to_device"]["events"], json!([]));
 
     // Bob adds a device: Alice's server hears (m.device_list_update) and Alice sees both.
-    let t = alice.sync("").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = next_batch(&alice.sync("").await);
     let mut bob2 = b.client();
     bob2.login("bob", "password-1234").await.ok();
     let bdev2 = Device::new(&bob.user_id, &bob2.device_id);
@@ -144,10 +138,7 @@ async fn keys_to_device_and_device_lists_cross_servers() {
     .await;
 
     // Bob leaves: Alice's device list tracking of him ends.
-    let t = alice.sync("").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let t = next_batch(&alice.sync("").await);
     bob.post(
         &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
         json!({}),

@@ -150,33 +150,8 @@ impl Machine {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.iter().map(Session::pickle).collect()))
                 .collect(),
-            outbound: self
-                .outbound
-                .iter()
-                .map(|(k, o)| {
-                    (
-                        k.clone(),
-                        Outbound {
-                            session: GroupSession::from_pickle(o.session.clone_pickle()).pickle(),
-                            shared_with: o.shared_with.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            inbound: self
-                .inbound
-                .iter()
-                .map(|(k, i)| {
-                    (
-                        k.clone(),
-                        Inbound {
-                            session: InboundGroupSession::from_pickle(i.session.clone_pickle())
-                                .pickle(),
-                            sender_key: i.sender_key.clone(),
-                        },
-                    )
-                })
-                .collect(),
+            outbound: self.outbound.clone_pickle(),
+            inbound: self.inbound.clone_pickle(),
             devices: self.devices.clone(),
             outdated: self.outdated.clone(),
             keys_uploaded: self.keys_uploaded,

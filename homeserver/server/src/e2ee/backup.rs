@@ -38,6 +38,20 @@ fn session_key(user: &UserId, v: u64, room: &str, session: &str) -> Vec<u8> {
     k
 }
 
+/// Write a version record with the rest of `b`, durably.
+async fn save_version(
+    app: &App,
+    user: &UserId,
+    n: u64,
+    rec: &Version,
+    mut b: Batch,
+) -> ApiResult<()> {
+    b.put(Table::BackupVersion, &version_key(user, n), &encode(rec));
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(())
+}
+
 /// Versions are numbers here; anything else names no backup.
 fn parse_version(v: &str) -> Option<u64> {
     v.parse().ok()
@@ -126,14 +140,7 @@ pub async fn create_version(
         count: 0,
         deleted: false,
     };
-    let mut b = Batch::default();
-    b.put(
-        Table::BackupVersion,
-        &version_key(&s.user_id, n),
-        &encode(&rec),
-    );
-    app.store.commit(b)?;
-    app.store.flush().await?;
+    save_version(&app, &s.user_id, n, &rec, Batch::default()).await?;
     Ok(Json(json!({ "version": n.to_string() })))
 }
 
@@ -174,14 +181,7 @@ pub async fn update_version(
     }
     check_algorithm(&body)?;
     rec.auth_data = body.auth_data;
-    let mut b = Batch::default();
-    b.put(
-        Table::BackupVersion,
-        &version_key(&s.user_id, n),
-        &encode(&rec),
-    );
-    app.store.commit(b)?;
-    app.store.flush().await?;
+    save_version(&app, &s.user_id, n, &rec, Batch::default()).await?;
     Ok(Json(json!({})))
 }
 
@@ -197,13 +197,7 @@ pub async fn delete_version(
     delete_sessions(&app, &s.user_id, n, None, None, &mut b)?;
     rec.deleted = true;
     rec.count = 0;
-    b.put(
-        Table::BackupVersion,
-        &version_key(&s.user_id, n),
-        &encode(&rec),
-    );
-    app.store.commit(b)?;
-    app.store.flush().await?;
+    save_version(&app, &s.user_id, n, &rec, b).await?;
     Ok(Json(json!({})))
 }
 
@@ -330,13 +324,7 @@ async fn put_sessions(
     }
     if changed {
         rec.etag += 1;
-        b.put(
-            Table::BackupVersion,
-            &version_key(user, current),
-            &encode(&rec),
-        );
-        app.store.commit(b)?;
-        app.store.flush().await?;
+        save_version(app, user, current, &rec, b).await?;
     }
     Ok(Json(
         json!({ "etag": rec.etag.to_string(), "count": rec.count }),
@@ -486,9 +474,7 @@ async fn delete_keys(
     if removed > 0 {
         rec.count = rec.count.saturating_sub(removed);
         rec.etag += 1;
-        b.put(Table::BackupVersion, &version_key(user, n), &encode(&rec));
-        app.store.commit(b)?;
-        app.store.flush().await?;
+        save_version(app, user, n, &rec, b).await?;
     }
     Ok(Json(
         json!({ "etag": rec.etag.to_string(), "count": rec.count }),

@@ -246,7 +246,7 @@ pub fn changes_for(
                 if i_joined {
                     // Newly here: everyone in the room is news to this user.
                     for (who, membership) in app.room_members(room.short)? {
-                        if membership == "join" {
+                        if membership == "join" && who != user {
                             changed.insert(who);
                         }
                     }
@@ -283,6 +283,7 @@ pub fn changes_for(
         let Ok(who) = OwnedUserId::try_from(String::from_utf8_lossy(&v).as_ref()) else {
             continue;
         };
+        // A user's own device changes are news to their other devices.
         if who == user || shares(&who)? {
             changed.insert(who);
         }
@@ -293,16 +294,6 @@ pub fn changes_for(
             changed.remove(&who);
             left.insert(who);
         }
-    }
-    changed.remove(user);
-    // A user's own device changes are news to their other devices.
-    if app
-        .store
-        .kv
-        .get(Table::DeviceListLatest, user.as_bytes())?
-        .is_some_and(|v| in_range(be_u64(&v)))
-    {
-        changed.insert(user.to_owned());
     }
     Ok((changed, left))
 }

@@ -61,8 +61,8 @@ pub async fn user_devices(
 }
 
 /// Only our own users, from another server's request.
-fn ours<T: Clone>(app: &App, m: BTreeMap<OwnedServerName, T>) -> Option<T> {
-    m.get(app.server_name()).cloned()
+fn ours<T>(app: &App, mut m: BTreeMap<OwnedServerName, T>) -> Option<T> {
+    m.remove(app.server_name())
 }
 
 /// `POST /_matrix/federation/v1/user/keys/query`.
