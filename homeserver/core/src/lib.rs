@@ -3,6 +3,7 @@
 //! Pure logic only (no I/O, no async) so that it is cheap to unit-test and to reuse from the
 //! federation, client and appservice paths alike.
 
+pub mod appservice;
 pub mod auth;
 pub mod builder;
 pub mod client_event;
