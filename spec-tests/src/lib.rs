@@ -1,7 +1,9 @@
 //! Black-box test harness: real `plexus` processes on free loopback ports with temporary data
 //! dirs, and a small JSON client that returns exactly what a Matrix client would see.
 
+pub mod fake_appservice;
 pub mod keys;
+pub mod loopback_http;
 pub mod peer;
 pub mod push_gateway;
 

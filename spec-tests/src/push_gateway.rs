@@ -7,10 +7,8 @@ use std::sync::{
 };
 
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpListener,
-};
+
+use crate::loopback_http::{serve, HttpRequest};
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -42,18 +40,14 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub async fn start() -> Gateway {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind gateway");
-        let port = listener.local_addr().expect("addr").port();
         let shared = Arc::new(Shared::default());
         shared.status.store(200, Ordering::SeqCst);
         let s = shared.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, s.clone()));
-            }
-        });
+        let (port, task) = serve(Arc::new(move |req| {
+            let out = answer(&s, req);
+            Box::pin(async move { out })
+        }))
+        .await;
         Gateway {
             url: format!("http://127.0.0.1:{port}/_matrix/push/v1/notify"),
             shared,
@@ -90,58 +84,19 @@ impl Gateway {
     }
 }
 
-async fn serve(conn: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let (read, mut write) = conn.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let path = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let status = shared.status.load(Ordering::SeqCst);
-        shared.requests.lock().unwrap().push(Request {
-            path,
+fn answer(shared: &Shared, req: HttpRequest) -> (u16, Value) {
+    let status = shared.status.load(Ordering::SeqCst);
+    shared.requests.lock().unwrap().push(Request {
+        path: req.target,
+        status,
+        body: req.body,
+    });
+    if status == 200 {
+        (
             status,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        });
-        let answer = if status == 200 {
-            json!({ "rejected": *shared.rejected.lock().unwrap() }).to_string()
-        } else {
-            json!({ "error": "gateway told to fail" }).to_string()
-        };
-        let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            answer.len()
-        );
-        if write.write_all(head.as_bytes()).await.is_err()
-            || write.write_all(answer.as_bytes()).await.is_err()
-        {
-            return;
-        }
+            json!({ "rejected": *shared.rejected.lock().unwrap() }),
+        )
+    } else {
+        (status, json!({ "error": "gateway told to fail" }))
     }
 }

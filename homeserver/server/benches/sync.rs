@@ -123,7 +123,8 @@ fn bench_sync(c: &mut Criterion) {
     rt.block_on(setup(&app, &owner, &reader));
     let session = Session {
         user_id: reader.clone(),
-        device_id: "BENCH".into(),
+        device_id: Some("BENCH".into()),
+        appservice: None,
         access_token: String::new(),
     };
     let filter = Filter::default();

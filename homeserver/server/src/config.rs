@@ -46,6 +46,7 @@ pub struct Config {
     pub federation: FederationConfig,
     pub media: MediaConfig,
     pub push: PushConfig,
+    pub appservice: AppserviceConfig,
     /// The server's ed25519 signing key file (`<version> <base64 PKCS#8>`), created on first
     /// start if missing. Absent: the key lives in the store.
     pub signing_key_path: Option<PathBuf>,
@@ -110,6 +111,13 @@ pub struct PushConfig {
     pub allow_loopback: bool,
 }
 
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppserviceConfig {
+    /// Registration files (YAML) of the application services this server talks to.
+    pub registrations: Vec<PathBuf>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
@@ -163,6 +171,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             media: MediaConfig::default(),
             push: PushConfig::default(),
+            appservice: AppserviceConfig::default(),
             signing_key_path: None,
         }
     }
@@ -220,6 +229,8 @@ pub struct Settings {
     pub signing_key_path: Option<PathBuf>,
     pub media: MediaConfig,
     pub push: PushConfig,
+    /// Loaded and validated registrations, in the order configured.
+    pub appservices: Vec<std::sync::Arc<plexus_core::appservice::Registration>>,
 }
 
 #[derive(Clone, Debug)]
@@ -306,6 +317,14 @@ impl Config {
         }
         if let Some(v) = var("PLEXUS_FEDERATION_ALLOW_LOOPBACK") {
             self.federation.allow_loopback = parse_bool("PLEXUS_FEDERATION_ALLOW_LOOPBACK", &v)?;
+        }
+        if let Some(v) = var("PLEXUS_APPSERVICE_REGISTRATIONS") {
+            self.appservice.registrations = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
         }
         Ok(())
     }
@@ -412,6 +431,7 @@ impl Config {
                 })
             }
         };
+        let appservices = load_registrations(&self.appservice.registrations)?;
         Ok(Settings {
             server_name,
             data_dir: self.data_dir.clone(),
@@ -427,8 +447,50 @@ impl Config {
             signing_key_path: self.signing_key_path.clone(),
             media: self.media.clone(),
             push: self.push.clone(),
+            appservices,
         })
     }
+}
+
+/// Every registration file, parsed and checked against the others: ids, tokens and sender users
+/// must be unique, or requests could not be told apart.
+fn load_registrations(
+    paths: &[PathBuf],
+) -> Result<Vec<std::sync::Arc<plexus_core::appservice::Registration>>, ConfigError> {
+    let mut out: Vec<std::sync::Arc<plexus_core::appservice::Registration>> = vec![];
+    for p in paths {
+        let bad = |why: String| ConfigError::Parse {
+            path: p.display().to_string(),
+            why,
+        };
+        let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+            path: p.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let reg =
+            plexus_core::appservice::Registration::parse(&text).map_err(|e| bad(e.to_string()))?;
+        for other in &out {
+            let clash = if other.id == reg.id {
+                Some("id")
+            } else if [&other.as_token, &other.hs_token].contains(&&reg.as_token)
+                || [&other.as_token, &other.hs_token].contains(&&reg.hs_token)
+            {
+                Some("as_token/hs_token")
+            } else if other.sender_localpart == reg.sender_localpart {
+                Some("sender_localpart")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(bad(format!(
+                    "`{what}` is the same as appservice `{}`'s",
+                    other.id
+                )));
+            }
+        }
+        out.push(std::sync::Arc::new(reg));
+    }
+    Ok(out)
 }
 
 fn parse_bool(key: &'static str, v: &str) -> Result<bool, ConfigError> {

@@ -95,6 +95,21 @@ pub enum ApiError {
     /// 403 `M_WRONG_ROOM_KEYS_VERSION`: a key backup write to a version that is not current.
     #[error("Wrong backup version")]
     WrongRoomKeysVersion { current: Option<String> },
+    /// 400 `M_UNKNOWN_DEVICE` (MSC3202): an appservice named a device its user does not have.
+    #[error("{0}")]
+    UnknownDevice(String),
+    /// 400 `M_URL_NOT_SET`: a ping to an appservice that wants no traffic.
+    #[error("Application service doesn't have a URL configured")]
+    UrlNotSet,
+    /// 502 `M_BAD_STATUS`: the appservice answered a ping with an error.
+    #[error("Ping returned status {status}")]
+    BadStatus { status: u16, body: String },
+    /// 502 `M_CONNECTION_FAILED`: the appservice could not be reached.
+    #[error("{0}")]
+    ConnectionFailed(String),
+    /// 504 `M_CONNECTION_TIMEOUT`: the appservice did not answer in time.
+    #[error("Connection to application service timed out")]
+    ConnectionTimeout,
     #[error("{0}")]
     BadGateway(String),
     #[error("internal error: {0}")]
@@ -142,6 +157,11 @@ impl ApiError {
             UnableToAuthoriseJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
             InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
             WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
+            UnknownDevice(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_DEVICE"),
+            UrlNotSet => (StatusCode::BAD_REQUEST, "M_URL_NOT_SET"),
+            BadStatus { .. } => (StatusCode::BAD_GATEWAY, "M_BAD_STATUS"),
+            ConnectionFailed(_) => (StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED"),
+            ConnectionTimeout => (StatusCode::GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT"),
             BadGateway(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
@@ -167,6 +187,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::WrongRoomKeysVersion { current } => {
                 json!({"errcode": errcode, "error": self.to_string(), "current_version": current})
+            }
+            ApiError::BadStatus { status, body } => {
+                json!({"errcode": errcode, "error": self.to_string(), "status": status, "body": body})
             }
             ApiError::LimitExceeded { retry_after_ms, .. } => {
                 json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})

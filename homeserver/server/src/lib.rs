@@ -1,6 +1,7 @@
 //! The Plexus homeserver: configuration, the HTTP edge, services and the client-server API.
 //! The `plexus` binary is a thin wrapper; benchmarks and tests use the library directly.
 
+pub mod appservice;
 pub mod client;
 pub mod config;
 pub mod e2ee;

@@ -126,6 +126,13 @@ async fn serve(settings: Settings) -> Result<(), String> {
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
     app.spawn_typing_expiry();
     plexus::push::gateway::Pushers::spawn(&app).map_err(|e| e.to_string())?;
+    app.ensure_appservice_senders()
+        .await
+        .map_err(|e| e.to_string())?;
+    plexus::appservice::sender::start(&app);
+    for reg in &app.appservices.regs {
+        tracing::info!(appservice = %reg.id, url = ?reg.url, "appservice registered");
+    }
     if let Some(fed) = app.federation.clone() {
         let tls = plexus::federation::tls::load_or_generate(
             &fed.settings,

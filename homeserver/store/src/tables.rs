@@ -141,4 +141,15 @@ pub enum Table {
     /// short room id ‖ count (big-endian) ‖ user id → membership: who changed membership when,
     /// so a sync can tell which device lists it must report as changed or left
     RoomMemberChange = 62,
+    /// count (big-endian) → short event id: every event placed in a room timeline, in stream
+    /// order across rooms, for the consumers that follow the write path (appservice senders)
+    EventStream = 63,
+    /// appservice id → its sender's progress JSON: stream position delivered up to, next
+    /// transaction id, and the transaction in flight (resent as is after a restart)
+    AppserviceState = 64,
+    /// appservice id \0 count (big-endian) ‖ seq (big-endian u32) → a to-device message for
+    /// one of its users' devices, delivered in a transaction (MSC2409) instead of a sync
+    AppserviceToDevice = 65,
+    /// appservice id \0 network id \0 room id → (): a room in that network's directory
+    NetworkRoom = 66,
 }

@@ -6,10 +6,12 @@ use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use plexus_core::appservice::Kind;
+
 use crate::{
     config::RegistrationPolicy,
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Query},
+    http::extract::{AppserviceToken, Auth, Body, Query},
     service::accounts::PASSWORD_FLOW,
     service::{App, Services},
 };
@@ -31,6 +33,9 @@ pub struct RegisterBody {
     #[serde(default)]
     refresh_token: bool,
     auth: Option<Value>,
+    /// `m.login.application_service`: an appservice registers a user in its namespace.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 /// Localparts per the spec's user identifier grammar (historical characters are not accepted for
@@ -81,6 +86,7 @@ async fn log_in(
 
 pub async fn register(
     State(app): State<App>,
+    caller: AppserviceToken,
     Query(q): Query<RegisterQuery>,
     Body(body): Body<RegisterBody>,
 ) -> ApiResult<Json<Value>> {
@@ -89,6 +95,9 @@ pub async fn register(
     }
     if let Some(k) = q.kind.as_deref().filter(|k| *k != "user") {
         return Err(ApiError::InvalidParam(format!("unknown kind {k}")));
+    }
+    if body.kind.as_deref() == Some("m.login.application_service") {
+        return register_for_appservice(&app, caller, body).await;
     }
     let flows: &'static [&'static [&'static str]] = match app.settings.registration {
         RegistrationPolicy::Disabled => {
@@ -101,6 +110,8 @@ pub async fn register(
         Some(u) => validate_localpart(&app, &u.to_lowercase())?,
         None => validate_localpart(&app, &random_alnum(12).to_lowercase())?,
     };
+    app.appservices
+        .check_exclusive(Kind::User, user_id.as_str(), None)?;
     if app.user(&user_id)?.is_some() {
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
@@ -128,6 +139,43 @@ pub async fn register(
     .await
 }
 
+/// Registration by an appservice (its `as_token`): any user in its namespace, no password,
+/// whatever the server's registration policy.
+async fn register_for_appservice(
+    app: &App,
+    caller: AppserviceToken,
+    body: RegisterBody,
+) -> ApiResult<Json<Value>> {
+    let reg = caller.require()?;
+    let name = body
+        .username
+        .ok_or_else(|| ApiError::MissingParam("username is required".into()))?;
+    let user_id = validate_localpart(app, &name.to_lowercase())?;
+    if !reg.may_act_as(user_id.as_str(), app.server_name().as_str()) {
+        return Err(ApiError::Exclusive(
+            "User ID is not in the application service's namespace".into(),
+        ));
+    }
+    if app.user(&user_id)?.is_some() {
+        return Err(ApiError::UserInUse("User ID already taken".into()));
+    }
+    app.create_user(&user_id, None, false).await?;
+    tracing::info!(user = %user_id, appservice = %reg.id, "registered by appservice");
+    if body.inhibit_login {
+        return Ok(Json(
+            json!({ "user_id": user_id, "home_server": app.server_name() }),
+        ));
+    }
+    log_in(
+        app,
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name,
+        body.refresh_token,
+    )
+    .await
+}
+
 #[derive(Deserialize)]
 pub struct AvailableQuery {
     username: String,
@@ -138,6 +186,8 @@ pub async fn available(
     Query(q): Query<AvailableQuery>,
 ) -> ApiResult<Json<Value>> {
     let user_id = validate_localpart(&app, &q.username)?;
+    app.appservices
+        .check_exclusive(Kind::User, user_id.as_str(), None)?;
     if app.user(&user_id)?.is_some() {
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
@@ -145,7 +195,10 @@ pub async fn available(
 }
 
 pub async fn login_flows() -> Json<Value> {
-    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+    Json(json!({ "flows": [
+        { "type": "m.login.password" },
+        { "type": "m.login.application_service" },
+    ] }))
 }
 
 #[derive(Deserialize)]
@@ -160,7 +213,14 @@ pub struct LoginBody {
     rest: serde_json::Map<String, Value>,
 }
 
-pub async fn login(State(app): State<App>, Body(body): Body<LoginBody>) -> ApiResult<Json<Value>> {
+pub async fn login(
+    State(app): State<App>,
+    caller: AppserviceToken,
+    Body(body): Body<LoginBody>,
+) -> ApiResult<Json<Value>> {
+    if body.kind == "m.login.application_service" {
+        return login_for_appservice(&app, caller, body).await;
+    }
     if body.kind != "m.login.password" {
         return Err(ApiError::Unknown(format!(
             "Unknown login type {}",
@@ -206,8 +266,44 @@ pub async fn login(State(app): State<App>, Body(body): Body<LoginBody>) -> ApiRe
     .await
 }
 
+/// `m.login.application_service`: a device for a user in the appservice's namespace (how an
+/// appservice gets devices of its own to run E2EE with).
+async fn login_for_appservice(
+    app: &App,
+    caller: AppserviceToken,
+    body: LoginBody,
+) -> ApiResult<Json<Value>> {
+    let reg = caller.require()?;
+    let name = body
+        .rest
+        .get("identifier")
+        .and_then(|i| i.get("user"))
+        .or_else(|| body.rest.get("user"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::MissingParam("identifier.user is required".into()))?;
+    let user_id = app.parse_user_name(name)?;
+    if !reg.may_act_as(user_id.as_str(), app.server_name().as_str()) {
+        return Err(ApiError::Forbidden(
+            "User is not in the application service's namespace".into(),
+        ));
+    }
+    if app.user(&user_id)?.is_none_or(|r| r.deactivated) {
+        return Err(ApiError::Forbidden(
+            "Application service has not registered this user".into(),
+        ));
+    }
+    log_in(
+        app,
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name,
+        body.refresh_token,
+    )
+    .await
+}
+
 pub async fn logout(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
-    app.delete_devices(&s.user_id, &[s.device_id.to_string()])
+    app.delete_devices(&s.user_id, &[s.device()?.to_string()])
         .await?;
     Ok(Json(json!({})))
 }
@@ -240,7 +336,12 @@ pub async fn refresh(
 }
 
 pub async fn whoami(Auth(s): Auth) -> Json<Value> {
-    Json(json!({ "user_id": s.user_id, "device_id": s.device_id, "is_guest": false }))
+    let mut v = json!({ "user_id": s.user_id, "is_guest": false });
+    // An appservice acting without a device has none to report.
+    if let Some(d) = &s.device_id {
+        v["device_id"] = json!(d);
+    }
+    Json(v)
 }
 
 #[derive(Deserialize)]
@@ -283,7 +384,7 @@ pub async fn password(
             .devices(&s.user_id)?
             .into_iter()
             .map(|(d, _)| d)
-            .filter(|d| d != s.device_id.as_str())
+            .filter(|d| Some(d.as_str()) != s.device_id.as_deref().map(|d| d.as_str()))
             .collect();
         app.delete_devices(&s.user_id, &others).await?;
     }

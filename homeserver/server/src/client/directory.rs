@@ -10,7 +10,7 @@ use super::membership::{parse_room_id, resolve_alias};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
-    service::{key2, App},
+    service::{key2, key3, App},
 };
 
 fn parse_alias(s: &str) -> ApiResult<OwnedRoomAliasId> {
@@ -35,6 +35,11 @@ pub async fn create(
             "Aliases can only be created on this server's domain".into(),
         ));
     }
+    app.appservices.check_exclusive(
+        plexus_core::appservice::Kind::Alias,
+        alias.as_str(),
+        s.appservice.as_deref(),
+    )?;
     app.room_or_404(&room_id)?;
     if !app.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
@@ -138,10 +143,61 @@ fn summary(app: &App, room_id: &ruma::RoomId) -> ApiResult<Option<Value>> {
     Ok(Some(v))
 }
 
+/// Which room directory: the server's own, one appservice network's (`appservice|network`, as
+/// `/thirdparty/protocols` names its instances), or all of them.
+#[derive(Clone, Debug, Default)]
+pub enum Network {
+    #[default]
+    Main,
+    All,
+    Instance(String),
+}
+
+impl Network {
+    fn of(instance: Option<&str>, all: bool) -> Network {
+        match instance {
+            Some(i) => Network::Instance(i.to_owned()),
+            None if all => Network::All,
+            None => Network::Main,
+        }
+    }
+
+    /// Room ids in this directory.
+    fn rooms(&self, app: &App) -> ApiResult<std::collections::BTreeSet<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        if matches!(self, Network::Main | Network::All) {
+            for item in app.store.kv.scan_prefix(Table::PublicRoom, b"") {
+                out.insert(String::from_utf8_lossy(&item?.0).into_owned());
+            }
+        }
+        let prefix = match self {
+            Network::Main => return Ok(out),
+            Network::All => vec![],
+            Network::Instance(i) => {
+                let Some((service, network)) = i.split_once('|') else {
+                    return Err(ApiError::InvalidParam(format!(
+                        "unknown third_party_instance_id {i}"
+                    )));
+                };
+                key3(service, network, "")
+            }
+        };
+        for item in app.store.kv.scan_prefix(Table::NetworkRoom, &prefix) {
+            let key = String::from_utf8_lossy(&item?.0).into_owned();
+            if let Some(room) = key.rsplit('\0').next() {
+                out.insert(room.to_owned());
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Deserialize, Default)]
 pub struct PublicRoomsQuery {
     pub limit: Option<String>,
     pub since: Option<String>,
+    third_party_instance_id: Option<String>,
+    include_all_networks: Option<String>,
     server: Option<String>,
 }
 
@@ -160,6 +216,9 @@ pub struct PublicRoomsBody {
     server: Option<String>,
     #[serde(default)]
     pub filter: PublicRoomsFilter,
+    third_party_instance_id: Option<String>,
+    #[serde(default)]
+    include_all_networks: bool,
 }
 
 /// This server's directory, or another server's over federation (`GET` when there is no
@@ -170,11 +229,20 @@ async fn list_public_on(
     since: Option<&str>,
     server: Option<&str>,
     filter: Option<&PublicRoomsFilter>,
+    network: &Network,
 ) -> ApiResult<Value> {
     let server = match server {
         Some(s) if s != app.server_name().as_str() => ruma::ServerName::parse(s)
             .map_err(|e| ApiError::InvalidParam(format!("invalid server name: {e}")))?,
-        _ => return list_public(app, limit, since, filter.unwrap_or(&Default::default())),
+        _ => {
+            return list_public(
+                app,
+                limit,
+                since,
+                filter.unwrap_or(&Default::default()),
+                network,
+            )
+        }
     };
     let Some(fed) = &app.federation else {
         return Err(ApiError::NotFound(
@@ -231,6 +299,7 @@ pub fn list_public(
     limit: Option<usize>,
     since: Option<&str>,
     filter: &PublicRoomsFilter,
+    network: &Network,
 ) -> ApiResult<Value> {
     let offset = match since {
         None => 0,
@@ -245,10 +314,8 @@ pub fn list_public(
         .map(str::to_lowercase)
         .filter(|t| !t.is_empty());
     let mut rooms = vec![];
-    for item in app.store.kv.scan_prefix(Table::PublicRoom, b"") {
-        let (k, _) = item?;
-        let Ok(room_id) = ruma::OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
-        else {
+    for room in network.rooms(app)? {
+        let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
             continue;
         };
         let Some(v) = summary(app, &room_id)? else {
@@ -299,8 +366,20 @@ pub async fn public_rooms(
     crate::http::extract::Query(q): crate::http::extract::Query<PublicRoomsQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = parse_limit(q.limit.as_deref())?;
+    let network = Network::of(
+        q.third_party_instance_id.as_deref(),
+        q.include_all_networks.as_deref() == Some("true"),
+    );
     Ok(Json(
-        list_public_on(&app, limit, q.since.as_deref(), q.server.as_deref(), None).await?,
+        list_public_on(
+            &app,
+            limit,
+            q.since.as_deref(),
+            q.server.as_deref(),
+            None,
+            &network,
+        )
+        .await?,
     ))
 }
 
@@ -318,6 +397,10 @@ pub async fn search_public_rooms(
             body.since.as_deref(),
             server,
             Some(&body.filter),
+            &Network::of(
+                body.third_party_instance_id.as_deref(),
+                body.include_all_networks,
+            ),
         )
         .await?,
     ))

@@ -29,7 +29,7 @@ use axum::{
     Router,
 };
 
-use crate::{e2ee, service::App};
+use crate::{appservice, e2ee, service::App};
 
 pub fn router() -> Router<App> {
     let v3 = Router::new()
@@ -212,6 +212,31 @@ pub fn router() -> Router<App> {
             get(directory::get_visibility).put(directory::set_visibility),
         )
         .route(
+            "/directory/list/appservice/{network_id}/{room_id}",
+            put(appservice::client::set_network_visibility),
+        )
+        .route(
+            "/thirdparty/protocols",
+            get(appservice::client::all_protocols),
+        )
+        .route(
+            "/thirdparty/protocol/{protocol}",
+            get(appservice::client::one_protocol),
+        )
+        .route(
+            "/thirdparty/location/{protocol}",
+            get(appservice::client::location_by_protocol),
+        )
+        .route(
+            "/thirdparty/user/{protocol}",
+            get(appservice::client::user_by_protocol),
+        )
+        .route(
+            "/thirdparty/location",
+            get(appservice::client::location_by_alias),
+        )
+        .route("/thirdparty/user", get(appservice::client::user_by_id))
+        .route(
             "/presence/{user_id}/status",
             get(presence::get).put(presence::set),
         )
@@ -232,6 +257,10 @@ pub fn router() -> Router<App> {
         );
 
     let v1 = Router::new()
+        .route(
+            "/appservice/{appservice_id}/ping",
+            post(appservice::client::ping),
+        )
         .route(
             "/register/m.login.registration_token/validity",
             get(account::registration_token_validity),

@@ -45,6 +45,10 @@ async fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
         }
         return Ok(m);
     }
+    // An unknown user in an appservice's namespace may be one it makes on demand.
+    if !app.local_user_exists(user).await? {
+        return Err(ApiError::NotFound("Profile not found".into()));
+    }
     let rec = app
         .user(user)?
         .filter(|r| !r.deactivated || r.displayname.is_some())

@@ -123,6 +123,11 @@ pub async fn create_room(
             }
             let a = OwnedRoomAliasId::try_from(format!("#{name}:{}", app.server_name()))
                 .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
+            app.appservices.check_exclusive(
+                plexus_core::appservice::Kind::Alias,
+                a.as_str(),
+                s.appservice.as_deref(),
+            )?;
             if app.store.kv.contains(Table::Alias, a.as_bytes())? {
                 return Err(ApiError::RoomInUse("Room alias already taken".into()));
             }

@@ -143,18 +143,15 @@ async fn send_with_txn(
     txn: &str,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
-    let txn_key = key3(s.user_id.as_str(), s.device_id.as_str(), txn);
+    let scope = s.txn_scope();
+    let txn_key = key3(s.user_id.as_str(), &scope, txn);
     let mut w = RoomWriter::open(app, &room_id).await?;
     if let Some(existing) = app.store.kv.get(Table::TxnId, &txn_key)? {
         return Ok(Json(
             json!({ "event_id": String::from_utf8_lossy(&existing) }),
         ));
     }
-    let id = w.append(
-        &s.user_id,
-        ev,
-        Some((s.device_id.to_string(), txn.to_owned())),
-    )?;
+    let id = w.append(&s.user_id, ev, Some((scope, txn.to_owned())))?;
     w.commit().await?;
     Ok(Json(json!({ "event_id": id })))
 }

@@ -107,7 +107,13 @@ pub fn build(
     let since = since.map(|c| c.min(now));
     // To-device first: when more wait than one response carries, the whole response stops at
     // the last one delivered, so the next token still covers the rest.
-    let (to_device, cut) = app.to_device_since(&s.user_id, s.device_id.as_str(), since, now)?;
+    // An appservice syncing without a device has no to-device inbox or keys.
+    let device = s
+        .device_id
+        .as_deref()
+        .map(|d| d.as_str())
+        .unwrap_or_default();
+    let (to_device, cut) = app.to_device_since(&s.user_id, device, since, now)?;
     let now = cut.unwrap_or(now);
     let (lists_changed, lists_left) = match since {
         Some(c) => crate::e2ee::device_lists::changes_for(app, &s.user_id, c, now)?,
@@ -201,9 +207,8 @@ pub fn build(
             "presence": { "events": presence },
             "to_device": { "events": to_device },
             "device_lists": { "changed": lists_changed, "left": lists_left },
-            "device_one_time_keys_count": app.one_time_key_counts(&s.user_id, s.device_id.as_str())?,
-            "device_unused_fallback_key_types":
-                app.unused_fallback_key_types(&s.user_id, s.device_id.as_str())?,
+            "device_one_time_keys_count": app.one_time_key_counts(&s.user_id, device)?,
+            "device_unused_fallback_key_types": app.unused_fallback_key_types(&s.user_id, device)?,
         }),
         changed,
     ))

@@ -39,7 +39,7 @@ pub async fn upload(
     Body(body): Body<UploadBody>,
 ) -> ApiResult<Json<Value>> {
     let user = s.user_id.as_str();
-    let device = s.device_id.as_str();
+    let device = s.device()?.as_str();
     let stored = app.device_keys(&s.user_id, device)?;
     let mut batch = Batch::default();
     let mut changed_keys = None;
@@ -124,6 +124,9 @@ pub async fn upload(
         None => {
             app.store.commit(batch)?;
             app.store.flush().await?;
+            // New key counts: an appservice running this device learns them (MSC3202).
+            app.notifier
+                .wake([s.user_id.as_ref()], app.store.current_count());
         }
     }
     Ok(Json(

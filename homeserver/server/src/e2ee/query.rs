@@ -252,6 +252,15 @@ pub async fn claim_local(
     if !batch.is_empty() {
         app.store.commit(batch)?;
         app.store.flush().await?;
+        // Their one-time key counts went down: syncs and appservices (MSC3202) should learn.
+        let claimed: Vec<OwnedUserId> = out
+            .keys()
+            .filter_map(|u| OwnedUserId::try_from(u.as_str()).ok())
+            .collect();
+        app.notifier.wake(
+            claimed.iter().map(|u| u.as_ref()),
+            app.store.current_count(),
+        );
     }
     Ok(out)
 }

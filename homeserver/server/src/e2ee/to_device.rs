@@ -64,7 +64,7 @@ pub async fn send(
     }
     let txn_key = key3(
         s.user_id.as_str(),
-        s.device_id.as_str(),
+        &s.txn_scope(),
         &format!("m.to_device\0{txn}"),
     );
     let sender = s.user_id.to_string();
@@ -75,8 +75,8 @@ pub async fn send(
             return Ok(false);
         }
         b.put(Table::TxnId, &txn_key, b"");
-        for d in &targets {
-            store_message(b, &d.user, &d.device, count, &sender, &kind, &d.content);
+        for (seq, d) in targets.iter().enumerate() {
+            store_message(&app, b, d, (count, seq as u32), &sender, &kind);
         }
         for (dest, messages) in &remote {
             let edu = json!({
@@ -133,20 +133,37 @@ fn inbox_key(user: &UserId, device: &str, count: u64) -> Vec<u8> {
     k
 }
 
+/// Into the device's inbox, or, for a user of an appservice that takes ephemeral data, into
+/// that appservice's queue: its devices get their messages in transactions (MSC2409).
 fn store_message(
+    app: &Services,
     b: &mut Batch,
-    user: &UserId,
-    device: &str,
-    count: u64,
+    d: &Delivery,
+    (count, seq): (u64, u32),
     sender: &str,
     kind: &str,
-    content: &Value,
 ) {
-    b.put(
-        Table::ToDevice,
-        &inbox_key(user, device, count),
-        &encode(&json!({ "sender": sender, "type": kind, "content": content })),
-    );
+    let server = app.server_name().as_str();
+    match app
+        .appservices
+        .regs
+        .iter()
+        .find(|r| r.receive_ephemeral && r.may_act_as(d.user.as_str(), server))
+    {
+        Some(reg) => b.put(
+            Table::AppserviceToDevice,
+            &crate::appservice::sender::queue_key(&reg.id, count, seq),
+            &encode(&json!({
+                "type": kind, "sender": sender, "content": d.content,
+                "to_user_id": d.user, "to_device_id": d.device,
+            })),
+        ),
+        None => b.put(
+            Table::ToDevice,
+            &inbox_key(&d.user, &d.device, count),
+            &encode(&json!({ "sender": sender, "type": kind, "content": d.content })),
+        ),
+    }
 }
 
 impl Services {
@@ -239,8 +256,8 @@ pub async fn receive(app: &App, origin: &ServerName, content: &Value) -> ApiResu
         return Ok(());
     }
     let (count, ()) = app.store.commit_with_count(|count, b| {
-        for d in &targets {
-            store_message(b, &d.user, &d.device, count, sender, kind, &d.content);
+        for (seq, d) in targets.iter().enumerate() {
+            store_message(app, b, d, (count, seq as u32), sender, kind);
         }
         Ok(())
     })?;

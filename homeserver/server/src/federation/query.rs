@@ -122,6 +122,7 @@ pub async fn public_rooms(
         limit,
         q.since.as_deref(),
         &Default::default(),
+        &Default::default(),
     )?))
 }
 
@@ -137,5 +138,6 @@ pub async fn search_public_rooms(
         body.limit,
         body.since.as_deref(),
         &body.filter,
+        &Default::default(),
     )?))
 }

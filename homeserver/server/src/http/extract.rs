@@ -120,7 +120,43 @@ impl FromRequestParts<App> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let token = access_token(parts).ok_or(ApiError::MissingToken)?;
-        app.session(&token).map(Auth)
+        app.authenticate(&token, parts.uri.query()).map(Auth)
+    }
+}
+
+/// The appservice whose `as_token` a request carries, with no `user_id` resolution: registering
+/// and logging in act on users that may not exist yet (mautrix registers a ghost with
+/// `?user_id=` naming the ghost itself).
+pub struct AppserviceToken {
+    /// Whether any access token came with the request.
+    pub present: bool,
+    pub reg: Option<std::sync::Arc<plexus_core::appservice::Registration>>,
+}
+
+impl AppserviceToken {
+    /// The appservice, or the error for a request that is not from one.
+    pub fn require(
+        self,
+    ) -> Result<std::sync::Arc<plexus_core::appservice::Registration>, ApiError> {
+        match (self.present, self.reg) {
+            (_, Some(r)) => Ok(r),
+            (false, None) => Err(ApiError::MissingToken),
+            (true, None) => Err(ApiError::Forbidden(
+                "m.login.application_service needs an appservice's as_token".into(),
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<App> for AppserviceToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let token = access_token(parts);
+        Ok(AppserviceToken {
+            present: token.is_some(),
+            reg: token.and_then(|t| app.appservices.by_token(&t).cloned()),
+        })
     }
 }
 
@@ -134,7 +170,9 @@ impl FromRequestParts<App> for MaybeAuth {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         match access_token(parts) {
             None => Ok(MaybeAuth(None)),
-            Some(token) => app.session(&token).map(|s| MaybeAuth(Some(s))),
+            Some(token) => app
+                .authenticate(&token, parts.uri.query())
+                .map(|s| MaybeAuth(Some(s))),
         }
     }
 }

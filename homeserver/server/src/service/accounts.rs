@@ -47,11 +47,34 @@ pub struct DeviceRecord {
 #[derive(Clone, Debug)]
 pub struct Session {
     pub user_id: OwnedUserId,
-    pub device_id: OwnedDeviceId,
+    /// `None` only for an appservice acting without naming a device.
+    pub device_id: Option<OwnedDeviceId>,
     pub access_token: String,
+    /// Set when the request came with an appservice's `as_token`.
+    pub appservice: Option<std::sync::Arc<plexus_core::appservice::Registration>>,
 }
 
 impl Session {
+    /// The device the request acts for. Device-scoped endpoints (keys, to-device, logout)
+    /// need one; an appservice names it with `device_id` (MSC3202).
+    pub fn device(&self) -> ApiResult<&ruma::DeviceId> {
+        self.device_id.as_deref().ok_or_else(|| {
+            ApiError::MissingParam(
+                "this request acts for a device: an appservice must pass device_id".into(),
+            )
+        })
+    }
+
+    /// What transaction ids are unique within: the device, or for an appservice acting
+    /// without one, the appservice (a name no device id can take).
+    pub fn txn_scope(&self) -> String {
+        match (&self.device_id, &self.appservice) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(a)) => format!("\u{1}appservice\u{1}{}", a.id),
+            (None, None) => String::new(),
+        }
+    }
+
     /// Per-user endpoints (`/user/{userId}/...`) act only on the caller's own data.
     pub fn require_self(&self, user: &str) -> ApiResult<()> {
         if self.user_id.as_str() != user {
@@ -273,8 +296,9 @@ impl Services {
         }
         Ok(Session {
             user_id: s.user_id,
-            device_id: s.device_id,
+            device_id: Some(s.device_id),
             access_token: token.to_owned(),
+            appservice: None,
         })
     }
 

@@ -37,6 +37,7 @@ pub struct Services {
     pub pushers: crate::push::gateway::Pushers,
     pub user_push: crate::push::user_cache::UserPushCache,
     pub e2ee: crate::e2ee::E2ee,
+    pub appservices: crate::appservice::Appservices,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -60,6 +61,7 @@ impl Services {
             None => None,
         };
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
+        let appservices = crate::appservice::Appservices::new(settings.appservices.clone())?;
         Ok(Arc::new(Self {
             federation,
             media,
@@ -72,6 +74,7 @@ impl Services {
             pushers: Default::default(),
             user_push: Default::default(),
             e2ee: Default::default(),
+            appservices,
             room_locks: Mutex::new(HashMap::new()),
         }))
     }

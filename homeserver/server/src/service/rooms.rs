@@ -498,7 +498,7 @@ impl Services {
                 if let Some(raw) = self.store.kv.get(Table::EventTxn, &short.to_be_bytes())? {
                     let text = String::from_utf8_lossy(&raw);
                     if let Some((device, txn)) = text.split_once('\0') {
-                        if device == s.device_id.as_str() {
+                        if device == s.txn_scope() {
                             ev["unsigned"]["transaction_id"] = Value::String(txn.to_owned());
                         }
                     }

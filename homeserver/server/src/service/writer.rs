@@ -501,6 +501,11 @@ pub fn room_rows(batch: &mut plexus_store::Batch, short_room: u64, meta: &RoomMe
 pub fn timeline_rows(batch: &mut plexus_store::Batch, short_room: u64, count: u64, short: u64) {
     let pos = pos_key(short_room, count);
     batch.put(Table::Timeline, &pos, &short.to_be_bytes());
+    batch.put(
+        Table::EventStream,
+        &count.to_be_bytes(),
+        &short.to_be_bytes(),
+    );
     batch.put(Table::EventPosition, &short.to_be_bytes(), &pos);
 }
 

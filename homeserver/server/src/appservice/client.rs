@@ -1,0 +1,221 @@
+//! Client-server endpoints that concern appservices: ping, each network's room directory, and
+//! third-party lookups passed through to the appservices that provide the protocol.
+
+use axum::{extract::State, Json};
+use plexus_store::{Batch, Table};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::outbound::segment;
+use crate::{
+    client::membership::parse_room_id,
+    error::{ApiError, ApiResult},
+    http::extract::{Auth, Body, Path},
+    service::{key3, App},
+};
+
+#[derive(Deserialize)]
+pub struct PingBody {
+    transaction_id: Option<String>,
+}
+
+/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`.
+pub async fn ping(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<PingBody>,
+) -> ApiResult<Json<Value>> {
+    let reg = s.appservice.filter(|r| r.id == id).ok_or_else(|| {
+        ApiError::Forbidden("Provided access token is not the appservice's as_token".into())
+    })?;
+    let ms = app
+        .ping_appservice(&reg, body.transaction_id.as_deref())
+        .await?;
+    Ok(Json(json!({ "duration_ms": ms })))
+}
+
+#[derive(Deserialize)]
+pub struct VisibilityBody {
+    visibility: String,
+}
+
+/// `NetworkRoom` key of one room in one appservice network's directory.
+pub fn network_key(appservice: &str, network: &str, room: &str) -> Vec<u8> {
+    key3(appservice, network, room)
+}
+
+/// `PUT /directory/list/appservice/{networkId}/{roomId}`: only with an `as_token`.
+pub async fn set_network_visibility(
+    State(app): State<App>,
+    Auth(s): Auth,
+    Path((network, room_id)): Path<(String, String)>,
+    Body(body): Body<VisibilityBody>,
+) -> ApiResult<Json<Value>> {
+    let reg = s.appservice.ok_or_else(|| {
+        ApiError::Forbidden("Only application services can use this endpoint".into())
+    })?;
+    let room_id = parse_room_id(&room_id)?;
+    app.room_or_404(&room_id)?;
+    let key = network_key(&reg.id, &network, room_id.as_str());
+    let mut b = Batch::default();
+    match body.visibility.as_str() {
+        "public" => b.put(Table::NetworkRoom, &key, &[]),
+        "private" => b.delete(Table::NetworkRoom, &key),
+        other => {
+            return Err(ApiError::BadJson(format!(
+                "visibility must be public or private, not {other}"
+            )))
+        }
+    }
+    app.store.commit(b)?;
+    app.store.flush().await?;
+    Ok(Json(json!({})))
+}
+
+/// The protocols every appservice offers, with its instances named `appservice|network` (the
+/// `third_party_instance_id` a client gives `publicRooms`).
+async fn protocols(app: &App, only: Option<&str>) -> Map<String, Value> {
+    let mut out: Map<String, Value> = Map::new();
+    for reg in &app.appservices.regs {
+        for p in reg
+            .protocols
+            .iter()
+            .filter(|p| only.is_none_or(|o| o == p.as_str()))
+        {
+            let Some(mut meta) = app
+                .thirdparty_query(reg, &format!("protocol/{}", segment(p)), None)
+                .await
+            else {
+                continue;
+            };
+            let Some(obj) = meta.as_object_mut() else {
+                continue;
+            };
+            let mut instances = vec![];
+            for mut inst in obj
+                .remove("instances")
+                .and_then(|i| match i {
+                    Value::Array(a) => Some(a),
+                    _ => None,
+                })
+                .unwrap_or_default()
+            {
+                let network = inst["network_id"].as_str().unwrap_or_default().to_owned();
+                inst["instance_id"] = json!(format!("{}|{network}", reg.id));
+                instances.push(inst);
+            }
+            match out.get_mut(p.as_str()) {
+                // Two appservices for one protocol: one entry, all their instances.
+                Some(existing) => {
+                    if let Some(list) = existing["instances"].as_array_mut() {
+                        list.extend(instances);
+                    }
+                }
+                None => {
+                    obj.insert("instances".into(), Value::Array(instances));
+                    out.insert(p.clone(), meta);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `GET /thirdparty/protocols`.
+pub async fn all_protocols(State(app): State<App>, Auth(_): Auth) -> Json<Value> {
+    Json(Value::Object(protocols(&app, None).await))
+}
+
+/// `GET /thirdparty/protocol/{protocol}`.
+pub async fn one_protocol(
+    State(app): State<App>,
+    Auth(_): Auth,
+    Path(protocol): Path<String>,
+) -> ApiResult<Json<Value>> {
+    protocols(&app, Some(&protocol))
+        .await
+        .remove(&protocol)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("No protocol {protocol}")))
+}
+
+/// Concatenate the answers of every appservice asked (those with the protocol, or all).
+async fn lookup(
+    app: &App,
+    protocol: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+) -> ApiResult<Json<Value>> {
+    let regs: Vec<_> = app
+        .appservices
+        .regs
+        .iter()
+        .filter(|r| protocol.is_none_or(|p| r.protocols.iter().any(|q| q == p)))
+        .collect();
+    if protocol.is_some() && regs.is_empty() {
+        return Err(ApiError::NotFound(
+            "No appservice provides this protocol".into(),
+        ));
+    }
+    let mut out = vec![];
+    for reg in regs {
+        if let Some(Value::Array(found)) = app.thirdparty_query(reg, path, query).await {
+            out.extend(found);
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// `GET /thirdparty/location/{protocol}`.
+pub async fn location_by_protocol(
+    State(app): State<App>,
+    Auth(_): Auth,
+    Path(protocol): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Value>> {
+    let path = format!("location/{}", segment(&protocol));
+    lookup(&app, Some(&protocol), &path, uri.query()).await
+}
+
+/// `GET /thirdparty/user/{protocol}`.
+pub async fn user_by_protocol(
+    State(app): State<App>,
+    Auth(_): Auth,
+    Path(protocol): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Value>> {
+    let path = format!("user/{}", segment(&protocol));
+    lookup(&app, Some(&protocol), &path, uri.query()).await
+}
+
+/// `GET /thirdparty/location?alias=`.
+pub async fn location_by_alias(
+    State(app): State<App>,
+    Auth(_): Auth,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Value>> {
+    require_param(uri.query(), "alias")?;
+    lookup(&app, None, "location", uri.query()).await
+}
+
+/// `GET /thirdparty/user?userid=`.
+pub async fn user_by_id(
+    State(app): State<App>,
+    Auth(_): Auth,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<Value>> {
+    require_param(uri.query(), "userid")?;
+    lookup(&app, None, "user", uri.query()).await
+}
+
+fn require_param(query: Option<&str>, name: &str) -> ApiResult<()> {
+    let pairs: Vec<(String, String)> = query
+        .and_then(|q| serde_html_form::from_str(q).ok())
+        .unwrap_or_default();
+    if pairs.iter().any(|(k, _)| k == name) {
+        Ok(())
+    } else {
+        Err(ApiError::MissingParam(format!("missing {name}")))
+    }
+}
