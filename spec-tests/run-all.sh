@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every Plexus test: unit tests, black-box spec-tests against real plexus processes, and the
-# interop tests with a Matrix client library nobody here wrote (matrix-nio from PyPI, with
-# its vodozemac E2EE), on one plexus and across two federated ones.
+# interop tests with libraries nobody here wrote: matrix-nio from PyPI (with its vodozemac
+# E2EE), on one plexus and across two federated ones, and a mautrix-python appservice.
 #
 # Usage: bash spec-tests/run-all.sh
 # Needs: cargo, python3 (3.9+) with venv. Creates target/interop-venv on first run.
@@ -60,6 +60,26 @@ if ! "$venv/bin/python" spec-tests/interop/nio_e2ee.py "http://127.0.0.1:$port" 
 fi
 read -r e2ee_passed e2ee_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$e2ee_log")
 
+echo "== interop: a mautrix-python appservice (transactions, ghosts, ephemeral, to-device, MSC3202) against plexus"
+as_dir="$data/mautrix"; mkdir -p "$as_dir"
+as_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$venv/bin/python" spec-tests/interop/make_registration.py "$as_dir/reg.yaml" "$as_port" localhost
+PLEXUS_DATA_DIR="$as_dir/data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$as_cport" PLEXUS_REGISTRATION=open \
+  PLEXUS_APPSERVICE_REGISTRATIONS="$as_dir/reg.yaml" PLEXUS_LOG=warn "$target/debug/plexus" >"$as_dir/plexus.log" 2>&1 &
+as_pid=$!
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$as_cport/_matrix/client/versions" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+mx_log=$(mktemp)
+if ! (cd spec-tests/interop && "$venv/bin/python" mautrix_bridge.py "http://127.0.0.1:$as_cport" "$as_dir/reg.yaml") | tee "$mx_log"; then
+  echo "--- plexus log"; tail -50 "$as_dir/plexus.log"; kill "$as_pid" 2>/dev/null || true; exit 1
+fi
+kill "$as_pid" 2>/dev/null || true; wait "$as_pid" 2>/dev/null || true
+read -r mx_passed mx_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$mx_log")
+rm -f "$mx_log"
+
 echo "== interop: matrix-nio end-to-end encryption across two federated plexus servers"
 fed_pids=()
 fed_urls=()
@@ -97,5 +117,5 @@ bench_ok=1
 if [ "$bench_ok" != 1 ]; then
   echo "plexus-bench reported errors"; tail -50 "$data/plexus.log"; exit 1
 fi
-echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $e2ee_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
-echo "$((cargo_passed + nio_passed + rooms_passed + e2ee_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + e2ee_failed + e2ee_fed_failed)) failed"
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $e2ee_passed + $mx_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
+echo "$((cargo_passed + nio_passed + rooms_passed + e2ee_passed + mx_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + e2ee_failed + mx_failed + e2ee_fed_failed)) failed"

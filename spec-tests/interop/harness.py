@@ -100,8 +100,9 @@ class Http:
 
     async def call(self, client, method, path, body=None):
         """(status, JSON body or text, a one-line description of request and response), with
-        the access token of the nio `client`."""
-        headers = {"Authorization": f"Bearer {client.access_token}"}
+        the access token of the nio `client` (anything with an `access_token`), or none when
+        `client` is None."""
+        headers = {"Authorization": f"Bearer {client.access_token}"} if client is not None else {}
         async with self.session.request(method, self.base + path, headers=headers,
                                         json=body) as r:
             text = await r.text()
@@ -146,18 +147,20 @@ def _where(exc):
     return f" at line {here[-1].lineno} ({here[-1].line})" if here else ""
 
 
-def run_main(run, doc, deadline, max_urls=1):
-    """Run `run(BASE_URL, ...)` (1 to `max_urls` base URLs from the command line) within
-    `deadline` seconds, print "N passed, M failed", exit 1 on any failure (or when nothing was
-    checked)."""
-    urls = sys.argv[1:]
-    if not 1 <= len(urls) <= max_urls or not all(
-            u.startswith(("http://", "https://")) for u in urls):
+def run_main(run, doc, deadline, max_urls=1, files=0):
+    """Run `run(BASE_URL, ...)` (1 to `max_urls` base URLs from the command line, then `files`
+    paths of existing files) within `deadline` seconds, print "N passed, M failed", exit 1 on
+    any failure (or when nothing was checked)."""
+    args = sys.argv[1:]
+    urls, paths = args[:len(args) - files], args[len(args) - files:]
+    if (len(args) < files or not 1 <= len(urls) <= max_urls
+            or not all(u.startswith(("http://", "https://")) for u in urls)
+            or not all(os.path.isfile(p) for p in paths)):
         print(doc, file=sys.stderr)
         sys.exit(2)
     start = time.monotonic()
     try:
-        asyncio.run(asyncio.wait_for(run(*urls), deadline))
+        asyncio.run(asyncio.wait_for(run(*urls, *paths), deadline))
     except Abort as e:
         print(f"# stopped: later checks depend on \"{e}\"", flush=True)
     except TimeoutError as e:

@@ -13,6 +13,13 @@
 #   SYNAPSE_VENV=D  use (and install into) the venv D instead of DIR/venv, so that several
 #                   Synapses can share one installation.
 #   SYNAPSE_VERSION the matrix-synapse version to install (default below).
+#   SYNAPSE_APPSERVICES=a.yaml,b.yaml
+#                   application service registration files, given to Synapse as
+#                   app_service_config_files (paths resolved before anything else; a missing file
+#                   stops `start`). With them, the experimental transaction extensions that
+#                   bridges read are on too: to-device messages (MSC2409/MSC4203) and device
+#                   lists and one-time key counts (MSC3202). Unset: no application services, as
+#                   before.
 #
 # Rate limits are raised so that the limiter is not what gets measured. PostgreSQL (what
 # production Synapse runs on) comes from Debian's package and runs as its own cluster in DIR.
@@ -33,6 +40,14 @@ dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 install|start|start-fed|stop DIR [PORT] [FED_PORT] [sqlite|postgres]" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
+# Registration files are named relative to the caller's directory: resolve them before the cd.
+appservice_files=()
+if [ -n "${SYNAPSE_APPSERVICES:-}" ]; then
+  IFS=, read -ra as_paths <<<"$SYNAPSE_APPSERVICES"
+  for f in "${as_paths[@]}"; do
+    if [ -n "$f" ]; then appservice_files+=("$(realpath -m -- "$f")"); fi
+  done
+fi
 # Python puts the working directory on its path: a `synapse/` folder there (like this script's
 # own) would shadow the real package.
 cd "$dir"
@@ -148,6 +163,19 @@ presence:
 presence:
   enabled: false"
   fi
+  local appservices=""
+  if [ ${#appservice_files[@]} -gt 0 ]; then
+    local f list=""
+    for f in "${appservice_files[@]}"; do
+      [ -f "$f" ] || { echo "SYNAPSE_APPSERVICES: no such file $f" >&2; exit 2; }
+      list+="${list:+, }'${f//\'/\'\'}'"
+    done
+    appservices="app_service_config_files: [$list]
+experimental_features:
+  msc2409_to_device_messages_enabled: true
+  msc3202_transaction_extensions: true
+  msc3202_device_masquerading: true"
+  fi
   cat > "$dir/homeserver.yaml" <<YAML
 server_name: "$server_name"
 pid_file: $dir/homeserver.pid
@@ -174,6 +202,7 @@ suppress_key_server_warning: true
 trusted_key_servers: []
 room_list_publication_rules: [{action: allow}]
 $federation
+$appservices
 rc_message: $rc
 rc_registration: $rc
 rc_registration_token_validity: $rc
