@@ -87,8 +87,9 @@ pub struct Namespaces {
     pub rooms: Vec<Namespace>,
 }
 
-/// A validated registration.
-#[derive(Clone, Debug)]
+/// A validated registration. Its `Debug` form leaves the tokens out: configurations get
+/// printed and logged.
+#[derive(Clone)]
 pub struct Registration {
     pub id: String,
     /// `None`: the appservice wants no traffic.
@@ -101,6 +102,23 @@ pub struct Registration {
     pub protocols: Vec<String>,
     pub receive_ephemeral: bool,
     pub msc3202: bool,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("as_token", &"<redacted>")
+            .field("hs_token", &"<redacted>")
+            .field("sender_localpart", &self.sender_localpart)
+            .field("namespaces", &self.namespaces)
+            .field("rate_limited", &self.rate_limited)
+            .field("protocols", &self.protocols)
+            .field("receive_ephemeral", &self.receive_ephemeral)
+            .field("msc3202", &self.msc3202)
+            .finish()
+    }
 }
 
 /// Which kind of identifier a namespace question is about.
@@ -255,6 +273,8 @@ namespaces:
         assert!(!r.rate_limited);
         assert_eq!(r.protocols, vec!["irc"]);
         assert!(r.namespaces.rooms.is_empty());
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secret-"), "tokens never printed: {shown}");
     }
 
     #[test]
