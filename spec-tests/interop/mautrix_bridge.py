@@ -7,13 +7,11 @@ mautrix's AppService listens there; a normal user (m.login.dummy, open registrat
 bridge's users. Checked:
 
 1. Listener and ping: the as_token's whoami is the sender; mautrix's AppService answers on the
-   registration's port and takes only the hs_token; AppService.ping_self
+   registration's port; AppService.ping_self
    (POST /_matrix/client/v1/appservice/{id}/ping) returns, and the homeserver's
    POST /_matrix/app/v1/ping reaches the listener with the same transaction_id; the same ping by
    plain HTTP answers an integer duration_ms; a ping for another appservice id is 403
-   M_FORBIDDEN. mautrix alone (synthetic transactions to its own listener): it reads ephemeral
-   events, to-device messages, device lists and one-time key counts under the stable and the
-   unstable names.
+   M_FORBIDDEN.
 2. Registration (m.login.application_service): the bot (sender_localpart) and a ghost
    @mxb_alice ensure_registered(), and whoami through their intents names them; a fresh ghost
    registered by plain HTTP with inhibit_login gets its user id and no access token; a username
@@ -294,12 +292,6 @@ async def run(base, registration_path):
         try:
             status, _, line = await as_http.call(None, "GET", "/_matrix/mau/live")
             require(status == 200, f"mautrix's AppService listens on 127.0.0.1:{as_port}", line)
-            status, _, line = await as_http.call(
-                SimpleNamespace(access_token="not-the-hs-token"), "PUT",
-                f"/_matrix/app/v1/transactions/synthetic-wrong-{suffix}", {"events": []})
-            check(status == 401, "the listener refuses a transaction without the hs_token "
-                  "(mautrix alone)", line)
-            await synthetic_transactions(as_http, reg, server, inbox, suffix)
         finally:
             await as_http.close()
 
@@ -574,43 +566,6 @@ async def run(base, registration_path):
             except Exception as e:  # the run's verdict is already made; say so and go on
                 print(f"# stopping the appservice listener: {type(e).__name__}: {e}", flush=True)
         await http.close()
-
-
-async def synthetic_transactions(as_http, reg, server, inbox, suffix):
-    """Transactions written here, sent straight to mautrix's own listener with the hs_token: which
-    keys mautrix reads, whatever a homeserver sends. (These check mautrix, not the server.)"""
-    hs = SimpleNamespace(access_token=reg["hs_token"])
-    user = f"@synthetic_{suffix}:{server}"
-    cases = [
-        ("ephemeral", "ephemeral events", "de.sorunome.msc2409", lambda tag: [{
-            "type": "m.typing", "room_id": f"!{tag}:{server}", "content": {"user_ids": [user]}}],
-         lambda tag: any(e.get("room_id") == f"!{tag}:{server}"
-                         for e in inbox.of_kind("ephemeral"))),
-        ("to_device", "to-device messages", "de.sorunome.msc2409", lambda tag: [{
-            "type": "m.interop.synthetic", "sender": user, "to_user_id": user,
-            "to_device_id": "SYNTH", "content": {"tag": tag}}],
-         lambda tag: any((e.get("content") or {}).get("tag") == tag
-                         for e in inbox.of_kind("to_device"))),
-        ("device_lists", "device list changes", "org.matrix.msc3202",
-         lambda tag: {"changed": [f"@{tag}:{server}"], "left": []},
-         lambda tag: any(f"@{tag}:{server}" in d.get("changed", []) for d in inbox.device_lists)),
-        ("device_one_time_keys_count", "one-time key counts", "org.matrix.msc3202",
-         lambda tag: {f"@{tag}:{server}": {"SYNTH": {"signed_curve25519": 7}}},
-         lambda tag: any(f"@{tag}:{server}" in c for c in inbox.otk_counts)),
-    ]
-    for field, what, unstable, make, seen in cases:
-        names = []
-        for key in (field, f"{unstable}.{field}"):
-            tag = f"synthetic-{key.replace('.', '-')}-{suffix}"
-            status, _, line = await as_http.call(
-                hs, "PUT", f"/_matrix/app/v1/transactions/{tag}", {"events": [], key: make(tag)})
-            if status == 200 and await until(lambda: seen(tag), seconds=5):
-                names.append(key)
-            else:
-                print(f"# synthetic {key}: {line}", flush=True)
-        both = [field, f"{unstable}.{field}"]
-        check(names == both, f"mautrix reads {what} under both {both[0]} and {both[1]} "
-              "(synthetic transactions, mautrix alone)", f"read only under {names}")
 
 
 async def encryption_plumbing(base, http, appservice, inbox, user, bot_id, suffix):

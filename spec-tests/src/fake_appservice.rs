@@ -146,6 +146,34 @@ impl FakeAppservice {
     }
 }
 
+/// Answer a user or alias query: for a localpart it makes, make it on the homeserver first
+/// (`POST /_matrix/client/v3/<endpoint>` with `body`) and answer 200, as bridges do.
+async fn make(
+    s: &Shared,
+    hs: Option<String>,
+    as_token: &str,
+    local: &str,
+    endpoint: &str,
+    body: Value,
+) -> (u16, Value) {
+    let wanted = s.makes.lock().unwrap().contains(local);
+    if let (true, Some(hs)) = (wanted, hs) {
+        let r = reqwest::Client::new()
+            .post(format!("{hs}/_matrix/client/v3/{endpoint}"))
+            .bearer_auth(as_token)
+            .json(&body)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            return (200, json!({}));
+        }
+    }
+    (
+        404,
+        json!({ "errcode": "M_NOT_FOUND", "error": "not made here" }),
+    )
+}
+
 async fn answer(s: &Shared, hs_token: &str, as_token: &str, req: HttpRequest) -> (u16, Value) {
     s.requests.lock().unwrap().push(req.clone());
     if req.authorization.as_deref() != Some(&format!("Bearer {hs_token}")) {
@@ -173,23 +201,8 @@ async fn answer(s: &Shared, hs_token: &str, as_token: &str, req: HttpRequest) ->
         .replace("%23", "#");
     if let Some(user) = decoded.strip_prefix("/_matrix/app/v1/users/") {
         let local = user.trim_start_matches('@').split(':').next().unwrap_or("");
-        if s.makes.lock().unwrap().contains(local) {
-            if let Some(hs) = hs {
-                let r = reqwest::Client::new()
-                    .post(format!("{hs}/_matrix/client/v3/register"))
-                    .bearer_auth(as_token)
-                    .json(&json!({ "type": "m.login.application_service", "username": local }))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status().is_success()) {
-                    return (200, json!({}));
-                }
-            }
-        }
-        return (
-            404,
-            json!({ "errcode": "M_NOT_FOUND", "error": "no such user" }),
-        );
+        let body = json!({ "type": "m.login.application_service", "username": local });
+        return make(s, hs, as_token, local, "register", body).await;
     }
     if let Some(alias) = decoded.strip_prefix("/_matrix/app/v1/rooms/") {
         let local = alias
@@ -197,23 +210,8 @@ async fn answer(s: &Shared, hs_token: &str, as_token: &str, req: HttpRequest) ->
             .split(':')
             .next()
             .unwrap_or("");
-        if s.makes.lock().unwrap().contains(local) {
-            if let Some(hs) = hs {
-                let r = reqwest::Client::new()
-                    .post(format!("{hs}/_matrix/client/v3/createRoom"))
-                    .bearer_auth(as_token)
-                    .json(&json!({ "room_alias_name": local }))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status().is_success()) {
-                    return (200, json!({}));
-                }
-            }
-        }
-        return (
-            404,
-            json!({ "errcode": "M_NOT_FOUND", "error": "no such alias" }),
-        );
+        let body = json!({ "room_alias_name": local });
+        return make(s, hs, as_token, local, "createRoom", body).await;
     }
     if let Some(rest) = path.strip_prefix("/_matrix/app/v1/thirdparty/") {
         if rest.starts_with("protocol/") {

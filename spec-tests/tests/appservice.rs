@@ -41,6 +41,30 @@ fn acting(path: &str, user: &str, device: Option<&str>) -> String {
     p
 }
 
+/// `m.login.application_service` as `local`, with this client's token.
+async fn login_as_appservice(c: &Client, local: &str) -> plexus_spec_tests::Resp {
+    c.post(
+        "/_matrix/client/v3/login",
+        json!({ "type": "m.login.application_service",
+                "identifier": { "type": "m.id.user", "user": local } }),
+    )
+    .await
+}
+
+/// The appservice's `@as_ghost` joins `room`.
+async fn ghost_joins(asc: &Client, room: &str) {
+    asc.post(
+        &acting(
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            "@as_ghost:localhost",
+            None,
+        ),
+        json!({}),
+    )
+    .await
+    .ok();
+}
+
 async fn register_ghost(asc: &Client, local: &str) -> Value {
     asc.post(
         "/_matrix/client/v3/register",
@@ -148,13 +172,7 @@ async fn namespaces_registration_and_masquerading() {
     .err(400, "M_UNKNOWN_DEVICE");
 
     // m.login.application_service gives a device; masquerading can then name it (MSC3202).
-    let login = asc
-        .post(
-            "/_matrix/client/v3/login",
-            json!({ "type": "m.login.application_service",
-                    "identifier": { "type": "m.id.user", "user": "as_ghost" } }),
-        )
-        .await;
+    let login = login_as_appservice(&asc, "as_ghost").await;
     let device = login.ok()["device_id"].as_str().unwrap().to_owned();
     let who = asc
         .get(&acting(
@@ -164,12 +182,7 @@ async fn namespaces_registration_and_masquerading() {
         ))
         .await;
     assert_eq!(who.ok()["device_id"], device.as_str());
-    alice
-        .post(
-            "/_matrix/client/v3/login",
-            json!({ "type": "m.login.application_service",
-                    "identifier": { "type": "m.id.user", "user": "as_ghost" } }),
-        )
+    login_as_appservice(&alice, "as_ghost")
         .await
         .err(403, "M_FORBIDDEN");
     // Device endpoints need a device.
@@ -192,16 +205,7 @@ async fn namespaces_registration_and_masquerading() {
         )
         .await
         .ok();
-    asc.post(
-        &acting(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            "@as_ghost:localhost",
-            None,
-        ),
-        json!({}),
-    )
-    .await
-    .ok();
+    ghost_joins(&asc, &room).await;
     asc.put(
         &acting(
             &format!(
@@ -287,16 +291,7 @@ async fn transactions_are_ordered_retried_and_delivered_once_across_a_crash() {
     let room = alice
         .create_room(json!({ "invite": ["@as_ghost:localhost"] }))
         .await;
-    asc.post(
-        &acting(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            "@as_ghost:localhost",
-            None,
-        ),
-        json!({}),
-    )
-    .await
-    .ok();
+    ghost_joins(&asc, &room).await;
     eventually(10, "the invite in a transaction", || async {
         fake.events()
             .iter()
@@ -407,14 +402,7 @@ async fn ephemeral_data_and_to_device_messages_reach_the_appservice() {
     .await;
     let asc = as_client(&server, &fake);
     register_ghost(&asc, "as_ghost").await;
-    let device = asc
-        .post(
-            "/_matrix/client/v3/login",
-            json!({ "type": "m.login.application_service",
-                    "identifier": { "type": "m.id.user", "user": "as_ghost" } }),
-        )
-        .await
-        .ok()["device_id"]
+    let device = login_as_appservice(&asc, "as_ghost").await.ok()["device_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -422,16 +410,7 @@ async fn ephemeral_data_and_to_device_messages_reach_the_appservice() {
     let room = alice
         .create_room(json!({ "invite": ["@as_ghost:localhost"] }))
         .await;
-    asc.post(
-        &acting(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            "@as_ghost:localhost",
-            None,
-        ),
-        json!({}),
-    )
-    .await
-    .ok();
+    ghost_joins(&asc, &room).await;
     let msg = alice.send_text(&room, "read me").await;
     alice.typing(&room, true).await.ok();
     alice

@@ -259,23 +259,20 @@ impl Intent {
 
     /// Set the user's display name.
     pub async fn set_displayname(&self, name: &str) -> Result<(), Error> {
-        let user = self.user_id.clone();
-        self.v3(
-            Method::PUT,
-            &["profile", &user, "displayname"],
-            Body::Json(json!({ "displayname": name })),
-        )
-        .await
-        .map(drop)
+        self.set_profile_field("displayname", name).await
     }
 
     /// Set the user's avatar (an `mxc://` URI, e.g. from [`Intent::upload`]).
     pub async fn set_avatar_url(&self, mxc: &str) -> Result<(), Error> {
+        self.set_profile_field("avatar_url", mxc).await
+    }
+
+    async fn set_profile_field(&self, field: &str, value: &str) -> Result<(), Error> {
         let user = self.user_id.clone();
         self.v3(
             Method::PUT,
-            &["profile", &user, "avatar_url"],
-            Body::Json(json!({ "avatar_url": mxc })),
+            &["profile", &user, field],
+            Body::Json(json!({ field: value })),
         )
         .await
         .map(drop)

@@ -6,11 +6,11 @@ use plexus_store::{Batch, Table};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::outbound::segment;
 use crate::{
     client::membership::parse_room_id,
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path},
+    federation::sender::enc,
+    http::extract::{query_pairs, Auth, Body, Path},
     service::{key3, App},
 };
 
@@ -84,7 +84,7 @@ async fn protocols(app: &App, only: Option<&str>) -> Map<String, Value> {
             .filter(|p| only.is_none_or(|o| o == p.as_str()))
         {
             let Some(mut meta) = app
-                .thirdparty_query(reg, &format!("protocol/{}", segment(p)), None)
+                .thirdparty_query(reg, &format!("protocol/{}", enc(p)), None)
                 .await
             else {
                 continue;
@@ -174,7 +174,7 @@ pub async fn location_by_protocol(
     Path(protocol): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Value>> {
-    let path = format!("location/{}", segment(&protocol));
+    let path = format!("location/{}", enc(&protocol));
     lookup(&app, Some(&protocol), &path, uri.query()).await
 }
 
@@ -185,7 +185,7 @@ pub async fn user_by_protocol(
     Path(protocol): Path<String>,
     uri: axum::http::Uri,
 ) -> ApiResult<Json<Value>> {
-    let path = format!("user/{}", segment(&protocol));
+    let path = format!("user/{}", enc(&protocol));
     lookup(&app, Some(&protocol), &path, uri.query()).await
 }
 
@@ -210,10 +210,7 @@ pub async fn user_by_id(
 }
 
 fn require_param(query: Option<&str>, name: &str) -> ApiResult<()> {
-    let pairs: Vec<(String, String)> = query
-        .and_then(|q| serde_html_form::from_str(q).ok())
-        .unwrap_or_default();
-    if pairs.iter().any(|(k, _)| k == name) {
+    if query_pairs(query).iter().any(|(k, _)| k == name) {
         Ok(())
     } else {
         Err(ApiError::MissingParam(format!("missing {name}")))

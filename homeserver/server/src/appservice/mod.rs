@@ -74,9 +74,7 @@ impl Services {
         token: &str,
         query: Option<&str>,
     ) -> ApiResult<Session> {
-        let pairs: Vec<(String, String)> = query
-            .and_then(|q| serde_html_form::from_str(q).ok())
-            .unwrap_or_default();
+        let pairs = crate::http::extract::query_pairs(query);
         let param = |names: &[&str]| {
             pairs
                 .iter()

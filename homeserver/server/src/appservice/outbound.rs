@@ -9,75 +9,36 @@ use serde_json::Value;
 
 use crate::{
     error::{ApiError, ApiResult},
+    federation::sender::enc,
     service::Services,
 };
 
 /// Queries are answered quickly or not at all: a client is waiting.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Percent-encode one path segment.
-pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl Services {
-    /// A local user exists, or an appservice whose namespace holds the id says it made it
-    /// just now (it registers the user before answering 200).
-    pub async fn local_user_exists(&self, user: &UserId) -> ApiResult<bool> {
-        if self.user(user)?.is_some() {
-            return Ok(true);
-        }
-        for reg in self
-            .appservices
-            .regs
-            .iter()
-            .filter(|r| r.matches(Kind::User, user.as_str()))
-        {
-            let path = format!("/_matrix/app/v1/users/{}", segment(user.as_str()));
-            if ask(self, reg, &path).await && self.user(user)?.is_some() {
-                tracing::info!(appservice = %reg.id, %user, "user made on query");
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// Ask the appservices whose namespaces hold an unknown local user whether it exists; one
+    /// that answers 200 has registered it before answering.
+    pub async fn ask_appservices_for_user(&self, user: &UserId) -> bool {
+        let path = format!("/_matrix/app/v1/users/{}", enc(user.as_str()));
+        self.ask_appservices(Kind::User, user.as_str(), &path).await
     }
 
-    /// The room an alias of this server points to, asking the appservice whose namespace holds
-    /// an unknown alias (it creates the room and the alias before answering 200).
-    pub async fn resolve_local_alias(&self, alias: &RoomAliasId) -> ApiResult<Option<String>> {
-        let look = || -> ApiResult<Option<String>> {
-            Ok(self
-                .store
-                .kv
-                .get(plexus_store::Table::Alias, alias.as_bytes())?
-                .map(|v| String::from_utf8_lossy(&v).into_owned()))
-        };
-        if let Some(room) = look()? {
-            return Ok(Some(room));
-        }
-        for reg in self
-            .appservices
-            .regs
-            .iter()
-            .filter(|r| r.matches(Kind::Alias, alias.as_str()))
-        {
-            let path = format!("/_matrix/app/v1/rooms/{}", segment(alias.as_str()));
-            if ask(self, reg, &path).await {
-                if let Some(room) = look()? {
-                    tracing::info!(appservice = %reg.id, %alias, "alias made on query");
-                    return Ok(Some(room));
-                }
+    /// The same for an unknown alias of this server: a 200 means it made the room and alias.
+    pub async fn ask_appservices_for_alias(&self, alias: &RoomAliasId) -> bool {
+        let path = format!("/_matrix/app/v1/rooms/{}", enc(alias.as_str()));
+        self.ask_appservices(Kind::Alias, alias.as_str(), &path)
+            .await
+    }
+
+    async fn ask_appservices(&self, kind: Kind, id: &str, path: &str) -> bool {
+        for reg in self.appservices.regs.iter().filter(|r| r.matches(kind, id)) {
+            if ask(self, reg, path).await {
+                tracing::info!(appservice = %reg.id, id, "made on query");
+                return true;
             }
         }
-        Ok(None)
+        false
     }
 
     /// `POST /_matrix/app/v1/ping`: how long the appservice took to answer.
@@ -124,9 +85,7 @@ impl Services {
     ) -> Option<Value> {
         let url = reg.url.as_deref()?;
         // The client's own access token never goes to the appservice.
-        let pairs: Vec<(String, String)> = query
-            .and_then(|q| serde_html_form::from_str::<Vec<(String, String)>>(q).ok())
-            .unwrap_or_default()
+        let pairs: Vec<(String, String)> = crate::http::extract::query_pairs(query)
             .into_iter()
             .filter(|(k, _)| k != "access_token")
             .collect();

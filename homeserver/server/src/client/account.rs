@@ -41,11 +41,7 @@ pub struct RegisterBody {
 /// Localparts per the spec's user identifier grammar (historical characters are not accepted for
 /// new accounts).
 fn validate_localpart(svc: &Services, localpart: &str) -> ApiResult<OwnedUserId> {
-    let ok = !localpart.is_empty()
-        && localpart.bytes().all(
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
-        );
-    if !ok {
+    if !plexus_core::appservice::valid_localpart(localpart) {
         return Err(ApiError::InvalidUsername(
             "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
         ));
@@ -96,34 +92,11 @@ pub async fn register(
     if let Some(k) = q.kind.as_deref().filter(|k| *k != "user") {
         return Err(ApiError::InvalidParam(format!("unknown kind {k}")));
     }
-    if body.kind.as_deref() == Some("m.login.application_service") {
-        return register_for_appservice(&app, caller, body).await;
-    }
-    let flows: &'static [&'static [&'static str]] = match app.settings.registration {
-        RegistrationPolicy::Disabled => {
-            return Err(ApiError::Forbidden("Registration has been disabled".into()))
-        }
-        RegistrationPolicy::Open => &[&["m.login.dummy"]],
-        RegistrationPolicy::Token => &[&["m.login.registration_token"]],
+    let user_id = if body.kind.as_deref() == Some("m.login.application_service") {
+        register_for_appservice(&app, caller, &body).await?
+    } else {
+        register_user(&app, &body).await?
     };
-    let user_id = match &body.username {
-        Some(u) => validate_localpart(&app, &u.to_lowercase())?,
-        None => validate_localpart(&app, &random_alnum(12).to_lowercase())?,
-    };
-    app.appservices
-        .check_exclusive(Kind::User, user_id.as_str(), None)?;
-    if app.user(&user_id)?.is_some() {
-        return Err(ApiError::UserInUse("User ID already taken".into()));
-    }
-    if let Some(p) = &body.password {
-        if p.len() > 512 {
-            return Err(ApiError::WeakPassword("password too long".into()));
-        }
-    }
-    app.uia(body.auth.clone(), flows, None).await?;
-    app.create_user(&user_id, body.password.as_deref(), false)
-        .await?;
-    tracing::info!(user = %user_id, "registered");
     if body.inhibit_login {
         return Ok(Json(
             json!({ "user_id": user_id, "home_server": app.server_name() }),
@@ -139,16 +112,47 @@ pub async fn register(
     .await
 }
 
+/// Registration by a person: the server's policy and user-interactive auth decide.
+async fn register_user(app: &App, body: &RegisterBody) -> ApiResult<OwnedUserId> {
+    let flows: &'static [&'static [&'static str]] = match app.settings.registration {
+        RegistrationPolicy::Disabled => {
+            return Err(ApiError::Forbidden("Registration has been disabled".into()))
+        }
+        RegistrationPolicy::Open => &[&["m.login.dummy"]],
+        RegistrationPolicy::Token => &[&["m.login.registration_token"]],
+    };
+    let user_id = match &body.username {
+        Some(u) => validate_localpart(app, &u.to_lowercase())?,
+        None => validate_localpart(app, &random_alnum(12).to_lowercase())?,
+    };
+    app.appservices
+        .check_exclusive(Kind::User, user_id.as_str(), None)?;
+    if app.user(&user_id)?.is_some() {
+        return Err(ApiError::UserInUse("User ID already taken".into()));
+    }
+    if let Some(p) = &body.password {
+        if p.len() > 512 {
+            return Err(ApiError::WeakPassword("password too long".into()));
+        }
+    }
+    app.uia(body.auth.clone(), flows, None).await?;
+    app.create_user(&user_id, body.password.as_deref(), false)
+        .await?;
+    tracing::info!(user = %user_id, "registered");
+    Ok(user_id)
+}
+
 /// Registration by an appservice (its `as_token`): any user in its namespace, no password,
 /// whatever the server's registration policy.
 async fn register_for_appservice(
     app: &App,
     caller: AppserviceToken,
-    body: RegisterBody,
-) -> ApiResult<Json<Value>> {
+    body: &RegisterBody,
+) -> ApiResult<OwnedUserId> {
     let reg = caller.require()?;
     let name = body
         .username
+        .as_deref()
         .ok_or_else(|| ApiError::MissingParam("username is required".into()))?;
     let user_id = validate_localpart(app, &name.to_lowercase())?;
     if !reg.may_act_as(user_id.as_str(), app.server_name().as_str()) {
@@ -161,19 +165,7 @@ async fn register_for_appservice(
     }
     app.create_user(&user_id, None, false).await?;
     tracing::info!(user = %user_id, appservice = %reg.id, "registered by appservice");
-    if body.inhibit_login {
-        return Ok(Json(
-            json!({ "user_id": user_id, "home_server": app.server_name() }),
-        ));
-    }
-    log_in(
-        app,
-        &user_id,
-        body.device_id.as_deref(),
-        body.initial_device_display_name,
-        body.refresh_token,
-    )
-    .await
+    Ok(user_id)
 }
 
 #[derive(Deserialize)]

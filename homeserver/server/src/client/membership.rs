@@ -34,13 +34,13 @@ pub async fn resolve_alias_servers(
     alias: &RoomAliasId,
 ) -> ApiResult<(OwnedRoomId, Vec<OwnedServerName>)> {
     if alias.server_name() == app.server_name() {
-        // An unknown alias in an appservice's namespace may be one it makes on demand.
-        let room = app
-            .resolve_local_alias(alias)
-            .await?
-            .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
-        let room = OwnedRoomId::try_from(room).map_err(|e| ApiError::Internal(e.to_string()))?;
-        return Ok((room, vec![]));
+        return match resolve_alias(app, alias) {
+            // An unknown alias in an appservice's namespace may be one it makes on demand.
+            Err(ApiError::NotFound(_)) if app.ask_appservices_for_alias(alias).await => {
+                Ok((resolve_alias(app, alias)?, vec![]))
+            }
+            other => Ok((other?, vec![])),
+        };
     }
     let Some(fed) = &app.federation else {
         return Err(ApiError::NotFound(

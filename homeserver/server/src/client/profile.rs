@@ -45,12 +45,12 @@ async fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
         }
         return Ok(m);
     }
-    // An unknown user in an appservice's namespace may be one it makes on demand.
-    if !app.local_user_exists(user).await? {
-        return Err(ApiError::NotFound("Profile not found".into()));
-    }
-    let rec = app
-        .user(user)?
+    let rec = match app.user(user)? {
+        // An unknown user in an appservice's namespace may be one it makes on demand.
+        None if app.ask_appservices_for_user(user).await => app.user(user)?,
+        found => found,
+    };
+    let rec = rec
         .filter(|r| !r.deactivated || r.displayname.is_some())
         .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
     let mut m = Map::new();

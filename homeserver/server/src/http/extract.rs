@@ -103,13 +103,17 @@ pub fn access_token(parts: &Parts) -> Option<String> {
     {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    parts.uri.query().and_then(|q| {
-        serde_html_form::from_str::<Vec<(String, String)>>(q)
-            .ok()?
-            .into_iter()
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v)
-    })
+    query_pairs(parts.uri.query())
+        .into_iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v)
+}
+
+/// A query string's decoded `key=value` pairs, in order; a malformed one has none.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .and_then(|q| serde_html_form::from_str(q).ok())
+        .unwrap_or_default()
 }
 
 /// An authenticated request: `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise.
