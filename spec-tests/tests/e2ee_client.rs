@@ -4,7 +4,7 @@
 
 use plexus_cli::{Client, Message};
 use plexus_spec_tests::{enc, eventually, Server};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 async fn register(server: &Server, name: &str) -> Client {
     Client::register(&server.base, name, "password-1234", None)
@@ -117,4 +117,88 @@ async fn encrypted_messages_cross_servers() {
     receive(&mut bob, &room, "across servers").await;
     bob.send_text(&room, "and back").await.unwrap();
     receive(&mut alice, &room, "and back").await;
+}
+
+/// A room key travels as a to-device message and may reach a client after the event it
+/// unlocks (over federation the two take separate paths). The event is read once the key
+/// comes, though no later sync carries the event again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_came_before_its_key_is_read_when_the_key_comes() {
+    let server = Server::start().await;
+    let mut alice = register(&server, "alice").await;
+    let mut bob = register(&server, "bob").await;
+    let room = alice
+        .create_room(true, std::slice::from_ref(&bob.user_id))
+        .await
+        .unwrap();
+    bob.join(&room).await.unwrap();
+    bob.sync_once(0).await.unwrap();
+
+    // Alice encrypts and sends first, and shares the key only afterwards.
+    let (_, key, _) = alice
+        .machine
+        .room_key_needs(&room, &std::collections::BTreeSet::new());
+    let content = alice
+        .machine
+        .megolm_encrypt(
+            &room,
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": "before its key" }),
+        )
+        .unwrap();
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.encrypted/early",
+        enc(&room)
+    );
+    alice.api.put(&path, content).await.unwrap();
+    let seen = bob.sync_once(0).await.unwrap();
+    let early = seen
+        .iter()
+        .find(|m| m.room == room && m.encrypted)
+        .expect("bob's sync carries the event");
+    assert!(early.body.is_none() && early.error.is_some(), "{early:?}");
+
+    let answer = alice
+        .api
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &bob.user_id: [] } }),
+        )
+        .await
+        .unwrap();
+    alice
+        .machine
+        .receive_keys(&answer, std::slice::from_ref(&bob.user_id));
+    let info = alice.machine.devices[&bob.user_id][&bob.device_id].clone();
+    let claimed = alice
+        .api
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            json!({ "one_time_keys": { &bob.user_id: { &bob.device_id: "signed_curve25519" } } }),
+        )
+        .await
+        .unwrap();
+    alice
+        .machine
+        .create_session(
+            &bob.user_id,
+            &bob.device_id,
+            &info,
+            &claimed["one_time_keys"][&bob.user_id][&bob.device_id],
+        )
+        .unwrap();
+    let sealed = alice
+        .machine
+        .olm_encrypt(&bob.user_id, &info, "m.room_key", key)
+        .unwrap();
+    alice
+        .api
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/late-key",
+            json!({ "messages": { &bob.user_id: { &bob.device_id: sealed } } }),
+        )
+        .await
+        .unwrap();
+    let m = receive(&mut bob, &room, "before its key").await;
+    assert_eq!(m.event_id, early.event_id);
 }

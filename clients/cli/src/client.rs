@@ -36,6 +36,8 @@ struct Stored {
     device_id: String,
     next_batch: Option<String>,
     machine: MachinePickle,
+    #[serde(default)]
+    waiting: Vec<(String, Value)>,
 }
 
 pub struct Client {
@@ -44,10 +46,16 @@ pub struct Client {
     pub device_id: String,
     pub machine: Machine,
     next_batch: Option<String>,
+    /// Encrypted events (room, event) that came before their room key: the key travels as a
+    /// to-device message, which may arrive after the event. Read again when keys arrive.
+    waiting: Vec<(String, Value)>,
     path: Option<PathBuf>,
     /// To-device messages that could not be decrypted, for the curious.
     pub warnings: Vec<String>,
 }
+
+/// How many unreadable events wait for their keys (the oldest give way).
+const MAX_WAITING: usize = 256;
 
 fn txn() -> String {
     use rand::Rng;
@@ -95,6 +103,7 @@ impl Client {
             user_id,
             device_id,
             next_batch: None,
+            waiting: vec![],
             path: state.map(Path::to_owned),
             warnings: vec![],
         };
@@ -115,6 +124,7 @@ impl Client {
             device_id: s.device_id,
             machine: Machine::from_pickle(s.machine),
             next_batch: s.next_batch,
+            waiting: s.waiting,
             path: Some(path.to_owned()),
             warnings: vec![],
         })
@@ -133,6 +143,7 @@ impl Client {
             device_id: self.device_id.clone(),
             next_batch: self.next_batch.clone(),
             machine: self.machine.pickle(),
+            waiting: self.waiting.clone(),
         };
         let text = serde_json::to_string(&s).map_err(|e| Error::State(e.to_string()))?;
         let tmp = path.with_extension("tmp");
@@ -169,7 +180,8 @@ impl Client {
     }
 
     /// One `/sync`: to-device messages (room keys) first, then device list changes and key
-    /// counts, then the new room messages, decrypted where we hold the key.
+    /// counts, then earlier events whose key has now come, then the new room messages,
+    /// decrypted where we hold the key.
     pub async fn sync_once(&mut self, timeout_ms: u64) -> Result<Vec<Message>, Error> {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(nb) = &self.next_batch {
@@ -199,6 +211,13 @@ impl Client {
             }
         }
         let mut out = vec![];
+        for (room, ev) in std::mem::take(&mut self.waiting) {
+            if self.machine.has_room_key(&room, &ev["content"]) {
+                out.extend(self.read_event(&room, &ev));
+            } else {
+                self.waiting.push((room, ev));
+            }
+        }
         for (room, r) in s["rooms"]["join"].as_object().into_iter().flatten() {
             for ev in r["timeline"]["events"].as_array().into_iter().flatten() {
                 if let Some(m) = self.read_event(room, ev) {
@@ -238,7 +257,19 @@ impl Client {
                     None,
                 )),
                 Ok(_) => None,
-                Err(e) => Some(base(None, true, Some(e.to_string()))),
+                Err(e) => {
+                    let known = self
+                        .waiting
+                        .iter()
+                        .any(|(_, w)| w["event_id"] == ev["event_id"]);
+                    if !known && !self.machine.has_room_key(room, &ev["content"]) {
+                        if self.waiting.len() == MAX_WAITING {
+                            self.waiting.remove(0);
+                        }
+                        self.waiting.push((room.to_owned(), ev.clone()));
+                    }
+                    Some(base(None, true, Some(e.to_string())))
+                }
             },
             _ => None,
         }

@@ -495,6 +495,14 @@ impl Machine {
     }
 
     /// Decrypt an `m.room.encrypted` room event's content.
+    /// Whether the room key an encrypted event names is here (an event that arrived before its
+    /// key can be read once the key comes).
+    pub fn has_room_key(&self, room: &str, content: &Value) -> bool {
+        content["session_id"]
+            .as_str()
+            .is_some_and(|id| self.inbound.contains_key(&inbound_key(room, id)))
+    }
+
     pub fn megolm_decrypt(&mut self, room: &str, content: &Value) -> Result<Decrypted, Error> {
         if content["algorithm"] != MEGOLM {
             return Err(Error::Crypto("not a megolm event".into()));
