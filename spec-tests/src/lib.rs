@@ -114,16 +114,8 @@ impl Server {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(plexus_bin());
-        cmd.env("PLEXUS_DATA_DIR", self.data.path().join("data"))
-            .env("PLEXUS_CLIENT_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("PLEXUS_SERVER_NAME", "localhost")
-            .env("PLEXUS_LOG", "warn,plexus=info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.plexus_command();
+        cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn plexus"));
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -165,6 +157,37 @@ impl Server {
     pub async fn crash_and_restart(&mut self) {
         self.kill9();
         self.spawn().await;
+    }
+
+    /// Start again after [`Self::kill9`], on the same port and data dir.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    /// The server's data dir (`PLEXUS_DATA_DIR`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    /// `plexus` with this server's settings.
+    fn plexus_command(&self) -> Command {
+        let mut cmd = Command::new(plexus_bin());
+        cmd.env("PLEXUS_DATA_DIR", self.data_dir())
+            .env("PLEXUS_CLIENT_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("PLEXUS_SERVER_NAME", "localhost")
+            .env("PLEXUS_LOG", "warn,plexus=info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Run a `plexus` subcommand with this server's settings (stop the server first).
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        self.plexus_command()
+            .args(args)
+            .output()
+            .expect("run plexus")
     }
 
     pub fn client(&self) -> Client {

@@ -3,8 +3,8 @@
 //! redaction replaces or removes it.
 //!
 //! The index knows nothing of rooms' permissions: it answers candidate events in order, and
-//! the server keeps those the user may see. Each commit records how far through the store's
-//! streams it has indexed ([`Progress`]), so the indexer resumes exactly there after a crash.
+//! the server keeps those the user may see. Each commit records the store's stream position it
+//! reflects, so the indexer resumes exactly there after a crash.
 
 mod tokens;
 
@@ -83,26 +83,22 @@ pub struct Doc {
     pub text: String,
     /// Sort key for "recent": larger is newer.
     pub order: u64,
-}
-
-/// How far the index has followed the store: the event stream and the backfill queue.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub stream: u64,
-    pub backfill: u64,
+    /// The edit whose text this is, if edited (redacting that edit changes the document).
+    pub edit: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Payload {
     version: u64,
-    progress: Progress,
+    /// The store's stream position up to which everything is indexed.
+    position: u64,
 }
 
 /// What [`SearchIndex::open`] found.
 #[derive(Debug)]
 pub enum Opened {
-    /// An index that can be resumed from its progress.
-    Existing(Progress),
+    /// An index that can be resumed from this stream position.
+    Existing(u64),
     /// A new empty index; why the old one (if any) was not used.
     Created { reason: String },
 }
@@ -114,6 +110,7 @@ struct Fields {
     key: Field,
     text: Field,
     order: Field,
+    edit: Field,
 }
 
 fn schema() -> Schema {
@@ -128,6 +125,7 @@ fn schema() -> Schema {
     );
     b.add_text_field("text", text);
     b.add_u64_field("order", INDEXED | FAST);
+    b.add_u64_field("edit", INDEXED | FAST);
     b.build()
 }
 
@@ -143,6 +141,7 @@ fn fields(schema: &Schema) -> Result<Fields> {
         key: f("key")?,
         text: f("text")?,
         order: f("order")?,
+        edit: f("edit")?,
     })
 }
 
@@ -203,7 +202,7 @@ impl SearchIndex {
             "no index yet".to_owned()
         } else {
             match Self::open_existing(dir) {
-                Ok((idx, progress)) => return Ok((idx, Opened::Existing(progress))),
+                Ok((idx, position)) => return Ok((idx, Opened::Existing(position))),
                 Err(e) => format!("the index could not be used ({e})"),
             }
         };
@@ -218,11 +217,11 @@ impl SearchIndex {
         std::fs::create_dir_all(dir)?;
         let index = Index::create_in_dir(dir, schema())?;
         let idx = Self::from_index(index, dir)?;
-        idx.commit(Progress::default())?;
+        idx.commit(0)?;
         Ok(idx)
     }
 
-    fn open_existing(dir: &Path) -> Result<(SearchIndex, Progress)> {
+    fn open_existing(dir: &Path) -> Result<(SearchIndex, u64)> {
         let index = Index::open_in_dir(dir)?;
         let payload: Payload = index
             .load_metas()?
@@ -245,7 +244,7 @@ impl SearchIndex {
         for seg in searcher.segment_readers() {
             seg.fast_fields().u64("event")?;
         }
-        Ok((idx, payload.progress))
+        Ok((idx, payload.position))
     }
 
     fn from_index(index: Index, dir: &Path) -> Result<SearchIndex> {
@@ -288,16 +287,20 @@ impl SearchIndex {
             td.add_text(f.key, d.key.as_str());
             td.add_text(f.text, &d.text);
             td.add_u64(f.order, d.order);
+            if let Some(e) = d.edit {
+                td.add_u64(f.edit, e);
+            }
             w.add_document(td)?;
         }
         Ok(())
     }
 
-    /// Make everything put so far durable and searchable, recording `progress` with it.
-    pub fn commit(&self, progress: Progress) -> Result<()> {
+    /// Make everything put so far durable and searchable, recording with it the stream
+    /// `position` it reflects.
+    pub fn commit(&self, position: u64) -> Result<()> {
         let payload = serde_json::to_string(&Payload {
             version: FORMAT_VERSION,
-            progress,
+            position,
         })
         .map_err(|e| SearchError::Invalid(e.to_string()))?;
         {
@@ -308,6 +311,28 @@ impl SearchIndex {
         }
         self.reader.reload()?;
         Ok(())
+    }
+
+    /// The events whose indexed text is that of the edit `edit` (as of the last commit).
+    pub fn edited_by(&self, edit: u64) -> Result<Vec<u64>> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_u64(self.fields.edit, edit),
+            IndexRecordOption::Basic,
+        );
+        let top = searcher.search(&query, &TopDocs::with_limit(16).order_by_score())?;
+        top.into_iter()
+            .map(|(_, addr)| {
+                let ff = searcher.segment_reader(addr.segment_ord).fast_fields();
+                Ok(ff.u64("event")?.first(addr.doc_id).unwrap_or(0))
+            })
+            .collect()
+    }
+
+    /// Remove every document (before indexing everything again), at position 0.
+    pub fn clear(&self) -> Result<()> {
+        self.writer().delete_all_documents()?;
+        self.commit(0)
     }
 
     /// Documents searchable now.
@@ -481,6 +506,7 @@ mod tests {
             key: Key::Body,
             text: text.into(),
             order: event,
+            edit: None,
         }
     }
 
@@ -515,11 +541,7 @@ mod tests {
         .unwrap();
         idx.put(3, Some(doc(3, 9, "schema in a room we may not search")))
             .unwrap();
-        idx.commit(Progress {
-            stream: 7,
-            backfill: 2,
-        })
-        .unwrap();
+        idx.commit(7).unwrap();
         assert_eq!(find(&idx, "decide schema", Order::Rank), [1]);
         assert_eq!(find(&idx, "parse_json_body", Order::Rank), [2]);
         assert_eq!(find(&idx, "body_parser.rs", Order::Recent), [2]);
@@ -527,27 +549,21 @@ mod tests {
         assert!(find(&idx, "\"the decided\"", Order::Rank).is_empty());
 
         // An edit replaces the text; a redaction removes it.
-        idx.put(1, Some(doc(1, 1, "we chose the format"))).unwrap();
+        let mut edited = doc(1, 1, "we chose the format");
+        edited.edit = Some(5);
+        idx.put(1, Some(edited)).unwrap();
         idx.put(2, None).unwrap();
-        idx.commit(Progress {
-            stream: 9,
-            backfill: 2,
-        })
-        .unwrap();
+        idx.commit(9).unwrap();
         assert!(find(&idx, "schema", Order::Rank).is_empty());
         assert_eq!(find(&idx, "format", Order::Rank), [1]);
         assert!(find(&idx, "json", Order::Rank).is_empty());
+        assert_eq!(idx.edited_by(5).unwrap(), [1]);
+        assert!(idx.edited_by(1).unwrap().is_empty());
         drop(idx);
 
         let (idx, opened) = SearchIndex::open(&path).unwrap();
         match opened {
-            Opened::Existing(p) => assert_eq!(
-                p,
-                Progress {
-                    stream: 9,
-                    backfill: 2
-                }
-            ),
+            Opened::Existing(p) => assert_eq!(p, 9),
             other => panic!("{other:?}"),
         }
         assert_eq!(idx.num_docs(), 2);
@@ -559,7 +575,7 @@ mod tests {
         let path = dir.path().join("idx");
         let (idx, _) = SearchIndex::open(&path).unwrap();
         idx.put(1, Some(doc(1, 1, "hello"))).unwrap();
-        idx.commit(Progress::default()).unwrap();
+        idx.commit(0).unwrap();
         drop(idx);
         std::fs::write(path.join("meta.json"), b"{ not json").unwrap();
         let (idx, opened) = SearchIndex::open(&path).unwrap();
@@ -575,7 +591,7 @@ mod tests {
             idx.put(e, Some(doc(e, 1, &format!("note number {e}"))))
                 .unwrap();
         }
-        idx.commit(Progress::default()).unwrap();
+        idx.commit(0).unwrap();
         let parts = query_parts("note");
         for order in [Order::Recent, Order::Rank] {
             let mut after = None;

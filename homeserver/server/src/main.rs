@@ -34,6 +34,8 @@ enum Command {
     },
     /// Check the configuration and print the effective settings.
     CheckConfig,
+    /// Index every stored message again from scratch (the server must not be running).
+    RebuildSearchIndex,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
                 println!("{settings:#?}");
                 Ok(())
             }
+            Command::RebuildSearchIndex => rebuild_search_index(settings).await,
         }
     });
     match result {
@@ -117,6 +120,23 @@ async fn create_user(
     Ok(())
 }
 
+async fn rebuild_search_index(settings: Settings) -> Result<(), String> {
+    let app = Services::open(settings).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let svc = app.clone();
+    let events = tokio::task::spawn_blocking(move || plexus::search::indexer::rebuild(&svc))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "indexed {events} events in {secs:.2} s ({:.0} events/s); {} searchable documents",
+        events as f64 / secs.max(1e-9),
+        app.search.index.num_docs()
+    );
+    Ok(())
+}
+
 async fn serve(settings: Settings) -> Result<(), String> {
     let addr: SocketAddr = settings.client_listen;
     let app = Services::open(settings).map_err(|e| e.to_string())?;
@@ -130,6 +150,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     plexus::appservice::sender::start(&app);
+    plexus::search::indexer::start(&app);
     for reg in &app.appservices.regs {
         tracing::info!(appservice = %reg.id, url = ?reg.url, "appservice registered");
     }

@@ -152,4 +152,7 @@ pub enum Table {
     AppserviceToDevice = 65,
     /// appservice id \0 network id \0 room id → (): a room in that network's directory
     NetworkRoom = 66,
+    /// count (big-endian) → short event ids (8 bytes each): events fetched by backfill, which
+    /// have no place on the event stream, for the search indexer to follow
+    SearchBackfill = 67,
 }

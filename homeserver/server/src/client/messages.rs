@@ -241,6 +241,63 @@ pub async fn messages(
     Ok(Json(out))
 }
 
+/// The visible events around timeline position `count` of a room: up to `before_n` before
+/// it (nearest first) and `after_n` after it, with the tokens where they end.
+pub struct Around {
+    pub before: Vec<Value>,
+    pub after: Vec<Value>,
+    pub start: u64,
+    pub end: u64,
+    pub senders: BTreeSet<String>,
+}
+
+pub fn events_around(
+    app: &crate::service::Services,
+    s: &Session,
+    room: &RoomRef,
+    count: u64,
+    before_n: usize,
+    after_n: usize,
+    filter: &super::filter::EventFilter,
+) -> ApiResult<Around> {
+    let room_id = &room.meta.room_id;
+    let mut senders = BTreeSet::new();
+    let mut collect = |iter: Box<dyn Iterator<Item = ApiResult<(u64, u64)>> + '_>,
+                       n: usize|
+     -> ApiResult<(Vec<Value>, Option<u64>)> {
+        let mut out = vec![];
+        let mut last = None;
+        for item in iter.take(SCAN_CAP) {
+            if out.len() >= n {
+                break;
+            }
+            let (c, sh) = item?;
+            last = Some(c);
+            let (Some(p), Some(st)) = (app.pdu_by_short(sh)?, app.pdu_json(sh)?) else {
+                continue;
+            };
+            if filter.allows(&st) && app.can_see(&s.user_id, room_id, sh, &p)? {
+                senders.insert(p.sender.to_string());
+                out.push(app.client_event(sh, &st, room_id, Some(s), true)?);
+            }
+        }
+        Ok((out, last))
+    };
+    let now = app.store.current_count();
+    let (before, first) = collect(
+        Box::new(app.timeline(room.short, 0, count - 1).rev()),
+        before_n,
+    )?;
+    let (after, last) = collect(Box::new(app.timeline(room.short, count, now)), after_n)?;
+    Ok(Around {
+        before,
+        after,
+        start: first.map(|c| c - 1).unwrap_or(count - 1),
+        end: last.unwrap_or(count),
+        senders,
+    })
+}
+
 #[derive(Deserialize)]
 pub struct ContextQuery {
     limit: Option<String>,
@@ -268,39 +325,19 @@ pub async fn context(
         return Err(not_found());
     }
     let stored = app.pdu_json(short)?.ok_or_else(not_found)?;
-    let mut senders = BTreeSet::from([pdu.sender.to_string()]);
     let half_before = limit / 2;
-    let half_after = limit - half_before;
-
-    let mut collect = |iter: Box<dyn Iterator<Item = ApiResult<(u64, u64)>> + '_>,
-                       n: usize|
-     -> ApiResult<(Vec<Value>, Option<u64>)> {
-        let mut out = vec![];
-        let mut last = None;
-        for item in iter.take(SCAN_CAP) {
-            if out.len() >= n {
-                break;
-            }
-            let (c, sh) = item?;
-            last = Some(c);
-            let (Some(p), Some(st)) = (app.pdu_by_short(sh)?, app.pdu_json(sh)?) else {
-                continue;
-            };
-            if filter.allows(&st) && app.can_see(&s.user_id, &room_id, sh, &p)? {
-                senders.insert(p.sender.to_string());
-                out.push(app.client_event(sh, &st, &room_id, Some(&s), true)?);
-            }
-        }
-        Ok((out, last))
-    };
-    let now = app.store.current_count();
-    let (before, first) = collect(
-        Box::new(app.timeline(room.short, 0, count - 1).rev()),
+    let around = events_around(
+        &app,
+        &s,
+        &room,
+        count,
         half_before,
+        limit - half_before,
+        &filter,
     )?;
-    let (after, last) = collect(Box::new(app.timeline(room.short, count, now)), half_after)?;
-    let start = first.map(|c| c - 1).unwrap_or(count - 1);
-    let end = last.unwrap_or(count);
+    let mut senders = around.senders;
+    senders.insert(pdu.sender.to_string());
+    let (before, after, start, end) = (around.before, around.after, around.start, around.end);
     // State at the last event returned.
     let state_hash = app.state_at_count(room.short, end)?;
     let state = if filter.lazy_load_members {

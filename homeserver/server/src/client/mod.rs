@@ -17,6 +17,7 @@ mod relations;
 mod reports;
 mod room_create;
 mod room_events;
+mod search;
 mod spaces;
 pub mod sync;
 mod tags;
@@ -126,6 +127,7 @@ pub fn router() -> Router<App> {
         .route("/rooms/{room_id}/report", post(reports::report_room))
         .route("/users/{user_id}/report", post(reports::report_user))
         .route("/user_directory/search", post(user_directory::search))
+        .route("/search", post(search::search))
         // end-to-end encryption
         .route("/keys/upload", post(e2ee::device_keys::upload))
         .route("/keys/query", post(e2ee::query::query))

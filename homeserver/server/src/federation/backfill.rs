@@ -154,10 +154,12 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
         let mut seq = last_seq(app, room.short)?;
         let mut batch = Batch::default();
         let mut seen = std::collections::HashSet::new();
+        let mut fresh = vec![];
         for short in added.iter().rev() {
             if !seen.insert(*short) || placed(app, *short)? {
                 continue;
             }
+            fresh.extend_from_slice(&short.to_be_bytes());
             seq += 1;
             batch.put(
                 Table::History,
@@ -170,7 +172,17 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
                 &seq.to_be_bytes(),
             );
         }
-        app.store.commit(batch)?;
+        if fresh.is_empty() {
+            app.store.commit(batch)?;
+        } else {
+            // A stream position for the search indexer, which follows it after the timeline.
+            let (count, ()) = app.store.commit_with_count(|count, b| {
+                b.append(batch);
+                b.put(Table::SearchBackfill, &count.to_be_bytes(), &fresh);
+                Ok(())
+            })?;
+            app.notifier.wake(std::iter::empty(), count);
+        }
         drop(_guard);
         app.store.flush().await?;
         tracing::info!(%server, room_id = %room_id, added = added.len(), "backfilled");

@@ -198,7 +198,7 @@ impl Services {
 
     /// The latest edit of an event that is still an edit (a redacted one no longer is): the
     /// one recorded at write time, else the newest remaining one.
-    fn latest_edit(&self, short: u64, original: &Value) -> ApiResult<Option<(u64, Value)>> {
+    pub fn latest_edit(&self, short: u64, original: &Value) -> ApiResult<Option<(u64, Value)>> {
         if let Some(v) = self.store.kv.get(Table::LatestEdit, &short.to_be_bytes())? {
             let e = be_u64(&v);
             if let Some(stored) = self.pdu_json(e)? {

@@ -38,6 +38,7 @@ pub struct Services {
     pub user_push: crate::push::user_cache::UserPushCache,
     pub e2ee: crate::e2ee::E2ee,
     pub appservices: crate::appservice::Appservices,
+    pub search: crate::search::Search,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -62,6 +63,7 @@ impl Services {
         };
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
         let appservices = crate::appservice::Appservices::new(settings.appservices.clone())?;
+        let search = crate::search::Search::open(&settings.data_dir.join("search"))?;
         Ok(Arc::new(Self {
             federation,
             media,
@@ -75,6 +77,7 @@ impl Services {
             user_push: Default::default(),
             e2ee: Default::default(),
             appservices,
+            search,
             room_locks: Mutex::new(HashMap::new()),
         }))
     }

@@ -1,0 +1,190 @@
+//! Full-text search: the index (`plexus-search`, under `DATA_DIR/search`), the indexer that
+//! keeps it current behind the write path, and what an event contributes to it.
+
+pub mod indexer;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use plexus_search::{Doc, Key, Opened, SearchIndex};
+use serde_json::Value;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    service::Services,
+};
+
+pub struct Search {
+    pub index: Arc<SearchIndex>,
+    /// The store's stream position the index reflects (committed and searchable).
+    position: AtomicU64,
+    /// How the index was found at start-up, for the indexer to report once.
+    opened: Mutex<Option<Opened>>,
+}
+
+impl Search {
+    pub fn open(dir: &std::path::Path) -> ApiResult<Search> {
+        let (index, opened) =
+            SearchIndex::open(dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let position = match opened {
+            Opened::Existing(p) => p,
+            Opened::Created { .. } => 0,
+        };
+        Ok(Search {
+            index: Arc::new(index),
+            position: AtomicU64::new(position),
+            opened: Mutex::new(Some(opened)),
+        })
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    fn set_position(&self, p: u64) {
+        self.position.store(p, Ordering::Release);
+    }
+
+    fn take_opened(&self) -> Option<Opened> {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Whether a stored event is an edit (`m.replace`): its text counts for the original.
+fn edit_target(stored: &Value) -> Option<&str> {
+    let rel = &stored["content"]["m.relates_to"];
+    (rel["rel_type"] == "m.replace")
+        .then(|| rel["event_id"].as_str())
+        .flatten()
+}
+
+/// What an event is found by.
+pub struct Searchable {
+    pub key: Key,
+    pub text: String,
+    /// The edit the text comes from, when the message was edited.
+    pub edit: Option<u64>,
+}
+
+/// The searchable part of an event as it is now: a message's body (its latest edit's, if
+/// edited), or the name or topic a state event sets. `None`: nothing to find it by (another
+/// type, encrypted, redacted, or an edit, which is found through its original).
+pub fn searchable(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<Searchable>> {
+    let kind = stored["type"].as_str().unwrap_or_default();
+    let state_key = stored.get("state_key").and_then(Value::as_str);
+    let mut edit = None;
+    let (key, text) = match (kind, state_key) {
+        ("m.room.message", None) => {
+            if edit_target(stored).is_some() {
+                return Ok(None);
+            }
+            match svc.latest_edit(short, stored)? {
+                Some((e, edited)) => {
+                    edit = Some(e);
+                    (
+                        Key::Body,
+                        edited["content"]["m.new_content"]["body"].clone(),
+                    )
+                }
+                None => (Key::Body, stored["content"]["body"].clone()),
+            }
+        }
+        ("m.room.name", Some("")) => (Key::Name, stored["content"]["name"].clone()),
+        ("m.room.topic", Some("")) => (Key::Topic, stored["content"]["topic"].clone()),
+        _ => return Ok(None),
+    };
+    Ok(text
+        .as_str()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| Searchable {
+            key,
+            text: t.to_owned(),
+            edit,
+        }))
+}
+
+/// Order key for "recent": timeline events by stream position, above every backfilled event
+/// (which came from before the room's timeline here), those by their timestamp.
+fn order_key(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<(u64, u64)>> {
+    const TIMELINE: u64 = 1 << 63;
+    if let Some((room, count)) = svc.event_position(short)? {
+        return Ok(Some((room, TIMELINE | count)));
+    }
+    let Some(room_id) = stored["room_id"]
+        .as_str()
+        .and_then(|r| ruma::RoomId::parse(r).ok())
+    else {
+        return Ok(None);
+    };
+    let ts = stored["origin_server_ts"].as_u64().unwrap_or(0) & (TIMELINE - 1);
+    Ok(svc.room(&room_id)?.map(|r| (r.short, ts)))
+}
+
+/// Index `short` as it now stands. `edits` notes which edit's text went where, for a
+/// redaction of that edit later in the same batch (the index answers for earlier ones).
+fn reindex(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> ApiResult<()> {
+    let mut doc = None;
+    if let Some(stored) = svc.pdu_json(short)? {
+        if let (Some(found), Some((room, order))) = (
+            searchable(svc, short, &stored)?,
+            order_key(svc, short, &stored)?,
+        ) {
+            if let Some(e) = found.edit {
+                edits.insert(e, short);
+            }
+            doc = Some(Doc {
+                event: short,
+                room,
+                key: found.key,
+                text: found.text,
+                order,
+                edit: found.edit,
+            });
+        }
+    }
+    svc.search.index.put(short, doc).map_err(internal)
+}
+
+fn internal(e: plexus_search::SearchError) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// What a newly stored event changes in the index: itself; for an edit, the original; for a
+/// redaction, the redacted event, or the original whose text came from a redacted edit.
+fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> ApiResult<()> {
+    let Some(stored) = svc.pdu_json(short)? else {
+        return Ok(());
+    };
+    let short_of = |id: &str| -> ApiResult<Option<u64>> {
+        match ruma::EventId::parse(id) {
+            Ok(id) => svc.short_event(&id),
+            Err(_) => Ok(None),
+        }
+    };
+    if stored["type"] == "m.room.redaction" {
+        let target = stored["redacts"]
+            .as_str()
+            .or_else(|| stored["content"]["redacts"].as_str());
+        let Some(target) = target.map(short_of).transpose()?.flatten() else {
+            return Ok(());
+        };
+        let mut originals = svc.search.index.edited_by(target).map_err(internal)?;
+        originals.extend(edits.get(&target));
+        for o in originals {
+            reindex(svc, o, edits)?;
+        }
+        return reindex(svc, target, edits);
+    }
+    match edit_target(&stored) {
+        Some(id) => match short_of(id)? {
+            Some(original) => reindex(svc, original, edits),
+            None => Ok(()),
+        },
+        None => reindex(svc, short, edits),
+    }
+}
