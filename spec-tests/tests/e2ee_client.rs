@@ -30,6 +30,19 @@ async fn receive(c: &mut Client, room: &str, body: &str) -> Message {
     }
 }
 
+/// Alice and Bob on one server, in an encrypted room Alice made, Bob synced.
+async fn encrypted_pair(server: &Server) -> (Client, Client, String) {
+    let mut alice = register(server, "alice").await;
+    let mut bob = register(server, "bob").await;
+    let room = alice
+        .create_room(true, std::slice::from_ref(&bob.user_id))
+        .await
+        .unwrap();
+    bob.join(&room).await.unwrap();
+    bob.sync_once(0).await.unwrap();
+    (alice, bob, room)
+}
+
 /// The event as the server holds it (through the client-server API).
 async fn raw_event(c: &Client, room: &str, event_id: &str) -> Value {
     c.api
@@ -45,14 +58,7 @@ async fn raw_event(c: &Client, room: &str, event_id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_and_a_second_device_read_encrypted_messages() {
     let server = Server::start().await;
-    let mut alice = register(&server, "alice").await;
-    let mut bob = register(&server, "bob").await;
-    let room = alice
-        .create_room(true, std::slice::from_ref(&bob.user_id))
-        .await
-        .unwrap();
-    bob.join(&room).await.unwrap();
-    bob.sync_once(0).await.unwrap();
+    let (mut alice, mut bob, room) = encrypted_pair(&server).await;
 
     let id = alice.send_text(&room, "the secret plan").await.unwrap();
     let ev = raw_event(&bob, &room, &id).await;
@@ -125,14 +131,7 @@ async fn encrypted_messages_cross_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_came_before_its_key_is_read_when_the_key_comes() {
     let server = Server::start().await;
-    let mut alice = register(&server, "alice").await;
-    let mut bob = register(&server, "bob").await;
-    let room = alice
-        .create_room(true, std::slice::from_ref(&bob.user_id))
-        .await
-        .unwrap();
-    bob.join(&room).await.unwrap();
-    bob.sync_once(0).await.unwrap();
+    let (mut alice, mut bob, room) = encrypted_pair(&server).await;
 
     // Alice encrypts and sends first, and shares the key only afterwards.
     let (_, key, _) = alice
