@@ -219,6 +219,13 @@ async fn filters_orderings_paging_context_and_groups() {
         .filter_map(Value::as_str)
         .collect();
     assert!(hl.contains(&"decided"), "{hl:?}");
+    // A word is a prefix too, as on Synapse.
+    let prefix = room_events(&bob, json!({"search_term": "sche"})).await;
+    assert_eq!(ids(&prefix).len(), 4, "{prefix}");
+    assert!(prefix["highlights"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("schema")));
     let phrase = room_events(&bob, json!({"search_term": "\"decided the schema\""})).await;
     assert_eq!(ids(&phrase), std::slice::from_ref(&first));
     let none = room_events(&bob, json!({"search_term": "\"schema the decided\""})).await;

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tantivy::{
     collector::{Count, TopDocs},
     query::{
-        BooleanQuery, ConstScoreQuery, EnableScoring, Occur, PhraseQuery, Query as TQuery,
-        RangeQuery, TermQuery, TermSetQuery,
+        BooleanQuery, ConstScoreQuery, EnableScoring, FuzzyTermQuery, Occur, PhraseQuery,
+        Query as TQuery, RangeQuery, TermQuery, TermSetQuery,
     },
     schema::{
         Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
@@ -35,6 +35,8 @@ const FORMAT_VERSION: u64 = 1;
 const TOKENIZER: &str = "plexus_code";
 /// The indexer's memory budget (tantivy's minimum is 15 MB per thread).
 const WRITER_HEAP: usize = 48_000_000;
+/// What a prefix-only match adds to the score: below any whole-word match.
+const PREFIX_SCORE: f32 = 0.01;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -460,7 +462,9 @@ impl CloneBoxed for Vec<(Occur, Box<dyn TQuery>)> {
     }
 }
 
-/// Every part must match; `None` when the search term has nothing to search for.
+/// Every part must match; `None` when the search term has nothing to search for. A single
+/// word also matches as a prefix (`sche` finds "schema", as Synapse users are used to), with
+/// whole-word matches ranked above.
 fn text_query(field: Field, parts: &[QueryPart]) -> Option<Box<dyn TQuery>> {
     let term = |t: &str| -> Box<dyn TQuery> {
         Box::new(TermQuery::new(
@@ -468,11 +472,24 @@ fn text_query(field: Field, parts: &[QueryPart]) -> Option<Box<dyn TQuery>> {
             IndexRecordOption::WithFreqs,
         ))
     };
+    let word = |t: &str| -> Box<dyn TQuery> {
+        if !tokens::prefix_searchable(t) {
+            return term(t);
+        }
+        let prefix = FuzzyTermQuery::new_prefix(Term::from_field_text(field, t), 0, true);
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Should, term(t)),
+            (
+                Occur::Should,
+                Box::new(ConstScoreQuery::new(Box::new(prefix), PREFIX_SCORE)),
+            ),
+        ]))
+    };
     let clauses: Vec<(Occur, Box<dyn TQuery>)> = parts
         .iter()
         .map(|p| {
             let q: Box<dyn TQuery> = match p {
-                QueryPart::Term(t) => term(t),
+                QueryPart::Term(t) => word(t),
                 QueryPart::Phrase { terms, or_joined } => {
                     let phrase: Box<dyn TQuery> = Box::new(PhraseQuery::new(
                         terms
@@ -546,6 +563,15 @@ mod tests {
         assert_eq!(find(&idx, "parse_json_body", Order::Rank), [2]);
         assert_eq!(find(&idx, "body_parser.rs", Order::Recent), [2]);
         assert_eq!(find(&idx, "\"decided the\"", Order::Rank), [1]);
+        // A word is also a prefix; whole words rank first; short words are not prefixes.
+        idx.put(4, Some(doc(4, 2, "schematic drawings"))).unwrap();
+        idx.commit(8).unwrap();
+        assert_eq!(find(&idx, "schema", Order::Rank), [1, 4]);
+        let mut both = find(&idx, "sche", Order::Rank);
+        both.sort_unstable();
+        assert_eq!(both, [1, 4]);
+        assert_eq!(find(&idx, "bod", Order::Rank), [2]);
+        assert!(find(&idx, "sc", Order::Rank).is_empty());
         assert!(find(&idx, "\"the decided\"", Order::Rank).is_empty());
 
         // An edit replaces the text; a redaction removes it.
@@ -554,7 +580,7 @@ mod tests {
         idx.put(1, Some(edited)).unwrap();
         idx.put(2, None).unwrap();
         idx.commit(9).unwrap();
-        assert!(find(&idx, "schema", Order::Rank).is_empty());
+        assert_eq!(find(&idx, "schema", Order::Rank), [4]);
         assert_eq!(find(&idx, "format", Order::Rank), [1]);
         assert!(find(&idx, "json", Order::Rank).is_empty());
         assert_eq!(idx.edited_by(5).unwrap(), [1]);
@@ -566,7 +592,7 @@ mod tests {
             Opened::Existing(p) => assert_eq!(p, 9),
             other => panic!("{other:?}"),
         }
-        assert_eq!(idx.num_docs(), 2);
+        assert_eq!(idx.num_docs(), 3);
     }
 
     #[test]

@@ -230,9 +230,22 @@ pub fn query_parts(search_term: &str) -> Vec<QueryPart> {
     out
 }
 
+/// Whether a query term also matches longer terms that start with it (long enough that it
+/// does not match half the dictionary).
+pub fn prefix_searchable(term: &str) -> bool {
+    term.chars().count() >= 3
+}
+
 /// The words of `text` that a query with these parts matched, as written in the text (for the
 /// answer's `highlights`: what a client should mark, stemming included).
 pub fn matched_words(parts: &[QueryPart], text: &str) -> Vec<String> {
+    let prefixes: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| match p {
+            QueryPart::Term(t) if prefix_searchable(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
     let wanted: std::collections::HashSet<&str> = parts
         .iter()
         .flat_map(|p| match p {
@@ -253,7 +266,8 @@ pub fn matched_words(parts: &[QueryPart], text: &str) -> Vec<String> {
             continue;
         }
         for part in split_case(raw) {
-            if wanted.contains(normalise(part, &stemmer).as_str()) {
+            let t = normalise(part, &stemmer);
+            if wanted.contains(t.as_str()) || prefixes.iter().any(|p| t.starts_with(p)) {
                 out.push(part.to_owned());
             }
         }
@@ -351,6 +365,10 @@ mod tests {
         assert_eq!(
             matched_words(&query_parts("hashmap"), "a HashMap here"),
             ["HashMap"]
+        );
+        assert_eq!(
+            matched_words(&query_parts("sche"), "the Schemas, a scheme"),
+            ["Schemas", "scheme"]
         );
     }
 }
