@@ -121,8 +121,15 @@ fn order_key(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<(u6
     else {
         return Ok(None);
     };
-    let ts = stored["origin_server_ts"].as_u64().unwrap_or(0) & (TIMELINE - 1);
-    Ok(svc.room(&room_id)?.map(|r| (r.short, ts)))
+    // Timestamp, then the low bits of the short id so that events of the same millisecond
+    // still have distinct keys (a page boundary must not fall between equal keys).
+    let ts = stored["origin_server_ts"]
+        .as_u64()
+        .unwrap_or(0)
+        .min((1 << 47) - 1);
+    Ok(svc
+        .room(&room_id)?
+        .map(|r| (r.short, ts << 16 | (short & 0xFFFF))))
 }
 
 /// Index `short` as it now stands. `edits` notes which edit's text went where, for a
