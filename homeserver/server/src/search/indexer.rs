@@ -18,6 +18,9 @@ use crate::{error::ApiResult, service::Services};
 /// up, and whatever has arrived when keeping up.
 const BATCH: usize = 5_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long new writes gather before the next commit while keeping up (how far searches
+/// lag behind sends, at most, plus the commit itself).
+const COALESCE: Duration = Duration::from_millis(100);
 /// How often a long catch-up reports progress.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -57,6 +60,11 @@ async fn run(app: Weak<Services>) {
                 backoff = Duration::ZERO;
                 if let Some(svc) = app.upgrade() {
                     catch_up.progress(n, svc.search.position(), svc.store.current_count());
+                }
+                if n < BATCH {
+                    // Keeping up with live traffic: let writes gather for a moment, so a busy
+                    // server commits the index a few times a second, not once per message.
+                    tokio::time::sleep(COALESCE).await;
                 }
             }
             Ok(Err(e)) => {
