@@ -365,9 +365,12 @@ def compilers_running() -> list[str]:
 
 
 class Phase:
-    """Waits for an idle machine (no rustc/cargo) before a timed phase, and records contention."""
+    """Waits for an idle machine (no rustc/cargo) before a timed phase, then samples once a
+    second whether a compiler runs during it."""
 
     def __init__(self, name: str, wait_idle: float):
+        import threading
+
         self.name = name
         waited = 0.0
         while compilers_running() and waited < wait_idle:
@@ -375,13 +378,26 @@ class Phase:
                 log(f"{name}: waiting for rustc/cargo to finish (up to {wait_idle:.0f} s)")
             time.sleep(5)
             waited += 5
-        self.info = {"waited_s": waited, "compiler_at_start": bool(compilers_running()),
-                     "load_at_start": round(os.getloadavg()[0], 2)}
+        self.info = {"waited_s": waited, "load_at_start": round(os.getloadavg()[0], 2)}
+        self.samples = 0
+        self.busy = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while True:
+            self.samples += 1
+            self.busy += bool(compilers_running())
+            if self.stop.wait(1.0):
+                return
 
     def done(self) -> dict:
-        self.info["compiler_at_end"] = bool(compilers_running())
+        self.stop.set()
+        self.thread.join()
         self.info["load_at_end"] = round(os.getloadavg()[0], 2)
-        self.info["contended"] = self.info["compiler_at_start"] or self.info["compiler_at_end"]
+        self.info["compiler_share"] = round(self.busy / max(1, self.samples), 3)
+        self.info["contended"] = self.busy > 0
         return self.info
 
 
@@ -847,12 +863,14 @@ async def run_synapse(n: int, args, msgs_path: Path, timed, warmup) -> dict:
             p = subprocess.run(
                 [str(venv / "bin" / "python"), str(Path(__file__).resolve()), "_synapse-fill",
                  "--dsn", ctl.pg_dsn(), "--messages", str(msgs_path), "--start", str(base_n),
-                 "--end", str(n)],
+                 "--end", str(n), "--wait-idle", str(args.wait_idle)],
                 cwd=sdir, stdout=subprocess.PIPE, text=True)
             if p.returncode != 0:
                 raise RuntimeError(f"synapse fill failed ({p.returncode})")
             fill = json.loads(p.stdout.strip().splitlines()[-1])
-            fill["phase"] = ph.done()
+            fill["prep_phase"] = ph.done()
+            # the timed insert waited for an idle machine on its own
+            fill["phase"] = fill.pop("insert_phase")
             fill["rate"] = round(fill["rows"] / fill["insert_s"], 1)
             fill["rate_incl_vacuum"] = round(fill["rows"] / (fill["insert_s"] + fill["vacuum_s"]), 1)
             res["index"] = fill
@@ -891,6 +909,7 @@ def synapse_fill(argv: list[str]) -> None:
     ap.add_argument("--start", type=int, required=True)
     ap.add_argument("--end", type=int, required=True)
     ap.add_argument("--chunk", type=int, default=20_000)
+    ap.add_argument("--wait-idle", type=float, default=0)
     a = ap.parse_args(argv)
 
     conn = psycopg2.connect(a.dsn)
@@ -977,6 +996,7 @@ def synapse_fill(argv: list[str]) -> None:
     print(f"[fill] {made:,} events in {prep_s:.1f} s; indexing", file=sys.stderr, flush=True)
 
     # The timed part: Synapse's own row and tsvector (store_search_entries_txn), in bulk.
+    ph = Phase("synapse event_search insert", a.wait_idle)
     conn.autocommit = False
     t1 = time.monotonic()
     cur.execute("""
@@ -991,10 +1011,12 @@ def synapse_fill(argv: list[str]) -> None:
     t2 = time.monotonic()
     cur.execute("VACUUM ANALYZE event_search")
     vacuum_s = time.monotonic() - t2
+    insert_phase = ph.done()
     cur.execute("DROP TABLE bench_search_staging")
     conn.close()
     print(json.dumps({"rows": rows, "prep_s": round(prep_s, 2), "insert_s": round(insert_s, 2),
-                      "vacuum_s": round(vacuum_s, 2), "templates": len(templates)}))
+                      "vacuum_s": round(vacuum_s, 2), "templates": len(templates),
+                      "insert_phase": insert_phase}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1054,9 +1076,12 @@ def table(results: dict, sizes: list[int], orders: list[str]) -> str:
         row("search index on disk (MB)",
             fnum(p["search_index_bytes"] / 1e6, 1) if p.get("search_index_bytes") else "–",
             fnum(s["event_search_bytes"] / 1e6, 1) if s.get("event_search_bytes") else "–")
-        contended = [f"{side} {ph}" for side, d in (("plexus", p), ("synapse", s))
-                     for ph in ("send", "index", "queries")
-                     if d.get(ph, {}).get("phase", {}).get("contended")]
+        contended = [
+            f"{side} {ph}" + (f" ({d[ph]['phase']['compiler_share']:.0%} of the time)"
+                              if "compiler_share" in d[ph]["phase"] else "")
+            for side, d in (("plexus", p), ("synapse", s))
+            for ph in ("send", "index", "queries")
+            if d.get(ph, {}).get("phase", {}).get("contended")]
         if contended:
             out.append(f"\nA compiler was running during: {', '.join(contended)}.")
         if pq or sq:
