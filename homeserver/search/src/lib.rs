@@ -148,7 +148,7 @@ fn fields(schema: &Schema) -> Result<Fields> {
 }
 
 /// Ordering of results.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Order {
     Rank,
     Recent,
@@ -367,14 +367,18 @@ impl SearchIndex {
                     .map(|k| Term::from_field_text(f.key, k.as_str())),
             ))));
         }
-        let counted = BooleanQuery::new(clauses.clone_boxed());
-        if let Some(Cursor::Below(below)) = q.after {
-            clauses.push(filter(Box::new(RangeQuery::new(
-                Bound::Unbounded,
-                Bound::Excluded(Term::from_field_u64(f.order, below)),
-            ))));
-        }
-        let query = BooleanQuery::new(clauses);
+        // Counted without the page's cursor: the count is of all matches.
+        let counted = BooleanQuery::new(clauses);
+        let query = match q.after {
+            Some(Cursor::Below(below)) => BooleanQuery::new(vec![
+                (Occur::Must, Box::new(counted.clone()) as Box<dyn TQuery>),
+                filter(Box::new(RangeQuery::new(
+                    Bound::Unbounded,
+                    Bound::Excluded(Term::from_field_u64(f.order, below)),
+                ))),
+            ]),
+            _ => counted.clone(),
+        };
         let limit = q.limit.max(1);
         let (addresses, next): (Vec<(Option<f32>, DocAddress)>, Option<Cursor>) = match q.order {
             Order::Rank => {
@@ -448,17 +452,6 @@ impl SearchIndex {
             });
         }
         Ok(out)
-    }
-}
-
-/// Cloning boxed clauses (tantivy's queries are `QueryClone`).
-trait CloneBoxed {
-    fn clone_boxed(&self) -> Vec<(Occur, Box<dyn TQuery>)>;
-}
-
-impl CloneBoxed for Vec<(Occur, Box<dyn TQuery>)> {
-    fn clone_boxed(&self) -> Vec<(Occur, Box<dyn TQuery>)> {
-        self.iter().map(|(o, q)| (*o, q.box_clone())).collect()
     }
 }
 

@@ -119,16 +119,11 @@ pub fn segments(text: &str) -> Vec<Segment> {
 
 /// The terms of `text` as they are indexed, with their positions (for tests and tools).
 pub fn terms(text: &str) -> Vec<(usize, String)> {
+    let mut stream = CodeTokenizer.token_stream(text);
     let mut out = vec![];
-    let mut pos = 0;
-    for seg in segments(text) {
-        if let Some(j) = seg.joined {
-            out.push((pos, j));
-        }
-        for w in seg.subwords {
-            out.push((pos, w));
-            pos += 1;
-        }
+    while stream.advance() {
+        let t = stream.token();
+        out.push((t.position, t.text.clone()));
     }
     out
 }

@@ -218,6 +218,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<plexus_search::SearchError> for ApiError {
+    fn from(e: plexus_search::SearchError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match e {

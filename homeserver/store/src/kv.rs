@@ -120,6 +120,22 @@ impl Kv {
         })
     }
 
+    /// Rows of a table keyed by stream position (big-endian u64) with the position in
+    /// `(after, upto]`: what a consumer that has handled everything up to `after` reads next.
+    pub fn stream_range(
+        &self,
+        table: Table,
+        after: u64,
+        upto: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> {
+        self.range(
+            table,
+            &after.saturating_add(1).to_be_bytes(),
+            &upto.saturating_add(1).to_be_bytes(),
+        )
+        .map(|r| r.map(|(k, v)| (crate::be_u64(&k), v)))
+    }
+
     /// Keys in `[from, to)` within a table, keys returned without the table byte.
     pub fn range(
         &self,

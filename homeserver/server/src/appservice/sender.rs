@@ -233,14 +233,10 @@ impl View {
         let mut events = vec![];
         // Users who left one of its rooms: candidates for MSC3202's `left`.
         let mut departed = BTreeSet::new();
-        for item in svc.store.kv.range(
-            Table::EventStream,
-            &from.saturating_add(1).to_be_bytes(),
-            &now.saturating_add(1).to_be_bytes(),
-        ) {
-            let (k, v) = item?;
+        for item in svc.store.kv.stream_range(Table::EventStream, from, now) {
+            let (count, v) = item?;
             if events.len() >= MAX_EVENTS {
-                upto = be_u64(&k).saturating_sub(1);
+                upto = count.saturating_sub(1);
                 break;
             }
             let short = be_u64(&v);
@@ -510,11 +506,11 @@ impl View {
             Ok(false)
         };
         let mut changed = BTreeSet::new();
-        for item in svc.store.kv.range(
-            Table::DeviceListStream,
-            &from.saturating_add(1).to_be_bytes(),
-            &upto.saturating_add(1).to_be_bytes(),
-        ) {
+        for item in svc
+            .store
+            .kv
+            .stream_range(Table::DeviceListStream, from, upto)
+        {
             let (_, v) = item?;
             let Ok(user) = OwnedUserId::try_from(String::from_utf8_lossy(&v).into_owned()) else {
                 continue;

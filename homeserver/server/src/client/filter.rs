@@ -102,13 +102,21 @@ impl EventFilter {
     }
 }
 
+/// `rooms` (when given) names the room and `not_rooms` does not.
+fn room_listed(rooms: Option<&Vec<String>>, not_rooms: &[String], room_id: &str) -> bool {
+    !not_rooms.iter().any(|r| r == room_id) && rooms.is_none_or(|r| r.iter().any(|x| x == room_id))
+}
+
 impl RoomFilter {
     pub fn allows_room(&self, room_id: &str) -> bool {
-        !self.not_rooms.iter().any(|r| r == room_id)
-            && self
-                .rooms
-                .as_ref()
-                .is_none_or(|r| r.iter().any(|x| x == room_id))
+        room_listed(self.rooms.as_ref(), &self.not_rooms, room_id)
+    }
+}
+
+impl EventFilter {
+    /// The room lists of a room event filter (`/search` reads them).
+    pub fn allows_room(&self, room_id: &str) -> bool {
+        room_listed(self.rooms.as_ref(), &self.not_rooms, room_id)
     }
 }
 

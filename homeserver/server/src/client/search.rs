@@ -73,7 +73,7 @@ pub struct SearchQuery {
 /// token) the room or sender the group is about.
 #[derive(Serialize, Deserialize)]
 struct Batch {
-    order: char,
+    order: Order,
     cursor: Cursor,
     #[serde(skip_serializing_if = "Option::is_none")]
     room: Option<String>,
@@ -92,13 +92,6 @@ impl Batch {
             .ok()
             .and_then(|raw| serde_json::from_slice(&raw).ok())
             .ok_or_else(|| ApiError::InvalidParam("next_batch is not a token from /search".into()))
-    }
-}
-
-fn order_char(order: Order) -> char {
-    match order {
-        Order::Rank => 'r',
-        Order::Recent => 't',
     }
 }
 
@@ -196,10 +189,7 @@ pub async fn search(
     if let Some(criteria) = body.search_categories.get("room_events") {
         let mut req = parse(criteria)?;
         let batch = q.next_batch.as_deref().map(Batch::decode).transpose()?;
-        if batch
-            .as_ref()
-            .is_some_and(|b| b.order != order_char(req.order))
-        {
+        if batch.as_ref().is_some_and(|b| b.order != req.order) {
             return Err(ApiError::InvalidParam(
                 "next_batch belongs to a search with another order_by".into(),
             ));
@@ -242,13 +232,7 @@ fn room_events(
     // decided per event below.
     let mut rooms = vec![];
     for (room_id, _) in app.user_rooms(&s.user_id)? {
-        let allowed = req
-            .filter
-            .rooms
-            .as_ref()
-            .is_none_or(|r| r.iter().any(|x| x == room_id.as_str()))
-            && !req.filter.not_rooms.iter().any(|x| x == room_id.as_str());
-        if allowed {
+        if req.filter.allows_room(room_id.as_str()) {
             if let Some(r) = app.room(&room_id)? {
                 rooms.push(r.short);
             }
@@ -261,19 +245,15 @@ fn room_events(
     let mut next = None;
     'pages: loop {
         let want = (req.limit - found.len()).max(10) * 2;
-        let page = app
-            .search
-            .index
-            .search(&IndexQuery {
-                parts: &req.parts,
-                rooms: &rooms,
-                keys: &req.keys,
-                order: req.order,
-                after: cursor,
-                limit: want,
-                count: count.is_none(),
-            })
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let page = app.search.index.search(&IndexQuery {
+            parts: &req.parts,
+            rooms: &rooms,
+            keys: &req.keys,
+            order: req.order,
+            after: cursor,
+            limit: want,
+            count: count.is_none(),
+        })?;
         if count.is_none() {
             count = page.count;
         }
@@ -374,7 +354,7 @@ fn answer(
     let token = |room: Option<String>, sender: Option<String>| {
         next.map(|cursor| {
             Batch {
-                order: order_char(req.order),
+                order: req.order,
                 cursor,
                 room: room.or_else(|| batch.as_ref().and_then(|b| b.room.clone())),
                 sender: sender.or_else(|| batch.as_ref().and_then(|b| b.sender.clone())),

@@ -11,7 +11,7 @@ use std::{
 use plexus_search::Opened;
 use plexus_store::{be_u64, Table};
 
-use super::{index_event, internal};
+use super::index_event;
 use crate::{error::ApiResult, service::Services};
 
 /// Stream rows indexed per commit. A commit makes a segment: larger batches while catching
@@ -130,15 +130,11 @@ fn rows(
 ) -> ApiResult<Vec<(u64, Vec<u64>)>> {
     svc.store
         .kv
-        .range(
-            table,
-            &from.saturating_add(1).to_be_bytes(),
-            &to.saturating_add(1).to_be_bytes(),
-        )
+        .stream_range(table, from, to)
         .take(max)
         .map(|item| {
-            let (k, v) = item?;
-            Ok((be_u64(&k), v.chunks_exact(8).map(be_u64).collect()))
+            let (count, v) = item?;
+            Ok((count, v.chunks_exact(8).map(be_u64).collect()))
         })
         .collect()
 }
@@ -175,7 +171,7 @@ pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
     // Positions that hold no events (receipts, typing, keys...) need no commit: after a
     // restart they are looked at again and still hold none.
     if n > 0 {
-        svc.search.index.commit(upto).map_err(internal)?;
+        svc.search.index.commit(upto)?;
     }
     svc.search.set_position(upto);
     Ok(Some(n))
@@ -184,17 +180,14 @@ pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
 /// `plexus rebuild-search-index`: empty the index and index the whole store again, reporting
 /// as it goes. Answers the number of events looked at.
 pub fn rebuild(svc: &Services) -> ApiResult<u64> {
-    svc.search.index.clear().map_err(internal)?;
+    svc.search.index.clear()?;
     svc.search.set_position(0);
     let mut catch_up = CatchUp::default();
     while let Some(n) = step(svc, BATCH)? {
         catch_up.progress(n, svc.search.position(), svc.store.current_count());
     }
     // Record the final position even if its last rows held nothing to index.
-    svc.search
-        .index
-        .commit(svc.search.position())
-        .map_err(internal)?;
+    svc.search.index.commit(svc.search.position())?;
     let events = catch_up.events;
     catch_up.done();
     Ok(events)

@@ -14,10 +14,7 @@ use std::{
 use plexus_search::{Doc, Key, Opened, SearchIndex};
 use serde_json::Value;
 
-use crate::{
-    error::{ApiError, ApiResult},
-    service::Services,
-};
+use crate::{error::ApiResult, service::Services};
 
 pub struct Search {
     pub index: Arc<SearchIndex>,
@@ -29,8 +26,7 @@ pub struct Search {
 
 impl Search {
     pub fn open(dir: &std::path::Path) -> ApiResult<Search> {
-        let (index, opened) =
-            SearchIndex::open(dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (index, opened) = SearchIndex::open(dir)?;
         let position = match opened {
             Opened::Existing(p) => p,
             Opened::Created { .. } => 0,
@@ -132,11 +128,21 @@ fn order_key(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<(u6
         .map(|r| (r.short, ts << 16 | (short & 0xFFFF))))
 }
 
-/// Index `short` as it now stands. `edits` notes which edit's text went where, for a
-/// redaction of that edit later in the same batch (the index answers for earlier ones).
-fn reindex(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> ApiResult<()> {
+/// Index `short` as it now stands (`stored`: its JSON if already read). `edits` notes which
+/// edit's text went where, for a redaction of that edit later in the same batch (the index
+/// answers for earlier ones).
+fn reindex(
+    svc: &Services,
+    short: u64,
+    stored: Option<Value>,
+    edits: &mut HashMap<u64, u64>,
+) -> ApiResult<()> {
+    let stored = match stored {
+        Some(v) => Some(v),
+        None => svc.pdu_json(short)?,
+    };
     let mut doc = None;
-    if let Some(stored) = svc.pdu_json(short)? {
+    if let Some(stored) = stored {
         if let (Some(found), Some((room, order))) = (
             searchable(svc, short, &stored)?,
             order_key(svc, short, &stored)?,
@@ -154,11 +160,7 @@ fn reindex(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> ApiResu
             });
         }
     }
-    svc.search.index.put(short, doc).map_err(internal)
-}
-
-fn internal(e: plexus_search::SearchError) -> ApiError {
-    ApiError::Internal(e.to_string())
+    Ok(svc.search.index.put(short, doc)?)
 }
 
 /// What a newly stored event changes in the index: itself; for an edit, the original; for a
@@ -167,31 +169,28 @@ fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> Api
     let Some(stored) = svc.pdu_json(short)? else {
         return Ok(());
     };
-    let short_of = |id: &str| -> ApiResult<Option<u64>> {
-        match ruma::EventId::parse(id) {
-            Ok(id) => svc.short_event(&id),
-            Err(_) => Ok(None),
-        }
-    };
     if stored["type"] == "m.room.redaction" {
-        let target = stored["redacts"]
-            .as_str()
-            .or_else(|| stored["content"]["redacts"].as_str());
-        let Some(target) = target.map(short_of).transpose()?.flatten() else {
+        // The PDU reads `redacts` wherever the room version puts it.
+        let redacts = svc.pdu_by_short(short)?.and_then(|p| p.redacts);
+        let Some(target) = redacts
+            .map(|id| svc.short_event(&id))
+            .transpose()?
+            .flatten()
+        else {
             return Ok(());
         };
-        let mut originals = svc.search.index.edited_by(target).map_err(internal)?;
+        let mut originals = svc.search.index.edited_by(target)?;
         originals.extend(edits.get(&target));
         for o in originals {
-            reindex(svc, o, edits)?;
+            reindex(svc, o, None, edits)?;
         }
-        return reindex(svc, target, edits);
+        return reindex(svc, target, None, edits);
     }
-    match edit_target(&stored) {
-        Some(id) => match short_of(id)? {
-            Some(original) => reindex(svc, original, edits),
+    match edit_target(&stored).and_then(|id| ruma::EventId::parse(id).ok()) {
+        Some(id) => match svc.short_event(&id)? {
+            Some(original) => reindex(svc, original, None, edits),
             None => Ok(()),
         },
-        None => reindex(svc, short, edits),
+        None => reindex(svc, short, Some(stored), edits),
     }
 }
