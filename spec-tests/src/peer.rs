@@ -71,12 +71,30 @@ impl Peer {
         path: &str,
         body: &Value,
     ) -> (u16, Value) {
+        self.signed("PUT", to, key, path, body).await
+    }
+
+    /// `POST path` to `to`, correctly signed.
+    pub async fn post(&self, to: &str, path: &str, body: &Value) -> (u16, Value) {
+        self.signed("POST", to, Some((&self.key, to)), path, body)
+            .await
+    }
+
+    async fn signed(
+        &self,
+        method: &str,
+        to: &str,
+        key: Option<(&ServerKey, &str)>,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
         let url = format!("https://{to}{path}");
-        let mut req = self.http.put(url).json(body);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, url).json(body);
         if let Some((key, dest)) = key {
             req = req.header(
                 "authorization",
-                self.x_matrix(key, dest, "PUT", path, Some(body)),
+                self.x_matrix(key, dest, method, path, Some(body)),
             );
         }
         let r = req.send().await.expect("request");
@@ -188,6 +206,32 @@ pub fn message_at(
     body: &str,
     origin_server_ts: u64,
 ) -> (String, Value) {
+    message_at_depth(
+        room,
+        sender,
+        origin,
+        key,
+        prev,
+        auth,
+        body,
+        origin_server_ts,
+        100,
+    )
+}
+
+/// [`message_at`] with the `depth` a hostile server chooses.
+#[allow(clippy::too_many_arguments)]
+pub fn message_at_depth(
+    room: &str,
+    sender: &str,
+    origin: &str,
+    key: &ServerKey,
+    prev: &OwnedEventId,
+    auth: &[OwnedEventId],
+    body: &str,
+    origin_server_ts: u64,
+    depth: u64,
+) -> (String, Value) {
     let rules = room_version::rules(&RoomVersionId::V12).unwrap();
     let sender = UserId::parse(sender).unwrap();
     let origin = <&ServerName>::try_from(origin).unwrap();
@@ -207,7 +251,7 @@ pub fn message_at(
         origin,
         prev_events: refs(std::slice::from_ref(prev)),
         auth_events: refs(auth),
-        depth: 100,
+        depth,
         origin_server_ts,
     };
     let ev = NewEvent {

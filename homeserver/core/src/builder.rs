@@ -39,6 +39,16 @@ impl EventRef {
     }
 }
 
+/// The largest depth an event may carry: the spec caps depth, and canonical JSON allows no
+/// integer above 2^53 - 1. A room already at the cap stays there.
+pub const MAX_DEPTH: u64 = (1 << 53) - 1;
+
+/// The depth of an event whose deepest prev event is at `prev_max`, capped at [`MAX_DEPTH`] so
+/// that no event a peer sent can make the room's next local event unbuildable.
+pub fn next_depth(prev_max: u64) -> u64 {
+    prev_max.saturating_add(1).min(MAX_DEPTH)
+}
+
 /// Everything from the room that goes into the PDU.
 pub struct RoomContext<'a> {
     /// `None` only for the create event of rooms whose id derives from it (v12+).
@@ -158,6 +168,9 @@ pub fn sign_pdu(
     if size > MAX_PDU_BYTES {
         return Err(CoreError::TooLarge);
     }
+    // The limits peers enforce on what we send (state key, sender, room and event id lengths,
+    // counts of prev and auth events): the same check that inbound federation applies.
+    ruma::state_res::check_pdu_format(&obj, &rules.event_format).map_err(CoreError::BadPdu)?;
 
     let event_id = match v1_event_id {
         Some(id) => id,
@@ -224,6 +237,15 @@ mod tests {
 
     fn key() -> ServerKey {
         ServerKey::generate().unwrap()
+    }
+
+    #[test]
+    fn depth_stops_at_the_canonical_json_limit() {
+        assert_eq!(next_depth(0), 1);
+        assert_eq!(next_depth(MAX_DEPTH - 1), MAX_DEPTH);
+        assert_eq!(next_depth(MAX_DEPTH), MAX_DEPTH);
+        assert_eq!(next_depth(u64::MAX), MAX_DEPTH);
+        assert_eq!(MAX_DEPTH, u64::from(ruma::UInt::MAX));
     }
 
     fn create(version: RoomVersionId, key: &ServerKey) -> BuiltPdu {

@@ -1,15 +1,21 @@
 //! Reading a room's events and state as a peer: `event`, `state`, `state_ids`, `event_auth`,
-//! `backfill`, `get_missing_events`. A peer may read a room only while one of its users is in it.
+//! `backfill`, `get_missing_events`. A peer may read a room only while one of its users is joined
+//! to it, and sees each event as the room's history visibility allows (`visibility.rs`).
 //! "State at an event" is the state before it, as Synapse also answers.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use axum::{extract::State, Json};
-use ruma::{EventId, OwnedEventId, OwnedRoomId, ServerName};
+use ruma::{EventId, OwnedEventId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ingest, sender::federation_form, x_matrix::FedRequest};
+use super::{
+    ingest,
+    sender::federation_form,
+    visibility::{room_for_peer, ServerView},
+    x_matrix::FedRequest,
+};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Path, Query},
@@ -18,25 +24,7 @@ use crate::{
 
 const MAX_BACKFILL: usize = 100;
 
-/// The room, if `origin` has a member in it (joined, or invited and so entitled to look).
-fn room_for_peer(app: &Services, room_id: &str, origin: &ServerName) -> ApiResult<RoomRef> {
-    let room_id = OwnedRoomId::try_from(room_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))?;
-    let room = app
-        .room(&room_id)?
-        .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
-    let member = app
-        .room_members(room.short)?
-        .into_iter()
-        .any(|(u, m)| u.server_name() == origin && (m == "join" || m == "invite"));
-    if !member {
-        return Err(ApiError::Forbidden(format!("{origin} is not in this room")));
-    }
-    super::acl::ensure(app, room.short, origin)?;
-    Ok(room)
-}
-
-/// A stored event of `room` by id, in federation form.
+/// A stored event of `room` by id: its short id and stored form.
 fn event_in(app: &Services, room: &RoomRef, id: &EventId) -> ApiResult<Option<(u64, Value)>> {
     let Some(short) = app.short_event(id)? else {
         return Ok(None);
@@ -48,7 +36,7 @@ fn event_in(app: &Services, room: &RoomRef, id: &EventId) -> ApiResult<Option<(u
         Some(r) => r == room.meta.room_id.as_str(),
         None => ingest::in_room(None, id, &room.meta.room_id),
     };
-    Ok(in_room.then(|| (short, federation_form(&pdu))))
+    Ok(in_room.then_some((short, pdu)))
 }
 
 pub async fn event(
@@ -61,18 +49,22 @@ pub async fn event(
     let short = app
         .short_event(&id)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
-    let pdu = app
+    let stored = app
         .pdu_json(short)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
-    let room_id = match pdu.get("room_id").and_then(Value::as_str) {
+    let room_id = match stored.get("room_id").and_then(Value::as_str) {
         Some(r) => r.to_owned(),
         None => format!("!{}", &id.as_str()[1..]),
     };
-    room_for_peer(&app, &room_id, &req.origin)?;
+    let room = room_for_peer(&app, &room_id, &req.origin)?;
+    let pdu = app
+        .pdu_by_short(short)?
+        .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
+    let form = ServerView::new(&app, &room, &req.origin)?.form(short, &pdu, &stored)?;
     Ok(Json(json!({
         "origin": app.server_name(),
         "origin_server_ts": now_ms(),
-        "pdus": [federation_form(&pdu)],
+        "pdus": [form],
     })))
 }
 
@@ -163,8 +155,10 @@ pub async fn event_auth(
     ))
 }
 
-/// Walk `prev_events` back from `from`, breadth first, stopping at `stop`.
+/// Walk `prev_events` back from `from`, breadth first, stopping at `stop`; each event as the
+/// peer may see it.
 fn walk_back(
+    view: &mut ServerView,
     app: &Services,
     room: &RoomRef,
     from: Vec<OwnedEventId>,
@@ -182,16 +176,17 @@ fn walk_back(
         if stop.contains(&id) || !seen.insert(id.clone()) {
             continue;
         }
-        let Some((_, pdu)) = event_in(app, room, &id)? else {
+        let Some((short, stored)) = event_in(app, room, &id)? else {
             continue;
         };
-        if pdu.get("depth").and_then(Value::as_u64).unwrap_or(0) < min_depth {
+        let Some(pdu) = app.pdu_by_short(short)? else {
+            continue;
+        };
+        if u64::from(pdu.depth) < min_depth {
             continue;
         }
-        if let Some(p) = app.pdu(&id)? {
-            queue.extend(p.prev_events.iter().cloned());
-        }
-        out.push(pdu);
+        queue.extend(pdu.prev_events.iter().cloned());
+        out.push(view.form(short, &pdu, &stored)?);
     }
     Ok(out)
 }
@@ -218,7 +213,8 @@ pub async fn backfill(
         return Err(ApiError::MissingParam("v is required".into()));
     }
     let limit = q.limit.unwrap_or(10).clamp(1, MAX_BACKFILL);
-    let pdus = walk_back(&app, &room, from, &BTreeSet::new(), limit, 0)?;
+    let mut view = ServerView::new(&app, &room, &req.origin)?;
+    let pdus = walk_back(&mut view, &app, &room, from, &BTreeSet::new(), limit, 0)?;
     Ok(Json(json!({
         "origin": app.server_name(),
         "origin_server_ts": now_ms(),
@@ -251,7 +247,9 @@ pub async fn get_missing_events(
             from.extend(p.prev_events.iter().cloned());
         }
     }
-    let mut events = walk_back(&app, &room, from, &stop, limit, body.min_depth.unwrap_or(0))?;
+    let mut view = ServerView::new(&app, &room, &req.origin)?;
+    let min_depth = body.min_depth.unwrap_or(0);
+    let mut events = walk_back(&mut view, &app, &room, from, &stop, limit, min_depth)?;
     events.reverse();
     Ok(Json(json!({ "events": events })))
 }

@@ -544,7 +544,7 @@ pub async fn local_rejection(
         origin: app.server_name(),
         prev_events: refs.clone(),
         auth_events: refs,
-        depth: u64::from(prev.depth) + 1,
+        depth: plexus_core::builder::next_depth(u64::from(prev.depth)),
         origin_server_ts: crate::service::now_ms(),
     };
     let built =

@@ -17,6 +17,7 @@ pub mod resolve;
 pub mod send;
 pub mod sender;
 pub mod tls;
+pub mod visibility;
 pub mod x_matrix;
 
 use axum::{

@@ -1,7 +1,6 @@
 //! `Authorization: X-Matrix` request signatures: signing what we send, verifying what we receive.
 
 use axum::{
-    body::Bytes,
     extract::{FromRequest, Request},
     http::header,
 };
@@ -12,11 +11,26 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::service::Services;
-use crate::{error::ApiError, service::App};
+use crate::{
+    error::ApiError,
+    http::{body::BodyPermit, extract::content_length},
+    service::{App, Services},
+};
 
-/// Largest federation request body: a transaction holds up to 50 PDUs and 100 EDUs.
-pub const MAX_FEDERATION_BODY: usize = 16 * 1024 * 1024;
+/// Largest transaction body: up to 50 PDUs of at most 64 KiB each, and 100 EDUs.
+pub const MAX_TRANSACTION_BODY: usize = 8 * 1024 * 1024;
+/// Largest body of any other federation request: one PDU with its invite or knock state, or a
+/// key query.
+pub const MAX_FEDERATION_BODY: usize = 1024 * 1024;
+
+/// The body cap for a federation path.
+fn body_cap(path: &str) -> usize {
+    if path.starts_with("/_matrix/federation/v1/send/") {
+        MAX_TRANSACTION_BODY
+    } else {
+        MAX_FEDERATION_BODY
+    }
+}
 
 /// The parameters of one `X-Matrix` authorization header.
 #[derive(Debug, PartialEq, Eq)]
@@ -137,6 +151,8 @@ pub fn authorization(
 pub struct FedRequest {
     pub origin: OwnedServerName,
     pub body: Value,
+    /// The body's share of the in-flight budget, held while the handler runs.
+    _permit: BodyPermit,
 }
 
 impl FromRequest<App> for FedRequest {
@@ -175,24 +191,13 @@ impl FromRequest<App> for FedRequest {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default();
-        let bytes: Bytes = axum::body::to_bytes(req.into_body(), MAX_FEDERATION_BODY)
-            .await
-            .map_err(|_| ApiError::TooLarge)?;
-        let body: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
-            None
-        } else {
-            Some(
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))?,
-            )
-        };
-        let mut obj = signed_object(
-            &method,
-            &uri,
-            origin.as_str(),
-            app.server_name().as_str(),
-            body.as_ref(),
-        )?;
+        let cap = body_cap(req.uri().path());
+        let declared = content_length(&req);
+        if declared.is_some_and(|len| len > cap) {
+            return Err(ApiError::TooLarge);
+        }
+        // The origin's key before the body: a request from a server whose key cannot be had
+        // is refused without reading (or holding memory for) what it sent.
         let keys = fed
             .keys
             .verify_keys(
@@ -203,6 +208,14 @@ impl FromRequest<App> for FedRequest {
             )
             .await
             .map_err(|e| ApiError::Unauthorized(format!("cannot get keys of {origin}: {e}")))?;
+        let (body, permit) = app.bodies.read_json(req.into_body(), declared, cap).await?;
+        let mut obj = signed_object(
+            &method,
+            &uri,
+            origin.as_str(),
+            app.server_name().as_str(),
+            body.as_ref(),
+        )?;
         let mut sigs = CanonicalJsonObject::new();
         let mut one = CanonicalJsonObject::new();
         one.insert(xm.key.clone(), CanonicalJsonValue::String(xm.sig.clone()));
@@ -214,6 +227,7 @@ impl FromRequest<App> for FedRequest {
         Ok(FedRequest {
             origin,
             body: body.unwrap_or(Value::Null),
+            _permit: permit,
         })
     }
 }

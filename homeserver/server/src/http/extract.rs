@@ -1,7 +1,6 @@
 //! Request extractors. Each answers with the spec's error instead of axum's plain-text rejections.
 
 use axum::{
-    body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
     http::{header, request::Parts},
 };
@@ -19,25 +18,21 @@ pub struct Body<T>(pub T);
 /// The raw JSON body, for endpoints whose content is arbitrary (events, account data).
 pub struct JsonObject(pub serde_json::Map<String, serde_json::Value>);
 
-async fn read_json(req: Request, app: &App) -> Result<serde_json::Value, ApiError> {
-    let limit = app.settings.max_request_bytes;
-    if let Some(len) = req
-        .headers()
+/// The declared `Content-Length`, if any.
+pub fn content_length(req: &Request) -> Option<usize> {
+    req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(ApiError::TooLarge);
-        }
-    }
-    let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::TooLarge)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Object(Default::default()));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))
+}
+
+async fn read_json(req: Request, app: &App) -> Result<serde_json::Value, ApiError> {
+    let declared = content_length(&req);
+    let (value, _permit) = app
+        .bodies
+        .read_json(req.into_body(), declared, app.settings.max_request_bytes)
+        .await?;
+    Ok(value.unwrap_or_else(|| serde_json::Value::Object(Default::default())))
 }
 
 impl<T: DeserializeOwned> FromRequest<App> for Body<T> {

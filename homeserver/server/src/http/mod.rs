@@ -1,5 +1,6 @@
 //! The HTTP edge: extractors that turn bad input into Matrix errors, CORS, fallbacks.
 
+pub mod body;
 pub mod extract;
 
 use axum::{
