@@ -40,6 +40,7 @@ enum Command {
 
 fn main() -> ExitCode {
     bound_malloc_retention();
+    private_files();
     let cli = Cli::parse();
     let settings = match Config::load(cli.config.as_deref()).and_then(|c| c.validate()) {
         Ok(s) => s,
@@ -91,6 +92,16 @@ fn bound_malloc_retention() {
     // SAFETY: mallopt only tunes allocator parameters; called once before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Everything plexus creates (the data dir, the database, media, the signing and TLS keys) is
+/// readable by its own user only: the database holds password hashes and private keys.
+fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file creation mask; called before any threads start.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

@@ -106,6 +106,18 @@ impl Kv {
         }
     }
 
+    /// Remove a key and answer what it held, atomically: of two concurrent takes of one key,
+    /// exactly one gets the value (single-use tokens).
+    pub fn take(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let old = self.db.remove(k(table, key))?;
+        if old.is_some() {
+            self.durability
+                .applied
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(old.map(|v| v.to_vec()))
+    }
+
     /// All `(key without table byte and prefix, value)` under `prefix`, in key order.
     pub fn scan_prefix(
         &self,

@@ -131,9 +131,7 @@ async fn register_user(app: &App, body: &RegisterBody) -> ApiResult<OwnedUserId>
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
     if let Some(p) = &body.password {
-        if p.len() > 512 {
-            return Err(ApiError::WeakPassword("password too long".into()));
-        }
+        Services::password_policy(p)?;
     }
     app.uia(body.auth.clone(), flows, None).await?;
     app.create_user(&user_id, body.password.as_deref(), false)
@@ -355,11 +353,7 @@ pub async fn password(
 ) -> ApiResult<Json<Value>> {
     app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
         .await?;
-    if body.new_password.is_empty() || body.new_password.len() > 512 {
-        return Err(ApiError::WeakPassword(
-            "password must be 1 to 512 bytes".into(),
-        ));
-    }
+    Services::password_policy(&body.new_password)?;
     let mut rec = app
         .user(&s.user_id)?
         .ok_or_else(|| ApiError::Forbidden("unknown user".into()))?;

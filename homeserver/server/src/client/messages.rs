@@ -248,6 +248,9 @@ pub struct Around {
     pub after: Vec<Value>,
     pub start: u64,
     pub end: u64,
+    /// Timeline position of the last event returned after the centre (the centre's own when
+    /// none is): the point whose state goes with the answer.
+    pub last_returned: u64,
     pub senders: BTreeSet<String>,
 }
 
@@ -264,9 +267,9 @@ pub fn events_around(
     let mut senders = BTreeSet::new();
     let mut collect = |iter: Box<dyn Iterator<Item = ApiResult<(u64, u64)>> + '_>,
                        n: usize|
-     -> ApiResult<(Vec<Value>, Option<u64>)> {
+     -> ApiResult<(Vec<Value>, Option<u64>, Option<u64>)> {
         let mut out = vec![];
-        let mut last = None;
+        let (mut last, mut last_returned) = (None, None);
         for item in iter.take(SCAN_CAP) {
             if out.len() >= n {
                 break;
@@ -279,21 +282,24 @@ pub fn events_around(
             if filter.allows(&st) && app.can_see(&s.user_id, room_id, sh, &p)? {
                 senders.insert(p.sender.to_string());
                 out.push(app.client_event(sh, &st, room_id, Some(s), true)?);
+                last_returned = Some(c);
             }
         }
-        Ok((out, last))
+        Ok((out, last, last_returned))
     };
     let now = app.store.current_count();
-    let (before, first) = collect(
+    let (before, first, _) = collect(
         Box::new(app.timeline(room.short, 0, count - 1).rev()),
         before_n,
     )?;
-    let (after, last) = collect(Box::new(app.timeline(room.short, count, now)), after_n)?;
+    let (after, last, last_returned) =
+        collect(Box::new(app.timeline(room.short, count, now)), after_n)?;
     Ok(Around {
         before,
         after,
         start: first.map(|c| c - 1).unwrap_or(count - 1),
         end: last.unwrap_or(count),
+        last_returned: last_returned.unwrap_or(count),
         senders,
     })
 }
@@ -315,6 +321,8 @@ pub async fn context(
         .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
     let not_found = || ApiError::NotFound("Event not found".into());
     let room = app.room(&room_id)?.ok_or_else(not_found)?;
+    // Only someone who may read the room's state at all gets a context (with its state).
+    check_access(&app, &s, &room)?;
     let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let mut filter = parse_event_filter(q.filter.as_deref())?;
     filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
@@ -338,8 +346,8 @@ pub async fn context(
     let mut senders = around.senders;
     senders.insert(pdu.sender.to_string());
     let (before, after, start, end) = (around.before, around.after, around.start, around.end);
-    // State at the last event returned.
-    let state_hash = app.state_at_count(room.short, end)?;
+    // State at the last event returned, never at events the scan passed over unseen.
+    let state_hash = app.state_at_count(room.short, around.last_returned)?;
     let state = if filter.lazy_load_members {
         member_events_for(&app, &room, state_hash, &senders, &s)?
     } else {

@@ -28,10 +28,9 @@ pub struct RelationsQuery {
     recurse: Option<String>,
 }
 
-/// `(count, short id)` of events relating to `parent`.
-fn children(app: &App, parent: &str) -> ApiResult<Vec<(u64, u64)>> {
-    let mut prefix = parent.as_bytes().to_vec();
-    prefix.push(0);
+/// `(count, short id)` of the room's events relating to `parent`.
+fn children(app: &App, short_room: u64, parent: &str) -> ApiResult<Vec<(u64, u64)>> {
+    let prefix = crate::service::writer::relation_prefix(short_room, parent);
     app.store
         .kv
         .scan_prefix(Table::Relation, &prefix)
@@ -87,7 +86,7 @@ async fn relations(
     for _ in 0..if recurse { MAX_DEPTH } else { 1 } {
         let mut next = vec![];
         for p in &frontier {
-            for (count, child) in children(&app, p)? {
+            for (count, child) in children(&app, room.short, p)? {
                 found.push((count, child));
                 if let Some(id) = app.pdu_by_short(child)?.map(|c| c.event_id.to_string()) {
                     next.push(id);

@@ -795,7 +795,7 @@ pub async fn persist(
         for m in &members {
             membership_rows(batch, room.short, &room_id, m, count);
         }
-        relation_row(batch, &c.stored, count, short);
+        relation_row(batch, room.short, &c.stored, count, short);
         plan.rows(batch, room.short, count, short);
         crate::push::unread::notification_rows(
             batch,

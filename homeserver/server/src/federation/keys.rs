@@ -44,15 +44,82 @@ struct KnownKeys {
     fetched_at: u64,
 }
 
+/// How long one fetch of a server's keys may take: an origin that never answers must not hold
+/// its callers (often unauthenticated requests naming it) for long.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// After a failed fetch, requests naming that server fail at once for this long.
+const FAILED_FOR_MS: u64 = 30 * 1000;
+/// Most servers remembered as failed (attackers can name any number of them).
+const FAILED_MAX: usize = 10_000;
+
 #[derive(Default)]
 pub struct KeyCache {
     /// Shared, so a lookup per PDU does not copy the stored response.
     mem: Mutex<HashMap<OwnedServerName, Arc<KnownKeys>>>,
-    /// One fetch per server at a time.
-    fetching: tokio::sync::Mutex<()>,
+    /// One fetch per server at a time; fetches of different servers never wait on each other.
+    /// An entry lives only while someone fetches or waits.
+    inflight: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Servers whose last fetch failed, until when they are not asked again.
+    failed: Mutex<HashMap<OwnedServerName, u64>>,
+}
+
+/// The right to fetch one server's keys; waiters for the same server queue behind it.
+struct Flight<'a> {
+    cache: &'a KeyCache,
+    server: OwnedServerName,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .cache
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's are the only handles left: nobody waits, the entry can go.
+        if map
+            .get(&self.server)
+            .is_some_and(|m| Arc::strong_count(m) <= 2)
+        {
+            map.remove(&self.server);
+        }
+    }
 }
 
 impl KeyCache {
+    async fn flight(&self, server: &ServerName) -> Flight<'_> {
+        let turn = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server.to_owned())
+            .or_default()
+            .clone();
+        Flight {
+            cache: self,
+            server: server.to_owned(),
+            _turn: turn.lock_owned().await,
+        }
+    }
+
+    fn recently_failed(&self, server: &ServerName) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get(server).is_some_and(|until| *until > now_ms())
+    }
+
+    fn record_failure(&self, server: &ServerName) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= FAILED_MAX {
+            let now = now_ms();
+            failed.retain(|_, until| *until > now);
+            if failed.len() >= FAILED_MAX {
+                failed.clear();
+            }
+        }
+        failed.insert(server.to_owned(), now_ms() + FAILED_FOR_MS);
+    }
+
     fn known(&self, app: &Services, server: &ServerName) -> ApiResult<Option<Arc<KnownKeys>>> {
         if let Some(k) = self
             .mem
@@ -100,7 +167,7 @@ impl KeyCache {
         };
         let mut known = self.known(app, server).map_err(FedError::local)?;
         if missing(&known) {
-            let _guard = self.fetching.lock().await;
+            let _flight = self.flight(server).await;
             known = self.known(app, server).map_err(FedError::local)?;
             let stale = known
                 .as_ref()
@@ -126,17 +193,39 @@ impl KeyCache {
         server: &ServerName,
         old: Option<Arc<KnownKeys>>,
     ) -> Result<Arc<KnownKeys>, FedError> {
+        if self.recently_failed(server) {
+            return Err(FedError::Unreachable(
+                server.to_string(),
+                "its key server failed moments ago".into(),
+            ));
+        }
+        let result = self.fetch_now(app, server, old).await;
+        if result.is_err() {
+            self.record_failure(server);
+        }
+        result
+    }
+
+    async fn fetch_now(
+        &self,
+        app: &Services,
+        server: &ServerName,
+        old: Option<Arc<KnownKeys>>,
+    ) -> Result<Arc<KnownKeys>, FedError> {
         let fed = app.fed()?;
-        let resp = fed
-            .request(
-                app,
-                server,
-                http::Method::GET,
-                "/_matrix/key/v2/server",
-                None,
-                false,
-            )
-            .await?;
+        let request = fed.request(
+            app,
+            server,
+            http::Method::GET,
+            "/_matrix/key/v2/server",
+            None,
+            false,
+        );
+        let resp = tokio::time::timeout(FETCH_TIMEOUT, request)
+            .await
+            .map_err(|_| {
+                FedError::Unreachable(server.to_string(), "key server did not answer".into())
+            })??;
         let keys = check_key_response(server, &resp)?;
         let mut known = old.map(|k| (*k).clone()).unwrap_or_default();
         let now = now_ms();
@@ -186,7 +275,7 @@ impl KeyCache {
         if let Some(r) = usable(&known(self)?) {
             return Ok(r);
         }
-        let _guard = self.fetching.lock().await;
+        let _flight = self.flight(server).await;
         // Someone else may have fetched while we waited.
         let old = known(self)?;
         if let Some(r) = usable(&old) {

@@ -38,9 +38,47 @@ pub struct SessionRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceRecord {
     pub display_name: Option<String>,
+    /// The SHA-256 of the device's access token, in hex (the token itself is never stored).
     pub access_token: String,
+    /// The SHA-256 of its refresh token, in hex.
     pub refresh_token: Option<String>,
     pub last_seen_ts: u64,
+}
+
+/// A device id a client chooses: the spec leaves it opaque, but it is shown in device lists,
+/// sent to every room-mate's server and used in store keys, so it must be short printable text.
+pub fn valid_device_id(d: &str) -> ApiResult<()> {
+    if d.is_empty() || d.len() > 255 || d.chars().any(|c| c.is_control()) {
+        return Err(ApiError::InvalidParam(
+            "device_id must be 1 to 255 bytes of printable text".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The store key of a token: its SHA-256, so the database alone gives no working token.
+/// Tokens carry 190 random bits, so a plain hash (no salt, no stretching) is enough.
+pub fn token_key(token: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key a device record's token field stands for: its hex hash, or (in a store written
+/// before tokens were hashed) the token itself.
+fn key_of_recorded(recorded: &str) -> Vec<u8> {
+    let digits = recorded.as_bytes();
+    if digits.len() == 64 && digits.iter().all(u8::is_ascii_hexdigit) {
+        digits
+            .chunks(2)
+            .filter_map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+            .collect()
+    } else {
+        recorded.as_bytes().to_vec()
+    }
 }
 
 /// An authenticated request's identity.
@@ -128,6 +166,17 @@ impl Services {
         batch.put(Table::User, user_id.as_bytes(), &encode(rec));
     }
 
+    /// What a new password must be: not empty (an empty one would log anybody in who tries
+    /// it) and at most 512 bytes (Argon2 input stays bounded).
+    pub fn password_policy(password: &str) -> ApiResult<()> {
+        if password.is_empty() || password.len() > 512 {
+            return Err(ApiError::WeakPassword(
+                "password must be 1 to 512 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn hash_password(password: &str) -> ApiResult<String> {
         let salt = SaltString::encode_b64(random_alnum(16).as_bytes())
             .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -138,7 +187,7 @@ impl Services {
     }
 
     pub fn check_password(rec: &UserRecord, password: &str) -> bool {
-        let Some(hash) = &rec.password_hash else {
+        let Some(hash) = rec.password_hash.as_ref().filter(|_| !password.is_empty()) else {
             return false;
         };
         let Ok(parsed) = PasswordHash::new(hash) else {
@@ -159,6 +208,7 @@ impl Services {
         let rec = UserRecord {
             password_hash: match password {
                 Some(p) => {
+                    Self::password_policy(p)?;
                     let p = p.to_owned();
                     Some(blocking(move || Self::hash_password(&p)).await??)
                 }
@@ -190,7 +240,10 @@ impl Services {
         refreshable: bool,
     ) -> ApiResult<(OwnedDeviceId, IssuedTokens)> {
         let device_id: OwnedDeviceId = match device_id {
-            Some(d) => d.into(),
+            Some(d) => {
+                valid_device_id(d)?;
+                d.into()
+            }
             None => random_alnum(10).to_uppercase().into(),
         };
         let mut batch = Batch::default();
@@ -201,8 +254,8 @@ impl Services {
         let tokens = self.new_tokens(user_id, &device_id, refreshable, &mut batch);
         let rec = DeviceRecord {
             display_name: display_name.or_else(|| existing.and_then(|e| e.display_name)),
-            access_token: tokens.access_token.clone(),
-            refresh_token: tokens.refresh_token.clone(),
+            access_token: hex(&token_key(&tokens.access_token)),
+            refresh_token: tokens.refresh_token.as_deref().map(|t| hex(&token_key(t))),
             last_seen_ts: now_ms(),
         };
         batch.put(
@@ -231,7 +284,7 @@ impl Services {
         };
         batch.put(
             Table::AccessToken,
-            access_token.as_bytes(),
+            &token_key(&access_token),
             &encode(&session),
         );
         let refresh_token = refreshable.then(|| {
@@ -240,7 +293,7 @@ impl Services {
                 expires_at: None,
                 ..session.clone()
             };
-            batch.put(Table::RefreshToken, t.as_bytes(), &encode(&s));
+            batch.put(Table::RefreshToken, &token_key(&t), &encode(&s));
             t
         });
         IssuedTokens {
@@ -251,18 +304,19 @@ impl Services {
     }
 
     fn revoke_tokens(&self, dev: &DeviceRecord, batch: &mut Batch) {
-        batch.delete(Table::AccessToken, dev.access_token.as_bytes());
+        batch.delete(Table::AccessToken, &key_of_recorded(&dev.access_token));
         if let Some(r) = &dev.refresh_token {
-            batch.delete(Table::RefreshToken, r.as_bytes());
+            batch.delete(Table::RefreshToken, &key_of_recorded(r));
         }
     }
 
-    /// Exchange a refresh token for new tokens; the old pair stops working.
+    /// Exchange a refresh token for new tokens; the old pair stops working. The token is taken
+    /// from the store atomically, so of two concurrent refreshes with it only one succeeds.
     pub async fn refresh(&self, refresh_token: &str) -> ApiResult<IssuedTokens> {
         let raw = self
             .store
             .kv
-            .get(Table::RefreshToken, refresh_token.as_bytes())?
+            .take(Table::RefreshToken, &token_key(refresh_token))?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
         let s: SessionRecord = decode(&raw)?;
         let mut dev = self
@@ -271,8 +325,8 @@ impl Services {
         let mut batch = Batch::default();
         self.revoke_tokens(&dev, &mut batch);
         let tokens = self.new_tokens(&s.user_id, &s.device_id, true, &mut batch);
-        dev.access_token = tokens.access_token.clone();
-        dev.refresh_token = tokens.refresh_token.clone();
+        dev.access_token = hex(&token_key(&tokens.access_token));
+        dev.refresh_token = tokens.refresh_token.as_deref().map(|t| hex(&token_key(t)));
         batch.put(
             Table::Device,
             &key2(s.user_id.as_str(), s.device_id.as_str()),
@@ -283,12 +337,46 @@ impl Services {
         Ok(tokens)
     }
 
+    /// Stores written before tokens were hashed keep them verbatim: hash them in place, once.
+    pub fn hash_stored_tokens(&self) -> ApiResult<()> {
+        const DONE: &[u8] = b"tokens_hashed";
+        if self.store.kv.get(Table::Meta, DONE)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for table in [Table::AccessToken, Table::RefreshToken] {
+            for row in self.store.kv.scan_prefix(table, b"") {
+                let (key, value) = row?;
+                if let Ok(token) = std::str::from_utf8(&key) {
+                    batch.delete(table, &key);
+                    batch.put(table, &token_key(token), &value);
+                }
+            }
+        }
+        for row in self.store.kv.scan_prefix(Table::Device, b"") {
+            let (key, value) = row?;
+            let mut dev: DeviceRecord = decode(&value)?;
+            let hashed = |t: &str| hex(&key_of_recorded(t)) == t;
+            if !hashed(&dev.access_token) {
+                dev.access_token = hex(&token_key(&dev.access_token));
+            }
+            if let Some(r) = dev.refresh_token.as_mut().filter(|r| !hashed(r)) {
+                *r = hex(&token_key(r));
+            }
+            batch.put(Table::Device, &key, &encode(&dev));
+        }
+        batch.put(Table::Meta, DONE, b"1");
+        self.store.commit(batch)?;
+        self.store.kv.flush_blocking()?;
+        Ok(())
+    }
+
     /// Resolve an access token.
     pub fn session(&self, token: &str) -> ApiResult<Session> {
         let raw = self
             .store
             .kv
-            .get(Table::AccessToken, token.as_bytes())?
+            .get(Table::AccessToken, &token_key(token))?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
         let s: SessionRecord = decode(&raw)?;
         if s.expires_at.is_some_and(|t| t <= now_ms()) {

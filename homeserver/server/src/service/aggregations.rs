@@ -209,11 +209,12 @@ impl Services {
         } else {
             return Ok(None);
         }
-        let Some(id) = original["event_id"].as_str() else {
+        let (Some(id), Some((room, _))) =
+            (original["event_id"].as_str(), self.event_position(short)?)
+        else {
             return Ok(None);
         };
-        let mut prefix = id.as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = super::writer::relation_prefix(room, id);
         let mut best: Option<(u64, Value)> = None;
         for item in self.store.kv.scan_prefix(Table::Relation, &prefix) {
             let (_, v) = item?;

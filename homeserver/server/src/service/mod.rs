@@ -39,6 +39,8 @@ pub struct Services {
     pub e2ee: crate::e2ee::E2ee,
     pub appservices: crate::appservice::Appservices,
     pub search: crate::search::Search,
+    /// Memory that request bodies in flight may hold, shared by both listeners.
+    pub bodies: crate::http::body::BodyBudget,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -52,6 +54,18 @@ impl Services {
                 settings.data_dir.display()
             ))
         })?;
+        // A data dir made by an older version (or by hand) may be open to others: close it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| {
+                    ApiError::Internal(format!(
+                        "cannot restrict {}: {e}",
+                        settings.data_dir.display()
+                    ))
+                })?;
+        }
         let store = Store::open(&settings.data_dir.join("db"))?;
         let key = match &settings.signing_key_path {
             Some(p) => load_or_create_key_file(p)?,
@@ -64,7 +78,7 @@ impl Services {
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
         let appservices = crate::appservice::Appservices::new(settings.appservices.clone())?;
         let search = crate::search::Search::open(&settings.data_dir.join("search"))?;
-        Ok(Arc::new(Self {
+        let app = Arc::new(Self {
             federation,
             media,
             settings,
@@ -78,8 +92,12 @@ impl Services {
             e2ee: Default::default(),
             appservices,
             search,
+            bodies: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
-        }))
+        });
+        app.hash_stored_tokens()?;
+        writer::key_relations_by_room(&app)?;
+        Ok(app)
     }
 
     /// Federation, or an error saying it is off.

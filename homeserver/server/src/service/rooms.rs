@@ -509,15 +509,23 @@ impl Services {
     }
 
     /// The state a user may read: the current state while joined (or if the room is world
-    /// readable), the state as they left it otherwise. `M_FORBIDDEN` if they never were in it.
+    /// readable), the state as they left it if they left (or were kicked or banned) after being
+    /// joined. `M_FORBIDDEN` if they never were joined, or forgot the room.
     pub fn visible_state_hash(&self, user: &UserId, room: &RoomRef) -> ApiResult<u64> {
         let current = self.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
         match self.membership(user, &room.meta.room_id)? {
             Some(m) if m.membership == "join" => return Ok(current),
-            Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            Some(m) if !m.forgotten && (m.membership == "leave" || m.membership == "ban") => {
                 if let Some(short) = self.short_event(&m.event_id)? {
-                    if let Some((_, after)) = self.event_state(short)? {
-                        return Ok(after);
+                    if let Some((before, after)) = self.event_state(short)? {
+                        // Leaving from an invite or a knock, or a ban of someone who never
+                        // came in, opens nothing: they never saw the room's state.
+                        let was = self
+                            .state_pdu(before, "m.room.member", user.as_str())?
+                            .and_then(|p| p.membership());
+                        if was.as_deref() == Some("join") {
+                            return Ok(after);
+                        }
                     }
                 }
             }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use plexus_core::{
     auth,
-    builder::{build_pdu, BuiltPdu, EventRef, NewEvent, RoomContext},
+    builder::{build_pdu, next_depth, BuiltPdu, EventRef, NewEvent, RoomContext},
     room_version, Pdu,
 };
 use plexus_store::{StateMap, Table};
@@ -181,7 +181,7 @@ impl<'a> RoomWriter<'a> {
             "origin_server_ts": now_ms(),
             "type": ev.kind,
             "content": ev.content,
-            "depth": self.depth + 1,
+            "depth": next_depth(self.depth),
             "prev_events": plexus_core::builder::refs_json(&self.tips, &self.rules),
             "auth_events": plexus_core::builder::refs_json(&auth_events, &self.rules),
         });
@@ -209,7 +209,7 @@ impl<'a> RoomWriter<'a> {
             origin: self.svc.server_name(),
             prev_events: self.tips.clone(),
             auth_events,
-            depth: self.depth + 1,
+            depth: next_depth(self.depth),
             origin_server_ts: now_ms(),
         };
         let built = build_pdu(&ev, &ctx, &self.svc.key)?;
@@ -241,7 +241,7 @@ impl<'a> RoomWriter<'a> {
 
         let event_id = built.event_id.clone();
         self.tips = vec![EventRef::of(&built.pdu)];
-        self.depth += 1;
+        self.depth = next_depth(self.depth);
         if let Some(sk) = &ev.state_key {
             self.pending_state
                 .insert((ev.kind.clone(), sk.clone()), self.pending.len());
@@ -416,7 +416,7 @@ impl<'a> RoomWriter<'a> {
                             .and_then(|k| OwnedUserId::try_from(k).ok()),
                     );
                 }
-                relation_row(batch, &p.stored, count, short);
+                relation_row(batch, short_room, &p.stored, count, short);
                 plans[i].rows(batch, short_room, count, short);
                 crate::push::unread::notification_rows(
                     batch,
@@ -630,14 +630,56 @@ pub fn membership_rows(
     batch.put(Table::RoomMemberChange, &ck, membership.as_bytes());
 }
 
-/// The relation index entry of an event that relates to another.
-pub fn relation_row(batch: &mut plexus_store::Batch, stored: &Value, count: u64, short: u64) {
+/// The relation index entry of an event that relates to another, under the room it was sent
+/// in: a relation names its parent by id only, and an event in another room that names a
+/// parent here must never be counted as relating to it.
+pub fn relation_row(
+    batch: &mut plexus_store::Batch,
+    short_room: u64,
+    stored: &Value,
+    count: u64,
+    short: u64,
+) {
     if let Some(parent) = relation_parent(stored) {
-        let mut k = parent.into_bytes();
-        k.push(0);
+        let mut k = relation_prefix(short_room, &parent);
         k.extend_from_slice(&count.to_be_bytes());
         batch.put(Table::Relation, &k, &short.to_be_bytes());
     }
+}
+
+/// `short room ‖ parent event id ‖ 0`: the relation rows of one parent within one room.
+pub fn relation_prefix(short_room: u64, parent: &str) -> Vec<u8> {
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(parent.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Relation rows written before they were keyed by room (`parent ‖ 0 ‖ count`) move under
+/// the room of the event that relates; run once per store.
+pub fn key_relations_by_room(svc: &Services) -> ApiResult<()> {
+    const DONE: &[u8] = b"relations_by_room";
+    if svc.store.kv.get(Table::Meta, DONE)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = plexus_store::Batch::default();
+    for row in svc.store.kv.scan_prefix(Table::Relation, b"$") {
+        let (key, value) = row?;
+        let Some(split) = key.iter().rposition(|b| *b == 0) else {
+            continue;
+        };
+        batch.delete(Table::Relation, &key);
+        let (parent, count) = (&key[..split], &key[split + 1..]);
+        if let Some((room, _)) = svc.event_position(plexus_store::be_u64(&value))? {
+            let mut k = relation_prefix(room, &String::from_utf8_lossy(parent));
+            k.extend_from_slice(count);
+            batch.put(Table::Relation, &k, &value);
+        }
+    }
+    batch.put(Table::Meta, DONE, b"1");
+    svc.store.commit(batch)?;
+    svc.store.kv.flush_blocking()?;
+    Ok(())
 }
 
 /// Queue an event for each destination server, in the same batch that persists it.
