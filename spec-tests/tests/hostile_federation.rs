@@ -261,3 +261,68 @@ async fn unauthenticated_bodies_cannot_take_the_memory() {
         .await;
     assert_eq!(status, 200, "{res}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_that_never_answer_do_not_hold_up_other_peers() {
+    let (_dir, key_path, key) = key_file();
+    let env = [("PLEXUS_SIGNING_KEY_PATH", key_path.as_str())];
+    let (a, b) = tokio::join!(Server::federated(), Server::federated_with(&env));
+    let peer = peer_for(&b, key);
+    // Four "servers" that accept connections and never say a word (TLS never completes).
+    let mut silent = vec![];
+    for _ in 0..4 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        silent.push(format!("127.0.0.1:{}", l.local_addr().unwrap().port()));
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((sock, _)) = l.accept().await {
+                held.push(sock);
+            }
+        });
+    }
+    let path = "/_matrix/federation/v1/event/%24nothing";
+    let url = format!("https://{}{path}", a.server_name);
+    let ask_as = |origin: String| {
+        let http = peer.http.clone();
+        let url = url.clone();
+        let dest = a.server_name.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let status = http
+                .get(url)
+                .header(
+                    "authorization",
+                    format!("X-Matrix origin=\"{origin}\",destination=\"{dest}\",key=\"ed25519:x\",sig=\"AAAA\""),
+                )
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (status, started.elapsed())
+        }
+    };
+    let stuck: Vec<_> = silent
+        .iter()
+        .map(|o| tokio::spawn(ask_as(o.clone())))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A healthy peer A has never seen gets its key fetched and its request answered at once.
+    let started = std::time::Instant::now();
+    let (status, res) = peer.get(&a.server_name, path).await;
+    let took = started.elapsed();
+    assert_eq!(status, 404, "{res}");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "a healthy peer waited {took:?} behind origins that never answer"
+    );
+    for t in stuck {
+        let (status, took) = t.await.unwrap();
+        assert_eq!(status, 401);
+        assert!(took < std::time::Duration::from_secs(12), "{took:?}");
+    }
+    // Asked again at once, a dead origin is refused without another wait.
+    let (status, took) = ask_as(silent[0].clone()).await;
+    assert_eq!(status, 401);
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+}
