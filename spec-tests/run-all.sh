@@ -29,7 +29,7 @@ fi
 
 data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-PLEXUS_DATA_DIR="$data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$port" PLEXUS_REGISTRATION=open \
+PLEXUS_DATA_DIR="$data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$port" PLEXUS_REGISTRATION=open PLEXUS_RATE_LIMITS=off \
   PLEXUS_LOG=warn "$target/debug/plexus" >"$data/plexus.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
@@ -65,7 +65,7 @@ as_dir="$data/mautrix"; mkdir -p "$as_dir"
 as_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$venv/bin/python" spec-tests/interop/make_registration.py "$as_dir/reg.yaml" "$as_port" localhost
-PLEXUS_DATA_DIR="$as_dir/data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$as_cport" PLEXUS_REGISTRATION=open \
+PLEXUS_DATA_DIR="$as_dir/data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$as_cport" PLEXUS_REGISTRATION=open PLEXUS_RATE_LIMITS=off \
   PLEXUS_APPSERVICE_REGISTRATIONS="$as_dir/reg.yaml" PLEXUS_LOG=warn "$target/debug/plexus" >"$as_dir/plexus.log" 2>&1 &
 as_pid=$!
 for _ in $(seq 1 100); do
@@ -87,7 +87,7 @@ for i in 1 2; do
   fdir="$data/fed$i"; mkdir -p "$fdir"
   cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   fport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  PLEXUS_DATA_DIR="$fdir" PLEXUS_CLIENT_LISTEN="127.0.0.1:$cport" PLEXUS_REGISTRATION=open \
+  PLEXUS_DATA_DIR="$fdir" PLEXUS_CLIENT_LISTEN="127.0.0.1:$cport" PLEXUS_REGISTRATION=open PLEXUS_RATE_LIMITS=off \
     PLEXUS_SERVER_NAME="127.0.0.1:$fport" PLEXUS_FEDERATION_LISTEN="127.0.0.1:$fport" \
     PLEXUS_FEDERATION_VERIFY_TLS=false PLEXUS_FEDERATION_ALLOW_LOOPBACK=true \
     PLEXUS_LOG=warn "$target/debug/plexus" >"$fdir/plexus.log" 2>&1 &

@@ -639,6 +639,7 @@ class PlexusProc:
             "PLEXUS_CLIENT_LISTEN": f"127.0.0.1:{self.port}",
             "PLEXUS_SERVER_NAME": "localhost",
             "PLEXUS_REGISTRATION": "open",
+            "PLEXUS_RATE_LIMITS": "off",
             "PLEXUS_LOG": "warn",
         })
         return e

@@ -194,7 +194,10 @@ impl Server {
         cmd.env("PLEXUS_DATA_DIR", self.data_dir())
             .env("PLEXUS_CLIENT_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("PLEXUS_SERVER_NAME", "localhost")
-            .env("PLEXUS_LOG", "warn,plexus=info");
+            .env("PLEXUS_LOG", "warn,plexus=info")
+            // As Synapse's rc_* limits are raised for tests: a test that is about rate limits
+            // turns them on (PLEXUS_RATE_LIMITS=on).
+            .env("PLEXUS_RATE_LIMITS", "off");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

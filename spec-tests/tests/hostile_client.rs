@@ -391,3 +391,41 @@ async fn relations_from_another_room_do_not_count() {
         "{relations}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stop_at_the_per_user_quota() {
+    let mut s = Server::start_with(&[
+        ("PLEXUS_REGISTRATION", "open"),
+        ("PLEXUS_MEDIA_MAX_BYTES_PER_USER", "100000"),
+    ])
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    alice
+        .upload(vec![1; 60_000], "application/octet-stream", None)
+        .await;
+    let r = alice
+        .upload_raw(vec![2; 60_000], Some("application/octet-stream"), None)
+        .await;
+    r.err(413, "M_TOO_LARGE");
+    alice
+        .upload(vec![3; 30_000], "application/octet-stream", None)
+        .await;
+    bob.upload(vec![4; 60_000], "application/octet-stream", None)
+        .await;
+    // The count survives a crash: 90,000 of 100,000 bytes are used.
+    s.crash_and_restart().await;
+    let r = alice
+        .upload_raw(vec![5; 20_000], Some("application/octet-stream"), None)
+        .await;
+    r.err(413, "M_TOO_LARGE");
+    alice
+        .upload(vec![6; 10_000], "application/octet-stream", None)
+        .await;
+    let r = alice
+        .upload_raw(vec![7; 1], Some("application/octet-stream"), None)
+        .await;
+    r.err(413, "M_TOO_LARGE");
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("quota"), "{body}");
+}

@@ -41,6 +41,7 @@ pub struct Config {
     pub listeners: Listeners,
     pub registration: RegistrationConfig,
     pub limits: Limits,
+    pub rate_limits: crate::service::ratelimit::RateLimits,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub federation: FederationConfig,
@@ -90,6 +91,8 @@ pub struct MediaConfig {
     pub unused_expiry_secs: u64,
     /// Reserved ids one user may hold at a time before `/media/v1/create` answers 429.
     pub max_pending_uploads: usize,
+    /// Bytes one user may upload in all; 0: no quota.
+    pub max_bytes_per_user: u64,
 }
 
 impl Default for MediaConfig {
@@ -98,6 +101,7 @@ impl Default for MediaConfig {
             max_upload_bytes: 50 * 1024 * 1024,
             unused_expiry_secs: 24 * 3600,
             max_pending_uploads: 10,
+            max_bytes_per_user: 0,
         }
     }
 }
@@ -166,6 +170,7 @@ impl Default for Config {
             listeners: Listeners::default(),
             registration: RegistrationConfig::default(),
             limits: Limits::default(),
+            rate_limits: Default::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             federation: FederationConfig::default(),
@@ -221,6 +226,7 @@ pub struct Settings {
     pub registration_tokens: Vec<String>,
     pub max_request_bytes: usize,
     pub max_page: usize,
+    pub rate_limits: crate::service::ratelimit::RateLimits,
     pub log_level: String,
     pub log_format: LogFormat,
     pub refreshable_token_lifetime_ms: u64,
@@ -288,6 +294,18 @@ impl Config {
         if let Some(v) = var("PLEXUS_REGISTRATION_TOKEN") {
             self.registration.tokens.push(v);
         }
+        if let Some(v) = var("PLEXUS_RATE_LIMITS") {
+            self.rate_limits.enabled = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "PLEXUS_RATE_LIMITS",
+                        why: format!("`{other}` is not one of on, off"),
+                    })
+                }
+            };
+        }
         if let Some(v) = var("PLEXUS_LOG") {
             self.log.level = v;
         }
@@ -297,6 +315,12 @@ impl Config {
         if let Some(v) = var("PLEXUS_MEDIA_MAX_UPLOAD_BYTES") {
             self.media.max_upload_bytes = v.parse().map_err(|e| ConfigError::Invalid {
                 key: "PLEXUS_MEDIA_MAX_UPLOAD_BYTES",
+                why: format!("not a number of bytes: {e}"),
+            })?;
+        }
+        if let Some(v) = var("PLEXUS_MEDIA_MAX_BYTES_PER_USER") {
+            self.media.max_bytes_per_user = v.parse().map_err(|e| ConfigError::Invalid {
+                key: "PLEXUS_MEDIA_MAX_BYTES_PER_USER",
                 why: format!("not a number of bytes: {e}"),
             })?;
         }
@@ -371,6 +395,12 @@ impl Config {
                 why: "must be at least 1024".into(),
             });
         }
+        self.rate_limits
+            .validate()
+            .map_err(|why| ConfigError::Invalid {
+                key: "rate_limits",
+                why,
+            })?;
         if self.limits.max_page == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_page",
@@ -440,6 +470,7 @@ impl Config {
             registration_tokens: self.registration.tokens.clone(),
             max_request_bytes: self.limits.max_request_bytes,
             max_page: self.limits.max_page,
+            rate_limits: self.rate_limits.clone(),
             log_level: self.log.level.clone(),
             log_format: self.log.format,
             refreshable_token_lifetime_ms: self.auth.refreshable_token_lifetime_secs * 1000,

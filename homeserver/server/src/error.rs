@@ -73,6 +73,9 @@ pub enum ApiError {
     /// 429: slow down.
     #[error("{why}")]
     LimitExceeded { why: String, retry_after_ms: u64 },
+    /// 413: the uploader's media quota is used up.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// 409: a reserved media id that already has its content.
     #[error("{0}")]
     CannotOverwriteMedia(String),
@@ -151,6 +154,7 @@ impl ApiError {
             ),
             LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             RemoteTooLarge => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
             UnableToGrantJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),

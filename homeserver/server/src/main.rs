@@ -185,7 +185,8 @@ async fn serve(settings: Settings) -> Result<(), String> {
         fed.sender.start(&app);
     }
     let store_app = app.clone();
-    axum::serve(listener, router(app))
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;

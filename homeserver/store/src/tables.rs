@@ -155,4 +155,6 @@ pub enum Table {
     /// count (big-endian) → short event ids (8 bytes each): events fetched by backfill, which
     /// have no place on the event stream, for the search indexer to follow
     SearchBackfill = 67,
+    /// user id → bytes of media they uploaded (big-endian u64), for the per-user quota
+    MediaUsage = 68,
 }

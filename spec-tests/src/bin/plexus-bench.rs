@@ -854,6 +854,7 @@ async fn compare(scale: Scale, synapse_dir: &Path, synapse_db: &str) -> Result<b
         .env("PLEXUS_DATA_DIR", pdata.path())
         .env("PLEXUS_CLIENT_LISTEN", format!("127.0.0.1:{pport}"))
         .env("PLEXUS_REGISTRATION", "open")
+        .env("PLEXUS_RATE_LIMITS", "off")
         .env("PLEXUS_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -11,9 +11,9 @@ use plexus_core::appservice::Kind;
 use crate::{
     config::RegistrationPolicy,
     error::{ApiError, ApiResult},
-    http::extract::{AppserviceToken, Auth, Body, Query},
+    http::extract::{AppserviceToken, Auth, Body, ClientIp, Query},
     service::accounts::PASSWORD_FLOW,
-    service::{App, Services},
+    service::{ratelimit::Action, App, Services},
 };
 
 #[derive(Deserialize)]
@@ -82,10 +82,14 @@ async fn log_in(
 
 pub async fn register(
     State(app): State<App>,
+    ClientIp(ip): ClientIp,
     caller: AppserviceToken,
     Query(q): Query<RegisterQuery>,
     Body(body): Body<RegisterBody>,
 ) -> ApiResult<Json<Value>> {
+    if caller.reg.is_none() {
+        app.limiter.check(Action::RegisterIp, &ip.to_string())?;
+    }
     if q.kind.as_deref() == Some("guest") {
         return Err(ApiError::GuestAccessForbidden);
     }
@@ -205,12 +209,14 @@ pub struct LoginBody {
 
 pub async fn login(
     State(app): State<App>,
+    ClientIp(ip): ClientIp,
     caller: AppserviceToken,
     Body(body): Body<LoginBody>,
 ) -> ApiResult<Json<Value>> {
     if body.kind == "m.login.application_service" {
         return login_for_appservice(&app, caller, body).await;
     }
+    app.limiter.check(Action::LoginIp, &ip.to_string())?;
     if body.kind != "m.login.password" {
         return Err(ApiError::Unknown(format!(
             "Unknown login type {}",
@@ -220,7 +226,7 @@ pub async fn login(
     let creds = Value::Object(body.rest.clone());
     let check = {
         let (app, creds) = (app.clone(), creds.clone());
-        crate::service::accounts::blocking(move || app.password_auth(&creds)).await?
+        crate::service::accounts::blocking(move || app.password_login(&creds)).await??
     };
     let user_id = match check {
         Some(u) => u,

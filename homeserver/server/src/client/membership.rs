@@ -14,6 +14,7 @@ use crate::{
     service::restricted::JoinAuthorisation,
     service::{
         encode, key2,
+        ratelimit::Action,
         writer::{member_content, RoomWriter},
         App,
     },
@@ -241,6 +242,7 @@ pub async fn join_by_id_or_alias(
     Query(q): Query<ViaQuery>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
+    app.limit_user(&s, Action::RoomActions)?;
     let (room_id, via) = room_and_via(&app, &room, &q).await?;
     do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), via).await
 }
@@ -251,6 +253,7 @@ pub async fn join(
     Path(room_id): Path<String>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
+    app.limit_user(&s, Action::RoomActions)?;
     let room_id = parse_room_id(&room_id)?;
     do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), vec![]).await
 }
@@ -326,6 +329,7 @@ pub async fn invite(
     Path(room_id): Path<String>,
     Body(body): Body<TargetBody>,
 ) -> ApiResult<Json<Value>> {
+    app.limit_user(&s, Action::RoomActions)?;
     change_member(
         &app,
         &s.user_id,
@@ -457,6 +461,7 @@ pub async fn knock(
     Query(q): Query<ViaQuery>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
+    app.limit_user(&s, Action::RoomActions)?;
     let (room_id, via) = room_and_via(&app, &room, &q).await?;
     if !app.is_resident(&room_id)? {
         remote(

@@ -11,6 +11,7 @@ use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
     service::{
+        ratelimit::Action,
         writer::{member_content, RoomWriter},
         App,
     },
@@ -59,6 +60,7 @@ pub async fn create_room(
     Auth(s): Auth,
     Body(body): Body<CreateRoomBody>,
 ) -> ApiResult<Json<Value>> {
+    app.limit_user(&s, Action::RoomActions)?;
     let sender = s.user_id.clone();
     // --- validate everything before writing anything ---
     let version = match &body.room_version {

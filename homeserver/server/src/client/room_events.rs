@@ -11,7 +11,7 @@ use super::membership::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, JsonObject, Path, Query},
-    service::{key3, writer::RoomWriter, App},
+    service::{key3, ratelimit::Action, writer::RoomWriter, App},
 };
 
 fn check_type(kind: &str) -> ApiResult<()> {
@@ -103,6 +103,7 @@ async fn set_state(
     content: Map<String, Value>,
 ) -> ApiResult<Json<Value>> {
     check_type(&kind)?;
+    app.limit_user(s, Action::Events)?;
     let room_id = parse_room_id(room_id)?;
     let mut w = RoomWriter::open(app, &room_id).await?;
     let ev = NewEvent {
@@ -143,6 +144,7 @@ async fn send_with_txn(
     txn: &str,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
+    app.limit_user(s, Action::Events)?;
     let scope = s.txn_scope();
     let txn_key = key3(s.user_id.as_str(), &scope, txn);
     let mut w = RoomWriter::open(app, &room_id).await?;

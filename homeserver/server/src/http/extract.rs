@@ -187,3 +187,24 @@ pub fn page_limit(limit: Option<&str>, default: usize, max: usize) -> Result<usi
     }
     .map(|n| n.clamp(1, max.max(1)))
 }
+
+/// The client's address, for per-address rate limits: the connection's peer, or behind a
+/// trusted reverse proxy the address it forwards for.
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<App> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(ClientIp(app.limiter.client_ip(peer, forwarded)))
+    }
+}

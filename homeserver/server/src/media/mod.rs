@@ -60,8 +60,9 @@ pub struct Repo {
     pub blobs: BlobStore,
     /// Woken whenever a reserved id receives its content, for downloads waiting on it.
     pub uploaded: tokio::sync::Notify,
-    /// Serialises the check-then-write of an upload to a reserved id.
-    reserve_lock: tokio::sync::Mutex<()>,
+    /// Serialises the check-then-write of uploads: to a reserved id, and of the uploader's
+    /// quota count.
+    write_lock: tokio::sync::Mutex<()>,
     /// Thumbnailing decodes whole images: at most two at once keeps memory bounded.
     pub thumbnailing: tokio::sync::Semaphore,
 }
@@ -71,7 +72,7 @@ impl Repo {
         Ok(Self {
             blobs: BlobStore::open(dir)?,
             uploaded: tokio::sync::Notify::new(),
-            reserve_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(()),
             thumbnailing: tokio::sync::Semaphore::new(2),
         })
     }

@@ -16,7 +16,7 @@ use super::{parse_mxc, Record};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Path, Query},
-    service::{key2, now_ms, App},
+    service::{key2, now_ms, ratelimit::Action, App},
 };
 
 #[derive(Deserialize)]
@@ -46,9 +46,51 @@ fn describe(req: &Request, q: &UploadQuery) -> ApiResult<(String, Option<String>
     Ok((content_type, q.filename.clone()))
 }
 
-/// Streams the body to the blob store, refusing it at the size limit.
-async fn store_body(app: &App, req: Request) -> ApiResult<plexus_media::blob::Blob> {
+/// Bytes `user` has uploaded in all (what the per-user quota counts).
+fn used_bytes(app: &App, user: &str) -> ApiResult<u64> {
+    Ok(app
+        .store
+        .kv
+        .get(Table::MediaUsage, user.as_bytes())?
+        .map_or(0, |v| plexus_store::be_u64(&v)))
+}
+
+fn over_quota(quota: u64) -> ApiError {
+    ApiError::QuotaExceeded(format!(
+        "your uploads have reached their quota of {quota} bytes"
+    ))
+}
+
+/// The most the next upload of `user` may be: the size limit, or what is left of the quota.
+fn upload_limit(app: &App, user: &str) -> ApiResult<u64> {
     let limit = app.settings.media.max_upload_bytes;
+    let quota = app.settings.media.max_bytes_per_user;
+    if quota == 0 {
+        return Ok(limit);
+    }
+    match quota.saturating_sub(used_bytes(app, user)?) {
+        0 => Err(over_quota(quota)),
+        left => Ok(limit.min(left)),
+    }
+}
+
+/// Count an upload against its uploader's quota, in the batch that records it. The caller
+/// holds the media write lock, so two uploads cannot both fit in the last bytes.
+fn charge_quota(app: &App, user: &str, size: u64, b: &mut Batch) -> ApiResult<()> {
+    let quota = app.settings.media.max_bytes_per_user;
+    if quota == 0 {
+        return Ok(());
+    }
+    let used = used_bytes(app, user)?.saturating_add(size);
+    if used > quota {
+        return Err(over_quota(quota));
+    }
+    b.put(Table::MediaUsage, user.as_bytes(), &used.to_be_bytes());
+    Ok(())
+}
+
+/// Streams the body to the blob store, refusing it past `limit` bytes.
+async fn store_body(app: &App, req: Request, limit: u64) -> ApiResult<plexus_media::blob::Blob> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -71,8 +113,10 @@ pub async fn upload(
     Query(q): Query<UploadQuery>,
     req: Request,
 ) -> ApiResult<Json<Value>> {
+    app.limit_user(&s, Action::Uploads)?;
     let (content_type, filename) = describe(&req, &q)?;
-    let blob = store_body(&app, req).await?;
+    let user = s.user_id.as_str();
+    let blob = store_body(&app, req, upload_limit(&app, user)?).await?;
     let id = random_alnum(24);
     let rec = Record {
         sha256: Some(blob.sha256),
@@ -85,7 +129,10 @@ pub async fn upload(
     };
     let mut b = Batch::default();
     app.put_media_record(app.server_name().as_str(), &id, &rec, &mut b);
+    let charged = app.media.write_lock.lock().await;
+    charge_quota(&app, user, rec.size, &mut b)?;
     app.store.commit(b)?;
+    drop(charged);
     app.store.flush().await?;
     tracing::info!(user = %s.user_id, media = %id, size = rec.size, "media uploaded");
     Ok(Json(json!({ "content_uri": mxc(&app, &id) })))
@@ -177,9 +224,9 @@ pub async fn upload_reserved(
         now_ms(),
     )?;
     let (content_type, filename) = describe(&req, &q)?;
-    let blob = store_body(&app, req).await?;
+    let blob = store_body(&app, req, upload_limit(&app, &user)?).await?;
     // Two uploads to one id may race: only the first to get here wins.
-    let _one = app.media.reserve_lock.lock().await;
+    let _one = app.media.write_lock.lock().await;
     let rec = app.media_record(server.as_str(), &id)?;
     check_reserved(rec.as_ref(), &user, now_ms())?;
     let rec = Record {
@@ -192,6 +239,7 @@ pub async fn upload_reserved(
     };
     let mut b = Batch::default();
     app.put_media_record(server.as_str(), &id, &rec, &mut b);
+    charge_quota(&app, &user, rec.size, &mut b)?;
     b.delete(Table::MediaPending, &key2(&user, &id));
     app.store.commit(b)?;
     app.store.flush().await?;

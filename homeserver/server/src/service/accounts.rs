@@ -12,7 +12,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{decode, encode, key2, now_ms, Services};
+use super::{decode, encode, key2, now_ms, ratelimit::Action, Services};
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -43,6 +43,16 @@ pub struct DeviceRecord {
     /// The SHA-256 of its refresh token, in hex.
     pub refresh_token: Option<String>,
     pub last_seen_ts: u64,
+}
+
+/// The account named in login credentials (`identifier.user`, or the older `user`).
+fn login_name(creds: &Value) -> Option<&str> {
+    creds
+        .get("identifier")
+        .filter(|i| i.get("type").and_then(Value::as_str) == Some("m.id.user"))
+        .and_then(|i| i.get("user"))
+        .or_else(|| creds.get("user"))
+        .and_then(Value::as_str)
 }
 
 /// A device id a client chooses: the spec leaves it opaque, but it is shown in device lists,
@@ -476,6 +486,18 @@ impl Services {
             }
             ApiError::Uia(body)
         };
+        // A password is checked (Argon2, tens of milliseconds) before the sessions are locked,
+        // so one slow check never holds up every other user-interactive auth.
+        let stage = auth
+            .and_then(|a| a.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let password_user = match auth {
+            Some(a) if stage == "m.login.password" && flows.iter().any(|f| f.contains(&stage)) => {
+                self.password_login(a)?
+            }
+            _ => None,
+        };
         let mut sessions = self.uia.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(auth) = auth else {
             if sessions.len() >= UIA_SESSIONS_MAX {
@@ -498,7 +520,6 @@ impl Services {
             sessions.insert(id.clone(), UiaState::default());
             id
         };
-        let stage = auth.get("type").and_then(Value::as_str).unwrap_or_default();
         let allowed = flows.iter().any(|f| f.contains(&stage));
         if !allowed {
             return Err(challenge(&session_id, &state.completed, None));
@@ -516,7 +537,7 @@ impl Services {
                     Err(("M_FORBIDDEN", "Invalid registration token"))
                 }
             }
-            "m.login.password" => match self.password_auth(auth) {
+            "m.login.password" => match password_user {
                 Some(user) if expected_user.is_none_or(|e| e == user) => {
                     state.user = Some(user);
                     Ok(())
@@ -544,13 +565,23 @@ impl Services {
     }
 
     /// Check an `m.login.password` body (identifier or legacy `user`); the user it names.
+    /// A password check for login or user-interactive auth, under the account's failed-login
+    /// limit: refused at once (`M_LIMIT_EXCEEDED`) while the account has no attempt left, and
+    /// every wrong password uses one up, from whatever address it came.
+    pub fn password_login(&self, creds: &Value) -> ApiResult<Option<OwnedUserId>> {
+        let account = login_name(creds).and_then(|n| self.parse_user_name(n).ok());
+        if let Some(a) = &account {
+            self.limiter.peek(Action::FailedLogin, a.as_str())?;
+        }
+        let user = self.password_auth(creds);
+        if let (None, Some(a)) = (&user, &account) {
+            self.limiter.charge(Action::FailedLogin, a.as_str());
+        }
+        Ok(user)
+    }
+
     pub fn password_auth(&self, body: &Value) -> Option<OwnedUserId> {
-        let name = body
-            .get("identifier")
-            .filter(|i| i.get("type").and_then(Value::as_str) == Some("m.id.user"))
-            .and_then(|i| i.get("user"))
-            .or_else(|| body.get("user"))
-            .and_then(Value::as_str)?;
+        let name = login_name(body)?;
         let password = body.get("password").and_then(Value::as_str)?;
         let user_id = self.parse_user_name(name).ok()?;
         let rec = self.user(&user_id).ok()??;

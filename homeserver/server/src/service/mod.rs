@@ -5,6 +5,7 @@ pub mod aggregations;
 pub mod ephemeral;
 pub mod notify;
 pub mod presence;
+pub mod ratelimit;
 pub mod restricted;
 pub mod rooms;
 pub mod spaces;
@@ -41,6 +42,7 @@ pub struct Services {
     pub search: crate::search::Search,
     /// Memory that request bodies in flight may hold, shared by both listeners.
     pub bodies: crate::http::body::BodyBudget,
+    pub limiter: ratelimit::Limiter,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -78,6 +80,7 @@ impl Services {
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
         let appservices = crate::appservice::Appservices::new(settings.appservices.clone())?;
         let search = crate::search::Search::open(&settings.data_dir.join("search"))?;
+        let limiter = ratelimit::Limiter::new(settings.rate_limits.clone());
         let app = Arc::new(Self {
             federation,
             media,
@@ -93,6 +96,7 @@ impl Services {
             appservices,
             search,
             bodies: Default::default(),
+            limiter,
             room_locks: Mutex::new(HashMap::new()),
         });
         app.hash_stored_tokens()?;
