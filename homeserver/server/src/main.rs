@@ -105,6 +105,20 @@ fn private_files() {
     }
 }
 
+/// glibc keeps memory freed after a burst (thousands of requests at once) in its arenas; hand
+/// it back to the OS now and then, so RSS comes down once the burst is over.
+async fn hand_back_freed_memory() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the OS.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 fn init_tracing(s: &Settings) {
     let filter = tracing_subscriber::EnvFilter::new(&s.log_level);
     let builder = tracing_subscriber::fmt()
@@ -156,6 +170,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
     app.spawn_typing_expiry();
+    tokio::spawn(hand_back_freed_memory());
     plexus::push::gateway::Pushers::spawn(&app).map_err(|e| e.to_string())?;
     app.ensure_appservice_senders()
         .await

@@ -27,6 +27,11 @@ use crate::{
 
 /// Longest a client may make us wait.
 const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// Long-polls one access token may hold open; an older one is answered when a newer one
+/// comes (a client that reconnects has given up on its old request anyway).
+const LONG_POLLS_PER_TOKEN: u64 = 3;
+/// Long-polls one user may hold open across all their devices.
+const LONG_POLLS_PER_USER: u64 = 32;
 /// Most timeline entries one room inspects per sync.
 const SCAN_CAP: usize = 5_000;
 pub fn parse_token(t: &str) -> ApiResult<u64> {
@@ -80,19 +85,45 @@ pub async fn sync(
     }
     let mut rx = app.notifier.subscribe(&s.user_id);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    let mut polls = None;
     loop {
-        let (body, changed) = build(&app, &s, since, &filter, full_state)?;
+        let (body, changed) = build_off_workers(&app, &s, since, &filter, full_state).await?;
         if changed || since.is_none() || full_state || tokio::time::Instant::now() >= deadline {
             return Ok(Json(body));
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => {
-                let (body, _) = build(&app, &s, since, &filter, full_state)?;
-                return Ok(Json(body));
+        let (by_token, by_user) = polls.get_or_insert_with(|| {
+            (
+                app.long_polls
+                    .enter(format!("t\0{}", s.access_token), LONG_POLLS_PER_TOKEN),
+                app.long_polls
+                    .enter(format!("u\0{}", s.user_id), LONG_POLLS_PER_USER),
+            )
+        });
+        tokio::select! {
+            woken = tokio::time::timeout_at(deadline, rx.changed()) => {
+                if matches!(woken, Ok(Ok(()))) {
+                    continue;
+                }
             }
+            () = by_token.superseded() => {}
+            () = by_user.superseded() => {}
         }
+        let (body, _) = build_off_workers(&app, &s, since, &filter, full_state).await?;
+        return Ok(Json(body));
     }
+}
+
+/// [`build`] on the blocking pool: a full-state sync of a big room takes long enough to hold
+/// up every request that shares an async worker with it.
+async fn build_off_workers(
+    app: &App,
+    s: &Session,
+    since: Option<u64>,
+    filter: &Filter,
+    full_state: bool,
+) -> ApiResult<(Value, bool)> {
+    let (app, s, filter) = (app.clone(), s.clone(), filter.clone());
+    crate::service::accounts::blocking(move || build(&app, &s, since, &filter, full_state)).await?
 }
 
 /// The sync response and whether it carries anything new.

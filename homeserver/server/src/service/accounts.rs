@@ -603,9 +603,10 @@ impl Services {
     }
 }
 
-/// Run CPU-heavy work (password hashing) on the blocking pool, at most one job per core at a
-/// time: each Argon2 hash takes 19 MiB, so a burst of logins must queue rather than multiply
-/// memory (16 at once peaked at 312 MiB RSS before this bound).
+/// Run CPU-heavy work (password hashing, building sync responses) on the blocking pool, at
+/// most one job per core at a time, so it never occupies the async workers that answer every
+/// other request, and a burst queues rather than multiplies memory (each Argon2 hash takes
+/// 19 MiB: 16 at once peaked at 312 MiB RSS before this bound).
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     let slots = SLOTS.get_or_init(|| {
@@ -617,7 +618,7 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     let _slot = slots
         .acquire()
         .await
-        .map_err(|e| ApiError::Internal(format!("hashing pool closed: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("blocking pool closed: {e}")))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))

@@ -30,6 +30,7 @@ pub struct Services {
     pub store: Store,
     pub key: ServerKey,
     pub notifier: notify::Notifier,
+    pub long_polls: notify::LongPolls,
     pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
@@ -88,6 +89,7 @@ impl Services {
             store,
             key,
             notifier: notify::Notifier::default(),
+            long_polls: Default::default(),
             uia: accounts::UiaSessions::default(),
             typing: ephemeral::Typing::default(),
             pushers: Default::default(),
