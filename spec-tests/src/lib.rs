@@ -164,6 +164,25 @@ impl Server {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// SIGTERM, then wait up to `secs` for the process to exit; its exit status, or `None`
+    /// if it is still running then.
+    pub fn terminate(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `kill -9`: no shutdown, no final flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

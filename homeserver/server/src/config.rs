@@ -145,6 +145,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest `limit` a client may ask of `/messages` and friends.
     pub max_page: usize,
+    /// Writes are refused (503) while the data dir's disk has fewer bytes free; 0: never.
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +197,7 @@ impl Default for Limits {
         Self {
             max_request_bytes: 65_536,
             max_page: 1000,
+            min_free_disk_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -227,6 +230,7 @@ pub struct Settings {
     pub max_request_bytes: usize,
     pub max_page: usize,
     pub rate_limits: crate::service::ratelimit::RateLimits,
+    pub min_free_disk_bytes: u64,
     pub log_level: String,
     pub log_format: LogFormat,
     pub refreshable_token_lifetime_ms: u64,
@@ -305,6 +309,12 @@ impl Config {
                     })
                 }
             };
+        }
+        if let Some(v) = var("PLEXUS_MIN_FREE_DISK_BYTES") {
+            self.limits.min_free_disk_bytes = v.parse().map_err(|e| ConfigError::Invalid {
+                key: "PLEXUS_MIN_FREE_DISK_BYTES",
+                why: format!("not a number of bytes: {e}"),
+            })?;
         }
         if let Some(v) = var("PLEXUS_LOG") {
             self.log.level = v;
@@ -471,6 +481,7 @@ impl Config {
             max_request_bytes: self.limits.max_request_bytes,
             max_page: self.limits.max_page,
             rate_limits: self.rate_limits.clone(),
+            min_free_disk_bytes: self.limits.min_free_disk_bytes,
             log_level: self.log.level.clone(),
             log_format: self.log.format,
             refreshable_token_lifetime_ms: self.auth.refreshable_token_lifetime_secs * 1000,

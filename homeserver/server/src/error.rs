@@ -73,6 +73,9 @@ pub enum ApiError {
     /// 429: slow down.
     #[error("{why}")]
     LimitExceeded { why: String, retry_after_ms: u64 },
+    /// 503: the server cannot take writes for now (its disk is full).
+    #[error("{0}")]
+    Unavailable(String),
     /// 413: the uploader's media quota is used up.
     #[error("{0}")]
     QuotaExceeded(String),
@@ -155,6 +158,7 @@ impl ApiError {
             LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             CannotOverwriteMedia(_) => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
             QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN"),
             NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             RemoteTooLarge => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
             UnableToGrantJoin => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
@@ -218,7 +222,15 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::DiskFull { .. } => {
+                tracing::warn!(error = %e, "write refused");
+                ApiError::Unavailable(
+                    "The server's disk is full: nothing was changed; try again later".into(),
+                )
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{error::ApiError, service::App};
 pub fn router(app: App) -> Router {
     client::router()
         .merge(media::router())
+        .route("/health", axum::routing::get(health))
         .fallback(http::unrecognized)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
@@ -36,6 +37,20 @@ pub fn federation_router(app: App) -> Router {
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
         .with_state(app)
+}
+
+/// `GET /health` for load balancers and supervisors: `200 OK` while the store takes writes,
+/// `503` with the reason while the disk is full or after the store failed on it.
+async fn health(axum::extract::State(app): axum::extract::State<App>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    match app.store.kv.health() {
+        Ok(()) => (StatusCode::OK, "OK").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"errcode": "M_UNKNOWN", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 /// A bug must never take a connection down without an answer: turn panics into `M_UNKNOWN`.

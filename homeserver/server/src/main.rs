@@ -200,15 +200,31 @@ async fn serve(settings: Settings) -> Result<(), String> {
         fed.sender.start(&app);
     }
     let store_app = app.clone();
+    let stopping = app.stopping.clone();
+    let mut stopped = app.stopping.subscribe();
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    let serving = axum::serve(listener, service).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing open requests");
+        stopping.send_replace(true);
+    });
+    // Open requests get a few seconds to finish; a connection that never completes (a client
+    // stalled mid-upload, a full disk) must not keep the process alive.
+    let deadline = async {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served.map_err(|e| e.to_string())?,
+        () = deadline => tracing::warn!("requests still open after {SHUTDOWN_GRACE:?}: stopping anyway"),
+    }
     store_app.store.flush().await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long open requests may take to finish once the server is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -14,6 +14,16 @@ pub enum StoreError {
     SchemaTooNew(u64),
     #[error("store lock poisoned")]
     Poisoned,
+    /// Writes are refused while the disk is (almost) full, before the engine fails on it.
+    #[error("the disk is full: {available} bytes free, {reserve} kept in reserve")]
+    DiskFull { available: u64, reserve: u64 },
+}
+
+impl StoreError {
+    /// An error from the disk under the engine (sled cannot go on after a failed write).
+    fn is_io(&self) -> bool {
+        matches!(self, StoreError::Engine(sled::Error::Io(_)))
+    }
 }
 
 /// Keys are `table byte ‖ key`.
@@ -28,6 +38,58 @@ fn k(table: Table, key: &[u8]) -> Vec<u8> {
 pub struct Kv {
     db: sled::Db,
     durability: std::sync::Arc<Durability>,
+    space: std::sync::Arc<Space>,
+}
+
+/// Free space under the store. Writes stop while less than `reserve` bytes are free, before
+/// sled meets ENOSPC: sled cannot recover from a failed write without a restart, while a write
+/// refused here is simply tried again once space is back.
+struct Space {
+    dir: std::path::PathBuf,
+    reserve: std::sync::atomic::AtomicU64,
+    /// When free space was last read, and what it was.
+    checked: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// An engine write or flush failed on the disk: the store needs a restart.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// How long a reading of free space is trusted.
+const SPACE_FRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Space {
+    fn available(&self) -> u64 {
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, bytes)) = *checked {
+            if at.elapsed() < SPACE_FRESH {
+                return bytes;
+            }
+        }
+        let bytes = fs2::available_space(&self.dir).unwrap_or(u64::MAX);
+        *checked = Some((std::time::Instant::now(), bytes));
+        bytes
+    }
+
+    fn ensure(&self) -> Result<(), StoreError> {
+        let reserve = self.reserve.load(std::sync::atomic::Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
+        let available = self.available();
+        if available < reserve {
+            return Err(StoreError::DiskFull { available, reserve });
+        }
+        Ok(())
+    }
+
+    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            if e.is_io() {
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        r
+    }
 }
 
 /// Group commit. sled deadlocks when many `flush_async` calls are in flight at once (its IO
@@ -56,6 +118,10 @@ impl Batch {
     pub fn delete(&mut self, table: Table, key: &[u8]) {
         self.ops.push((k(table, key), None));
     }
+    /// Whether the batch only removes data (allowed on a full disk: it makes room).
+    fn only_deletes(&self) -> bool {
+        self.ops.iter().all(|(_, v)| v.is_none())
+    }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -74,7 +140,31 @@ impl Kv {
         Ok(Self {
             db,
             durability: Default::default(),
+            space: std::sync::Arc::new(Space {
+                dir: path.to_owned(),
+                reserve: Default::default(),
+                checked: Default::default(),
+                failed: Default::default(),
+            }),
         })
+    }
+
+    /// Refuse writes while fewer than `bytes` are free on the store's disk (0: never).
+    pub fn set_disk_reserve(&self, bytes: u64) {
+        self.space
+            .reserve
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the store can take writes: `DiskFull` while the disk is below the reserve, an
+    /// engine error once a write failed on the disk (then only a restart helps).
+    pub fn health(&self) -> Result<(), StoreError> {
+        if self.space.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Engine(sled::Error::Io(std::io::Error::other(
+                "a write failed on the disk earlier; restart the server",
+            ))));
+        }
+        self.space.ensure()
     }
 
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -92,10 +182,13 @@ impl Kv {
         key: &[u8],
         value: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
-        match self
-            .db
-            .compare_and_swap(k(table, key), None as Option<&[u8]>, Some(value))?
-        {
+        self.space.ensure()?;
+        let swapped = self.space.note(
+            self.db
+                .compare_and_swap(k(table, key), None as Option<&[u8]>, Some(value))
+                .map_err(StoreError::from),
+        )?;
+        match swapped {
             Ok(()) => {
                 self.durability
                     .applied
@@ -162,6 +255,9 @@ impl Kv {
     }
 
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if !batch.only_deletes() {
+            self.space.ensure()?;
+        }
         let mut b = sled::Batch::default();
         for (key, value) in batch.ops {
             match value {
@@ -169,7 +265,8 @@ impl Kv {
                 None => b.remove(key),
             }
         }
-        self.db.apply_batch(b)?;
+        self.space
+            .note(self.db.apply_batch(b).map_err(StoreError::from))?;
         self.durability
             .applied
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -178,7 +275,11 @@ impl Kv {
 
     /// A process-wide unique id that is never handed out twice, even across crashes.
     pub fn unique_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()? + 1)
+        self.space.ensure()?;
+        Ok(self
+            .space
+            .note(self.db.generate_id().map_err(StoreError::from))?
+            + 1)
     }
 
     /// Wait until every batch applied before this call is on disk.
@@ -194,7 +295,8 @@ impl Kv {
             return Ok(());
         }
         let covered = d.applied.load(Acquire);
-        self.db.flush_async().await?;
+        self.space
+            .note(self.db.flush_async().await.map_err(StoreError::from))?;
         d.flushed
             .fetch_max(covered, std::sync::atomic::Ordering::AcqRel);
         Ok(())
@@ -205,7 +307,7 @@ impl Kv {
             .durability
             .applied
             .load(std::sync::atomic::Ordering::Acquire);
-        self.db.flush()?;
+        self.space.note(self.db.flush().map_err(StoreError::from))?;
         self.durability
             .flushed
             .fetch_max(covered, std::sync::atomic::Ordering::AcqRel);

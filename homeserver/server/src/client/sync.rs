@@ -80,12 +80,18 @@ pub async fn sync(
         ));
     }
     if presence != "offline" {
-        app.update_presence(&s.user_id, presence, None, presence == "online")
-            .await?;
+        // Presence is a side effect: a sync still answers when it cannot be written (disk full).
+        if let Err(e) = app
+            .update_presence(&s.user_id, presence, None, presence == "online")
+            .await
+        {
+            tracing::debug!(user = %s.user_id, error = %e, "presence not updated");
+        }
     }
     let mut rx = app.notifier.subscribe(&s.user_id);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut polls = None;
+    let mut stopping = app.stopping.subscribe();
     loop {
         let (body, changed) = build_off_workers(&app, &s, since, &filter, full_state).await?;
         if changed || since.is_none() || full_state || tokio::time::Instant::now() >= deadline {
@@ -107,6 +113,7 @@ pub async fn sync(
             }
             () = by_token.superseded() => {}
             () = by_user.superseded() => {}
+            _ = stopping.wait_for(|s| *s) => {}
         }
         let (body, _) = build_off_workers(&app, &s, since, &filter, full_state).await?;
         return Ok(Json(body));

@@ -31,6 +31,8 @@ pub struct Services {
     pub key: ServerKey,
     pub notifier: notify::Notifier,
     pub long_polls: notify::LongPolls,
+    /// Set when the server is stopping: long-polls answer at once instead of holding shutdown.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
@@ -70,6 +72,7 @@ impl Services {
                 })?;
         }
         let store = Store::open(&settings.data_dir.join("db"))?;
+        store.kv.set_disk_reserve(settings.min_free_disk_bytes);
         let key = match &settings.signing_key_path {
             Some(p) => load_or_create_key_file(p)?,
             None => load_or_create_key(&store)?,
@@ -90,6 +93,7 @@ impl Services {
             key,
             notifier: notify::Notifier::default(),
             long_polls: Default::default(),
+            stopping: tokio::sync::watch::channel(false).0,
             uia: accounts::UiaSessions::default(),
             typing: ephemeral::Typing::default(),
             pushers: Default::default(),
