@@ -162,6 +162,16 @@ async fn the_data_dir_holds_no_token_and_is_private() {
     let access = r.ok()["access_token"].as_str().unwrap().to_owned();
     let refresh = r.ok()["refresh_token"].as_str().unwrap().to_owned();
     let first_access = c.token.clone().unwrap();
+    let openid = c
+        .post(
+            &format!(
+                "/_matrix/client/v3/user/{}/openid/request_token",
+                enc(&c.user_id)
+            ),
+            json!({}),
+        )
+        .await;
+    let openid = openid.ok()["access_token"].as_str().unwrap().to_owned();
     s.kill9();
 
     let dir = s.data_dir();
@@ -176,7 +186,7 @@ async fn the_data_dir_holds_no_token_and_is_private() {
     for p in &all {
         assert_eq!(mode(p) & 0o077, 0, "{} is open to others", p.display());
         let bytes = std::fs::read(p).unwrap();
-        for t in [&access, &refresh, &first_access] {
+        for t in [&access, &refresh, &first_access, &openid] {
             assert!(
                 !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
                 "{} holds a token verbatim",
@@ -184,8 +194,23 @@ async fn the_data_dir_holds_no_token_and_is_private() {
             );
         }
     }
-    // The hashed tokens still work after a restart.
+    // The hashed tokens still work after a restart, the OpenID one for other servers too.
     s.restart().await;
+    let userinfo = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!(
+            "https://{}/_matrix/federation/v1/openid/userinfo?access_token={openid}",
+            s.server_name
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(userinfo["sub"], c.user_id.as_str(), "{userinfo}");
     c.token = Some(access);
     c.get("/_matrix/client/v3/account/whoami").await.ok();
     let r = c

@@ -26,6 +26,16 @@ fn login(user: &str, password: &str) -> Value {
            "password": password})
 }
 
+/// After a burst, the server holds no more than 64 MiB more than before it.
+fn rss_came_back(s: &Server, before_kib: u64, what: &str) {
+    let (now, peak) = s.memory_kib();
+    println!("{what}: RSS {before_kib} KiB before, {now} KiB after, peak {peak} KiB");
+    assert!(
+        now < before_kib + 64 * 1024,
+        "{what} left RSS at {now} KiB (from {before_kib} KiB)"
+    );
+}
+
 fn limited(r: &Resp) -> bool {
     r.status == 429
         && r.body["errcode"] == "M_LIMIT_EXCEEDED"
@@ -40,6 +50,7 @@ async fn password_guessing_is_slowed_per_account_from_any_address() {
     ])
     .await;
     let victim = s.user("victim").await;
+    let (rss0, _) = s.memory_kib();
     let mut answers = vec![];
     for i in 0..30 {
         let ip = format!("198.51.100.{}", i + 1);
@@ -67,6 +78,7 @@ async fn password_guessing_is_slowed_per_account_from_any_address() {
     .await;
     assert!(limited(&r), "{r:?}");
     victim.get("/_matrix/client/v3/account/whoami").await.ok();
+    rss_came_back(&s, rss0, "30 password guesses");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,6 +89,7 @@ async fn logins_and_registrations_are_limited_per_address() {
     ])
     .await;
     s.user("una").await;
+    let (rss0, _) = s.memory_kib();
     let mut statuses = vec![];
     for _ in 0..25 {
         let r = post_from(
@@ -121,6 +134,7 @@ async fn logins_and_registrations_are_limited_per_address() {
         limited_at.is_some_and(|i| (19..=21).contains(&i)),
         "registrations from one address were limited at {limited_at:?}"
     );
+    rss_came_back(&s, rss0, "25 logins and 21 registrations");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,6 +146,7 @@ async fn a_message_flood_is_slowed_and_recovers() {
     .await;
     let alice = s.user("alice").await;
     let room = alice.create_room(json!({})).await;
+    let (rss0, _) = s.memory_kib();
     let mut first_limit = None;
     for i in 0..300 {
         let r = alice
@@ -153,4 +168,5 @@ async fn a_message_flood_is_slowed_and_recovers() {
     let wait = r.body["retry_after_ms"].as_u64().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(wait + 50)).await;
     alice.send_text(&room, "after waiting").await;
+    rss_came_back(&s, rss0, "a message flood");
 }

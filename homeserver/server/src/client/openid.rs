@@ -25,7 +25,7 @@ pub async fn request_token(
     let mut b = Batch::default();
     b.put(
         Table::OpenId,
-        token.as_bytes(),
+        &crate::service::accounts::token_key(&token),
         &encode(
             &json!({ "user_id": s.user_id, "expires_at": now_ms() + OPENID_LIFETIME_SECS * 1000 }),
         ),

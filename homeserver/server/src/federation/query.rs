@@ -101,7 +101,10 @@ pub async fn openid_userinfo(
     let raw = app
         .store
         .kv
-        .get(Table::OpenId, q.access_token.as_bytes())?
+        .get(
+            Table::OpenId,
+            &crate::service::accounts::token_key(&q.access_token),
+        )?
         .ok_or_else(unknown)?;
     let v: Value = decode(&raw)?;
     if v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) < now_ms() {

@@ -347,14 +347,15 @@ impl Services {
         Ok(tokens)
     }
 
-    /// Stores written before tokens were hashed keep them verbatim: hash them in place, once.
+    /// Stores written before tokens were hashed keep them verbatim (access, refresh and OpenID
+    /// tokens): hash them in place, once.
     pub fn hash_stored_tokens(&self) -> ApiResult<()> {
         const DONE: &[u8] = b"tokens_hashed";
         if self.store.kv.get(Table::Meta, DONE)?.is_some() {
             return Ok(());
         }
         let mut batch = Batch::default();
-        for table in [Table::AccessToken, Table::RefreshToken] {
+        for table in [Table::AccessToken, Table::RefreshToken, Table::OpenId] {
             for row in self.store.kv.scan_prefix(table, b"") {
                 let (key, value) = row?;
                 if let Ok(token) = std::str::from_utf8(&key) {
