@@ -1,6 +1,7 @@
 //! Media across servers: a user on one server downloads and thumbnails media uploaded on
 //! another, which is fetched over `/_matrix/federation/v1/media/*` and then served from the
-//! cache, even after its own server has gone away.
+//! cache, even after its own server has gone away. The unauthenticated endpoints serve only
+//! what is cached.
 
 use plexus_spec_tests::{image_dims, test_png, Server};
 
@@ -51,13 +52,24 @@ async fn remote_media_is_fetched_over_federation_and_cached() {
     ))
     .await
     .err(504, "M_NOT_YET_UPLOADED");
-    // The deprecated endpoint fetches nothing when told not to.
+    // The deprecated endpoint fetches nothing when told not to, nor otherwise: it needs no
+    // login, so anyone could make this server download whatever they name (as Synapse, it
+    // serves only what is cached already).
     b.client()
         .media(&format!(
             "/_matrix/media/v3/download/{other}?allow_remote=false"
         ))
         .await
         .err(404, "M_NOT_FOUND");
+    b.client()
+        .media(&format!("/_matrix/media/v3/download/{other}"))
+        .await
+        .err(404, "M_NOT_FOUND");
+    let cached = b
+        .client()
+        .media(&format!("/_matrix/media/v3/download/{uri}"))
+        .await;
+    assert_eq!(cached.ok(), picture.as_slice());
 
     // The federation endpoint itself wants a signed request.
     let fed = reqwest::Client::builder()

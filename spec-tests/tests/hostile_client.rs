@@ -454,3 +454,124 @@ async fn uploads_stop_at_the_per_user_quota() {
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert!(body["error"].as_str().unwrap().contains("quota"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_relates_to_an_event_is_bundled_only_when_visible() {
+    let s = Server::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "joined"}}]}))
+        .await;
+    bob.join(&room).await.ok();
+    let root = alice.send_text(&room, "root bob saw").await;
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await
+    .ok();
+    alice
+        .send_message(
+            &room,
+            json!({"msgtype": "m.text", "body": "a reply after bob left",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
+    alice
+        .send_message(
+            &room,
+            json!({"msgtype": "m.text", "body": "* edited after bob left",
+                   "m.new_content": {"msgtype": "m.text", "body": "edited after bob left"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+        )
+        .await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        enc(&room),
+        enc(&root)
+    );
+    let seen = bob.get(&path).await;
+    let body = seen.ok().to_string();
+    assert!(body.contains("root bob saw"), "{body}");
+    assert!(
+        !body.contains("after bob left"),
+        "bundled what bob may not see: {body}"
+    );
+    // Alice, still in the room, sees both bundled.
+    let all = alice.get(&path).await.ok().to_string();
+    assert!(all.contains("a reply after bob left") && all.contains("edited after bob left"));
+
+    // Once bob forgets the room, even what he saw is gone, in every read.
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/forget", enc(&room)),
+        json!({}),
+    )
+    .await
+    .ok();
+    bob.get(&path).await.err(404, "M_NOT_FOUND");
+    let found = bob
+        .post(
+            "/_matrix/client/v3/search",
+            json!({"search_categories": {"room_events": {"search_term": "root"}}}),
+        )
+        .await;
+    assert!(
+        !found.ok().to_string().contains("root bob saw"),
+        "{}",
+        found.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushers_are_bounded_and_go_with_their_device() {
+    let s = Server::start().await;
+    let mut alice = s.user("alice").await;
+    let pusher = |key: String| {
+        json!({"pushkey": key, "kind": "http", "app_id": "org.example.app",
+               "app_display_name": "App", "device_display_name": "Phone", "lang": "en",
+               "data": {"url": "https://push.example.org/_matrix/push/v1/notify"}, "append": true})
+    };
+    for i in 0..100 {
+        alice
+            .post("/_matrix/client/v3/pushers/set", pusher(format!("k{i}")))
+            .await
+            .ok();
+    }
+    let r = alice
+        .post("/_matrix/client/v3/pushers/set", pusher("k100".into()))
+        .await;
+    r.err(403, "M_FORBIDDEN");
+    // Removing one makes room again.
+    let mut gone = pusher("k0".into());
+    gone["kind"] = serde_json::Value::Null;
+    alice
+        .post("/_matrix/client/v3/pushers/set", gone)
+        .await
+        .ok();
+    // A second device's pusher stays when the first device logs out; the first's go.
+    let mut phone = s.client();
+    phone.login("alice", "password-1234").await.ok();
+    phone
+        .post("/_matrix/client/v3/pushers/set", pusher("phone".into()))
+        .await
+        .ok();
+    let listed = phone.get("/_matrix/client/v3/pushers").await;
+    assert_eq!(listed.ok()["pushers"].as_array().unwrap().len(), 100);
+    alice
+        .post("/_matrix/client/v3/logout", json!({}))
+        .await
+        .ok();
+    alice.token = phone.token.clone();
+    let listed = phone.get("/_matrix/client/v3/pushers").await;
+    let keys: Vec<&str> = listed.ok()["pushers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pushkey"].as_str())
+        .collect();
+    assert_eq!(keys, vec!["phone"]);
+    assert!(listed.body["pushers"][0].get("device_id").is_none());
+}

@@ -156,6 +156,20 @@ impl Kv {
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Bytes that files beside the store (media) may still take before the disk reaches the
+    /// reserve: `DiskFull` when there is no room left at all.
+    pub fn writable_bytes(&self) -> Result<u64, StoreError> {
+        self.health()?;
+        let reserve = self
+            .space
+            .reserve
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(u64::MAX);
+        }
+        Ok(self.space.available().saturating_sub(reserve))
+    }
+
     /// Whether the store can take writes: `DiskFull` while the disk is below the reserve, an
     /// engine error once a write failed on the disk (then only a restart helps).
     pub fn health(&self) -> Result<(), StoreError> {

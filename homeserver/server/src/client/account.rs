@@ -435,11 +435,14 @@ pub struct TokenValidityQuery {
     token: String,
 }
 
-/// Lets a client check a registration token before asking for the rest of the form.
+/// Lets a client check a registration token before asking for the rest of the form. Limited
+/// like registration itself, so it is no faster a way to guess tokens.
 pub async fn registration_token_validity(
     State(app): State<App>,
+    ClientIp(ip): ClientIp,
     Query(q): Query<TokenValidityQuery>,
 ) -> ApiResult<Json<Value>> {
+    app.limiter.check(Action::RegisterIp, &ip.to_string())?;
     if app.settings.registration != RegistrationPolicy::Token {
         return Err(ApiError::Forbidden(
             "This server does not use registration tokens".into(),

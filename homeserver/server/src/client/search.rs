@@ -228,19 +228,25 @@ fn room_events(
             req.filter.senders = Some(vec![u.clone()]);
         }
     }
-    // Every room the user has a membership in: whether they may see each event there is
-    // decided per event below.
+    // Every room whose state the user may read (joined, or left after being joined, and not
+    // forgotten; or world-readable): whether they may see each event there is decided per
+    // event below.
     let mut rooms = vec![];
     for (room_id, _) in app.user_rooms(&s.user_id)? {
         if req.filter.allows_room(room_id.as_str()) {
             if let Some(r) = app.room(&room_id)? {
-                rooms.push(r.short);
+                if app.visible_state_hash(&s.user_id, &r).is_ok() {
+                    rooms.push(r.short);
+                }
             }
         }
     }
     let mut cursor = batch.as_ref().map(|b| b.cursor);
     let mut found: Vec<Found> = vec![];
     let mut count = None;
+    // The index's count includes what the user may not see: it is only told when no candidate
+    // was held back, else the answer counts what it returns.
+    let mut held_back = false;
     let mut scanned = 0;
     let mut next = None;
     'pages: loop {
@@ -267,8 +273,9 @@ fn room_events(
                 Order::Rank => Cursor::Offset(offset + i + 1),
                 Order::Recent => Cursor::Below(hit.order),
             };
-            if let Some(f) = visible(app, s, &req.filter, hit.event, hit.rank)? {
-                found.push(f);
+            match visible(app, s, &req.filter, hit.event, hit.rank)? {
+                Some(f) => found.push(f),
+                None => held_back = true,
             }
             let more = i + 1 < page.hits.len() || page.next.is_some();
             if found.len() == req.limit || scanned >= SCAN_CAP {
@@ -281,6 +288,7 @@ fn room_events(
             None => break,
         }
     }
+    let count = count.filter(|_| !held_back);
     answer(app, s, &req, batch, found, count, next)
 }
 

@@ -99,8 +99,11 @@ pub async fn sync(
         }
         let (by_token, by_user) = polls.get_or_insert_with(|| {
             (
-                app.long_polls
-                    .enter(format!("t\0{}", s.access_token), LONG_POLLS_PER_TOKEN),
+                // An appservice's token is shared by all its users: key by who acts, too.
+                app.long_polls.enter(
+                    format!("t\0{}\0{}\0{}", s.access_token, s.user_id, s.txn_scope()),
+                    LONG_POLLS_PER_TOKEN,
+                ),
                 app.long_polls
                     .enter(format!("u\0{}", s.user_id), LONG_POLLS_PER_USER),
             )

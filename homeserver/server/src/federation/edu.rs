@@ -1,7 +1,7 @@
 //! EDUs: typing, read receipts and presence, both ways. A server may only speak for its own
 //! users, in rooms where those users are joined.
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
 use crate::error::ApiResult;
@@ -61,11 +61,16 @@ pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()
                     let Some(user) = remote_member(app, origin, &room_id, user) else {
                         continue;
                     };
+                    // A thread is `main` or its root's event id; anything else is refused
+                    // rather than stored and shown to every member.
                     let thread = receipt
                         .get("data")
                         .and_then(|d| d.get("thread_id"))
                         .and_then(Value::as_str)
                         .unwrap_or("");
+                    if !(thread.is_empty() || thread == "main" || EventId::parse(thread).is_ok()) {
+                        continue;
+                    }
                     for ev in receipt
                         .get("event_ids")
                         .and_then(Value::as_array)
@@ -73,6 +78,7 @@ pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()
                         .flatten()
                         .filter_map(Value::as_str)
                         .take(1)
+                        .filter(|ev| receipt_target_ok(app, r.short, ev))
                     {
                         app.set_receipt(&room_id, r.short, &user, "m.read", ev, thread)
                             .await?;
@@ -100,10 +106,21 @@ pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()
                     Some(s @ ("online" | "offline" | "unavailable")) => s,
                     _ => continue,
                 };
-                let msg = p
-                    .get("status_msg")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                // Presence of users nobody here shares a room with is of no use to anyone here.
+                if !app
+                    .presence_audience(&user)?
+                    .iter()
+                    .any(|u| app.is_local(u))
+                {
+                    continue;
+                }
+                let msg = p.get("status_msg").and_then(Value::as_str).map(|m| {
+                    let mut end = m.len().min(MAX_STATUS_MSG_BYTES);
+                    while !m.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    m[..end].to_owned()
+                });
                 let active = p.get("currently_active").and_then(Value::as_bool) == Some(true);
                 app.update_presence(&user, presence, Some(msg), active)
                     .await?;
@@ -216,5 +233,23 @@ fn broadcast<'a>(app: &Services, servers: impl IntoIterator<Item = &'a ServerNam
         for d in servers {
             fed.sender.send_edu(d, edu.clone());
         }
+    }
+}
+
+/// The longest presence status message kept from a peer (clients are held to the same).
+const MAX_STATUS_MSG_BYTES: usize = 1024;
+
+/// A receipt's event id must be an event id, and one of this room when we have the event (a
+/// receipt may come before its event, so an unknown one is kept).
+fn receipt_target_ok(app: &Services, short_room: u64, ev: &str) -> bool {
+    let Ok(id) = EventId::parse(ev) else {
+        return false;
+    };
+    match app.short_event(&id) {
+        Ok(Some(short)) => {
+            matches!(app.event_position(short), Ok(Some((room, _))) if room == short_room)
+        }
+        Ok(None) => true,
+        Err(_) => false,
     }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::client::FedError;
+use crate::service::single_flight::SingleFlight;
 use crate::service::Services;
 use crate::{
     error::{ApiError, ApiResult},
@@ -52,57 +53,32 @@ const FAILED_FOR_MS: u64 = 30 * 1000;
 /// Most servers remembered as failed (attackers can name any number of them).
 const FAILED_MAX: usize = 10_000;
 
-#[derive(Default)]
+/// Key fetches of different servers in progress at once: requests naming thousands of
+/// unreachable origins must not open thousands of outbound connections.
+const FETCH_SLOTS: usize = 32;
+
 pub struct KeyCache {
     /// Shared, so a lookup per PDU does not copy the stored response.
     mem: Mutex<HashMap<OwnedServerName, Arc<KnownKeys>>>,
     /// One fetch per server at a time; fetches of different servers never wait on each other.
-    /// An entry lives only while someone fetches or waits.
-    inflight: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: SingleFlight<OwnedServerName>,
     /// Servers whose last fetch failed, until when they are not asked again.
     failed: Mutex<HashMap<OwnedServerName, u64>>,
+    fetch_slots: tokio::sync::Semaphore,
 }
 
-/// The right to fetch one server's keys; waiters for the same server queue behind it.
-struct Flight<'a> {
-    cache: &'a KeyCache,
-    server: OwnedServerName,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for Flight<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .cache
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's are the only handles left: nobody waits, the entry can go.
-        if map
-            .get(&self.server)
-            .is_some_and(|m| Arc::strong_count(m) <= 2)
-        {
-            map.remove(&self.server);
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            mem: Default::default(),
+            inflight: Default::default(),
+            failed: Default::default(),
+            fetch_slots: tokio::sync::Semaphore::new(FETCH_SLOTS),
         }
     }
 }
 
 impl KeyCache {
-    async fn flight(&self, server: &ServerName) -> Flight<'_> {
-        let turn = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(server.to_owned())
-            .or_default()
-            .clone();
-        Flight {
-            cache: self,
-            server: server.to_owned(),
-            _turn: turn.lock_owned().await,
-        }
-    }
-
     fn recently_failed(&self, server: &ServerName) -> bool {
         let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         failed.get(server).is_some_and(|until| *until > now_ms())
@@ -167,7 +143,7 @@ impl KeyCache {
         };
         let mut known = self.known(app, server).map_err(FedError::local)?;
         if missing(&known) {
-            let _flight = self.flight(server).await;
+            let _flight = self.inflight.turn(server.to_owned()).await;
             known = self.known(app, server).map_err(FedError::local)?;
             let stale = known
                 .as_ref()
@@ -199,6 +175,11 @@ impl KeyCache {
                 "its key server failed moments ago".into(),
             ));
         }
+        let busy = || FedError::Unreachable(server.to_string(), "too many key fetches".into());
+        let _slot = tokio::time::timeout(FETCH_TIMEOUT, self.fetch_slots.acquire())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
         let result = self.fetch_now(app, server, old).await;
         if result.is_err() {
             self.record_failure(server);
@@ -275,7 +256,7 @@ impl KeyCache {
         if let Some(r) = usable(&known(self)?) {
             return Ok(r);
         }
-        let _flight = self.flight(server).await;
+        let _flight = self.inflight.turn(server.to_owned()).await;
         // Someone else may have fetched while we waited.
         let old = known(self)?;
         if let Some(r) = usable(&old) {

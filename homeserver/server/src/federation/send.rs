@@ -44,6 +44,9 @@ pub async fn transaction(
     if t.pdus.len() > 50 || t.edus.len() > 100 {
         return Err(ApiError::BadJson("at most 50 PDUs and 100 EDUs".into()));
     }
+    // A transaction answered 200 is never sent again: while the store cannot take writes
+    // (a full disk), the sender is told to come back instead of losing what it carried.
+    app.store.kv.health()?;
     let mut results = serde_json::Map::new();
     let mut acl = std::collections::HashMap::new();
     for raw in &t.pdus {
@@ -65,6 +68,9 @@ pub async fn transaction(
             tracing::debug!(origin = %req.origin, error = %e, "EDU ignored");
         }
     }
+    // The disk filled up part way: some of it may not be stored, so all of it comes again
+    // (what was stored is recognised and skipped then).
+    app.store.kv.health()?;
     Ok(Json(json!({ "pdus": results })))
 }
 

@@ -83,6 +83,12 @@ impl BodyBudget {
         declared: Option<usize>,
         cap: usize,
     ) -> Result<(Option<Value>, BodyPermit), ApiError> {
+        // Without a Content-Length, the body itself may know its size (none, for a GET).
+        let declared = declared.or_else(|| {
+            axum::body::HttpBody::size_hint(&body)
+                .exact()
+                .and_then(|n| usize::try_from(n).ok())
+        });
         if declared.is_some_and(|len| len > cap) {
             return Err(ApiError::TooLarge);
         }
@@ -98,16 +104,20 @@ impl BodyBudget {
             })?
             .map_err(|_| ApiError::TooLarge)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok((None, BodyPermit(Some(permit))));
+            return Ok((None, BodyPermit(None)));
         }
         let cost = parse_cost(&bytes);
         if cost > MAX_CHARGE_BYTES {
             return Err(ApiError::TooLarge);
         }
+        // Hold what parsing costs: more than was reserved for the text, or give the rest back
+        // (a body sent without a length was charged the whole cap).
         let held = permit.num_permits();
-        let more = (units(cost) as usize).saturating_sub(held);
-        if more > 0 {
-            permit.merge(self.charge(more * UNIT).await?);
+        let needed = (units(cost) as usize).max(1);
+        if needed > held {
+            permit.merge(self.charge((needed - held) * UNIT).await?);
+        } else if let Some(spare) = permit.split(held - needed) {
+            drop(spare);
         }
         let value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))?;

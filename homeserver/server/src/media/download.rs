@@ -29,7 +29,6 @@ use crate::{
 #[derive(Deserialize)]
 pub struct DownloadQuery {
     timeout_ms: Option<u64>,
-    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -38,7 +37,6 @@ pub struct ThumbQuery {
     pub height: u32,
     pub method: Option<String>,
     pub timeout_ms: Option<u64>,
-    allow_remote: Option<bool>,
 }
 
 impl ThumbQuery {
@@ -109,6 +107,23 @@ async fn find(
     if !allow_remote {
         return Err(not_found());
     }
+    let _turn = app
+        .media
+        .remote_flights
+        .turn(format!("{server}/{id}"))
+        .await;
+    // Someone else may have fetched it while this request waited its turn.
+    if let Some(rec) = app.media_record(server.as_str(), id)? {
+        if rec.sha256.is_some() {
+            return Ok(rec);
+        }
+    }
+    let _slot = app
+        .media
+        .remote_fetches
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     super::remote::fetch(app, server, id, timeout_ms).await
 }
 
@@ -205,13 +220,17 @@ pub async fn download_as(
     serve_download(app, server, media_id, Some(filename), q, true).await
 }
 
+/// The unauthenticated (legacy) endpoints serve other servers' media only once it is cached
+/// here, as Synapse does since authenticated media: otherwise anyone, signed in or not, could
+/// make this server download whatever it names.
+const LEGACY_FETCHES_REMOTE: bool = false;
+
 pub async fn legacy_download(
     State(app): State<App>,
     Path((server, media_id)): Path<(String, String)>,
     Query(q): Query<DownloadQuery>,
 ) -> ApiResult<Response> {
-    let remote = q.allow_remote.unwrap_or(true);
-    serve_download(app, server, media_id, None, q, remote).await
+    serve_download(app, server, media_id, None, q, LEGACY_FETCHES_REMOTE).await
 }
 
 pub async fn legacy_download_as(
@@ -219,8 +238,15 @@ pub async fn legacy_download_as(
     Path((server, media_id, filename)): Path<(String, String, String)>,
     Query(q): Query<DownloadQuery>,
 ) -> ApiResult<Response> {
-    let remote = q.allow_remote.unwrap_or(true);
-    serve_download(app, server, media_id, Some(filename), q, remote).await
+    serve_download(
+        app,
+        server,
+        media_id,
+        Some(filename),
+        q,
+        LEGACY_FETCHES_REMOTE,
+    )
+    .await
 }
 
 /// A thumbnail of stored media at a standard size, made once and then served from the cache.
@@ -297,8 +323,7 @@ pub async fn legacy_thumbnail(
     Path((server, media_id)): Path<(String, String)>,
     Query(q): Query<ThumbQuery>,
 ) -> ApiResult<Response> {
-    let remote = q.allow_remote.unwrap_or(true);
-    serve_thumbnail(app, server, media_id, q, remote).await
+    serve_thumbnail(app, server, media_id, q, LEGACY_FETCHES_REMOTE).await
 }
 
 pub async fn config(State(app): State<App>, _auth: Auth) -> Json<Value> {

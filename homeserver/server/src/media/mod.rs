@@ -65,7 +65,14 @@ pub struct Repo {
     write_lock: tokio::sync::Mutex<()>,
     /// Thumbnailing decodes whole images: at most two at once keeps memory bounded.
     pub thumbnailing: tokio::sync::Semaphore,
+    /// One download per remote media id at a time: the others wait and find it cached.
+    pub remote_flights: crate::service::single_flight::SingleFlight<String>,
+    /// Remote downloads in progress, each holding up to the size limit in memory.
+    pub remote_fetches: tokio::sync::Semaphore,
 }
+
+/// Remote media downloads at once.
+const REMOTE_FETCHES: usize = 4;
 
 impl Repo {
     pub fn open(dir: &std::path::Path) -> Result<Self, ApiError> {
@@ -74,6 +81,8 @@ impl Repo {
             uploaded: tokio::sync::Notify::new(),
             write_lock: tokio::sync::Mutex::new(()),
             thumbnailing: tokio::sync::Semaphore::new(2),
+            remote_flights: Default::default(),
+            remote_fetches: tokio::sync::Semaphore::new(REMOTE_FETCHES),
         })
     }
 }

@@ -75,7 +75,11 @@ pub async fn fetch(
     timeout_ms: Option<u64>,
 ) -> ApiResult<Record> {
     let fed = app.fed()?;
-    let limit = app.settings.media.max_upload_bytes;
+    let limit = app
+        .settings
+        .media
+        .max_upload_bytes
+        .min(app.store.kv.writable_bytes()?);
     let wait = timeout_ms
         .unwrap_or(DEFAULT_WAIT_MS)
         .min(MAX_WAIT.as_millis() as u64);

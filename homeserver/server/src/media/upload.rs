@@ -61,9 +61,14 @@ fn over_quota(quota: u64) -> ApiError {
     ))
 }
 
-/// The most the next upload of `user` may be: the size limit, or what is left of the quota.
+/// The most the next upload of `user` may be: the size limit, or what is left of the quota,
+/// or of the disk above the store's reserve (media must not fill the disk the store needs).
 fn upload_limit(app: &App, user: &str) -> ApiResult<u64> {
-    let limit = app.settings.media.max_upload_bytes;
+    let limit = app
+        .settings
+        .media
+        .max_upload_bytes
+        .min(app.store.kv.writable_bytes()?);
     let quota = app.settings.media.max_bytes_per_user;
     if quota == 0 {
         return Ok(limit);

@@ -17,6 +17,9 @@ pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 const MAX_APP_ID: usize = 64;
 const MAX_PUSHKEY: usize = 512;
 
+/// Pushers one user may have: each notification is sent to every one of them.
+const MAX_PUSHERS_PER_USER: usize = 100;
+
 pub fn pusher_key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
     key3(user.as_str(), app_id, pushkey)
 }
@@ -35,6 +38,26 @@ pub fn of_user(app: &Services, user: &UserId) -> ApiResult<Vec<(Vec<u8>, Value)>
             Ok((key, decode(&v)?))
         })
         .collect()
+}
+
+/// Remove the pushers set by these devices of `user` (they were logged out or deleted: their
+/// notifications must not go on to whoever holds the push key).
+pub fn delete_for_devices(
+    app: &Services,
+    user: &UserId,
+    devices: &[String],
+    b: &mut Batch,
+) -> ApiResult<()> {
+    for (key, p) in of_user(app, user)? {
+        if p["device_id"]
+            .as_str()
+            .is_some_and(|d| devices.iter().any(|x| x == d))
+        {
+            b.delete(Table::Pusher, &key);
+            b.delete(Table::PusherProgress, &key);
+        }
+    }
+    Ok(())
 }
 
 /// Users with at least one pusher, for the delivery workers at start.
@@ -58,6 +81,7 @@ pub async fn get(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>
         .map(|(_, mut p)| {
             if let Some(o) = p.as_object_mut() {
                 o.remove("pushkey_ts");
+                o.remove("device_id");
             }
             p
         })
@@ -197,6 +221,10 @@ pub async fn set(
     if let Some(t) = profile_tag {
         pusher["profile_tag"] = json!(t);
     }
+    // The device that set it: the pusher goes when the device does (logout, deletion).
+    if let Some(d) = &s.device_id {
+        pusher["device_id"] = json!(d);
+    }
     let mut b = Batch::default();
     if !append {
         // The same app and pushkey belong to one user: a device changed hands.
@@ -211,6 +239,11 @@ pub async fn set(
     }
     // Deliver only what is notified from now on.
     let exists = app.store.kv.contains(Table::Pusher, &key)?;
+    if !exists && of_user(&app, &s.user_id)?.len() >= MAX_PUSHERS_PER_USER {
+        return Err(ApiError::Forbidden(format!(
+            "a user may have at most {MAX_PUSHERS_PER_USER} pushers: remove one first"
+        )));
+    }
     b.put(Table::Pusher, &key, &encode(&pusher));
     if !exists {
         b.put(

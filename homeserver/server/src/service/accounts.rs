@@ -153,9 +153,41 @@ struct UiaState {
     completed: Vec<String>,
     /// The account that proved itself in this session, if any.
     user: Option<OwnedUserId>,
+    /// When the session was opened (ms).
+    opened: u64,
 }
 
 const UIA_SESSIONS_MAX: usize = 10_000;
+/// How long a user-interactive auth session lives.
+const UIA_SESSION_MS: u64 = 15 * 60 * 1000;
+
+/// Open a new session. At the cap, expired sessions go first, then the oldest: a flood of new
+/// sessions never wipes out the ones people are in the middle of.
+fn open_session(sessions: &mut HashMap<String, UiaState>) -> String {
+    if sessions.len() >= UIA_SESSIONS_MAX {
+        let now = now_ms();
+        sessions.retain(|_, s| now.saturating_sub(s.opened) < UIA_SESSION_MS);
+        while sessions.len() >= UIA_SESSIONS_MAX {
+            let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.opened)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            sessions.remove(&oldest);
+        }
+    }
+    let id = random_alnum(24);
+    sessions.insert(
+        id.clone(),
+        UiaState {
+            opened: now_ms(),
+            ..UiaState::default()
+        },
+    );
+    id
+}
 
 /// The flow for actions that need the account's password again.
 pub const PASSWORD_FLOW: &[&[&str]] = &[&["m.login.password"]];
@@ -323,12 +355,35 @@ impl Services {
     /// Exchange a refresh token for new tokens; the old pair stops working. The token is taken
     /// from the store atomically, so of two concurrent refreshes with it only one succeeds.
     pub async fn refresh(&self, refresh_token: &str) -> ApiResult<IssuedTokens> {
+        // A refresh that cannot be written must not use the token up.
+        self.store.kv.health()?;
+        let key = token_key(refresh_token);
         let raw = self
             .store
             .kv
-            .take(Table::RefreshToken, &token_key(refresh_token))?
+            .take(Table::RefreshToken, &key)?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
-        let s: SessionRecord = decode(&raw)?;
+        let committed = self.rotate_tokens(&raw);
+        match committed {
+            Ok(tokens) => {
+                self.store.flush().await?;
+                Ok(tokens)
+            }
+            Err(e) => {
+                // Nothing was written: put the token back, the client may try again with it.
+                if !matches!(e, ApiError::UnknownToken { .. }) {
+                    let mut b = Batch::default();
+                    b.put(Table::RefreshToken, &key, &raw);
+                    let _ = self.store.commit(b);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Replace the tokens of the device a taken refresh token belonged to, in one batch.
+    fn rotate_tokens(&self, raw: &[u8]) -> ApiResult<IssuedTokens> {
+        let s: SessionRecord = decode(raw)?;
         let mut dev = self
             .device(&s.user_id, s.device_id.as_str())?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
@@ -343,7 +398,6 @@ impl Services {
             &encode(&dev),
         );
         self.store.commit(batch)?;
-        self.store.flush().await?;
         Ok(tokens)
     }
 
@@ -449,6 +503,7 @@ impl Services {
         if changes.is_empty() {
             return Ok(());
         }
+        crate::push::pushers::delete_for_devices(self, user_id, device_ids, &mut batch)?;
         crate::e2ee::device_lists::commit_local_changes(self, user_id, changes, batch).await
     }
 
@@ -501,11 +556,7 @@ impl Services {
         };
         let mut sessions = self.uia.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(auth) = auth else {
-            if sessions.len() >= UIA_SESSIONS_MAX {
-                sessions.clear();
-            }
-            let id = random_alnum(24);
-            sessions.insert(id.clone(), UiaState::default());
+            let id = open_session(&mut sessions);
             return Err(challenge(&id, &[], None));
         };
         let session_id = auth
@@ -513,12 +564,17 @@ impl Services {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let mut state = sessions.get(&session_id).cloned().unwrap_or_default();
-        let session_id = if sessions.contains_key(&session_id) {
+        let live = sessions
+            .get(&session_id)
+            .filter(|s| now_ms().saturating_sub(s.opened) < UIA_SESSION_MS)
+            .cloned();
+        let mut state = live.clone().unwrap_or_default();
+        let session_id = if live.is_some() {
             session_id
         } else {
-            let id = random_alnum(24);
-            sessions.insert(id.clone(), UiaState::default());
+            sessions.remove(&session_id);
+            let id = open_session(&mut sessions);
+            state.opened = sessions.get(&id).map_or(0, |s| s.opened);
             id
         };
         let allowed = flows.iter().any(|f| f.contains(&stage));

@@ -247,8 +247,19 @@ impl Services {
             return Ok(None);
         }
         let mut out = Map::new();
+        // What relates to an event may be newer than what the viewer may see (they left, or
+        // history is `joined`): nothing of it is bundled then.
+        let visible = |e: u64| -> ApiResult<bool> {
+            match self.pdu_by_short(e)? {
+                Some(p) => self.can_see(&viewer.user_id, room_id, e, &p),
+                None => Ok(false),
+            }
+        };
         if threads {
-            if let Some(t) = self.thread_info(short)? {
+            if let Some(t) = self
+                .thread_info(short)?
+                .filter(|t| visible(t.latest).unwrap_or(false))
+            {
                 if let Some(latest) = self.pdu_json(t.latest)? {
                     let mut ev = self.client_event_inner(
                         t.latest,
@@ -287,7 +298,11 @@ impl Services {
             .take(MAX_REFERENCES)
         {
             let (_, v) = item?;
-            if let Some(r) = self.pdu_json(be_u64(&v))? {
+            let e = be_u64(&v);
+            if !visible(e)? {
+                continue;
+            }
+            if let Some(r) = self.pdu_json(e)? {
                 // A redacted reference has lost its relation.
                 if r["content"]["m.relates_to"]["rel_type"] == "m.reference" {
                     references.push(json!({ "event_id": r["event_id"] }));
@@ -297,7 +312,10 @@ impl Services {
         if !references.is_empty() {
             out.insert("m.reference".into(), json!({ "chunk": references }));
         }
-        if let Some((e, edit)) = self.latest_edit(short, stored)? {
+        if let Some((e, edit)) = self
+            .latest_edit(short, stored)?
+            .filter(|(e, _)| visible(*e).unwrap_or(false))
+        {
             out.insert(
                 "m.replace".into(),
                 self.client_event_inner(e, &edit, room_id, Some(viewer), include_room_id)?,

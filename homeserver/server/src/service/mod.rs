@@ -8,6 +8,7 @@ pub mod presence;
 pub mod ratelimit;
 pub mod restricted;
 pub mod rooms;
+pub mod single_flight;
 pub mod spaces;
 pub mod writer;
 
@@ -63,16 +64,14 @@ impl Services {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| {
-                    ApiError::Internal(format!(
-                        "cannot restrict {}: {e}",
-                        settings.data_dir.display()
-                    ))
-                })?;
+            // A data dir owned by someone else (a volume mounted for a group) stays as it is.
+            if let Err(e) =
+                std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700))
+            {
+                tracing::warn!(dir = %settings.data_dir.display(), error = %e, "cannot make the data dir private");
+            }
         }
         let store = Store::open(&settings.data_dir.join("db"))?;
-        store.kv.set_disk_reserve(settings.min_free_disk_bytes);
         let key = match &settings.signing_key_path {
             Some(p) => load_or_create_key_file(p)?,
             None => load_or_create_key(&store)?,
@@ -107,6 +106,11 @@ impl Services {
         });
         app.hash_stored_tokens()?;
         writer::key_relations_by_room(&app)?;
+        // After the migrations: a store upgraded on a nearly full disk still comes up (and
+        // refuses writes), rather than failing to start.
+        app.store
+            .kv
+            .set_disk_reserve(app.settings.min_free_disk_bytes);
         Ok(app)
     }
 

@@ -426,6 +426,10 @@ impl Services {
         short_event: u64,
         pdu: &Pdu,
     ) -> ApiResult<bool> {
+        if self.membership(user, room_id)?.is_some_and(|m| m.forgotten) {
+            // A forgotten room is gone for the user, history and all.
+            return Ok(false);
+        }
         if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.membership().is_some() {
             return Ok(true);
         }

@@ -655,6 +655,16 @@ pub fn relation_prefix(short_room: u64, parent: &str) -> Vec<u8> {
     k
 }
 
+/// A relation row key from before rows were keyed by room, `parent ‖ 0 ‖ count` (the
+/// table byte taken off), moved under `room`. Event ids hold no NUL, so the first one ends the
+/// parent; the count's bytes are copied as they are.
+fn relation_key_in_room(old: &[u8], short_room: u64) -> Option<Vec<u8>> {
+    let split = old.iter().position(|b| *b == 0)?;
+    let mut k = short_room.to_be_bytes().to_vec();
+    k.extend_from_slice(old);
+    (old.len() == split + 9).then_some(k)
+}
+
 /// Relation rows written before they were keyed by room (`parent ‖ 0 ‖ count`) move under
 /// the room of the event that relates; run once per store.
 pub fn key_relations_by_room(svc: &Services) -> ApiResult<()> {
@@ -664,16 +674,15 @@ pub fn key_relations_by_room(svc: &Services) -> ApiResult<()> {
     }
     let mut batch = plexus_store::Batch::default();
     for row in svc.store.kv.scan_prefix(Table::Relation, b"$") {
-        let (key, value) = row?;
-        let Some(split) = key.iter().rposition(|b| *b == 0) else {
-            continue;
-        };
-        batch.delete(Table::Relation, &key);
-        let (parent, count) = (&key[..split], &key[split + 1..]);
+        let (rest, value) = row?;
+        // The scan hands back keys without the prefix it was given.
+        let mut old = b"$".to_vec();
+        old.extend_from_slice(&rest);
+        batch.delete(Table::Relation, &old);
         if let Some((room, _)) = svc.event_position(plexus_store::be_u64(&value))? {
-            let mut k = relation_prefix(room, &String::from_utf8_lossy(parent));
-            k.extend_from_slice(count);
-            batch.put(Table::Relation, &k, &value);
+            if let Some(k) = relation_key_in_room(&old, room) {
+                batch.put(Table::Relation, &k, &value);
+            }
         }
     }
     batch.put(Table::Meta, DONE, b"1");
@@ -758,4 +767,22 @@ pub async fn send_one(
     let id = w.append(sender, ev, txn)?;
     w.commit().await?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_relation_keys_move_under_their_room_byte_for_byte() {
+        let count: u64 = 0x8000_0000_0000_0100; // bytes >= 0x80 and a NUL in the count
+        let mut old = b"$parent:x".to_vec();
+        old.push(0);
+        old.extend_from_slice(&count.to_be_bytes());
+        let new = relation_key_in_room(&old, 7).unwrap();
+        let mut want = relation_prefix(7, "$parent:x");
+        want.extend_from_slice(&count.to_be_bytes());
+        assert_eq!(new, want);
+        assert_eq!(relation_key_in_room(b"$no-nul", 7), None);
+    }
 }
