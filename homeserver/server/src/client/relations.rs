@@ -58,6 +58,7 @@ async fn relations(
     if app
         .event_position(short)?
         .is_none_or(|(r, _)| r != room.short)
+        || app.forgot(&s.user_id, &room_id)?
         || !app.can_see(&s.user_id, &room_id, short, &parent)?
     {
         return Err(not_found());

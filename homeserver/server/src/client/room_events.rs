@@ -225,7 +225,7 @@ pub async fn event(
         return Err(not_found());
     }
     let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;
-    if !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+    if app.forgot(&s.user_id, &room_id)? || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
         return Err(not_found());
     }
     let stored = app.pdu_json(short)?.ok_or_else(not_found)?;

@@ -98,16 +98,7 @@ impl<'a> ServerView<'a> {
         if let Some(v) = self.by_snapshot.get(&before) {
             return Ok(*v);
         }
-        let visibility = self
-            .app
-            .state_pdu(before, "m.room.history_visibility", "")?
-            .and_then(|p| {
-                p.content_value()
-                    .get("history_visibility")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "shared".into());
+        let visibility = self.app.history_visibility(before)?;
         let visible = match visibility.as_str() {
             "invited" => self.any_member_is(before, &["join", "invite"])?,
             "joined" => self.any_member_is(before, &["join"])?,

@@ -417,6 +417,24 @@ impl Services {
         }
     }
 
+    /// The room's history visibility in a state snapshot (`shared` when unset).
+    pub fn history_visibility(&self, hash: u64) -> ApiResult<String> {
+        Ok(self
+            .state_pdu(hash, "m.room.history_visibility", "")?
+            .and_then(|p| {
+                p.content_value()
+                    .get("history_visibility")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".into()))
+    }
+
+    /// Whether the user forgot the room: then nothing of it is theirs to read any more.
+    pub fn forgot(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
+        Ok(self.membership(user, room_id)?.is_some_and(|m| m.forgotten))
+    }
+
     /// May `user` see this event? History visibility and the user's membership at the event,
     /// per the spec's rules; a user always sees their own membership events.
     pub fn can_see(
@@ -426,23 +444,11 @@ impl Services {
         short_event: u64,
         pdu: &Pdu,
     ) -> ApiResult<bool> {
-        if self.membership(user, room_id)?.is_some_and(|m| m.forgotten) {
-            // A forgotten room is gone for the user, history and all.
-            return Ok(false);
-        }
         if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.membership().is_some() {
             return Ok(true);
         }
         let before = self.event_state(short_event)?.map(|(b, _)| b).unwrap_or(0);
-        let visibility = self
-            .state_pdu(before, "m.room.history_visibility", "")?
-            .and_then(|p| {
-                p.content_value()
-                    .get("history_visibility")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "shared".into());
+        let visibility = self.history_visibility(before)?;
         if visibility == "world_readable" {
             return Ok(true);
         }
@@ -535,16 +541,7 @@ impl Services {
             }
             _ => {}
         }
-        let world_readable = self
-            .state_pdu(current, "m.room.history_visibility", "")?
-            .and_then(|p| {
-                p.content_value()
-                    .get("history_visibility")?
-                    .as_str()
-                    .map(|v| v == "world_readable")
-            })
-            .unwrap_or(false);
-        if world_readable {
+        if self.history_visibility(current)? == "world_readable" {
             return Ok(current);
         }
         Err(ApiError::Forbidden("You are not in this room".into()))
