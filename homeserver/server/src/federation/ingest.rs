@@ -706,35 +706,49 @@ pub async fn persist(
     };
     let old_tips = app.extremities(room.short)?;
     // Short ids of the state events whose membership became current.
-    let (after_snap, changed): (Option<(u64, u32)>, Vec<u64>) =
-        if old_tips.iter().all(|t| prev_shorts.contains(t)) {
-            // Builds on every extremity: the new current state is the state after the event.
-            let snap = match state_key {
-                Some(k) => Some(app.store.state.derive(
-                    before_snap,
-                    &[(k, short)],
-                    &[],
-                    after_self,
-                    &mut pre,
-                )?),
-                None => before_snap,
-            };
-            let changed = if before_is_current {
-                state_key.map(|_| short).into_iter().collect()
-            } else {
-                let after = after_self();
-                diff(&current, &after)
-            };
-            (snap, changed)
+    let (after_snap, changed): (Option<(u64, u32)>, Vec<u64>) = if old_tips
+        .iter()
+        .all(|t| prev_shorts.contains(t))
+    {
+        // Builds on every extremity: the new current state is the state after the event.
+        let snap = match state_key {
+            Some(k) => Some(app.store.state.derive(
+                before_snap,
+                &[(k, short)],
+                &[],
+                after_self,
+                &mut pre,
+            )?),
+            None => before_snap,
+        };
+        let changed = if before_is_current {
+            state_key.map(|_| short).into_iter().collect()
         } else {
             let after = after_self();
-            let new_current = resolve(app, rules, &[&current, &after])?;
-            let base = current_hash.map(|h| (h, &*current));
-            (
-                snapshot(app, &new_current, base, &mut pre)?,
-                diff(&current, &new_current),
-            )
+            diff(&current, &after)
         };
+        (snap, changed)
+    } else {
+        // Concurrent branches: the current state is the resolution of the states at every
+        // forward extremity the room has after this event (not of the old current state and
+        // this event's, which loses state a third branch already overrode).
+        let mut tip_states = vec![Arc::new(after_self())];
+        for &t in old_tips.iter().filter(|t| !prev_shorts.contains(t)) {
+            match state_after(app, t)? {
+                Some(m) => tip_states.push(m),
+                None => {
+                    tracing::warn!(room_id = %room_id, tip = t, "forward extremity without state")
+                }
+            }
+        }
+        let refs: Vec<&StateMap> = tip_states.iter().map(|m| &**m).collect();
+        let new_current = resolve(app, rules, &refs)?;
+        let base = current_hash.map(|h| (h, &*current));
+        (
+            snapshot(app, &new_current, base, &mut pre)?,
+            diff(&current, &new_current),
+        )
+    };
     event_state_row(&mut pre, short, before_snap, after_snap);
     let gone: Vec<u64> = old_tips
         .iter()

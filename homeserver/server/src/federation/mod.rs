@@ -16,6 +16,8 @@ pub mod query;
 pub mod resolve;
 pub mod send;
 pub mod sender;
+#[cfg(test)]
+mod state_graphs;
 pub mod tls;
 pub mod visibility;
 pub mod x_matrix;
