@@ -232,6 +232,39 @@ pub fn message_at_depth(
     origin_server_ts: u64,
     depth: u64,
 ) -> (String, Value) {
+    let ev = NewEvent {
+        kind: "m.room.message".into(),
+        content: json!({ "msgtype": "m.text", "body": body }),
+        state_key: None,
+        redacts: None,
+    };
+    let at = At {
+        prev: std::slice::from_ref(prev),
+        auth,
+        origin_server_ts,
+        depth,
+    };
+    pdu_at(room, sender, origin, key, &ev, &at)
+}
+
+/// Where in a room's graph a hand-built event goes.
+pub struct At<'a> {
+    pub prev: &'a [OwnedEventId],
+    pub auth: &'a [OwnedEventId],
+    pub origin_server_ts: u64,
+    pub depth: u64,
+}
+
+/// Any event of a version 12 room in federation form, from `sender`, built for `origin` and
+/// signed with `key`, at the place in the graph `at` names.
+pub fn pdu_at(
+    room: &str,
+    sender: &str,
+    origin: &str,
+    key: &ServerKey,
+    ev: &NewEvent,
+    at: &At,
+) -> (String, Value) {
     let rules = room_version::rules(&RoomVersionId::V12).unwrap();
     let sender = UserId::parse(sender).unwrap();
     let origin = <&ServerName>::try_from(origin).unwrap();
@@ -249,18 +282,12 @@ pub fn message_at_depth(
         rules: &rules,
         sender: &sender,
         origin,
-        prev_events: refs(std::slice::from_ref(prev)),
-        auth_events: refs(auth),
-        depth,
-        origin_server_ts,
+        prev_events: refs(at.prev),
+        auth_events: refs(at.auth),
+        depth: at.depth,
+        origin_server_ts: at.origin_server_ts,
     };
-    let ev = NewEvent {
-        kind: "m.room.message".into(),
-        content: json!({ "msgtype": "m.text", "body": body }),
-        state_key: None,
-        redacts: None,
-    };
-    let built = build_pdu(&ev, &ctx, key).unwrap();
+    let built = build_pdu(ev, &ctx, key).unwrap();
     let mut v = serde_json::to_value(&built.stored).unwrap();
     v.as_object_mut().unwrap().remove("event_id");
     (built.event_id.to_string(), v)

@@ -160,6 +160,24 @@ async fn three_servers_share_a_room() {
             .then_some(())
     })
     .await;
+    // And asking for it directly answers the same, as for a local user.
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/presence/{}/status",
+            enc(&alice.user_id)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["presence"], "online", "{}", r.body);
+    assert_eq!(r.body["status_msg"], "federating", "{}", r.body);
+    // A remote user nobody here shares a room with is not told about.
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/presence/{}/status",
+            enc("@stranger:elsewhere.example")
+        ))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
 
     // B leaves; A and C see it.
     let r = bob

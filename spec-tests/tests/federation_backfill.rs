@@ -7,9 +7,18 @@ use serde_json::{json, Value};
 
 /// Page `/messages` backwards from the newest event until there is no `end`; every event.
 async fn page_back(c: &Client, room: &str, limit: usize) -> (Vec<Value>, Vec<String>) {
+    page_back_from(c, room, limit, None).await
+}
+
+/// [`page_back`] starting at `from` (a sync's `prev_batch`) instead of the newest event.
+async fn page_back_from(
+    c: &Client,
+    room: &str,
+    limit: usize,
+    mut from: Option<String>,
+) -> (Vec<Value>, Vec<String>) {
     let mut events = vec![];
     let mut tokens = vec![];
-    let mut from: Option<String> = None;
     for _ in 0..100 {
         let mut path = format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
@@ -132,4 +141,41 @@ async fn paging_past_the_join_fetches_history_from_the_room() {
         ))
         .await;
     r.err(400, "M_INVALID_PARAM");
+}
+
+/// What matrix-nio and Element do after joining: sync, then page back from the timeline's
+/// `prev_batch`. A room joined over federation has history before the join, so the sync says
+/// `limited`, and paging from that token goes on (fetching from the room's server) until the
+/// room's creation, whatever the page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_pages_back_from_its_first_sync() {
+    let (a, b) = tokio::join!(Server::federated(), Server::federated());
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "late"}))
+        .await;
+    for i in 0..30 {
+        alice.send_text(&room, &format!("m{i}")).await;
+    }
+    let resp = bob.join_via(&room, &a.server_name).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+
+    let filter = enc(r#"{"room":{"timeline":{"limit":10}}}"#);
+    let s = bob.sync(&format!("timeout=0&filter={filter}")).await;
+    let tl = &s["rooms"]["join"][&room]["timeline"];
+    assert_eq!(tl["limited"], true, "history precedes the join: {tl}");
+    let prev = tl["prev_batch"].as_str().expect("prev_batch").to_owned();
+
+    for limit in [10, 7] {
+        let (events, _) = page_back_from(&bob, &room, limit, Some(prev.clone())).await;
+        let got = bodies(&events);
+        let want: Vec<String> = (0..30).rev().map(|i| format!("m{i}")).collect();
+        assert_eq!(got, want, "pages of {limit}\n{}", b.log_text());
+        assert_eq!(
+            events.last().map(|e| e["type"].clone()),
+            Some(json!("m.room.create")),
+            "paging in pages of {limit} ends at the room's creation"
+        );
+    }
 }

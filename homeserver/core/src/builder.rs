@@ -13,6 +13,25 @@ use crate::{signing::random_alnum, signing::ServerKey, CoreError, Pdu};
 /// Largest PDU the spec allows, in canonical JSON bytes.
 pub const MAX_PDU_BYTES: usize = 65_536;
 
+/// The format limits every PDU must meet, sent or received: size, state key, sender, room and
+/// event id lengths, counts of prev and auth events. The size is checked here first because
+/// ruma's message for it never names the numbers (and ruma stops one byte short of the spec's
+/// 65,536, so an event of exactly that size is refused too).
+pub fn check_format(obj: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<(), String> {
+    let size = serde_json::to_vec(obj).map_or(usize::MAX, |v| v.len());
+    let too_large = |max: usize| format!("PDU is {size} bytes, over the maximum of {max} bytes");
+    if size > MAX_PDU_BYTES {
+        return Err(too_large(MAX_PDU_BYTES));
+    }
+    ruma::state_res::check_pdu_format(obj, &rules.event_format).map_err(|e| {
+        if e.starts_with("PDU is larger than maximum") {
+            too_large(MAX_PDU_BYTES - 1)
+        } else {
+            e
+        }
+    })
+}
+
 /// What the sender asks for; the rest of the PDU comes from the room.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
@@ -165,12 +184,11 @@ pub fn sign_pdu(
     let size = serde_json::to_vec(&obj)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
-    if size > MAX_PDU_BYTES {
+    if size >= MAX_PDU_BYTES {
         return Err(CoreError::TooLarge);
     }
-    // The limits peers enforce on what we send (state key, sender, room and event id lengths,
-    // counts of prev and auth events): the same check that inbound federation applies.
-    ruma::state_res::check_pdu_format(&obj, &rules.event_format).map_err(CoreError::BadPdu)?;
+    // The limits peers enforce on what we send: the same check that inbound federation applies.
+    check_format(&obj, rules).map_err(CoreError::BadPdu)?;
 
     let event_id = match v1_event_id {
         Some(id) => id,

@@ -175,6 +175,9 @@ pub async fn messages(
     let mut senders = BTreeSet::new();
     let mut last_pos = None;
     let mut exhausted = true;
+    // Whether this page fetched history from another server: when it did, what is stored
+    // running out says nothing of what is left there.
+    let mut backfilled = false;
     let mut scanned = 0;
     // Backwards past everything stored, one round of backfill from another server, then on.
     for round in 0..2 {
@@ -220,7 +223,10 @@ pub async fn messages(
         let wanted = limit.saturating_sub(chunk.len()).max(1);
         match crate::federation::backfill::backfill(&app, &room, wanted).await {
             Ok(0) => break,
-            Ok(n) => tracing::debug!(room_id = %room_id, n, "paged into backfilled history"),
+            Ok(n) => {
+                backfilled = true;
+                tracing::debug!(room_id = %room_id, n, "paged into backfilled history");
+            }
             Err(e) => {
                 tracing::info!(room_id = %room_id, error = %e, "backfill failed");
                 break;
@@ -229,7 +235,7 @@ pub async fn messages(
     }
     let mut out = json!({ "start": from.token(), "chunk": chunk });
     match (backwards, last_pos) {
-        (true, Some(p)) if !exhausted => out["end"] = json!(p.token()),
+        (true, Some(p)) if !exhausted || backfilled => out["end"] = json!(p.token()),
         (false, Some(p)) => out["end"] = json!(p.token()),
         (false, None) => out["end"] = json!(from.token()),
         _ => {}

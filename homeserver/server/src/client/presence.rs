@@ -56,7 +56,9 @@ pub async fn get(
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let user = parse_user(&user)?;
-    if app.user(&user)?.is_none() {
+    // Users of other servers have no account here; what their servers told us is kept as
+    // for anyone else, and shown to those who share a room with them.
+    if app.is_local(&user) && app.user(&user)?.is_none() {
         return Err(ApiError::NotFound("Unknown user".into()));
     }
     if user != s.user_id && !app.presence_audience(&s.user_id)?.contains(&user) {

@@ -307,6 +307,21 @@ fn invite_state(
     Ok(events)
 }
 
+/// Whether the room's history goes back past its stored timeline, all of which is after
+/// `lower`: the oldest timeline event has prev events (the create event has none).
+fn has_older_history(app: &App, short_room: u64, lower: u64) -> ApiResult<bool> {
+    if app.timeline(short_room, 0, lower).next_back().is_some() {
+        return Ok(false);
+    }
+    let Some(first) = app.timeline(short_room, lower, u64::MAX - 1).next() else {
+        return Ok(false);
+    };
+    let (_, short) = first?;
+    Ok(app
+        .pdu_by_short(short)?
+        .is_some_and(|p| !p.prev_events.is_empty()))
+}
+
 /// One joined (or left) room: timeline after `since` up to `upper`, the state the client lacks,
 /// summary and room account data. `None` if nothing changed.
 #[allow(clippy::too_many_arguments)]
@@ -369,6 +384,11 @@ fn room_section(
         }
     }
     picked.reverse();
+    // Everything stored was shown, but the room's history goes back further than this server
+    // was in it (a room joined over federation): clients page back from `prev_batch`.
+    if !limited && has_older_history(app, room.short, lower)? {
+        limited = true;
+    }
 
     // Ephemeral: typing and receipts, only while joined.
     let mut ephemeral = vec![];

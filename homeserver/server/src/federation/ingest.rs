@@ -131,7 +131,7 @@ pub async fn check_hash(
     if !matches!(rules.event_id_format, EventIdFormatVersion::V1) {
         obj.remove("event_id");
     }
-    state_res::check_pdu_format(&obj, &rules.event_format).map_err(IngestError::Invalid)?;
+    plexus_core::builder::check_format(&obj, rules).map_err(IngestError::Invalid)?;
     let servers =
         ruma::signatures::required_server_signatures_to_verify_event(&obj, &rules.signatures)
             .map_err(|e| IngestError::Invalid(e.to_string()))?;
