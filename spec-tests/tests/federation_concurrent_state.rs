@@ -109,6 +109,18 @@ async fn a_demotion_beside_two_topics_keeps_the_admins_topic() {
         .last()
         .map(|e| e["content"]["topic"].clone());
     assert_eq!(topic_in_sync, Some(json!("admin")), "{s}");
+    // At the default log level, the resolutions above leave no narration from ruma, while
+    // Plexus's own lines say what happened.
+    let log = a.log_text();
+    assert!(
+        !log.contains("state resolution starting") && !log.contains("conflicted events"),
+        "ruma's state resolution chatter at info:\n{log}"
+    );
+    assert!(
+        b.log_text().contains("joined a room over federation"),
+        "{}",
+        b.log_text()
+    );
     // The room goes on: a message from A reaches B.
     let id = alice.send_text(&room, "after the race").await;
     plexus_spec_tests::eventually(20, "bob gets alice's message", || async {
