@@ -705,10 +705,14 @@ pub async fn persist(
         m
     };
     let old_tips = app.extremities(room.short)?;
+    // Extremities this event supersedes: its prev events, and those reached through prev
+    // events that were soft-failed (which never became extremities themselves, so their own
+    // parents would otherwise dangle as extremities beside this event).
+    let covered = superseded_tips(app, &old_tips, &prev_shorts)?;
     // Short ids of the state events whose membership became current.
     let (after_snap, changed): (Option<(u64, u32)>, Vec<u64>) = if old_tips
         .iter()
-        .all(|t| prev_shorts.contains(t))
+        .all(|t| covered.contains(t))
     {
         // Builds on every extremity: the new current state is the state after the event.
         let snap = match state_key {
@@ -733,7 +737,7 @@ pub async fn persist(
         // forward extremity the room has after this event (not of the old current state and
         // this event's, which loses state a third branch already overrode).
         let mut tip_states = vec![Arc::new(after_self())];
-        for &t in old_tips.iter().filter(|t| !prev_shorts.contains(t)) {
+        for &t in old_tips.iter().filter(|t| !covered.contains(t)) {
             match state_after(app, t)? {
                 Some(m) => tip_states.push(m),
                 None => {
@@ -750,12 +754,7 @@ pub async fn persist(
         )
     };
     event_state_row(&mut pre, short, before_snap, after_snap);
-    let gone: Vec<u64> = old_tips
-        .iter()
-        .copied()
-        .filter(|t| prev_shorts.contains(t))
-        .collect();
-    tip_rows(&mut pre, room.short, &gone, short);
+    tip_rows(&mut pre, room.short, &covered, short);
     if let Some(snap) = after_snap {
         room_state_row(&mut pre, room.short, snap);
     }
@@ -829,6 +828,37 @@ pub async fn persist(
     app.after_room_write(&wake, last, &dests);
     app.pushers.wake(notified.iter().map(|n| n.user.as_ref()));
     Ok(Outcome::Accepted)
+}
+
+/// Most soft-failed events walked through when looking for the extremities they hid.
+const MAX_SOFT_FAILED_WALK: usize = 100;
+
+/// The forward extremities among `tips` that `prevs` supersede through soft-failed events: an
+/// event that builds on a soft-failed one builds on that one's parents too.
+fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec<u64>> {
+    let mut out = vec![];
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut queue: VecDeque<u64> = prevs.iter().copied().collect();
+    while let Some(short) = queue.pop_front() {
+        if !seen.insert(short) || seen.len() > MAX_SOFT_FAILED_WALK {
+            continue;
+        }
+        if tips.contains(&short) {
+            out.push(short);
+            continue;
+        }
+        // Soft-failed: stored with its state, but never given a place in the timeline.
+        let soft_failed = app.event_position(short)?.is_none() && app.event_state(short)?.is_some();
+        if !soft_failed {
+            continue;
+        }
+        if let Some(pdu) = app.pdu_by_short(short)? {
+            for p in &pdu.prev_events {
+                queue.extend(app.short_event(p)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The events of `to` that `from` does not have at the same key.

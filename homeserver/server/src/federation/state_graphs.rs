@@ -243,12 +243,16 @@ fn services(dir: &tempfile::TempDir) -> App {
     Services::open(cfg.validate().expect("settings")).expect("services")
 }
 
-/// Feed the graph's events in `order` through inbound ingest; answers the room's current
-/// state as `(type, state_key) -> event name`, and the events soft-failed.
-async fn ingest_in_order(
-    g: &Graph,
-    order: &[usize],
-) -> (HashMap<(String, String), String>, Vec<String>) {
+/// What a server made of a graph: current state as `(type, state_key) -> event name`, the
+/// events soft-failed and the forward extremities.
+struct Ingested {
+    state: HashMap<(String, String), String>,
+    soft_failed: Vec<String>,
+    tips: Vec<String>,
+}
+
+/// Feed the graph's events in `order` through inbound ingest.
+async fn ingest_in_order(g: &Graph, order: &[usize]) -> Ingested {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = services(&dir);
     let room_id = g.room_id.clone().expect("room id");
@@ -279,7 +283,17 @@ async fn ingest_in_order(
         let pdu = app.pdu_by_short(ev).expect("read").expect("pdu");
         state.insert((t, k), g.name_of(pdu.event_id.as_str()));
     }
-    (state, soft_failed)
+    let mut tips = vec![];
+    for short in app.extremities(room.short).expect("tips") {
+        let pdu = app.pdu_by_short(short).expect("read").expect("pdu");
+        tips.push(g.name_of(pdu.event_id.as_str()));
+    }
+    tips.sort();
+    Ingested {
+        state,
+        soft_failed,
+        tips,
+    }
 }
 
 /// Every order of `g`'s events after the first `initial` ends with `expected` at each of its
@@ -288,7 +302,11 @@ async fn converges(g: &Graph, initial: usize, expected: &[((&str, &str), Option<
     let orders = g.orders(initial);
     assert!(!orders.is_empty());
     for order in &orders {
-        let (state, soft) = ingest_in_order(g, order).await;
+        let Ingested {
+            state,
+            soft_failed: soft,
+            ..
+        } = ingest_in_order(g, order).await;
         let names: Vec<&str> = order.iter().map(|&i| g.events[i].0.as_str()).collect();
         for ((t, k), want) in expected {
             let got = state
@@ -449,4 +467,28 @@ async fn mainline_sort() {
         )
         .await;
     }
+}
+
+/// An event built on a soft-failed one supersedes the soft-failed event's parents too: they
+/// do not stay behind as forward extremities (Synapse #5269).
+#[tokio::test]
+async fn soft_failed_parents_do_not_dangle() {
+    let mut g = Graph::new(RoomVersionId::V12);
+    let pl = g.power(&[(ALICE, 100), (BOB, 50)]);
+    g.add("PA", ALICE, "m.room.power_levels", Some(""), pl, &["IMZ"]);
+    let ban = json!({ "membership": "ban" });
+    g.add("X", ALICE, "m.room.member", Some(BOB), ban, &["PA"]);
+    let t = |s: &str| json!({ "topic": s });
+    g.add("P", ALICE, "m.room.topic", Some(""), t("alice"), &["PA"]);
+    g.add("E", BOB, "m.room.topic", Some(""), t("bob"), &["P"]);
+    let msg = json!({ "msgtype": "m.text", "body": "hi" });
+    g.add("N", CHARLIE, "m.room.message", None, msg, &["E"]);
+    let order: Vec<usize> = (0..g.events.len()).collect();
+    let got = ingest_in_order(&g, &order).await;
+    assert_eq!(got.soft_failed, vec!["E".to_owned()]);
+    assert_eq!(got.tips, vec!["N".to_owned(), "X".to_owned()]);
+    // N's branch replaced alice's topic with bob's, which the ban overrules: resolving X and N
+    // leaves no topic (as Synapse, whose extremities are the same two, has it).
+    let topic = got.state.get(&("m.room.topic".to_owned(), String::new()));
+    assert_eq!(topic, None);
 }
