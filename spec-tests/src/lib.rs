@@ -6,6 +6,7 @@ pub mod keys;
 pub mod loopback_http;
 pub mod peer;
 pub mod push_gateway;
+pub mod synapse;
 
 use std::{
     net::TcpListener,

@@ -2,76 +2,10 @@
 //! a Synapse user joins a Plexus room and a Plexus user joins a Synapse room; messages, typing
 //! and receipts are visible on both sides.
 //!
-//! Needs python3 with venv; the Synapse venv is installed once under `target/synapse-venv`.
+//! Needs python3 with venv; see `plexus_spec_tests::synapse`.
 
-use std::{path::PathBuf, process::Command};
-
-use plexus_spec_tests::{enc, eventually, free_port, Client, Server};
+use plexus_spec_tests::{enc, eventually, synapse::Synapse, Client, Server};
 use serde_json::{json, Value};
-
-struct Synapse {
-    dir: tempfile::TempDir,
-    script: PathBuf,
-    base: String,
-    server_name: String,
-}
-
-impl Synapse {
-    fn start() -> Synapse {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let script = root.join("synapse/synapse.sh");
-        let venv = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("../target"))
-            .join("synapse-venv");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (port, fed) = (free_port(), free_port());
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["start-fed", dir.path().to_str().unwrap()])
-            .args([port.to_string(), fed.to_string()])
-            .env("SYNAPSE_VENV", &venv)
-            .output()
-            .expect("run synapse.sh");
-        assert!(
-            out.status.success(),
-            "synapse did not start:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Synapse {
-            dir,
-            script,
-            base: format!("http://127.0.0.1:{port}"),
-            server_name: format!("127.0.0.1:{fed}"),
-        }
-    }
-
-    async fn user(&self, name: &str) -> Client {
-        let mut c = Client {
-            base: self.base.clone(),
-            http: reqwest::Client::new(),
-            token: None,
-            user_id: String::new(),
-            device_id: String::new(),
-        };
-        c.register(name, "password-1234").await;
-        c
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("homeserver.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .args(["stop", self.dir.path().to_str().unwrap()])
-            .output();
-    }
-}
 
 /// Synapse and a federating Plexus on loopback, for the interop tests.
 struct Pair {
