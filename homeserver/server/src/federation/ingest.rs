@@ -675,7 +675,30 @@ pub async fn persist(
         Some((h, _)) => app.state_map(h)?,
         None => Arc::default(),
     };
-    let soft_failed = auth::check(rules, pdu, fetch, |t, k| lookup(&current, t, k)).is_err();
+    let old_tips = app.extremities(room.short)?;
+    // Extremities this event supersedes: its prev events, and those reached through prev
+    // events that were soft-failed or that we only know with the state a peer gave us (which
+    // never became extremities themselves, so their own parents would otherwise dangle as
+    // extremities beside this event).
+    let covered = superseded_tips(app, &old_tips, &prev_shorts)?;
+    // Soft-fail is judged against the current state. Across a gap we bridged with the state a
+    // peer gave us, our current state may be the stale one: then it is judged against the
+    // resolution of the event's own state and the extremities it leaves, as Synapse does.
+    let mut bridged = false;
+    for &p in &prev_shorts {
+        bridged |= app.event_position(p)?.is_none();
+    }
+    let judged: Arc<StateMap> = if bridged {
+        let mut maps = vec![before.clone()];
+        for &t in old_tips.iter().filter(|t| !covered.contains(t)) {
+            maps.extend(state_after(app, t)?);
+        }
+        let refs: Vec<&StateMap> = maps.iter().map(|m| &**m).collect();
+        Arc::new(resolve(app, rules, &refs)?)
+    } else {
+        current.clone()
+    };
+    let soft_failed = auth::check(rules, pdu, fetch, |t, k| lookup(&judged, t, k)).is_err();
 
     let mut pre = Batch::default();
     // In a room that grows in a line, the state before is the current state: share its snapshot.
@@ -691,7 +714,7 @@ pub async fn persist(
         app.store.commit(pre)?;
         drop(_guard);
         app.store.flush().await?;
-        tracing::info!(event_id = %c.event_id, room_id = %room_id, "soft-failed against current state");
+        tracing::info!(event_id = %c.event_id, room_id = %room_id, sender = %pdu.sender, kind = %pdu.kind, "soft-failed against current state");
         return Ok(Outcome::SoftFailed);
     }
 
@@ -704,11 +727,6 @@ pub async fn persist(
         m.extend(state_key.map(|k| (k, short)));
         m
     };
-    let old_tips = app.extremities(room.short)?;
-    // Extremities this event supersedes: its prev events, and those reached through prev
-    // events that were soft-failed (which never became extremities themselves, so their own
-    // parents would otherwise dangle as extremities beside this event).
-    let covered = superseded_tips(app, &old_tips, &prev_shorts)?;
     // Short ids of the state events whose membership became current.
     let (after_snap, changed): (Option<(u64, u32)>, Vec<u64>) = if old_tips
         .iter()
@@ -830,26 +848,27 @@ pub async fn persist(
     Ok(Outcome::Accepted)
 }
 
-/// Most soft-failed events walked through when looking for the extremities they hid.
-const MAX_SOFT_FAILED_WALK: usize = 100;
+/// Most events walked through when looking for the extremities they hid.
+const MAX_OFF_TIMELINE_WALK: usize = 100;
 
-/// The forward extremities among `tips` that `prevs` supersede through soft-failed events: an
-/// event that builds on a soft-failed one builds on that one's parents too.
+/// The forward extremities among `tips` that `prevs` supersede, directly or through events
+/// stored with state but without a place in the timeline (soft-failed ones, and the far ends
+/// of gaps whose state a peer gave us): an event that builds on those builds on their parents.
 fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec<u64>> {
     let mut out = vec![];
     let mut seen: HashSet<u64> = HashSet::new();
     let mut queue: VecDeque<u64> = prevs.iter().copied().collect();
     while let Some(short) = queue.pop_front() {
-        if !seen.insert(short) || seen.len() > MAX_SOFT_FAILED_WALK {
+        if !seen.insert(short) || seen.len() > MAX_OFF_TIMELINE_WALK {
             continue;
         }
         if tips.contains(&short) {
             out.push(short);
             continue;
         }
-        // Soft-failed: stored with its state, but never given a place in the timeline.
-        let soft_failed = app.event_position(short)?.is_none() && app.event_state(short)?.is_some();
-        if !soft_failed {
+        let off_timeline =
+            app.event_position(short)?.is_none() && app.event_state(short)?.is_some();
+        if !off_timeline {
             continue;
         }
         if let Some(pdu) = app.pdu_by_short(short)? {

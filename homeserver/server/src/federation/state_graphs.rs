@@ -251,10 +251,8 @@ struct Ingested {
     tips: Vec<String>,
 }
 
-/// Feed the graph's events in `order` through inbound ingest.
-async fn ingest_in_order(g: &Graph, order: &[usize]) -> Ingested {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = services(&dir);
+/// The graph's room, known to `app` but with no events yet.
+fn new_room(app: &App, g: &Graph) -> crate::service::rooms::RoomRef {
     let room_id = g.room_id.clone().expect("room id");
     let mut batch = plexus_store::Batch::default();
     let short = app.store.kv.unique_id().expect("id");
@@ -264,7 +262,14 @@ async fn ingest_in_order(g: &Graph, order: &[usize]) -> Ingested {
     };
     room_rows(&mut batch, short, &meta);
     app.store.commit(batch).expect("commit");
-    let room = app.room(&room_id).expect("read").expect("room");
+    app.room(&room_id).expect("read").expect("room")
+}
+
+/// Feed the graph's events in `order` through inbound ingest.
+async fn ingest_in_order(g: &Graph, order: &[usize]) -> Ingested {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = services(&dir);
+    let room = new_room(&app, g);
     let rules = g.rules();
     let mut soft_failed = vec![];
     for &i in order {
@@ -491,4 +496,54 @@ async fn soft_failed_parents_do_not_dangle() {
     // leaves no topic (as Synapse, whose extremities are the same two, has it).
     let topic = got.state.get(&("m.room.topic".to_owned(), String::new()));
     assert_eq!(topic, None);
+}
+
+/// A server that missed a stretch of the room (down, or partitioned) and bridged the gap with
+/// the state a peer gave it for the gap's far end judges the next event by that state too:
+/// bob was promoted while it was away, so his topic is not soft-failed against its stale
+/// current state.
+#[tokio::test]
+async fn an_event_across_a_bridged_gap_is_judged_with_its_own_state() {
+    let mut g = Graph::new(RoomVersionId::V12);
+    let pl = g.power(&[(ALICE, 100), (BOB, 50)]);
+    g.add("PA", ALICE, "m.room.power_levels", Some(""), pl, &["IMZ"]);
+    let t = json!({ "topic": "bob" });
+    g.add("T", BOB, "m.room.topic", Some(""), t, &["PA"]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = services(&dir);
+    let room = new_room(&app, &g);
+    let rules = g.rules();
+    for (name, c) in &g.events[..INITIAL] {
+        let outcome = ingest::persist(&app, &room, &rules, c.clone(), None).await;
+        assert_eq!(outcome.ok(), Some(Outcome::Accepted), "{name}");
+    }
+    // What `/state_ids` at PA answers: the state before it, and PA as the point it belongs to.
+    let state_ids: Vec<OwnedEventId> = g.state_after["IMZ"].values().cloned().collect();
+    let pa = g.events[g.by_name["PA"]].1.clone();
+    let known: Vec<Checked> = g.events[..INITIAL].iter().map(|(_, c)| c.clone()).collect();
+    super::join::store_state_and_point(&app, &rules, known, &state_ids, pa)
+        .await
+        .expect("bridged");
+    let t = g.events[g.by_name["T"]].1.clone();
+    let outcome = ingest::persist(&app, &room, &rules, t, None)
+        .await
+        .unwrap_or_else(|e| panic!("T refused: {e}"));
+    assert_eq!(outcome, Outcome::Accepted);
+    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
+    let sk = app
+        .short_state_key("m.room.topic", "")
+        .expect("read")
+        .expect("key");
+    let topic = app.state_map(hash).expect("map").get(&sk).copied();
+    let short_t = app
+        .short_event(&g.events[g.by_name["T"]].1.event_id)
+        .expect("read");
+    assert_eq!(topic, short_t);
+    let tips = app.extremities(room.short).expect("tips");
+    assert_eq!(
+        tips,
+        short_t.into_iter().collect::<Vec<_>>(),
+        "IMZ is superseded"
+    );
 }
