@@ -105,8 +105,7 @@ async fn a_demotion_beside_two_topics_keeps_the_admins_topic() {
                 .into_iter()
                 .flatten(),
         )
-        .filter(|e| e["type"] == "m.room.topic")
-        .last()
+        .rfind(|e| e["type"] == "m.room.topic")
         .map(|e| e["content"]["topic"].clone());
     assert_eq!(topic_in_sync, Some(json!("admin")), "{s}");
     // At the default log level, the resolutions above leave no narration from ruma, while
