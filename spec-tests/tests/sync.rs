@@ -416,3 +416,37 @@ async fn ignored_users_events_are_hidden_except_state() {
         .await
         .contains(&"you cannot hear me".to_owned()));
 }
+
+/// A room joined between two syncs had history before the join: the incremental sync says
+/// `limited`, so clients page back from its `prev_batch` instead of showing the join as the
+/// beginning of the room.
+#[tokio::test]
+async fn a_room_joined_between_syncs_is_limited() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    alice.send_text(&room, "before bob").await;
+    let first = bob.sync("timeout=0").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    bob.join(&room).await.ok();
+    let s = bob.sync(&format!("timeout=0&since={}", enc(&since))).await;
+    let tl = &s["rooms"]["join"][&room]["timeline"];
+    assert_eq!(tl["limited"], true, "{tl}");
+    let prev = tl["prev_batch"].as_str().unwrap();
+    let r = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&from={}",
+            enc(&room),
+            enc(prev)
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<&str> = r.body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(got, vec!["before bob"], "{}", r.body);
+}

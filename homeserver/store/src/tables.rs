@@ -157,4 +157,7 @@ pub enum Table {
     SearchBackfill = 67,
     /// user id → bytes of media they uploaded (big-endian u64), for the per-user quota
     MediaUsage = 68,
+    /// short event id → (): an event from another server soft-failed on receipt (stored with
+    /// its state, never shown or built upon)
+    SoftFailed = 69,
 }

@@ -307,11 +307,12 @@ fn invite_state(
     Ok(events)
 }
 
-/// Whether the room's history goes back past its stored timeline, all of which is after
-/// `lower`: the oldest timeline event has prev events (the create event has none).
-fn has_older_history(app: &App, short_room: u64, lower: u64) -> ApiResult<bool> {
+/// Whether the room has history before `lower` that a client which `newly` joined has not
+/// seen: stored events up to `lower`, or (when the whole stored timeline is after it) events
+/// before the oldest stored one, which has prev events (the create event has none).
+fn has_older_history(app: &App, short_room: u64, lower: u64, newly: bool) -> ApiResult<bool> {
     if app.timeline(short_room, 0, lower).next_back().is_some() {
-        return Ok(false);
+        return Ok(newly);
     }
     let Some(first) = app.timeline(short_room, lower, u64::MAX - 1).next() else {
         return Ok(false);
@@ -384,9 +385,10 @@ fn room_section(
         }
     }
     picked.reverse();
-    // Everything stored was shown, but the room's history goes back further than this server
-    // was in it (a room joined over federation): clients page back from `prev_batch`.
-    if !limited && has_older_history(app, room.short, lower)? {
+    // Everything after the token was shown, but the room's history goes back further: a room
+    // just joined (the client knows nothing before the token), or one joined over federation
+    // (history from before this server was in it). Clients page back from `prev_batch`.
+    if !limited && has_older_history(app, room.short, lower, newly)? {
         limited = true;
     }
 

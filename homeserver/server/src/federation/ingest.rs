@@ -677,20 +677,20 @@ pub async fn persist(
     };
     let old_tips = app.extremities(room.short)?;
     // Extremities this event supersedes: its prev events, and those reached through prev
-    // events that were soft-failed or that we only know with the state a peer gave us (which
-    // never became extremities themselves, so their own parents would otherwise dangle as
-    // extremities beside this event).
+    // events that were soft-failed (which never became extremities themselves, so their own
+    // parents would otherwise dangle as extremities beside this event).
     let covered = superseded_tips(app, &old_tips, &prev_shorts)?;
     // Soft-fail is judged against the current state. Across a gap we bridged with the state a
     // peer gave us, our current state may be the stale one: then it is judged against the
-    // resolution of the event's own state and the extremities it leaves, as Synapse does.
+    // resolution of the event's own state and every extremity, as Synapse does. (That state
+    // is only the peer's word: the extremities stay, so it is resolved against ours again.)
     let mut bridged = false;
     for &p in &prev_shorts {
-        bridged |= app.event_position(p)?.is_none();
+        bridged |= is_gap_point(app, p)?;
     }
     let judged: Arc<StateMap> = if bridged {
         let mut maps = vec![before.clone()];
-        for &t in old_tips.iter().filter(|t| !covered.contains(t)) {
+        for &t in &old_tips {
             maps.extend(state_after(app, t)?);
         }
         let refs: Vec<&StateMap> = maps.iter().map(|m| &**m).collect();
@@ -711,6 +711,7 @@ pub async fn persist(
     };
     if soft_failed {
         event_state_row(&mut pre, short, before_snap, before_snap);
+        pre.put(Table::SoftFailed, &short.to_be_bytes(), &[]);
         app.store.commit(pre)?;
         drop(_guard);
         app.store.flush().await?;
@@ -750,6 +751,10 @@ pub async fn persist(
             diff(&current, &after)
         };
         (snap, changed)
+    } else if state_key.is_none() && prev_shorts.len() == 1 && covered == prev_shorts {
+        // A message on one branch: it takes its parent's place among the extremities with the
+        // same state, so their resolution, the current state, stays as it is.
+        (current_hash, vec![])
     } else {
         // Concurrent branches: the current state is the resolution of the states at every
         // forward extremity the room has after this event (not of the old current state and
@@ -848,27 +853,31 @@ pub async fn persist(
     Ok(Outcome::Accepted)
 }
 
-/// Most events walked through when looking for the extremities they hid.
-const MAX_OFF_TIMELINE_WALK: usize = 100;
+/// Most soft-failed events walked through when looking for the extremities they hid.
+const MAX_SOFT_FAILED_WALK: usize = 100;
 
-/// The forward extremities among `tips` that `prevs` supersede, directly or through events
-/// stored with state but without a place in the timeline (soft-failed ones, and the far ends
-/// of gaps whose state a peer gave us): an event that builds on those builds on their parents.
+/// The forward extremities among `tips` that `prevs` supersede, directly or through
+/// soft-failed events: an event that builds on a soft-failed one builds on its parents too.
+/// (Never through the far end of a gap, whose state is only a peer's word: the extremities
+/// before the gap stay, and their state is resolved with what comes after it.)
 fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec<u64>> {
     let mut out = vec![];
     let mut seen: HashSet<u64> = HashSet::new();
     let mut queue: VecDeque<u64> = prevs.iter().copied().collect();
     while let Some(short) = queue.pop_front() {
-        if !seen.insert(short) || seen.len() > MAX_OFF_TIMELINE_WALK {
+        if !seen.insert(short) || seen.len() > MAX_SOFT_FAILED_WALK {
             continue;
         }
         if tips.contains(&short) {
             out.push(short);
             continue;
         }
-        let off_timeline =
-            app.event_position(short)?.is_none() && app.event_state(short)?.is_some();
-        if !off_timeline {
+        if app
+            .store
+            .kv
+            .get(Table::SoftFailed, &short.to_be_bytes())?
+            .is_none()
+        {
             continue;
         }
         if let Some(pdu) = app.pdu_by_short(short)? {
@@ -878,6 +887,15 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
         }
     }
     Ok(out)
+}
+
+/// Whether an event is the far end of a gap: stored with the state a peer gave us for it, not
+/// received in order (no timeline position), not soft-failed and not backfilled history.
+fn is_gap_point(app: &Services, short: u64) -> ApiResult<bool> {
+    let key = short.to_be_bytes();
+    Ok(app.event_position(short)?.is_none()
+        && app.store.kv.get(Table::SoftFailed, &key)?.is_none()
+        && app.store.kv.get(Table::HistoryEvent, &key)?.is_none())
 }
 
 /// The events of `to` that `from` does not have at the same key.

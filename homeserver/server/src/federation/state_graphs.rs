@@ -28,6 +28,9 @@ struct Graph {
     events: Vec<(String, Checked)>,
     by_name: HashMap<String, usize>,
     state_after: HashMap<String, HashMap<(String, String), OwnedEventId>>,
+    /// Set: events are built as if the state were the one after this event, whatever their
+    /// prev events say (a hostile server's story).
+    story: Option<String>,
 }
 
 impl Graph {
@@ -41,6 +44,7 @@ impl Graph {
             events: vec![],
             by_name: HashMap::new(),
             state_after: HashMap::new(),
+            story: None,
         };
         let v12 = g.rules().authorization.room_create_event_id_as_room_id;
         if !v12 {
@@ -116,8 +120,13 @@ impl Graph {
         let rules = self.rules();
         let sender = UserId::parse(sender).expect("user id");
         let mut state: HashMap<(String, String), OwnedEventId> = HashMap::new();
-        for p in prevs {
-            state.extend(self.state_after[*p].clone());
+        match &self.story {
+            Some(at) => state.extend(self.state_after[at].clone()),
+            None => {
+                for p in prevs {
+                    state.extend(self.state_after[*p].clone());
+                }
+            }
         }
         let types = auth_types(&rules, kind, &sender, state_key, &content).expect("auth types");
         let auth_events = types
@@ -540,10 +549,72 @@ async fn an_event_across_a_bridged_gap_is_judged_with_its_own_state() {
         .short_event(&g.events[g.by_name["T"]].1.event_id)
         .expect("read");
     assert_eq!(topic, short_t);
-    let tips = app.extremities(room.short).expect("tips");
-    assert_eq!(
-        tips,
-        short_t.into_iter().collect::<Vec<_>>(),
-        "IMZ is superseded"
-    );
+    // The state across the gap is only the peer's word: the extremity before the gap stays,
+    // so its state is resolved with what came after (here they agree on bob's topic).
+    let mut tips = app.extremities(room.short).expect("tips");
+    tips.sort();
+    let short_imz = app
+        .short_event(&g.events[g.by_name["IMZ"]].1.event_id)
+        .expect("read");
+    let mut want: Vec<u64> = short_t.into_iter().chain(short_imz).collect();
+    want.sort();
+    assert_eq!(tips, want);
+}
+
+/// A peer cannot replace the room's state by inventing a gap: the far end's state it hands
+/// over (bob as he was before his ban) is resolved against the state at our extremities, and
+/// the ban stands.
+#[tokio::test]
+async fn a_fabricated_gap_does_not_undo_a_ban() {
+    let mut g = Graph::new(RoomVersionId::V12);
+    let pl = g.power(&[(ALICE, 100), (BOB, 50)]);
+    g.add("PA", ALICE, "m.room.power_levels", Some(""), pl, &["IMZ"]);
+    let ban = json!({ "membership": "ban" });
+    g.add("MB", ALICE, "m.room.member", Some(BOB), ban, &["PA"]);
+    // B's story: a message on top of the ban, whose auth events and claimed state are from
+    // before it, and bob's topic on that.
+    g.story = Some("PA".into());
+    let msg = json!({ "msgtype": "m.text", "body": "gap" });
+    g.add("P", BOB, "m.room.message", None, msg, &["MB"]);
+    let t = json!({ "topic": "bob" });
+    g.add("T", BOB, "m.room.topic", Some(""), t, &["P"]);
+    g.story = None;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = services(&dir);
+    let room = new_room(&app, &g);
+    let rules = g.rules();
+    for name in [
+        "CREATE", "IMA", "IPOWER", "IJR", "IMB", "IMC", "IMZ", "PA", "MB",
+    ] {
+        let c = g.events[g.by_name[name]].1.clone();
+        let outcome = ingest::persist(&app, &room, &rules, c, None).await;
+        assert_eq!(outcome.ok(), Some(Outcome::Accepted), "{name}");
+    }
+    let state_ids: Vec<OwnedEventId> = g.state_after["PA"].values().cloned().collect();
+    let known: Vec<Checked> = g.events.iter().map(|(_, c)| c.clone()).collect();
+    let p = g.events[g.by_name["P"]].1.clone();
+    super::join::store_state_and_point(&app, &rules, known, &state_ids, p)
+        .await
+        .expect("bridged");
+    let t = g.events[g.by_name["T"]].1.clone();
+    let outcome = ingest::persist(&app, &room, &rules, t, None)
+        .await
+        .unwrap_or_else(|e| panic!("T refused: {e}"));
+    assert_eq!(outcome, Outcome::SoftFailed);
+    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
+    let map = app.state_map(hash).expect("map");
+    let member = app
+        .short_state_key("m.room.member", BOB)
+        .expect("read")
+        .and_then(|sk| map.get(&sk).copied());
+    let short_mb = app
+        .short_event(&g.events[g.by_name["MB"]].1.event_id)
+        .expect("read");
+    assert_eq!(member, short_mb, "bob is still banned");
+    let topic = app
+        .short_state_key("m.room.topic", "")
+        .expect("read")
+        .and_then(|sk| map.get(&sk).copied());
+    assert_eq!(topic, None);
 }
