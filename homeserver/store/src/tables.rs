@@ -160,4 +160,7 @@ pub enum Table {
     /// short event id → (): an event from another server soft-failed on receipt (stored with
     /// its state, never shown or built upon)
     SoftFailed = 69,
+    /// short event id → (): the far end of a gap, stored with the state another server gave
+    /// us for it (only that server's word)
+    GapPoint = 70,
 }

@@ -126,7 +126,8 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
         let mut added = vec![];
         for c in events {
             if let Some(s) = app.short_event(&c.event_id)? {
-                if placed(app, s)? {
+                // A soft-failed event is never shown, however a peer's answer lists it.
+                if placed(app, s)? || ingest::is_soft_failed(app, s)? {
                     continue;
                 }
             }

@@ -872,12 +872,7 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
             out.push(short);
             continue;
         }
-        if app
-            .store
-            .kv
-            .get(Table::SoftFailed, &short.to_be_bytes())?
-            .is_none()
-        {
+        if !is_soft_failed(app, short)? {
             continue;
         }
         if let Some(pdu) = app.pdu_by_short(short)? {
@@ -889,13 +884,22 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
     Ok(out)
 }
 
-/// Whether an event is the far end of a gap: stored with the state a peer gave us for it, not
-/// received in order (no timeline position), not soft-failed and not backfilled history.
+/// Whether an event is the far end of a gap: stored with the state a peer gave us for it.
 fn is_gap_point(app: &Services, short: u64) -> ApiResult<bool> {
-    let key = short.to_be_bytes();
-    Ok(app.event_position(short)?.is_none()
-        && app.store.kv.get(Table::SoftFailed, &key)?.is_none()
-        && app.store.kv.get(Table::HistoryEvent, &key)?.is_none())
+    Ok(app
+        .store
+        .kv
+        .get(Table::GapPoint, &short.to_be_bytes())?
+        .is_some())
+}
+
+/// Whether an event from another server was soft-failed on receipt.
+pub fn is_soft_failed(app: &Services, short: u64) -> ApiResult<bool> {
+    Ok(app
+        .store
+        .kv
+        .get(Table::SoftFailed, &short.to_be_bytes())?
+        .is_some())
 }
 
 /// The events of `to` that `from` does not have at the same key.

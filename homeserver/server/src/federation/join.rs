@@ -299,6 +299,7 @@ pub async fn store_state_and_point(
     let (snap, _) = stage_state(app, &ok, state_ids, &mut batch)?;
     let short = ingest::put_outlier(app, &point, &mut batch)?;
     event_state_row(&mut batch, short, snap, snap);
+    batch.put(plexus_store::Table::GapPoint, &short.to_be_bytes(), &[]);
     app.store.commit(batch)?;
     Ok(())
 }

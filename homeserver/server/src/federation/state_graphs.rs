@@ -578,6 +578,8 @@ async fn a_fabricated_gap_does_not_undo_a_ban() {
     g.add("P", BOB, "m.room.message", None, msg, &["MB"]);
     let t = json!({ "topic": "bob" });
     g.add("T", BOB, "m.room.topic", Some(""), t, &["P"]);
+    let msg = json!({ "msgtype": "m.text", "body": "innocent" });
+    g.add("N", CHARLIE, "m.room.message", None, msg, &["P"]);
     g.story = None;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -612,9 +614,50 @@ async fn a_fabricated_gap_does_not_undo_a_ban() {
         .short_event(&g.events[g.by_name["MB"]].1.event_id)
         .expect("read");
     assert_eq!(member, short_mb, "bob is still banned");
+    // An innocent message on the far end of the gap passes, but does not make the peer's
+    // story current: the ban's extremity stays beside it and the two are resolved.
+    let n = g.events[g.by_name["N"]].1.clone();
+    let outcome = ingest::persist(&app, &room, &rules, n, None)
+        .await
+        .unwrap_or_else(|e| panic!("N refused: {e}"));
+    assert_eq!(outcome, Outcome::Accepted);
+    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
+    let map = app.state_map(hash).expect("map");
+    let member = app
+        .short_state_key("m.room.member", BOB)
+        .expect("read")
+        .and_then(|sk| map.get(&sk).copied());
+    assert_eq!(member, short_mb, "bob is still banned after N");
+    let mut tips = app.extremities(room.short).expect("tips");
+    tips.sort();
+    let short_n = app
+        .short_event(&g.events[g.by_name["N"]].1.event_id)
+        .expect("read");
+    let mut want: Vec<u64> = short_mb.into_iter().chain(short_n).collect();
+    want.sort();
+    assert_eq!(tips, want);
     let topic = app
         .short_state_key("m.room.topic", "")
         .expect("read")
         .and_then(|sk| map.get(&sk).copied());
     assert_eq!(topic, None);
+}
+
+/// A message on one of two branches takes its parent's place among the extremities and
+/// leaves the current state (the resolution of both branches) as it was.
+#[tokio::test]
+async fn a_message_on_one_branch_keeps_the_resolved_state() {
+    let mut g = Graph::new(RoomVersionId::V12);
+    let topic = json!({ "topic": "branch a" });
+    g.add("TA", ALICE, "m.room.topic", Some(""), topic, &["IMZ"]);
+    let name = json!({ "name": "branch b" });
+    g.add("NB", ALICE, "m.room.name", Some(""), name, &["IMZ"]);
+    let msg = json!({ "msgtype": "m.text", "body": "on a" });
+    g.add("M", CHARLIE, "m.room.message", None, msg, &["TA"]);
+    let order: Vec<usize> = (0..g.events.len()).collect();
+    let got = ingest_in_order(&g, &order).await;
+    assert_eq!(got.tips, vec!["M".to_owned(), "NB".to_owned()]);
+    let at = |t: &str| got.state.get(&(t.to_owned(), String::new())).cloned();
+    assert_eq!(at("m.room.topic").as_deref(), Some("TA"));
+    assert_eq!(at("m.room.name").as_deref(), Some("NB"));
 }
