@@ -556,6 +556,39 @@ where
 }
 
 impl Client {
+    /// Page `/messages` backwards in pages of `limit` from `from` (a sync's `prev_batch`; `None`:
+    /// the newest event) until an answer has no `end`: every event, newest first, and the `end`
+    /// tokens seen.
+    pub async fn page_back(
+        &self,
+        room: &str,
+        limit: usize,
+        mut from: Option<String>,
+    ) -> (Vec<Value>, Vec<String>) {
+        let mut events = vec![];
+        let mut tokens = vec![];
+        for _ in 0..100 {
+            let mut path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+                enc(room)
+            );
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", enc(f)));
+            }
+            let r = self.get(&path).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            events.extend(r.body["chunk"].as_array().into_iter().flatten().cloned());
+            match r.body["end"].as_str() {
+                Some(e) => {
+                    tokens.push(e.to_owned());
+                    from = Some(e.to_owned());
+                }
+                None => return (events, tokens),
+            }
+        }
+        panic!("pagination never ended");
+    }
+
     /// Bodies of the latest `m.room.message` events in a room, oldest first (via `/messages`).
     pub async fn recent_bodies(&self, room: &str) -> Vec<String> {
         let r = self

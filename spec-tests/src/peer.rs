@@ -389,3 +389,40 @@ pub async fn measure_inbound(
         total as f64 / secs
     );
 }
+
+/// The admin's side of issue 19's race, as the admin's server (`peer`) sends it: an admin
+/// topic ("admin") and power levels `pl` without `demoted`, both on `prev` (with `auth`, the
+/// power levels and the admin's membership), stamped two and one seconds ago so that a
+/// moderator's topic set now is the later one. `(event id, PDU)` of each, topic first.
+pub fn topic_and_demotion(
+    peer: &Peer,
+    room: &str,
+    admin: &str,
+    pl: &Value,
+    demoted: &str,
+    prev: &OwnedEventId,
+    auth: &[OwnedEventId],
+) -> [(String, Value); 2] {
+    let state = |kind: &str, content: Value| NewEvent {
+        kind: kind.into(),
+        content,
+        state_key: Some(String::new()),
+        redacts: None,
+    };
+    let at = |ago: u64| At {
+        prev: std::slice::from_ref(prev),
+        auth,
+        origin_server_ts: now_ms() - ago,
+        depth: 100,
+    };
+    let topic = state("m.room.topic", json!({"topic": "admin"}));
+    let mut without = pl.clone();
+    if let Some(users) = without["users"].as_object_mut() {
+        users.remove(demoted);
+    }
+    let pls = state("m.room.power_levels", without);
+    [
+        pdu_at(room, admin, &peer.name, &peer.key, &topic, &at(2000)),
+        pdu_at(room, admin, &peer.name, &peer.key, &pls, &at(1000)),
+    ]
+}

@@ -2,44 +2,8 @@
 //! the join, and the history is fetched from the room's other server, with history
 //! visibility applied to it.
 
-use plexus_spec_tests::{enc, Client, Server};
+use plexus_spec_tests::{enc, Server};
 use serde_json::{json, Value};
-
-/// Page `/messages` backwards from the newest event until there is no `end`; every event.
-async fn page_back(c: &Client, room: &str, limit: usize) -> (Vec<Value>, Vec<String>) {
-    page_back_from(c, room, limit, None).await
-}
-
-/// [`page_back`] starting at `from` (a sync's `prev_batch`) instead of the newest event.
-async fn page_back_from(
-    c: &Client,
-    room: &str,
-    limit: usize,
-    mut from: Option<String>,
-) -> (Vec<Value>, Vec<String>) {
-    let mut events = vec![];
-    let mut tokens = vec![];
-    for _ in 0..100 {
-        let mut path = format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
-            enc(room)
-        );
-        if let Some(f) = &from {
-            path.push_str(&format!("&from={}", enc(f)));
-        }
-        let r = c.get(&path).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        events.extend(r.body["chunk"].as_array().unwrap().iter().cloned());
-        match r.body["end"].as_str() {
-            Some(e) => {
-                tokens.push(e.to_owned());
-                from = Some(e.to_owned());
-            }
-            None => return (events, tokens),
-        }
-    }
-    panic!("pagination never ended");
-}
 
 fn bodies(events: &[Value]) -> Vec<String> {
     events
@@ -76,7 +40,7 @@ async fn paging_past_the_join_fetches_history_from_the_room() {
 
     // All of it, newest first, in pages of 10: bob's message, then alice's 45 in order, then
     // the room's creation.
-    let (events, tokens) = page_back(&bob, &room, 10).await;
+    let (events, tokens) = bob.page_back(&room, 10, None).await;
     let got = bodies(&events);
     let mut want = vec!["bob is here".to_owned()];
     want.extend((0..45).rev().map(|i| format!("m{i}")));
@@ -95,7 +59,7 @@ async fn paging_past_the_join_fetches_history_from_the_room() {
 
     // Paging again reads the stored history (same answer), and forwards from a token in the
     // middle of history comes back up in order.
-    let (again, _) = page_back(&bob, &room, 25).await;
+    let (again, _) = bob.page_back(&room, 25, None).await;
     assert_eq!(bodies(&again), want);
     let mid = tokens
         .iter()
@@ -124,7 +88,7 @@ async fn paging_past_the_join_fetches_history_from_the_room() {
     assert_eq!(fwd, sorted, "forward order");
 
     // History visibility holds for backfilled events: "joined" hides what came before.
-    let (events, _) = page_back(&bob, &hidden, 10).await;
+    let (events, _) = bob.page_back(&hidden, 10, None).await;
     let got = bodies(&events);
     assert!(got.iter().all(|b| !b.starts_with("secret")), "{got:?}");
     assert_eq!(
@@ -168,7 +132,7 @@ async fn a_late_joiner_pages_back_from_its_first_sync() {
     let prev = tl["prev_batch"].as_str().expect("prev_batch").to_owned();
 
     for limit in [10, 7] {
-        let (events, _) = page_back_from(&bob, &room, limit, Some(prev.clone())).await;
+        let (events, _) = bob.page_back(&room, limit, Some(prev.clone())).await;
         let got = bodies(&events);
         let want: Vec<String> = (0..30).rev().map(|i| format!("m{i}")).collect();
         assert_eq!(got, want, "pages of {limit}\n{}", b.log_text());

@@ -3,13 +3,12 @@
 //! server B with B's own signing key, so it can place B's events exactly where a slow or
 //! partitioned B would have put them.
 
-use plexus_core::builder::NewEvent;
 use plexus_spec_tests::{
     enc,
-    peer::{context, event_id_of, key_file, now_ms, pdu_at, peer_for, At},
+    peer::{context, event_id_of, key_file, peer_for, topic_and_demotion},
     Server,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A moderator on A (PL 50) and an admin on B (PL 100) set the topic at the same time; the
 /// admin's next event, on the same parents as its topic, demotes the moderator. Resolving the
@@ -37,41 +36,14 @@ async fn a_demotion_beside_two_topics_keeps_the_admins_topic() {
 
     // B's two events, built on the power levels above, before B hears of charlie's topic.
     let (pa, auth) = context(&alice, &room, &bob.user_id).await;
-    let state = |kind: &str, content: Value| NewEvent {
-        kind: kind.into(),
-        content,
-        state_key: Some(String::new()),
-        redacts: None,
-    };
-    let at = |ts: u64| At {
-        prev: std::slice::from_ref(&pa),
-        auth: &auth,
-        origin_server_ts: ts,
-        depth: 100,
-    };
-    let t0 = now_ms();
-    let topic = state("m.room.topic", json!({"topic": "admin"}));
-    let (tb, tb_pdu) = pdu_at(
+    let [(tb, tb_pdu), (pb, pb_pdu)] = topic_and_demotion(
+        &peer,
         &room,
         &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &topic,
-        &at(t0 - 2000),
-    );
-    let mut demoted = pl.clone();
-    demoted["users"]
-        .as_object_mut()
-        .unwrap()
-        .remove(&charlie.user_id);
-    let pls = state("m.room.power_levels", demoted);
-    let (pb, pb_pdu) = pdu_at(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &pls,
-        &at(t0 - 1000),
+        &pl,
+        &charlie.user_id,
+        &pa,
+        &auth,
     );
 
     // Charlie's topic is the later one: against B's topic alone, it would win.

@@ -6,14 +6,13 @@
 //! The race needs a third server whose events the test places by hand: a Plexus server B whose
 //! signing key the test holds, so what it sends is what a slow B would have sent.
 
-use plexus_core::builder::NewEvent;
 use plexus_spec_tests::{
     enc, eventually,
-    peer::{context, key_file, now_ms, pdu_at, peer_for, At},
+    peer::{context, key_file, peer_for, topic_and_demotion},
     synapse::Synapse,
     Client, Server,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Synapse hosts the room; its moderator (PL 50) and an admin on B (PL 100) set the topic at
 /// the same time, and the admin's next event, on the same parents, demotes the moderator.
@@ -52,41 +51,14 @@ async fn racing_topics_in_a_synapse_room_resolve_the_same_on_plexus() {
     .await;
 
     let (pa, auth) = context(&alice, &room, &bob.user_id).await;
-    let state = |kind: &str, content: Value| NewEvent {
-        kind: kind.into(),
-        content,
-        state_key: Some(String::new()),
-        redacts: None,
-    };
-    let at = |ts: u64| At {
-        prev: std::slice::from_ref(&pa),
-        auth: &auth,
-        origin_server_ts: ts,
-        depth: 100,
-    };
-    let t0 = now_ms();
-    let topic = state("m.room.topic", json!({"topic": "admin"}));
-    let (tb, tb_pdu) = pdu_at(
+    let [(tb, tb_pdu), (pb, pb_pdu)] = topic_and_demotion(
+        &peer,
         &room,
         &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &topic,
-        &at(t0 - 2000),
-    );
-    let mut demoted = pl.clone();
-    demoted["users"]
-        .as_object_mut()
-        .unwrap()
-        .remove(&charlie.user_id);
-    let pls = state("m.room.power_levels", demoted);
-    let (pb, pb_pdu) = pdu_at(
-        &room,
-        &bob.user_id,
-        &peer.name,
-        &peer.key,
-        &pls,
-        &at(t0 - 1000),
+        &pl,
+        &charlie.user_id,
+        &pa,
+        &auth,
     );
 
     // The moderator's topic is the later one, and reaches A first.
@@ -139,21 +111,8 @@ async fn a_late_joiner_on_plexus_pages_back_through_a_synapse_room() {
     let s = dave.sync(&format!("timeout=0&filter={filter}")).await;
     let tl = &s["rooms"]["join"][&room]["timeline"];
     assert_eq!(tl["limited"], true, "history precedes the join: {tl}");
-    let mut from = tl["prev_batch"].as_str().map(str::to_owned);
-    let mut events: Vec<Value> = vec![];
-    for _ in 0..50 {
-        let Some(f) = from.take() else { break };
-        let r = dave
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&from={}",
-                enc(&room),
-                enc(&f)
-            ))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        events.extend(r.body["chunk"].as_array().unwrap().iter().cloned());
-        from = r.body["end"].as_str().map(str::to_owned);
-    }
+    let prev = tl["prev_batch"].as_str().map(str::to_owned);
+    let (events, _) = dave.page_back(&room, 10, prev).await;
     let bodies: Vec<&str> = events
         .iter()
         .filter_map(|e| e["content"]["body"].as_str())

@@ -14,22 +14,14 @@ use crate::{signing::random_alnum, signing::ServerKey, CoreError, Pdu};
 pub const MAX_PDU_BYTES: usize = 65_536;
 
 /// The format limits every PDU must meet, sent or received: size, state key, sender, room and
-/// event id lengths, counts of prev and auth events. The size is checked here first because
-/// ruma's message for it never names the numbers (and ruma stops one byte short of the spec's
-/// 65,536, so an event of exactly that size is refused too).
-pub fn check_format(obj: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<(), String> {
+/// event id lengths, counts of prev and auth events (ruma's check, whose size message leaves
+/// its numbers out: the size is checked here first).
+pub fn check_format(obj: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<(), CoreError> {
     let size = serde_json::to_vec(obj).map_or(usize::MAX, |v| v.len());
-    let too_large = |max: usize| format!("PDU is {size} bytes, over the maximum of {max} bytes");
-    if size > MAX_PDU_BYTES {
-        return Err(too_large(MAX_PDU_BYTES));
+    if size >= MAX_PDU_BYTES {
+        return Err(CoreError::TooLarge(size));
     }
-    ruma::state_res::check_pdu_format(obj, &rules.event_format).map_err(|e| {
-        if e.starts_with("PDU is larger than maximum") {
-            too_large(MAX_PDU_BYTES - 1)
-        } else {
-            e
-        }
-    })
+    ruma::state_res::check_pdu_format(obj, &rules.event_format).map_err(CoreError::BadPdu)
 }
 
 /// What the sender asks for; the rest of the PDU comes from the room.
@@ -176,19 +168,15 @@ pub fn sign_pdu(
 
     hash_and_sign_event(origin.as_str(), key.pair(), &mut obj, &rules.redaction).map_err(|e| {
         match e {
-            ruma::signatures::JsonError::PduTooLarge => CoreError::TooLarge,
+            ruma::signatures::JsonError::PduTooLarge => {
+                CoreError::TooLarge(serde_json::to_vec(&obj).map_or(usize::MAX, |v| v.len()))
+            }
             e => CoreError::Signing(e.to_string()),
         }
     })?;
 
-    let size = serde_json::to_vec(&obj)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size >= MAX_PDU_BYTES {
-        return Err(CoreError::TooLarge);
-    }
     // The limits peers enforce on what we send: the same check that inbound federation applies.
-    check_format(&obj, rules).map_err(CoreError::BadPdu)?;
+    check_format(&obj, rules)?;
 
     let event_id = match v1_event_id {
         Some(id) => id,
@@ -414,6 +402,9 @@ mod tests {
             state_key: None,
             redacts: None,
         };
-        assert!(matches!(build_pdu(&ev, &ctx, &k), Err(CoreError::TooLarge)));
+        assert!(matches!(
+            build_pdu(&ev, &ctx, &k),
+            Err(CoreError::TooLarge(_))
+        ));
     }
 }

@@ -7,8 +7,10 @@ pub enum CoreError {
     UnsupportedRoomVersion(String),
     #[error("event is not valid JSON for a PDU: {0}")]
     BadPdu(String),
-    #[error("event exceeds 65536 bytes")]
-    TooLarge,
+    /// Its size in canonical JSON. Refused from 65,536 bytes on: the spec allows exactly that
+    /// many, ruma (and so every ruma-based peer) one fewer.
+    #[error("PDU is {0} bytes; it must be under 65536")]
+    TooLarge(usize),
     #[error("signing failed: {0}")]
     Signing(String),
     #[error("signing key could not be loaded: {0}")]

@@ -244,7 +244,7 @@ impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::Auth(why) => ApiError::Forbidden(why),
-            CoreError::TooLarge => ApiError::TooLarge,
+            CoreError::TooLarge(_) => ApiError::TooLarge,
             CoreError::UnsupportedRoomVersion(v) => {
                 ApiError::UnsupportedRoomVersion(format!("room version {v} is not supported"))
             }

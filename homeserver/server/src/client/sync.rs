@@ -307,12 +307,12 @@ fn invite_state(
     Ok(events)
 }
 
-/// Whether the room has history before `lower` that a client which `newly` joined has not
-/// seen: stored events up to `lower`, or (when the whole stored timeline is after it) events
-/// before the oldest stored one, which has prev events (the create event has none).
-fn has_older_history(app: &App, short_room: u64, lower: u64, newly: bool) -> ApiResult<bool> {
+/// Whether the room has history before `lower`: stored events up to it, or (when the whole
+/// stored timeline is after it) events before the oldest stored one, which has prev events
+/// (the create event has none).
+fn has_older_history(app: &App, short_room: u64, lower: u64) -> ApiResult<bool> {
     if app.timeline(short_room, 0, lower).next_back().is_some() {
-        return Ok(newly);
+        return Ok(true);
     }
     let Some(first) = app.timeline(short_room, lower, u64::MAX - 1).next() else {
         return Ok(false);
@@ -385,10 +385,11 @@ fn room_section(
         }
     }
     picked.reverse();
-    // Everything after the token was shown, but the room's history goes back further: a room
-    // just joined (the client knows nothing before the token), or one joined over federation
-    // (history from before this server was in it). Clients page back from `prev_batch`.
-    if !limited && has_older_history(app, room.short, lower, newly)? {
+    // A room new to the client (joined since the token, or an initial sync) whose history goes
+    // back further than what was shown: before the token, or from before this server was in
+    // it (joined over federation). Clients page back from `prev_batch`. A room the client
+    // already had is complete after the token, so nothing is read for it.
+    if !limited && newly && has_older_history(app, room.short, lower)? {
         limited = true;
     }
 

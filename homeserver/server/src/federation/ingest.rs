@@ -131,7 +131,8 @@ pub async fn check_hash(
     if !matches!(rules.event_id_format, EventIdFormatVersion::V1) {
         obj.remove("event_id");
     }
-    plexus_core::builder::check_format(&obj, rules).map_err(IngestError::Invalid)?;
+    plexus_core::builder::check_format(&obj, rules)
+        .map_err(|e| IngestError::Invalid(e.to_string()))?;
     let servers =
         ruma::signatures::required_server_signatures_to_verify_event(&obj, &rules.signatures)
             .map_err(|e| IngestError::Invalid(e.to_string()))?;
@@ -865,7 +866,10 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
     let mut seen: HashSet<u64> = HashSet::new();
     let mut queue: VecDeque<u64> = prevs.iter().copied().collect();
     while let Some(short) = queue.pop_front() {
-        if !seen.insert(short) || seen.len() > MAX_SOFT_FAILED_WALK {
+        if seen.len() >= MAX_SOFT_FAILED_WALK {
+            break;
+        }
+        if !seen.insert(short) {
             continue;
         }
         if tips.contains(&short) {
@@ -886,20 +890,16 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
 
 /// Whether an event is the far end of a gap: stored with the state a peer gave us for it.
 fn is_gap_point(app: &Services, short: u64) -> ApiResult<bool> {
-    Ok(app
-        .store
-        .kv
-        .get(Table::GapPoint, &short.to_be_bytes())?
-        .is_some())
+    marked(app, Table::GapPoint, short)
 }
 
 /// Whether an event from another server was soft-failed on receipt.
 pub fn is_soft_failed(app: &Services, short: u64) -> ApiResult<bool> {
-    Ok(app
-        .store
-        .kv
-        .get(Table::SoftFailed, &short.to_be_bytes())?
-        .is_some())
+    marked(app, Table::SoftFailed, short)
+}
+
+fn marked(app: &Services, table: Table, short: u64) -> ApiResult<bool> {
+    Ok(app.store.kv.get(table, &short.to_be_bytes())?.is_some())
 }
 
 /// The events of `to` that `from` does not have at the same key.

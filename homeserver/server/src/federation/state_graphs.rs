@@ -260,54 +260,107 @@ struct Ingested {
     tips: Vec<String>,
 }
 
-/// The graph's room, known to `app` but with no events yet.
-fn new_room(app: &App, g: &Graph) -> crate::service::rooms::RoomRef {
-    let room_id = g.room_id.clone().expect("room id");
-    let mut batch = plexus_store::Batch::default();
-    let short = app.store.kv.unique_id().expect("id");
-    let meta = RoomMeta {
-        room_id: room_id.clone(),
-        version: g.version.clone(),
-    };
-    room_rows(&mut batch, short, &meta);
-    app.store.commit(batch).expect("commit");
-    app.room(&room_id).expect("read").expect("room")
+/// One server's copy of a graph's room, fed event by event through inbound ingest.
+struct Replica<'g> {
+    g: &'g Graph,
+    _dir: tempfile::TempDir,
+    app: App,
+    room: crate::service::rooms::RoomRef,
+    soft_failed: Vec<String>,
+}
+
+impl<'g> Replica<'g> {
+    /// The graph's room, known to a fresh server but with no events yet.
+    fn new(g: &'g Graph) -> Replica<'g> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = services(&dir);
+        let room_id = g.room_id.clone().expect("room id");
+        let mut batch = plexus_store::Batch::default();
+        let short = app.store.kv.unique_id().expect("id");
+        let meta = RoomMeta {
+            room_id: room_id.clone(),
+            version: g.version.clone(),
+        };
+        room_rows(&mut batch, short, &meta);
+        app.store.commit(batch).expect("commit");
+        let room = app.room(&room_id).expect("read").expect("room");
+        Replica {
+            g,
+            _dir: dir,
+            app,
+            room,
+            soft_failed: vec![],
+        }
+    }
+
+    async fn persist(&mut self, name: &str) -> Outcome {
+        let c = self.g.events[self.g.by_name[name]].1.clone();
+        let outcome = ingest::persist(&self.app, &self.room, &self.g.rules(), c, None)
+            .await
+            .unwrap_or_else(|e| panic!("{name} refused: {e}"));
+        if outcome == Outcome::SoftFailed {
+            self.soft_failed.push(name.to_owned());
+        }
+        outcome
+    }
+
+    /// What `/state_ids` at `point` answers when a gap cannot be filled: `point` stored with
+    /// the state after `state_of` (the peer's word) as the state before it.
+    async fn bridge(&self, point: &str, state_of: &str) {
+        let g = self.g;
+        let state_ids: Vec<OwnedEventId> = g.state_after[state_of].values().cloned().collect();
+        let known: Vec<Checked> = g.events.iter().map(|(_, c)| c.clone()).collect();
+        let point = g.events[g.by_name[point]].1.clone();
+        super::join::store_state_and_point(&self.app, &self.g.rules(), known, &state_ids, point)
+            .await
+            .expect("bridged");
+    }
+
+    fn view(&self) -> Ingested {
+        let (app, g) = (&self.app, self.g);
+        let name = |short: u64| {
+            let pdu = app.pdu_by_short(short).expect("read").expect("pdu");
+            g.name_of(pdu.event_id.as_str())
+        };
+        let mut state = HashMap::new();
+        let (hash, _) = app
+            .current_state(self.room.short)
+            .expect("read")
+            .expect("state");
+        for (&sk, &ev) in app.state_map(hash).expect("map").iter() {
+            state.insert(app.state_key_of(sk).expect("key"), name(ev));
+        }
+        let mut tips: Vec<String> = app
+            .extremities(self.room.short)
+            .expect("tips")
+            .into_iter()
+            .map(name)
+            .collect();
+        tips.sort();
+        Ingested {
+            state,
+            soft_failed: self.soft_failed.clone(),
+            tips,
+        }
+    }
+}
+
+impl Ingested {
+    /// The event name at `(kind, key)` of the current state.
+    fn at(&self, kind: &str, key: &str) -> Option<&str> {
+        self.state
+            .get(&(kind.to_owned(), key.to_owned()))
+            .map(String::as_str)
+    }
 }
 
 /// Feed the graph's events in `order` through inbound ingest.
 async fn ingest_in_order(g: &Graph, order: &[usize]) -> Ingested {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = services(&dir);
-    let room = new_room(&app, g);
-    let rules = g.rules();
-    let mut soft_failed = vec![];
+    let mut r = Replica::new(g);
     for &i in order {
-        let (name, c) = &g.events[i];
-        let outcome = ingest::persist(&app, &room, &rules, c.clone(), None)
-            .await
-            .unwrap_or_else(|e| panic!("{name} refused: {e}"));
-        if outcome == Outcome::SoftFailed {
-            soft_failed.push(name.clone());
-        }
+        r.persist(&g.events[i].0).await;
     }
-    let mut state = HashMap::new();
-    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
-    for (&sk, &ev) in app.state_map(hash).expect("map").iter() {
-        let (t, k) = app.state_key_of(sk).expect("key");
-        let pdu = app.pdu_by_short(ev).expect("read").expect("pdu");
-        state.insert((t, k), g.name_of(pdu.event_id.as_str()));
-    }
-    let mut tips = vec![];
-    for short in app.extremities(room.short).expect("tips") {
-        let pdu = app.pdu_by_short(short).expect("read").expect("pdu");
-        tips.push(g.name_of(pdu.event_id.as_str()));
-    }
-    tips.sort();
-    Ingested {
-        state,
-        soft_failed,
-        tips,
-    }
+    r.view()
 }
 
 /// Every order of `g`'s events after the first `initial` ends with `expected` at each of its
@@ -316,20 +369,15 @@ async fn converges(g: &Graph, initial: usize, expected: &[((&str, &str), Option<
     let orders = g.orders(initial);
     assert!(!orders.is_empty());
     for order in &orders {
-        let Ingested {
-            state,
-            soft_failed: soft,
-            ..
-        } = ingest_in_order(g, order).await;
+        let got = ingest_in_order(g, order).await;
         let names: Vec<&str> = order.iter().map(|&i| g.events[i].0.as_str()).collect();
         for ((t, k), want) in expected {
-            let got = state
-                .get(&(t.to_string(), k.to_string()))
-                .map(String::as_str);
             assert_eq!(
-                got, *want,
-                "{} {t}/{k} after ingesting {names:?} (soft-failed {soft:?})",
-                g.version
+                got.at(t, k),
+                *want,
+                "{} {t}/{k} after ingesting {names:?} (soft-failed {:?})",
+                g.version,
+                got.soft_failed
             );
         }
     }
@@ -503,8 +551,7 @@ async fn soft_failed_parents_do_not_dangle() {
     assert_eq!(got.tips, vec!["N".to_owned(), "X".to_owned()]);
     // N's branch replaced alice's topic with bob's, which the ban overrules: resolving X and N
     // leaves no topic (as Synapse, whose extremities are the same two, has it).
-    let topic = got.state.get(&("m.room.topic".to_owned(), String::new()));
-    assert_eq!(topic, None);
+    assert_eq!(got.at("m.room.topic", ""), None);
 }
 
 /// A server that missed a stretch of the room (down, or partitioned) and bridged the gap with
@@ -519,46 +566,17 @@ async fn an_event_across_a_bridged_gap_is_judged_with_its_own_state() {
     let t = json!({ "topic": "bob" });
     g.add("T", BOB, "m.room.topic", Some(""), t, &["PA"]);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = services(&dir);
-    let room = new_room(&app, &g);
-    let rules = g.rules();
-    for (name, c) in &g.events[..INITIAL] {
-        let outcome = ingest::persist(&app, &room, &rules, c.clone(), None).await;
-        assert_eq!(outcome.ok(), Some(Outcome::Accepted), "{name}");
+    let mut r = Replica::new(&g);
+    for (name, _) in &g.events[..INITIAL] {
+        r.persist(name).await;
     }
-    // What `/state_ids` at PA answers: the state before it, and PA as the point it belongs to.
-    let state_ids: Vec<OwnedEventId> = g.state_after["IMZ"].values().cloned().collect();
-    let pa = g.events[g.by_name["PA"]].1.clone();
-    let known: Vec<Checked> = g.events[..INITIAL].iter().map(|(_, c)| c.clone()).collect();
-    super::join::store_state_and_point(&app, &rules, known, &state_ids, pa)
-        .await
-        .expect("bridged");
-    let t = g.events[g.by_name["T"]].1.clone();
-    let outcome = ingest::persist(&app, &room, &rules, t, None)
-        .await
-        .unwrap_or_else(|e| panic!("T refused: {e}"));
-    assert_eq!(outcome, Outcome::Accepted);
-    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
-    let sk = app
-        .short_state_key("m.room.topic", "")
-        .expect("read")
-        .expect("key");
-    let topic = app.state_map(hash).expect("map").get(&sk).copied();
-    let short_t = app
-        .short_event(&g.events[g.by_name["T"]].1.event_id)
-        .expect("read");
-    assert_eq!(topic, short_t);
+    r.bridge("PA", "IMZ").await;
+    assert_eq!(r.persist("T").await, Outcome::Accepted);
+    let got = r.view();
+    assert_eq!(got.at("m.room.topic", ""), Some("T"));
     // The state across the gap is only the peer's word: the extremity before the gap stays,
     // so its state is resolved with what came after (here they agree on bob's topic).
-    let mut tips = app.extremities(room.short).expect("tips");
-    tips.sort();
-    let short_imz = app
-        .short_event(&g.events[g.by_name["IMZ"]].1.event_id)
-        .expect("read");
-    let mut want: Vec<u64> = short_t.into_iter().chain(short_imz).collect();
-    want.sort();
-    assert_eq!(tips, want);
+    assert_eq!(got.tips, ["IMZ", "T"]);
 }
 
 /// A peer cannot replace the room's state by inventing a gap: the far end's state it hands
@@ -582,65 +600,30 @@ async fn a_fabricated_gap_does_not_undo_a_ban() {
     g.add("N", CHARLIE, "m.room.message", None, msg, &["P"]);
     g.story = None;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = services(&dir);
-    let room = new_room(&app, &g);
-    let rules = g.rules();
+    let mut r = Replica::new(&g);
     for name in [
         "CREATE", "IMA", "IPOWER", "IJR", "IMB", "IMC", "IMZ", "PA", "MB",
     ] {
-        let c = g.events[g.by_name[name]].1.clone();
-        let outcome = ingest::persist(&app, &room, &rules, c, None).await;
-        assert_eq!(outcome.ok(), Some(Outcome::Accepted), "{name}");
+        assert_eq!(r.persist(name).await, Outcome::Accepted, "{name}");
     }
-    let state_ids: Vec<OwnedEventId> = g.state_after["PA"].values().cloned().collect();
-    let known: Vec<Checked> = g.events.iter().map(|(_, c)| c.clone()).collect();
-    let p = g.events[g.by_name["P"]].1.clone();
-    super::join::store_state_and_point(&app, &rules, known, &state_ids, p)
-        .await
-        .expect("bridged");
-    let t = g.events[g.by_name["T"]].1.clone();
-    let outcome = ingest::persist(&app, &room, &rules, t, None)
-        .await
-        .unwrap_or_else(|e| panic!("T refused: {e}"));
-    assert_eq!(outcome, Outcome::SoftFailed);
-    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
-    let map = app.state_map(hash).expect("map");
-    let member = app
-        .short_state_key("m.room.member", BOB)
-        .expect("read")
-        .and_then(|sk| map.get(&sk).copied());
-    let short_mb = app
-        .short_event(&g.events[g.by_name["MB"]].1.event_id)
-        .expect("read");
-    assert_eq!(member, short_mb, "bob is still banned");
+    r.bridge("P", "PA").await;
+    assert_eq!(r.persist("T").await, Outcome::SoftFailed);
+    assert_eq!(
+        r.view().at("m.room.member", BOB),
+        Some("MB"),
+        "bob is still banned"
+    );
     // An innocent message on the far end of the gap passes, but does not make the peer's
     // story current: the ban's extremity stays beside it and the two are resolved.
-    let n = g.events[g.by_name["N"]].1.clone();
-    let outcome = ingest::persist(&app, &room, &rules, n, None)
-        .await
-        .unwrap_or_else(|e| panic!("N refused: {e}"));
-    assert_eq!(outcome, Outcome::Accepted);
-    let (hash, _) = app.current_state(room.short).expect("read").expect("state");
-    let map = app.state_map(hash).expect("map");
-    let member = app
-        .short_state_key("m.room.member", BOB)
-        .expect("read")
-        .and_then(|sk| map.get(&sk).copied());
-    assert_eq!(member, short_mb, "bob is still banned after N");
-    let mut tips = app.extremities(room.short).expect("tips");
-    tips.sort();
-    let short_n = app
-        .short_event(&g.events[g.by_name["N"]].1.event_id)
-        .expect("read");
-    let mut want: Vec<u64> = short_mb.into_iter().chain(short_n).collect();
-    want.sort();
-    assert_eq!(tips, want);
-    let topic = app
-        .short_state_key("m.room.topic", "")
-        .expect("read")
-        .and_then(|sk| map.get(&sk).copied());
-    assert_eq!(topic, None);
+    assert_eq!(r.persist("N").await, Outcome::Accepted);
+    let got = r.view();
+    assert_eq!(
+        got.at("m.room.member", BOB),
+        Some("MB"),
+        "still banned after N"
+    );
+    assert_eq!(got.tips, ["MB", "N"]);
+    assert_eq!(got.at("m.room.topic", ""), None);
 }
 
 /// A message on one of two branches takes its parent's place among the extremities and
@@ -657,7 +640,6 @@ async fn a_message_on_one_branch_keeps_the_resolved_state() {
     let order: Vec<usize> = (0..g.events.len()).collect();
     let got = ingest_in_order(&g, &order).await;
     assert_eq!(got.tips, vec!["M".to_owned(), "NB".to_owned()]);
-    let at = |t: &str| got.state.get(&(t.to_owned(), String::new())).cloned();
-    assert_eq!(at("m.room.topic").as_deref(), Some("TA"));
-    assert_eq!(at("m.room.name").as_deref(), Some("NB"));
+    assert_eq!(got.at("m.room.topic", ""), Some("TA"));
+    assert_eq!(got.at("m.room.name", ""), Some("NB"));
 }
