@@ -34,11 +34,28 @@ pub fn plexus_bin() -> PathBuf {
     bin
 }
 
+/// A loopback port nobody listens on, for a server the test starts. Picked below the kernel's
+/// ephemeral range (32768 and up on Linux): a port the OS hands out for `:0` may be taken by
+/// an outgoing connection (a peer's, a client's) between the pick and the server's bind, which
+/// made parallel federation tests fail with "address already in use". Each call in a process
+/// takes the next port, from an offset that differs between processes.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let _ = NEXT.compare_exchange(u32::MAX, seed % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A running `plexus` process. Killed on drop; its data dir lives as long as the value.
