@@ -695,12 +695,12 @@ pub fn rand_suffix() -> String {
     format!("{}{}", std::process::id(), n)
 }
 
-/// Timeline events of a room in a sync response.
 /// A sync response's `next_batch` token.
 pub fn next_batch(sync: &Value) -> String {
     sync["next_batch"].as_str().expect("next_batch").to_owned()
 }
 
+/// Timeline events of a room in a sync response.
 pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
     sync["rooms"]["join"][room]["timeline"]["events"]
         .as_array()

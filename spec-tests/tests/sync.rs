@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use plexus_spec_tests::{bodies, enc, timeline, Server};
+use plexus_spec_tests::{bodies, enc, next_batch, timeline, Server};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -417,36 +417,231 @@ async fn ignored_users_events_are_hidden_except_state() {
         .contains(&"you cannot hear me".to_owned()));
 }
 
-/// A room joined between two syncs had history before the join: the incremental sync says
-/// `limited`, so clients page back from its `prev_batch` instead of showing the join as the
-/// beginning of the room.
+/// An incremental sync from `since` and the room's joined section in it.
+async fn joined_section(
+    c: &plexus_spec_tests::Client,
+    since: &str,
+    room: &str,
+    extra: &str,
+) -> Value {
+    let s = c
+        .sync(&format!("timeout=0&since={}{extra}", enc(since)))
+        .await;
+    let section = s["rooms"]["join"][room].clone();
+    assert!(section.is_object(), "room {room} not in join: {s}");
+    section
+}
+
+/// Message bodies and types of a sync section's timeline, oldest first.
+fn section_timeline(section: &Value) -> (Vec<String>, Vec<String>) {
+    let events = section["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let refs: Vec<&Value> = events.iter().collect();
+    let types = events
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    (bodies(&refs), types)
+}
+
+/// A room that first reaches a client in an incremental sync (joined, invite accepted, knock
+/// accepted, rejoined, or the successor of an upgraded room) comes with its recent history in
+/// `timeline`, as an initial sync would give it, and not only the join: the message a user was
+/// invited to read is there, and so are the create and encryption events clients show.
 #[tokio::test]
-async fn a_room_joined_between_syncs_is_limited() {
+async fn a_room_joined_between_syncs_comes_with_its_history() {
+    let server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let invite = |room: String| {
+        let alice = &alice;
+        let bob = bob.user_id.clone();
+        async move {
+            alice
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                    json!({"user_id": bob}),
+                )
+                .await
+                .ok();
+        }
+    };
+    // A public room, an encrypted room bob is invited to, and a room he knocked on and was
+    // let into: all with a message from before bob's sync token.
+    let public = alice.create_room(json!({"preset": "public_chat"})).await;
+    alice.send_text(&public, "before bob").await;
+    let private = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                               "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        }))
+        .await;
+    alice.send_text(&private, "read this").await;
+    invite(private.clone()).await;
+    let knockable = alice
+        .create_room(json!({"preset": "private_chat", "room_version": "11",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                               "content": {"join_rule": "knock"}}]}))
+        .await;
+    alice.send_text(&knockable, "behind the door").await;
+    bob.post(
+        &format!("/_matrix/client/v3/knock/{}", enc(&knockable)),
+        json!({}),
+    )
+    .await
+    .ok();
+    invite(knockable.clone()).await;
+    let since = next_batch(&bob.sync("timeout=0").await);
+    for room in [&public, &private, &knockable] {
+        bob.join(room).await.ok();
+    }
+
+    for extra in ["", "&full_state=true"] {
+        let section = joined_section(&bob, &since, &public, extra).await;
+        let (bodies, types) = section_timeline(&section);
+        assert_eq!(bodies, vec!["before bob"], "{extra}: {section}");
+        assert_eq!(
+            types.first().map(String::as_str),
+            Some("m.room.create"),
+            "{section}"
+        );
+        assert_eq!(
+            types.last().map(String::as_str),
+            Some("m.room.member"),
+            "{section}"
+        );
+        // The whole room fits: nothing older to page to.
+        assert_eq!(section["timeline"]["limited"], false, "{section}");
+        // Timeline events are not repeated in state.
+        let tl_ids: Vec<&Value> = section["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["event_id"])
+            .collect();
+        assert!(
+            section["state"]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| !tl_ids.contains(&&e["event_id"])),
+            "{section}"
+        );
+    }
+    let section = joined_section(&bob, &since, &private, "").await;
+    let (bodies, types) = section_timeline(&section);
+    assert_eq!(bodies, vec!["read this"], "{section}");
+    assert!(types.iter().any(|t| t == "m.room.encryption"), "{types:?}");
+    let section = joined_section(&bob, &since, &knockable, "").await;
+    assert_eq!(
+        section_timeline(&section).0,
+        vec!["behind the door"],
+        "{section}"
+    );
+
+    // Rejoined after a leave: what was said meanwhile is news to the client.
+    let before_leave = next_batch(&bob.sync("timeout=0").await);
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&public)),
+        json!({}),
+    )
+    .await
+    .ok();
+    let left = next_batch(
+        &bob.sync(&format!("timeout=0&since={}", enc(&before_leave)))
+            .await,
+    );
+    alice.send_text(&public, "while bob was away").await;
+    bob.join(&public).await.ok();
+    let section = joined_section(&bob, &left, &public, "").await;
+    let (bodies, _) = section_timeline(&section);
+    assert!(
+        bodies.contains(&"while bob was away".to_owned()),
+        "{section}"
+    );
+
+    // The successor of an upgraded room.
+    let r = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&public)),
+            json!({"new_version": "11"}),
+        )
+        .await;
+    let successor = r.ok()["replacement_room"].as_str().unwrap().to_owned();
+    alice.send_text(&successor, "on the other side").await;
+    let before_follow = next_batch(&bob.sync("timeout=0").await);
+    bob.join(&successor).await.ok();
+    let section = joined_section(&bob, &before_follow, &successor, "").await;
+    let (bodies, types) = section_timeline(&section);
+    assert_eq!(bodies, vec!["on the other side"], "{section}");
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("m.room.create"),
+        "{section}"
+    );
+}
+
+/// A room joined between syncs whose history is longer than the timeline limit says
+/// `limited`, and its `prev_batch` pages back through the rest; with `joined` history
+/// visibility, nothing from before the join is shown.
+#[tokio::test]
+async fn a_long_room_joined_between_syncs_is_limited_and_pages_back() {
     let server = Server::start().await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
-    alice.send_text(&room, "before bob").await;
-    let first = bob.sync("timeout=0").await;
-    let since = first["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..15 {
+        alice.send_text(&room, &format!("m{i}")).await;
+    }
+    let since = next_batch(&bob.sync("timeout=0").await);
     bob.join(&room).await.ok();
-    let s = bob.sync(&format!("timeout=0&since={}", enc(&since))).await;
-    let tl = &s["rooms"]["join"][&room]["timeline"];
-    assert_eq!(tl["limited"], true, "{tl}");
-    let prev = tl["prev_batch"].as_str().unwrap();
-    let r = bob
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&from={}",
-            enc(&room),
-            enc(prev)
-        ))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let got: Vec<&str> = r.body["chunk"]
-        .as_array()
+    let filter = format!("&filter={}", enc(r#"{"room":{"timeline":{"limit":5}}}"#));
+    let section = joined_section(&bob, &since, &room, &filter).await;
+    assert_eq!(section["timeline"]["limited"], true, "{section}");
+    let (shown, _) = section_timeline(&section);
+    assert_eq!(shown, vec!["m11", "m12", "m13", "m14"], "{section}");
+    let prev = section["timeline"]["prev_batch"]
+        .as_str()
         .unwrap()
+        .to_owned();
+    let (older, _) = bob.page_back(&room, 4, Some(prev)).await;
+    let older: Vec<&str> = older
         .iter()
         .filter_map(|e| e["content"]["body"].as_str())
         .collect();
-    assert_eq!(got, vec!["before bob"], "{}", r.body);
+    let expected: Vec<String> = (0..11).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(older, expected, "paged back");
+
+    // History visible to joined members only: the earlier message stays hidden.
+    let hidden = alice
+        .create_room(json!({"preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "joined"}}]}))
+        .await;
+    alice.send_text(&hidden, "not for bob").await;
+    let since = next_batch(&bob.sync("timeout=0").await);
+    bob.join(&hidden).await.ok();
+    let section = joined_section(&bob, &since, &hidden, "").await;
+    let (shown, types) = section_timeline(&section);
+    // The room's first events come before its visibility was set (so they are `shared`);
+    // the message after it is hidden.
+    assert!(shown.is_empty(), "{section}");
+    assert!(types.iter().all(|t| t != "m.room.message"), "{types:?}");
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("m.room.member"),
+        "{section}"
+    );
+    let prev = section["timeline"]["prev_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (older, _) = bob.page_back(&hidden, 10, Some(prev)).await;
+    assert!(
+        older.iter().all(|e| e["content"]["body"] != "not for bob"),
+        "{older:?}"
+    );
 }

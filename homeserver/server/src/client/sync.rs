@@ -307,14 +307,10 @@ fn invite_state(
     Ok(events)
 }
 
-/// Whether the room has history before `lower`: stored events up to it, or (when the whole
-/// stored timeline is after it) events before the oldest stored one, which has prev events
-/// (the create event has none).
-fn has_older_history(app: &App, short_room: u64, lower: u64) -> ApiResult<bool> {
-    if app.timeline(short_room, 0, lower).next_back().is_some() {
-        return Ok(true);
-    }
-    let Some(first) = app.timeline(short_room, lower, u64::MAX - 1).next() else {
+/// Whether the room's history goes back before its oldest stored event: that event has prev
+/// events (only the create event has none), as when this server joined over federation.
+fn starts_before_store(app: &App, short_room: u64) -> ApiResult<bool> {
+    let Some(first) = app.timeline(short_room, 0, u64::MAX - 1).next() else {
         return Ok(false);
     };
     let (_, short) = first?;
@@ -359,9 +355,12 @@ fn room_section(
     };
 
     // Timeline: newest first while scanning, `limit + 1` visible events tell us if it is limited.
+    // A room new to the client gets its recent history whenever it happened, as an initial
+    // sync would: events before the token are news to a client that was not in the room.
+    let scan_from = if newly { 0 } else { lower };
     let mut picked: Vec<(u64, u64, Value)> = vec![];
     let mut limited = false;
-    for (scanned, item) in app.timeline(room.short, lower, upper).rev().enumerate() {
+    for (scanned, item) in app.timeline(room.short, scan_from, upper).rev().enumerate() {
         if scanned >= SCAN_CAP {
             limited = true;
             break;
@@ -385,11 +384,10 @@ fn room_section(
         }
     }
     picked.reverse();
-    // A room new to the client (joined since the token, or an initial sync) whose history goes
-    // back further than what was shown: before the token, or from before this server was in
-    // it (joined over federation). Clients page back from `prev_batch`. A room the client
-    // already had is complete after the token, so nothing is read for it.
-    if !limited && newly && has_older_history(app, room.short, lower)? {
+    // A room new to the client whose history goes back further than what was stored: from
+    // before this server was in it (joined over federation). Clients page back from
+    // `prev_batch`. A room the client already had is complete after the token.
+    if !limited && newly && starts_before_store(app, room.short)? {
         limited = true;
     }
 

@@ -1,0 +1,785 @@
+"""The JSON shapes of Plexus's client-server API responses, field by field, against Synapse's.
+
+The same scripted client run goes against both servers: two fresh users (alice and bob, with a
+random suffix), then accounts and devices, profile, push rules, filters, end-to-end keys and
+to-device messages, a private room (messages, an edit, a reaction, a redaction, a thread, name
+and topic) that bob is invited to and joins, a public room with an alias, syncs at each step
+(bob's invite, bob's first sync after joining, receipts, typing, account data, to-device, both
+users' initial syncs), the room reading endpoints (/messages, /context, /event, /state,
+/members, /relations, /threads, /search, /notifications, ...), room summaries, and a few bad
+requests. Every response is kept as (HTTP status, JSON) under a label such as
+"GET /sync bob (joined)".
+
+Each JSON body is then reduced to its shape: the paths of every field with its type (str, int,
+float, bool, null, object, array), ids of the run replaced by names (<user:alice>,
+<room:private>, <event:msg1>, ...) so that both servers' responses line up, values kept only for
+the enum-like fields clients branch on (errcode, type, membership, limited, ...). List elements
+are matched by what they are: events by type (and state_key, and relation type), push rules by
+rule_id, conditions by kind, flows by type; the shapes of elements that match are merged.
+
+Printed per label: a difference in HTTP status, fields only Synapse has (missing in Plexus),
+fields only Plexus has (extra), fields whose type or kept value differs, and separately the
+"unstable extras" (fields under an MSC or vendor prefix such as org.matrix.msc*, which are
+server specific). A label whose differences (unstable extras aside) are all in ACCEPTED passes.
+
+Usage: python shape_diff.py PLEXUS_URL SYNAPSE_URL    e.g. http://127.0.0.1:8008 http://127.0.0.1:8448
+Prints the differences and one line per label, and ends with "N passed, M failed" (a failed
+label is one with a difference not in ACCEPTED); exit status 1 on any failure.
+With SHAPE_DIFF_DUMP=DIR in the environment, the raw responses (and the names given to ids) are
+written to DIR/plexus.json and DIR/synapse.json as well.
+"""
+
+import asyncio
+import json
+import os
+import re
+import time
+import uuid
+
+import aiohttp
+import vodozemac
+
+from harness import HTTP_TIMEOUT, check, q, run_main
+
+RUN_DEADLINE = 300.0  # seconds for the whole run (both servers at once), whatever happens
+SYNC_WAIT = 20.0  # seconds a "sync until ..." step may take before its last response is kept
+
+# Differences that are known and accepted: label -> the rendered lines of the report that are
+# accepted for it ("status", or a path such as "rooms/join/<room:private>/summary"). Empty for
+# now: everything is reported.
+ACCEPTED: dict[str, set[str]] = {}
+
+
+# --- running the scripted actions: {label: (status, json)} per server ---------------------------
+
+
+class Stop(Exception):
+    """A step failed that the rest of the run depends on."""
+
+
+class User:
+    def __init__(self, name):
+        self.name = name  # alice or bob: the placeholder name
+        self.localpart = f"shape_{name}_{uuid.uuid4().hex[:8]}"
+        self.password = "pw-" + uuid.uuid4().hex
+        self.user_id = self.token = self.device_id = None
+        self.olm = vodozemac.Account()
+        self.since = None  # the next_batch of this user's latest sync
+
+
+class Server:
+    """One server under test: its requests, the responses recorded under labels, and the names
+    given to the ids of the run (for the shape comparison)."""
+
+    def __init__(self, name, base):
+        self.name = name
+        self.base = base.rstrip("/")
+        self.results = {}  # label -> (status, JSON body or text), in the order recorded
+        self.notes = {}  # label -> a remark (a sync condition that never held, ...)
+        self.names = {}  # an id of this run -> its placeholder, e.g. "<room:private>"
+        self.error = None  # why the scenario stopped early, if it did
+        self.txn = 0
+        self.session = None
+
+    def name_id(self, real, placeholder):
+        if isinstance(real, str) and real:
+            self.names[real] = placeholder
+
+    def next_txn(self):
+        self.txn += 1
+        return f"shape{self.txn}-{uuid.uuid4().hex[:6]}"
+
+    def record(self, label, status, data):
+        if label in self.results:  # a label is one response: make repeated ones distinct
+            n = 2
+            while f"{label} #{n}" in self.results:
+                n += 1
+            label = f"{label} #{n}"
+        self.results[label] = (status, data)
+
+    async def req(self, label, method, path, user=None, body=None, params=None, raw=None,
+                  token=None, record=True):
+        """One request; recorded under `label` unless record is False. `path` is under
+        /_matrix/client/v3 unless it starts with /_matrix. `raw` is a body sent as is."""
+        url = self.base + (path if path.startswith("/_matrix") else "/_matrix/client/v3" + path)
+        headers = {}
+        if token is None and user is not None:
+            token = user.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        kwargs = {}
+        if raw is not None:
+            kwargs["data"] = raw
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.session.request(method, url, headers=headers, params=params,
+                                        **kwargs) as r:
+            text = await r.text()
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = text
+            status = r.status
+        if record:
+            self.record(label, status, data)
+        return status, data
+
+    async def need(self, label, method, path, user=None, body=None, **kw):
+        """A request the rest of the run depends on: HTTP 200 with a JSON object, or Stop."""
+        status, data = await self.req(label, method, path, user=user, body=body, **kw)
+        if status != 200 or not isinstance(data, dict):
+            raise Stop(f"{label}: HTTP {status} {str(data)[:300]}")
+        return data
+
+    async def sync_until(self, label, user, pred, params=None, wait=SYNC_WAIT):
+        """Sync as `user` (incrementally from user.since, if any) until pred(response) holds;
+        that response is recorded under `label` (or the last one, with a note, if pred never
+        held within `wait` seconds). Advances user.since."""
+        deadline = time.monotonic() + wait
+        last = None
+        while True:
+            p = dict(params or {})
+            if user.since:
+                p["since"] = user.since
+            remaining = deadline - time.monotonic()
+            p["timeout"] = str(int(max(0, min(5.0, remaining)) * 1000)) if user.since else "0"
+            status, data = await self.req(label, "GET", "/sync", user=user, params=p,
+                                          record=False)
+            if status != 200 or not isinstance(data, dict):
+                self.record(label, status, data)
+                raise Stop(f"{label}: HTTP {status} {str(data)[:300]}")
+            last = data
+            user.since = data.get("next_batch", user.since)
+            if pred(data):
+                break
+            if time.monotonic() >= deadline:
+                self.notes[label] = f"condition not met within {wait:.0f}s; last response kept"
+                break
+        self.record(label, 200, last)
+        return last
+
+    async def initial_sync(self, label, user, params=None):
+        """A sync without `since` (the full state of every room), recorded; user.since is set
+        to its next_batch only if the user had none. Synapse answers a repeated request (same
+        user, filter and timeout) from a cache for a while: a user's initial syncs each need
+        their own filter."""
+        p = dict(params or {})
+        p["timeout"] = "0"
+        data = await self.need(label, "GET", "/sync", user=user, params=p)
+        if user.since is None:
+            user.since = data.get("next_batch")
+        return data
+
+
+def rooms_section(sync, section, room_id):
+    return ((sync.get("rooms") or {}).get(section) or {}).get(room_id)
+
+
+def timeline_types(sync, room_id):
+    room = rooms_section(sync, "join", room_id) or {}
+    return [e.get("type") for e in (room.get("timeline") or {}).get("events") or []]
+
+
+def ephemeral_types(sync, room_id):
+    room = rooms_section(sync, "join", room_id) or {}
+    return [e.get("type") for e in (room.get("ephemeral") or {}).get("events") or []]
+
+
+def canonical_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def signed(user, obj):
+    """obj with the user's device signature (ed25519 of its canonical JSON)."""
+    sig = user.olm.sign(canonical_json(obj).encode()).to_base64()
+    return {**obj, "signatures": {user.user_id: {f"ed25519:{user.device_id}": sig}}}
+
+
+def device_keys(user):
+    return signed(user, {
+        "user_id": user.user_id,
+        "device_id": user.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            f"curve25519:{user.device_id}": user.olm.curve25519_key.to_base64(),
+            f"ed25519:{user.device_id}": user.olm.ed25519_key.to_base64(),
+        },
+    })
+
+
+def one_time_keys(user, n=3):
+    user.olm.generate_one_time_keys(n)
+    keys = {f"signed_curve25519:{kid}": signed(user, {"key": key.to_base64()})
+            for kid, key in user.olm.one_time_keys.items()}
+    user.olm.mark_keys_as_published()
+    return keys
+
+
+async def register(s, user):
+    # The first request has no auth: the answer is the user-interactive auth (401, flows).
+    await s.req(f"POST /register {user.name} (no auth)", "POST", "/register",
+                body={"username": user.localpart, "password": user.password})
+    data = await s.need(f"POST /register {user.name}", "POST", "/register",
+                        body={"username": user.localpart, "password": user.password,
+                              "auth": {"type": "m.login.dummy"}})
+    user.user_id, user.token, user.device_id = data["user_id"], data["access_token"], data[
+        "device_id"]
+    s.name_id(user.user_id, f"<user:{user.name}>")
+    s.name_id(user.device_id, f"<device:{user.name}>")
+
+
+async def send(s, label, room_id, user, content, etype="m.room.message", name=None):
+    data = await s.need(label, "PUT", f"/rooms/{q(room_id)}/send/{etype}/{s.next_txn()}",
+                        user=user, body=content)
+    if name:
+        s.name_id(data["event_id"], f"<event:{name}>")
+    return data["event_id"]
+
+
+async def put_state(s, label, room_id, user, etype, key, content, name=None):
+    data = await s.need(label, "PUT", f"/rooms/{q(room_id)}/state/{etype}/{q(key)}", user=user,
+                        body=content)
+    if name:
+        s.name_id(data["event_id"], f"<event:{name}>")
+    return data["event_id"]
+
+
+async def scenario(s):
+    alice, bob = User("alice"), User("bob")
+
+    # Server level, no user yet.
+    await s.req("GET /versions", "GET", "/_matrix/client/versions")
+    await s.req("GET /login", "GET", "/login")
+    await s.req("GET /register/available", "GET", "/register/available",
+                params={"username": alice.localpart})
+    await register(s, alice)
+    await register(s, bob)
+    server_name = alice.user_id.split(":", 1)[1]
+    s.name_id(server_name, "<server>")
+    await s.req("POST /register (user in use)", "POST", "/register",
+                body={"username": alice.localpart, "password": "x" * 12,
+                      "auth": {"type": "m.login.dummy"}})
+
+    # Accounts, devices, profile.
+    login = await s.need("POST /login (password)", "POST", "/login", body={
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.localpart},
+        "password": alice.password, "initial_device_display_name": "second device"})
+    s.name_id(login.get("device_id"), "<device:alice2>")
+    await s.req("POST /login (wrong password)", "POST", "/login", body={
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.localpart},
+        "password": "wrong-password"})
+    await s.req("GET /account/whoami", "GET", "/account/whoami", user=alice)
+    await s.req("GET /capabilities", "GET", "/capabilities", user=alice)
+    await s.req("PUT /profile/displayname", "PUT", f"/profile/{q(alice.user_id)}/displayname",
+                user=alice, body={"displayname": "Alice Shape"})
+    await s.req("PUT /profile/displayname bob", "PUT", f"/profile/{q(bob.user_id)}/displayname",
+                user=bob, body={"displayname": "Bob Shape"})
+    await s.req("GET /profile", "GET", f"/profile/{q(alice.user_id)}", user=alice)
+    await s.req("GET /profile/displayname", "GET", f"/profile/{q(alice.user_id)}/displayname",
+                user=alice)
+    await s.req("GET /profile/avatar_url (unset)", "GET",
+                f"/profile/{q(alice.user_id)}/avatar_url", user=alice)
+    await s.req("PUT /devices/{id}", "PUT", f"/devices/{q(alice.device_id)}", user=alice,
+                body={"display_name": "alice's first device"})
+    await s.req("GET /devices", "GET", "/devices", user=alice)
+    await s.req("GET /devices/{id}", "GET", f"/devices/{q(alice.device_id)}", user=alice)
+    await s.req("GET /devices/{id} (unknown)", "GET", "/devices/NOSUCHDEVICE", user=alice)
+    status, uia = await s.req("DELETE /devices/{id} (no auth)", "DELETE",
+                              f"/devices/{q(login['device_id'])}", user=alice, body={})
+    session = uia.get("session") if isinstance(uia, dict) else None
+    await s.req("DELETE /devices/{id} (password)", "DELETE", f"/devices/{q(login['device_id'])}",
+                user=alice, body={"auth": {
+                    "type": "m.login.password", "session": session, "password": alice.password,
+                    "identifier": {"type": "m.id.user", "user": alice.localpart}}})
+    await s.req("GET /pushrules/", "GET", "/pushrules/", user=alice)
+    await s.req("GET /pushrules/global/override/.m.rule.master", "GET",
+                "/pushrules/global/override/.m.rule.master", user=alice)
+    await s.req("PUT /presence/status", "PUT", f"/presence/{q(alice.user_id)}/status", user=alice,
+                body={"presence": "online", "status_msg": "shaping"})
+    await s.req("GET /presence/status", "GET", f"/presence/{q(alice.user_id)}/status",
+                user=alice)
+    filt = await s.need("POST /user/{id}/filter", "POST", f"/user/{q(alice.user_id)}/filter",
+                        user=alice, body={
+                            "room": {"timeline": {"limit": 10},
+                                     "state": {"lazy_load_members": True}},
+                            "presence": {"types": ["m.presence"]}})
+    await s.req("GET /user/{id}/filter/{id}", "GET",
+                f"/user/{q(alice.user_id)}/filter/{q(filt['filter_id'])}", user=alice)
+    await s.req("GET /account/3pid", "GET", "/account/3pid", user=alice)
+    await s.req("GET /thirdparty/protocols", "GET", "/thirdparty/protocols", user=alice)
+    await s.req("GET /voip/turnServer", "GET", "/voip/turnServer", user=alice)
+
+    # Bob's first sync: where his incremental syncs start.
+    await s.initial_sync("GET /sync bob (initial, no rooms)", bob,
+                         params={"filter": json.dumps({"room": {"timeline": {"limit": 20}}})})
+
+    # End-to-end keys.
+    for u in (alice, bob):
+        await s.req(f"POST /keys/upload {u.name}", "POST", "/keys/upload", user=u,
+                    body={"device_keys": device_keys(u), "one_time_keys": one_time_keys(u)})
+    await s.req("POST /keys/upload (count only)", "POST", "/keys/upload", user=alice, body={})
+    await s.req("POST /keys/query", "POST", "/keys/query", user=alice,
+                body={"device_keys": {bob.user_id: [], alice.user_id: []}})
+    await s.req("POST /keys/claim", "POST", "/keys/claim", user=alice,
+                body={"one_time_keys": {bob.user_id: {bob.device_id: "signed_curve25519"}}})
+
+    # The private room, its messages, and bob invited.
+    room = await s.need("POST /createRoom (private)", "POST", "/createRoom", user=alice,
+                        body={"preset": "private_chat", "name": "Shape private",
+                              "topic": "the first topic"})
+    priv = room["room_id"]
+    s.name_id(priv, "<room:private>")
+    await s.req("GET /rooms/{id}/state (forbidden)", "GET", f"/rooms/{q(priv)}/state", user=bob)
+    msg1 = await send(s, "PUT /send m.room.message", priv, alice,
+                      {"msgtype": "m.text", "body": "hello shapes"}, name="msg1")
+    msg2 = await send(s, "PUT /send m.room.message (2)", priv, alice,
+                      {"msgtype": "m.text", "body": "a second message, a thread root",
+                       "format": "org.matrix.custom.html",
+                       "formatted_body": "a <b>second</b> message"}, name="msg2")
+    await send(s, "PUT /send m.room.message (edit)", priv, alice, {
+        "msgtype": "m.text", "body": "* hello shapes, edited",
+        "m.new_content": {"msgtype": "m.text", "body": "hello shapes, edited"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": msg1}}, name="edit")
+    await send(s, "PUT /send m.reaction", priv, alice, {
+        "m.relates_to": {"rel_type": "m.annotation", "event_id": msg1, "key": "👍"}},
+        etype="m.reaction", name="reaction")
+    await send(s, "PUT /send m.room.message (thread)", priv, alice, {
+        "msgtype": "m.text", "body": "in the thread",
+        "m.relates_to": {"rel_type": "m.thread", "event_id": msg2, "is_falling_back": True,
+                         "m.in_reply_to": {"event_id": msg2}}}, name="thread1")
+    msg3 = await send(s, "PUT /send m.room.message (to redact)", priv, alice,
+                      {"msgtype": "m.text", "body": "a message to redact"}, name="msg3")
+    red = await s.need("PUT /redact", "PUT", f"/rooms/{q(priv)}/redact/{q(msg3)}/{s.next_txn()}",
+                       user=alice, body={"reason": "shape test"})
+    s.name_id(red.get("event_id"), "<event:redaction>")
+    await put_state(s, "PUT /state/m.room.topic", priv, alice, "m.room.topic", "",
+                    {"topic": "the second topic"}, name="topic")
+    await put_state(s, "PUT /state/m.room.name", priv, alice, "m.room.name", "",
+                    {"name": "Shape private room"}, name="name")
+    await s.need("POST /rooms/{id}/invite", "POST", f"/rooms/{q(priv)}/invite", user=alice,
+                 body={"user_id": bob.user_id, "reason": "shape test"})
+    await s.sync_until("GET /sync bob (invite)", bob,
+                       lambda d: rooms_section(d, "invite", priv) is not None)
+    await s.need("POST /rooms/{id}/join", "POST", f"/rooms/{q(priv)}/join", user=bob, body={})
+    await s.sync_until("GET /sync bob (joined)", bob,
+                       lambda d: rooms_section(d, "join", priv) is not None)
+
+    # After the join: a message that mentions bob, bob's answer that mentions alice.
+    await send(s, "PUT /send m.room.message (mention bob)", priv, alice, {
+        "msgtype": "m.text", "body": "Bob Shape: a message for you",
+        "m.mentions": {"user_ids": [bob.user_id]}}, name="mention")
+    await s.sync_until("GET /sync bob (new message, unread counts)", bob,
+                       lambda d: "m.room.message" in timeline_types(d, priv))
+    reply = await send(s, "PUT /send m.room.message (reply)", priv, bob, {
+        "msgtype": "m.text", "body": "Alice Shape: thanks",
+        "m.mentions": {"user_ids": [alice.user_id]},
+        "m.relates_to": {"m.in_reply_to": {"event_id": msg1}}}, name="reply")
+    await s.req("PUT /state/m.room.power_levels (forbidden)", "PUT",
+                f"/rooms/{q(priv)}/state/m.room.power_levels/", user=bob,
+                body={"users": {bob.user_id: 100}})
+
+    # Receipts and read markers, seen in alice's sync.
+    await s.initial_sync("GET /sync alice (initial, one room)", alice,
+                         params={"filter": json.dumps({"room": {"timeline": {"limit": 20}}})})
+    await s.req("POST /receipt/m.read", "POST", f"/rooms/{q(priv)}/receipt/m.read/{q(msg1)}",
+                user=alice, body={})
+    await s.req("POST /receipt/m.read (thread)", "POST",
+                f"/rooms/{q(priv)}/receipt/m.read/{q(msg2)}", user=alice,
+                body={"thread_id": "main"})
+    await s.req("POST /read_markers", "POST", f"/rooms/{q(priv)}/read_markers", user=bob,
+                body={"m.fully_read": reply, "m.read": reply})
+    await s.sync_until("GET /sync alice (receipts)", alice,
+                       lambda d: "m.receipt" in ephemeral_types(d, priv))
+
+    # Typing, seen by bob.
+    await s.req("PUT /typing", "PUT", f"/rooms/{q(priv)}/typing/{q(alice.user_id)}", user=alice,
+                body={"typing": True, "timeout": 20000})
+    await s.sync_until("GET /sync bob (typing)", bob,
+                       lambda d: "m.typing" in ephemeral_types(d, priv))
+
+    # Account data (global, room) and tags, seen by alice.
+    uid = q(alice.user_id)
+    await s.req("PUT /account_data (global)", "PUT", f"/user/{uid}/account_data/com.example.shape",
+                user=alice, body={"colour": "blue"})
+    await s.req("PUT /account_data m.direct", "PUT", f"/user/{uid}/account_data/m.direct",
+                user=alice, body={bob.user_id: [priv]})
+    await s.req("PUT /rooms/{id}/account_data", "PUT",
+                f"/user/{uid}/rooms/{q(priv)}/account_data/com.example.room_shape", user=alice,
+                body={"pinned": True})
+    await s.req("PUT /tags/m.favourite", "PUT", f"/user/{uid}/rooms/{q(priv)}/tags/m.favourite",
+                user=alice, body={"order": 0.25})
+    await s.req("PUT /tags/u.custom", "PUT", f"/user/{uid}/rooms/{q(priv)}/tags/u.custom",
+                user=alice, body={})
+    await s.req("GET /account_data (global)", "GET", f"/user/{uid}/account_data/com.example.shape",
+                user=alice)
+    await s.req("GET /account_data (unknown)", "GET", f"/user/{uid}/account_data/com.example.none",
+                user=alice)
+    await s.req("GET /rooms/{id}/account_data", "GET",
+                f"/user/{uid}/rooms/{q(priv)}/account_data/com.example.room_shape", user=alice)
+    await s.req("GET /tags", "GET", f"/user/{uid}/rooms/{q(priv)}/tags", user=alice)
+    await s.sync_until("GET /sync alice (account data, tags)", alice, lambda d: any(
+        e.get("type") == "m.tag"
+        for e in ((rooms_section(d, "join", priv) or {}).get("account_data") or {}).get(
+            "events") or []))
+
+    # To-device, seen by bob.
+    await s.req("PUT /sendToDevice", "PUT", f"/sendToDevice/com.example.shape/{s.next_txn()}",
+                user=alice, body={"messages": {bob.user_id: {bob.device_id: {"hello": "bob"}}}})
+    await s.sync_until("GET /sync bob (to_device)", bob,
+                       lambda d: bool((d.get("to_device") or {}).get("events")))
+
+    # Reading the room.
+    r = f"/rooms/{q(priv)}"
+    await s.req("GET /messages (b)", "GET", f"{r}/messages", user=alice,
+                params={"dir": "b", "limit": "30"})
+    await s.req("GET /messages (f)", "GET", f"{r}/messages", user=alice,
+                params={"dir": "f", "limit": "30"})
+    await s.req("GET /messages (b, lazy_load_members)", "GET", f"{r}/messages", user=bob,
+                params={"dir": "b", "limit": "5",
+                        "filter": json.dumps({"lazy_load_members": True})})
+    await s.req("GET /context/{msg2}", "GET", f"{r}/context/{q(msg2)}", user=alice,
+                params={"limit": "4"})
+    await s.req("GET /event/{msg1} (edited, reacted)", "GET", f"{r}/event/{q(msg1)}", user=alice)
+    await s.req("GET /event/{msg2} (thread root)", "GET", f"{r}/event/{q(msg2)}", user=alice)
+    await s.req("GET /event/{msg3} (redacted)", "GET", f"{r}/event/{q(msg3)}", user=alice)
+    await s.req("GET /event (unknown)", "GET", f"{r}/event/{q('$nosuchevent')}", user=alice)
+    await s.req("GET /state", "GET", f"{r}/state", user=alice)
+    await s.req("GET /state/m.room.topic/", "GET", f"{r}/state/m.room.topic/", user=alice)
+    await s.req("GET /state/m.room.create/", "GET", f"{r}/state/m.room.create/", user=alice)
+    await s.req("GET /state/m.room.member/{bob}", "GET",
+                f"{r}/state/m.room.member/{q(bob.user_id)}", user=alice)
+    await s.req("GET /state/m.room.avatar/ (absent)", "GET", f"{r}/state/m.room.avatar/",
+                user=alice)
+    await s.req("GET /members", "GET", f"{r}/members", user=alice)
+    await s.req("GET /members?membership=join", "GET", f"{r}/members", user=alice,
+                params={"membership": "join"})
+    await s.req("GET /joined_members", "GET", f"{r}/joined_members", user=alice)
+    await s.req("GET /joined_rooms", "GET", "/joined_rooms", user=alice)
+    v1 = f"/_matrix/client/v1/rooms/{q(priv)}"
+    await s.req("GET /relations/{msg1}", "GET", f"{v1}/relations/{q(msg1)}", user=alice)
+    await s.req("GET /relations/{msg1}/m.annotation", "GET",
+                f"{v1}/relations/{q(msg1)}/m.annotation", user=alice)
+    await s.req("GET /relations/{msg2}/m.thread (recurse)", "GET",
+                f"{v1}/relations/{q(msg2)}/m.thread", user=alice, params={"recurse": "true"})
+    await s.req("GET /threads", "GET", f"{v1}/threads", user=alice)
+    await s.req("POST /search", "POST", "/search", user=alice, body={"search_categories": {
+        "room_events": {"search_term": "shapes", "order_by": "recent",
+                        "event_context": {"before_limit": 1, "after_limit": 1,
+                                          "include_profile": True}}}})
+    await s.req("GET /notifications", "GET", "/notifications", user=alice)
+
+    # The public room, its alias, and the directories.
+    alias = f"#shape_{uuid.uuid4().hex[:8]}:{server_name}"
+    s.name_id(alias, "<alias:public>")
+    pub = (await s.need("POST /createRoom (public)", "POST", "/createRoom", user=alice, body={
+        "preset": "public_chat", "visibility": "public", "name": "Shape public",
+        "topic": "a public room"}))["room_id"]
+    s.name_id(pub, "<room:public>")
+    await s.req("PUT /directory/room/{alias}", "PUT", f"/directory/room/{q(alias)}", user=alice,
+                body={"room_id": pub})
+    await s.req("GET /directory/room/{alias}", "GET", f"/directory/room/{q(alias)}", user=alice)
+    await s.req("GET /directory/room/{alias} (unknown)", "GET",
+                f"/directory/room/{q('#nosuchalias:' + server_name)}", user=alice)
+    await put_state(s, "PUT /state/m.room.canonical_alias", pub, alice, "m.room.canonical_alias",
+                    "", {"alias": alias})
+    await s.req("GET /rooms/{id}/aliases", "GET", f"/rooms/{q(pub)}/aliases", user=alice)
+    await s.req("GET /directory/list/room/{id}", "GET", f"/directory/list/room/{q(pub)}")
+    await s.req("POST /join/{alias}", "POST", f"/join/{q(alias)}", user=bob, body={})
+    await s.req("POST /join/{alias} (unknown)", "POST",
+                f"/join/{q('#nosuchalias:' + server_name)}", user=bob, body={})
+    await s.req("GET /publicRooms", "GET", "/publicRooms", user=alice)
+    await s.req("POST /publicRooms (filter)", "POST", "/publicRooms", user=alice,
+                body={"limit": 10, "filter": {"generic_search_term": "Shape"}})
+    for _ in range(20):  # Synapse fills its user directory in the background
+        status, found = await s.req("", "POST", "/user_directory/search", user=alice,
+                                    body={"search_term": "Bob Shape"}, record=False)
+        if status != 200 or (isinstance(found, dict) and found.get("results")):
+            break
+        await asyncio.sleep(0.5)
+    s.record("POST /user_directory/search", status, found)
+    summaries = [
+        ("v1 room_summary", "/_matrix/client/v1/room_summary/{}"),
+        ("im.nheko.summary rooms/{}/summary",
+         "/_matrix/client/unstable/im.nheko.summary/rooms/{}/summary"),
+        ("im.nheko.summary summary/{}", "/_matrix/client/unstable/im.nheko.summary/summary/{}"),
+    ]
+    for name, path in summaries:
+        await s.req(f"GET {name} (public, by id)", "GET", path.format(q(pub)), user=alice)
+    await s.req("GET v1 room_summary (public, by alias)", "GET",
+                summaries[0][1].format(q(alias)), user=bob)
+    await s.req("GET v1 room_summary (public, no auth)", "GET", summaries[0][1].format(q(pub)))
+    await s.req("GET v1 room_summary (private, joined)", "GET", summaries[0][1].format(q(priv)),
+                user=bob)
+
+    # Both users' initial syncs, now that there is everything to see.
+    await s.initial_sync("GET /sync alice (initial, full)", alice)
+    await s.initial_sync("GET /sync bob (initial, full)", bob)
+    await s.initial_sync("GET /sync alice (initial, lazy_load_members)", alice, params={
+        "filter": json.dumps({"room": {"state": {"lazy_load_members": True},
+                                       "timeline": {"limit": 5}}})})
+
+    # Bad requests.
+    await s.req("GET /rooms/{unknown}/state", "GET",
+                f"/rooms/{q('!nosuchroom:' + server_name)}/state", user=alice)
+    await s.req("POST /createRoom (bad JSON)", "POST", "/createRoom", user=alice,
+                raw=b"{not json")
+    await s.req("POST /createRoom (not an object)", "POST", "/createRoom", user=alice,
+                raw=b"[1, 2]")
+    await s.req("GET unknown endpoint", "GET", "/no_such_endpoint", user=alice)
+    await s.req("GET /account/whoami (no token)", "GET", "/account/whoami")
+    await s.req("GET /account/whoami (bad token)", "GET", "/account/whoami",
+                token="not_a_valid_token")
+
+
+async def run_server(name, base):
+    s = Server(name, base)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as sess:
+        s.session = sess
+        try:
+            await scenario(s)
+        except Stop as e:
+            s.error = str(e)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            s.error = f"{type(e).__name__}: {e}"
+    return s
+
+
+# --- reducing a response to its shape ---------------------------------------------------------
+
+# Fields whose values are kept (not just their type): the enum-like values a client branches on.
+VALUE_KEYS = {
+    "errcode", "type", "membership", "limited", "msgtype", "rel_type", "join_rule",
+    "history_visibility", "guest_access", "kind", "set_tweak", "presence", "versions",
+    "room_type", "visibility", "format", "room_version", "default",
+}
+# Fields Synapse copies to the top level of an event besides the spec's places (its legacy "v1"
+# client event format, used everywhere but /sync): age and redacted_because (from unsigned),
+# prev_content and replaces_state (from unsigned), user_id (the sender). Reported apart.
+LEGACY_EVENT_KEYS = {"age", "user_id", "prev_content", "replaces_state", "redacted_because"}
+# A key (or list discriminator) under an MSC or vendor prefix: server specific, reported apart.
+UNSTABLE = re.compile(
+    r"(^|[^a-z])msc\d+|^\.?(org\.matrix|io\.element|im\.nheko|im\.vector|uk\.half-shot|"
+    r"com\.beeper|fi\.mau|uk\.tcpip|uk\.timedout)\.")
+# A key id ("signed_curve25519:AAAAAQ") that is not one of the run's names: which key a server
+# hands out differs.
+KEY_ID = re.compile(r"^([a-z0-9_]+):[A-Za-z0-9+/_=-]+$")
+SIGILS = {"!": "<room>", "@": "<user>", "$": "<event>", "#": "<alias>"}
+
+
+def name_of(names, value):
+    """An id of the run by its placeholder; other ids by their kind; anything else as is."""
+    if value in names:
+        return names[value]
+    if isinstance(value, str) and value[:1] in SIGILS and ":" in value:
+        return SIGILS[value[0]]
+    return value
+
+
+def name_key(names, key):
+    """A JSON object key with the ids of the run in it replaced (exactly, or inside a key such
+    as "ed25519:DEVICEID")."""
+    named = name_of(names, key)
+    if named != key:
+        return named
+    for real in sorted(names, key=len, reverse=True):
+        if len(real) >= 6 and real in key:
+            key = key.replace(real, names[real])
+    return KEY_ID.sub(r"\1:<key id>", key)
+
+
+def scalar(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "str"
+
+
+def element_tag(names, el, parent_key):
+    """What a list element is matched by across the two servers."""
+    if not isinstance(el, dict):
+        if parent_key in VALUE_KEYS and not isinstance(el, (dict, list)):
+            return json.dumps(el)
+        return "*"
+    if "type" in el and isinstance(el["type"], str) and (
+            "content" in el or "event_id" in el or "sender" in el):
+        tag = el["type"]
+        if "state_key" in el:
+            tag += f" sk={name_of(names, el['state_key']) or chr(34) * 2}"
+        content = el.get("content")
+        rel = content.get("m.relates_to") if isinstance(content, dict) else None
+        if isinstance(rel, dict) and isinstance(rel.get("rel_type"), str):
+            tag += f" rel={rel['rel_type']}"
+        return tag
+    for key in ("rule_id", "kind", "set_tweak", "type"):
+        if isinstance(el.get(key), str):
+            return name_of(names, el[key])
+    return "*"
+
+
+def shape(value, names):
+    """{path: set of types}: every field of the JSON value (a path is a tuple of object keys and
+    "[tag]" list elements), its type or, for VALUE_KEYS, its value."""
+    out = {}
+
+    def add(path, kind):
+        out.setdefault(path, set()).add(kind)
+
+    def walk(v, path, key):
+        if isinstance(v, dict):
+            add(path, "object")
+            for k, child in v.items():
+                walk(child, path + (name_key(names, k),), k)
+        elif isinstance(v, list):
+            add(path, "array")
+            for el in v:
+                walk(el, path + (f"[{element_tag(names, el, key)}]",), key)
+        elif key in VALUE_KEYS:
+            add(path, json.dumps(name_of(names, v)))
+        else:
+            add(path, scalar(v))
+
+    if isinstance(value, (dict, list)):
+        walk(value, (), None)
+    else:
+        out[()] = {"non-JSON text"}
+    return out
+
+
+# --- comparing the two servers' shapes --------------------------------------------------------
+
+
+def render(path):
+    text = ""
+    for part in path:
+        text += part if part.startswith("[") or not text else "/" + part
+    return text or "(top level)"
+
+
+def is_unstable(path):
+    return any(UNSTABLE.search(part.strip("[]")) for part in path)
+
+
+def kinds(types):
+    return "|".join(sorted(types))
+
+
+def collapse(paths, shape_of):
+    """The top-most of `paths` (a path whose parent is also listed is left out), each with a
+    summary of what it holds: its direct children, or "(empty)" when nothing below it is more
+    than an empty object or array."""
+    listed = set(paths)
+    lines = []
+    for p in sorted(paths):
+        if any(p[:i] in listed for i in range(len(p))):
+            continue
+        below = [c for c in listed if len(c) > len(p) and c[:len(p)] == p]
+        children = sorted({c[len(p)] for c in below})
+        held = f" {{{', '.join(children[:8])}{', ...' if len(children) > 8 else ''}}}" \
+            if children else ""
+        if shape_of[p] <= {"object", "array"} and all(
+                shape_of[c] <= {"object", "array"} for c in below):
+            held += " (empty)"
+        lines.append((render(p), f"{kinds(shape_of[p])}{held}"))
+    return lines
+
+
+def is_legacy(path, shape_of):
+    """A field of Synapse's legacy event format (LEGACY_EVENT_KEYS at an event's top level)."""
+    event = path[:-1]
+    return (path[-1] in LEGACY_EVENT_KEYS and event + ("event_id",) in shape_of
+            and event + ("type",) in shape_of)
+
+
+def compare(plexus, synapse, names_p, names_s):
+    """The differences for one label: a dict of lists of (rendered path, description)."""
+    (sp, bp), (ss, bs) = plexus, synapse
+    diff = {"status": [], "missing": [], "extra": [], "type": [], "unstable": [], "legacy": []}
+    if sp != ss:
+        diff["status"].append(("status", f"Plexus {sp} {str(bp)[:200]} | Synapse {ss} "
+                                         f"{str(bs)[:200]}"))
+        return diff
+    shp, shs = shape(bp, names_p), shape(bs, names_s)
+    only_s = [p for p in shs if p not in shp]
+    only_p = [p for p in shp if p not in shs]
+    differ = [p for p in shp if p in shs and shp[p] != shs[p]]
+    # Below a field that is missing, extra, or a different kind of container, nothing more.
+    gone = set(only_s) | set(only_p) | {
+        p for p in differ if {"object", "array"} & (shp[p] ^ shs[p])}
+    differ = [p for p in differ if not any(p[:i] in gone for i in range(len(p)))]
+    for side, paths, held in (("missing", only_s, shs), ("extra", only_p, shp)):
+        who = "Synapse only" if side == "missing" else "Plexus only"
+        unstable = {p for p in paths if is_unstable(p)}
+        legacy = {p for p in paths if p not in unstable and any(
+            is_legacy(p[:i], held) for i in range(1, len(p) + 1))}
+        stable = [p for p in paths if p not in unstable and p not in legacy]
+        diff[side] = collapse(stable, held)
+        diff["unstable"] += [(p, f"{who}: {d}") for p, d in collapse(unstable, held)]
+        diff["legacy"] += [(p, f"{who}: {d}") for p, d in collapse(legacy, held)]
+    for p in sorted(differ):
+        target = "unstable" if is_unstable(p) else "type"
+        diff[target].append((render(p), f"Plexus {kinds(shp[p])} | Synapse {kinds(shs[p])}"))
+    return diff
+
+
+HEADINGS = {
+    "status": "HTTP status differs",
+    "missing": "missing in Plexus (only Synapse has it)",
+    "extra": "extra in Plexus (Synapse does not have it)",
+    "type": "type or value differs",
+    "unstable": "unstable extras (MSC / vendor prefixed)",
+    "legacy": "legacy event format extras (Synapse's top-level age, user_id, prev_content, ...)",
+}
+
+
+def report(px, sy):
+    labels = list(px.results) + [label for label in sy.results if label not in px.results]
+    for label in labels:
+        if label not in px.results or label not in sy.results:
+            where = "Plexus" if label in px.results else "Synapse"
+            check(False, f"{label}: recorded on both servers", f"only on {where}")
+            continue
+        diff = compare(px.results[label], sy.results[label], px.names, sy.names)
+        accepted = ACCEPTED.get(label, set())
+        blocking = [path for side in ("status", "missing", "extra", "type")
+                    for path, _ in diff[side] if path not in accepted]
+        if any(diff.values()):
+            print(f"\n== {label}")
+            for note_of in (px, sy):
+                if label in note_of.notes:
+                    print(f"   ({note_of.name}: {note_of.notes[label]})")
+            for side, heading in HEADINGS.items():
+                if diff[side]:
+                    print(f"   {heading}:")
+                    for path, what in diff[side]:
+                        mark = " (accepted)" if path in accepted else ""
+                        print(f"     {path}: {what}{mark}")
+        check(not blocking, f"{label}: same shape",
+              f"{len(blocking)} difference(s)" if blocking else "")
+
+
+async def run(plexus_url, synapse_url=None):
+    if synapse_url is None:
+        check(False, "two base URLs given (PLEXUS_URL SYNAPSE_URL)")
+        return
+    px, sy = await asyncio.gather(run_server("Plexus", plexus_url),
+                                  run_server("Synapse", synapse_url))
+    dump = os.environ.get("SHAPE_DIFF_DUMP")
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        for s in (px, sy):
+            with open(os.path.join(dump, f"{s.name.lower()}.json"), "w") as f:
+                json.dump({"names": s.names, "notes": s.notes, "error": s.error,
+                           "results": s.results}, f, indent=1, ensure_ascii=False)
+    report(px, sy)
+    for s in (px, sy):
+        check(s.error is None, f"the scripted run on {s.name} went to the end", s.error or "")
+
+
+if __name__ == "__main__":
+    run_main(run, __doc__, RUN_DEADLINE, max_urls=2)
