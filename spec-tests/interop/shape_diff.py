@@ -18,11 +18,14 @@ are matched by what they are: events by type (and state_key, and relation type),
 rule_id, conditions by kind, flows by type; the shapes of elements that match are merged.
 
 Printed per label: a difference in HTTP status, fields only Synapse has (missing in Plexus),
-fields only Plexus has (extra), fields whose type or kept value differs, and separately the
-"unstable extras" (fields under an MSC or vendor prefix such as org.matrix.msc*, which are
-server specific). A label whose differences (unstable extras aside) are all in ACCEPTED passes.
+fields only Plexus has (extra), fields whose type or kept value differs, and apart from those
+(server specific, never a failure) the "unstable extras" (fields under an MSC or vendor prefix
+such as org.matrix.msc*) and the fields of Synapse's legacy event format (age, user_id,
+prev_content, ... at an event's top level, outside /sync). A label passes when all its other
+differences are in ACCEPTED. At the end, the differences found under several labels.
 
-Usage: python shape_diff.py PLEXUS_URL SYNAPSE_URL    e.g. http://127.0.0.1:8008 http://127.0.0.1:8448
+Usage: python shape_diff.py PLEXUS_URL SYNAPSE_URL
+       e.g. python shape_diff.py http://127.0.0.1:8008 http://127.0.0.1:8448
 Prints the differences and one line per label, and ends with "N passed, M failed" (a failed
 label is one with a difference not in ACCEPTED); exit status 1 on any failure.
 With SHAPE_DIFF_DUMP=DIR in the environment, the raw responses (and the names given to ids) are
@@ -131,6 +134,25 @@ class Server:
         if status != 200 or not isinstance(data, dict):
             raise Stop(f"{label}: HTTP {status} {str(data)[:300]}")
         return data
+
+    async def poll(self, label, method, path, ready, user=None, body=None, wait=10.0):
+        """A request repeated until ready(json) holds (an index that fills in the background);
+        the response that was ready is recorded (or the last one, with a note)."""
+        start = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            status, data = await self.req(label, method, path, user=user, body=body,
+                                          record=False)
+            if status != 200 or ready(data):
+                break
+            if time.monotonic() - start >= wait:
+                self.notes[label] = f"not ready within {wait:.0f}s; last response kept"
+                break
+            await asyncio.sleep(0.5)
+        if tries > 1 and label not in self.notes:
+            self.notes[label] = f"ready after {time.monotonic() - start:.1f}s ({tries} tries)"
+        self.record(label, status, data)
 
     async def sync_until(self, label, user, pred, params=None, wait=SYNC_WAIT):
         """Sync as `user` (incrementally from user.since, if any) until pred(response) holds;
@@ -348,6 +370,9 @@ async def scenario(s):
         "msgtype": "m.text", "body": "in the thread",
         "m.relates_to": {"rel_type": "m.thread", "event_id": msg2, "is_falling_back": True,
                          "m.in_reply_to": {"event_id": msg2}}}, name="thread1")
+    # One message with a word no other event has: the one result of the search below.
+    await send(s, "PUT /send m.room.message (search target)", priv, alice,
+               {"msgtype": "m.text", "body": "a xylophone for the search"}, name="searched")
     msg3 = await send(s, "PUT /send m.room.message (to redact)", priv, alice,
                       {"msgtype": "m.text", "body": "a message to redact"}, name="msg3")
     red = await s.need("PUT /redact", "PUT", f"/rooms/{q(priv)}/redact/{q(msg3)}/{s.next_txn()}",
@@ -463,10 +488,11 @@ async def scenario(s):
     await s.req("GET /relations/{msg2}/m.thread (recurse)", "GET",
                 f"{v1}/relations/{q(msg2)}/m.thread", user=alice, params={"recurse": "true"})
     await s.req("GET /threads", "GET", f"{v1}/threads", user=alice)
-    await s.req("POST /search", "POST", "/search", user=alice, body={"search_categories": {
-        "room_events": {"search_term": "shapes", "order_by": "recent",
+    await s.poll("POST /search", "POST", "/search", user=alice, body={"search_categories": {
+        "room_events": {"search_term": "xylophone", "order_by": "recent",
                         "event_context": {"before_limit": 1, "after_limit": 1,
-                                          "include_profile": True}}}})
+                                          "include_profile": True}}}},
+        ready=lambda d: bool(d["search_categories"]["room_events"].get("results")))
     await s.req("GET /notifications", "GET", "/notifications", user=alice)
 
     # The public room, its alias, and the directories.
@@ -491,13 +517,8 @@ async def scenario(s):
     await s.req("GET /publicRooms", "GET", "/publicRooms", user=alice)
     await s.req("POST /publicRooms (filter)", "POST", "/publicRooms", user=alice,
                 body={"limit": 10, "filter": {"generic_search_term": "Shape"}})
-    for _ in range(20):  # Synapse fills its user directory in the background
-        status, found = await s.req("", "POST", "/user_directory/search", user=alice,
-                                    body={"search_term": "Bob Shape"}, record=False)
-        if status != 200 or (isinstance(found, dict) and found.get("results")):
-            break
-        await asyncio.sleep(0.5)
-    s.record("POST /user_directory/search", status, found)
+    await s.poll("POST /user_directory/search", "POST", "/user_directory/search", user=alice,
+                 body={"search_term": "Bob Shape"}, ready=lambda d: bool(d.get("results")))
     summaries = [
         ("v1 room_summary", "/_matrix/client/v1/room_summary/{}"),
         ("im.nheko.summary rooms/{}/summary",
@@ -665,16 +686,23 @@ def is_unstable(path):
     return any(UNSTABLE.search(part.strip("[]")) for part in path)
 
 
+def is_legacy(path, shape_of):
+    """A field of Synapse's legacy event format (LEGACY_EVENT_KEYS at an event's top level)."""
+    event = path[:-1]
+    return (bool(path) and path[-1] in LEGACY_EVENT_KEYS and event + ("event_id",) in shape_of
+            and event + ("type",) in shape_of)
+
+
 def kinds(types):
     return "|".join(sorted(types))
 
 
 def collapse(paths, shape_of):
-    """The top-most of `paths` (a path whose parent is also listed is left out), each with a
-    summary of what it holds: its direct children, or "(empty)" when nothing below it is more
-    than an empty object or array."""
+    """The top-most of `paths` (a path whose parent is also listed is left out), each as
+    (path, description): its type and direct children, and "(empty)" when nothing below it is
+    more than an empty object or array."""
     listed = set(paths)
-    lines = []
+    items = []
     for p in sorted(paths):
         if any(p[:i] in listed for i in range(len(p))):
             continue
@@ -685,24 +713,17 @@ def collapse(paths, shape_of):
         if shape_of[p] <= {"object", "array"} and all(
                 shape_of[c] <= {"object", "array"} for c in below):
             held += " (empty)"
-        lines.append((render(p), f"{kinds(shape_of[p])}{held}"))
-    return lines
-
-
-def is_legacy(path, shape_of):
-    """A field of Synapse's legacy event format (LEGACY_EVENT_KEYS at an event's top level)."""
-    event = path[:-1]
-    return (path[-1] in LEGACY_EVENT_KEYS and event + ("event_id",) in shape_of
-            and event + ("type",) in shape_of)
+        items.append((p, f"{kinds(shape_of[p])}{held}"))
+    return items
 
 
 def compare(plexus, synapse, names_p, names_s):
-    """The differences for one label: a dict of lists of (rendered path, description)."""
+    """The differences for one label: {kind: [(path, description)]} with the kinds of
+    HEADINGS; a path is a tuple (rendered by render), () for the HTTP status."""
     (sp, bp), (ss, bs) = plexus, synapse
-    diff = {"status": [], "missing": [], "extra": [], "type": [], "unstable": [], "legacy": []}
+    diff = {kind: [] for kind in HEADINGS}
     if sp != ss:
-        diff["status"].append(("status", f"Plexus {sp} {str(bp)[:200]} | Synapse {ss} "
-                                         f"{str(bs)[:200]}"))
+        diff["status"].append(((), f"Plexus {sp} {str(bp)[:200]} | Synapse {ss} {str(bs)[:200]}"))
         return diff
     shp, shs = shape(bp, names_p), shape(bs, names_s)
     only_s = [p for p in shs if p not in shp]
@@ -717,13 +738,12 @@ def compare(plexus, synapse, names_p, names_s):
         unstable = {p for p in paths if is_unstable(p)}
         legacy = {p for p in paths if p not in unstable and any(
             is_legacy(p[:i], held) for i in range(1, len(p) + 1))}
-        stable = [p for p in paths if p not in unstable and p not in legacy]
-        diff[side] = collapse(stable, held)
+        diff[side] = collapse([p for p in paths if p not in unstable and p not in legacy], held)
         diff["unstable"] += [(p, f"{who}: {d}") for p, d in collapse(unstable, held)]
-        diff["legacy"] += [(p, f"{who}: {d}") for p, d in collapse(legacy, held)]
+        diff["legacy"] += [(p, who) for p, _ in collapse(legacy, held)]
     for p in sorted(differ):
-        target = "unstable" if is_unstable(p) else "type"
-        diff[target].append((render(p), f"Plexus {kinds(shp[p])} | Synapse {kinds(shs[p])}"))
+        diff["unstable" if is_unstable(p) else "type"].append(
+            (p, f"Plexus {kinds(shp[p])} | Synapse {kinds(shs[p])}"))
     return diff
 
 
@@ -733,12 +753,27 @@ HEADINGS = {
     "extra": "extra in Plexus (Synapse does not have it)",
     "type": "type or value differs",
     "unstable": "unstable extras (MSC / vendor prefixed)",
-    "legacy": "legacy event format extras (Synapse's top-level age, user_id, prev_content, ...)",
+    "legacy": "legacy event format extras (fields Synapse adds at an event's top level)",
 }
+BLOCKING = ("status", "missing", "extra", "type")
+
+
+def path_text(path):
+    return render(path) if path else "status"
+
+
+def relative(path):
+    """The part of a path below its last list element (an event's own fields, say): what
+    recurs across labels."""
+    cut = max((i + 1 for i, part in enumerate(path) if part.startswith("[")), default=0)
+    return render(path[cut:]) if cut < len(path) else render(path)
 
 
 def report(px, sy):
+    """Prints the differences label by label, one check per label, then the differences that
+    recur under several labels."""
     labels = list(px.results) + [label for label in sy.results if label not in px.results]
+    recurring = {}  # (kind, relative path) -> labels
     for label in labels:
         if label not in px.results or label not in sy.results:
             where = "Plexus" if label in px.results else "Synapse"
@@ -746,21 +781,40 @@ def report(px, sy):
             continue
         diff = compare(px.results[label], sy.results[label], px.names, sy.names)
         accepted = ACCEPTED.get(label, set())
-        blocking = [path for side in ("status", "missing", "extra", "type")
-                    for path, _ in diff[side] if path not in accepted]
+        blocking = [path_text(p) for kind in BLOCKING for p, _ in diff[kind]
+                    if path_text(p) not in accepted]
         if any(diff.values()):
             print(f"\n== {label}")
-            for note_of in (px, sy):
-                if label in note_of.notes:
-                    print(f"   ({note_of.name}: {note_of.notes[label]})")
-            for side, heading in HEADINGS.items():
-                if diff[side]:
-                    print(f"   {heading}:")
-                    for path, what in diff[side]:
-                        mark = " (accepted)" if path in accepted else ""
-                        print(f"     {path}: {what}{mark}")
+            for server in (px, sy):
+                if label in server.notes:
+                    print(f"   ({server.name}: {server.notes[label]})")
+            for kind in BLOCKING + ("unstable",):
+                if diff[kind]:
+                    print(f"   {HEADINGS[kind]}:")
+                for p, what in diff[kind]:
+                    mark = " (accepted)" if path_text(p) in accepted else ""
+                    print(f"     {path_text(p)}: {what}{mark}")
+                    if kind in BLOCKING and p:
+                        recurring.setdefault((kind, relative(p)), set()).add(label)
+            if diff["legacy"]:  # one line per side: which fields, how often
+                print(f"   {HEADINGS['legacy']}:")
+                counts = {}
+                for p, who in diff["legacy"]:
+                    side = counts.setdefault(who, {})
+                    side[p[-1]] = side.get(p[-1], 0) + 1
+                for who, side in sorted(counts.items()):
+                    print(f"     {who}: " + ", ".join(
+                        f"{key} x{n}" for key, n in sorted(side.items())))
         check(not blocking, f"{label}: same shape",
               f"{len(blocking)} difference(s)" if blocking else "")
+    common = sorted(((len(ls), kind, rel, ls) for (kind, rel), ls in recurring.items()
+                     if len(ls) > 1), key=lambda x: (-x[0], x[1], x[2]))
+    if common:
+        print("\n== differences under several labels (path below the last list element)")
+        for n, kind, rel, ls in common:
+            print(f"   {kind:7} {rel}: {n} labels ({'; '.join(sorted(ls)[:3])}"
+                  f"{'; ...' if n > 3 else ''})")
+    print()
 
 
 async def run(plexus_url, synapse_url=None):

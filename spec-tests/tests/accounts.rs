@@ -1,7 +1,7 @@
 //! Registration, login, tokens, devices, password change, deactivation, profile.
 
 use plexus_spec_tests::{enc, Server};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn register_login_whoami_logout() {
@@ -223,6 +223,53 @@ async fn devices_rename_and_delete_with_uia() {
             .len(),
         1
     );
+}
+
+/// `GET /devices` says when and from where each device was last seen: null before its first
+/// request after login, then the loopback address and a time later than the login.
+#[tokio::test]
+async fn devices_say_when_and_where_they_were_last_seen() {
+    let srv = Server::start().await;
+    let alice = srv.user("seen").await;
+    let mut phone = srv.client();
+    phone.login("seen", "password-1234").await.ok();
+    let find = |list: &Value, id: &str| -> Value {
+        list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {list}"))
+    };
+    let before = alice.get("/_matrix/client/v3/devices").await.ok().clone();
+    let phone_before = find(&before, &phone.device_id);
+    assert!(phone_before["last_seen_ip"].is_null(), "{phone_before}");
+    let at_login = phone_before["last_seen_ts"].as_u64().unwrap();
+    // The listing request itself counts for alice's own device.
+    assert_eq!(find(&before, &alice.device_id)["last_seen_ip"], "127.0.0.1");
+
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    phone.get("/_matrix/client/v3/account/whoami").await.ok();
+    let after = alice.get("/_matrix/client/v3/devices").await.ok().clone();
+    let phone_after = find(&after, &phone.device_id);
+    assert_eq!(phone_after["last_seen_ip"], "127.0.0.1", "{phone_after}");
+    assert!(
+        phone_after["last_seen_ts"].as_u64().unwrap() > at_login,
+        "{phone_before} then {phone_after}"
+    );
+    let one = alice
+        .get(&format!("/_matrix/client/v3/devices/{}", phone.device_id))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(one["last_seen_ip"], "127.0.0.1", "{one}");
+    // Kept across a restart.
+    let mut srv = srv;
+    assert!(srv.terminate(10).is_some_and(|s| s.success()));
+    srv.restart().await;
+    let again = alice.get("/_matrix/client/v3/devices").await.ok().clone();
+    assert_eq!(find(&again, &phone.device_id), phone_after, "{again}");
 }
 
 #[tokio::test]

@@ -163,4 +163,7 @@ pub enum Table {
     /// short event id → (): the far end of a gap, stored with the state another server gave
     /// us for it (only that server's word)
     GapPoint = 70,
+    /// user id \0 device id → JSON `{ts, ip}`: when and from where the device last made a
+    /// request (written at most once a minute per device)
+    DeviceSeen = 71,
 }

@@ -1,6 +1,7 @@
 //! Device management.
 
 use axum::{extract::State, Json};
+use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -11,16 +12,28 @@ use crate::{
     service::{accounts::DeviceRecord, App},
 };
 
-fn device_json(id: &str, d: &DeviceRecord) -> Value {
-    json!({ "device_id": id, "display_name": d.display_name, "last_seen_ts": d.last_seen_ts })
+/// A device as clients see it. `last_seen_ip` is always present (null when the device has made
+/// no request since this was recorded): matrix-nio rejects a device list without it.
+fn device_json(app: &App, user: &UserId, id: &str, d: &DeviceRecord) -> ApiResult<Value> {
+    let seen = app.device_seen(user, id)?;
+    let (ts, ip) = match seen {
+        Some(s) => (s.ts.max(d.last_seen_ts), Some(s.ip)),
+        None => (d.last_seen_ts, None),
+    };
+    Ok(json!({
+        "device_id": id,
+        "display_name": d.display_name,
+        "last_seen_ts": ts,
+        "last_seen_ip": ip,
+    }))
 }
 
 pub async fn list(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
-    let devices: Vec<Value> = app
+    let devices = app
         .devices(&s.user_id)?
         .iter()
-        .map(|(id, d)| device_json(id, d))
-        .collect();
+        .map(|(id, d)| device_json(&app, &s.user_id, id, d))
+        .collect::<ApiResult<Vec<Value>>>()?;
     Ok(Json(json!({ "devices": devices })))
 }
 
@@ -32,7 +45,7 @@ pub async fn get(
     let d = app
         .device(&s.user_id, &device_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
-    Ok(Json(device_json(&device_id, &d)))
+    Ok(Json(device_json(&app, &s.user_id, &device_id, &d)?))
 }
 
 #[derive(Deserialize)]

@@ -119,7 +119,11 @@ impl FromRequestParts<App> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let token = access_token(parts).ok_or(ApiError::MissingToken)?;
-        app.authenticate(&token, parts.uri.query()).map(Auth)
+        let session = app.authenticate(&token, parts.uri.query())?;
+        if let Some(device) = &session.device_id {
+            app.saw_device(&session.user_id, device, client_ip(parts, app));
+        }
+        Ok(Auth(session))
     }
 }
 
@@ -169,9 +173,9 @@ impl FromRequestParts<App> for MaybeAuth {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         match access_token(parts) {
             None => Ok(MaybeAuth(None)),
-            Some(token) => app
-                .authenticate(&token, parts.uri.query())
-                .map(|s| MaybeAuth(Some(s))),
+            Some(_) => Ok(MaybeAuth(Some(
+                Auth::from_request_parts(parts, app).await?.0,
+            ))),
         }
     }
 }
@@ -196,15 +200,20 @@ impl FromRequestParts<App> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        Ok(ClientIp(app.limiter.client_ip(peer, forwarded)))
+        Ok(ClientIp(client_ip(parts, app)))
     }
+}
+
+/// The connection's peer, or behind a trusted reverse proxy the address it forwards for.
+fn client_ip(parts: &Parts, app: &App) -> std::net::IpAddr {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    app.limiter.client_ip(peer, forwarded)
 }

@@ -496,6 +496,7 @@ impl Services {
             if let Some(dev) = self.device(user_id, d)? {
                 self.revoke_tokens(&dev, &mut batch);
                 batch.delete(Table::Device, &key2(user_id.as_str(), d));
+                batch.delete(Table::DeviceSeen, &key2(user_id.as_str(), d));
                 self.delete_device_keys(user_id, d, &mut batch)?;
                 changes.push(crate::e2ee::device_lists::Change::Deleted { id: d.clone() });
             }

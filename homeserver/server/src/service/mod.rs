@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod aggregations;
 pub mod ephemeral;
+pub mod last_seen;
 pub mod notify;
 pub mod presence;
 pub mod ratelimit;
@@ -47,6 +48,7 @@ pub struct Services {
     /// Memory that request bodies in flight may hold, shared by both listeners.
     pub bodies: crate::http::body::BodyBudget,
     pub limiter: ratelimit::Limiter,
+    pub last_seen: last_seen::LastSeen,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -102,6 +104,7 @@ impl Services {
             search,
             bodies: Default::default(),
             limiter,
+            last_seen: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         });
         app.hash_stored_tokens()?;

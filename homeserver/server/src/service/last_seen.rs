@@ -1,0 +1,103 @@
+//! When and from where each device was last seen, for `GET /devices`. Every authenticated
+//! request reports here; the store is written at most once per [`GRANULARITY_MS`] per device
+//! (or when its address changes), so the hot path pays one map lookup.
+
+use std::{collections::HashMap, net::IpAddr, sync::Mutex};
+
+use plexus_store::{Batch, Table};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, key2, now_ms, Services};
+use crate::error::ApiResult;
+
+/// How stale a stored last-seen time may be (Synapse keeps 2 minutes).
+const GRANULARITY_MS: u64 = 60_000;
+/// Devices remembered in memory before the stale ones are dropped.
+const MAX_TRACKED: usize = 100_000;
+
+/// The stored record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Seen {
+    pub ts: u64,
+    pub ip: String,
+}
+
+/// What was last written per device.
+#[derive(Default)]
+pub struct LastSeen {
+    written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (u64, IpAddr)>>,
+}
+
+impl LastSeen {
+    /// Whether a request at `now` from `ip` should be written: the stored record is older
+    /// than the granularity, or from another address. Records it as written if so.
+    fn due(&self, user: &UserId, device: &OwnedDeviceId, ip: IpAddr, now: u64) -> bool {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_owned(), device.clone());
+        if let Some((ts, last_ip)) = written.get(&key) {
+            if *last_ip == ip && now.saturating_sub(*ts) < GRANULARITY_MS {
+                return false;
+            }
+        }
+        if written.len() >= MAX_TRACKED {
+            written.retain(|_, (ts, _)| now.saturating_sub(*ts) < GRANULARITY_MS);
+        }
+        written.insert(key, (now, ip));
+        true
+    }
+}
+
+impl Services {
+    /// A device made a request from `ip`. Never fails the request: a store error is logged.
+    pub fn saw_device(&self, user: &UserId, device: &OwnedDeviceId, ip: IpAddr) {
+        let now = now_ms();
+        if !self.last_seen.due(user, device, ip, now) {
+            return;
+        }
+        let mut b = Batch::default();
+        let seen = Seen {
+            ts: now,
+            ip: ip.to_string(),
+        };
+        b.put(
+            Table::DeviceSeen,
+            &key2(user.as_str(), device.as_str()),
+            &encode(&seen),
+        );
+        if let Err(e) = self.store.commit(b) {
+            tracing::warn!(user = %user, device = %device, error = %e, "last seen not recorded");
+        }
+    }
+
+    /// When and from where the device was last seen, if it made a request since this was
+    /// recorded.
+    pub fn device_seen(&self, user: &UserId, device: &str) -> ApiResult<Option<Seen>> {
+        match self
+            .store
+            .kv
+            .get(Table::DeviceSeen, &key2(user.as_str(), device))?
+        {
+            Some(raw) => Ok(Some(decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_once_per_minute_or_on_a_new_address() {
+        let seen = LastSeen::default();
+        let user = ruma::user_id!("@a:x");
+        let dev: OwnedDeviceId = "D".into();
+        let (home, away) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert!(seen.due(user, &dev, home, 1_000));
+        assert!(!seen.due(user, &dev, home, 30_000));
+        assert!(seen.due(user, &dev, away, 31_000));
+        assert!(!seen.due(user, &dev, away, 31_000 + GRANULARITY_MS - 1));
+        assert!(seen.due(user, &dev, away, 31_000 + GRANULARITY_MS));
+    }
+}
