@@ -385,18 +385,46 @@ async fn redaction_and_event_lookup() {
         "alice secret"
     );
     // Bob redacts his own; Alice (creator) redacts Bob's too.
-    bob.put(
-        &p(&format!("redact/{}/r2", enc(&b_msg))),
-        json!({"reason": "oops"}),
-    )
-    .await
-    .ok();
+    let redaction = bob
+        .put(
+            &p(&format!("redact/{}/r2", enc(&b_msg))),
+            json!({"reason": "oops"}),
+        )
+        .await
+        .ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let red = alice.get(&p(&format!("event/{}", enc(&b_msg)))).await;
     assert_eq!(red.ok()["content"], json!({}));
-    assert_eq!(
-        red.body["unsigned"]["redacted_because"]["content"]["reason"],
-        "oops"
-    );
+    let because = &red.body["unsigned"]["redacted_because"];
+    assert_eq!(because["content"]["reason"], "oops");
+    // The room is v12: `redacts` lives in content, and clients written before v11 read the
+    // top-level key. Every client-facing form carries both.
+    assert_eq!(because["redacts"], b_msg.as_str(), "{because}");
+    let direct = alice.get(&p(&format!("event/{}", enc(&redaction)))).await;
+    assert_eq!(direct.ok()["redacts"], b_msg.as_str(), "{}", direct.body);
+    assert_eq!(direct.body["content"]["redacts"], b_msg.as_str());
+    let page = alice.get(&p("messages?dir=b&limit=5")).await;
+    let in_page = page.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == redaction.as_str())
+        .cloned()
+        .expect("redaction in /messages");
+    assert_eq!(in_page["redacts"], b_msg.as_str(), "{in_page}");
+    let ctx = alice
+        .get(&p(&format!("context/{}?limit=2", enc(&redaction))))
+        .await;
+    assert_eq!(ctx.ok()["event"]["redacts"], b_msg.as_str(), "{}", ctx.body);
+    let sync = alice.sync("").await;
+    let in_sync = timeline(&sync, &room)
+        .into_iter()
+        .find(|e| e["event_id"] == redaction.as_str())
+        .cloned()
+        .expect("redaction in sync");
+    assert_eq!(in_sync["redacts"], b_msg.as_str(), "{in_sync}");
     alice
         .put(&p(&format!("redact/{}/r3", enc(&a_msg))), json!({}))
         .await

@@ -28,7 +28,16 @@ pub fn to_client_event(stored: &Value, room_id: &str, now_ms: u64, include_room_
     } else {
         out.remove("room_id");
     }
-    if let Some(r) = stored.get("redacts") {
+    // Room v11 moved `redacts` into `content`; clients written before it (matrix-nio's
+    // `RedactionEvent`, for one) read the top-level key, so it is given in both places, as
+    // Synapse does.
+    let redacts = stored.get("redacts").or_else(|| {
+        (stored.get("type").and_then(Value::as_str) == Some("m.room.redaction"))
+            .then(|| stored.get("content").and_then(|c| c.get("redacts")))
+            .flatten()
+            .filter(|r| r.is_string())
+    });
+    if let Some(r) = redacts {
         out.insert("redacts".into(), r.clone());
     }
     let mut unsigned = stored
@@ -71,5 +80,26 @@ mod tests {
         assert!(ev.get("depth").is_none() && ev.get("hashes").is_none());
         let ev = to_client_event(&stored, "!r:x", 1500, false);
         assert!(ev.get("room_id").is_none());
+    }
+
+    #[test]
+    fn redactions_carry_redacts_at_the_top_level_in_every_room_version() {
+        let v11 = json!({"event_id": "$r", "type": "m.room.redaction", "sender": "@a:x",
+            "origin_server_ts": 1, "content": {"redacts": "$target", "reason": "spam"}});
+        let ev = to_client_event(&v11, "!r:x", 2, false);
+        assert_eq!(ev["redacts"], "$target");
+        assert_eq!(ev["content"]["redacts"], "$target");
+        let v10 = json!({"event_id": "$r", "type": "m.room.redaction", "sender": "@a:x",
+            "origin_server_ts": 1, "redacts": "$old", "content": {}});
+        assert_eq!(to_client_event(&v10, "!r:x", 2, false)["redacts"], "$old");
+        // Only redactions, and only a string.
+        let other = json!({"type": "m.room.message", "content": {"redacts": "$x"}});
+        assert!(to_client_event(&other, "!r:x", 2, false)
+            .get("redacts")
+            .is_none());
+        let odd = json!({"type": "m.room.redaction", "content": {"redacts": 5}});
+        assert!(to_client_event(&odd, "!r:x", 2, false)
+            .get("redacts")
+            .is_none());
     }
 }
