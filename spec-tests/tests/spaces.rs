@@ -203,6 +203,24 @@ async fn a_space_tree_shows_each_user_what_they_may_see() {
     summary(bob.clone(), "#nothing:localhost".into())
         .await
         .err(404, "M_NOT_FOUND");
+
+    // MSC3266's unstable paths, which matrix-js-sdk (and so Cinny) calls: the same summary,
+    // with the MSC's unstable names too; the same refusals.
+    for form in ["rooms/{}/summary", "summary/{}"] {
+        let unstable = |c: Client, room: String| async move {
+            let path = form.replace("{}", &enc(&room));
+            c.get(&format!("/_matrix/client/unstable/im.nheko.summary/{path}"))
+                .await
+        };
+        let u = unstable(alice.clone(), "#general:localhost".into()).await;
+        assert_eq!(u.ok()["room_id"], general.as_str(), "{form}");
+        assert_eq!(u.body["membership"], "join");
+        assert_eq!(u.body["im.nheko.summary.room_version"], "12");
+        assert_eq!(u.body["num_joined_members"], g.body["num_joined_members"]);
+        unstable(carol.clone(), secret.clone())
+            .await
+            .err(404, "M_NOT_FOUND");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

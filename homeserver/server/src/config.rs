@@ -48,6 +48,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub push: PushConfig,
     pub appservice: AppserviceConfig,
+    pub turn: TurnConfig,
     /// The server's ed25519 signing key file (`<version> <base64 PKCS#8>`), created on first
     /// start if missing. Absent: the key lives in the store.
     pub signing_key_path: Option<PathBuf>,
@@ -115,6 +116,35 @@ pub struct PushConfig {
     pub allow_loopback: bool,
 }
 
+/// The TURN server that clients relay VoIP media through (`/voip/turnServer`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// URIs given to clients, e.g. `turn:turn.example.org:3478?transport=udp`. Empty: no TURN
+    /// server, and `/voip/turnServer` answers `{}` (clients then try without one).
+    pub uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`): each user gets
+    /// credentials that expire after `user_lifetime_secs`.
+    pub shared_secret: Option<String>,
+    /// Fixed credentials, for a TURN server without a shared secret.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// How long credentials stay valid.
+    pub user_lifetime_secs: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            uris: vec![],
+            shared_secret: None,
+            username: None,
+            password: None,
+            user_lifetime_secs: 3600,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppserviceConfig {
@@ -179,6 +209,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             push: PushConfig::default(),
             appservice: AppserviceConfig::default(),
+            turn: TurnConfig::default(),
             signing_key_path: None,
         }
     }
@@ -239,6 +270,7 @@ pub struct Settings {
     pub signing_key_path: Option<PathBuf>,
     pub media: MediaConfig,
     pub push: PushConfig,
+    pub turn: TurnConfig,
     /// Loaded and validated registrations, in the order configured.
     pub appservices: Vec<std::sync::Arc<plexus_core::appservice::Registration>>,
 }
@@ -336,6 +368,17 @@ impl Config {
         }
         if let Some(v) = var("PLEXUS_PUSH_ALLOW_LOOPBACK") {
             self.push.allow_loopback = parse_bool("PLEXUS_PUSH_ALLOW_LOOPBACK", &v)?;
+        }
+        if let Some(v) = var("PLEXUS_TURN_URIS") {
+            self.turn.uris = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = var("PLEXUS_TURN_SHARED_SECRET") {
+            self.turn.shared_secret = Some(v);
         }
         if let Some(v) = var("PLEXUS_FEDERATION_LISTEN") {
             self.federation.listen = Some(v);
@@ -472,6 +515,26 @@ impl Config {
             }
         };
         let appservices = load_registrations(&self.appservice.registrations)?;
+        let t = &self.turn;
+        if !t.uris.is_empty()
+            && t.shared_secret.is_none()
+            && (t.username.is_none() || t.password.is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "turn.uris",
+                why: "a TURN server needs shared_secret, or username and password".into(),
+            });
+        }
+        if let Some(u) = t.uris.iter().find(|u| {
+            !["turn:", "turns:", "stun:"]
+                .iter()
+                .any(|p| u.starts_with(p))
+        }) {
+            return Err(ConfigError::Invalid {
+                key: "turn.uris",
+                why: format!("`{u}` is not a turn:, turns: or stun: URI"),
+            });
+        }
         Ok(Settings {
             server_name,
             data_dir: self.data_dir.clone(),
@@ -489,6 +552,7 @@ impl Config {
             signing_key_path: self.signing_key_path.clone(),
             media: self.media.clone(),
             push: self.push.clone(),
+            turn: self.turn.clone(),
             appservices,
         })
     }
@@ -598,6 +662,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("server_name"));
+    }
+
+    #[test]
+    fn a_turn_server_needs_credentials_and_turn_uris() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "PLEXUS_TURN_URIS").then(|| "turn:t.example.org".into()))
+            .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("turn.uris") && err.contains("shared_secret"), "{err}");
+        c.turn.shared_secret = Some("s".into());
+        assert_eq!(c.validate().unwrap().turn.uris, vec!["turn:t.example.org"]);
+        c.turn.uris.push("http://t.example.org".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("http://t.example.org"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod tags;
 mod threads;
 mod upgrade;
 mod user_directory;
+mod voip;
 
 use axum::{
     routing::{get, post, put},
@@ -45,6 +46,7 @@ pub fn router() -> Router<App> {
         .route("/account/password", post(account::password))
         .route("/account/deactivate", post(account::deactivate))
         .route("/capabilities", get(discovery::capabilities))
+        .route("/voip/turnServer", get(voip::turn_server))
         // devices
         .route("/devices", get(devices::list))
         .route(
@@ -288,6 +290,16 @@ pub fn router() -> Router<App> {
         .route("/_matrix/client/versions", get(discovery::versions))
         .nest("/_matrix/client/v1", v1)
         .route("/.well-known/matrix/client", get(discovery::well_known))
+        // MSC3266's unstable room summary paths (Cinny and other matrix-js-sdk clients call
+        // the first; the second is the MSC's later form).
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{room}/summary",
+            get(spaces::room_summary_unstable),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room}",
+            get(spaces::room_summary_unstable),
+        )
         // r0 is the pre-v1.1 name of v3; older clients still call it.
         .nest("/_matrix/client/v3", v3.clone())
         .nest("/_matrix/client/r0", v3)

@@ -207,6 +207,26 @@ pub async fn room_summary(
     Ok(Json(summary))
 }
 
+/// The summary on MSC3266's unstable paths, with the MSC's unstable names for the room version
+/// and encryption beside the stable ones.
+pub async fn room_summary_unstable(
+    app: State<App>,
+    session: MaybeAuth,
+    room: Path<String>,
+    q: Query<ViaQuery>,
+) -> ApiResult<Json<Value>> {
+    let Json(mut summary) = room_summary(app, session, room, q).await?;
+    for (stable, unstable) in [
+        ("room_version", "im.nheko.summary.room_version"),
+        ("encryption", "im.nheko.summary.encryption"),
+    ] {
+        if let Some(v) = summary.get(stable).cloned() {
+            summary[unstable] = v;
+        }
+    }
+    Ok(Json(summary))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
