@@ -1,7 +1,7 @@
 //! createRoom, membership, state, send, redact, events, members, and the auth rules behind them.
 
 use plexus_spec_tests::{bodies, enc, timeline, Server};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn create_room_with_everything() {
@@ -1193,4 +1193,76 @@ async fn room_upgrade() {
     assert_eq!(tags.ok()["tags"]["m.favourite"]["order"], 0.25);
     let rule = bob.get(&rule_path(&new)).await;
     assert_eq!(rule.ok()["actions"], json!([]));
+}
+
+/// `unsigned.membership` (MSC4115, spec v1.11): the reader's membership at each event,
+/// counting the event's own change, `leave` before they had any; in `/messages`, `/event`,
+/// `/context` and the sync timeline. Not in state listings.
+#[tokio::test]
+async fn events_say_the_readers_membership_at_the_time() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let p = |a: &str| format!("/_matrix/client/v3/rooms/{}/{a}", enc(&room));
+    let before = alice.send_text(&room, "before the invite").await;
+    alice
+        .post(&p("invite"), json!({"user_id": bob.user_id}))
+        .await
+        .ok();
+    let invited = alice.send_text(&room, "while invited").await;
+    bob.join(&room).await.ok();
+    let joined = alice.send_text(&room, "after the join").await;
+
+    let page = bob.get(&p("messages?dir=b&limit=50")).await;
+    let membership_of = |id: &str| -> Value {
+        page.body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .map(|e| e["unsigned"]["membership"].clone())
+            .unwrap_or_else(|| panic!("{id} not in {}", page.body))
+    };
+    assert_eq!(page.status, 200);
+    assert_eq!(membership_of(&before), "leave");
+    assert_eq!(membership_of(&invited), "invite");
+    assert_eq!(membership_of(&joined), "join");
+    let own_join = page.body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(own_join["unsigned"]["membership"], "join", "{own_join}");
+    // Alice was in the room for all of it.
+    let alice_view = alice.get(&p("messages?dir=b&limit=50")).await;
+    assert!(alice_view.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .all(|e| e["unsigned"]["membership"] == "join"));
+
+    let one = bob.get(&p(&format!("event/{}", enc(&invited)))).await;
+    assert_eq!(one.ok()["unsigned"]["membership"], "invite");
+    let ctx = bob
+        .get(&p(&format!("context/{}?limit=4", enc(&joined))))
+        .await;
+    assert_eq!(ctx.ok()["event"]["unsigned"]["membership"], "join");
+    let sync = bob.sync("").await;
+    let tl = timeline(&sync, &room);
+    let last = tl.last().expect("timeline");
+    assert_eq!(last["event_id"], joined.as_str());
+    assert_eq!(last["unsigned"]["membership"], "join");
+    let state = &sync["rooms"]["join"][&room]["state"]["events"];
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["unsigned"].get("membership").is_none()),
+        "{state}"
+    );
 }

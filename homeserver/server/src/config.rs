@@ -670,7 +670,10 @@ mod tests {
         c.apply_env(|k| (k == "PLEXUS_TURN_URIS").then(|| "turn:t.example.org".into()))
             .unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("turn.uris") && err.contains("shared_secret"), "{err}");
+        assert!(
+            err.contains("turn.uris") && err.contains("shared_secret"),
+            "{err}"
+        );
         c.turn.shared_secret = Some("s".into());
         assert_eq!(c.validate().unwrap().turn.uris, vec!["turn:t.example.org"]);
         c.turn.uris.push("http://t.example.org".into());

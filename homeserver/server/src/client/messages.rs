@@ -39,7 +39,7 @@ pub fn member_events_for(
     for u in senders {
         if let Some(short) = app.state_get(hash, "m.room.member", u)? {
             if let Some(stored) = app.pdu_json(short)? {
-                out.push(app.client_event(
+                out.push(app.client_event_inner(
                     short,
                     &stored,
                     &room.meta.room_id,

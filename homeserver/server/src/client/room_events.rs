@@ -35,7 +35,7 @@ pub async fn all_state(
     let mut out = Vec::with_capacity(map.len());
     for short in map.values() {
         if let Some(stored) = app.pdu_json(*short)? {
-            out.push(app.client_event(*short, &stored, &room_id, Some(&s), true)?);
+            out.push(app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?);
         }
     }
     Ok(Json(Value::Array(out)))
@@ -64,7 +64,7 @@ async fn state_event(
         .pdu_json(short)?
         .ok_or_else(|| ApiError::NotFound("Event not found".into()))?;
     match format.as_deref() {
-        Some("event") => Ok(Json(app.client_event(
+        Some("event") => Ok(Json(app.client_event_inner(
             short,
             &stored,
             &room_id,
@@ -278,7 +278,7 @@ pub async fn members(
         if q.not_membership.as_deref() == Some(m) {
             continue;
         }
-        chunk.push(app.client_event(*short, &stored, &room_id, Some(&s), true)?);
+        chunk.push(app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?);
     }
     Ok(Json(json!({ "chunk": chunk })))
 }

@@ -416,7 +416,7 @@ fn answer(
             let mut events = vec![];
             for sh in app.state_map(hash)?.values() {
                 if let Some(st) = app.pdu_json(*sh)? {
-                    events.push(app.client_event(*sh, &st, room_id, Some(s), true)?);
+                    events.push(app.client_event_inner(*sh, &st, room_id, Some(s), true)?);
                 }
             }
             state.insert(room_id.to_string(), Value::Array(events));

@@ -451,7 +451,7 @@ fn room_section(
                 continue;
             }
         }
-        state.push(app.client_event(short, &stored, room_id, Some(s), false)?);
+        state.push(app.client_event_inner(short, &stored, room_id, Some(s), false)?);
     }
     if st_filter.lazy_load_members && !(newly || full_state || limited) {
         // Incremental: make sure the client can render every sender in the timeline.

@@ -465,8 +465,10 @@ impl Services {
 }
 
 impl Services {
-    /// The client form of a stored event for `viewer`: adds `unsigned.transaction_id` when the
-    /// viewer's own device sent it, and the bundled aggregations (thread summary, latest edit).
+    /// The client form of a stored event in a timeline-like list for `viewer`: adds
+    /// `unsigned.transaction_id` when the viewer's own device sent it, `unsigned.membership`
+    /// (MSC4115), and the bundled aggregations (thread summary, latest edit). State listings
+    /// use [`Self::client_event_inner`].
     pub fn client_event(
         &self,
         short: u64,
@@ -476,6 +478,11 @@ impl Services {
         include_room_id: bool,
     ) -> ApiResult<Value> {
         let mut ev = self.client_event_inner(short, stored, room_id, viewer, include_room_id)?;
+        if let Some(s) = viewer {
+            if let Some(m) = self.membership_at(&s.user_id, short, stored)? {
+                ev["unsigned"]["membership"] = Value::String(m);
+            }
+        }
         // State events are neither edited nor thread roots: skip the lookups (full-state syncs
         // render thousands of them).
         if let Some(s) = viewer.filter(|_| stored.get("state_key").is_none()) {
@@ -488,7 +495,36 @@ impl Services {
         Ok(ev)
     }
 
-    /// The client form without bundled aggregations.
+    /// `user`'s membership at an event, counting the event's own change (MSC4115): `leave`
+    /// when they had none. `None` for an event stored without state (an outlier).
+    pub fn membership_at(
+        &self,
+        user: &UserId,
+        short: u64,
+        stored: &Value,
+    ) -> ApiResult<Option<String>> {
+        let own_change = stored.get("type").and_then(Value::as_str) == Some("m.room.member")
+            && stored.get("state_key").and_then(Value::as_str) == Some(user.as_str());
+        if own_change {
+            return Ok(stored["content"]["membership"].as_str().map(str::to_owned));
+        }
+        let Some((before, _)) = self.event_state(short)? else {
+            return Ok(None);
+        };
+        let member = match self.state_get(before, "m.room.member", user.as_str())? {
+            Some(e) => self.pdu_json(e)?,
+            None => None,
+        };
+        Ok(Some(
+            member
+                .as_ref()
+                .and_then(|m| m["content"]["membership"].as_str())
+                .unwrap_or("leave")
+                .to_owned(),
+        ))
+    }
+
+    /// The client form for state listings: no bundled aggregations, no `unsigned.membership`.
     pub fn client_event_inner(
         &self,
         short: u64,
