@@ -107,6 +107,54 @@ async fn keys_are_uploaded_queried_and_claimed_once() {
     assert_eq!(c, json!({}));
 }
 
+/// One-time keys are handed out in the order they were uploaded (spec v1.13), whatever their
+/// ids: a client that uploads new keys while old ones wait gets its old ones used first (the
+/// ones it may forget first), and the order survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_keys_are_claimed_in_upload_order() {
+    let mut server = Server::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dev = Device::new(&alice.user_id, &alice.device_id);
+    upload(&alice, json!({ "device_keys": dev.device_keys() }))
+        .await
+        .ok();
+    // Ids that sort the other way round from their uploads.
+    for prefix in ["Z", "M", "A"] {
+        upload(
+            &alice,
+            json!({ "one_time_keys": dev.one_time_keys(prefix, 2) }),
+        )
+        .await
+        .ok();
+    }
+    let mut order = vec![];
+    for i in 0..6 {
+        if i == 3 {
+            assert!(server.terminate(10).is_some_and(|s| s.success()));
+            server.restart().await;
+        }
+        let c = claim(&bob, &alice.user_id, &alice.device_id).await;
+        let ids: Vec<String> = c[&alice.user_id][&alice.device_id]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(ids.len(), 1, "{c}");
+        order.push(
+            ids[0]
+                .trim_start_matches("signed_curve25519:")
+                .chars()
+                .next()
+                .unwrap(),
+        );
+    }
+    assert_eq!(order, vec!['Z', 'Z', 'M', 'M', 'A', 'A']);
+    assert_eq!(
+        claim(&bob, &alice.user_id, &alice.device_id).await,
+        json!({})
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_keys_are_refused_and_change_nothing() {
     let server = Server::start().await;

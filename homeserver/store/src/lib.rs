@@ -18,7 +18,7 @@ use std::sync::{
 };
 
 /// Schema version this build writes; [`migrate`] brings older data here.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The store: the keyspace, the global stream clock and the state snapshot cache.
 pub struct Store {
@@ -101,11 +101,45 @@ fn migrate(kv: &Kv) -> Result<(), StoreError> {
             b.put(Table::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
             kv.apply(b)
         }
-        Some(v) if v == SCHEMA_VERSION => Ok(()),
         Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew(v)),
-        // Future migrations step from `v` to `v + 1` here.
-        Some(v) => Err(StoreError::SchemaTooNew(v)),
+        Some(mut v) => {
+            // Each step is one batch with its new version stamp: a crash leaves v or v + 1.
+            while v < SCHEMA_VERSION {
+                let mut b = Batch::default();
+                match v {
+                    1 => queue_one_time_keys(kv, &mut b)?,
+                    _ => return Err(StoreError::SchemaTooNew(v)),
+                }
+                v += 1;
+                b.put(Table::Meta, META_SCHEMA, &v.to_be_bytes());
+                kv.apply(b)?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// 1 → 2: one-time keys stored before their upload order was kept get a queue entry at
+/// sequence 0, so they are handed out before any uploaded later.
+fn queue_one_time_keys(kv: &Kv, b: &mut Batch) -> Result<(), StoreError> {
+    for row in kv.scan_prefix(Table::OneTimeKey, b"") {
+        let (k, _) = row?;
+        // user \0 device \0 algorithm \0 key id
+        let Some(cut) = k
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == 0)
+            .nth(2)
+            .map(|(i, _)| i + 1)
+        else {
+            continue;
+        };
+        let mut q = k[..cut].to_vec();
+        q.extend_from_slice(&0u64.to_be_bytes());
+        q.extend_from_slice(&k[cut..]);
+        b.put(Table::OneTimeKeyQueue, &q, b"");
+    }
+    Ok(())
 }
 
 /// Big-endian u64 from the first 8 bytes (0 if shorter: only our own keys are read here).
@@ -138,6 +172,35 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.current_count(), 5);
+    }
+
+    #[test]
+    fn a_version_1_store_queues_its_one_time_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = Kv::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.put(Table::Meta, META_SCHEMA, &1u64.to_be_bytes());
+            b.put(
+                Table::OneTimeKey,
+                b"@a:x\0DEV\0signed_curve25519\0AAAB",
+                b"{}",
+            );
+            kv.apply(b).unwrap();
+            kv.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let schema = store.kv.get(Table::Meta, META_SCHEMA).unwrap().unwrap();
+        assert_eq!(be_u64(&schema), SCHEMA_VERSION);
+        let queued: Vec<Vec<u8>> = store
+            .kv
+            .scan_prefix(Table::OneTimeKeyQueue, b"")
+            .map(|r| r.unwrap().0.to_vec())
+            .collect();
+        let mut want = b"@a:x\0DEV\0signed_curve25519\0".to_vec();
+        want.extend_from_slice(&0u64.to_be_bytes());
+        want.extend_from_slice(b"AAAB");
+        assert_eq!(queued, vec![want]);
     }
 
     fn futures_flush(store: &Store) {

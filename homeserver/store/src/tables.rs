@@ -166,4 +166,7 @@ pub enum Table {
     /// user id \0 device id → JSON `{ts, ip}`: when and from where the device last made a
     /// request (written at most once a minute per device)
     DeviceSeen = 71,
+    /// user id \0 device id \0 algorithm \0 upload sequence (big-endian) ‖ key id → (): the
+    /// order one-time keys are handed out in, oldest upload first (spec v1.13)
+    OneTimeKeyQueue = 72,
 }

@@ -64,6 +64,11 @@ pub async fn upload(
             "at most {MAX_OTKS_PER_UPLOAD} one-time keys per upload"
         )));
     }
+    // Keys are handed out in upload order (spec v1.13); one upload's keys share a place.
+    let upload_seq = match body.one_time_keys.is_empty() {
+        true => 0,
+        false => app.store.kv.unique_id()?,
+    };
     for (id, key) in &body.one_time_keys {
         let (algorithm, key_id) = split_key_id(id)?;
         check_signed_key(key, user, device, ed25519.as_deref(), id)?;
@@ -75,7 +80,14 @@ pub async fn upload(
                 )));
             }
             Some(_) => {}
-            None => batch.put(Table::OneTimeKey, &row, &encode(key)),
+            None => {
+                batch.put(Table::OneTimeKey, &row, &encode(key));
+                batch.put(
+                    Table::OneTimeKeyQueue,
+                    &otk_queue_key(user, device, algorithm, upload_seq, key_id),
+                    b"",
+                );
+            }
         }
     }
     let fallback = if body.fallback_keys.is_empty() {
@@ -220,6 +232,14 @@ fn otk_key(user: &str, device: &str, algorithm: &str, key_id: &str) -> Vec<u8> {
     k
 }
 
+fn otk_queue_key(user: &str, device: &str, algorithm: &str, seq: u64, key_id: &str) -> Vec<u8> {
+    let mut k = key3(user, device, algorithm);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(key_id.as_bytes());
+    k
+}
+
 impl Services {
     /// A device's keys as stored (with the signatures added since), if it uploaded any.
     pub fn device_keys(&self, user: &UserId, device: &str) -> ApiResult<Option<Value>> {
@@ -266,8 +286,8 @@ impl Services {
         Ok(out)
     }
 
-    /// Take one key of `algorithm` for a device: a one-time key (removed), else its fallback
-    /// key (kept, marked used). Callers hold [`super::E2ee::claim_lock`].
+    /// Take one key of `algorithm` for a device: its oldest uploaded one-time key (removed),
+    /// else its fallback key (kept, marked used). Callers hold [`super::E2ee::claim_lock`].
     pub fn claim_key(
         &self,
         user: &UserId,
@@ -277,13 +297,23 @@ impl Services {
     ) -> ApiResult<Option<(String, Value)>> {
         let mut prefix = key3(user.as_str(), device, algorithm);
         prefix.push(0);
-        if let Some(item) = self.store.kv.scan_prefix(Table::OneTimeKey, &prefix).next() {
-            let (k, v) = item?;
-            let mut full = prefix.clone();
-            full.extend_from_slice(&k);
-            batch.delete(Table::OneTimeKey, &full);
+        for item in self.store.kv.scan_prefix(Table::OneTimeKeyQueue, &prefix) {
+            let (k, _) = item?;
+            let mut queued = prefix.clone();
+            queued.extend_from_slice(&k);
+            batch.delete(Table::OneTimeKeyQueue, &queued);
+            let Some(key_id) = k.get(8..) else {
+                continue;
+            };
+            let mut row = prefix.clone();
+            row.extend_from_slice(key_id);
+            // A queue entry outlives its key only if the two were split by hand: skip it.
+            let Some(v) = self.store.kv.get(Table::OneTimeKey, &row)? else {
+                continue;
+            };
+            batch.delete(Table::OneTimeKey, &row);
             return Ok(Some((
-                format!("{algorithm}:{}", String::from_utf8_lossy(&k)),
+                format!("{algorithm}:{}", String::from_utf8_lossy(key_id)),
                 decode(&v)?,
             )));
         }
@@ -311,7 +341,12 @@ impl Services {
         batch.delete(Table::DeviceKeys, &key2(user.as_str(), device));
         let mut prefix = key2(user.as_str(), device);
         prefix.push(0);
-        for table in [Table::OneTimeKey, Table::FallbackKey, Table::ToDevice] {
+        for table in [
+            Table::OneTimeKey,
+            Table::OneTimeKeyQueue,
+            Table::FallbackKey,
+            Table::ToDevice,
+        ] {
             for item in self.store.kv.scan_prefix(table, &prefix) {
                 let (k, _) = item?;
                 let mut full = prefix.clone();
