@@ -348,4 +348,20 @@ async fn the_user_directory_finds_remote_room_mates_by_name() {
         found,
         json!([{"user_id": bob.user_id, "display_name": "Bobby Faraway"}])
     );
+    // A user found there can be reported (MSC4260, spec v1.14); one never seen cannot.
+    let report = |user: String| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .post(
+                    &format!("/_matrix/client/v3/users/{}/report", enc(&user)),
+                    json!({"reason": "spam"}),
+                )
+                .await
+        }
+    };
+    report(bob.user_id.clone()).await.ok();
+    report(format!("@nobody:{}", two.server_name))
+        .await
+        .err(404, "M_NOT_FOUND");
 }

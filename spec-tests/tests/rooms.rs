@@ -809,6 +809,30 @@ async fn user_directory_search() {
         json!([]),
         "users sharing nothing are not found"
     );
+    // Spec v1.15: members of rooms anyone may join or read count as public, published in the
+    // directory or not.
+    let erin = srv.user("erin").await;
+    erin.create_room(json!({"preset": "public_chat"})).await;
+    let frank = srv.user("frank").await;
+    frank
+        .create_room(json!({"preset": "private_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "world_readable"}}]}))
+        .await;
+    let gina = srv.user("gina").await;
+    gina.create_room(json!({"preset": "private_chat"})).await;
+    for (who, found) in [("erin", true), ("frank", true), ("gina", false)] {
+        let r = alice
+            .post("/_matrix/client/v3/user_directory/search", search(who))
+            .await;
+        let ids: Vec<&str> = r.ok()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|u| u["user_id"].as_str())
+            .collect();
+        assert_eq!(!ids.is_empty(), found, "{who}: {ids:?}");
+    }
     let r = alice
         .post(
             "/_matrix/client/v3/user_directory/search",

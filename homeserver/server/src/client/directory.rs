@@ -451,5 +451,6 @@ pub async fn set_visibility(
     }
     app.store.commit(b)?;
     app.store.flush().await?;
+    app.public_users.mark_stale();
     Ok(Json(json!({})))
 }

@@ -98,7 +98,13 @@ pub async fn report_user(
 ) -> ApiResult<Json<Value>> {
     let user = UserId::parse(&user)
         .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
-    if !app.is_local(&user) || app.user(&user)?.is_none() {
+    // Users of other servers can be reported once this server has seen them in a room
+    // (as the user directory and invites show them: MSC4260).
+    let known = match app.is_local(&user) {
+        true => app.user(&user)?.is_some(),
+        false => !app.user_rooms(&user)?.is_empty(),
+    };
+    if !known {
         return Err(ApiError::NotFound("User not found".into()));
     }
     let reason = reason(&body)?;

@@ -258,7 +258,10 @@ pub async fn create_room(
         )?;
     }
     if let Some(topic) = &body.topic {
-        let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } });
+        let content = json!({
+            "topic": topic,
+            "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] },
+        });
         w.append(&sender, state("m.room.topic", "", content), None)?;
     }
 

@@ -1,11 +1,10 @@
-//! User directory search: users who share a room with the searcher, and members of rooms in the
-//! public directory, matched on user id and display name.
+//! User directory search: users who share a room with the searcher, and members of public,
+//! world-readable and published rooms (spec v1.15), matched on user id and display name.
 
 use std::collections::BTreeSet;
 
 use axum::{extract::State, Json};
-use plexus_store::Table;
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,20 +23,7 @@ pub struct SearchBody {
 /// Everyone the searcher may find: room-mates and members of public rooms.
 fn candidates(app: &App, searcher: &ruma::UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
     let mut users = app.presence_audience(searcher)?;
-    for item in app.store.kv.scan_prefix(Table::PublicRoom, b"") {
-        let (k, _) = item?;
-        let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) else {
-            continue;
-        };
-        if let Some(room) = app.room(&room_id)? {
-            users.extend(
-                app.room_members(room.short)?
-                    .into_iter()
-                    .filter(|(_, m)| m == "join")
-                    .map(|(u, _)| u),
-            );
-        }
-    }
+    users.extend(app.publicly_visible_users()?.iter().cloned());
     Ok(users)
 }
 

@@ -11,6 +11,7 @@ pub mod restricted;
 pub mod rooms;
 pub mod single_flight;
 pub mod spaces;
+pub mod user_directory;
 pub mod writer;
 
 use std::{
@@ -49,6 +50,7 @@ pub struct Services {
     pub bodies: crate::http::body::BodyBudget,
     pub limiter: ratelimit::Limiter,
     pub last_seen: last_seen::LastSeen,
+    pub public_users: user_directory::PublicUsers,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -105,6 +107,7 @@ impl Services {
             bodies: Default::default(),
             limiter,
             last_seen: Default::default(),
+            public_users: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         });
         app.hash_stored_tokens()?;

@@ -53,7 +53,11 @@ impl Services {
             ("room_type", "m.room.create", "type"),
             ("encryption", "m.room.encryption", "algorithm"),
         ] {
-            if let Some(x) = content(kind)?.get(key).filter(|x| x.is_string()) {
+            // An empty name or topic is none (spec v1.15 for topics).
+            if let Some(x) = content(kind)?
+                .get(key)
+                .filter(|x| x.as_str().is_some_and(|s| !s.is_empty()))
+            {
                 v[field] = x.clone();
             }
         }

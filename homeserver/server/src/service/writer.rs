@@ -474,6 +474,7 @@ impl Services {
         dests: &[ruma::OwnedServerName],
     ) {
         self.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
+        self.public_users.mark_stale();
         if let Some(fed) = &self.federation {
             for d in dests {
                 fed.sender.wake(d);

@@ -1,0 +1,84 @@
+//! Who the user directory may show beyond a searcher's room-mates (spec v1.15): members of rooms
+//! that anyone may join (`public` join rule) or read (`world_readable`), and of rooms published
+//! in the room directory. Finding them walks every room, so the set is kept and shared by all
+//! searches until a room write marks it stale. (Under a steady stream of writes every search
+//! walks again; an index kept by the writer is the performance issue's to add.)
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use plexus_store::{be_u64, Table};
+use ruma::OwnedUserId;
+
+use super::Services;
+use crate::error::ApiResult;
+
+#[derive(Default)]
+pub struct PublicUsers {
+    cached: Mutex<Option<Arc<BTreeSet<OwnedUserId>>>>,
+    stale: AtomicBool,
+}
+
+impl PublicUsers {
+    /// A room changed (members, join rules, visibility, publication).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Services {
+    /// Users joined to a public, world-readable or published room.
+    pub fn publicly_visible_users(&self) -> ApiResult<Arc<BTreeSet<OwnedUserId>>> {
+        {
+            let cached = self
+                .public_users
+                .cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(users) = cached.as_ref() {
+                if !self.public_users.stale.load(Ordering::Relaxed) {
+                    return Ok(users.clone());
+                }
+            }
+        }
+        self.public_users.stale.store(false, Ordering::Relaxed);
+        let users = Arc::new(self.walk_public_rooms()?);
+        *self
+            .public_users
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(users.clone());
+        Ok(users)
+    }
+
+    fn walk_public_rooms(&self) -> ApiResult<BTreeSet<OwnedUserId>> {
+        let mut users = BTreeSet::new();
+        for item in self.store.kv.scan_prefix(Table::RoomIdShort, b"") {
+            let (room_id, short) = item?;
+            let short = be_u64(&short);
+            let published = self.store.kv.get(Table::PublicRoom, &room_id)?.is_some();
+            let open = published || {
+                let hash = self.current_state(short)?.map(|s| s.0).unwrap_or(0);
+                let join_rule = self
+                    .state_json(hash, "m.room.join_rules", "")?
+                    .and_then(|e| e["content"]["join_rule"].as_str().map(str::to_owned));
+                join_rule.as_deref() == Some("public")
+                    || self.history_visibility(hash)? == "world_readable"
+            };
+            if open {
+                users.extend(
+                    self.room_members(short)?
+                        .into_iter()
+                        .filter(|(_, m)| m == "join")
+                        .map(|(u, _)| u),
+                );
+            }
+        }
+        Ok(users)
+    }
+}
