@@ -394,6 +394,63 @@ async fn transactions_are_ordered_retried_and_delivered_once_across_a_crash() {
     assert!(!fake.events().iter().any(|e| e["room_id"] == other.as_str()));
 }
 
+/// Spec v1.13 (MSC2409): ephemeral data of rooms in the appservice's room namespace, with no
+/// user of its in them, and the private receipts of the users it acts for (not of others).
+#[tokio::test]
+async fn ephemeral_data_of_namespaced_rooms_and_private_receipts_of_its_users() {
+    let (server, fake, _dir) = setup(
+        "  rooms:\n    - exclusive: false\n      regex: \"!.*\"\nreceive_ephemeral: true",
+    )
+    .await;
+    let asc = as_client(&server, &fake);
+    register_ghost(&asc, "as_ghost").await;
+    let alice = server.user("alice").await;
+    let lonely = alice.create_room(json!({})).await;
+    alice.typing(&lonely, true).await.ok();
+    eventually(20, "typing in a room only its namespace names", || async {
+        fake.field("ephemeral")
+            .iter()
+            .any(|e| e["type"] == "m.typing" && e["room_id"] == lonely.as_str())
+            .then_some(())
+    })
+    .await;
+
+    let shared = alice
+        .create_room(json!({ "invite": ["@as_ghost:localhost"] }))
+        .await;
+    ghost_joins(&asc, &shared).await;
+    let msg = alice.send_text(&shared, "private reading").await;
+    let private_receipt = |c: Client, path: String| async move {
+        c.post(&path, json!({})).await.ok();
+    };
+    let receipt_path = format!(
+        "/_matrix/client/v3/rooms/{}/receipt/m.read.private/{}",
+        enc(&shared),
+        enc(&msg)
+    );
+    private_receipt(
+        asc.clone(),
+        acting(&receipt_path, "@as_ghost:localhost", None),
+    )
+    .await;
+    private_receipt(alice.clone(), receipt_path.clone()).await;
+    let receipt = eventually(20, "the ghost's private receipt", || async {
+        fake.field("ephemeral").into_iter().find(|e| {
+            e["type"] == "m.receipt"
+                && e["content"][&msg]["m.read.private"]["@as_ghost:localhost"].is_object()
+        })
+    })
+    .await;
+    assert!(
+        receipt["content"][&msg]["m.read.private"][&alice.user_id].is_null(),
+        "{receipt}"
+    );
+    assert!(fake
+        .field("ephemeral")
+        .iter()
+        .all(|e| e["content"][&msg]["m.read.private"][&alice.user_id].is_null()));
+}
+
 #[tokio::test]
 async fn ephemeral_data_and_to_device_messages_reach_the_appservice() {
     let (server, fake, _dir) = setup(

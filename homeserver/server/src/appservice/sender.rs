@@ -207,8 +207,9 @@ async fn put_transaction(svc: &Services, reg: &Registration, p: &Pending) -> Api
 struct View {
     /// Whether a room concerns the appservice (a member in its namespace, or an alias in it).
     rooms: HashMap<OwnedRoomId, bool>,
-    /// Rooms where one of its users is joined: where its ephemeral data comes from. Filled
-    /// on first use, then kept current from the member events that pass.
+    /// Rooms where one of its users is joined or whose id is in its room namespace: where its
+    /// ephemeral data comes from (spec v1.13). Filled on first use, then kept current from the
+    /// events that pass.
     member_rooms: Option<BTreeSet<OwnedRoomId>>,
     /// Its users' devices (MSC3202 key counts), filled on first use and again after one of its
     /// users' device lists changed.
@@ -250,6 +251,11 @@ impl View {
             else {
                 continue;
             };
+            if reg.matches(Kind::Room, room_id.as_str()) {
+                if let Some(rooms) = self.member_rooms.as_mut() {
+                    rooms.insert(room_id.clone());
+                }
+            }
             let kind = stored.get("type").and_then(Value::as_str).unwrap_or("");
             let state_key = stored.get("state_key").and_then(Value::as_str);
             if matches!(kind, "m.room.member" | "m.room.canonical_alias") {
@@ -387,6 +393,15 @@ impl View {
                     }
                 }
             }
+            for item in svc.store.kv.scan_prefix(Table::RoomIdShort, b"") {
+                let (id, _) = item?;
+                let id = String::from_utf8_lossy(&id);
+                if reg.matches(Kind::Room, &id) {
+                    if let Ok(room) = OwnedRoomId::try_from(id.as_ref()) {
+                        rooms.insert(room);
+                    }
+                }
+            }
             self.member_rooms = Some(rooms);
         }
         Ok(self.member_rooms.get_or_insert_with(BTreeSet::new))
@@ -416,7 +431,7 @@ impl View {
                     }),
                     None => false,
                 };
-                if !still {
+                if !still && !reg.matches(Kind::Room, room_id.as_str()) {
                     rooms.remove(room_id);
                 }
             }
@@ -437,8 +452,6 @@ impl View {
         from: u64,
         upto: u64,
     ) -> ApiResult<Vec<Value>> {
-        let viewer = UserId::parse(reg.sender(server))
-            .map_err(|e| ApiError::Internal(format!("appservice sender: {e}")))?;
         let rooms: Vec<OwnedRoomId> = self
             .member_rooms(svc, reg, server)?
             .iter()
@@ -455,7 +468,9 @@ impl View {
                     "type": "m.typing", "room_id": room_id, "content": { "user_ids": users },
                 }));
             }
-            if let Some(content) = svc.receipts_since(room.short, Some(from), &viewer)? {
+            // Private receipts of every user it acts for (spec v1.13).
+            let ours = |u: &str| reg.may_act_as(u, server);
+            if let Some(content) = svc.receipts_since(room.short, Some(from), &ours)? {
                 out.push(json!({ "type": "m.receipt", "room_id": room_id, "content": content }));
             }
             for (user, m) in svc.room_members(room.short)? {

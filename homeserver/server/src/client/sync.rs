@@ -397,7 +397,8 @@ fn room_section(
         if let Some(users) = app.typing_since(room_id, since) {
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
-        if let Some(content) = app.receipts_since(room.short, since, &s.user_id)? {
+        let own = |u: &str| u == s.user_id.as_str();
+        if let Some(content) = app.receipts_since(room.short, since, &own)? {
             ephemeral.push(json!({ "type": "m.receipt", "content": content }));
         }
         ephemeral.retain(|e| filter.room.ephemeral.allows(e));
