@@ -391,11 +391,37 @@ async fn discovery_endpoints() {
     let srv = Server::start().await;
     let c = srv.client();
     let v = c.get("/_matrix/client/versions").await;
-    assert!(v.ok()["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|x| x == "v1.12"));
+    for version in ["v1.12", "v1.13", "v1.14", "v1.15"] {
+        assert!(
+            v.ok()["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == version),
+            "{version}: {}",
+            v.body
+        );
+    }
+    // v1.15 offers OAuth 2.0 as an alternative to the legacy API; Plexus serves the legacy one
+    // and says so with the spec's 404.
+    c.get("/_matrix/client/v1/auth_metadata")
+        .await
+        .err(404, "M_UNRECOGNIZED");
+    // No third-party identifiers: an empty list, and the v1.13 error for adding one.
+    let alice = srv.user("alice").await;
+    assert_eq!(
+        alice.get("/_matrix/client/v3/account/3pid").await.ok(),
+        &serde_json::json!({"threepids": []})
+    );
+    for medium in ["email", "msisdn"] {
+        alice
+            .post(
+                &format!("/_matrix/client/v3/account/3pid/{medium}/requestToken"),
+                serde_json::json!({"client_secret": "s", "email": "a@b.c", "send_attempt": 1}),
+            )
+            .await
+            .err(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED");
+    }
     let wk = c.get("/.well-known/matrix/client").await;
     assert!(wk.ok()["m.homeserver"]["base_url"]
         .as_str()

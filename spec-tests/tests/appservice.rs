@@ -398,10 +398,9 @@ async fn transactions_are_ordered_retried_and_delivered_once_across_a_crash() {
 /// user of its in them, and the private receipts of the users it acts for (not of others).
 #[tokio::test]
 async fn ephemeral_data_of_namespaced_rooms_and_private_receipts_of_its_users() {
-    let (server, fake, _dir) = setup(
-        "  rooms:\n    - exclusive: false\n      regex: \"!.*\"\nreceive_ephemeral: true",
-    )
-    .await;
+    let (server, fake, _dir) =
+        setup("  rooms:\n    - exclusive: false\n      regex: \"!.*\"\nreceive_ephemeral: true")
+            .await;
     let asc = as_client(&server, &fake);
     register_ghost(&asc, "as_ghost").await;
     let alice = server.user("alice").await;

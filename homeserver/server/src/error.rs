@@ -63,6 +63,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     IncompatibleRoomVersion(String),
+    /// 400: this server binds no email addresses or phone numbers to accounts.
+    #[error("{0}")]
+    ThreepidMediumNotSupported(String),
     /// A remote server refused: its Matrix error is passed on to the client.
     #[error("{error}")]
     Remote {
@@ -151,6 +154,9 @@ impl ApiError {
             Uia(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
             IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
+            ThreepidMediumNotSupported(_) => {
+                (StatusCode::BAD_REQUEST, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+            }
             Remote { status, .. } => (
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
                 "M_UNKNOWN",

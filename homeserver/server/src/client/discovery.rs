@@ -3,11 +3,13 @@ use serde_json::{json, Value};
 
 use crate::{error::ApiResult, http::extract::Auth, service::App};
 
-/// Spec versions whose client-server API Plexus implements for the endpoints it serves.
+/// Spec versions whose client-server API Plexus implements for the endpoints it serves. From
+/// v1.15 the spec offers OAuth 2.0 as an alternative to its legacy authentication; a server
+/// may serve either, and Plexus serves the legacy one (`auth_metadata` answers 404).
 pub async fn versions() -> Json<Value> {
     Json(json!({
         "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-                     "v1.9", "v1.10", "v1.11", "v1.12"],
+                     "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15"],
         "unstable_features": {}
     }))
 }

@@ -22,6 +22,7 @@ mod spaces;
 pub mod sync;
 mod tags;
 mod threads;
+mod threepid;
 mod upgrade;
 mod user_directory;
 mod voip;
@@ -46,6 +47,15 @@ pub fn router() -> Router<App> {
         .route("/account/password", post(account::password))
         .route("/account/deactivate", post(account::deactivate))
         .route("/capabilities", get(discovery::capabilities))
+        .route("/account/3pid", get(threepid::list))
+        .route(
+            "/account/3pid/email/requestToken",
+            post(threepid::request_token),
+        )
+        .route(
+            "/account/3pid/msisdn/requestToken",
+            post(threepid::request_token),
+        )
         .route("/voip/turnServer", get(voip::turn_server))
         // devices
         .route("/devices", get(devices::list))
