@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every Plexus test: unit tests, black-box spec-tests against real plexus processes, and the
 # interop tests with libraries nobody here wrote: matrix-nio from PyPI (with its vodozemac
-# E2EE), on one plexus and across two federated ones, and a mautrix-python appservice.
+# E2EE), on one plexus and across two federated ones, matrix-js-sdk from npm, and a
+# mautrix-python appservice.
 #
 # Usage: bash spec-tests/run-all.sh
-# Needs: cargo, python3 (3.9+) with venv. Creates target/interop-venv on first run.
+# Needs: cargo, python3 (3.9+) with venv, node (18+) with npm. Creates target/interop-venv on
+# first run, and spec-tests/interop/jssdk/node_modules (npm ci) on every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -52,6 +54,24 @@ if ! "$venv/bin/python" spec-tests/interop/nio_rooms.py "http://127.0.0.1:$port"
 fi
 read -r rooms_passed rooms_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$rooms_log")
 rm -f "$rooms_log"
+
+echo "== interop: what real clients tripped over (issue 20), through matrix-nio (devices, history on joining between syncs, unsigned.membership, v12 redactions)"
+clients_log=$(mktemp)
+if ! "$venv/bin/python" spec-tests/interop/nio_clients.py "http://127.0.0.1:$port" | tee "$clients_log"; then
+  echo "--- plexus log"; tail -50 "$data/plexus.log"; exit 1
+fi
+read -r clients_passed clients_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$clients_log")
+rm -f "$clients_log"
+
+echo "== interop: matrix-js-sdk from npm (TURN polling, room summary, history on accepting an invite, v12 redactions, unsigned.membership, /versions)"
+# The SDK and its dependencies as package-lock.json pins them, into jssdk/node_modules.
+(cd spec-tests/interop/jssdk && npm ci --no-audit --no-fund --loglevel=error)
+jssdk_log=$(mktemp)
+if ! node spec-tests/interop/jssdk/clients.mjs "http://127.0.0.1:$port" | tee "$jssdk_log"; then
+  echo "--- plexus log"; tail -50 "$data/plexus.log"; exit 1
+fi
+read -r jssdk_passed jssdk_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$jssdk_log")
+rm -f "$jssdk_log"
 
 echo "== interop: matrix-nio end-to-end encryption (keys, Olm/Megolm, to-device, device lists, key backup)"
 e2ee_log=$(mktemp)
@@ -117,5 +137,5 @@ bench_ok=1
 if [ "$bench_ok" != 1 ]; then
   echo "plexus-bench reported errors"; tail -50 "$data/plexus.log"; exit 1
 fi
-echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $e2ee_passed + $mx_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
-echo "$((cargo_passed + nio_passed + rooms_passed + e2ee_passed + mx_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + e2ee_failed + mx_failed + e2ee_fed_failed)) failed"
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $clients_passed + $jssdk_passed + $e2ee_passed + $mx_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
+echo "$((cargo_passed + nio_passed + rooms_passed + clients_passed + jssdk_passed + e2ee_passed + mx_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + clients_failed + jssdk_failed + e2ee_failed + mx_failed + e2ee_fed_failed)) failed"
