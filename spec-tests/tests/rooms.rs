@@ -1290,3 +1290,41 @@ async fn events_say_the_readers_membership_at_the_time() {
         "{state}"
     );
 }
+
+/// An invite carries the invitee's display name and avatar (as Synapse's do), so clients show
+/// who was invited before they join; in `/invite` and in createRoom's `invite` alike.
+#[tokio::test]
+async fn invites_carry_the_invitees_profile() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let bob = srv.user("bob").await;
+    for (field, value) in [
+        ("displayname", "Bob B."),
+        ("avatar_url", "mxc://localhost/bob"),
+    ] {
+        bob.put(
+            &format!("/_matrix/client/v3/profile/{}/{field}", enc(&bob.user_id)),
+            json!({ field: value }),
+        )
+        .await
+        .ok();
+    }
+    let later = alice.create_room(json!({})).await;
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&later)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await
+        .ok();
+    let at_once = alice.create_room(json!({"invite": [bob.user_id]})).await;
+    for room in [&later, &at_once] {
+        let invite = alice
+            .state(room, "m.room.member", &bob.user_id)
+            .await
+            .expect("invite");
+        assert_eq!(invite["membership"], "invite");
+        assert_eq!(invite["displayname"], "Bob B.", "{invite}");
+        assert_eq!(invite["avatar_url"], "mxc://localhost/bob", "{invite}");
+    }
+}

@@ -272,6 +272,9 @@ pub async fn create_room(
         if body.is_direct {
             c["is_direct"] = json!(true);
         }
+        if let Some(invitee) = app.user(u)? {
+            super::membership::add_profile(&mut c, &invitee);
+        }
         w.append(&sender, state("m.room.member", u.as_str(), c), None)?;
     }
 
