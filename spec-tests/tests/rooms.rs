@@ -1275,6 +1275,15 @@ async fn events_say_the_readers_membership_at_the_time() {
         .get(&p(&format!("context/{}?limit=4", enc(&joined))))
         .await;
     assert_eq!(ctx.ok()["event"]["unsigned"]["membership"], "join");
+    assert!(
+        ctx.body["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["unsigned"].get("membership").is_none()),
+        "{}",
+        ctx.body["state"]
+    );
     let sync = bob.sync("").await;
     let tl = timeline(&sync, &room);
     let last = tl.last().expect("timeline");

@@ -360,7 +360,7 @@ pub async fn context(
         let mut v = vec![];
         for sh in app.state_map(state_hash)?.values() {
             if let Some(st) = app.pdu_json(*sh)? {
-                v.push(app.client_event(*sh, &st, &room_id, Some(&s), true)?);
+                v.push(app.client_event_inner(*sh, &st, &room_id, Some(&s), true)?);
             }
         }
         v
