@@ -2,11 +2,13 @@
 # Every Plexus test: unit tests, black-box spec-tests against real plexus processes, and the
 # interop tests with libraries nobody here wrote: matrix-nio from PyPI (with its vodozemac
 # E2EE), on one plexus and across two federated ones, matrix-js-sdk from npm, and a
-# mautrix-python appservice.
+# mautrix-python appservice; and the JSON shapes of Plexus's responses against Synapse's.
 #
 # Usage: bash spec-tests/run-all.sh
 # Needs: cargo, python3 (3.9+) with venv, node (18+) with npm. Creates target/interop-venv on
-# first run, and spec-tests/interop/jssdk/node_modules (npm ci) on every run.
+# first run, and spec-tests/interop/jssdk/node_modules (npm ci) on every run; installs Synapse
+# into target/synapse-venv when it is not there (the black-box tests that run Synapse install it
+# too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -34,7 +36,15 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 PLEXUS_DATA_DIR="$data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$port" PLEXUS_REGISTRATION=open PLEXUS_RATE_LIMITS=off \
   PLEXUS_LOG=warn "$target/debug/plexus" >"$data/plexus.log" 2>&1 &
 pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
+# A Synapse started below (for the shape comparison) is stopped with the rest, even on failure.
+syn_dir=""
+stop_synapse() {
+  if [ -n "$syn_dir" ]; then
+    SYNAPSE_VENV="$target/synapse-venv" bash spec-tests/synapse/synapse.sh stop "$syn_dir" >/dev/null 2>&1 || true
+    syn_dir=""
+  fi
+}
+cleanup() { stop_synapse; kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
@@ -72,6 +82,22 @@ if ! node spec-tests/interop/jssdk/clients.mjs "http://127.0.0.1:$port" | tee "$
 fi
 read -r jssdk_passed jssdk_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$jssdk_log")
 rm -f "$jssdk_log"
+
+echo "== interop: the JSON shapes of plexus's responses against Synapse's, one scripted client run on both (differences not accepted in shape_diff.py fail)"
+shape_start=$SECONDS
+SYNAPSE_VENV="$target/synapse-venv" bash spec-tests/synapse/synapse.sh install "$data/synapse"
+syn_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+syn_dir="$data/synapse"
+SYNAPSE_VENV="$target/synapse-venv" bash spec-tests/synapse/synapse.sh start "$syn_dir" "$syn_port"
+shape_log=$(mktemp)
+if ! "$venv/bin/python" spec-tests/interop/shape_diff.py "http://127.0.0.1:$port" "http://127.0.0.1:$syn_port" | tee "$shape_log"; then
+  echo "--- plexus log"; tail -50 "$data/plexus.log"
+  echo "--- synapse log"; tail -30 "$syn_dir/homeserver.log"; exit 1
+fi
+stop_synapse
+read -r shape_passed shape_failed < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$shape_log")
+rm -f "$shape_log"
+echo "(shape comparison: $((SECONDS - shape_start))s with Synapse's start and stop)"
 
 echo "== interop: matrix-nio end-to-end encryption (keys, Olm/Megolm, to-device, device lists, key backup)"
 e2ee_log=$(mktemp)
@@ -115,6 +141,7 @@ for i in 1 2; do
   fed_urls+=("http://127.0.0.1:$cport")
 done
 cleanup() {
+  stop_synapse
   kill "$pid" "${fed_pids[@]}" 2>/dev/null || true
   wait "$pid" "${fed_pids[@]}" 2>/dev/null || true
   rm -rf "$data"
@@ -137,5 +164,5 @@ bench_ok=1
 if [ "$bench_ok" != 1 ]; then
   echo "plexus-bench reported errors"; tail -50 "$data/plexus.log"; exit 1
 fi
-echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $clients_passed + $jssdk_passed + $e2ee_passed + $mx_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
-echo "$((cargo_passed + nio_passed + rooms_passed + clients_passed + jssdk_passed + e2ee_passed + mx_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + clients_failed + jssdk_failed + e2ee_failed + mx_failed + e2ee_fed_failed)) failed"
+echo "== summary: cargo $cargo_passed passed, interop $nio_passed + $rooms_passed + $clients_passed + $jssdk_passed + $shape_passed + $e2ee_passed + $mx_passed + $e2ee_fed_passed passed, bench smoke 1 passed"
+echo "$((cargo_passed + nio_passed + rooms_passed + clients_passed + jssdk_passed + shape_passed + e2ee_passed + mx_passed + e2ee_fed_passed + 1)) passed, $((cargo_failed + nio_failed + rooms_failed + clients_failed + jssdk_failed + shape_failed + e2ee_failed + mx_failed + e2ee_fed_failed)) failed"

@@ -17,17 +17,22 @@ the enum-like fields clients branch on (errcode, type, membership, limited, ...)
 are matched by what they are: events by type (and state_key, and relation type), push rules by
 rule_id, conditions by kind, flows by type; the shapes of elements that match are merged.
 
-Printed per label: a difference in HTTP status, fields only Synapse has (missing in Plexus),
+The differences of a label: its HTTP status, fields only Synapse has (missing in Plexus),
 fields only Plexus has (extra), fields whose type or kept value differs, and apart from those
 (server specific, never a failure) the "unstable extras" (fields under an MSC or vendor prefix
 such as org.matrix.msc*) and the fields of Synapse's legacy event format (age, user_id,
-prev_content, ... at an event's top level, outside /sync). A label passes when all its other
-differences are in ACCEPTED. At the end, the differences found under several labels.
+prev_content, ... at an event's top level, outside /sync). A label passes when each of its other
+differences is accepted by an entry of ACCEPTED (below: one entry per known cause, with why).
 
 Usage: python shape_diff.py PLEXUS_URL SYNAPSE_URL
        e.g. python shape_diff.py http://127.0.0.1:8008 http://127.0.0.1:8448
-Prints the differences and one line per label, and ends with "N passed, M failed" (a failed
-label is one with a difference not in ACCEPTED); exit status 1 on any failure.
+Prints one line per label ("ok" or "FAIL", and how many of its differences are accepted, per
+cause), after the differences of each failing label that nothing accepts; then those failing
+differences that recur under several labels, and how many differences each cause of ACCEPTED
+accepted over the whole run; it ends with "N passed, M failed" (one check per label, and one per
+server that the scripted run went to the end); exit status 1 on any failure.
+With SHAPE_DIFF_VERBOSE=1, every difference of every label is printed (the accepted ones marked
+with their cause), the server specific extras too.
 With SHAPE_DIFF_DUMP=DIR in the environment, the raw responses (and the names given to ids) are
 written to DIR/plexus.json and DIR/synapse.json as well.
 """
@@ -47,10 +52,128 @@ from harness import HTTP_TIMEOUT, check, q, run_main
 RUN_DEADLINE = 300.0  # seconds for the whole run (both servers at once), whatever happens
 SYNC_WAIT = 20.0  # seconds a "sync until ..." step may take before its last response is kept
 
-# Differences that are known and accepted: label -> the rendered lines of the report that are
-# accepted for it ("status", or a path such as "rooms/join/<room:private>/summary"). Empty for
-# now: everything is reported.
-ACCEPTED: dict[str, set[str]] = {}
+
+class Accept:
+    """One accepted cause of differences. Each side's pattern is a regular expression searched in
+    the report line of a difference, "path: description" as printed (e.g. `rooms/invite: object
+    (empty)`, `devices[*]/last_seen_ts: Plexus int | Synapse int|null`, `status: Plexus 404 ...
+    | Synapse 200 {}`): plexus= for fields only Plexus has, synapse= for fields only Synapse has,
+    differs= for a type, kept value or HTTP status that differs. labels=, when given, is searched
+    in the label: the cause is accepted there only."""
+
+    def __init__(self, tag, why, plexus=None, synapse=None, differs=None, labels=None):
+        self.tag, self.why = tag, why
+        self.sides = {kind: re.compile(pat) for kind, pat in (
+            ("extra", plexus), ("missing", synapse), ("type", differs), ("status", differs))
+            if pat}
+        self.labels = re.compile(labels) if labels else None
+
+    def matches(self, label, kind, line):
+        pat = self.sides.get(kind)
+        return bool(pat and pat.search(line)
+                    and (self.labels is None or self.labels.search(label)))
+
+
+# The differences that are known and accepted, one entry per cause: (a short tag, why, then the
+# report lines it accepts on each side). Any difference that none of them matches fails its
+# label; an accepted one is still counted under its tag, per label and at the end.
+PL = r'\[m\.room\.power_levels sk=""\]/content/'
+ACCEPTED = [
+    # /sync
+    Accept("sync sections", "Plexus sends every /sync section, empty ones too; Synapse leaves "
+           "the empty ones out (both are valid)", labels=r"^GET /sync ",
+           plexus=r"^(rooms|rooms/(invite|join|knock|leave)|account_data|presence|to_device|"
+                  r"device_lists|device_lists/(changed|left)): (object|array)( \{[^}]*\})? "
+                  r"\(empty\)$"),
+    Accept("summary", "Plexus sends a joined room's summary in every sync (heroes even for named "
+           "rooms); Synapse only when it changed", labels=r"^GET /sync ",
+           plexus=r"^rooms/join/[^/]+/summary/m\.(heroes: array \{\[\*\]\}|"
+                  r"joined_member_count: int|invited_member_count: int)$"),
+    Accept("sync create room_id", "the v12 m.room.create in /sync: Synapse adds room_id, which "
+           "sync's room sections leave out of events",
+           synapse=r'^rooms/join/[^/]+/(state|timeline)/events\[m\.room\.create sk=""\]/'
+                   r'room_id: str$'),
+    Accept("sync redacted_because room_id", "in /sync, the redaction under "
+           "unsigned.redacted_because keeps its room_id in Plexus",
+           plexus=r"^rooms/join/[^/]+/timeline/events\[[^\]]*\]/unsigned/redacted_because/"
+                  r"room_id: str$"),
+    Accept("lazy-load state", "lazy-loading initial sync whose timeline starts at an "
+           "m.room.name: Plexus's state (before the timeline) holds the earlier name, Synapse "
+           "leaves it out (the state/timeline split of the first events differs)",
+           labels=r"lazy_load_members",
+           plexus=r'^rooms/join/[^/]+/state/events\[m\.room\.name sk=""\]: object \{'),
+    Accept("presence off", "Synapse runs with presence off outside federated mode "
+           "(synapse.sh): always offline, never in /sync",
+           labels=r"^(GET /presence/|GET /sync )",
+           plexus=r"^(currently_active: bool|last_active_ago: int|status_msg: str|"
+                  r"presence: object \{events\})$",
+           differs=r'^presence: Plexus "online" \| Synapse "offline"$'),
+    # events
+    Accept("power levels", "createRoom's default power levels: Plexus has notifications.room, "
+           "Synapse has historical (MSC2716) and events.m.call.invite",
+           plexus=PL + r"notifications: object \{room\}$",
+           synapse=PL + r"(historical|events/m\.call\.invite): int$"),
+    Accept("m.topic mimetype", "m.topic's text/plain representation carries its mimetype "
+           "(spec v1.15 text)", plexus=r"m\.topic/m\.text\[\*\]/mimetype: str$"),
+    Accept("redacted_by", "Synapse's non-spec unsigned.redacted_by, and the transaction_id in "
+           "redacted_because.unsigned",
+           synapse=r"(^|/)unsigned/(redacted_by|redacted_because/unsigned/transaction_id): "
+                   r"str$"),
+    # push rules
+    Accept("legacy push rules", "the legacy mention rules .m.rule.contains_display_name, "
+           ".m.rule.roomnotif, .m.rule.contains_user_name: gone from the spec (MSC4210, v1.17); "
+           "Plexus has ruma's current defaults",
+           synapse=r"(^|/)global/(override\[\.m\.rule\.(contains_display_name|roomnotif)\]: "
+                   r"object \{|content: array \{\[\.m\.rule\.contains_user_name\]\}$|"
+                   r"content\[\.m\.rule\.contains_user_name\]: object \{)"),
+    Accept("empty rule kinds", "Synapse lists push rule kinds that have no rules",
+           synapse=r"(^|/)global/(content|override|postcontent|room|sender|underride): "
+                   r"array \(empty\)$"),
+    Accept("highlight false", "Synapse spells out highlight: false (the default) in rules that "
+           "do not highlight",
+           synapse=r"(^|/)global/(override|underride)\[\.m\.rule\.(invite_for_me|call|encrypted|"
+                   r"encrypted_room_one_to_one|message|room_one_to_one)\]/actions\[highlight\]: "
+                   r"object \{set_tweak, value\}$"),
+    # accounts, devices, keys, profile
+    Accept("UIA completed", "completed: [] in the first user-interactive auth step (optional in "
+           "the spec)", plexus=r"^completed: array \(empty\)$"),
+    Accept("login well_known", "/login's optional well_known", labels=r"^POST /login ",
+           synapse=r"^well_known: object \{m\.homeserver\}$"),
+    Accept("m.profile_fields", "the m.profile_fields capability (spec v1.16, which Plexus does "
+           "not claim)", synapse=r"^capabilities/m\.profile_fields: object \{enabled\}$"),
+    Accept("avatar_url unset", "GET /profile/{id}/avatar_url with none set: Plexus 404 "
+           "M_NOT_FOUND as the spec says, Synapse 200 {}", labels=r"^GET /profile/avatar_url ",
+           differs=r"^status: Plexus 404 \{'errcode': 'M_NOT_FOUND'.*\| Synapse 200 \{\}$"),
+    Accept("device user_id", "Synapse's user_id in /devices (not in the spec)",
+           labels=r"^GET /devices", synapse=r"^(devices\[\*\]/)?user_id: str$"),
+    Accept("device last_seen_ts", "Synapse's last_seen_ts may be null",
+           labels=r"^GET /devices",
+           differs=r"^(devices\[\*\]/)?last_seen_ts: Plexus int \| Synapse int\|null$"),
+    Accept("keys unsigned", "/keys/query: Synapse's empty unsigned on a device with no name",
+           synapse=r"^device_keys/<user:\w+>/<device:\w+>/unsigned: object \(empty\)$"),
+    Accept("avatar_url null", "Synapse's avatar_url: null in the user directory and /search "
+           "profile_info; Plexus leaves it out",
+           synapse=r"(^results\[\*\]|/profile_info/<user:\w+>)/avatar_url: null$"),
+    Accept("versions r0", "Synapse still lists r0.0.1 to r0.6.0 in /versions",
+           labels=r"^GET /versions$", synapse=r'^versions\["r0\.[0-6]\.\d"\]: "r0\.[0-6]\.\d"$'),
+    # room reading endpoints
+    Accept("messages end", "/messages that reached the start of the room: the spec says omit "
+           "end, Synapse sends one", labels=r"^GET /messages ", synapse=r"^end: str$"),
+    Accept("threads transaction_id", "/threads: Plexus gives unsigned.transaction_id to the "
+           "device that sent the event (as the spec says of transaction_id), Synapse does not",
+           labels=r"^GET /threads$",
+           plexus=r"^chunk\[[^\]]*\]/unsigned/(m\.relations/m\.thread/latest_event/unsigned/)?"
+                  r"transaction_id: str$"),
+    Accept("notifications next_token", "/notifications: Synapse sends next_token even with no "
+           "more to come (the spec: absent then)", labels=r"^GET /notifications$",
+           synapse=r"^next_token: str$"),
+    Accept("notifications profile_tag", "/notifications: Synapse's profile_tag: null",
+           labels=r"^GET /notifications$", synapse=r"^notifications\[\*\]/profile_tag: null$"),
+    Accept("notifications membership", "/notifications: Plexus gives each event its "
+           "unsigned.membership (MSC4115: servers SHOULD wherever practical), Synapse does not",
+           labels=r"^GET /notifications$",
+           plexus=r'^notifications\[\*\]/event/unsigned/membership: "join"$'),
+]
 
 
 # --- running the scripted actions: {label: (status, json)} per server ---------------------------
@@ -265,6 +388,15 @@ async def put_state(s, label, room_id, user, etype, key, content, name=None):
     if name:
         s.name_id(data["event_id"], f"<event:{name}>")
     return data["event_id"]
+
+
+async def public_rooms(s, label, method, user, params=None, body=None):
+    """The room directory, recorded with only the rooms of this run in its chunk."""
+    status, data = await s.req(label, method, "/publicRooms", user=user, params=params,
+                               body=body, record=False)
+    if status == 200 and isinstance(data, dict) and isinstance(data.get("chunk"), list):
+        data["chunk"] = [r for r in data["chunk"] if r.get("room_id") in s.names]
+    s.record(label, status, data)
 
 
 async def scenario(s):
@@ -493,7 +625,9 @@ async def scenario(s):
                         "event_context": {"before_limit": 1, "after_limit": 1,
                                           "include_profile": True}}}},
         ready=lambda d: bool(d["search_categories"]["room_events"].get("results")))
-    await s.req("GET /notifications", "GET", "/notifications", user=alice)
+    # bob's reply mentions alice: one notification, once the server has worked out its actions.
+    await s.poll("GET /notifications", "GET", "/notifications", user=alice,
+                 ready=lambda d: bool(d.get("notifications")))
 
     # The public room, its alias, and the directories.
     alias = f"#shape_{uuid.uuid4().hex[:8]}:{server_name}"
@@ -514,11 +648,16 @@ async def scenario(s):
     await s.req("POST /join/{alias}", "POST", f"/join/{q(alias)}", user=bob, body={})
     await s.req("POST /join/{alias} (unknown)", "POST",
                 f"/join/{q('#nosuchalias:' + server_name)}", user=bob, body={})
-    await s.req("GET /publicRooms", "GET", "/publicRooms", user=alice)
-    await s.req("POST /publicRooms (filter)", "POST", "/publicRooms", user=alice,
-                body={"limit": 10, "filter": {"generic_search_term": "Shape"}})
+    # The directory lists every public room of the server, those of the tests that ran before
+    # on the same Plexus too: only this run's room is compared (one page, so that there is
+    # no next_batch on one side only).
+    await public_rooms(s, "GET /publicRooms", "GET", alice, params={"limit": "1000"})
+    await public_rooms(s, "POST /publicRooms (filter)", "POST", alice,
+                       body={"limit": 1000, "filter": {"generic_search_term": "Shape"}})
+    # Until this run's bob is in the index (a bob of an earlier run on the same server may be).
     await s.poll("POST /user_directory/search", "POST", "/user_directory/search", user=alice,
-                 body={"search_term": "Bob Shape"}, ready=lambda d: bool(d.get("results")))
+                 body={"search_term": "Bob Shape"}, ready=lambda d: any(
+                     r.get("user_id") == bob.user_id for r in d.get("results") or []))
     summaries = [
         ("v1 room_summary", "/_matrix/client/v1/room_summary/{}"),
         ("im.nheko.summary rooms/{}/summary",
@@ -769,34 +908,67 @@ def relative(path):
     return render(path[cut:]) if cut < len(path) else render(path)
 
 
+def accepted_by(label, kind, line):
+    """The ACCEPTED entry that accepts this difference, or None."""
+    return next((a for a in ACCEPTED if a.matches(label, kind, line)), None)
+
+
+def counted(tags):
+    """"tag x2, other" from a list of tags, in first-seen order."""
+    counts = {}
+    for tag in tags:
+        counts[tag] = counts.get(tag, 0) + 1
+    return ", ".join(f"{tag} x{n}" if n > 1 else tag for tag, n in counts.items())
+
+
 def report(px, sy):
-    """Prints the differences label by label, one check per label, then the differences that
-    recur under several labels."""
+    """One check per label, after the differences that fail it (all of them, accepted ones
+    marked, with SHAPE_DIFF_VERBOSE=1); the accepted ones counted per label and per cause; then
+    the failing differences that recur under several labels."""
+    verbose = bool(os.environ.get("SHAPE_DIFF_VERBOSE"))
     labels = list(px.results) + [label for label in sy.results if label not in px.results]
     recurring = {}  # (kind, relative path) -> labels
+    by_cause = {a.tag: [0, set()] for a in ACCEPTED}  # tag -> [differences, labels]
+    apart = {"unstable": set(), "legacy": set()}  # labels with server specific extras
     for label in labels:
         if label not in px.results or label not in sy.results:
             where = "Plexus" if label in px.results else "Synapse"
             check(False, f"{label}: recorded on both servers", f"only on {where}")
             continue
         diff = compare(px.results[label], sy.results[label], px.names, sy.names)
-        accepted = ACCEPTED.get(label, set())
-        blocking = [path_text(p) for kind in BLOCKING for p, _ in diff[kind]
-                    if path_text(p) not in accepted]
-        if any(diff.values()):
+        lines = {kind: [(p, f"{path_text(p)}: {what}") for p, what in diff[kind]]
+                 for kind in BLOCKING + ("unstable",)}
+        accepted, blocking = [], 0
+        cause = {}  # report line -> the tag that accepts it
+        for kind in BLOCKING:
+            for p, line in lines[kind]:
+                a = accepted_by(label, kind, line)
+                if a:
+                    cause[line] = a.tag
+                    accepted.append(a.tag)
+                    by_cause[a.tag][0] += 1
+                    by_cause[a.tag][1].add(label)
+                else:
+                    blocking += 1
+                    if p:
+                        recurring.setdefault((kind, relative(p)), set()).add(label)
+        for kind in ("unstable", "legacy"):
+            if diff[kind]:
+                apart[kind].add(label)
+        shown = verbose and any(diff.values())
+        if blocking or shown:
             print(f"\n== {label}")
             for server in (px, sy):
                 if label in server.notes:
                     print(f"   ({server.name}: {server.notes[label]})")
-            for kind in BLOCKING + ("unstable",):
-                if diff[kind]:
+            for kind in BLOCKING + (("unstable",) if verbose else ()):
+                rows = [(line, cause.get(line)) for _, line in lines[kind]
+                        if verbose or line not in cause]
+                if rows:
                     print(f"   {HEADINGS[kind]}:")
-                for p, what in diff[kind]:
-                    mark = " (accepted)" if path_text(p) in accepted else ""
-                    print(f"     {path_text(p)}: {what}{mark}")
-                    if kind in BLOCKING and p:
-                        recurring.setdefault((kind, relative(p)), set()).add(label)
-            if diff["legacy"]:  # one line per side: which fields, how often
+                for line, tag in rows:
+                    print(f"     {line}" + (f" (accepted: {tag})" if tag else ""))
+            if verbose and diff["legacy"]:  # one line per side: which fields, how often
                 print(f"   {HEADINGS['legacy']}:")
                 counts = {}
                 for p, who in diff["legacy"]:
@@ -805,16 +977,25 @@ def report(px, sy):
                 for who, side in sorted(counts.items()):
                     print(f"     {who}: " + ", ".join(
                         f"{key} x{n}" for key, n in sorted(side.items())))
-        check(not blocking, f"{label}: same shape",
-              f"{len(blocking)} difference(s)" if blocking else "")
+        note = f" ({len(accepted)} accepted: {counted(accepted)})" if accepted else ""
+        check(not blocking, f"{label}: same shape{note}",
+              f"{blocking} difference(s) not accepted" if blocking else "")
     common = sorted(((len(ls), kind, rel, ls) for (kind, rel), ls in recurring.items()
                      if len(ls) > 1), key=lambda x: (-x[0], x[1], x[2]))
     if common:
-        print("\n== differences under several labels (path below the last list element)")
+        print("\n== failing differences under several labels (path below the last list element)")
         for n, kind, rel, ls in common:
             print(f"   {kind:7} {rel}: {n} labels ({'; '.join(sorted(ls)[:3])}"
                   f"{'; ...' if n > 3 else ''})")
-    print()
+    print("\n== accepted differences (ACCEPTED in shape_diff.py): cause, differences, labels, why")
+    width = max(len(a.tag) for a in ACCEPTED)
+    for a in ACCEPTED:
+        n, ls = by_cause[a.tag]
+        print(f"   {a.tag:{width}} {n:4} in {len(ls):2} label(s)  {a.why}"
+              + ("" if n else " (none this run)"))
+    print(f"   not compared, server specific: unstable (MSC / vendor) extras under "
+          f"{len(apart['unstable'])} labels, Synapse's legacy event fields under "
+          f"{len(apart['legacy'])} labels (SHAPE_DIFF_VERBOSE=1 lists them)\n")
 
 
 async def run(plexus_url, synapse_url=None):
