@@ -511,17 +511,28 @@ impl Services {
         let Some((before, _)) = self.event_state(short)? else {
             return Ok(None);
         };
-        let member = match self.state_get(before, "m.room.member", user.as_str())? {
-            Some(e) => self.pdu_json(e)?,
+        /// Only the membership is read: no `Value` tree for the rest of the event.
+        #[derive(serde::Deserialize)]
+        struct Member {
+            #[serde(default)]
+            content: MemberContent,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct MemberContent {
+            #[serde(default)]
+            membership: Option<Value>,
+        }
+        let membership = match self.state_get(before, "m.room.member", user.as_str())? {
+            Some(e) => match self.store.kv.get(Table::Pdu, &e.to_be_bytes())? {
+                Some(raw) => decode::<Member>(&raw)?
+                    .content
+                    .membership
+                    .and_then(|m| m.as_str().map(str::to_owned)),
+                None => None,
+            },
             None => None,
         };
-        Ok(Some(
-            member
-                .as_ref()
-                .and_then(|m| m["content"]["membership"].as_str())
-                .unwrap_or("leave")
-                .to_owned(),
-        ))
+        Ok(Some(membership.unwrap_or_else(|| "leave".to_owned())))
     }
 
     /// The client form for state listings: no bundled aggregations, no `unsigned.membership`.
