@@ -413,14 +413,14 @@ async fn discovery_endpoints() {
         alice.get("/_matrix/client/v3/account/3pid").await.ok(),
         &serde_json::json!({"threepids": []})
     );
+    // requestToken takes no access token (spec).
     for medium in ["email", "msisdn"] {
-        alice
-            .post(
-                &format!("/_matrix/client/v3/account/3pid/{medium}/requestToken"),
-                serde_json::json!({"client_secret": "s", "email": "a@b.c", "send_attempt": 1}),
-            )
-            .await
-            .err(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED");
+        c.post(
+            &format!("/_matrix/client/v3/account/3pid/{medium}/requestToken"),
+            serde_json::json!({"client_secret": "s", "email": "a@b.c", "send_attempt": 1}),
+        )
+        .await
+        .err(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED");
     }
     let wk = c.get("/.well-known/matrix/client").await;
     assert!(wk.ok()["m.homeserver"]["base_url"]

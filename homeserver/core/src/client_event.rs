@@ -52,6 +52,30 @@ pub fn to_client_event(stored: &Value, room_id: &str, now_ms: u64, include_room_
     Value::Object(out)
 }
 
+/// A topic's plain text (spec v1.15): `topic`, or else the `text/plain` entry of the rich
+/// `m.topic` block (an entry without a mimetype is plain text). `None`: no topic, which an
+/// empty one also is.
+pub fn plain_topic(content: &Value) -> Option<&str> {
+    let nonempty = |t: &&str| !t.trim().is_empty();
+    let plain = content
+        .get("topic")
+        .and_then(Value::as_str)
+        .filter(nonempty);
+    plain
+        .or_else(|| {
+            content
+                .get("m.topic")
+                .and_then(|t| t.get("m.text"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|t| t.get("mimetype").is_none_or(|m| m == "text/plain"))
+                .and_then(|t| t.get("body"))
+                .and_then(Value::as_str)
+        })
+        .filter(nonempty)
+}
+
 /// Stripped state for invites and knocks: only type, state_key, sender and content.
 pub fn to_stripped(stored: &Value) -> Value {
     let mut out = Map::new();
@@ -80,6 +104,17 @@ mod tests {
         assert!(ev.get("depth").is_none() && ev.get("hashes").is_none());
         let ev = to_client_event(&stored, "!r:x", 1500, false);
         assert!(ev.get("room_id").is_none());
+    }
+
+    #[test]
+    fn a_rich_topic_reads_as_its_plain_text() {
+        assert_eq!(plain_topic(&json!({"topic": "plain"})), Some("plain"));
+        let rich = json!({"m.topic": {"m.text": [
+            {"mimetype": "text/html", "body": "<b>bold</b>"},
+            {"body": "bold"}]}});
+        assert_eq!(plain_topic(&rich), Some("bold"));
+        assert_eq!(plain_topic(&json!({"topic": " "})), None);
+        assert_eq!(plain_topic(&json!({"m.topic": {"m.text": []}})), None);
     }
 
     #[test]

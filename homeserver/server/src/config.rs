@@ -117,7 +117,7 @@ pub struct PushConfig {
 }
 
 /// The TURN server that clients relay VoIP media through (`/voip/turnServer`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TurnConfig {
     /// URIs given to clients, e.g. `turn:turn.example.org:3478?transport=udp`. Empty: no TURN
@@ -131,6 +131,20 @@ pub struct TurnConfig {
     pub password: Option<String>,
     /// How long credentials stay valid.
     pub user_lifetime_secs: u64,
+}
+
+/// Without the secret and the password: settings get logged.
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "<hidden>");
+        f.debug_struct("TurnConfig")
+            .field("uris", &self.uris)
+            .field("shared_secret", &hidden(&self.shared_secret))
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("user_lifetime_secs", &self.user_lifetime_secs)
+            .finish()
+    }
 }
 
 impl Default for TurnConfig {

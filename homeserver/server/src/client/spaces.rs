@@ -218,6 +218,8 @@ pub async fn room_summary_unstable(
     let Json(mut summary) = room_summary(app, session, room, q).await?;
     for (stable, unstable) in [
         ("room_version", "im.nheko.summary.room_version"),
+        // The MSC's first name for it, which some clients still read.
+        ("room_version", "im.nheko.summary.version"),
         ("encryption", "im.nheko.summary.encryption"),
     ] {
         if let Some(v) = summary.get(stable).cloned() {

@@ -355,9 +355,11 @@ fn room_section(
     };
 
     // Timeline: newest first while scanning, `limit + 1` visible events tell us if it is limited.
-    // A room new to the client gets its recent history whenever it happened, as an initial
-    // sync would: events before the token are news to a client that was not in the room.
-    let scan_from = if newly { 0 } else { lower };
+    // A room joined since the token gets its recent history whenever it happened, as an
+    // initial sync would: events before the token are news to a client that was not in the
+    // room. (A room left or banned from without ever joining shows only what followed.)
+    let history = newly && m.membership == "join";
+    let scan_from = if history { 0 } else { lower };
     let mut picked: Vec<(u64, u64, Value)> = vec![];
     let mut limited = false;
     for (scanned, item) in app.timeline(room.short, scan_from, upper).rev().enumerate() {
@@ -369,9 +371,6 @@ fn room_section(
         let Some(pdu) = app.pdu_by_short(short)? else {
             continue;
         };
-        let Some(stored) = app.pdu_json(short)? else {
-            continue;
-        };
         if !app.can_see(&s.user_id, room_id, short, &pdu)? {
             continue;
         }
@@ -379,15 +378,20 @@ fn room_section(
             limited = true;
             break;
         }
+        let Some(stored) = app.pdu_json(short)? else {
+            continue;
+        };
         if tl_filter.allows(&stored) {
             picked.push((count, short, stored));
         }
     }
     picked.reverse();
-    // A room new to the client whose history goes back further than what was stored: from
-    // before this server was in it (joined over federation). Clients page back from
+    // The timeline of a room new to an incremental sync does not follow on from what the
+    // client had (a rejoined room's old timeline ends at the leave): `limited` tells it to
+    // start afresh, as Synapse does. In an initial sync, a room whose history goes back further
+    // than what was stored (joined over federation) is limited too; clients page back from
     // `prev_batch`. A room the client already had is complete after the token.
-    if !limited && newly && starts_before_store(app, room.short)? {
+    if !limited && newly && (since.is_some() || starts_before_store(app, room.short)?) {
         limited = true;
     }
 

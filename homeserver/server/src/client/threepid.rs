@@ -15,8 +15,8 @@ pub async fn list(Auth(_): Auth) -> Json<Value> {
     Json(json!({ "threepids": [] }))
 }
 
-/// `POST /account/3pid/{email,msisdn}/requestToken`.
-pub async fn request_token(Auth(_): Auth, JsonObject(_): JsonObject) -> ApiResult<Json<Value>> {
+/// `POST /account/3pid/{email,msisdn}/requestToken` (no access token, as the spec has it).
+pub async fn request_token(JsonObject(_): JsonObject) -> ApiResult<Json<Value>> {
     Err(ApiError::ThreepidMediumNotSupported(
         "This server does not add email addresses or phone numbers to accounts".into(),
     ))

@@ -1,10 +1,7 @@
 //! User directory search: users who share a room with the searcher, and members of public,
 //! world-readable and published rooms (spec v1.15), matched on user id and display name.
 
-use std::collections::BTreeSet;
-
 use axum::{extract::State, Json};
-use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -18,13 +15,6 @@ use crate::{
 pub struct SearchBody {
     search_term: String,
     limit: Option<usize>,
-}
-
-/// Everyone the searcher may find: room-mates and members of public rooms.
-fn candidates(app: &App, searcher: &ruma::UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
-    let mut users = app.presence_audience(searcher)?;
-    users.extend(app.publicly_visible_users()?.iter().cloned());
-    Ok(users)
 }
 
 /// A remote user's name and avatar as their member event in a room they are joined to here
@@ -59,9 +49,14 @@ pub async fn search(
         ));
     }
     let mut hits = vec![];
-    for user in candidates(&app, &s.user_id)? {
-        let (name, avatar) = if app.is_local(&user) {
-            let rec = app.user(&user)?;
+    // Everyone the searcher may find: room-mates, then members of public rooms (shared by
+    // all searches, so not copied).
+    let mates = app.presence_audience(&s.user_id)?;
+    let public = app.publicly_visible_users()?;
+    let others = public.iter().filter(|u| !mates.contains(*u));
+    for user in mates.iter().chain(others) {
+        let (name, avatar) = if app.is_local(user) {
+            let rec = app.user(user)?;
             if rec.as_ref().is_some_and(|r| r.deactivated) {
                 continue;
             }
@@ -70,7 +65,7 @@ pub async fn search(
                 rec.as_ref().and_then(|r| r.avatar_url.clone()),
             )
         } else {
-            remote_profile(&app, &user)?
+            remote_profile(&app, user)?
         };
         let id_match = user.as_str().to_lowercase().contains(&term);
         let name_match = name
@@ -84,7 +79,7 @@ pub async fn search(
             || name
                 .as_ref()
                 .is_some_and(|n| n.to_lowercase().starts_with(&term));
-        hits.push((!prefix, user, name, avatar));
+        hits.push((!prefix, user.clone(), name, avatar));
     }
     hits.sort();
     let limited = hits.len() > limit;

@@ -849,6 +849,9 @@ pub async fn persist(
     })?;
     drop(_guard);
     app.store.flush().await?;
+    if crate::service::user_directory::PublicUsers::changed_by(pdu) {
+        app.public_users.mark_stale();
+    }
     app.after_room_write(&wake, last, &dests);
     app.pushers.wake(notified.iter().map(|n| n.user.as_ref()));
     Ok(Outcome::Accepted)

@@ -623,6 +623,7 @@ async fn persist_joined_room(
     drop(_guard);
     app.store.flush().await?;
     app.notifier.wake([&*join.pdu.sender], last);
+    app.public_users.mark_stale();
     tracing::info!(room_id = %room_id, state = map.len(), "joined a room over federation");
     Ok(())
 }

@@ -91,7 +91,12 @@ pub fn searchable(svc: &Services, short: u64, stored: &Value) -> ApiResult<Optio
             }
         }
         ("m.room.name", Some("")) => (Key::Name, stored["content"]["name"].clone()),
-        ("m.room.topic", Some("")) => (Key::Topic, plain_topic(&stored["content"])),
+        ("m.room.topic", Some("")) => (
+            Key::Topic,
+            plexus_core::client_event::plain_topic(&stored["content"])
+                .map(|t| Value::String(t.to_owned()))
+                .unwrap_or(Value::Null),
+        ),
         _ => return Ok(None),
     };
     Ok(text
@@ -192,40 +197,5 @@ fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> Api
             None => Ok(()),
         },
         None => reindex(svc, short, Some(stored), edits),
-    }
-}
-
-/// A topic's plain text: `topic`, or else the `text/plain` entry of the rich `m.topic` block
-/// (spec v1.15; an entry without a mimetype is plain text).
-fn plain_topic(content: &Value) -> Value {
-    if content["topic"]
-        .as_str()
-        .is_some_and(|t| !t.trim().is_empty())
-    {
-        return content["topic"].clone();
-    }
-    content["m.topic"]["m.text"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t.get("mimetype").is_none_or(|m| m == "text/plain"))
-        .map(|t| t["body"].clone())
-        .unwrap_or(Value::Null)
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::plain_topic;
-
-    #[test]
-    fn a_rich_topic_is_searched_by_its_plain_text() {
-        assert_eq!(plain_topic(&json!({"topic": "plain"})), "plain");
-        let rich = json!({"topic": "", "m.topic": {"m.text": [
-            {"mimetype": "text/html", "body": "<b>bold</b>"},
-            {"body": "bold"}]}});
-        assert_eq!(plain_topic(&rich), "bold");
-        assert!(plain_topic(&json!({"m.topic": {"m.text": []}})).is_null());
     }
 }

@@ -505,7 +505,11 @@ impl Services {
             return Ok(());
         }
         crate::push::pushers::delete_for_devices(self, user_id, device_ids, &mut batch)?;
-        crate::e2ee::device_lists::commit_local_changes(self, user_id, changes, batch).await
+        crate::e2ee::device_lists::commit_local_changes(self, user_id, changes, batch).await?;
+        for d in device_ids {
+            self.last_seen.forget(user_id, d);
+        }
+        Ok(())
     }
 
     // ---- user-interactive auth ----

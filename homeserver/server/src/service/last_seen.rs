@@ -13,7 +13,7 @@ use crate::error::ApiResult;
 
 /// How stale a stored last-seen time may be (Synapse keeps 2 minutes).
 const GRANULARITY_MS: u64 = 60_000;
-/// Devices remembered in memory before the stale ones are dropped.
+/// Users remembered in memory before the stale entries are dropped.
 const MAX_TRACKED: usize = 100_000;
 
 /// The stored record.
@@ -23,10 +23,10 @@ pub struct Seen {
     pub ip: String,
 }
 
-/// What was last written per device.
+/// What was last written per user and device.
 #[derive(Default)]
 pub struct LastSeen {
-    written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (u64, IpAddr)>>,
+    written: Mutex<HashMap<OwnedUserId, HashMap<OwnedDeviceId, (u64, IpAddr)>>>,
 }
 
 impl LastSeen {
@@ -34,17 +34,36 @@ impl LastSeen {
     /// than the granularity, or from another address. Records it as written if so.
     fn due(&self, user: &UserId, device: &OwnedDeviceId, ip: IpAddr, now: u64) -> bool {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (user.to_owned(), device.clone());
-        if let Some((ts, last_ip)) = written.get(&key) {
-            if *last_ip == ip && now.saturating_sub(*ts) < GRANULARITY_MS {
+        let recent = |e: &(u64, IpAddr)| now.saturating_sub(e.0) < GRANULARITY_MS;
+        if let Some(e) = written.get(user).and_then(|d| d.get(device)) {
+            if e.1 == ip && recent(e) {
                 return false;
             }
         }
-        if written.len() >= MAX_TRACKED {
-            written.retain(|_, (ts, _)| now.saturating_sub(*ts) < GRANULARITY_MS);
+        if written.len() >= MAX_TRACKED && !written.contains_key(user) {
+            // Forgetting costs at most one more write per device: drop the stale entries, or
+            // everything if a minute's traffic alone fills the map.
+            written.retain(|_, devices| {
+                devices.retain(|_, e| recent(e));
+                !devices.is_empty()
+            });
+            if written.len() >= MAX_TRACKED {
+                written.clear();
+            }
         }
-        written.insert(key, (now, ip));
+        written
+            .entry(user.to_owned())
+            .or_default()
+            .insert(device.clone(), (now, ip));
         true
+    }
+
+    /// A deleted device: a device made again under its id starts unseen.
+    pub fn forget(&self, user: &UserId, device: &str) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(devices) = written.get_mut(user) {
+            devices.retain(|d, _| d.as_str() != device);
+        }
     }
 }
 

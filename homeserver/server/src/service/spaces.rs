@@ -45,15 +45,17 @@ impl Services {
             "join_rule": join_rule,
             "room_version": room.meta.version,
         });
+        if let Some(topic) = plexus_core::client_event::plain_topic(&content("m.room.topic")?) {
+            v["topic"] = json!(topic);
+        }
         for (field, kind, key) in [
             ("name", "m.room.name", "name"),
-            ("topic", "m.room.topic", "topic"),
             ("canonical_alias", "m.room.canonical_alias", "alias"),
             ("avatar_url", "m.room.avatar", "url"),
             ("room_type", "m.room.create", "type"),
             ("encryption", "m.room.encryption", "algorithm"),
         ] {
-            // An empty name or topic is none (spec v1.15 for topics).
+            // An empty name is none, as an empty topic is.
             if let Some(x) = content(kind)?
                 .get(key)
                 .filter(|x| x.as_str().is_some_and(|s| !s.is_empty()))

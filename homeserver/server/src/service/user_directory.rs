@@ -1,8 +1,8 @@
 //! Who the user directory may show beyond a searcher's room-mates (spec v1.15): members of rooms
 //! that anyone may join (`public` join rule) or read (`world_readable`), and of rooms published
 //! in the room directory. Finding them walks every room, so the set is kept and shared by all
-//! searches until a room write marks it stale. (Under a steady stream of writes every search
-//! walks again; an index kept by the writer is the performance issue's to add.)
+//! searches until a change that can alter it (a membership, a join rule, a history visibility,
+//! a publication) marks it stale; one search walks at a time.
 
 use std::{
     collections::BTreeSet,
@@ -29,30 +29,37 @@ impl PublicUsers {
     pub fn mark_stale(&self) {
         self.stale.store(true, Ordering::Relaxed);
     }
+
+    /// Whether an event can change the set once written (mark it stale after the write, or
+    /// a search in between would cache the set without it).
+    pub fn changed_by(pdu: &plexus_core::pdu::Pdu) -> bool {
+        let kind = pdu.kind.to_string();
+        pdu.state_key.is_some()
+            && matches!(
+                kind.as_str(),
+                "m.room.member" | "m.room.join_rules" | "m.room.history_visibility"
+            )
+    }
 }
 
 impl Services {
     /// Users joined to a public, world-readable or published room.
     pub fn publicly_visible_users(&self) -> ApiResult<Arc<BTreeSet<OwnedUserId>>> {
-        {
-            let cached = self
-                .public_users
-                .cached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(users) = cached.as_ref() {
-                if !self.public_users.stale.load(Ordering::Relaxed) {
-                    return Ok(users.clone());
-                }
+        // Held across the walk: searches that find the set stale wait for one walk instead
+        // of each starting their own.
+        let mut cached = self
+            .public_users
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(users) = cached.as_ref() {
+            if !self.public_users.stale.load(Ordering::Relaxed) {
+                return Ok(users.clone());
             }
         }
         self.public_users.stale.store(false, Ordering::Relaxed);
         let users = Arc::new(self.walk_public_rooms()?);
-        *self
-            .public_users
-            .cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(users.clone());
+        *cached = Some(users.clone());
         Ok(users)
     }
 

@@ -364,6 +364,9 @@ impl<'a> RoomWriter<'a> {
             vec![]
         };
         let mut wake = audience.local;
+        let directory_changed = pending
+            .iter()
+            .any(|p| super::user_directory::PublicUsers::changed_by(&p.built.pdu));
         let mut plans = Vec::with_capacity(pending.len());
         for p in &pending {
             plans.push(svc.aggregation_plan(short_room, &p.stored)?);
@@ -457,6 +460,9 @@ impl<'a> RoomWriter<'a> {
         })?;
         drop(self._guard.take());
         svc.store.flush().await?;
+        if directory_changed {
+            svc.public_users.mark_stale();
+        }
         svc.after_room_write(&wake, last, &dests);
         svc.pushers
             .wake(notified.iter().flatten().map(|n| n.user.as_ref()));
@@ -474,7 +480,6 @@ impl Services {
         dests: &[ruma::OwnedServerName],
     ) {
         self.notifier.wake(wake.iter().map(|u| u.as_ref()), last);
-        self.public_users.mark_stale();
         if let Some(fed) = &self.federation {
             for d in dests {
                 fed.sender.wake(d);
