@@ -23,10 +23,13 @@ pub struct Seen {
     pub ip: String,
 }
 
+/// When and from where a user's devices were last written.
+type Written = HashMap<OwnedDeviceId, (u64, IpAddr)>;
+
 /// What was last written per user and device.
 #[derive(Default)]
 pub struct LastSeen {
-    written: Mutex<HashMap<OwnedUserId, HashMap<OwnedDeviceId, (u64, IpAddr)>>>,
+    written: Mutex<HashMap<OwnedUserId, Written>>,
 }
 
 impl LastSeen {
