@@ -471,7 +471,18 @@ async fn a_room_joined_between_syncs_comes_with_its_history() {
     // A public room, an encrypted room bob is invited to, and a room he knocked on and was
     // let into: all with a message from before bob's sync token.
     let public = alice.create_room(json!({"preset": "public_chat"})).await;
-    alice.send_text(&public, "before bob").await;
+    let before_bob = alice.send_text(&public, "before bob").await;
+    alice
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&public),
+                enc(&before_bob)
+            ),
+            json!({}),
+        )
+        .await
+        .ok();
     let private = alice
         .create_room(json!({
             "preset": "private_chat",
@@ -516,6 +527,18 @@ async fn a_room_joined_between_syncs_comes_with_its_history() {
         // New to this incremental sync: the timeline does not follow on from anything the
         // client had, so it is `limited` (as Synapse says) although the whole room fits.
         assert_eq!(section["timeline"]["limited"], true, "{section}");
+        // Receipts from before the token come with the history they are about.
+        let receipt = section["ephemeral"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "m.receipt")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            receipt["content"][&before_bob]["m.read"][&alice.user_id].is_object(),
+            "{section}"
+        );
         // Timeline events are not repeated in state.
         let tl_ids: Vec<&Value> = section["timeline"]["events"]
             .as_array()

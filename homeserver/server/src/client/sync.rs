@@ -395,9 +395,11 @@ fn room_section(
         limited = true;
     }
 
-    // Ephemeral: typing and receipts, only while joined.
+    // Ephemeral: typing and receipts, only while joined; all of them for a room new to the
+    // client, whose history it is seeing for the first time.
     let mut ephemeral = vec![];
     if m.membership == "join" {
+        let since = if newly { None } else { since };
         if let Some(users) = app.typing_since(room_id, since) {
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
