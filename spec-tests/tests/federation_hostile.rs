@@ -13,7 +13,7 @@ use plexus_spec_tests::{
     enc, eventually,
     peer::{
         bench_state_events, context, event_id_of, key_file, measure_inbound, message_at, now_ms,
-        peer_for,
+        pdu_at, peer_for, At,
     },
     Server,
 };
@@ -495,4 +495,68 @@ async fn inbound_pdu_rate() {
         n_state,
     )
     .await;
+}
+
+/// A v12 redaction from another server that names one event in `content.redacts` (where v11+
+/// rooms keep it) and another in a top-level `redacts` (which means nothing there) redacts the
+/// first, as every server following the spec does, and clients are shown that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_redacts_what_its_room_version_says() {
+    let (_dir, key_path, key) = key_file();
+    let env = [("PLEXUS_SIGNING_KEY_PATH", key_path.as_str())];
+    let (a, b) = tokio::join!(Server::federated(), Server::federated_with(&env));
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let r = bob.join_via(&room, &a.server_name).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let peer = peer_for(&b, key);
+    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let (own, pdu) = peer.message(&room, &bob.user_id, &prev, &auth, "bob regrets this");
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
+    assert_eq!(res["pdus"][&own], json!({}), "{res}");
+    let victim = alice.send_text(&room, "alice's words").await;
+
+    let (prev, auth) = context(&alice, &room, &bob.user_id).await;
+    let redaction = NewEvent {
+        kind: "m.room.redaction".into(),
+        content: json!({ "redacts": own }),
+        state_key: None,
+        redacts: Some(victim.as_str().try_into().unwrap()),
+    };
+    let at = At {
+        prev: std::slice::from_ref(&prev),
+        auth: &auth,
+        origin_server_ts: now_ms(),
+        depth: 100,
+    };
+    let (rid, pdu) = pdu_at(&room, &bob.user_id, &peer.name, &peer.key, &redaction, &at);
+    let res = peer.transaction(&a.server_name, vec![pdu]).await;
+    assert_eq!(res["pdus"][&rid], json!({}), "{res}");
+
+    let event = |id: String| {
+        let alice = alice.clone();
+        let room = room.clone();
+        async move {
+            alice
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(&id)
+                ))
+                .await
+                .ok()
+                .clone()
+        }
+    };
+    let mine = event(own.clone()).await;
+    assert_eq!(
+        mine["content"],
+        json!({}),
+        "bob's own message is redacted: {mine}"
+    );
+    let theirs = event(victim.clone()).await;
+    assert_eq!(theirs["content"]["body"], "alice's words", "{theirs}");
+    let shown = event(rid).await;
+    assert_eq!(shown["redacts"], own.as_str(), "{shown}");
 }

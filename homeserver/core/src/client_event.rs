@@ -15,8 +15,15 @@ const CLIENT_FIELDS: [&str; 7] = [
 ];
 
 /// Turn a stored PDU into a client event. `room_id` is set explicitly because v12 create events
-/// carry none; `include_room_id` is false inside `/sync` room sections.
-pub fn to_client_event(stored: &Value, room_id: &str, now_ms: u64, include_room_id: bool) -> Value {
+/// carry none; `include_room_id` is false inside `/sync` room sections; `redacts_in_content` is
+/// the room version's `content_field_redacts` (v11+).
+pub fn to_client_event(
+    stored: &Value,
+    room_id: &str,
+    now_ms: u64,
+    include_room_id: bool,
+    redacts_in_content: bool,
+) -> Value {
     let mut out = Map::new();
     for f in CLIENT_FIELDS {
         if let Some(v) = stored.get(f) {
@@ -29,16 +36,17 @@ pub fn to_client_event(stored: &Value, room_id: &str, now_ms: u64, include_room_
         out.remove("room_id");
     }
     // Room v11 moved `redacts` into `content`; clients written before it (matrix-nio's
-    // `RedactionEvent`, for one) read the top-level key, so it is given in both places, as
-    // Synapse does.
-    let redacts = stored.get("redacts").or_else(|| {
-        (stored.get("type").and_then(Value::as_str) == Some("m.room.redaction"))
-            .then(|| stored.get("content").and_then(|c| c.get("redacts")))
-            .flatten()
-            .filter(|r| r.is_string())
-    });
-    if let Some(r) = redacts {
-        out.insert("redacts".into(), r.clone());
+    // `RedactionEvent`, for one) read the top-level key, so it is given there too, as Synapse
+    // does. It is taken from where the room version puts it: a top-level key in a v11 event
+    // (or a content key before v11) is not what the server redacted.
+    if stored.get("type").and_then(Value::as_str) == Some("m.room.redaction") {
+        let redacts = match redacts_in_content {
+            true => stored.get("content").and_then(|c| c.get("redacts")),
+            false => stored.get("redacts"),
+        };
+        if let Some(r) = redacts.filter(|r| r.is_string()) {
+            out.insert("redacts".into(), r.clone());
+        }
     }
     let mut unsigned = stored
         .get("unsigned")
@@ -98,11 +106,11 @@ mod tests {
         let stored = json!({"event_id": "$e", "type": "m.room.message", "content": {"body": "x"},
             "sender": "@a:x", "origin_server_ts": 1000, "depth": 3, "hashes": {}, "signatures": {},
             "auth_events": [], "prev_events": [], "origin": "x"});
-        let ev = to_client_event(&stored, "!r:x", 1500, true);
+        let ev = to_client_event(&stored, "!r:x", 1500, true, false);
         assert_eq!(ev["room_id"], "!r:x");
         assert_eq!(ev["unsigned"]["age"], 500);
         assert!(ev.get("depth").is_none() && ev.get("hashes").is_none());
-        let ev = to_client_event(&stored, "!r:x", 1500, false);
+        let ev = to_client_event(&stored, "!r:x", 1500, false, false);
         assert!(ev.get("room_id").is_none());
     }
 
@@ -118,22 +126,40 @@ mod tests {
     }
 
     #[test]
-    fn redactions_carry_redacts_at_the_top_level_in_every_room_version() {
+    fn redactions_carry_redacts_at_the_top_level_from_where_their_version_puts_it() {
         let v11 = json!({"event_id": "$r", "type": "m.room.redaction", "sender": "@a:x",
             "origin_server_ts": 1, "content": {"redacts": "$target", "reason": "spam"}});
-        let ev = to_client_event(&v11, "!r:x", 2, false);
+        let ev = to_client_event(&v11, "!r:x", 2, false, true);
         assert_eq!(ev["redacts"], "$target");
         assert_eq!(ev["content"]["redacts"], "$target");
         let v10 = json!({"event_id": "$r", "type": "m.room.redaction", "sender": "@a:x",
             "origin_server_ts": 1, "redacts": "$old", "content": {}});
-        assert_eq!(to_client_event(&v10, "!r:x", 2, false)["redacts"], "$old");
+        assert_eq!(
+            to_client_event(&v10, "!r:x", 2, false, false)["redacts"],
+            "$old"
+        );
+        // A hostile event with both: only the room version's place counts.
+        let both = json!({"type": "m.room.redaction", "redacts": "$victim",
+            "content": {"redacts": "$own"}});
+        assert_eq!(
+            to_client_event(&both, "!r:x", 2, false, true)["redacts"],
+            "$own"
+        );
+        assert_eq!(
+            to_client_event(&both, "!r:x", 2, false, false)["redacts"],
+            "$victim"
+        );
+        let top_only = json!({"type": "m.room.redaction", "redacts": "$victim", "content": {}});
+        assert!(to_client_event(&top_only, "!r:x", 2, false, true)
+            .get("redacts")
+            .is_none());
         // Only redactions, and only a string.
         let other = json!({"type": "m.room.message", "content": {"redacts": "$x"}});
-        assert!(to_client_event(&other, "!r:x", 2, false)
+        assert!(to_client_event(&other, "!r:x", 2, false, true)
             .get("redacts")
             .is_none());
         let odd = json!({"type": "m.room.redaction", "content": {"redacts": 5}});
-        assert!(to_client_event(&odd, "!r:x", 2, false)
+        assert!(to_client_event(&odd, "!r:x", 2, false, true)
             .get("redacts")
             .is_none());
     }

@@ -30,8 +30,15 @@ pub struct Pdu {
     #[serde(deserialize_with = "event_refs")]
     pub auth_events: Vec<OwnedEventId>,
     pub depth: UInt,
+    /// The redacted event: the top-level key, or (v11+, where it moved) the content's. The
+    /// auth rules read this; applying a redaction reads [`Pdu::redacted_event`].
     #[serde(default)]
     pub redacts: Option<OwnedEventId>,
+    /// Where each room version puts `redacts`, kept apart: a hostile event may carry both.
+    #[serde(skip)]
+    redacts_top: Option<OwnedEventId>,
+    #[serde(skip)]
+    redacts_content: Option<OwnedEventId>,
     #[serde(default)]
     pub hashes: Option<EventHashes>,
     #[serde(skip)]
@@ -64,17 +71,30 @@ impl Pdu {
     pub fn from_json(json: &[u8]) -> Result<Self, CoreError> {
         let mut pdu: Pdu =
             serde_json::from_slice(json).map_err(|e| CoreError::BadPdu(e.to_string()))?;
-        if pdu.redacts.is_none() && pdu.kind == TimelineEventType::RoomRedaction {
-            // v11 moved `redacts` into the content; one accessor serves both.
+        if pdu.kind == TimelineEventType::RoomRedaction {
             #[derive(Deserialize)]
             struct C {
                 redacts: Option<OwnedEventId>,
             }
-            if let Ok(c) = serde_json::from_str::<C>(pdu.content.get()) {
-                pdu.redacts = c.redacts;
+            pdu.redacts_top = pdu.redacts.clone();
+            pdu.redacts_content = serde_json::from_str::<C>(pdu.content.get())
+                .ok()
+                .and_then(|c| c.redacts);
+            if pdu.redacts.is_none() {
+                // v11 moved `redacts` into the content; one accessor serves both.
+                pdu.redacts = pdu.redacts_content.clone();
             }
         }
         Ok(pdu)
+    }
+
+    /// The event a redaction redacts, from where the room version puts it: the content from
+    /// v11 on, the top level before. A key in the other place means nothing.
+    pub fn redacted_event(&self, content_field_redacts: bool) -> Option<&OwnedEventId> {
+        match content_field_redacts {
+            true => self.redacts_content.as_ref(),
+            false => self.redacts_top.as_ref(),
+        }
     }
 
     pub fn is_state(&self) -> bool {
@@ -149,6 +169,25 @@ mod tests {
         assert_eq!(pdu.prev_events[0].as_str(), "$p:x");
         assert_eq!(pdu.auth_events[0].as_str(), "$q:x");
         assert!(!pdu.is_state());
+    }
+
+    #[test]
+    fn a_redaction_redacts_where_its_room_version_says() {
+        let both = br#"{"event_id":"$r","room_id":"!r:x","sender":"@a:x","origin_server_ts":1,
+            "type":"m.room.redaction","content":{"redacts":"$own"},"redacts":"$victim","depth":2,
+            "prev_events":[],"auth_events":[]}"#;
+        let pdu = Pdu::from_json(both).unwrap();
+        assert_eq!(pdu.redacted_event(true).map(|e| e.as_str()), Some("$own"));
+        assert_eq!(
+            pdu.redacted_event(false).map(|e| e.as_str()),
+            Some("$victim")
+        );
+        let message = br#"{"event_id":"$m","room_id":"!r:x","sender":"@a:x","origin_server_ts":1,
+            "type":"m.room.message","content":{"redacts":"$x"},"redacts":"$y","depth":2,
+            "prev_events":[],"auth_events":[]}"#;
+        let pdu = Pdu::from_json(message).unwrap();
+        assert_eq!(pdu.redacted_event(true), None);
+        assert_eq!(pdu.redacted_event(false), None);
     }
 
     #[test]

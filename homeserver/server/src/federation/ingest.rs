@@ -782,11 +782,7 @@ pub async fn persist(
     if let Some(snap) = after_snap {
         room_state_row(&mut pre, room.short, snap);
     }
-    if let Some(target) = pdu
-        .redacts
-        .as_ref()
-        .filter(|_| pdu.kind == ruma::events::TimelineEventType::RoomRedaction)
-    {
+    if let Some(target) = pdu.redacted_event(rules.redaction.content_field_redacts) {
         let state = |t: &str, k: &str| -> ApiResult<Option<Pdu>> {
             Ok(app
                 .short_state_key(t, k)?

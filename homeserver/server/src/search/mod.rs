@@ -175,8 +175,14 @@ fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> Api
         return Ok(());
     };
     if stored["type"] == "m.room.redaction" {
-        // The PDU reads `redacts` wherever the room version puts it.
-        let redacts = svc.pdu_by_short(short)?.and_then(|p| p.redacts);
+        // The redacted event, from where the room version puts it.
+        let in_content = match stored["room_id"].as_str().map(ruma::RoomId::parse) {
+            Some(Ok(room_id)) => svc.redacts_in_content(&room_id)?,
+            _ => false,
+        };
+        let redacts = svc
+            .pdu_by_short(short)?
+            .and_then(|p| p.redacted_event(in_content).cloned());
         let Some(target) = redacts
             .map(|id| svc.short_event(&id))
             .transpose()?

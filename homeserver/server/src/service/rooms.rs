@@ -495,6 +495,19 @@ impl Services {
         Ok(ev)
     }
 
+    /// Whether the room's version keeps a redaction's target in `content.redacts` (v11+)
+    /// rather than at the top level.
+    pub fn redacts_in_content(&self, room_id: &RoomId) -> ApiResult<bool> {
+        Ok(match self.room(room_id)? {
+            Some(room) => {
+                plexus_core::room_version::rules(&room.meta.version)?
+                    .redaction
+                    .content_field_redacts
+            }
+            None => false,
+        })
+    }
+
     /// `user`'s membership at an event, counting the event's own change (MSC4115): `leave`
     /// when they had none. `None` for an event stored without state (an outlier).
     pub fn membership_at(
@@ -544,11 +557,17 @@ impl Services {
         viewer: Option<&super::accounts::Session>,
         include_room_id: bool,
     ) -> ApiResult<Value> {
+        // Only a redaction needs its room version: where its `redacts` counts.
+        let redacts_in_content = match stored.get("type").and_then(Value::as_str) {
+            Some("m.room.redaction") => self.redacts_in_content(room_id)?,
+            _ => false,
+        };
         let mut ev = plexus_core::client_event::to_client_event(
             stored,
             room_id.as_str(),
             super::now_ms(),
             include_room_id,
+            redacts_in_content,
         );
         if let Some(s) = viewer {
             if stored.get("sender").and_then(Value::as_str) == Some(s.user_id.as_str()) {

@@ -232,11 +232,12 @@ impl<'a> RoomWriter<'a> {
                 });
             }
         }
-        let redacts = match &built.pdu.redacts {
-            Some(target) if built.pdu.kind == ruma::events::TimelineEventType::RoomRedaction => {
-                self.redaction_target(sender, target)?
-            }
-            _ => None,
+        let redacts = match built
+            .pdu
+            .redacted_event(self.rules.redaction.content_field_redacts)
+        {
+            Some(target) => self.redaction_target(sender, target)?,
+            None => None,
         };
 
         let event_id = built.event_id.clone();
@@ -739,8 +740,13 @@ pub fn redacted_form(
     let obj = try_from_json_map(map).ok()?;
     let redacted = redact(obj, &rules.redaction, None).ok()?;
     let mut v = serde_json::to_value(redacted).ok()?;
-    let because =
-        plexus_core::client_event::to_client_event(because, room_id.as_str(), now_ms(), true);
+    let because = plexus_core::client_event::to_client_event(
+        because,
+        room_id.as_str(),
+        now_ms(),
+        true,
+        rules.redaction.content_field_redacts,
+    );
     v["unsigned"] = json!({ "redacted_because": because });
     Some(v)
 }
