@@ -30,13 +30,11 @@ pub struct Pdu {
     #[serde(deserialize_with = "event_refs")]
     pub auth_events: Vec<OwnedEventId>,
     pub depth: UInt,
-    /// The redacted event: the top-level key, or (v11+, where it moved) the content's. The
-    /// auth rules read this; applying a redaction reads [`Pdu::redacted_event`].
+    /// The top-level `redacts` (where room versions before 11 put it). With
+    /// `redacts_content`, read through [`Pdu::redacted_event`]: a hostile event may carry both.
     #[serde(default)]
-    pub redacts: Option<OwnedEventId>,
-    /// Where each room version puts `redacts`, kept apart: a hostile event may carry both.
-    #[serde(skip)]
-    redacts_top: Option<OwnedEventId>,
+    redacts: Option<OwnedEventId>,
+    /// A redaction's `content.redacts` (where v11 moved it).
     #[serde(skip)]
     redacts_content: Option<OwnedEventId>,
     #[serde(default)]
@@ -76,14 +74,11 @@ impl Pdu {
             struct C {
                 redacts: Option<OwnedEventId>,
             }
-            pdu.redacts_top = pdu.redacts.clone();
             pdu.redacts_content = serde_json::from_str::<C>(pdu.content.get())
                 .ok()
                 .and_then(|c| c.redacts);
-            if pdu.redacts.is_none() {
-                // v11 moved `redacts` into the content; one accessor serves both.
-                pdu.redacts = pdu.redacts_content.clone();
-            }
+        } else {
+            pdu.redacts = None;
         }
         Ok(pdu)
     }
@@ -93,7 +88,7 @@ impl Pdu {
     pub fn redacted_event(&self, content_field_redacts: bool) -> Option<&OwnedEventId> {
         match content_field_redacts {
             true => self.redacts_content.as_ref(),
-            false => self.redacts_top.as_ref(),
+            false => self.redacts.as_ref(),
         }
     }
 
@@ -148,6 +143,8 @@ impl Event for Pdu {
     fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
         Box::new(self.auth_events.iter())
     }
+    /// For the auth rules, which read it only in room versions 1 and 2 (the domain check):
+    /// the top-level key, where those versions put it.
     fn redacts(&self) -> Option<&Self::Id> {
         self.redacts.as_ref()
     }
@@ -196,6 +193,7 @@ mod tests {
             "type":"m.room.redaction","content":{"redacts":"$t"},"depth":2,
             "prev_events":[],"auth_events":[]}"#;
         let pdu = Pdu::from_json(json).unwrap();
-        assert_eq!(pdu.redacts.unwrap().as_str(), "$t");
+        assert_eq!(pdu.redacted_event(true).unwrap().as_str(), "$t");
+        assert_eq!(pdu.redacted_event(false), None);
     }
 }

@@ -393,7 +393,11 @@ impl View {
                     }
                 }
             }
-            for item in svc.store.kv.scan_prefix(Table::RoomIdShort, b"") {
+            let scan = match reg.namespaces.rooms.is_empty() {
+                true => None,
+                false => Some(svc.store.kv.scan_prefix(Table::RoomIdShort, b"")),
+            };
+            for item in scan.into_iter().flatten() {
                 let (id, _) = item?;
                 let id = String::from_utf8_lossy(&id);
                 if reg.matches(Kind::Room, &id) {

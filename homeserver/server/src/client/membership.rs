@@ -284,19 +284,6 @@ async fn change_member(
     Ok(Json(json!({})))
 }
 
-/// The invitee's display name and avatar in their invite, so that clients show who was
-/// invited before they join (as Synapse does for its own users).
-pub fn add_profile(content: &mut Value, invitee: &crate::service::accounts::UserRecord) {
-    for (field, value) in [
-        ("displayname", &invitee.displayname),
-        ("avatar_url", &invitee.avatar_url),
-    ] {
-        if let (Some(v), None) = (value, content.get(field)) {
-            content[field] = json!(v);
-        }
-    }
-}
-
 /// Set `target`'s membership to `content` (whose `membership` says which); an invite of a user
 /// on another server is countersigned by their server before it is committed.
 pub async fn set_membership(
@@ -323,7 +310,7 @@ pub async fn set_membership(
         let Some(invitee) = app.user(target)? else {
             return Err(ApiError::NotFound(format!("unknown user {target}")));
         };
-        add_profile(&mut content, &invitee);
+        crate::service::writer::add_profile(&mut content, &invitee);
     }
     let mut w = RoomWriter::open(app, room_id).await?;
     if w.membership_of(sender)?.as_deref() != Some("join") {

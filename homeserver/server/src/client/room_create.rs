@@ -268,12 +268,9 @@ pub async fn create_room(
     // 8. invites (of users on other servers once the room exists: their server countersigns)
     let (invitees, remote): (Vec<_>, Vec<_>) = invitees.into_iter().partition(|u| app.is_local(u));
     for u in &invitees {
-        let mut c = json!({ "membership": "invite" });
+        let mut c = member_content(&app, u, "invite")?;
         if body.is_direct {
             c["is_direct"] = json!(true);
-        }
-        if let Some(invitee) = app.user(u)? {
-            super::membership::add_profile(&mut c, &invitee);
         }
         w.append(&sender, state("m.room.member", u.as_str(), c), None)?;
     }

@@ -33,11 +33,11 @@ impl PublicUsers {
     /// Whether an event can change the set once written (mark it stale after the write, or
     /// a search in between would cache the set without it).
     pub fn changed_by(pdu: &plexus_core::pdu::Pdu) -> bool {
-        let kind = pdu.kind.to_string();
+        use ruma::events::TimelineEventType as T;
         pdu.state_key.is_some()
             && matches!(
-                kind.as_str(),
-                "m.room.member" | "m.room.join_rules" | "m.room.history_visibility"
+                pdu.kind,
+                T::RoomMember | T::RoomJoinRules | T::RoomHistoryVisibility
             )
     }
 }

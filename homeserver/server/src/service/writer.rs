@@ -751,20 +751,29 @@ pub fn redacted_form(
     Some(v)
 }
 
-/// The member event content for a user joining or changing profile: their displayname and avatar.
+/// The member event content for a local user joining, knocking, changing profile or being
+/// invited: with their displayname and avatar (in an invite, so that clients show who was
+/// invited before they join, as Synapse does).
 pub fn member_content(svc: &Services, user: &UserId, membership: &str) -> ApiResult<Value> {
     let mut c = json!({ "membership": membership });
-    if membership == "join" || membership == "knock" {
+    if matches!(membership, "join" | "knock" | "invite") {
         if let Some(rec) = svc.user(user)? {
-            if let Some(d) = rec.displayname {
-                c["displayname"] = json!(d);
-            }
-            if let Some(a) = rec.avatar_url {
-                c["avatar_url"] = json!(a);
-            }
+            add_profile(&mut c, &rec);
         }
     }
     Ok(c)
+}
+
+/// A local user's displayname and avatar in member event content that has none of its own.
+pub fn add_profile(content: &mut Value, user: &super::accounts::UserRecord) {
+    for (field, value) in [
+        ("displayname", &user.displayname),
+        ("avatar_url", &user.avatar_url),
+    ] {
+        if let (Some(v), None) = (value, content.get(field)) {
+            content[field] = json!(v);
+        }
+    }
 }
 
 /// Append one event to an existing room and commit it.
