@@ -124,7 +124,7 @@ async fn every_room_version_can_be_created_and_used() {
             .create_room(json!({"room_version": v.to_string(), "preset": "public_chat"}))
             .await;
         bob.join(&room).await.ok();
-        bob.send_text(&room, &format!("hello v{v}")).await;
+        let hello = bob.send_text(&room, &format!("hello v{v}")).await;
         let msgs = alice
             .get(&format!(
                 "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
@@ -135,6 +135,40 @@ async fn every_room_version_can_be_created_and_used() {
             msgs.ok()["chunk"][0]["content"]["body"],
             format!("hello v{v}"),
             "v{v}"
+        );
+        // A redaction names its target where the version puts it (top level before v11, in
+        // content from v11); either way it is applied, and clients read it at the top level.
+        let r = bob
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/redact/{}/r{v}",
+                    enc(&room),
+                    enc(&hello)
+                ),
+                json!({}),
+            )
+            .await;
+        let redaction = r.ok()["event_id"].as_str().unwrap().to_owned();
+        let event = |id: String| {
+            let (alice, room) = (alice.clone(), room.clone());
+            async move {
+                alice
+                    .get(&format!(
+                        "/_matrix/client/v3/rooms/{}/event/{}",
+                        enc(&room),
+                        enc(&id)
+                    ))
+                    .await
+            }
+        };
+        let redacted = event(hello.clone()).await;
+        assert_eq!(redacted.ok()["content"], json!({}), "v{v}");
+        let shown = event(redaction).await;
+        assert_eq!(
+            shown.ok()["redacts"],
+            hello.as_str(),
+            "v{v}: {}",
+            shown.body
         );
     }
 }
