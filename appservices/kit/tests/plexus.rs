@@ -1,5 +1,7 @@
 //! The kit against a real Plexus: the same scenario as against Synapse, on the `plexus` binary
 //! built beside this test (`cargo build -p plexus` first, as spec-tests need too).
+// Test and bench code: a failed step is the run failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod scenario;
 

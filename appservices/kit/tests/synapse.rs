@@ -1,6 +1,8 @@
 //! The kit against a real Synapse (from PyPI, started by spec-tests/synapse/synapse.sh with the
 //! scenario's registration). Needs python3 (and network access the first time, to install
 //! Synapse into target/synapse-venv); without them this fails, it does not skip.
+// Test and bench code: a failed step is the run failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod scenario;
 

@@ -543,6 +543,10 @@ trait ClonePickle {
 }
 
 impl<T: Serialize + serde::de::DeserializeOwned> ClonePickle for T {
+    #[expect(
+        clippy::expect_used,
+        reason = "a value serialised by its own type always reads back as that type"
+    )]
     fn clone_pickle(&self) -> Self {
         serde_json::from_value(serde_json::to_value(self).expect("pickle serialises"))
             .expect("pickle deserialises")

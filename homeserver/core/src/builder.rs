@@ -80,12 +80,6 @@ pub struct BuiltPdu {
     pub pdu: Pdu,
 }
 
-impl BuiltPdu {
-    pub fn stored_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.stored).expect("canonical JSON always serialises")
-    }
-}
-
 /// `prev_events`/`auth_events` in the room version's shape.
 pub fn refs_json(refs: &[EventRef], rules: &RoomVersionRules) -> CanonicalJsonValue {
     let v1 = matches!(rules.event_id_format, EventIdFormatVersion::V1);

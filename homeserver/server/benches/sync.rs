@@ -1,5 +1,7 @@
 //! Sync response building, without HTTP: an initial sync of a user in 50 rooms with 100 events
 //! each, and the incremental sync that finds nothing new (what every idle client costs).
+// Test and bench code: a failed step is the run failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use plexus::{

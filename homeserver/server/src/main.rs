@@ -87,6 +87,7 @@ fn main() -> ExitCode {
 /// glibc raises its mmap threshold after large frees, after which every Argon2 hash (19 MiB)
 /// is carved from a per-thread arena and kept: RSS grew to ~280 MB under a login burst.
 /// A fixed threshold hands such buffers back to the OS (measured: ~20 MB after the same load).
+#[allow(unsafe_code, reason = "a libc call; see SAFETY below")]
 fn bound_malloc_retention() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes allocator parameters; called once before any threads start.
@@ -97,6 +98,7 @@ fn bound_malloc_retention() {
 
 /// Everything plexus creates (the data dir, the database, media, the signing and TLS keys) is
 /// readable by its own user only: the database holds password hashes and private keys.
+#[allow(unsafe_code, reason = "a libc call; see SAFETY below")]
 fn private_files() {
     #[cfg(unix)]
     // SAFETY: umask only sets the process's file creation mask; called before any threads start.
@@ -107,6 +109,7 @@ fn private_files() {
 
 /// glibc keeps memory freed after a burst (thousands of requests at once) in its arenas; hand
 /// it back to the OS now and then, so RSS comes down once the burst is over.
+#[allow(unsafe_code, reason = "a libc call; see SAFETY below")]
 async fn hand_back_freed_memory() {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
