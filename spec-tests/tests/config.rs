@@ -98,3 +98,53 @@ fn create_user_admin_command() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+/// An operator can follow one request through the log: every line logged while it is handled
+/// names its id (the `X-Request-Id` the client got back), route, user and device.
+#[tokio::test]
+async fn each_request_is_logged_in_its_own_span() {
+    let server = plexus_spec_tests::Server::start_with(&[
+        ("PLEXUS_LOG", "warn,tower_http=debug"),
+        ("PLEXUS_LOG_FORMAT", "json"),
+    ])
+    .await;
+    let alice = server.user("alice").await;
+    let res = alice
+        .bytes("GET", "/_matrix/client/v3/account/whoami", &[], None)
+        .await;
+    assert_eq!(res.status, 200);
+    let id: u64 = res.header("x-request-id").parse().expect("X-Request-Id");
+    let whoami: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    let device = whoami["device_id"].as_str().unwrap().to_owned();
+
+    let span = plexus_spec_tests::eventually(10, "the request's log line", || {
+        let log = server.log_text();
+        async move {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|l| l["fields"]["message"] == "finished processing request")
+                .map(|l| l["span"].clone())
+                .find(|s| s["name"] == "request" && s["id"] == id)
+        }
+    })
+    .await;
+    assert_eq!(span["method"], "GET");
+    assert_eq!(span["route"], "/_matrix/client/v3/account/whoami");
+    assert_eq!(span["user"], "@alice:localhost");
+    assert_eq!(span["device"], device.as_str());
+
+    // An unauthenticated request has no user; each request has its own id.
+    let versions = server
+        .client()
+        .bytes("GET", "/_matrix/client/versions", &[], None)
+        .await;
+    let other: u64 = versions.header("x-request-id").parse().unwrap();
+    assert_ne!(other, id);
+}
+
+#[test]
+fn an_unknown_log_format_is_refused() {
+    let (code, err) = run(&[("PLEXUS_LOG_FORMAT", "xml")], &["check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("PLEXUS_LOG_FORMAT"), "{err}");
+}

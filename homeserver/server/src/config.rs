@@ -365,6 +365,18 @@ impl Config {
         if let Some(v) = var("PLEXUS_LOG") {
             self.log.level = v;
         }
+        if let Some(v) = var("PLEXUS_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "PLEXUS_LOG_FORMAT",
+                        why: format!("{v:?} is neither \"pretty\" nor \"json\""),
+                    })
+                }
+            };
+        }
         if let Some(v) = var("PLEXUS_SIGNING_KEY_PATH") {
             self.signing_key_path = Some(v.into());
         }

@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 
 use crate::{error::ApiError, service::App};
 
-/// Every route, with the Matrix fallbacks, panic guard and CORS.
+/// Every route, with the Matrix fallbacks, panic guard, request spans and CORS.
 pub fn router(app: App) -> Router {
     client::router()
         .merge(media::router())
@@ -26,6 +26,8 @@ pub fn router(app: App) -> Router {
         .fallback(http::unrecognized)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
+        .layer(http::trace::layer())
+        .layer(middleware::from_fn(http::trace::request_id))
         .layer(middleware::from_fn(http::cors))
         .with_state(app)
 }
@@ -36,6 +38,8 @@ pub fn federation_router(app: App) -> Router {
         .fallback(http::unrecognized)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))
+        .layer(http::trace::layer())
+        .layer(middleware::from_fn(http::trace::request_id))
         .with_state(app)
 }
 

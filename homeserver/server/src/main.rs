@@ -131,6 +131,11 @@ fn init_tracing(s: &Settings) {
             filter = filter.add_directive(d);
         }
     }
+    if !s.log_level.contains(plexus::http::trace::SPAN_TARGET) {
+        if let Ok(d) = format!("{}=info", plexus::http::trace::SPAN_TARGET).parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -89,6 +89,7 @@ fn save(svc: &Services, reg: &Registration, p: &Progress, mut batch: Batch) -> A
     Ok(svc.store.commit(batch)?)
 }
 
+#[tracing::instrument(name = "appservice_sender", skip_all, fields(appservice = %reg.id))]
 async fn run(app: Weak<Services>, reg: Arc<Registration>) {
     let mut backoff = Duration::ZERO;
     let mut view = View::default();

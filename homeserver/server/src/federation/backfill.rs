@@ -86,6 +86,7 @@ fn backward_extremities(app: &Services, room: &RoomRef) -> ApiResult<Vec<OwnedEv
 
 /// Fetch up to about `wanted` events of history from a server in the room and place them;
 /// answers how many were added (0 when there is nothing older or nobody to ask).
+#[tracing::instrument(skip_all, fields(room_id = %room.meta.room_id, wanted))]
 pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<usize, IngestError> {
     let Some(fed) = &app.federation else {
         return Ok(0);

@@ -604,6 +604,7 @@ fn state_before_checked(
 
 /// Persist an event from the room's past (backfill): its state before and after, but no
 /// timeline position, extremity or current-state change. Answers its short id.
+#[tracing::instrument(skip_all, fields(room_id = %room.meta.room_id, event_id = %c.event_id))]
 pub async fn persist_historic(
     app: &Services,
     room: &RoomRef,
@@ -647,6 +648,7 @@ pub async fn persist_historic(
 /// Persist a checked PDU whose prev events and auth events are all known, in its room.
 /// `forward_from`: set for joins/leaves we accepted as the resident server, which we must pass
 /// on to every other server in the room (not back to the one that sent it).
+#[tracing::instrument(skip_all, fields(room_id = %room.meta.room_id, event_id = %c.event_id))]
 pub async fn persist(
     app: &Services,
     room: &RoomRef,

@@ -306,6 +306,7 @@ pub async fn store_state_and_point(
 
 /// Join, leave or knock on a room this server is not in, through one of `servers`:
 /// make_{membership} there, fill in and sign the template here, send_{membership} back.
+#[tracing::instrument(skip_all, fields(user = %user, room_id = %room_id, membership))]
 pub async fn remote_membership(
     app: &Services,
     user: &UserId,

@@ -143,6 +143,7 @@ async fn one_pdu(
 }
 
 /// Fill gaps and missing auth events, then persist.
+#[tracing::instrument(skip_all, fields(origin = %origin, room_id = %room_id, event_id = %checked.event_id))]
 pub async fn accept(
     app: &Services,
     origin: &ServerName,

@@ -143,6 +143,7 @@ impl Sender {
     }
 }
 
+#[tracing::instrument(name = "federation_sender", skip_all, fields(destination = %dest))]
 async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
     let mut backoff = Duration::ZERO;
     loop {

@@ -224,6 +224,7 @@ impl FromRequest<App> for FedRequest {
         ruma::signatures::verify_json(&keys, &obj)
             .map_err(|e| ApiError::Unauthorized(format!("bad X-Matrix signature: {e}")))?;
         fed.sender.peer_is_up(&origin);
+        crate::http::trace::record_origin(origin.as_str());
         Ok(FedRequest {
             origin,
             body: body.unwrap_or(Value::Null),

@@ -120,6 +120,10 @@ impl FromRequestParts<App> for Auth {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
         let token = access_token(parts).ok_or(ApiError::MissingToken)?;
         let session = app.authenticate(&token, parts.uri.query())?;
+        super::trace::record_session(
+            session.user_id.as_str(),
+            session.device_id.as_ref().map(|d| d.as_str()),
+        );
         if let Some(device) = &session.device_id {
             app.saw_device(&session.user_id, device, client_ip(parts, app));
         }

@@ -1,7 +1,9 @@
-//! The HTTP edge: extractors that turn bad input into Matrix errors, CORS, fallbacks.
+//! The HTTP edge: extractors that turn bad input into Matrix errors, request spans, CORS,
+//! fallbacks.
 
 pub mod body;
 pub mod extract;
+pub mod trace;
 
 use axum::{
     extract::Request,

@@ -302,6 +302,7 @@ impl<'a> RoomWriter<'a> {
 
     /// Persist everything appended in one batch, flush, then wake the users it concerns.
     /// Returns the last stream position.
+    #[tracing::instrument(skip_all, fields(room_id = self.room_id.as_ref().map(|r| r.as_str()), events = self.pending.len()))]
     pub async fn commit(mut self) -> ApiResult<u64> {
         if self.pending.is_empty() {
             return Ok(self.svc.store.current_count());
