@@ -1,17 +1,25 @@
-//! The ordered key-value boundary.
+//! The keyspace over an [`Engine`]: tables as key prefixes, atomic batches, group commit and
+//! the free-disk guard.
+
+use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::Table;
+use crate::{
+    engine::{Engine, EngineError, MemoryEngine, SledEngine},
+    Table,
+};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("storage engine: {0}")]
-    Engine(#[from] sled::Error),
+    Engine(#[from] EngineError),
     #[error("corrupt record in {table:?}: {why}")]
     Corrupt { table: Table, why: String },
     #[error("store schema version {0} is not supported by this build")]
     SchemaTooNew(u64),
+    #[error("a record could not be encoded: {0}")]
+    Encode(String),
     #[error("store lock poisoned")]
     Poisoned,
     /// Writes are refused while the disk is (almost) full, before the engine fails on it.
@@ -22,7 +30,7 @@ pub enum StoreError {
 impl StoreError {
     /// An error from the disk under the engine (sled cannot go on after a failed write).
     fn is_io(&self) -> bool {
-        matches!(self, StoreError::Engine(sled::Error::Io(_)))
+        matches!(self, StoreError::Engine(EngineError::Io(_)))
     }
 }
 
@@ -36,16 +44,17 @@ fn k(table: Table, key: &[u8]) -> Vec<u8> {
 
 #[derive(Clone)]
 pub struct Kv {
-    db: sled::Db,
-    durability: std::sync::Arc<Durability>,
-    space: std::sync::Arc<Space>,
+    db: Arc<dyn Engine>,
+    durability: Arc<Durability>,
+    space: Arc<Space>,
 }
 
 /// Free space under the store. Writes stop while less than `reserve` bytes are free, before
 /// sled meets ENOSPC: sled cannot recover from a failed write without a restart, while a write
 /// refused here is simply tried again once space is back.
 struct Space {
-    dir: std::path::PathBuf,
+    /// The folder whose disk is watched; none for an engine without one.
+    dir: Option<std::path::PathBuf>,
     reserve: std::sync::atomic::AtomicU64,
     /// When free space was last read, and what it was.
     checked: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
@@ -64,7 +73,11 @@ impl Space {
                 return bytes;
             }
         }
-        let bytes = fs2::available_space(&self.dir).unwrap_or(u64::MAX);
+        let bytes = self
+            .dir
+            .as_ref()
+            .and_then(|d| fs2::available_space(d).ok())
+            .unwrap_or(u64::MAX);
         *checked = Some((std::time::Instant::now(), bytes));
         bytes
     }
@@ -132,21 +145,29 @@ impl Batch {
 }
 
 impl Kv {
+    /// The keyspace in a sled folder (the embedded default).
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
-        Ok(Self {
-            db,
+        let engine = SledEngine::open(path)?;
+        Ok(Self::with_engine(Arc::new(engine), Some(path.to_owned())))
+    }
+
+    /// A keyspace in memory, for unit tests.
+    pub fn memory() -> Self {
+        Self::with_engine(Arc::new(MemoryEngine::new()), None)
+    }
+
+    /// The keyspace on any engine; `dir` is the folder whose free space guards writes.
+    pub fn with_engine(engine: Arc<dyn Engine>, dir: Option<std::path::PathBuf>) -> Self {
+        Self {
+            db: engine,
             durability: Default::default(),
-            space: std::sync::Arc::new(Space {
-                dir: path.to_owned(),
+            space: Arc::new(Space {
+                dir,
                 reserve: Default::default(),
                 checked: Default::default(),
                 failed: Default::default(),
             }),
-        })
+        }
     }
 
     /// Refuse writes while fewer than `bytes` are free on the store's disk (0: never).
@@ -174,7 +195,7 @@ impl Kv {
     /// engine error once a write failed on the disk (then only a restart helps).
     pub fn health(&self) -> Result<(), StoreError> {
         if self.space.failed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(StoreError::Engine(sled::Error::Io(std::io::Error::other(
+            return Err(StoreError::Engine(EngineError::Io(std::io::Error::other(
                 "a write failed on the disk earlier; restart the server",
             ))));
         }
@@ -182,11 +203,11 @@ impl Kv {
     }
 
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(k(table, key))?.map(|v| v.to_vec()))
+        Ok(self.db.get(&k(table, key))?)
     }
 
     pub fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.db.contains_key(k(table, key))?)
+        Ok(self.db.contains(&k(table, key))?)
     }
 
     /// Insert only if absent; returns the value that is stored afterwards.
@@ -197,32 +218,32 @@ impl Kv {
         value: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
         self.space.ensure()?;
-        let swapped = self.space.note(
+        let found = self.space.note(
             self.db
-                .compare_and_swap(k(table, key), None as Option<&[u8]>, Some(value))
+                .insert_if_absent(&k(table, key), value)
                 .map_err(StoreError::from),
         )?;
-        match swapped {
-            Ok(()) => {
+        match found {
+            None => {
                 self.durability
                     .applied
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 Ok(value.to_vec())
             }
-            Err(e) => Ok(e.current.map(|v| v.to_vec()).unwrap_or_default()),
+            Some(current) => Ok(current),
         }
     }
 
     /// Remove a key and answer what it held, atomically: of two concurrent takes of one key,
     /// exactly one gets the value (single-use tokens).
     pub fn take(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let old = self.db.remove(k(table, key))?;
+        let old = self.db.take(&k(table, key))?;
         if old.is_some() {
             self.durability
                 .applied
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        Ok(old.map(|v| v.to_vec()))
+        Ok(old)
     }
 
     /// All `(key without table byte and prefix, value)` under `prefix`, in key order.
@@ -230,11 +251,11 @@ impl Kv {
         &self,
         table: Table,
         prefix: &[u8],
-    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
+    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
         let full = k(table, prefix);
         let skip = full.len();
-        self.db.scan_prefix(full).map(move |r| {
-            r.map(|(key, v)| (key[skip..].to_vec(), v.to_vec()))
+        self.db.scan_prefix(&full).map(move |r| {
+            r.map(|(mut key, v)| (key.split_off(skip.min(key.len())), v))
                 .map_err(StoreError::from)
         })
     }
@@ -246,7 +267,7 @@ impl Kv {
         table: Table,
         after: u64,
         upto: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> {
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
         self.range(
             table,
             &after.saturating_add(1).to_be_bytes(),
@@ -261,9 +282,9 @@ impl Kv {
         table: Table,
         from: &[u8],
         to: &[u8],
-    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
-        self.db.range(k(table, from)..k(table, to)).map(|r| {
-            r.map(|(key, v)| (key[1..].to_vec(), v.to_vec()))
+    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        self.db.range(&k(table, from), &k(table, to)).map(|r| {
+            r.map(|(mut key, v)| (key.split_off(1.min(key.len())), v))
                 .map_err(StoreError::from)
         })
     }
@@ -272,15 +293,8 @@ impl Kv {
         if !batch.only_deletes() {
             self.space.ensure()?;
         }
-        let mut b = sled::Batch::default();
-        for (key, value) in batch.ops {
-            match value {
-                Some(v) => b.insert(key, v),
-                None => b.remove(key),
-            }
-        }
         self.space
-            .note(self.db.apply_batch(b).map_err(StoreError::from))?;
+            .note(self.db.apply(batch.ops).map_err(StoreError::from))?;
         self.durability
             .applied
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

@@ -1,14 +1,21 @@
 //! Plexus storage: the only crate that names sled.
 //!
 //! Everything lives in one ordered key-value keyspace, split into tables by a one-byte prefix, so
-//! that any write touching several tables is one atomic batch. That keeps the engine boundary
-//! narrow (get, put, delete, prefix scans, atomic batches) should a distributed KV replace sled.
+//! that any write touching several tables is one atomic batch. The engine under it is a trait
+//! ([`engine::Engine`]: get, atomic batches, prefix and range scans): sled on disk by default,
+//! an in-memory engine for unit tests, and a distributed one would be a third.
 
+pub mod codec;
+pub mod engine;
 mod kv;
+mod map;
+pub mod schema;
 pub mod state;
 mod tables;
 
+pub use codec::First;
 pub use kv::{Batch, Kv, StoreError};
+pub use map::{Map, Row};
 pub use state::{StateMap, StateStore};
 pub use tables::Table;
 
