@@ -189,9 +189,13 @@ prefix!(2; (A, B, C, D, E); A a, B b);
 prefix!(3; (A, B, C, D, E); A a, B b, C c);
 prefix!(4; (A, B, C, D, E); A a, B b, C c, D d);
 
-/// How a value of type `T` is stored.
-pub trait Codec<T> {
+/// How a value of type `T` is written.
+pub trait Encode<T: ?Sized> {
     fn encode(v: &T) -> Result<Vec<u8>, StoreError>;
+}
+
+/// How a stored value reads back as a `T`.
+pub trait Decode<T> {
     fn decode(b: &[u8]) -> Result<T, DecodeError>;
 }
 
@@ -204,37 +208,90 @@ pub struct Raw;
 /// A list of big-endian `u64`s.
 pub struct U64List;
 
-impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec<T> for Json {
+impl<T: serde::Serialize + ?Sized> Encode<T> for Json {
     fn encode(v: &T) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
     }
+}
+
+impl<T: serde::de::DeserializeOwned> Decode<T> for Json {
     fn decode(b: &[u8]) -> Result<T, DecodeError> {
         serde_json::from_slice(b).map_err(|_| "not the JSON record expected")
     }
 }
 
-impl Codec<()> for Unit {
+impl Encode<()> for Unit {
     fn encode(_: &()) -> Result<Vec<u8>, StoreError> {
         Ok(Vec::new())
     }
+}
+
+impl Decode<()> for Unit {
     fn decode(_: &[u8]) -> Result<(), DecodeError> {
         Ok(())
     }
 }
 
-impl Codec<Vec<u8>> for Raw {
+impl Encode<[u8]> for Raw {
+    fn encode(v: &[u8]) -> Result<Vec<u8>, StoreError> {
+        Ok(v.to_vec())
+    }
+}
+
+impl Encode<Vec<u8>> for Raw {
     fn encode(v: &Vec<u8>) -> Result<Vec<u8>, StoreError> {
         Ok(v.clone())
     }
+}
+
+impl Encode<str> for Str {
+    fn encode(v: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(<Str as Key>::encode(v))
+    }
+}
+
+/// A PDU as JSON: written from its JSON form, read back as JSON or straight into a
+/// [`plexus_core::pdu::Pdu`].
+pub struct PduJson;
+
+impl<T: serde::Serialize + ?Sized> Encode<T> for PduJson {
+    fn encode(v: &T) -> Result<Vec<u8>, StoreError> {
+        <Json as Encode<T>>::encode(v)
+    }
+}
+
+impl Decode<serde_json::Value> for PduJson {
+    fn decode(b: &[u8]) -> Result<serde_json::Value, DecodeError> {
+        <Json as Decode<serde_json::Value>>::decode(b)
+    }
+}
+
+/// The JSON bytes, for a reader that wants only part of the event.
+impl Decode<Vec<u8>> for PduJson {
     fn decode(b: &[u8]) -> Result<Vec<u8>, DecodeError> {
         Ok(b.to_vec())
     }
 }
 
-impl Codec<Vec<u64>> for U64List {
+impl Decode<plexus_core::pdu::Pdu> for PduJson {
+    fn decode(b: &[u8]) -> Result<plexus_core::pdu::Pdu, DecodeError> {
+        plexus_core::pdu::Pdu::from_json(b).map_err(|_| "not a PDU")
+    }
+}
+
+impl Decode<Vec<u8>> for Raw {
+    fn decode(b: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        Ok(b.to_vec())
+    }
+}
+
+impl Encode<Vec<u64>> for U64List {
     fn encode(v: &Vec<u64>) -> Result<Vec<u8>, StoreError> {
         Ok(v.iter().flat_map(|n| n.to_be_bytes()).collect())
     }
+}
+
+impl Decode<Vec<u64>> for U64List {
     fn decode(b: &[u8]) -> Result<Vec<u64>, DecodeError> {
         if !b.len().is_multiple_of(8) {
             return Err("a list of numbers cut short");
@@ -253,10 +310,12 @@ impl Codec<Vec<u64>> for U64List {
 /// snapshot hashes, type and state key).
 macro_rules! key_as_value {
     ($($k:ty),*) => {$(
-        impl Codec<<$k as Key>::Owned> for $k {
+        impl Encode<<$k as Key>::Owned> for $k {
             fn encode(v: &<$k as Key>::Owned) -> Result<Vec<u8>, StoreError> {
                 Ok(key_as_value!(@enc $k, v))
             }
+        }
+        impl Decode<<$k as Key>::Owned> for $k {
             fn decode(b: &[u8]) -> Result<<$k as Key>::Owned, DecodeError> {
                 <$k as Key>::decode(b)
             }
@@ -366,18 +425,18 @@ mod tests {
 
     #[test]
     fn fixed_values_round_trip() {
-        let v = <(U64, U32) as Codec<(u64, u32)>>::encode(&(9, 4)).unwrap();
+        let v = <(U64, U32) as Encode<(u64, u32)>>::encode(&(9, 4)).unwrap();
         assert_eq!(v.len(), 12);
         assert_eq!(
-            <(U64, U32) as Codec<(u64, u32)>>::decode(&v).unwrap(),
+            <(U64, U32) as Decode<(u64, u32)>>::decode(&v).unwrap(),
             (9, 4)
         );
-        let l = <U64List as Codec<Vec<u64>>>::encode(&vec![1, 2]).unwrap();
+        let l = <U64List as Encode<Vec<u64>>>::encode(&vec![1, 2]).unwrap();
         assert_eq!(
-            <U64List as Codec<Vec<u64>>>::decode(&l).unwrap(),
+            <U64List as Decode<Vec<u64>>>::decode(&l).unwrap(),
             vec![1, 2]
         );
-        let s = <(U8, Str) as Codec<(u8, String)>>::encode(&(1, "$root".into())).unwrap();
+        let s = <(U8, Str) as Encode<(u8, String)>>::encode(&(1, "$root".into())).unwrap();
         assert_eq!(s, b"\x01$root".to_vec());
     }
 }

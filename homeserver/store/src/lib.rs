@@ -9,6 +9,7 @@ pub mod codec;
 pub mod engine;
 mod kv;
 mod map;
+mod migrate;
 pub mod schema;
 pub mod state;
 mod tables;
@@ -38,12 +39,12 @@ pub struct Store {
 }
 
 const META_COUNT: &[u8] = b"count";
-const META_SCHEMA: &[u8] = b"schema_version";
+pub(crate) const META_SCHEMA: &[u8] = b"schema_version";
 
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         let kv = Kv::open(path)?;
-        migrate(&kv)?;
+        migrate::migrate(&kv)?;
         let count = kv
             .get(Table::Meta, META_COUNT)?
             .map(|v| be_u64(&v))
@@ -96,57 +97,6 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush().await
     }
-}
-
-/// Bring the keyspace to [`SCHEMA_VERSION`]. New stores are stamped; a store from a newer build is
-/// refused rather than misread.
-fn migrate(kv: &Kv) -> Result<(), StoreError> {
-    let found = kv.get(Table::Meta, META_SCHEMA)?.map(|v| be_u64(&v));
-    match found {
-        None => {
-            let mut b = Batch::default();
-            b.put(Table::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
-            kv.apply(b)
-        }
-        Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaTooNew(v)),
-        Some(mut v) => {
-            // Each step is one batch with its new version stamp: a crash leaves v or v + 1.
-            while v < SCHEMA_VERSION {
-                let mut b = Batch::default();
-                match v {
-                    1 => queue_one_time_keys(kv, &mut b)?,
-                    _ => return Err(StoreError::SchemaTooNew(v)),
-                }
-                v += 1;
-                b.put(Table::Meta, META_SCHEMA, &v.to_be_bytes());
-                kv.apply(b)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// 1 → 2: one-time keys stored before their upload order was kept get a queue entry at
-/// sequence 0, so they are handed out before any uploaded later.
-fn queue_one_time_keys(kv: &Kv, b: &mut Batch) -> Result<(), StoreError> {
-    for row in kv.scan_prefix(Table::OneTimeKey, b"") {
-        let (k, _) = row?;
-        // user \0 device \0 algorithm \0 key id
-        let Some(cut) = k
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c == 0)
-            .nth(2)
-            .map(|(i, _)| i + 1)
-        else {
-            continue;
-        };
-        let mut q = k[..cut].to_vec();
-        q.extend_from_slice(&0u64.to_be_bytes());
-        q.extend_from_slice(&k[cut..]);
-        b.put(Table::OneTimeKeyQueue, &q, b"");
-    }
-    Ok(())
 }
 
 /// Big-endian u64 from the first 8 bytes (0 if shorter: only our own keys are read here).

@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 
 use crate::{
-    codec::{Codec, Key, Prefix, U64},
+    codec::{Decode, Encode, Key, Prefix, U64},
     Batch, Kv, StoreError, Table,
 };
 
@@ -45,14 +45,14 @@ impl<K: Key, V> Map<K, V> {
 
     fn value<T>(&self, raw: &[u8]) -> Result<T, StoreError>
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         V::decode(raw).map_err(|why| self.corrupt(why))
     }
 
     fn row<T>(&self, (k, v): (Vec<u8>, Vec<u8>)) -> Result<Row<K, T>, StoreError>
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         let key = K::decode(&k).map_err(|why| self.corrupt(why))?;
         Ok((key, self.value(&v)?))
@@ -60,7 +60,7 @@ impl<K: Key, V> Map<K, V> {
 
     pub fn get<T>(&self, kv: &Kv, key: K::Ref<'_>) -> Result<Option<T>, StoreError>
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         kv.get(self.table, &K::encode(key))?
             .map(|raw| self.value(&raw))
@@ -71,9 +71,14 @@ impl<K: Key, V> Map<K, V> {
         kv.contains(self.table, &K::encode(key))
     }
 
-    pub fn put<T>(&self, batch: &mut Batch, key: K::Ref<'_>, value: &T) -> Result<(), StoreError>
+    pub fn put<T: ?Sized>(
+        &self,
+        batch: &mut Batch,
+        key: K::Ref<'_>,
+        value: &T,
+    ) -> Result<(), StoreError>
     where
-        V: Codec<T>,
+        V: Encode<T>,
     {
         batch.put(self.table, &K::encode(key), &V::encode(value)?);
         Ok(())
@@ -86,7 +91,7 @@ impl<K: Key, V> Map<K, V> {
     /// Store `value` unless the key holds one; answers what is stored afterwards.
     pub fn insert_if_absent<T>(&self, kv: &Kv, key: K::Ref<'_>, value: &T) -> Result<T, StoreError>
     where
-        V: Codec<T>,
+        V: Encode<T> + Decode<T>,
     {
         let stored = kv.insert_if_absent(self.table, &K::encode(key), &V::encode(value)?)?;
         self.value(&stored)
@@ -95,7 +100,7 @@ impl<K: Key, V> Map<K, V> {
     /// Remove a key and answer its value, atomically (single-use tokens).
     pub fn take<T>(&self, kv: &Kv, key: K::Ref<'_>) -> Result<Option<T>, StoreError>
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         kv.take(self.table, &K::encode(key))?
             .map(|raw| self.value(&raw))
@@ -108,7 +113,7 @@ impl<K: Key, V> Map<K, V> {
         kv: &'a Kv,
     ) -> impl DoubleEndedIterator<Item = Result<Row<K, T>, StoreError>> + 'a
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         self.rows(kv, Vec::new())
     }
@@ -120,7 +125,7 @@ impl<K: Key, V> Map<K, V> {
         prefix: P::Ref<'_>,
     ) -> impl DoubleEndedIterator<Item = Result<Row<K, T>, StoreError>> + 'a
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         self.rows(kv, P::encode(prefix))
     }
@@ -131,7 +136,7 @@ impl<K: Key, V> Map<K, V> {
         prefix: Vec<u8>,
     ) -> impl DoubleEndedIterator<Item = Result<Row<K, T>, StoreError>> + 'a
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         kv.scan_prefix(self.table, &prefix).map(move |r| {
             let (rest, v) = r?;
@@ -149,7 +154,7 @@ impl<K: Key, V> Map<K, V> {
         to: K::Ref<'_>,
     ) -> impl DoubleEndedIterator<Item = Result<Row<K, T>, StoreError>> + 'a
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         kv.range(self.table, &K::encode(from), &K::encode(to))
             .map(move |r| self.row(r?))
@@ -166,7 +171,7 @@ impl<V> Map<U64, V> {
         upto: u64,
     ) -> impl DoubleEndedIterator<Item = Result<Row<U64, T>, StoreError>> + 'a
     where
-        V: Codec<T>,
+        V: Decode<T>,
     {
         self.range(kv, after.saturating_add(1), upto.saturating_add(1))
     }

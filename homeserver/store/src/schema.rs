@@ -6,7 +6,7 @@
 //! them; the others have a fixed layout.
 
 use crate::{
-    codec::{Bytes, Json, Raw, Str, U64List, Unit, U32, U64, U8},
+    codec::{Bytes, Json, PduJson, Raw, Str, U64List, Unit, U32, U64, U8},
     map::Map,
     Table,
 };
@@ -29,7 +29,7 @@ pub const ROOMID__SHORT: Map<Str, U64> = Map::new(Table::RoomIdShort);
 /// Short room id → room id.
 pub const SHORT__ROOMID: Map<U64, Str> = Map::new(Table::ShortRoomId);
 /// Short event id → the stored PDU.
-pub const EVENT__PDU: Map<U64, Json> = Map::new(Table::Pdu);
+pub const EVENT__PDU: Map<U64, PduJson> = Map::new(Table::Pdu);
 /// Short room id, stream position → short event id: the room's timeline.
 pub const ROOM_COUNT__EVENT: Map<(U64, U64), U64> = Map::new(Table::Timeline);
 /// Short event id → short room id, stream position.

@@ -2,7 +2,7 @@
 //! references), from an index written when each event is persisted.
 
 use axum::{extract::State, Json};
-use plexus_store::{be_u64, Table};
+use plexus_store::{schema, First};
 use ruma::EventId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,12 +30,13 @@ pub struct RelationsQuery {
 
 /// `(count, short id)` of the room's events relating to `parent`.
 fn children(app: &App, short_room: u64, parent: &str) -> ApiResult<Vec<(u64, u64)>> {
-    let prefix = crate::service::writer::relation_prefix(short_room, parent);
-    app.store
-        .kv
-        .scan_prefix(Table::Relation, &prefix)
+    schema::ROOM_PARENT_COUNT__RELATION
+        .prefix::<First<2>, u64>(&app.store.kv, (short_room, parent))
         .take(GATHER_CAP)
-        .map(|r| r.map(|(k, v)| (be_u64(&k), be_u64(&v))).map_err(Into::into))
+        .map(|r| {
+            let ((_, _, count), short) = r?;
+            Ok((count, short))
+        })
         .collect()
 }
 

@@ -2,7 +2,7 @@
 
 use axum::{extract::State, Json};
 use plexus_core::{builder::NewEvent, room_version};
-use plexus_store::Table;
+use plexus_store::schema;
 use ruma::{OwnedRoomAliasId, OwnedUserId, RoomVersionId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -130,7 +130,7 @@ pub async fn create_room(
                 a.as_str(),
                 s.appservice.as_deref(),
             )?;
-            if app.store.kv.contains(Table::Alias, a.as_bytes())? {
+            if schema::ALIAS__ROOMID.contains(&app.store.kv, a.as_str())? {
                 return Err(ApiError::RoomInUse("Room alias already taken".into()));
             }
             Some(a)
@@ -280,20 +280,15 @@ pub async fn create_room(
         .clone()
         .ok_or_else(|| ApiError::Internal("room id not set".into()))?;
     if let Some(a) = &alias {
-        w.extra.push((
-            Table::Alias,
-            a.as_bytes().to_vec(),
-            room_id.as_bytes().to_vec(),
-        ));
-        w.extra.push((
-            Table::RoomAlias,
-            crate::service::key2(room_id.as_str(), a.as_str()),
-            sender.as_bytes().to_vec(),
-        ));
+        schema::ALIAS__ROOMID.put(&mut w.extra, a.as_str(), room_id.as_str())?;
+        schema::ROOM_ALIAS__CREATOR.put(
+            &mut w.extra,
+            (room_id.as_str(), a.as_str()),
+            sender.as_str(),
+        )?;
     }
     if visibility == "public" {
-        w.extra
-            .push((Table::PublicRoom, room_id.as_bytes().to_vec(), vec![]));
+        schema::ROOMID__PUBLISHED.put(&mut w.extra, room_id.as_str(), &())?;
     }
     w.commit().await?;
     tracing::info!(room = %room_id, creator = %sender, version = %version, "room created");

@@ -2,7 +2,7 @@
 //! latest reply first, each with its bundled thread summary.
 
 use axum::{extract::State, Json};
-use plexus_store::{be_u64, Table};
+use plexus_store::schema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -10,7 +10,7 @@ use super::{membership::parse_room_id, sync::parse_token};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{page_limit, Auth, Path, Query},
-    service::{aggregations::activity_key, App},
+    service::App,
 };
 
 const DEFAULT_LIMIT: usize = 5;
@@ -44,14 +44,14 @@ pub async fn list(
     // Members (and anyone, in a world-readable room) may list; others get 403.
     app.visible_state_hash(&s.user_id, &room)?;
 
-    let from = activity_key(room.short, 0);
-    let to = activity_key(room.short, before.unwrap_or(u64::MAX));
     let mut chunk = vec![];
     let mut next = None;
-    for item in app.store.kv.range(Table::ThreadActivity, &from, &to).rev() {
-        let (k, v) = item?;
-        let count = be_u64(k.get(k.len().saturating_sub(8)..).unwrap_or_default());
-        let root = be_u64(&v);
+    let to = (room.short, before.unwrap_or(u64::MAX));
+    for item in schema::ROOM_COUNT__THREAD_ROOT
+        .range::<u64>(&app.store.kv, (room.short, 0), to)
+        .rev()
+    {
+        let ((_, count), root) = item?;
         // A thread moves on with each reply; only its latest activity row counts.
         if app
             .thread_info(root)?

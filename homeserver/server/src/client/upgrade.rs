@@ -4,7 +4,7 @@
 
 use axum::{extract::State, Json};
 use plexus_core::{builder::NewEvent, room_version};
-use plexus_store::Table;
+use plexus_store::{schema, First};
 use ruma::RoomVersionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,7 +14,6 @@ use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
     service::{
-        key2,
         writer::{member_content, RoomWriter},
         App,
     },
@@ -139,37 +138,24 @@ pub async fn upgrade(
         )?;
     }
     // Move every local alias of the old room.
-    let mut prefix = old_id.as_bytes().to_vec();
-    prefix.push(0);
-    let aliases: Vec<(Vec<u8>, Vec<u8>)> = app
-        .store
-        .kv
-        .scan_prefix(Table::RoomAlias, &prefix)
+    let aliases: Vec<(String, String)> = schema::ROOM_ALIAS__CREATOR
+        .prefix::<First<1>, String>(&app.store.kv, (old_id.as_str(),))
+        .map(|r| r.map(|((_, alias), creator)| (alias, creator)))
         .collect::<Result<_, _>>()?;
     let new_id = w
         .room_id
         .clone()
         .ok_or_else(|| ApiError::Internal("room id not set".into()))?;
     for (alias, creator) in &aliases {
-        let alias = String::from_utf8_lossy(alias);
-        w.extra.push((
-            Table::Alias,
-            alias.as_bytes().to_vec(),
-            new_id.as_bytes().to_vec(),
-        ));
-        w.extra.push((
-            Table::RoomAlias,
-            key2(new_id.as_str(), &alias),
-            creator.clone(),
-        ));
+        schema::ALIAS__ROOMID.put(&mut w.extra, alias, new_id.as_str())?;
+        schema::ROOM_ALIAS__CREATOR.put(
+            &mut w.extra,
+            (new_id.as_str(), alias),
+            creator.as_str(),
+        )?;
     }
-    if app
-        .store
-        .kv
-        .contains(Table::PublicRoom, old_id.as_bytes())?
-    {
-        w.extra
-            .push((Table::PublicRoom, new_id.as_bytes().to_vec(), vec![]));
+    if schema::ROOMID__PUBLISHED.contains(&app.store.kv, old_id.as_str())? {
+        schema::ROOMID__PUBLISHED.put(&mut w.extra, new_id.as_str(), &())?;
     }
     w.commit().await?;
 
@@ -193,11 +179,9 @@ pub async fn upgrade(
     old.append(&s.user_id, state("m.room.power_levels", "", old_pl), None)?;
     let mut b = plexus_store::Batch::default();
     for (alias, _) in &aliases {
-        let mut k = prefix.clone();
-        k.extend_from_slice(alias);
-        b.delete(Table::RoomAlias, &k);
+        schema::ROOM_ALIAS__CREATOR.delete(&mut b, (old_id.as_str(), alias));
     }
-    b.delete(Table::PublicRoom, old_id.as_bytes());
+    schema::ROOMID__PUBLISHED.delete(&mut b, old_id.as_str());
     app.store.commit(b)?;
     old.commit().await?;
     tracing::info!(old = %old_id, new = %new_id, version = %version, "room upgraded");

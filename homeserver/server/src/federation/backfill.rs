@@ -3,7 +3,7 @@
 //! (so history visibility applies to them) and a place in the room's `History` index, which
 //! `/messages` reads after the timeline; they never change current state or extremities.
 
-use plexus_store::{be_u64, Batch, Table};
+use plexus_store::{schema, Batch};
 use ruma::OwnedEventId;
 use serde_json::Value;
 
@@ -19,12 +19,6 @@ use crate::{
 /// Most events asked for in one `/backfill` request.
 const MAX_BACKFILL: usize = 100;
 
-pub fn history_key(short_room: u64, seq: u64) -> Vec<u8> {
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// `(seq, short event id)` of the room's history rows with `seq` in `[lo, hi]`, newest first.
 pub fn history(
     app: &Services,
@@ -32,16 +26,15 @@ pub fn history(
     lo: u64,
     hi: u64,
 ) -> impl DoubleEndedIterator<Item = ApiResult<(u64, u64)>> + '_ {
-    app.store
-        .kv
+    schema::ROOM_SEQ__HISTORY_EVENT
         .range(
-            Table::History,
-            &history_key(short_room, lo),
-            &history_key(short_room, hi.saturating_add(1)),
+            &app.store.kv,
+            (short_room, lo),
+            (short_room, hi.saturating_add(1)),
         )
         .map(|r| {
-            r.map(|(k, v)| (be_u64(&k[8..]), be_u64(&v)))
-                .map_err(Into::into)
+            let ((_, seq), short) = r?;
+            Ok((seq, short))
         })
 }
 
@@ -54,11 +47,7 @@ fn last_seq(app: &Services, short_room: u64) -> ApiResult<u64> {
 }
 
 fn placed(app: &Services, short: u64) -> ApiResult<bool> {
-    Ok(app
-        .store
-        .kv
-        .get(Table::HistoryEvent, &short.to_be_bytes())?
-        .is_some())
+    Ok(schema::EVENT__HISTORY_SEQ.contains(&app.store.kv, short)?)
 }
 
 /// The events just before everything stored of the room's history: the prev events of the
@@ -161,18 +150,10 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
             if !seen.insert(*short) || placed(app, *short)? {
                 continue;
             }
-            fresh.extend_from_slice(&short.to_be_bytes());
+            fresh.push(*short);
             seq += 1;
-            batch.put(
-                Table::History,
-                &history_key(room.short, seq),
-                &short.to_be_bytes(),
-            );
-            batch.put(
-                Table::HistoryEvent,
-                &short.to_be_bytes(),
-                &seq.to_be_bytes(),
-            );
+            schema::ROOM_SEQ__HISTORY_EVENT.put(&mut batch, (room.short, seq), short)?;
+            schema::EVENT__HISTORY_SEQ.put(&mut batch, *short, &seq)?;
         }
         if fresh.is_empty() {
             app.store.commit(batch)?;
@@ -180,7 +161,7 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
             // A stream position for the search indexer, which follows it after the timeline.
             let (count, ()) = app.store.commit_with_count(|count, b| {
                 b.append(batch);
-                b.put(Table::SearchBackfill, &count.to_be_bytes(), &fresh);
+                schema::COUNT__BACKFILLED_EVENTS.put(b, count, &fresh)?;
                 Ok(())
             })?;
             app.notifier.wake(std::iter::empty(), count);

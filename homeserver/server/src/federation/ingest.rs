@@ -12,7 +12,7 @@ use std::{
 };
 
 use plexus_core::{auth, Pdu};
-use plexus_store::{Batch, StateMap, Table};
+use plexus_store::{schema, Batch, StateMap};
 use ruma::{
     canonical_json::{redact, try_from_json_map, CanonicalJsonObject, CanonicalJsonValue},
     events::StateEventType,
@@ -27,11 +27,10 @@ use crate::service::Services;
 use crate::{
     error::{ApiError, ApiResult},
     service::{
-        encode,
         rooms::RoomRef,
         writer::{
-            event_state_row, membership_rows, outbox_rows, redacted_form, redaction_target,
-            relation_row, room_state_row, timeline_rows, tip_rows,
+            event_rows, event_state_row, membership_rows, outbox_rows, redacted_form,
+            redaction_target, relation_row, room_state_row, timeline_rows, tip_rows,
         },
     },
 };
@@ -286,10 +285,7 @@ pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<
         return Ok(s);
     }
     let short = app.store.kv.unique_id()?;
-    let sb = short.to_be_bytes();
-    batch.put(Table::EventIdShort, c.event_id.as_bytes(), &sb);
-    batch.put(Table::ShortEventId, &sb, c.event_id.as_bytes());
-    batch.put(Table::Pdu, &sb, &encode(&c.stored));
+    event_rows(batch, short, &c.event_id, &c.stored)?;
     Ok(short)
 }
 
@@ -640,7 +636,7 @@ pub async fn persist_historic(
         }
         None => before_snap,
     };
-    event_state_row(&mut pre, short, before_snap, after_snap);
+    event_state_row(&mut pre, short, before_snap, after_snap)?;
     app.store.commit(pre)?;
     Ok(short)
 }
@@ -713,8 +709,8 @@ pub async fn persist(
         snapshot_on_prev(app, &before, &prev_shorts, &mut pre)?
     };
     if soft_failed {
-        event_state_row(&mut pre, short, before_snap, before_snap);
-        pre.put(Table::SoftFailed, &short.to_be_bytes(), &[]);
+        event_state_row(&mut pre, short, before_snap, before_snap)?;
+        schema::EVENT__SOFT_FAILED.put(&mut pre, short, &())?;
         app.store.commit(pre)?;
         drop(_guard);
         app.store.flush().await?;
@@ -779,10 +775,10 @@ pub async fn persist(
             diff(&current, &new_current),
         )
     };
-    event_state_row(&mut pre, short, before_snap, after_snap);
-    tip_rows(&mut pre, room.short, &covered, short);
+    event_state_row(&mut pre, short, before_snap, after_snap)?;
+    tip_rows(&mut pre, room.short, &covered, short)?;
     if let Some(snap) = after_snap {
-        room_state_row(&mut pre, room.short, snap);
+        room_state_row(&mut pre, room.short, snap)?;
     }
     if let Some(target) = pdu.redacted_event(rules.redaction.content_field_redacts) {
         let state = |t: &str, k: &str| -> ApiResult<Option<Pdu>> {
@@ -793,7 +789,7 @@ pub async fn persist(
         };
         if let Some(t) = redaction_target(app, room.short, rules, &pdu.sender, target, state)? {
             if let Some(redacted) = redacted_form(app, t, &c.stored, &room_id, rules) {
-                pre.put(Table::Pdu, &t.to_be_bytes(), &encode(&redacted));
+                schema::EVENT__PDU.put(&mut pre, t, &redacted)?;
             }
         }
     }
@@ -826,12 +822,12 @@ pub async fn persist(
     );
     let (last, ()) = app.store.commit_with_count(|count, batch| {
         batch.append(pre);
-        timeline_rows(batch, room.short, count, short);
+        timeline_rows(batch, room.short, count, short)?;
         for m in &members {
-            membership_rows(batch, room.short, &room_id, m, count);
+            membership_rows(batch, room.short, &room_id, m, count)?;
         }
-        relation_row(batch, room.short, &c.stored, count, short);
-        plan.rows(batch, room.short, count, short);
+        relation_row(batch, room.short, &c.stored, count, short)?;
+        plan.rows(batch, room.short, count, short)?;
         crate::push::unread::notification_rows(
             batch,
             &room_id,
@@ -842,7 +838,7 @@ pub async fn persist(
             crate::push::evaluate::thread_of(&c.stored),
             &notified,
         );
-        outbox_rows(batch, &dests, count, short);
+        outbox_rows(batch, &dests, count, short)?;
         Ok(())
     })?;
     drop(_guard);
@@ -891,16 +887,12 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
 
 /// Whether an event is the far end of a gap: stored with the state a peer gave us for it.
 fn is_gap_point(app: &Services, short: u64) -> ApiResult<bool> {
-    marked(app, Table::GapPoint, short)
+    Ok(schema::EVENT__GAP_POINT.contains(&app.store.kv, short)?)
 }
 
 /// Whether an event from another server was soft-failed on receipt.
 pub fn is_soft_failed(app: &Services, short: u64) -> ApiResult<bool> {
-    marked(app, Table::SoftFailed, short)
-}
-
-fn marked(app: &Services, table: Table, short: u64) -> ApiResult<bool> {
-    Ok(app.store.kv.get(table, &short.to_be_bytes())?.is_some())
+    Ok(schema::EVENT__SOFT_FAILED.contains(&app.store.kv, short)?)
 }
 
 /// The events of `to` that `from` does not have at the same key.

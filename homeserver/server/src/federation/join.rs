@@ -298,8 +298,8 @@ pub async fn store_state_and_point(
     let mut batch = Batch::default();
     let (snap, _) = stage_state(app, &ok, state_ids, &mut batch)?;
     let short = ingest::put_outlier(app, &point, &mut batch)?;
-    event_state_row(&mut batch, short, snap, snap);
-    batch.put(plexus_store::Table::GapPoint, &short.to_be_bytes(), &[]);
+    event_state_row(&mut batch, short, snap, snap)?;
+    plexus_store::schema::EVENT__GAP_POINT.put(&mut batch, short, &())?;
     app.store.commit(batch)?;
     Ok(())
 }
@@ -483,7 +483,7 @@ fn room_or_new(
         room_id: room_id.to_owned(),
         version: version.clone(),
     };
-    room_rows(batch, short, &meta);
+    room_rows(batch, short, &meta)?;
     Ok(short)
 }
 
@@ -508,15 +508,15 @@ pub async fn persist_out_of_room(
     let short_room = room_or_new(app, room_id, version, &mut pre)?;
     ingest::put_outlier(app, &c, &mut pre)?;
     if let Some(events) = stripped {
-        pre.put(
-            plexus_store::Table::StrippedState,
-            &crate::service::key2(user.as_str(), room_id.as_str()),
-            &crate::service::encode(&json!({ "event_id": c.event_id, "events": events })),
-        );
+        plexus_store::schema::USER_ROOM__STRIPPED_STATE.put(
+            &mut pre,
+            (user.as_str(), room_id.as_str()),
+            &json!({ "event_id": c.event_id, "events": events }),
+        )?;
     }
     let (last, ()) = app.store.commit_with_count(|count, batch| {
         batch.append(pre);
-        membership_rows(batch, short_room, room_id, &c.pdu, count);
+        membership_rows(batch, short_room, room_id, &c.pdu, count)?;
         Ok(())
     })?;
     drop(_guard);
@@ -603,9 +603,9 @@ async fn persist_joined_room(
         .store
         .state
         .derive(snap, &[(sk, short)], &[], after, &mut pre)?;
-    event_state_row(&mut pre, short, snap, Some(after_snap));
-    tip_rows(&mut pre, short_room, &app.extremities(short_room)?, short);
-    room_state_row(&mut pre, short_room, after_snap);
+    event_state_row(&mut pre, short, snap, Some(after_snap))?;
+    tip_rows(&mut pre, short_room, &app.extremities(short_room)?, short)?;
+    room_state_row(&mut pre, short_room, after_snap)?;
     let members: Vec<Pdu> = state_ids
         .iter()
         .filter_map(|id| events.get(id))
@@ -614,11 +614,11 @@ async fn persist_joined_room(
         .collect();
     let (last, ()) = app.store.commit_with_count(|count, batch| {
         batch.append(pre);
-        timeline_rows(batch, short_room, count, short);
+        timeline_rows(batch, short_room, count, short)?;
         for m in &members {
-            membership_rows(batch, short_room, room_id, m, count);
+            membership_rows(batch, short_room, room_id, m, count)?;
         }
-        membership_rows(batch, short_room, room_id, &join.pdu, count);
+        membership_rows(batch, short_room, room_id, &join.pdu, count)?;
         Ok(())
     })?;
     drop(_guard);

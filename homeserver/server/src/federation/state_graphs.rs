@@ -281,7 +281,7 @@ impl<'g> Replica<'g> {
             room_id: room_id.clone(),
             version: g.version.clone(),
         };
-        room_rows(&mut batch, short, &meta);
+        room_rows(&mut batch, short, &meta).expect("rows");
         app.store.commit(batch).expect("commit");
         let room = app.room(&room_id).expect("read").expect("room");
         Replica {

@@ -401,41 +401,6 @@ impl Services {
         Ok(tokens)
     }
 
-    /// Stores written before tokens were hashed keep them verbatim (access, refresh and OpenID
-    /// tokens): hash them in place, once.
-    pub fn hash_stored_tokens(&self) -> ApiResult<()> {
-        const DONE: &[u8] = b"tokens_hashed";
-        if self.store.kv.get(Table::Meta, DONE)?.is_some() {
-            return Ok(());
-        }
-        let mut batch = Batch::default();
-        for table in [Table::AccessToken, Table::RefreshToken, Table::OpenId] {
-            for row in self.store.kv.scan_prefix(table, b"") {
-                let (key, value) = row?;
-                if let Ok(token) = std::str::from_utf8(&key) {
-                    batch.delete(table, &key);
-                    batch.put(table, &token_key(token), &value);
-                }
-            }
-        }
-        for row in self.store.kv.scan_prefix(Table::Device, b"") {
-            let (key, value) = row?;
-            let mut dev: DeviceRecord = decode(&value)?;
-            let hashed = |t: &str| hex(&key_of_recorded(t)) == t;
-            if !hashed(&dev.access_token) {
-                dev.access_token = hex(&token_key(&dev.access_token));
-            }
-            if let Some(r) = dev.refresh_token.as_mut().filter(|r| !hashed(r)) {
-                *r = hex(&token_key(r));
-            }
-            batch.put(Table::Device, &key, &encode(&dev));
-        }
-        batch.put(Table::Meta, DONE, b"1");
-        self.store.commit(batch)?;
-        self.store.kv.flush_blocking()?;
-        Ok(())
-    }
-
     /// Resolve an access token.
     pub fn session(&self, token: &str) -> ApiResult<Session> {
         let raw = self

@@ -2,7 +2,7 @@
 //! references. They are kept up to date as events are written, so rendering an event costs a lookup or two
 //! instead of a scan of everything that relates to it.
 
-use plexus_store::{be_u64, Batch, Table};
+use plexus_store::{schema, Batch, First, StoreError};
 use ruma::{EventId, RoomId};
 use serde_json::{json, Map, Value};
 
@@ -77,10 +77,8 @@ impl Services {
         match rel["rel_type"].as_str() {
             Some("m.thread") => {
                 let before = self
-                    .store
-                    .kv
-                    .get(Table::ThreadLatest, &parent.to_be_bytes())?
-                    .map(|v| (be_u64(&v), be_u64(v.get(16..).unwrap_or_default())));
+                    .thread_info(parent)?
+                    .map(|t| (t.latest_count, t.replies));
                 Ok(Plan::Thread {
                     root: parent,
                     before,
@@ -94,11 +92,9 @@ impl Services {
                 if !valid_edit(&original, stored) {
                     return Ok(Plan::None);
                 }
-                let newer = match self
-                    .store
-                    .kv
-                    .get(Table::LatestEdit, &parent.to_be_bytes())?
-                    .and_then(|v| self.pdu_json(be_u64(&v)).ok().flatten())
+                let newer = match schema::EVENT__LATEST_EDIT
+                    .get::<u64>(&self.store.kv, parent)?
+                    .and_then(|e| self.pdu_json(e).ok().flatten())
                 {
                     Some(current) => later(stored, &current),
                     None => true,
@@ -117,9 +113,15 @@ impl Services {
 
 impl Plan {
     /// The rows of the plan, in the event's commit batch.
-    pub fn rows(&self, batch: &mut Batch, short_room: u64, count: u64, short: u64) {
+    pub fn rows(
+        &self,
+        batch: &mut Batch,
+        short_room: u64,
+        count: u64,
+        short: u64,
+    ) -> Result<(), StoreError> {
         match self {
-            Plan::None => {}
+            Plan::None => Ok(()),
             Plan::Thread {
                 root,
                 before,
@@ -127,43 +129,18 @@ impl Plan {
             } => {
                 let replies = before.map_or(0, |(_, n)| n) + 1;
                 if let Some((old, _)) = before {
-                    batch.delete(Table::ThreadActivity, &activity_key(short_room, *old));
+                    schema::ROOM_COUNT__THREAD_ROOT.delete(batch, (short_room, *old));
                 }
-                let mut v = count.to_be_bytes().to_vec();
-                v.extend_from_slice(&short.to_be_bytes());
-                v.extend_from_slice(&replies.to_be_bytes());
-                batch.put(Table::ThreadLatest, &root.to_be_bytes(), &v);
-                batch.put(
-                    Table::ThreadActivity,
-                    &activity_key(short_room, count),
-                    &root.to_be_bytes(),
-                );
-                let mut p = root.to_be_bytes().to_vec();
-                p.extend_from_slice(sender.as_bytes());
-                batch.put(Table::ThreadParticipant, &p, b"");
+                schema::ROOT__THREAD_LATEST.put(batch, *root, &(count, short, replies))?;
+                schema::ROOM_COUNT__THREAD_ROOT.put(batch, (short_room, count), root)?;
+                schema::ROOT_USER__PARTICIPANT.put(batch, (*root, sender.as_str()), &())
             }
-            Plan::Edit { parent } => {
-                batch.put(
-                    Table::LatestEdit,
-                    &parent.to_be_bytes(),
-                    &short.to_be_bytes(),
-                );
-            }
+            Plan::Edit { parent } => schema::EVENT__LATEST_EDIT.put(batch, *parent, &short),
             Plan::Reference { parent } => {
-                batch.put(
-                    Table::Reference,
-                    &activity_key(*parent, count),
-                    &short.to_be_bytes(),
-                );
+                schema::EVENT_COUNT__REFERENCE.put(batch, (*parent, count), &short)
             }
         }
     }
-}
-
-pub fn activity_key(short_room: u64, count: u64) -> Vec<u8> {
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(&count.to_be_bytes());
-    k
 }
 
 /// A thread as stored: its latest reply's count and short id, and how many replies it has.
@@ -175,14 +152,12 @@ pub struct ThreadInfo {
 
 impl Services {
     pub fn thread_info(&self, root: u64) -> ApiResult<Option<ThreadInfo>> {
-        Ok(self
-            .store
-            .kv
-            .get(Table::ThreadLatest, &root.to_be_bytes())?
-            .map(|v| ThreadInfo {
-                latest_count: be_u64(&v),
-                latest: be_u64(v.get(8..).unwrap_or_default()),
-                replies: be_u64(v.get(16..).unwrap_or_default()),
+        Ok(schema::ROOT__THREAD_LATEST
+            .get::<(u64, u64, u64)>(&self.store.kv, root)?
+            .map(|(latest_count, latest, replies)| ThreadInfo {
+                latest_count,
+                latest,
+                replies,
             }))
     }
 
@@ -191,16 +166,13 @@ impl Services {
         if root_event["sender"] == user {
             return Ok(true);
         }
-        let mut k = root.to_be_bytes().to_vec();
-        k.extend_from_slice(user.as_bytes());
-        Ok(self.store.kv.contains(Table::ThreadParticipant, &k)?)
+        Ok(schema::ROOT_USER__PARTICIPANT.contains(&self.store.kv, (root, user))?)
     }
 
     /// The latest edit of an event that is still an edit (a redacted one no longer is): the
     /// one recorded at write time, else the newest remaining one.
     pub fn latest_edit(&self, short: u64, original: &Value) -> ApiResult<Option<(u64, Value)>> {
-        if let Some(v) = self.store.kv.get(Table::LatestEdit, &short.to_be_bytes())? {
-            let e = be_u64(&v);
+        if let Some(e) = schema::EVENT__LATEST_EDIT.get::<u64>(&self.store.kv, short)? {
             if let Some(stored) = self.pdu_json(e)? {
                 if valid_edit(original, &stored) {
                     return Ok(Some((e, stored)));
@@ -214,11 +186,11 @@ impl Services {
         else {
             return Ok(None);
         };
-        let prefix = super::writer::relation_prefix(room, id);
         let mut best: Option<(u64, Value)> = None;
-        for item in self.store.kv.scan_prefix(Table::Relation, &prefix) {
-            let (_, v) = item?;
-            let e = be_u64(&v);
+        for item in
+            schema::ROOM_PARENT_COUNT__RELATION.prefix::<First<2>, u64>(&self.store.kv, (room, id))
+        {
+            let (_, e) = item?;
             if let Some(stored) = self.pdu_json(e)? {
                 if stored["content"]["m.relates_to"]["rel_type"] == "m.replace"
                     && valid_edit(original, &stored)
@@ -291,14 +263,11 @@ impl Services {
             }
         }
         let mut references = vec![];
-        for item in self
-            .store
-            .kv
-            .scan_prefix(Table::Reference, &short.to_be_bytes())
+        for item in schema::EVENT_COUNT__REFERENCE
+            .prefix::<First<1>, u64>(&self.store.kv, (short,))
             .take(MAX_REFERENCES)
         {
-            let (_, v) = item?;
-            let e = be_u64(&v);
+            let (_, e) = item?;
             if !visible(e)? {
                 continue;
             }

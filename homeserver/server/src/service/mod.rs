@@ -110,8 +110,6 @@ impl Services {
             public_users: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         });
-        app.hash_stored_tokens()?;
-        writer::key_relations_by_room(&app)?;
         // After the migrations: a store upgraded on a nearly full disk still comes up (and
         // refuses writes), rather than failing to start.
         app.store

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use plexus_core::Pdu;
-use plexus_store::{be_u64, StateMap, Table};
+use plexus_store::{schema, First, StateMap};
 use ruma::{
     events::{
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
@@ -15,7 +15,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{decode, key2, Services};
+use super::Services;
 use crate::error::{ApiError, ApiResult};
 
 /// State types that let someone outside a room recognise it (the spec's recommended set).
@@ -69,19 +69,14 @@ pub struct RoomRef {
 
 impl Services {
     pub fn room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
-        let Some(short) = self.store.kv.get(Table::RoomIdShort, room_id.as_bytes())? else {
+        let kv = &self.store.kv;
+        let Some(short) = schema::ROOMID__SHORT.get(kv, room_id.as_str())? else {
             return Ok(None);
         };
-        let short = be_u64(&short);
-        let meta = self
-            .store
-            .kv
-            .get(Table::RoomMeta, &short.to_be_bytes())?
+        let meta = schema::ROOM__META
+            .get(kv, short)?
             .ok_or_else(|| ApiError::Internal(format!("room {room_id} has no metadata")))?;
-        Ok(Some(RoomRef {
-            short,
-            meta: decode(&meta)?,
-        }))
+        Ok(Some(RoomRef { short, meta }))
     }
 
     /// For reads by members: an unknown room looks exactly like a room the user is not in.
@@ -96,27 +91,15 @@ impl Services {
     }
 
     pub fn short_event(&self, event_id: &EventId) -> ApiResult<Option<u64>> {
-        Ok(self
-            .store
-            .kv
-            .get(Table::EventIdShort, event_id.as_bytes())?
-            .map(|v| be_u64(&v)))
+        Ok(schema::EVENTID__SHORT.get(&self.store.kv, event_id.as_str())?)
     }
 
     pub fn pdu_json(&self, short: u64) -> ApiResult<Option<Value>> {
-        match self.store.kv.get(Table::Pdu, &short.to_be_bytes())? {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::EVENT__PDU.get(&self.store.kv, short)?)
     }
 
     pub fn pdu_by_short(&self, short: u64) -> ApiResult<Option<Pdu>> {
-        match self.store.kv.get(Table::Pdu, &short.to_be_bytes())? {
-            Some(raw) => Ok(Some(
-                Pdu::from_json(&raw).map_err(|e| ApiError::Internal(e.to_string()))?,
-            )),
-            None => Ok(None),
-        }
+        Ok(schema::EVENT__PDU.get(&self.store.kv, short)?)
     }
 
     pub fn pdu(&self, event_id: &EventId) -> ApiResult<Option<Pdu>> {
@@ -128,43 +111,21 @@ impl Services {
 
     /// `(short room id, stream position)` of a persisted event.
     pub fn event_position(&self, short: u64) -> ApiResult<Option<(u64, u64)>> {
-        Ok(self
-            .store
-            .kv
-            .get(Table::EventPosition, &short.to_be_bytes())?
-            .map(|v| (be_u64(&v), be_u64(&v[8..]))))
+        Ok(schema::EVENT__ROOM_COUNT.get(&self.store.kv, short)?)
     }
 
     /// Current state of a room: snapshot hash and its delta depth.
     pub fn current_state(&self, short_room: u64) -> ApiResult<Option<(u64, u32)>> {
-        Ok(self
-            .store
-            .kv
-            .get(Table::RoomState, &short_room.to_be_bytes())?
-            .map(|v| {
-                let depth = v
-                    .get(8..12)
-                    .and_then(|s| <[u8; 4]>::try_from(s).ok())
-                    .map(u32::from_be_bytes);
-                (be_u64(&v), depth.unwrap_or(0))
-            }))
+        Ok(schema::ROOM__STATEHASH_DEPTH.get(&self.store.kv, short_room)?)
     }
 
     /// State hashes before and after an event (0 = empty state).
     pub fn event_state(&self, short_event: u64) -> ApiResult<Option<(u64, u64)>> {
-        Ok(self
-            .store
-            .kv
-            .get(Table::EventState, &short_event.to_be_bytes())?
-            .map(|v| (be_u64(&v), be_u64(&v[8..]))))
+        Ok(schema::EVENT__STATE_BEFORE_AFTER.get(&self.store.kv, short_event)?)
     }
 
     pub fn short_state_key(&self, kind: &str, state_key: &str) -> ApiResult<Option<u64>> {
-        Ok(self
-            .store
-            .kv
-            .get(Table::StateKeyShort, &key2(kind, state_key))?
-            .map(|v| be_u64(&v)))
+        Ok(schema::TYPE_STATEKEY__SHORT.get(&self.store.kv, (kind, state_key))?)
     }
 
     /// Get or allocate the short id of `(type, state_key)`; races resolve to one winner.
@@ -173,29 +134,27 @@ impl Services {
             return Ok(s);
         }
         let fresh = self.store.kv.unique_id()?;
-        let k = key2(kind, state_key);
-        let won = be_u64(&self.store.kv.insert_if_absent(
-            Table::StateKeyShort,
-            &k,
-            &fresh.to_be_bytes(),
-        )?);
+        let won = schema::TYPE_STATEKEY__SHORT.insert_if_absent(
+            &self.store.kv,
+            (kind, state_key),
+            &fresh,
+        )?;
         if won == fresh {
             let mut b = plexus_store::Batch::default();
-            b.put(Table::ShortStateKey, &fresh.to_be_bytes(), &k);
+            schema::SHORT__TYPE_STATEKEY.put(
+                &mut b,
+                fresh,
+                &(kind.to_owned(), state_key.to_owned()),
+            )?;
             self.store.commit(b)?;
         }
         Ok(won)
     }
 
     pub fn state_key_of(&self, short: u64) -> ApiResult<(String, String)> {
-        let raw = self
-            .store
-            .kv
-            .get(Table::ShortStateKey, &short.to_be_bytes())?
-            .ok_or_else(|| ApiError::Internal(format!("unknown state key {short}")))?;
-        let text = String::from_utf8_lossy(&raw);
-        let (t, k) = text.split_once('\0').unwrap_or((&text, ""));
-        Ok((t.to_owned(), k.to_owned()))
+        schema::SHORT__TYPE_STATEKEY
+            .get(&self.store.kv, short)?
+            .ok_or_else(|| ApiError::Internal(format!("unknown state key {short}")))
     }
 
     pub fn state_map(&self, hash: u64) -> ApiResult<Arc<StateMap>> {
@@ -244,14 +203,7 @@ impl Services {
     }
 
     pub fn membership(&self, user: &UserId, room_id: &RoomId) -> ApiResult<Option<Membership>> {
-        match self
-            .store
-            .kv
-            .get(Table::UserRoom, &key2(user.as_str(), room_id.as_str()))?
-        {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER_ROOM__MEMBERSHIP.get(&self.store.kv, (user.as_str(), room_id.as_str()))?)
     }
 
     pub fn is_joined(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
@@ -262,30 +214,26 @@ impl Services {
 
     /// Every room the user has a membership in.
     pub fn user_rooms(&self, user: &UserId) -> ApiResult<Vec<(OwnedRoomId, Membership)>> {
-        let mut prefix = user.as_bytes().to_vec();
-        prefix.push(0);
-        self.store
-            .kv
-            .scan_prefix(Table::UserRoom, &prefix)
+        schema::USER_ROOM__MEMBERSHIP
+            .prefix::<First<1>, Membership>(&self.store.kv, (user.as_str(),))
             .map(|r| {
-                let (k, v) = r?;
-                let room = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                Ok((room, decode(&v)?))
+                let ((_, room), m) = r?;
+                let room =
+                    OwnedRoomId::try_from(room).map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok((room, m))
             })
             .collect()
     }
 
     /// `(user, membership)` for everyone with a membership in the room.
     pub fn room_members(&self, short_room: u64) -> ApiResult<Vec<(OwnedUserId, String)>> {
-        self.store
-            .kv
-            .scan_prefix(Table::RoomMember, &short_room.to_be_bytes())
+        schema::ROOM_USER__MEMBERSHIP
+            .prefix::<First<1>, String>(&self.store.kv, (short_room,))
             .map(|r| {
-                let (k, v) = r?;
-                let user = OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned())
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                Ok((user, String::from_utf8_lossy(&v).into_owned()))
+                let ((_, user), m) = r?;
+                let user =
+                    OwnedUserId::try_from(user).map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok((user, m))
             })
             .collect()
     }
@@ -340,14 +288,11 @@ impl Services {
         room_id: &RoomId,
         event_id: &EventId,
     ) -> ApiResult<Option<Vec<Value>>> {
-        let Some(raw) = self
-            .store
-            .kv
-            .get(Table::StrippedState, &key2(user.as_str(), room_id.as_str()))?
+        let Some(rec) = schema::USER_ROOM__STRIPPED_STATE
+            .get::<Value>(&self.store.kv, (user.as_str(), room_id.as_str()))?
         else {
             return Ok(None);
         };
-        let rec: Value = decode(&raw)?;
         if rec["event_id"].as_str() != Some(event_id.as_str()) {
             return Ok(None);
         }
@@ -373,12 +318,10 @@ impl Services {
     }
 
     pub fn extremities(&self, short_room: u64) -> ApiResult<Vec<u64>> {
-        self.store
-            .kv
-            .scan_prefix(Table::Extremity, &short_room.to_be_bytes())
-            .map(|r| r.map(|(k, _)| be_u64(&k)))
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
+        schema::ROOM_EVENT__EXTREMITY
+            .prefix::<First<1>, ()>(&self.store.kv, (short_room,))
+            .map(|r| Ok(r?.0 .1))
+            .collect()
     }
 
     /// Timeline entries `(count, short event id)` with `lo < count <= hi`, oldest first.
@@ -388,21 +331,15 @@ impl Services {
         lo: u64,
         hi: u64,
     ) -> impl DoubleEndedIterator<Item = ApiResult<(u64, u64)>> + '_ {
-        let key = |c: u64| {
-            let mut k = short_room.to_be_bytes().to_vec();
-            k.extend_from_slice(&c.to_be_bytes());
-            k
-        };
-        self.store
-            .kv
+        schema::ROOM_COUNT__EVENT
             .range(
-                Table::Timeline,
-                &key(lo.saturating_add(1)),
-                &key(hi.saturating_add(1)),
+                &self.store.kv,
+                (short_room, lo.saturating_add(1)),
+                (short_room, hi.saturating_add(1)),
             )
             .map(|r| {
-                r.map(|(k, v)| (be_u64(&k[8..]), be_u64(&v)))
-                    .map_err(Into::into)
+                let ((_, count), short) = r?;
+                Ok((count, short))
             })
     }
 
@@ -536,8 +473,8 @@ impl Services {
             membership: Option<Value>,
         }
         let membership = match self.state_get(before, "m.room.member", user.as_str())? {
-            Some(e) => match self.store.kv.get(Table::Pdu, &e.to_be_bytes())? {
-                Some(raw) => decode::<Member>(&raw)?
+            Some(e) => match schema::EVENT__PDU.get::<Vec<u8>>(&self.store.kv, e)? {
+                Some(raw) => super::decode::<Member>(&raw)?
                     .content
                     .membership
                     .and_then(|m| m.as_str().map(str::to_owned)),
@@ -571,12 +508,11 @@ impl Services {
         );
         if let Some(s) = viewer {
             if stored.get("sender").and_then(Value::as_str) == Some(s.user_id.as_str()) {
-                if let Some(raw) = self.store.kv.get(Table::EventTxn, &short.to_be_bytes())? {
-                    let text = String::from_utf8_lossy(&raw);
-                    if let Some((device, txn)) = text.split_once('\0') {
-                        if device == s.txn_scope() {
-                            ev["unsigned"]["transaction_id"] = Value::String(txn.to_owned());
-                        }
+                if let Some((device, txn)) =
+                    schema::EVENT__DEVICE_TXN.get::<(String, String)>(&self.store.kv, short)?
+                {
+                    if device == s.txn_scope() {
+                        ev["unsigned"]["transaction_id"] = Value::String(txn);
                     }
                 }
             }

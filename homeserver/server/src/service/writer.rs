@@ -8,7 +8,7 @@ use plexus_core::{
     builder::{build_pdu, next_depth, BuiltPdu, EventRef, NewEvent, RoomContext},
     room_version, Pdu,
 };
-use plexus_store::{StateMap, Table};
+use plexus_store::{schema, Batch, StateMap, StoreError};
 use ruma::{
     canonical_json::{redact, try_from_json_map},
     room_version_rules::RoomVersionRules,
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    encode, key2, now_ms,
+    encode, now_ms,
     rooms::{Membership, RoomAudience, RoomMeta},
     Services,
 };
@@ -48,7 +48,7 @@ pub struct RoomWriter<'a> {
     depth: u64,
     new_room: bool,
     /// Extra records committed in the same batch as the events (aliases, directory entries).
-    pub extra: Vec<(Table, Vec<u8>, Vec<u8>)>,
+    pub extra: Batch,
     _guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -83,7 +83,7 @@ impl<'a> RoomWriter<'a> {
             tips,
             depth,
             new_room: false,
-            extra: vec![],
+            extra: Batch::default(),
             _guard: Some(guard),
         })
     }
@@ -113,7 +113,7 @@ impl<'a> RoomWriter<'a> {
             tips: vec![],
             depth: 0,
             new_room: true,
-            extra: vec![],
+            extra: Batch::default(),
             _guard: None,
         })
     }
@@ -376,25 +376,22 @@ impl<'a> RoomWriter<'a> {
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];
             if let Some(meta) = &new_room {
-                room_rows(batch, short_room, meta);
+                room_rows(batch, short_room, meta)?;
             }
             let mut last_short = 0;
             for (i, p) in pending.iter().enumerate() {
                 let count = first + i as u64;
                 let short = svc.store.kv.unique_id()?;
-                let sb = short.to_be_bytes();
                 let pdu = &p.built.pdu;
-                batch.put(Table::EventIdShort, p.built.event_id.as_bytes(), &sb);
-                batch.put(Table::ShortEventId, &sb, p.built.event_id.as_bytes());
-                batch.put(Table::Pdu, &sb, &encode(&p.stored));
-                timeline_rows(batch, short_room, count, short);
+                event_rows(batch, short, &p.built.event_id, &p.stored)?;
+                timeline_rows(batch, short_room, count, short)?;
                 if let Some((device, txn)) = &p.txn {
-                    batch.put(Table::EventTxn, &sb, &key2(device, txn));
-                    batch.put(
-                        Table::TxnId,
-                        &super::key3(pdu.sender.as_str(), device, txn),
-                        p.built.event_id.as_bytes(),
-                    );
+                    schema::EVENT__DEVICE_TXN.put(batch, short, &(device.clone(), txn.clone()))?;
+                    schema::USER_DEVICE_TXN__EVENTID.put(
+                        batch,
+                        (pdu.sender.as_str(), device, txn),
+                        p.built.event_id.as_str(),
+                    )?;
                 }
                 let before = state;
                 if let Some(sk) = state_keys[i] {
@@ -411,18 +408,18 @@ impl<'a> RoomWriter<'a> {
                                 .derive(state, &[(sk, short)], &[], full, batch)?,
                         );
                 }
-                event_state_row(batch, short, before, state);
+                event_state_row(batch, short, before, state)?;
 
                 if pdu.membership().is_some() {
-                    membership_rows(batch, short_room, &room_id, pdu, count);
+                    membership_rows(batch, short_room, &room_id, pdu, count)?;
                     wake.extend(
                         pdu.state_key
                             .as_deref()
                             .and_then(|k| OwnedUserId::try_from(k).ok()),
                     );
                 }
-                relation_row(batch, short_room, &p.stored, count, short);
-                plans[i].rows(batch, short_room, count, short);
+                relation_row(batch, short_room, &p.stored, count, short)?;
+                plans[i].rows(batch, short_room, count, short)?;
                 crate::push::unread::notification_rows(
                     batch,
                     &room_id,
@@ -442,21 +439,19 @@ impl<'a> RoomWriter<'a> {
                     count,
                     crate::push::unread::ReadScope::of_event(&p.stored),
                 )?;
-                outbox_rows(batch, &dests, count, short);
+                outbox_rows(batch, &dests, count, short)?;
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
                     {
-                        batch.put(Table::Pdu, &target.to_be_bytes(), &encode(&redacted));
+                        schema::EVENT__PDU.put(batch, target, &redacted)?;
                     }
                 }
                 last_short = short;
             }
-            tip_rows(batch, short_room, &old_tips, last_short);
-            for (t, k, v) in &extra {
-                batch.put(*t, k, v);
-            }
+            tip_rows(batch, short_room, &old_tips, last_short)?;
+            batch.append(extra);
             if let Some(snap) = state {
-                room_state_row(batch, short_room, snap);
+                room_state_row(batch, short_room, snap)?;
             }
             Ok(())
         })?;
@@ -491,57 +486,67 @@ impl Services {
 }
 
 /// A room this server has not known before: its short id both ways and its metadata.
-pub fn room_rows(batch: &mut plexus_store::Batch, short_room: u64, meta: &RoomMeta) {
-    batch.put(
-        Table::RoomIdShort,
-        meta.room_id.as_bytes(),
-        &short_room.to_be_bytes(),
-    );
-    batch.put(
-        Table::ShortRoomId,
-        &short_room.to_be_bytes(),
-        meta.room_id.as_bytes(),
-    );
-    batch.put(Table::RoomMeta, &short_room.to_be_bytes(), &encode(meta));
+pub fn room_rows(batch: &mut Batch, short_room: u64, meta: &RoomMeta) -> Result<(), StoreError> {
+    schema::ROOMID__SHORT.put(batch, meta.room_id.as_str(), &short_room)?;
+    schema::SHORT__ROOMID.put(batch, short_room, meta.room_id.as_str())?;
+    schema::ROOM__META.put(batch, short_room, meta)
+}
+
+/// A stored event: its short id both ways and its JSON.
+pub fn event_rows(
+    batch: &mut Batch,
+    short: u64,
+    event_id: &ruma::EventId,
+    stored: &Value,
+) -> Result<(), StoreError> {
+    schema::EVENTID__SHORT.put(batch, event_id.as_str(), &short)?;
+    schema::SHORT__EVENTID.put(batch, short, event_id.as_str())?;
+    schema::EVENT__PDU.put(batch, short, stored)
 }
 
 /// An event's place in the room timeline (both directions).
-pub fn timeline_rows(batch: &mut plexus_store::Batch, short_room: u64, count: u64, short: u64) {
-    let pos = pos_key(short_room, count);
-    batch.put(Table::Timeline, &pos, &short.to_be_bytes());
-    batch.put(
-        Table::EventStream,
-        &count.to_be_bytes(),
-        &short.to_be_bytes(),
-    );
-    batch.put(Table::EventPosition, &short.to_be_bytes(), &pos);
+pub fn timeline_rows(
+    batch: &mut Batch,
+    short_room: u64,
+    count: u64,
+    short: u64,
+) -> Result<(), StoreError> {
+    schema::ROOM_COUNT__EVENT.put(batch, (short_room, count), &short)?;
+    schema::COUNT__EVENT.put(batch, count, &short)?;
+    schema::EVENT__ROOM_COUNT.put(batch, short, &(short_room, count))
 }
 
 /// The state snapshots before an event and of the room right after it was persisted.
 pub fn event_state_row(
-    batch: &mut plexus_store::Batch,
+    batch: &mut Batch,
     short: u64,
     before: Option<(u64, u32)>,
     after: Option<(u64, u32)>,
-) {
-    let mut v = before.map_or(0, |s| s.0).to_be_bytes().to_vec();
-    v.extend_from_slice(&after.map_or(0, |s| s.0).to_be_bytes());
-    batch.put(Table::EventState, &short.to_be_bytes(), &v);
+) -> Result<(), StoreError> {
+    let hashes = (before.map_or(0, |s| s.0), after.map_or(0, |s| s.0));
+    schema::EVENT__STATE_BEFORE_AFTER.put(batch, short, &hashes)
 }
 
 /// The room's current state snapshot (hash and delta depth).
-pub fn room_state_row(batch: &mut plexus_store::Batch, short_room: u64, (hash, depth): (u64, u32)) {
-    let mut v = hash.to_be_bytes().to_vec();
-    v.extend_from_slice(&depth.to_be_bytes());
-    batch.put(Table::RoomState, &short_room.to_be_bytes(), &v);
+pub fn room_state_row(
+    batch: &mut Batch,
+    short_room: u64,
+    snapshot: (u64, u32),
+) -> Result<(), StoreError> {
+    schema::ROOM__STATEHASH_DEPTH.put(batch, short_room, &snapshot)
 }
 
 /// The forward extremities `gone` are replaced by `tip`.
-pub fn tip_rows(batch: &mut plexus_store::Batch, short_room: u64, gone: &[u64], tip: u64) {
+pub fn tip_rows(
+    batch: &mut Batch,
+    short_room: u64,
+    gone: &[u64],
+    tip: u64,
+) -> Result<(), StoreError> {
     for t in gone {
-        batch.delete(Table::Extremity, &pos_key(short_room, *t));
+        schema::ROOM_EVENT__EXTREMITY.delete(batch, (short_room, *t));
     }
-    batch.put(Table::Extremity, &pos_key(short_room, tip), &[]);
+    schema::ROOM_EVENT__EXTREMITY.put(batch, (short_room, tip), &())
 }
 
 /// The short id of an event `sender`'s redaction may actually redact: one in the same room
@@ -605,17 +610,17 @@ fn is_creator(
 
 /// The membership records of a member event that became current state.
 pub fn membership_rows(
-    batch: &mut plexus_store::Batch,
+    batch: &mut Batch,
     short_room: u64,
     room_id: &ruma::RoomId,
     pdu: &Pdu,
     count: u64,
-) {
+) -> Result<(), StoreError> {
     let (Some(target), Some(membership)) = (&pdu.state_key, pdu.membership()) else {
-        return;
+        return Ok(());
     };
     let Ok(user) = OwnedUserId::try_from(target.as_str()) else {
-        return;
+        return Ok(());
     };
     let m = Membership {
         membership: membership.clone(),
@@ -624,94 +629,44 @@ pub fn membership_rows(
         sender: pdu.sender.clone(),
         forgotten: false,
     };
-    batch.put(
-        Table::UserRoom,
-        &key2(user.as_str(), room_id.as_str()),
-        &encode(&m),
-    );
-    let mut rk = short_room.to_be_bytes().to_vec();
-    rk.extend_from_slice(user.as_bytes());
-    batch.put(Table::RoomMember, &rk, membership.as_bytes());
-    let mut ck = short_room.to_be_bytes().to_vec();
-    ck.extend_from_slice(&count.to_be_bytes());
-    ck.extend_from_slice(user.as_bytes());
-    batch.put(Table::RoomMemberChange, &ck, membership.as_bytes());
+    schema::USER_ROOM__MEMBERSHIP.put(batch, (user.as_str(), room_id.as_str()), &m)?;
+    schema::ROOM_USER__MEMBERSHIP.put(batch, (short_room, user.as_str()), membership.as_str())?;
+    schema::ROOM_COUNT_USER__MEMBERSHIP.put(
+        batch,
+        (short_room, count, user.as_str()),
+        membership.as_str(),
+    )
 }
 
 /// The relation index entry of an event that relates to another, under the room it was sent
 /// in: a relation names its parent by id only, and an event in another room that names a
 /// parent here must never be counted as relating to it.
 pub fn relation_row(
-    batch: &mut plexus_store::Batch,
+    batch: &mut Batch,
     short_room: u64,
     stored: &Value,
     count: u64,
     short: u64,
-) {
-    if let Some(parent) = relation_parent(stored) {
-        let mut k = relation_prefix(short_room, &parent);
-        k.extend_from_slice(&count.to_be_bytes());
-        batch.put(Table::Relation, &k, &short.to_be_bytes());
-    }
-}
-
-/// `short room ‖ parent event id ‖ 0`: the relation rows of one parent within one room.
-pub fn relation_prefix(short_room: u64, parent: &str) -> Vec<u8> {
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(parent.as_bytes());
-    k.push(0);
-    k
-}
-
-/// A relation row key from before rows were keyed by room, `parent ‖ 0 ‖ count` (the
-/// table byte taken off), moved under `room`. Event ids hold no NUL, so the first one ends the
-/// parent; the count's bytes are copied as they are.
-fn relation_key_in_room(old: &[u8], short_room: u64) -> Option<Vec<u8>> {
-    let split = old.iter().position(|b| *b == 0)?;
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(old);
-    (old.len() == split + 9).then_some(k)
-}
-
-/// Relation rows written before they were keyed by room (`parent ‖ 0 ‖ count`) move under
-/// the room of the event that relates; run once per store.
-pub fn key_relations_by_room(svc: &Services) -> ApiResult<()> {
-    const DONE: &[u8] = b"relations_by_room";
-    if svc.store.kv.get(Table::Meta, DONE)?.is_some() {
-        return Ok(());
-    }
-    let mut batch = plexus_store::Batch::default();
-    for row in svc.store.kv.scan_prefix(Table::Relation, b"$") {
-        let (rest, value) = row?;
-        // The scan hands back keys without the prefix it was given.
-        let mut old = b"$".to_vec();
-        old.extend_from_slice(&rest);
-        batch.delete(Table::Relation, &old);
-        if let Some((room, _)) = svc.event_position(plexus_store::be_u64(&value))? {
-            if let Some(k) = relation_key_in_room(&old, room) {
-                batch.put(Table::Relation, &k, &value);
-            }
+) -> Result<(), StoreError> {
+    match relation_parent(stored) {
+        Some(parent) => {
+            schema::ROOM_PARENT_COUNT__RELATION.put(batch, (short_room, &parent, count), &short)
         }
+        None => Ok(()),
     }
-    batch.put(Table::Meta, DONE, b"1");
-    svc.store.commit(batch)?;
-    svc.store.kv.flush_blocking()?;
-    Ok(())
 }
 
 /// Queue an event for each destination server, in the same batch that persists it.
 pub fn outbox_rows(
-    batch: &mut plexus_store::Batch,
+    batch: &mut Batch,
     dests: &[ruma::OwnedServerName],
     count: u64,
     short: u64,
-) {
+) -> Result<(), StoreError> {
     for d in dests {
-        let mut k = d.as_bytes().to_vec();
-        k.push(0);
-        k.extend_from_slice(&count.to_be_bytes());
-        batch.put(Table::Outbox, &k, &short.to_be_bytes());
+        schema::DEST_COUNT__PDU.put(batch, (d.as_str(), count), &short)?;
     }
+    Ok(())
 }
 
 /// The event this one relates to through `m.relates_to` (replies are not relations).
@@ -719,13 +674,6 @@ pub fn relation_parent(stored: &Value) -> Option<String> {
     let rel = stored.get("content")?.get("m.relates_to")?;
     rel.get("rel_type")?.as_str()?;
     rel.get("event_id")?.as_str().map(str::to_owned)
-}
-
-/// `short room ‖ n`: timeline positions and extremities.
-pub fn pos_key(short_room: u64, n: u64) -> Vec<u8> {
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(&n.to_be_bytes());
-    k
 }
 
 /// The stored form of `target` after redaction by `because` (kept in `unsigned`).
@@ -789,22 +737,4 @@ pub async fn send_one(
     let id = w.append(sender, ev, txn)?;
     w.commit().await?;
     Ok(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn old_relation_keys_move_under_their_room_byte_for_byte() {
-        let count: u64 = 0x8000_0000_0000_0100; // bytes >= 0x80 and a NUL in the count
-        let mut old = b"$parent:x".to_vec();
-        old.push(0);
-        old.extend_from_slice(&count.to_be_bytes());
-        let new = relation_key_in_room(&old, 7).unwrap();
-        let mut want = relation_prefix(7, "$parent:x");
-        want.extend_from_slice(&count.to_be_bytes());
-        assert_eq!(new, want);
-        assert_eq!(relation_key_in_room(b"$no-nul", 7), None);
-    }
 }
