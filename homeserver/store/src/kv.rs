@@ -234,6 +234,22 @@ impl Kv {
         }
     }
 
+    /// Insert only if absent; answers whether this call stored it.
+    pub fn insert_new(&self, table: Table, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        self.space.ensure()?;
+        let found = self.space.note(
+            self.db
+                .insert_if_absent(&k(table, key), value)
+                .map_err(StoreError::from),
+        )?;
+        if found.is_none() {
+            self.durability
+                .applied
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(found.is_none())
+    }
+
     /// Remove a key and answer what it held, atomically: of two concurrent takes of one key,
     /// exactly one gets the value (single-use tokens).
     pub fn take(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -97,6 +97,19 @@ impl<K: Key, V> Map<K, V> {
         self.value(&stored)
     }
 
+    /// Store `value` unless the key holds one; answers whether this call stored it.
+    pub fn insert_new<T: ?Sized>(
+        &self,
+        kv: &Kv,
+        key: K::Ref<'_>,
+        value: &T,
+    ) -> Result<bool, StoreError>
+    where
+        V: Encode<T>,
+    {
+        kv.insert_new(self.table, &K::encode(key), &V::encode(value)?)
+    }
+
     /// Remove a key and answer its value, atomically (single-use tokens).
     pub fn take<T>(&self, kv: &Kv, key: K::Ref<'_>) -> Result<Option<T>, StoreError>
     where

@@ -369,7 +369,7 @@ pub async fn password(
             .await??,
     );
     let mut b = plexus_store::Batch::default();
-    app.put_user(&s.user_id, &rec, &mut b);
+    app.put_user(&s.user_id, &rec, &mut b)?;
     app.store.commit(b)?;
     if body.logout_devices {
         let others: Vec<String> = app
@@ -419,7 +419,7 @@ pub async fn deactivate(
     rec.displayname = None;
     rec.avatar_url = None;
     let mut b = plexus_store::Batch::default();
-    app.put_user(&s.user_id, &rec, &mut b);
+    app.put_user(&s.user_id, &rec, &mut b)?;
     app.store.commit(b)?;
     let all: Vec<String> = app
         .devices(&s.user_id)?

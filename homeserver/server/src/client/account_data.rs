@@ -1,14 +1,14 @@
 //! Global and per-room account data (needed by sync; `m.direct`, `m.push_rules`, tags live here).
 
 use axum::{extract::State, Json};
-use plexus_store::Table;
+use plexus_store::schema;
 use serde_json::{json, Value};
 
 use super::membership::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},
-    service::{decode, encode, key3, App},
+    service::App,
 };
 
 /// Account data as clients set it; server-managed types have their own endpoints.
@@ -40,12 +40,11 @@ pub async fn store(
     content: Value,
 ) -> ApiResult<()> {
     let (count, ()) = app.store.commit_with_count(|count, b| {
-        b.put(
-            Table::AccountData,
-            &key3(user.as_str(), room, kind),
-            &encode(&json!({ "count": count, "content": content })),
-        );
-        Ok(())
+        schema::USER_ROOM_TYPE__ACCOUNT_DATA.put(
+            b,
+            (user.as_str(), room, kind),
+            &json!({ "count": count, "content": content }),
+        )
     })?;
     if room.is_empty() && matches!(kind, "m.push_rules" | "m.ignored_user_list") {
         app.user_push.forget(user);
@@ -61,12 +60,9 @@ pub fn load(
     room: &str,
     kind: &str,
 ) -> ApiResult<Value> {
-    let raw = app
-        .store
-        .kv
-        .get(Table::AccountData, &key3(user.as_str(), room, kind))?
+    let v: Value = schema::USER_ROOM_TYPE__ACCOUNT_DATA
+        .get(&app.store.kv, (user.as_str(), room, kind))?
         .ok_or_else(|| ApiError::NotFound("Account data not found".into()))?;
-    let v: Value = decode(&raw)?;
     Ok(v.get("content").cloned().unwrap_or(json!({})))
 }
 

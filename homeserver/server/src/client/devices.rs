@@ -69,7 +69,7 @@ pub async fn update(
         d.display_name = Some(name);
     }
     let mut b = plexus_store::Batch::default();
-    app.put_device(&s.user_id, &device_id, &d, &mut b);
+    app.put_device(&s.user_id, &device_id, &d, &mut b)?;
     // Other users see device names in key queries: a rename is a device list change.
     let change = crate::e2ee::device_lists::Change::Device {
         keys: app.device_keys(&s.user_id, &device_id)?,

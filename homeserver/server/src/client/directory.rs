@@ -1,7 +1,7 @@
 //! Room aliases: create, resolve, delete, and list a room's local aliases.
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, First};
 use ruma::{OwnedRoomAliasId, RoomAliasId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -10,7 +10,7 @@ use super::membership::{parse_room_id, resolve_alias};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
-    service::{key2, key3, App},
+    service::App,
 };
 
 fn parse_alias(s: &str) -> ApiResult<OwnedRoomAliasId> {
@@ -44,24 +44,20 @@ pub async fn create(
     if !app.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
+    let kv = &app.store.kv;
     let stored =
-        app.store
-            .kv
-            .insert_if_absent(Table::Alias, alias.as_bytes(), room_id.as_bytes())?;
-    if stored != room_id.as_bytes()
-        || app
-            .store
-            .kv
-            .contains(Table::RoomAlias, &key2(room_id.as_str(), alias.as_str()))?
+        schema::ALIAS__ROOMID.insert_if_absent(kv, alias.as_str(), &room_id.to_string())?;
+    if stored != room_id.as_str()
+        || schema::ROOM_ALIAS__CREATOR.contains(kv, (room_id.as_str(), alias.as_str()))?
     {
         return Err(ApiError::Conflict("Room alias already exists".into()));
     }
     let mut b = Batch::default();
-    b.put(
-        Table::RoomAlias,
-        &key2(room_id.as_str(), alias.as_str()),
-        s.user_id.as_bytes(),
-    );
+    schema::ROOM_ALIAS__CREATOR.put(
+        &mut b,
+        (room_id.as_str(), alias.as_str()),
+        s.user_id.as_str(),
+    )?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(json!({})))
@@ -86,11 +82,9 @@ pub async fn delete(
 ) -> ApiResult<Json<Value>> {
     let alias = parse_alias(&alias)?;
     let room_id = resolve_alias(&app, &alias)?;
-    let creator = app
-        .store
-        .kv
-        .get(Table::RoomAlias, &key2(room_id.as_str(), alias.as_str()))?;
-    let is_creator = creator.as_deref() == Some(s.user_id.as_bytes());
+    let creator: Option<String> =
+        schema::ROOM_ALIAS__CREATOR.get(&app.store.kv, (room_id.as_str(), alias.as_str()))?;
+    let is_creator = creator.as_deref() == Some(s.user_id.as_str());
     // Otherwise whoever may change the room's canonical alias may remove its aliases.
     let may_manage = is_creator
         || app.may_send_state(
@@ -102,8 +96,8 @@ pub async fn delete(
         return Err(ApiError::Forbidden("You may not delete this alias".into()));
     }
     let mut b = Batch::default();
-    b.delete(Table::Alias, alias.as_bytes());
-    b.delete(Table::RoomAlias, &key2(room_id.as_str(), alias.as_str()));
+    schema::ALIAS__ROOMID.delete(&mut b, alias.as_str());
+    schema::ROOM_ALIAS__CREATOR.delete(&mut b, (room_id.as_str(), alias.as_str()));
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(json!({})))
@@ -117,13 +111,9 @@ pub async fn room_aliases(
     let room_id = parse_room_id(&room_id)?;
     let room = app.room_or_forbidden(&room_id)?;
     app.visible_state_hash(&s.user_id, &room)?;
-    let mut prefix = room_id.as_bytes().to_vec();
-    prefix.push(0);
-    let aliases: Vec<String> = app
-        .store
-        .kv
-        .scan_prefix(Table::RoomAlias, &prefix)
-        .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k).into_owned()))
+    let aliases: Vec<String> = schema::ROOM_ALIAS__CREATOR
+        .prefix::<First<1>, String>(&app.store.kv, (room_id.as_str(),))
+        .map(|r| r.map(|((_, alias), _)| alias))
         .collect::<Result<_, _>>()?;
     Ok(Json(json!({ "aliases": aliases })))
 }
@@ -166,27 +156,27 @@ impl Network {
     fn rooms(&self, app: &App) -> ApiResult<std::collections::BTreeSet<String>> {
         let mut out = std::collections::BTreeSet::new();
         if matches!(self, Network::Main | Network::All) {
-            for item in app.store.kv.scan_prefix(Table::PublicRoom, b"") {
-                out.insert(String::from_utf8_lossy(&item?.0).into_owned());
+            for item in schema::ROOMID__PUBLISHED.iter::<()>(&app.store.kv) {
+                out.insert(item?.0);
             }
         }
-        let prefix = match self {
+        let networks = schema::APPSERVICE_NETWORK_ROOM__PUBLISHED;
+        let kv = &app.store.kv;
+        let rows: Box<dyn Iterator<Item = _>> = match self {
             Network::Main => return Ok(out),
-            Network::All => vec![],
+            Network::All => Box::new(networks.iter::<()>(kv)),
             Network::Instance(i) => {
                 let Some((service, network)) = i.split_once('|') else {
                     return Err(ApiError::InvalidParam(format!(
                         "unknown third_party_instance_id {i}"
                     )));
                 };
-                key3(service, network, "")
+                Box::new(networks.prefix::<First<2>, ()>(kv, (service, network)))
             }
         };
-        for item in app.store.kv.scan_prefix(Table::NetworkRoom, &prefix) {
-            let key = String::from_utf8_lossy(&item?.0).into_owned();
-            if let Some(room) = key.rsplit('\0').next() {
-                out.insert(room.to_owned());
-            }
+        for item in rows {
+            let ((_, _, room), ()) = item?;
+            out.insert(room);
         }
         Ok(out)
     }
@@ -412,10 +402,7 @@ pub async fn get_visibility(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     app.room_or_404(&room_id)?;
-    let public = app
-        .store
-        .kv
-        .contains(Table::PublicRoom, room_id.as_bytes())?;
+    let public = schema::ROOMID__PUBLISHED.contains(&app.store.kv, room_id.as_str())?;
     Ok(Json(
         json!({ "visibility": if public { "public" } else { "private" } }),
     ))
@@ -441,8 +428,8 @@ pub async fn set_visibility(
     }
     let mut b = Batch::default();
     match body.visibility.as_str() {
-        "public" => b.put(Table::PublicRoom, room_id.as_bytes(), &[]),
-        "private" => b.delete(Table::PublicRoom, room_id.as_bytes()),
+        "public" => schema::ROOMID__PUBLISHED.put(&mut b, room_id.as_str(), &())?,
+        "private" => schema::ROOMID__PUBLISHED.delete(&mut b, room_id.as_str()),
         other => {
             return Err(ApiError::BadJson(format!(
                 "visibility must be public or private, not {other}"

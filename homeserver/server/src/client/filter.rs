@@ -2,14 +2,14 @@
 
 use axum::{extract::State, Json};
 use plexus_core::signing::random_alnum;
-use plexus_store::Table;
+use plexus_store::schema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},
-    service::{accounts::Session, key2, App},
+    service::{accounts::Session, App},
 };
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -143,12 +143,9 @@ pub fn resolve(app: &App, s: &Session, filter: Option<&str>) -> ApiResult<Filter
             parse_filter(v).map_err(|e| ApiError::InvalidParam(e.to_string()))
         }
         Some(id) => {
-            let raw = app
-                .store
-                .kv
-                .get(Table::Filter, &key2(s.user_id.as_str(), id))?
+            let v: Value = schema::USER_FILTERID__FILTER
+                .get(&app.store.kv, (s.user_id.as_str(), id))?
                 .ok_or_else(|| ApiError::NotFound("Unknown filter".into()))?;
-            let v: Value = crate::service::decode(&raw)?;
             parse_filter(v)
         }
     }
@@ -174,11 +171,7 @@ pub async fn create(
     parse_filter(v.clone())?;
     let id = random_alnum(12);
     let mut b = plexus_store::Batch::default();
-    b.put(
-        Table::Filter,
-        &key2(s.user_id.as_str(), &id),
-        &crate::service::encode(&v),
-    );
+    schema::USER_FILTERID__FILTER.put(&mut b, (s.user_id.as_str(), &id), &v)?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(json!({ "filter_id": id })))
@@ -190,12 +183,10 @@ pub async fn get(
     Path((user, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     s.require_self(&user)?;
-    let raw = app
-        .store
-        .kv
-        .get(Table::Filter, &key2(s.user_id.as_str(), &id))?
+    let v: Value = schema::USER_FILTERID__FILTER
+        .get(&app.store.kv, (s.user_id.as_str(), &id))?
         .ok_or_else(|| ApiError::NotFound("Unknown filter".into()))?;
-    Ok(Json(crate::service::decode(&raw)?))
+    Ok(Json(v))
 }
 
 /// The users `user` ignores, from their `m.ignored_user_list` account data.

@@ -2,7 +2,7 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use plexus_store::Table;
+use plexus_store::schema;
 use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -13,7 +13,6 @@ use crate::{
     http::extract::{Auth, Body, Path, Query},
     service::restricted::JoinAuthorisation,
     service::{
-        encode, key2,
         ratelimit::Action,
         writer::{member_content, RoomWriter},
         App,
@@ -86,13 +85,10 @@ pub fn resolve_alias(app: &App, alias: &RoomAliasId) -> ApiResult<OwnedRoomId> {
             "Room alias not found (federation is not enabled)".into(),
         ));
     }
-    let raw = app
-        .store
-        .kv
-        .get(Table::Alias, alias.as_bytes())?
+    let room: String = schema::ALIAS__ROOMID
+        .get(&app.store.kv, alias.as_str())?
         .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
-    OwnedRoomId::try_from(String::from_utf8_lossy(&raw).into_owned())
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    OwnedRoomId::try_from(room).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Deserialize, Default)]
@@ -440,11 +436,7 @@ pub async fn forget(
     }
     m.forgotten = true;
     let mut b = plexus_store::Batch::default();
-    b.put(
-        Table::UserRoom,
-        &key2(s.user_id.as_str(), room_id.as_str()),
-        &encode(&m),
-    );
+    schema::USER_ROOM__MEMBERSHIP.put(&mut b, (s.user_id.as_str(), room_id.as_str()), &m)?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(json!({})))

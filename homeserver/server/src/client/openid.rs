@@ -3,13 +3,13 @@
 
 use axum::{extract::State, Json};
 use plexus_core::signing::random_alnum;
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use serde_json::{json, Value};
 
 use crate::{
     error::ApiResult,
     http::extract::{Auth, JsonObject, Path},
-    service::{encode, now_ms, App},
+    service::{now_ms, App},
 };
 
 const OPENID_LIFETIME_SECS: u64 = 3600;
@@ -23,13 +23,11 @@ pub async fn request_token(
     s.require_self(&user)?;
     let token = random_alnum(32);
     let mut b = Batch::default();
-    b.put(
-        Table::OpenId,
+    schema::OPENID_TOKEN__GRANT.put(
+        &mut b,
         &crate::service::accounts::token_key(&token),
-        &encode(
-            &json!({ "user_id": s.user_id, "expires_at": now_ms() + OPENID_LIFETIME_SECS * 1000 }),
-        ),
-    );
+        &json!({ "user_id": s.user_id, "expires_at": now_ms() + OPENID_LIFETIME_SECS * 1000 }),
+    )?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(json!({

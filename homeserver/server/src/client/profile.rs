@@ -146,7 +146,7 @@ async fn update(
         _ => rec.avatar_url = value,
     }
     let mut b = plexus_store::Batch::default();
-    app.put_user(user, &rec, &mut b);
+    app.put_user(user, &rec, &mut b)?;
     app.store.commit(b)?;
     app.store.flush().await?;
     // Propagate to joined rooms; a room that refuses (e.g. power levels) keeps the old profile.

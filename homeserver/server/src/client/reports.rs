@@ -2,7 +2,7 @@
 //! the admin API; the reporter learns nothing about what happens next.
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use ruma::{EventId, UserId};
 use serde_json::{json, Map, Value};
 
@@ -10,7 +10,7 @@ use super::membership::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},
-    service::{accounts::Session, encode, now_ms, App},
+    service::{accounts::Session, now_ms, App},
 };
 
 fn reason(body: &Map<String, Value>) -> ApiResult<Option<String>> {
@@ -31,13 +31,11 @@ async fn file(
 ) -> ApiResult<Json<Value>> {
     let id = app.store.kv.unique_id()?;
     let mut b = Batch::default();
-    b.put(
-        Table::Report,
-        &id.to_be_bytes(),
-        &encode(
-            &json!({ "reporter": s.user_id, "subject": subject, "reason": reason, "ts": now_ms() }),
-        ),
-    );
+    schema::REPORTID__REPORT.put(
+        &mut b,
+        id,
+        &json!({ "reporter": s.user_id, "subject": subject, "reason": reason, "ts": now_ms() }),
+    )?;
     app.store.commit(b)?;
     app.store.flush().await?;
     tracing::info!(reporter = %s.user_id, report = id, "content reported");

@@ -2,7 +2,7 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use plexus_store::Table;
+use plexus_store::schema;
 use ruma::{EventId, OwnedEventId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -11,7 +11,7 @@ use super::membership::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, JsonObject, Path, Query},
-    service::{key3, ratelimit::Action, writer::RoomWriter, App},
+    service::{ratelimit::Action, writer::RoomWriter, App},
 };
 
 fn check_type(kind: &str) -> ApiResult<()> {
@@ -146,12 +146,11 @@ async fn send_with_txn(
     let room_id = parse_room_id(room_id)?;
     app.limit_user(s, Action::Events)?;
     let scope = s.txn_scope();
-    let txn_key = key3(s.user_id.as_str(), &scope, txn);
     let mut w = RoomWriter::open(app, &room_id).await?;
-    if let Some(existing) = app.store.kv.get(Table::TxnId, &txn_key)? {
-        return Ok(Json(
-            json!({ "event_id": String::from_utf8_lossy(&existing) }),
-        ));
+    let sent: Option<String> =
+        schema::USER_DEVICE_TXN__EVENTID.get(&app.store.kv, (s.user_id.as_str(), &scope, txn))?;
+    if let Some(existing) = sent {
+        return Ok(Json(json!({ "event_id": existing })));
     }
     let id = w.append(&s.user_id, ev, Some((scope, txn.to_owned())))?;
     w.commit().await?;

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use axum::{extract::State, Json};
-use plexus_store::Table;
+use plexus_store::{schema, First};
 use ruma::RoomId;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -19,7 +19,6 @@ use crate::{
     http::extract::{Auth, Query},
     service::{
         accounts::Session,
-        decode,
         rooms::{Membership, RoomRef},
         App,
     },
@@ -263,22 +262,17 @@ fn account_data(
     rooms: bool,
 ) -> ApiResult<std::collections::HashMap<String, Vec<Value>>> {
     let mut out: std::collections::HashMap<String, Vec<Value>> = Default::default();
-    let mut prefix = s.user_id.as_bytes().to_vec();
-    prefix.push(0);
-    for item in app.store.kv.scan_prefix(Table::AccountData, &prefix) {
-        let (k, v) = item?;
-        let text = String::from_utf8_lossy(&k);
-        let Some((room, kind)) = text.split_once('\0') else {
-            continue;
-        };
+    for item in schema::USER_ROOM_TYPE__ACCOUNT_DATA
+        .prefix::<First<1>, Value>(&app.store.kv, (s.user_id.as_str(),))
+    {
+        let ((_, room, kind), rec) = item?;
         if rooms == room.is_empty() {
             continue;
         }
-        let rec: Value = decode(&v)?;
         if since.is_some_and(|c| rec["count"].as_u64().unwrap_or(0) <= c) {
             continue;
         }
-        out.entry(room.to_owned())
+        out.entry(room)
             .or_default()
             .push(json!({ "type": kind, "content": rec["content"] }));
     }

@@ -7,12 +7,12 @@ use argon2::{
     Argon2,
 };
 use plexus_core::signing::random_alnum;
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, First, StoreError};
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{decode, encode, key2, now_ms, ratelimit::Action, Services};
+use super::{now_ms, ratelimit::Action, Services};
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -194,18 +194,20 @@ pub const PASSWORD_FLOW: &[&[&str]] = &[&["m.login.password"]];
 
 impl Services {
     pub fn user(&self, user_id: &UserId) -> ApiResult<Option<UserRecord>> {
-        match self.store.kv.get(Table::User, user_id.as_bytes())? {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER__ACCOUNT.get(&self.store.kv, user_id.as_str())?)
     }
 
     pub fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.server_name()
     }
 
-    pub fn put_user(&self, user_id: &UserId, rec: &UserRecord, batch: &mut Batch) {
-        batch.put(Table::User, user_id.as_bytes(), &encode(rec));
+    pub fn put_user(
+        &self,
+        user_id: &UserId,
+        rec: &UserRecord,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        schema::USER__ACCOUNT.put(batch, user_id.as_str(), rec)
     }
 
     /// What a new password must be: not empty (an empty one would log anybody in who tries
@@ -262,11 +264,7 @@ impl Services {
             admin,
             created_ts: now_ms(),
         };
-        let stored =
-            self.store
-                .kv
-                .insert_if_absent(Table::User, user_id.as_bytes(), &encode(&rec))?;
-        if stored != encode(&rec) {
+        if !schema::USER__ACCOUNT.insert_new(&self.store.kv, user_id.as_str(), &rec)? {
             return Err(ApiError::UserInUse("User ID already taken".into()));
         }
         self.store.flush().await?;
@@ -293,18 +291,14 @@ impl Services {
         if let Some(old) = &existing {
             self.revoke_tokens(old, &mut batch);
         }
-        let tokens = self.new_tokens(user_id, &device_id, refreshable, &mut batch);
+        let tokens = self.new_tokens(user_id, &device_id, refreshable, &mut batch)?;
         let rec = DeviceRecord {
             display_name: display_name.or_else(|| existing.and_then(|e| e.display_name)),
             access_token: hex(&token_key(&tokens.access_token)),
             refresh_token: tokens.refresh_token.as_deref().map(|t| hex(&token_key(t))),
             last_seen_ts: now_ms(),
         };
-        batch.put(
-            Table::Device,
-            &key2(user_id.as_str(), device_id.as_str()),
-            &encode(&rec),
-        );
+        self.put_device(user_id, device_id.as_str(), &rec, &mut batch)?;
         self.store.commit(batch)?;
         self.store.flush().await?;
         Ok((device_id, tokens))
@@ -316,7 +310,7 @@ impl Services {
         device_id: &ruma::DeviceId,
         refreshable: bool,
         batch: &mut Batch,
-    ) -> IssuedTokens {
+    ) -> Result<IssuedTokens, StoreError> {
         let access_token = format!("px_{}", random_alnum(32));
         let lifetime = self.settings.refreshable_token_lifetime_ms;
         let session = SessionRecord {
@@ -324,31 +318,30 @@ impl Services {
             device_id: device_id.to_owned(),
             expires_at: refreshable.then(|| now_ms() + lifetime),
         };
-        batch.put(
-            Table::AccessToken,
-            &token_key(&access_token),
-            &encode(&session),
-        );
-        let refresh_token = refreshable.then(|| {
-            let t = format!("pxr_{}", random_alnum(32));
-            let s = SessionRecord {
-                expires_at: None,
-                ..session.clone()
-            };
-            batch.put(Table::RefreshToken, &token_key(&t), &encode(&s));
-            t
-        });
-        IssuedTokens {
+        schema::TOKEN__SESSION.put(batch, &token_key(&access_token), &session)?;
+        let refresh_token = match refreshable {
+            true => {
+                let t = format!("pxr_{}", random_alnum(32));
+                let s = SessionRecord {
+                    expires_at: None,
+                    ..session.clone()
+                };
+                schema::REFRESH_TOKEN__SESSION.put(batch, &token_key(&t), &s)?;
+                Some(t)
+            }
+            false => None,
+        };
+        Ok(IssuedTokens {
             access_token,
             refresh_token,
             expires_in_ms: refreshable.then_some(lifetime),
-        }
+        })
     }
 
     fn revoke_tokens(&self, dev: &DeviceRecord, batch: &mut Batch) {
-        batch.delete(Table::AccessToken, &key_of_recorded(&dev.access_token));
+        schema::TOKEN__SESSION.delete(batch, &key_of_recorded(&dev.access_token));
         if let Some(r) = &dev.refresh_token {
-            batch.delete(Table::RefreshToken, &key_of_recorded(r));
+            schema::REFRESH_TOKEN__SESSION.delete(batch, &key_of_recorded(r));
         }
     }
 
@@ -358,12 +351,10 @@ impl Services {
         // A refresh that cannot be written must not use the token up.
         self.store.kv.health()?;
         let key = token_key(refresh_token);
-        let raw = self
-            .store
-            .kv
-            .take(Table::RefreshToken, &key)?
+        let taken: SessionRecord = schema::REFRESH_TOKEN__SESSION
+            .take(&self.store.kv, &key)?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
-        let committed = self.rotate_tokens(&raw);
+        let committed = self.rotate_tokens(&taken);
         match committed {
             Ok(tokens) => {
                 self.store.flush().await?;
@@ -373,8 +364,12 @@ impl Services {
                 // Nothing was written: put the token back, the client may try again with it.
                 if !matches!(e, ApiError::UnknownToken { .. }) {
                     let mut b = Batch::default();
-                    b.put(Table::RefreshToken, &key, &raw);
-                    let _ = self.store.commit(b);
+                    if schema::REFRESH_TOKEN__SESSION
+                        .put(&mut b, &key, &taken)
+                        .is_ok()
+                    {
+                        let _ = self.store.commit(b);
+                    }
                 }
                 Err(e)
             }
@@ -382,33 +377,25 @@ impl Services {
     }
 
     /// Replace the tokens of the device a taken refresh token belonged to, in one batch.
-    fn rotate_tokens(&self, raw: &[u8]) -> ApiResult<IssuedTokens> {
-        let s: SessionRecord = decode(raw)?;
+    fn rotate_tokens(&self, s: &SessionRecord) -> ApiResult<IssuedTokens> {
         let mut dev = self
             .device(&s.user_id, s.device_id.as_str())?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
         let mut batch = Batch::default();
         self.revoke_tokens(&dev, &mut batch);
-        let tokens = self.new_tokens(&s.user_id, &s.device_id, true, &mut batch);
+        let tokens = self.new_tokens(&s.user_id, &s.device_id, true, &mut batch)?;
         dev.access_token = hex(&token_key(&tokens.access_token));
         dev.refresh_token = tokens.refresh_token.as_deref().map(|t| hex(&token_key(t)));
-        batch.put(
-            Table::Device,
-            &key2(s.user_id.as_str(), s.device_id.as_str()),
-            &encode(&dev),
-        );
+        self.put_device(&s.user_id, s.device_id.as_str(), &dev, &mut batch)?;
         self.store.commit(batch)?;
         Ok(tokens)
     }
 
     /// Resolve an access token.
     pub fn session(&self, token: &str) -> ApiResult<Session> {
-        let raw = self
-            .store
-            .kv
-            .get(Table::AccessToken, &token_key(token))?
+        let s: SessionRecord = schema::TOKEN__SESSION
+            .get(&self.store.kv, &token_key(token))?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
-        let s: SessionRecord = decode(&raw)?;
         if s.expires_at.is_some_and(|t| t <= now_ms()) {
             return Err(ApiError::UnknownToken { soft_logout: true });
         }
@@ -421,35 +408,27 @@ impl Services {
     }
 
     pub fn device(&self, user_id: &UserId, device_id: &str) -> ApiResult<Option<DeviceRecord>> {
-        match self
-            .store
-            .kv
-            .get(Table::Device, &key2(user_id.as_str(), device_id))?
-        {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER_DEVICE__DEVICE.get(&self.store.kv, (user_id.as_str(), device_id))?)
     }
 
     pub fn devices(&self, user_id: &UserId) -> ApiResult<Vec<(String, DeviceRecord)>> {
-        let mut prefix = user_id.as_bytes().to_vec();
-        prefix.push(0);
-        self.store
-            .kv
-            .scan_prefix(Table::Device, &prefix)
+        schema::USER_DEVICE__DEVICE
+            .prefix::<First<1>, DeviceRecord>(&self.store.kv, (user_id.as_str(),))
             .map(|r| {
-                let (k, v) = r?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&v)?))
+                let ((_, device), rec) = r?;
+                Ok((device, rec))
             })
             .collect()
     }
 
-    pub fn put_device(&self, user_id: &UserId, device_id: &str, rec: &DeviceRecord, b: &mut Batch) {
-        b.put(
-            Table::Device,
-            &key2(user_id.as_str(), device_id),
-            &encode(rec),
-        );
+    pub fn put_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        rec: &DeviceRecord,
+        b: &mut Batch,
+    ) -> Result<(), StoreError> {
+        schema::USER_DEVICE__DEVICE.put(b, (user_id.as_str(), device_id), rec)
     }
 
     /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
@@ -460,8 +439,8 @@ impl Services {
         for d in device_ids {
             if let Some(dev) = self.device(user_id, d)? {
                 self.revoke_tokens(&dev, &mut batch);
-                batch.delete(Table::Device, &key2(user_id.as_str(), d));
-                batch.delete(Table::DeviceSeen, &key2(user_id.as_str(), d));
+                schema::USER_DEVICE__DEVICE.delete(&mut batch, (user_id.as_str(), d));
+                schema::USER_DEVICE__LAST_SEEN.delete(&mut batch, (user_id.as_str(), d));
                 self.delete_device_keys(user_id, d, &mut batch)?;
                 changes.push(crate::e2ee::device_lists::Change::Deleted { id: d.clone() });
             }

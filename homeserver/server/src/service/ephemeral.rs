@@ -7,12 +7,12 @@ use std::{
     time::Duration,
 };
 
-use plexus_store::Table;
+use plexus_store::{schema, First};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::{decode, encode, now_ms, Services};
+use super::{now_ms, Services};
 use crate::error::{ApiError, ApiResult};
 
 /// Longest a client may claim to be typing without renewing.
@@ -36,12 +36,6 @@ pub struct Receipt {
     pub event_id: String,
     pub ts: u64,
     pub count: u64,
-}
-
-fn receipt_key(short_room: u64, user: &UserId, kind: &str, thread: &str) -> Vec<u8> {
-    let mut k = short_room.to_be_bytes().to_vec();
-    k.extend_from_slice(&super::key3(user.as_str(), kind, thread));
-    k
 }
 
 impl Services {
@@ -156,7 +150,6 @@ impl Services {
         event_id: &str,
         thread: &str,
     ) -> ApiResult<()> {
-        let key = receipt_key(short_room, user, kind, thread);
         // Where the receipt points in the timeline, for the unread notifications it clears.
         let read_upto = match ruma::EventId::parse(event_id) {
             Ok(id) if self.is_local(user) => self
@@ -172,7 +165,11 @@ impl Services {
                 ts: now_ms(),
                 count,
             };
-            b.put(Table::Receipt, &key, &encode(&r));
+            schema::ROOM_USER_TYPE_THREAD__RECEIPT.put(
+                b,
+                (short_room, user.as_str(), kind, thread),
+                &r,
+            )?;
             if let Some(upto) = read_upto {
                 crate::push::unread::clear_through(
                     self,
@@ -206,23 +203,14 @@ impl Services {
         sees_private_of: &dyn Fn(&str) -> bool,
     ) -> ApiResult<Option<Value>> {
         let mut content: Map<String, Value> = Map::new();
-        for item in self
-            .store
-            .kv
-            .scan_prefix(Table::Receipt, &short_room.to_be_bytes())
+        for item in schema::ROOM_USER_TYPE_THREAD__RECEIPT
+            .prefix::<First<1>, Receipt>(&self.store.kv, (short_room,))
         {
-            let (k, v) = item?;
-            let r: Receipt = decode(&v)?;
+            let ((_, user, kind, thread), r) = item?;
             if since.is_some_and(|c| r.count <= c) {
                 continue;
             }
-            let text = String::from_utf8_lossy(&k);
-            let mut parts = text.splitn(3, '\0');
-            let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if kind == "m.read.private" && !sees_private_of(user) {
+            if kind == "m.read.private" && !sees_private_of(&user) {
                 continue;
             }
             let mut info = json!({ "ts": r.ts });
@@ -235,8 +223,8 @@ impl Services {
             by_event
                 .as_object_mut()
                 .ok_or_else(|| ApiError::Internal("receipt content".into()))?
-                .entry(kind.to_owned())
-                .or_insert_with(|| json!({}))[user] = info;
+                .entry(kind)
+                .or_insert_with(|| json!({}))[user.as_str()] = info;
         }
         Ok((!content.is_empty()).then_some(Value::Object(content)))
     }

@@ -4,11 +4,11 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, key2, now_ms, Services};
+use super::{now_ms, Services};
 use crate::error::ApiResult;
 
 /// How stale a stored last-seen time may be (Synapse keeps 2 minutes).
@@ -82,12 +82,10 @@ impl Services {
             ts: now,
             ip: ip.to_string(),
         };
-        b.put(
-            Table::DeviceSeen,
-            &key2(user.as_str(), device.as_str()),
-            &encode(&seen),
-        );
-        if let Err(e) = self.store.commit(b) {
+        let written = schema::USER_DEVICE__LAST_SEEN
+            .put(&mut b, (user.as_str(), device.as_str()), &seen)
+            .and_then(|()| self.store.commit(b));
+        if let Err(e) = written {
             tracing::warn!(user = %user, device = %device, error = %e, "last seen not recorded");
         }
     }
@@ -95,14 +93,7 @@ impl Services {
     /// When and from where the device was last seen, if it made a request since this was
     /// recorded.
     pub fn device_seen(&self, user: &UserId, device: &str) -> ApiResult<Option<Seen>> {
-        match self
-            .store
-            .kv
-            .get(Table::DeviceSeen, &key2(user.as_str(), device))?
-        {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER_DEVICE__LAST_SEEN.get(&self.store.kv, (user.as_str(), device))?)
     }
 }
 

@@ -21,7 +21,7 @@ use std::{
 };
 
 use plexus_core::signing::ServerKey;
-use plexus_store::{Store, Table};
+use plexus_store::{schema, Store};
 use ruma::OwnedRoomId;
 
 use crate::{config::Settings, error::ApiError};
@@ -166,7 +166,7 @@ fn load_or_create_key_file(path: &std::path::Path) -> Result<ServerKey, ApiError
 
 /// The server signing key is generated on first start and kept in the store.
 fn load_or_create_key(store: &Store) -> Result<ServerKey, ApiError> {
-    if let Some(raw) = store.kv.get(Table::Meta, META_SIGNING_KEY)? {
+    if let Some(raw) = schema::META.get::<Vec<u8>>(&store.kv, META_SIGNING_KEY)? {
         let text = String::from_utf8_lossy(&raw);
         let (version, doc) = text
             .split_once(' ')
@@ -176,11 +176,11 @@ fn load_or_create_key(store: &Store) -> Result<ServerKey, ApiError> {
     let key = ServerKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
     let (version, doc) = key.to_stored();
     let mut b = plexus_store::Batch::default();
-    b.put(
-        Table::Meta,
+    schema::META.put(
+        &mut b,
         META_SIGNING_KEY,
         format!("{version} {doc}").as_bytes(),
-    );
+    )?;
     store.commit(b)?;
     store.kv.flush_blocking()?;
     Ok(key)

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use plexus_store::Table;
+use plexus_store::schema;
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{decode, encode, now_ms, Services};
+use super::{now_ms, Services};
 use crate::error::ApiResult;
 
 /// Online users with no activity for this long are shown as unavailable (idle).
@@ -47,10 +47,7 @@ impl PresenceRecord {
 
 impl Services {
     pub fn presence(&self, user: &UserId) -> ApiResult<Option<PresenceRecord>> {
-        match self.store.kv.get(Table::Presence, user.as_bytes())? {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER__PRESENCE.get(&self.store.kv, user.as_str())?)
     }
 
     /// Everyone who shares a joined room with `user`, and the user.
@@ -107,8 +104,7 @@ impl Services {
                 last_active_ts: last_active,
                 count,
             };
-            b.put(Table::Presence, user.as_bytes(), &encode(&rec));
-            Ok(())
+            schema::USER__PRESENCE.put(b, user.as_str(), &rec)
         })?;
         self.store.flush().await?;
         let audience = self.presence_audience(user)?;

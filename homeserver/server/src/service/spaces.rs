@@ -5,7 +5,7 @@
 use ruma::{RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
-use plexus_store::{be_u64, Table};
+use plexus_store::{schema, First};
 
 use super::{rooms::RoomRef, Services};
 use crate::error::ApiResult;
@@ -83,13 +83,11 @@ impl Services {
         // fewer than the state entries of a space with many members.
         let state = self.state_map(hash)?;
         let mut out = vec![];
-        for item in self
-            .store
-            .kv
-            .scan_prefix(Table::StateKeyShort, b"m.space.child\0")
+        for item in
+            schema::TYPE_STATEKEY__SHORT.prefix::<First<1>, u64>(&self.store.kv, ("m.space.child",))
         {
             let (_, short) = item?;
-            let Some(ev) = state.get(&be_u64(&short)) else {
+            let Some(ev) = state.get(&short) else {
                 continue;
             };
             let Some(e) = self.pdu_json(*ev)? else {

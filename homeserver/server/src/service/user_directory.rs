@@ -12,7 +12,7 @@ use std::{
     },
 };
 
-use plexus_store::{be_u64, Table};
+use plexus_store::schema;
 use ruma::OwnedUserId;
 
 use super::Services;
@@ -65,10 +65,9 @@ impl Services {
 
     fn walk_public_rooms(&self) -> ApiResult<BTreeSet<OwnedUserId>> {
         let mut users = BTreeSet::new();
-        for item in self.store.kv.scan_prefix(Table::RoomIdShort, b"") {
+        for item in schema::ROOMID__SHORT.iter::<u64>(&self.store.kv) {
             let (room_id, short) = item?;
-            let short = be_u64(&short);
-            let published = self.store.kv.get(Table::PublicRoom, &room_id)?.is_some();
+            let published = schema::ROOMID__PUBLISHED.contains(&self.store.kv, &room_id)?;
             let open = published || {
                 let hash = self.current_state(short)?.map(|s| s.0).unwrap_or(0);
                 let join_rule = self
