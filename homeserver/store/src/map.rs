@@ -159,6 +159,37 @@ impl<K: Key, V> Map<K, V> {
         })
     }
 
+    /// How many rows have a key beginning with the first parts `prefix` (nothing is decoded).
+    pub fn count_prefix<P: Prefix<K>>(
+        &self,
+        kv: &Kv,
+        prefix: P::Ref<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for row in kv.scan_prefix(self.table, &P::encode(prefix)) {
+            row?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Delete, in `batch`, every row whose key begins with the first parts `prefix`.
+    pub fn delete_prefix<P: Prefix<K>>(
+        &self,
+        kv: &Kv,
+        batch: &mut Batch,
+        prefix: P::Ref<'_>,
+    ) -> Result<(), StoreError> {
+        let prefix = P::encode(prefix);
+        for row in kv.scan_prefix(self.table, &prefix) {
+            let (rest, _) = row?;
+            let mut k = prefix.clone();
+            k.extend_from_slice(&rest);
+            batch.delete(self.table, &k);
+        }
+        Ok(())
+    }
+
     /// The rows with keys in `[from, to)`, in key order.
     pub fn range<'a, T: 'a>(
         &'a self,

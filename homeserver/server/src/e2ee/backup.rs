@@ -2,7 +2,7 @@
 //! room, a count and an etag that changes whenever the keys do.
 
 use axum::{extract::State, Json};
-use plexus_store::{be_u64, Batch, Table};
+use plexus_store::{schema, Batch, First};
 use ruma::{OwnedRoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path, Query},
-    service::{decode, encode, key2, App, Services},
+    service::{App, Services},
 };
 
 const ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
@@ -25,19 +25,6 @@ struct Version {
     deleted: bool,
 }
 
-fn version_key(user: &UserId, v: u64) -> Vec<u8> {
-    let mut k = user.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&v.to_be_bytes());
-    k
-}
-
-fn session_key(user: &UserId, v: u64, room: &str, session: &str) -> Vec<u8> {
-    let mut k = version_key(user, v);
-    k.extend_from_slice(&key2(room, session));
-    k
-}
-
 /// Write a version record with the rest of `b`, durably.
 async fn save_version(
     app: &App,
@@ -46,7 +33,7 @@ async fn save_version(
     rec: &Version,
     mut b: Batch,
 ) -> ApiResult<()> {
-    b.put(Table::BackupVersion, &version_key(user, n), &encode(rec));
+    schema::USER_VERSION__BACKUP.put(&mut b, (user.as_str(), n), rec)?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(())
@@ -59,20 +46,14 @@ fn parse_version(v: &str) -> Option<u64> {
 
 /// The newest version ever created (deleted or not), and the newest live one.
 fn latest(app: &Services, user: &UserId) -> ApiResult<(u64, Option<(u64, Version)>)> {
-    let mut prefix = user.as_bytes().to_vec();
-    prefix.push(0);
     let mut newest = 0;
     let mut live = None;
-    for item in app
-        .store
-        .kv
-        .scan_prefix(Table::BackupVersion, &prefix)
+    for item in schema::USER_VERSION__BACKUP
+        .prefix::<First<1>, Version>(&app.store.kv, (user.as_str(),))
         .rev()
     {
-        let (k, v) = item?;
-        let n = be_u64(&k);
+        let ((_, n), rec) = item?;
         newest = newest.max(n);
-        let rec: Version = decode(&v)?;
         if !rec.deleted {
             live = Some((n, rec));
             break;
@@ -84,12 +65,9 @@ fn latest(app: &Services, user: &UserId) -> ApiResult<(u64, Option<(u64, Version
 fn get_version(app: &Services, user: &UserId, v: &str) -> ApiResult<(u64, Version)> {
     let not_found = || ApiError::NotFound("Unknown backup version".into());
     let n = parse_version(v).ok_or_else(not_found)?;
-    let raw = app
-        .store
-        .kv
-        .get(Table::BackupVersion, &version_key(user, n))?
+    let rec: Version = schema::USER_VERSION__BACKUP
+        .get(&app.store.kv, (user.as_str(), n))?
         .ok_or_else(not_found)?;
-    let rec: Version = decode(&raw)?;
     if rec.deleted {
         return Err(not_found());
     }
@@ -210,28 +188,29 @@ fn delete_sessions(
     session: Option<&str>,
     b: &mut Batch,
 ) -> ApiResult<u64> {
-    let mut prefix = version_key(user, n);
-    if let Some(r) = room {
-        prefix.extend_from_slice(r.as_bytes());
-        prefix.push(0);
-        if let Some(s) = session {
-            let full = session_key(user, n, r, s);
-            let there = app.store.kv.contains(Table::BackupKey, &full)?;
-            if there {
-                b.delete(Table::BackupKey, &full);
-            }
-            return Ok(u64::from(there));
+    let keys = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY;
+    let kv = &app.store.kv;
+    let user = user.as_str();
+    if let (Some(r), Some(s)) = (room, session) {
+        let there = keys.contains(kv, (user, n, r, s))?;
+        if there {
+            keys.delete(b, (user, n, r, s));
         }
+        return Ok(u64::from(there));
     }
-    let mut removed = 0;
-    for item in app.store.kv.scan_prefix(Table::BackupKey, &prefix) {
-        let (k, _) = item?;
-        let mut full = prefix.clone();
-        full.extend_from_slice(&k);
-        b.delete(Table::BackupKey, &full);
-        removed += 1;
+    type Rows = Vec<((String, u64, String, String), serde::de::IgnoredAny)>;
+    let rows: Rows = match room {
+        Some(r) => keys
+            .prefix::<First<3>, _>(kv, (user, n, r))
+            .collect::<Result<_, _>>()?,
+        None => keys
+            .prefix::<First<2>, _>(kv, (user, n))
+            .collect::<Result<_, _>>()?,
+    };
+    for ((_, _, r, s), _) in &rows {
+        keys.delete(b, (user, n, r, s));
     }
-    Ok(removed)
+    Ok(rows.len() as u64)
 }
 
 #[derive(Deserialize)]
@@ -308,16 +287,18 @@ async fn put_sessions(
     let mut changed = false;
     for (room, sessions) in rooms {
         for (session, k) in sessions {
-            let row = session_key(user, current, &room, &session);
-            let keep = match app.store.kv.get(Table::BackupKey, &row)? {
-                Some(old) => better(&k, &decode(&old)?),
+            let row = (user.as_str(), current, room.as_str(), session.as_str());
+            let old: Option<Value> =
+                schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY.get(&app.store.kv, row)?;
+            let keep = match old {
+                Some(old) => better(&k, &old),
                 None => {
                     rec.count += 1;
                     true
                 }
             };
             if keep {
-                b.put(Table::BackupKey, &row, &encode(&k));
+                schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY.put(&mut b, row, &k)?;
                 changed = true;
             }
         }
@@ -393,23 +374,17 @@ fn read_sessions(
     n: u64,
     room: Option<&str>,
 ) -> ApiResult<Map<String, Value>> {
-    let mut prefix = version_key(user, n);
-    if let Some(r) = room {
-        prefix.extend_from_slice(r.as_bytes());
-        prefix.push(0);
-    }
+    let keys = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY;
+    let kv = &app.store.kv;
+    let user = user.as_str();
+    let rows: Box<dyn Iterator<Item = _>> = match room {
+        Some(r) => Box::new(keys.prefix::<First<3>, Value>(kv, (user, n, r))),
+        None => Box::new(keys.prefix::<First<2>, Value>(kv, (user, n))),
+    };
     let mut rooms: Map<String, Value> = Map::new();
-    for item in app.store.kv.scan_prefix(Table::BackupKey, &prefix) {
-        let (k, v) = item?;
-        let text = String::from_utf8_lossy(&k).into_owned();
-        let (r, s) = match room {
-            Some(r) => (r.to_owned(), text),
-            None => match text.split_once('\0') {
-                Some((r, s)) => (r.to_owned(), s.to_owned()),
-                None => continue,
-            },
-        };
-        rooms.entry(r).or_insert_with(|| json!({ "sessions": {} }))["sessions"][s] = decode(&v)?;
+    for item in rows {
+        let ((_, _, r, s), key) = item?;
+        rooms.entry(r).or_insert_with(|| json!({ "sessions": {} }))["sessions"][s] = key;
     }
     Ok(rooms)
 }
@@ -450,13 +425,10 @@ pub async fn get_session(
     Query(q): Query<VersionQuery>,
 ) -> ApiResult<Json<Value>> {
     let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
-    match app.store.kv.get(
-        Table::BackupKey,
-        &session_key(&s.user_id, n, &room, &session),
-    )? {
-        Some(raw) => Ok(Json(decode(&raw)?)),
-        None => Err(ApiError::NotFound("No room key found".into())),
-    }
+    let key: Option<Value> = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY
+        .get(&app.store.kv, (s.user_id.as_str(), n, &room, &session))?;
+    key.map(Json)
+        .ok_or_else(|| ApiError::NotFound("No room key found".into()))
 }
 
 /// Delete keys from a version (which need not be current); answers the new etag and count.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -14,7 +14,7 @@ use super::{device_lists::Change, merge_signatures, signed_by, signed_part};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
-    service::{accounts::PASSWORD_FLOW, decode, encode, key2, key3, App, Services},
+    service::{accounts::PASSWORD_FLOW, App, Services},
 };
 
 pub const MASTER: &str = "master";
@@ -34,14 +34,7 @@ pub fn public_key(key: &Value) -> Option<(String, String)> {
 
 impl Services {
     pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> ApiResult<Option<Value>> {
-        match self
-            .store
-            .kv
-            .get(Table::CrossSigningKey, &key2(user.as_str(), usage))?
-        {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER_USAGE__CROSS_SIGNING_KEY.get(&self.store.kv, (user.as_str(), usage))?)
     }
 
     /// A user's master key as `viewer` sees it: with the signatures the viewer made on it.
@@ -71,9 +64,11 @@ pub fn add_viewer_signatures(
         return Ok(());
     }
     if let Some((id, _)) = public_key(key) {
-        let row = key3(viewer.as_str(), user.as_str(), &id);
-        if let Some(raw) = app.store.kv.get(Table::CrossSignature, &row)? {
-            merge_signatures(key, &json!({ "signatures": decode::<Value>(&raw)? }));
+        let row = (viewer.as_str(), user.as_str(), id.as_str());
+        if let Some(sigs) =
+            schema::SIGNER_TARGET_KEYID__SIGNATURES.get::<Value>(&app.store.kv, row)?
+        {
+            merge_signatures(key, &json!({ "signatures": sigs }));
         }
     }
     Ok(())
@@ -161,11 +156,7 @@ pub async fn upload(
                 "{usage} key is not signed by the master key"
             )));
         }
-        batch.put(
-            Table::CrossSigningKey,
-            &key2(user.as_str(), usage),
-            &encode(k),
-        );
+        schema::USER_USAGE__CROSS_SIGNING_KEY.put(&mut batch, (user.as_str(), usage), k)?;
     }
     // A new master key orphans the keys the old one signed.
     let master_replaced = body.master_key.is_some()
@@ -175,7 +166,7 @@ pub async fn upload(
     if master_replaced {
         for (usage, key) in &provided[1..] {
             if key.is_none() {
-                batch.delete(Table::CrossSigningKey, &key2(user.as_str(), usage));
+                schema::USER_USAGE__CROSS_SIGNING_KEY.delete(&mut batch, (user.as_str(), usage));
             }
         }
     }
@@ -280,11 +271,7 @@ fn sign_own(
             &mut stored,
             &json!({ "signatures": { me.as_str(): { ss_id: sig } } }),
         );
-        batch.put(
-            Table::DeviceKeys,
-            &key2(me.as_str(), key_id),
-            &encode(&stored),
-        );
+        schema::USER_DEVICE__KEYS.put(batch, (me.as_str(), key_id), &stored)?;
         let display_name = app.device(me, key_id)?.and_then(|d| d.display_name);
         return Ok(Some(Change::Device {
             id: key_id.to_owned(),
@@ -330,11 +317,7 @@ fn sign_own(
         &mut master,
         &json!({ "signatures": { me.as_str(): added } }),
     );
-    batch.put(
-        Table::CrossSigningKey,
-        &key2(me.as_str(), MASTER),
-        &encode(&master),
-    );
+    schema::USER_USAGE__CROSS_SIGNING_KEY.put(batch, (me.as_str(), MASTER), &master)?;
     let self_signing = app.cross_signing_key(me, SELF_SIGNING)?;
     Ok(Some(Change::CrossSigning {
         master: Some(master),
@@ -378,10 +361,10 @@ async fn sign_other(
         ));
     }
     let sig = signed["signatures"][me.as_str()][&us_id].clone();
-    batch.put(
-        Table::CrossSignature,
-        &key3(me.as_str(), target.as_str(), &format!("ed25519:{key_id}")),
-        &encode(&json!({ me.as_str(): { us_id: sig } })),
-    );
+    schema::SIGNER_TARGET_KEYID__SIGNATURES.put(
+        batch,
+        (me.as_str(), target.as_str(), &format!("ed25519:{key_id}")),
+        &json!({ me.as_str(): { us_id: sig } }),
+    )?;
     Ok(())
 }

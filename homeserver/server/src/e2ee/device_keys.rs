@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, First};
 use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -13,7 +13,7 @@ use super::{device_lists::Change, signed_by, signed_part};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
-    service::{decode, encode, key2, key3, App, Services},
+    service::{App, Services},
 };
 
 /// Most one-time keys one upload may carry; clients keep about 50 published.
@@ -72,21 +72,23 @@ pub async fn upload(
     for (id, key) in &body.one_time_keys {
         let (algorithm, key_id) = split_key_id(id)?;
         check_signed_key(key, user, device, ed25519.as_deref(), id)?;
-        let row = otk_key(user, device, algorithm, key_id);
-        match app.store.kv.get(Table::OneTimeKey, &row)? {
-            Some(old) if decode::<Value>(&old)? != *key => {
+        let row = (user, device, algorithm, key_id);
+        let old: Option<Value> =
+            schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.get(&app.store.kv, row)?;
+        match old {
+            Some(old) if old != *key => {
                 return Err(ApiError::InvalidParam(format!(
                     "one-time key {id} already exists with different content"
                 )));
             }
             Some(_) => {}
             None => {
-                batch.put(Table::OneTimeKey, &row, &encode(key));
-                batch.put(
-                    Table::OneTimeKeyQueue,
-                    &otk_queue_key(user, device, algorithm, upload_seq, key_id),
-                    b"",
-                );
+                schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.put(&mut batch, row, key)?;
+                schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED.put(
+                    &mut batch,
+                    (user, device, algorithm, upload_seq, key_id),
+                    &(),
+                )?;
             }
         }
     }
@@ -104,26 +106,21 @@ pub async fn upload(
             )));
         }
         check_signed_key(key, user, device, ed25519.as_deref(), id)?;
-        let row = key3(user, device, algorithm);
-        let same = match app.store.kv.get(Table::FallbackKey, &row)? {
-            Some(old) => {
-                let old: Value = decode(&old)?;
-                old["key_id"] == key_id && old["key"] == *key
-            }
-            None => false,
-        };
+        let row = (user, device, algorithm);
+        let old: Option<Value> = schema::USER_DEVICE_ALG__FALLBACK_KEY.get(&app.store.kv, row)?;
+        let same = old.is_some_and(|old| old["key_id"] == key_id && old["key"] == *key);
         // Uploading the current fallback key again keeps its "used" mark.
         if !same {
-            batch.put(
-                Table::FallbackKey,
-                &row,
-                &encode(&json!({ "key_id": key_id, "key": key, "used": false })),
-            );
+            schema::USER_DEVICE_ALG__FALLBACK_KEY.put(
+                &mut batch,
+                row,
+                &json!({ "key_id": key_id, "key": key, "used": false }),
+            )?;
         }
     }
     match changed_keys {
         Some(keys) => {
-            batch.put(Table::DeviceKeys, &key2(user, device), &encode(&keys));
+            schema::USER_DEVICE__KEYS.put(&mut batch, (user, device), &keys)?;
             let display_name = app.device(&s.user_id, device)?.and_then(|d| d.display_name);
             let change = Change::Device {
                 id: device.to_owned(),
@@ -225,32 +222,10 @@ fn check_signed_key(
     }
 }
 
-fn otk_key(user: &str, device: &str, algorithm: &str, key_id: &str) -> Vec<u8> {
-    let mut k = key3(user, device, algorithm);
-    k.push(0);
-    k.extend_from_slice(key_id.as_bytes());
-    k
-}
-
-fn otk_queue_key(user: &str, device: &str, algorithm: &str, seq: u64, key_id: &str) -> Vec<u8> {
-    let mut k = key3(user, device, algorithm);
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k.extend_from_slice(key_id.as_bytes());
-    k
-}
-
 impl Services {
     /// A device's keys as stored (with the signatures added since), if it uploaded any.
     pub fn device_keys(&self, user: &UserId, device: &str) -> ApiResult<Option<Value>> {
-        match self
-            .store
-            .kv
-            .get(Table::DeviceKeys, &key2(user.as_str(), device))?
-        {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        Ok(schema::USER_DEVICE__KEYS.get(&self.store.kv, (user.as_str(), device))?)
     }
 
     /// Unclaimed one-time keys per algorithm; `signed_curve25519` is always present, as
@@ -258,29 +233,24 @@ impl Services {
     pub fn one_time_key_counts(&self, user: &UserId, device: &str) -> ApiResult<Value> {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         counts.insert("signed_curve25519".into(), 0);
-        let mut prefix = key2(user.as_str(), device);
-        prefix.push(0);
-        for item in self.store.kv.scan_prefix(Table::OneTimeKey, &prefix) {
-            let (k, _) = item?;
-            if let Some(end) = k.iter().position(|b| *b == 0) {
-                *counts
-                    .entry(String::from_utf8_lossy(&k[..end]).into_owned())
-                    .or_default() += 1;
-            }
+        for item in schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY
+            .prefix::<First<2>, serde::de::IgnoredAny>(&self.store.kv, (user.as_str(), device))
+        {
+            let ((_, _, algorithm, _), _) = item?;
+            *counts.entry(algorithm).or_default() += 1;
         }
         Ok(json!(counts))
     }
 
     /// Algorithms whose fallback key has not been used yet.
     pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> ApiResult<Vec<String>> {
-        let mut prefix = key2(user.as_str(), device);
-        prefix.push(0);
         let mut out = vec![];
-        for item in self.store.kv.scan_prefix(Table::FallbackKey, &prefix) {
-            let (k, v) = item?;
-            let rec: Value = decode(&v)?;
+        for item in schema::USER_DEVICE_ALG__FALLBACK_KEY
+            .prefix::<First<2>, Value>(&self.store.kv, (user.as_str(), device))
+        {
+            let ((_, _, algorithm), rec) = item?;
             if rec["used"] != true {
-                out.push(String::from_utf8_lossy(&k).into_owned());
+                out.push(algorithm);
             }
         }
         Ok(out)
@@ -295,38 +265,31 @@ impl Services {
         algorithm: &str,
         batch: &mut Batch,
     ) -> ApiResult<Option<(String, Value)>> {
-        let mut prefix = key3(user.as_str(), device, algorithm);
-        prefix.push(0);
-        for item in self.store.kv.scan_prefix(Table::OneTimeKeyQueue, &prefix) {
-            let (k, _) = item?;
-            let mut queued = prefix.clone();
-            queued.extend_from_slice(&k);
-            batch.delete(Table::OneTimeKeyQueue, &queued);
-            let Some(key_id) = k.get(8..) else {
-                continue;
-            };
-            let mut row = prefix.clone();
-            row.extend_from_slice(key_id);
+        let kv = &self.store.kv;
+        let user = user.as_str();
+        for item in schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED
+            .prefix::<First<3>, ()>(kv, (user, device, algorithm))
+        {
+            let ((_, _, _, seq, key_id), ()) = item?;
+            schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED
+                .delete(batch, (user, device, algorithm, seq, &key_id));
+            let row = (user, device, algorithm, key_id.as_str());
             // A queue entry outlives its key only if the two were split by hand: skip it.
-            let Some(v) = self.store.kv.get(Table::OneTimeKey, &row)? else {
+            let Some(v) = schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.get::<Value>(kv, row)? else {
                 continue;
             };
-            batch.delete(Table::OneTimeKey, &row);
-            return Ok(Some((
-                format!("{algorithm}:{}", String::from_utf8_lossy(key_id)),
-                decode(&v)?,
-            )));
+            schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.delete(batch, row);
+            return Ok(Some((format!("{algorithm}:{key_id}"), v)));
         }
-        let row = key3(user.as_str(), device, algorithm);
-        let Some(raw) = self.store.kv.get(Table::FallbackKey, &row)? else {
+        let row = (user, device, algorithm);
+        let Some(mut rec) = schema::USER_DEVICE_ALG__FALLBACK_KEY.get::<Value>(kv, row)? else {
             return Ok(None);
         };
-        let mut rec: Value = decode(&raw)?;
         let id = format!("{algorithm}:{}", rec["key_id"].as_str().unwrap_or_default());
         let key = rec["key"].clone();
         if rec["used"] != true {
             rec["used"] = json!(true);
-            batch.put(Table::FallbackKey, &row, &encode(&rec));
+            schema::USER_DEVICE_ALG__FALLBACK_KEY.put(batch, row, &rec)?;
         }
         Ok(Some((id, key)))
     }
@@ -338,22 +301,13 @@ impl Services {
         device: &str,
         batch: &mut Batch,
     ) -> ApiResult<()> {
-        batch.delete(Table::DeviceKeys, &key2(user.as_str(), device));
-        let mut prefix = key2(user.as_str(), device);
-        prefix.push(0);
-        for table in [
-            Table::OneTimeKey,
-            Table::OneTimeKeyQueue,
-            Table::FallbackKey,
-            Table::ToDevice,
-        ] {
-            for item in self.store.kv.scan_prefix(table, &prefix) {
-                let (k, _) = item?;
-                let mut full = prefix.clone();
-                full.extend_from_slice(&k);
-                batch.delete(table, &full);
-            }
-        }
+        let kv = &self.store.kv;
+        let owner = (user.as_str(), device);
+        schema::USER_DEVICE__KEYS.delete(batch, owner);
+        schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.delete_prefix::<First<2>>(kv, batch, owner)?;
+        schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED.delete_prefix::<First<2>>(kv, batch, owner)?;
+        schema::USER_DEVICE_ALG__FALLBACK_KEY.delete_prefix::<First<2>>(kv, batch, owner)?;
+        schema::USER_DEVICE_COUNT__TO_DEVICE.delete_prefix::<First<2>>(kv, batch, owner)?;
         Ok(())
     }
 }

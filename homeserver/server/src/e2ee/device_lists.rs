@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use axum::{extract::State, Json};
-use plexus_store::{be_u64, Batch, StoreError, Table};
+use plexus_store::{schema, Batch, StoreError};
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,7 +15,7 @@ use crate::{
     client::sync::parse_token,
     error::ApiResult,
     http::extract::{Auth, Query},
-    service::{encode, App, Services},
+    service::{App, Services},
 };
 
 /// One change to a local user's devices or cross-signing keys.
@@ -90,25 +90,13 @@ fn stream_row(
 ) -> Result<Option<u64>, StoreError> {
     let prev = match prev {
         Some(p) => Some(p),
-        None => app
-            .store
-            .kv
-            .get(Table::DeviceListLatest, user.as_bytes())?
-            .map(|v| be_u64(&v)),
+        None => schema::USER__DEVICE_LIST_COUNT.get(&app.store.kv, user.as_str())?,
     };
     if let Some(p) = prev {
-        b.delete(Table::DeviceListStream, &p.to_be_bytes());
+        schema::COUNT__DEVICE_LIST_USER.delete(b, p);
     }
-    b.put(
-        Table::DeviceListStream,
-        &count.to_be_bytes(),
-        user.as_bytes(),
-    );
-    b.put(
-        Table::DeviceListLatest,
-        user.as_bytes(),
-        &count.to_be_bytes(),
-    );
+    schema::COUNT__DEVICE_LIST_USER.put(b, count, user.as_str())?;
+    schema::USER__DEVICE_LIST_COUNT.put(b, user.as_str(), &count)?;
     Ok(prev)
 }
 
@@ -133,9 +121,9 @@ pub async fn commit_local_changes(
         for (i, change) in changes.iter().enumerate() {
             let count = first + i as u64;
             prev = stream_row(app, b, user, count, prev)?;
-            let edu = encode(&change.edu(user, count, prev));
+            let edu = change.edu(user, count, prev);
             for dest in &servers {
-                b.put(Table::OutboxEdu, &outbox_key(dest.as_str(), count, 0), &edu);
+                schema::DEST_COUNT_SEQ__EDU.put(b, (dest.as_str(), count, 0), &edu)?;
             }
             prev = Some(count);
         }
@@ -266,21 +254,17 @@ pub fn changes_for(
     }
     let shares = |other: &UserId| -> ApiResult<bool> {
         for short in &joined {
-            let mut k = short.to_be_bytes().to_vec();
-            k.extend_from_slice(other.as_bytes());
-            if app.store.kv.get(Table::RoomMember, &k)?.as_deref() == Some(b"join") {
+            let m: Option<String> =
+                schema::ROOM_USER__MEMBERSHIP.get(&app.store.kv, (*short, other.as_str()))?;
+            if m.as_deref() == Some("join") {
                 return Ok(true);
             }
         }
         Ok(false)
     };
-    for item in app.store.kv.range(
-        Table::DeviceListStream,
-        &(since + 1).to_be_bytes(),
-        &(upper.saturating_add(1)).to_be_bytes(),
-    ) {
-        let (_, v) = item?;
-        let Ok(who) = OwnedUserId::try_from(String::from_utf8_lossy(&v).as_ref()) else {
+    for item in schema::COUNT__DEVICE_LIST_USER.stream::<String>(&app.store.kv, since, upper) {
+        let (_, who) = item?;
+        let Ok(who) = OwnedUserId::try_from(who) else {
             continue;
         };
         // A user's own device changes are news to their other devices.
@@ -305,18 +289,15 @@ fn member_changes(
     since: u64,
     upper: u64,
 ) -> ApiResult<Vec<(OwnedUserId, String)>> {
-    let mut from = short_room.to_be_bytes().to_vec();
-    from.extend_from_slice(&(since + 1).to_be_bytes());
-    let mut to = short_room.to_be_bytes().to_vec();
-    to.extend_from_slice(&upper.saturating_add(1).to_be_bytes());
     let mut out = vec![];
-    for item in app.store.kv.range(Table::RoomMemberChange, &from, &to) {
-        let (k, v) = item?;
-        if k.len() <= 16 {
-            continue;
-        }
-        if let Ok(who) = OwnedUserId::try_from(String::from_utf8_lossy(&k[16..]).as_ref()) {
-            out.push((who, String::from_utf8_lossy(&v).into_owned()));
+    for item in schema::ROOM_COUNT_USER__MEMBERSHIP.range::<String>(
+        &app.store.kv,
+        (short_room, since + 1, ""),
+        (short_room, upper.saturating_add(1), ""),
+    ) {
+        let ((_, _, who), membership) = item?;
+        if let Ok(who) = OwnedUserId::try_from(who) {
+            out.push((who, membership));
         }
     }
     Ok(out)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
@@ -18,7 +18,7 @@ use crate::{
     error::{ApiError, ApiResult},
     federation::{sender::enc, x_matrix::FedRequest},
     http::extract::Path,
-    service::{decode, encode, App},
+    service::App,
 };
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's devices with the stream
@@ -36,12 +36,9 @@ pub async fn user_devices(
     if app.user(&user)?.is_none() {
         return Err(ApiError::NotFound("unknown user".into()));
     }
-    let stream_id = app
-        .store
-        .kv
-        .get(Table::DeviceListLatest, user.as_bytes())?
-        .map(|v| plexus_store::be_u64(&v))
-        .unwrap_or(0);
+    let stream_id = schema::USER__DEVICE_LIST_COUNT
+        .get(&app.store.kv, user.as_str())?
+        .unwrap_or(0u64);
     let mut devices = vec![];
     for (device, _) in app.devices(&user)? {
         let mut d = json!({ "device_id": device });
@@ -176,13 +173,11 @@ pub async fn claim_remote(
 /// A remote user's device list: our tracked copy, or fetched with `/user/devices` (and kept
 /// while a local user shares a room with them).
 pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
-    if let Some(raw) = app
-        .store
-        .kv
-        .get(Table::RemoteDevices, user.as_bytes())
+    if let Some(list) = schema::USER__REMOTE_DEVICES
+        .get::<Value>(&app.store.kv, user.as_str())
         .map_err(|e| e.to_string())?
     {
-        return decode(&raw).map_err(|e| e.to_string());
+        return Ok(list);
     }
     let fed = app.fed().map_err(|e| e.to_string())?;
     let path = format!("/_matrix/federation/v1/user/devices/{}", enc(user.as_str()));
@@ -205,8 +200,10 @@ pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
     }
     if shared_with_local(app, user).map_err(|e| e.to_string())? {
         let mut b = Batch::default();
-        b.put(Table::RemoteDevices, user.as_bytes(), &encode(&list));
-        app.store.commit(b).map_err(|e| e.to_string())?;
+        schema::USER__REMOTE_DEVICES
+            .put(&mut b, user.as_str(), &list)
+            .and_then(|()| app.store.commit(b))
+            .map_err(|e| e.to_string())?;
     }
     Ok(list)
 }
@@ -237,13 +234,9 @@ fn tracked_sender(
 /// We stop following the EDUs of a user no local user shares a room with, so a copy of their
 /// device list would go stale: drop it, and fetch afresh if they come back.
 fn forget_untracked(app: &App, user: &UserId) -> ApiResult<()> {
-    if app
-        .store
-        .kv
-        .contains(Table::RemoteDevices, user.as_bytes())?
-    {
+    if schema::USER__REMOTE_DEVICES.contains(&app.store.kv, user.as_str())? {
         let mut b = Batch::default();
-        b.delete(Table::RemoteDevices, user.as_bytes());
+        schema::USER__REMOTE_DEVICES.delete(&mut b, user.as_str());
         app.store.commit(b)?;
     }
     Ok(())
@@ -262,8 +255,9 @@ pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value)
     };
     let mut b = Batch::default();
     let mut resync = false;
-    if let Some(raw) = app.store.kv.get(Table::RemoteDevices, user.as_bytes())? {
-        let mut list: Value = decode(&raw)?;
+    if let Some(mut list) =
+        schema::USER__REMOTE_DEVICES.get::<Value>(&app.store.kv, user.as_str())?
+    {
         let known = list["stream_id"].as_u64().unwrap_or(0);
         if stream_id <= known {
             return Ok(());
@@ -290,10 +284,10 @@ pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value)
                 }
             }
             list["stream_id"] = json!(stream_id);
-            b.put(Table::RemoteDevices, user.as_bytes(), &encode(&list));
+            schema::USER__REMOTE_DEVICES.put(&mut b, user.as_str(), &list)?;
         } else {
             tracing::info!(%user, stream_id, known, "missed a device list update; fetching the list again");
-            b.delete(Table::RemoteDevices, user.as_bytes());
+            schema::USER__REMOTE_DEVICES.delete(&mut b, user.as_str());
             resync = true;
         }
     }
@@ -315,15 +309,16 @@ pub async fn signing_key_update(app: &App, origin: &ServerName, content: &Value)
         return Ok(());
     };
     let mut b = Batch::default();
-    if let Some(raw) = app.store.kv.get(Table::RemoteDevices, user.as_bytes())? {
-        let mut list: Value = decode(&raw)?;
+    if let Some(mut list) =
+        schema::USER__REMOTE_DEVICES.get::<Value>(&app.store.kv, user.as_str())?
+    {
         for field in ["master_key", "self_signing_key"] {
             let key = &content[field];
             if key["user_id"] == user.as_str() {
                 list[field] = key.clone();
             }
         }
-        b.put(Table::RemoteDevices, user.as_bytes(), &encode(&list));
+        schema::USER__REMOTE_DEVICES.put(&mut b, user.as_str(), &list)?;
     }
     commit_remote_change(app, &user, b).await
 }

@@ -5,16 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, StoreError};
 use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::device_lists::outbox_key;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
-    service::{decode, encode, key2, key3, App, Services},
+    service::{App, Services},
 };
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
@@ -62,21 +61,20 @@ pub async fn send(
     if !remote.is_empty() && app.federation.is_none() {
         remote.clear();
     }
-    let txn_key = key3(
-        s.user_id.as_str(),
-        &s.txn_scope(),
-        &format!("m.to_device\0{txn}"),
-    );
+    // To-device transaction ids share the table with room sends, under their own namespace.
+    let scope = s.txn_scope();
+    let txn_id = format!("m.to_device\0{txn}");
+    let txn_key = (s.user_id.as_str(), scope.as_str(), txn_id.as_str());
     let sender = s.user_id.to_string();
     let targets = expand(&app, local)?;
     let recipients: BTreeSet<OwnedUserId> = targets.iter().map(|d| d.user.clone()).collect();
     let (count, fresh) = app.store.commit_with_count(|count, b| {
-        if app.store.kv.contains(Table::TxnId, &txn_key)? {
+        if schema::USER_DEVICE_TXN__EVENTID.contains(&app.store.kv, txn_key)? {
             return Ok(false);
         }
-        b.put(Table::TxnId, &txn_key, b"");
+        schema::USER_DEVICE_TXN__EVENTID.put(b, txn_key, "")?;
         for (seq, d) in targets.iter().enumerate() {
-            store_message(&app, b, d, (count, seq as u32), &sender, &kind);
+            store_message(&app, b, d, (count, seq as u32), &sender, &kind)?;
         }
         for (dest, messages) in &remote {
             let edu = json!({
@@ -86,11 +84,7 @@ pub async fn send(
                     "messages": messages,
                 },
             });
-            b.put(
-                Table::OutboxEdu,
-                &outbox_key(dest.as_str(), count, 0),
-                &encode(&edu),
-            );
+            schema::DEST_COUNT_SEQ__EDU.put(b, (dest.as_str(), count, 0), &edu)?;
         }
         Ok(true)
     })?;
@@ -126,13 +120,6 @@ fn expand(app: &Services, deliveries: Vec<Delivery>) -> ApiResult<Vec<Delivery>>
     Ok(out)
 }
 
-fn inbox_key(user: &UserId, device: &str, count: u64) -> Vec<u8> {
-    let mut k = key2(user.as_str(), device);
-    k.push(0);
-    k.extend_from_slice(&count.to_be_bytes());
-    k
-}
-
 /// Into the device's inbox, or, for a user of an appservice that takes ephemeral data, into
 /// that appservice's queue: its devices get their messages in transactions (MSC2409).
 fn store_message(
@@ -142,7 +129,7 @@ fn store_message(
     (count, seq): (u64, u32),
     sender: &str,
     kind: &str,
-) {
+) -> Result<(), StoreError> {
     let server = app.server_name().as_str();
     match app
         .appservices
@@ -150,18 +137,18 @@ fn store_message(
         .iter()
         .find(|r| r.receive_ephemeral && r.may_act_as(d.user.as_str(), server))
     {
-        Some(reg) => b.put(
-            Table::AppserviceToDevice,
-            &crate::appservice::sender::queue_key(&reg.id, count, seq),
-            &encode(&json!({
+        Some(reg) => schema::APPSERVICE_COUNT_SEQ__TO_DEVICE.put(
+            b,
+            (&reg.id, count, seq),
+            &json!({
                 "type": kind, "sender": sender, "content": d.content,
                 "to_user_id": d.user, "to_device_id": d.device,
-            })),
+            }),
         ),
-        None => b.put(
-            Table::ToDevice,
-            &inbox_key(&d.user, &d.device, count),
-            &encode(&json!({ "sender": sender, "type": kind, "content": d.content })),
+        None => schema::USER_DEVICE_COUNT__TO_DEVICE.put(
+            b,
+            (d.user.as_str(), &d.device, count),
+            &json!({ "sender": sender, "type": kind, "content": d.content }),
         ),
     }
 }
@@ -178,16 +165,15 @@ impl Services {
         since: Option<u64>,
         upper: u64,
     ) -> ApiResult<(Vec<Value>, Option<u64>)> {
-        let start = inbox_key(user, device, 0);
+        let inbox = schema::USER_DEVICE_COUNT__TO_DEVICE;
+        let kv = &self.store.kv;
+        let user = user.as_str();
         if let Some(since) = since {
             let mut b = Batch::default();
-            for item in self.store.kv.range(
-                Table::ToDevice,
-                &start,
-                &inbox_key(user, device, since.saturating_add(1)),
-            ) {
-                let (k, _) = item?;
-                b.delete(Table::ToDevice, &k);
+            let end = (user, device, since.saturating_add(1));
+            for item in inbox.range::<serde::de::IgnoredAny>(kv, (user, device, 0), end) {
+                let ((_, _, count), _) = item?;
+                inbox.delete(&mut b, (user, device, count));
             }
             if !b.is_empty() {
                 self.store.commit(b)?;
@@ -195,18 +181,17 @@ impl Services {
         }
         let mut events = vec![];
         let mut cut = None;
-        for item in self.store.kv.range(
-            Table::ToDevice,
-            &inbox_key(user, device, since.unwrap_or(0).saturating_add(1)),
-            &inbox_key(user, device, upper.saturating_add(1)),
+        for item in inbox.range::<Value>(
+            kv,
+            (user, device, since.unwrap_or(0).saturating_add(1)),
+            (user, device, upper.saturating_add(1)),
         ) {
-            let (k, v) = item?;
+            let ((_, _, count), message) = item?;
             if events.len() == SYNC_LIMIT {
-                let at = k.len() - 8;
-                cut = Some(plexus_store::be_u64(&k[at..]) - 1);
+                cut = Some(count - 1);
                 break;
             }
-            events.push(decode::<Value>(&v)?);
+            events.push(message);
         }
         Ok((events, cut))
     }
@@ -257,7 +242,7 @@ pub async fn receive(app: &App, origin: &ServerName, content: &Value) -> ApiResu
     }
     let (count, ()) = app.store.commit_with_count(|count, b| {
         for (seq, d) in targets.iter().enumerate() {
-            store_message(app, b, d, (count, seq as u32), sender, kind);
+            store_message(app, b, d, (count, seq as u32), sender, kind)?;
         }
         Ok(())
     })?;

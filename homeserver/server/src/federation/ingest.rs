@@ -837,7 +837,7 @@ pub async fn persist(
             pdu.origin_server_ts.get().into(),
             crate::push::evaluate::thread_of(&c.stored),
             &notified,
-        );
+        )?;
         outbox_rows(batch, &dests, count, short)?;
         Ok(())
     })?;

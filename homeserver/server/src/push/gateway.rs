@@ -5,19 +5,19 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use ruma::{push::Action, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::{
     evaluate::tweaks,
-    pushers::{of_user, users_with_pushers},
+    pushers::{key_ref, of_user, users_with_pushers, PusherKey},
     unread::{self, Stored},
 };
 use crate::{
     error::{ApiError, ApiResult},
-    service::{decode, App, Services},
+    service::{App, Services},
 };
 
 /// Notifications one pass of a worker sends before looking for new work.
@@ -91,7 +91,7 @@ impl Pushers {
             .unwrap_or_else(|p| p.into_inner())
             .extend(initial.iter().cloned());
         tokio::spawn(async move {
-            let mut workers: HashMap<Vec<u8>, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
+            let mut workers: HashMap<PusherKey, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
                 HashMap::new();
             let mut wake_user = |user: OwnedUserId| {
                 let pushers = match of_user(&app, &user) {
@@ -132,7 +132,7 @@ async fn worker(
     app: App,
     client: reqwest::Client,
     user: OwnedUserId,
-    key: Vec<u8>,
+    key: PusherKey,
     wake: Arc<Notify>,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -164,19 +164,15 @@ async fn deliver(
     app: &Services,
     client: &reqwest::Client,
     user: &UserId,
-    key: &[u8],
+    key: &PusherKey,
 ) -> ApiResult<Pass> {
-    let Some(raw) = app.store.kv.get(Table::Pusher, key)? else {
+    let kv = &app.store.kv;
+    let Some(pusher) = schema::USER_APP_PUSHKEY__PUSHER.get::<Value>(kv, key_ref(key))? else {
         return Ok(Pass::Gone);
     };
-    let pusher: Value = decode(&raw)?;
-    let progress = app
-        .store
-        .kv
-        .get(Table::PusherProgress, key)?
-        .and_then(|v| v.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
+    let progress = schema::USER_APP_PUSHKEY__DELIVERED
+        .get(kv, key_ref(key))?
+        .unwrap_or(0u64);
     let todo: Vec<(u64, Stored)> =
         unread::notifications(app, user, progress.saturating_add(1), u64::MAX)
             .take(BATCH)
@@ -188,8 +184,7 @@ async fn deliver(
             if let Some(body) = request_body(app, user, &pusher, &n)? {
                 if post(client, app, &pusher, &body).await? {
                     let mut b = Batch::default();
-                    b.delete(Table::Pusher, key);
-                    b.delete(Table::PusherProgress, key);
+                    super::pushers::delete(&mut b, key);
                     app.store.commit(b)?;
                     tracing::info!(user_id = %user, "push gateway rejected the pushkey; pusher removed");
                     return Ok(Pass::Gone);
@@ -197,7 +192,7 @@ async fn deliver(
             }
         }
         let mut b = Batch::default();
-        b.put(Table::PusherProgress, key, &count.to_be_bytes());
+        schema::USER_APP_PUSHKEY__DELIVERED.put(&mut b, key_ref(key), &count)?;
         app.store.commit(b)?;
     }
     Ok(if more { Pass::More } else { Pass::CaughtUp })

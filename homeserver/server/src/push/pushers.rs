@@ -2,14 +2,14 @@
 //! per user as `user \0 app_id \0 pushkey`.
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, First};
 use ruma::UserId;
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject},
-    service::{decode, encode, key3, now_ms, App, Services},
+    service::{now_ms, App, Services},
 };
 
 /// The push gateway path the spec requires an HTTP pusher's URL to have.
@@ -20,24 +20,25 @@ const MAX_PUSHKEY: usize = 512;
 /// Pushers one user may have: each notification is sent to every one of them.
 const MAX_PUSHERS_PER_USER: usize = 100;
 
-pub fn pusher_key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
-    key3(user.as_str(), app_id, pushkey)
+/// A pusher's identity: user id, app id, pushkey.
+pub type PusherKey = (String, String, String);
+
+/// A pusher's key as the store takes it.
+pub fn key_ref(k: &PusherKey) -> (&str, &str, &str) {
+    (&k.0, &k.1, &k.2)
+}
+
+/// Remove a pusher and its delivery progress in `b`.
+pub fn delete(b: &mut Batch, key: &PusherKey) {
+    schema::USER_APP_PUSHKEY__PUSHER.delete(b, key_ref(key));
+    schema::USER_APP_PUSHKEY__DELIVERED.delete(b, key_ref(key));
 }
 
 /// Every pusher of a user: `(key, pusher JSON)`.
-pub fn of_user(app: &Services, user: &UserId) -> ApiResult<Vec<(Vec<u8>, Value)>> {
-    let mut prefix = user.as_bytes().to_vec();
-    prefix.push(0);
-    app.store
-        .kv
-        .scan_prefix(Table::Pusher, &prefix)
-        .map(|r| {
-            let (k, v) = r?;
-            let mut key = prefix.clone();
-            key.extend_from_slice(&k);
-            Ok((key, decode(&v)?))
-        })
-        .collect()
+pub fn of_user(app: &Services, user: &UserId) -> ApiResult<Vec<(PusherKey, Value)>> {
+    Ok(schema::USER_APP_PUSHKEY__PUSHER
+        .prefix::<First<1>, Value>(&app.store.kv, (user.as_str(),))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Remove the pushers set by these devices of `user` (they were logged out or deleted: their
@@ -53,8 +54,7 @@ pub fn delete_for_devices(
             .as_str()
             .is_some_and(|d| devices.iter().any(|x| x == d))
         {
-            b.delete(Table::Pusher, &key);
-            b.delete(Table::PusherProgress, &key);
+            delete(b, &key);
         }
     }
     Ok(())
@@ -63,10 +63,9 @@ pub fn delete_for_devices(
 /// Users with at least one pusher, for the delivery workers at start.
 pub fn users_with_pushers(app: &Services) -> ApiResult<Vec<ruma::OwnedUserId>> {
     let mut out: Vec<ruma::OwnedUserId> = vec![];
-    for item in app.store.kv.scan_prefix(Table::Pusher, b"") {
-        let (k, _) = item?;
-        let user = k.split(|b| *b == 0).next().unwrap_or_default();
-        if let Ok(u) = ruma::OwnedUserId::try_from(String::from_utf8_lossy(user).into_owned()) {
+    for item in schema::USER_APP_PUSHKEY__PUSHER.iter::<serde::de::IgnoredAny>(&app.store.kv) {
+        let ((user, _, _), _) = item?;
+        if let Ok(u) = ruma::OwnedUserId::try_from(user) {
             if out.last() != Some(&u) {
                 out.push(u);
             }
@@ -144,7 +143,7 @@ pub async fn set(
             "app_id and pushkey may not contain NUL".into(),
         ));
     }
-    let key = pusher_key(&s.user_id, app_id, pushkey);
+    let key: PusherKey = (s.user_id.to_string(), app_id.to_owned(), pushkey.to_owned());
     let kind = match body.get("kind") {
         None => return Err(ApiError::MissingParam("kind is required".into())),
         Some(Value::Null) => None,
@@ -157,8 +156,7 @@ pub async fn set(
     };
     let Some(kind) = kind else {
         let mut b = Batch::default();
-        b.delete(Table::Pusher, &key);
-        b.delete(Table::PusherProgress, &key);
+        delete(&mut b, &key);
         app.store.commit(b)?;
         app.store.flush().await?;
         return Ok(Json(json!({})));
@@ -228,29 +226,27 @@ pub async fn set(
     let mut b = Batch::default();
     if !append {
         // The same app and pushkey belong to one user: a device changed hands.
-        let tail = key3("", app_id, pushkey);
-        for item in app.store.kv.scan_prefix(Table::Pusher, b"") {
+        for item in schema::USER_APP_PUSHKEY__PUSHER.iter::<serde::de::IgnoredAny>(&app.store.kv) {
             let (k, _) = item?;
-            if k.ends_with(&tail) && k != key {
-                b.delete(Table::Pusher, &k);
-                b.delete(Table::PusherProgress, &k);
+            if k.1 == app_id && k.2 == pushkey && k != key {
+                delete(&mut b, &k);
             }
         }
     }
     // Deliver only what is notified from now on.
-    let exists = app.store.kv.contains(Table::Pusher, &key)?;
+    let exists = schema::USER_APP_PUSHKEY__PUSHER.contains(&app.store.kv, key_ref(&key))?;
     if !exists && of_user(&app, &s.user_id)?.len() >= MAX_PUSHERS_PER_USER {
         return Err(ApiError::Forbidden(format!(
             "a user may have at most {MAX_PUSHERS_PER_USER} pushers: remove one first"
         )));
     }
-    b.put(Table::Pusher, &key, &encode(&pusher));
+    schema::USER_APP_PUSHKEY__PUSHER.put(&mut b, key_ref(&key), &pusher)?;
     if !exists {
-        b.put(
-            Table::PusherProgress,
-            &key,
-            &app.store.current_count().to_be_bytes(),
-        );
+        schema::USER_APP_PUSHKEY__DELIVERED.put(
+            &mut b,
+            key_ref(&key),
+            &app.store.current_count(),
+        )?;
     }
     app.store.commit(b)?;
     app.store.flush().await?;

@@ -4,31 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, First, StoreError};
 use ruma::{RoomId, UserId};
 use serde_json::{json, Value};
 
 use super::evaluate::Notified;
-use crate::{
-    error::ApiResult,
-    service::{decode, encode, Services},
-};
-
-/// `user \0 n`: a notification's key (n: its count) and an unread row's room prefix (n: the
-/// short room id).
-fn user_key(user: &UserId, n: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.as_str().len() + 17);
-    k.extend_from_slice(user.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&n.to_be_bytes());
-    k
-}
-
-fn unread_key(user: &UserId, short_room: u64, count: u64) -> Vec<u8> {
-    let mut k = user_key(user, short_room);
-    k.extend_from_slice(&count.to_be_bytes());
-    k
-}
+use crate::{error::ApiResult, service::Services};
 
 /// The stored notification: where, which event, and what the rules said.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -53,15 +34,13 @@ pub fn notification_rows(
     ts: u64,
     thread: Option<&str>,
     notified: &[Notified],
-) {
+) -> Result<(), StoreError> {
     for n in notified {
-        let mut flag = vec![u8::from(n.highlight)];
-        flag.extend_from_slice(thread.unwrap_or("").as_bytes());
-        batch.put(
-            Table::PushUnread,
-            &unread_key(&n.user, short_room, count),
-            &flag,
-        );
+        schema::USER_ROOM_COUNT__UNREAD.put(
+            batch,
+            (n.user.as_str(), short_room, count),
+            &(u8::from(n.highlight), thread.unwrap_or("").to_owned()),
+        )?;
         let stored = Stored {
             room_id: room_id.to_string(),
             short_room,
@@ -70,12 +49,9 @@ pub fn notification_rows(
             ts,
             highlight: n.highlight,
         };
-        batch.put(
-            Table::PushNotification,
-            &user_key(&n.user, count),
-            &encode(&stored),
-        );
+        schema::USER_COUNT__NOTIFICATION.put(batch, (n.user.as_str(), count), &stored)?;
     }
+    Ok(())
 }
 
 /// Which unread notifications a read position covers: an unthreaded receipt covers every
@@ -102,11 +78,11 @@ impl<'a> ReadScope<'a> {
             None => Self::Main,
         }
     }
-    fn covers(&self, thread: &[u8]) -> bool {
+    fn covers(&self, thread: &str) -> bool {
         match self {
             Self::All => true,
             Self::Main => thread.is_empty(),
-            Self::Thread(t) => thread == t.as_bytes(),
+            Self::Thread(t) => thread == *t,
         }
     }
 }
@@ -121,13 +97,17 @@ pub fn clear_through(
     upto: u64,
     scope: ReadScope<'_>,
 ) -> Result<bool, plexus_store::StoreError> {
-    let from = user_key(user, short_room);
-    let to = unread_key(user, short_room, upto.saturating_add(1));
+    let unread = schema::USER_ROOM_COUNT__UNREAD;
+    let user = user.as_str();
     let mut any = false;
-    for item in app.store.kv.range(Table::PushUnread, &from, &to) {
-        let (k, v) = item?;
-        if scope.covers(v.get(1..).unwrap_or_default()) {
-            batch.delete(Table::PushUnread, &k);
+    for item in unread.range::<(u8, String)>(
+        &app.store.kv,
+        (user, short_room, 0),
+        (user, short_room, upto.saturating_add(1)),
+    ) {
+        let ((_, _, count), (_, thread)) = item?;
+        if scope.covers(&thread) {
+            unread.delete(batch, (user, short_room, count));
             any = true;
         }
     }
@@ -158,19 +138,14 @@ pub fn room_counts(
 ) -> ApiResult<(Counts, BTreeMap<String, Counts>)> {
     let mut main = Counts::default();
     let mut threads: BTreeMap<String, Counts> = BTreeMap::new();
-    for item in app
-        .store
-        .kv
-        .scan_prefix(Table::PushUnread, &user_key(user, short_room))
+    for item in schema::USER_ROOM_COUNT__UNREAD
+        .prefix::<First<2>, (u8, String)>(&app.store.kv, (user.as_str(), short_room))
     {
-        let (_, v) = item?;
-        let highlight = v.first() == Some(&1);
-        match v.get(1..).filter(|t| !t.is_empty()) {
-            None => main.add(highlight),
-            Some(t) => threads
-                .entry(String::from_utf8_lossy(t).into_owned())
-                .or_default()
-                .add(highlight),
+        let (_, (flag, thread)) = item?;
+        let highlight = flag == 1;
+        match thread.is_empty() {
+            true => main.add(highlight),
+            false => threads.entry(thread).or_default().add(highlight),
         }
     }
     Ok((main, threads))
@@ -178,21 +153,15 @@ pub fn room_counts(
 
 /// Unread notifications across all the user's rooms (the badge a push gateway shows).
 pub fn total_unread(app: &Services, user: &UserId) -> ApiResult<u64> {
-    let mut prefix = user.as_bytes().to_vec();
-    prefix.push(0);
-    let mut n = 0;
-    for item in app.store.kv.scan_prefix(Table::PushUnread, &prefix) {
-        item?;
-        n += 1;
-    }
-    Ok(n)
+    Ok(
+        schema::USER_ROOM_COUNT__UNREAD
+            .count_prefix::<First<1>>(&app.store.kv, (user.as_str(),))?,
+    )
 }
 
 pub fn is_unread(app: &Services, user: &UserId, short_room: u64, count: u64) -> ApiResult<bool> {
-    Ok(app
-        .store
-        .kv
-        .contains(Table::PushUnread, &unread_key(user, short_room, count))?)
+    Ok(schema::USER_ROOM_COUNT__UNREAD
+        .contains(&app.store.kv, (user.as_str(), short_room, count))?)
 }
 
 /// The user's notifications with counts in `[from, to)`, oldest first (reverse it for newest
@@ -203,17 +172,11 @@ pub fn notifications<'a>(
     from: u64,
     to: u64,
 ) -> impl DoubleEndedIterator<Item = ApiResult<(u64, Stored)>> + 'a {
-    app.store
-        .kv
-        .range(
-            Table::PushNotification,
-            &user_key(user, from),
-            &user_key(user, to),
-        )
+    let user = user.as_str();
+    schema::USER_COUNT__NOTIFICATION
+        .range(&app.store.kv, (user, from), (user, to))
         .map(|item| {
-            let (k, v) = item?;
-            let tail = k.get(k.len().saturating_sub(8)..).unwrap_or_default();
-            let count = u64::from_be_bytes(tail.try_into().unwrap_or([0; 8]));
-            Ok((count, decode::<Stored>(&v)?))
+            let ((_, count), stored) = item?;
+            Ok((count, stored))
         })
 }

@@ -429,7 +429,7 @@ impl<'a> RoomWriter<'a> {
                     pdu.origin_server_ts.get().into(),
                     crate::push::evaluate::thread_of(&p.stored),
                     &notified[i],
-                );
+                )?;
                 // Our own events are all by local users: sending reads up to the event.
                 crate::push::unread::clear_through(
                     svc,
