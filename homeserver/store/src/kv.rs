@@ -125,10 +125,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
+    pub(crate) fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
         self.ops.push((k(table, key), Some(value.to_vec())));
     }
-    pub fn delete(&mut self, table: Table, key: &[u8]) {
+    pub(crate) fn delete(&mut self, table: Table, key: &[u8]) {
         self.ops.push((k(table, key), None));
     }
     /// Whether the batch only removes data (allowed on a full disk: it makes room).
@@ -202,16 +202,16 @@ impl Kv {
         self.space.ensure()
     }
 
-    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(&k(table, key))?)
     }
 
-    pub fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
+    pub(crate) fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
         Ok(self.db.contains(&k(table, key))?)
     }
 
     /// Insert only if absent; returns the value that is stored afterwards.
-    pub fn insert_if_absent(
+    pub(crate) fn insert_if_absent(
         &self,
         table: Table,
         key: &[u8],
@@ -235,7 +235,12 @@ impl Kv {
     }
 
     /// Insert only if absent; answers whether this call stored it.
-    pub fn insert_new(&self, table: Table, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+    pub(crate) fn insert_new(
+        &self,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
         self.space.ensure()?;
         let found = self.space.note(
             self.db
@@ -252,7 +257,7 @@ impl Kv {
 
     /// Remove a key and answer what it held, atomically: of two concurrent takes of one key,
     /// exactly one gets the value (single-use tokens).
-    pub fn take(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn take(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let old = self.db.take(&k(table, key))?;
         if old.is_some() {
             self.durability
@@ -263,7 +268,7 @@ impl Kv {
     }
 
     /// All `(key without table byte and prefix, value)` under `prefix`, in key order.
-    pub fn scan_prefix(
+    pub(crate) fn scan_prefix(
         &self,
         table: Table,
         prefix: &[u8],
@@ -276,24 +281,8 @@ impl Kv {
         })
     }
 
-    /// Rows of a table keyed by stream position (big-endian u64) with the position in
-    /// `(after, upto]`: what a consumer that has handled everything up to `after` reads next.
-    pub fn stream_range(
-        &self,
-        table: Table,
-        after: u64,
-        upto: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
-        self.range(
-            table,
-            &after.saturating_add(1).to_be_bytes(),
-            &upto.saturating_add(1).to_be_bytes(),
-        )
-        .map(|r| r.map(|(k, v)| (crate::be_u64(&k), v)))
-    }
-
     /// Keys in `[from, to)` within a table, keys returned without the table byte.
-    pub fn range(
+    pub(crate) fn range(
         &self,
         table: Table,
         from: &[u8],
@@ -305,7 +294,7 @@ impl Kv {
         })
     }
 
-    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    pub(crate) fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if !batch.only_deletes() {
             self.space.ensure()?;
         }

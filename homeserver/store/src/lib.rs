@@ -45,8 +45,8 @@ impl Store {
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         let kv = Kv::open(path)?;
         migrate::migrate(&kv)?;
-        let count = kv
-            .get(Table::Meta, META_COUNT)?
+        let count = schema::META
+            .get::<Vec<u8>>(&kv, META_COUNT)?
             .map(|v| be_u64(&v))
             .unwrap_or(0);
         Ok(Self {
@@ -74,7 +74,7 @@ impl Store {
         let last = first + n.max(1) - 1;
         let mut batch = Batch::default();
         let out = fill(first, &mut batch)?;
-        batch.put(Table::Meta, META_COUNT, &last.to_be_bytes());
+        schema::META.put(&mut batch, META_COUNT, last.to_be_bytes().as_slice())?;
         self.kv.apply(batch)?;
         self.committed.store(last, Ordering::Release);
         Ok((last, out))

@@ -143,6 +143,22 @@ impl<K: Key, V> Map<K, V> {
         self.rows(kv, P::encode(prefix))
     }
 
+    /// [`Map::prefix`] with the values left as stored bytes, for a reader that must get past a
+    /// value it cannot decode (and remove it) rather than stop at it.
+    pub fn prefix_raw<'a, P: Prefix<K>>(
+        &'a self,
+        kv: &'a Kv,
+        prefix: P::Ref<'_>,
+    ) -> impl DoubleEndedIterator<Item = Result<(K::Owned, Vec<u8>), StoreError>> + 'a {
+        let prefix = P::encode(prefix);
+        kv.scan_prefix(self.table, &prefix).map(move |r| {
+            let (rest, v) = r?;
+            let mut k = prefix.clone();
+            k.extend_from_slice(&rest);
+            Ok((K::decode(&k).map_err(|why| self.corrupt(why))?, v))
+        })
+    }
+
     fn rows<'a, T: 'a>(
         &'a self,
         kv: &'a Kv,

@@ -9,7 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{be_u64, Batch, Kv, StoreError, Table};
+use crate::{be_u64, schema, Batch, Kv, StoreError, Table};
 
 pub type StateMap = BTreeMap<u64, u64>;
 
@@ -97,9 +97,8 @@ impl StateStore {
     }
 
     fn load(&self, hash: u64) -> Result<Delta, StoreError> {
-        let raw = self
-            .kv
-            .get(Table::StateSnapshot, &hash.to_be_bytes())?
+        let raw: Vec<u8> = schema::STATEHASH__DELTA
+            .get(&self.kv, hash)?
             .ok_or_else(|| StoreError::Corrupt {
                 table: Table::StateSnapshot,
                 why: format!("missing {hash}"),
@@ -202,7 +201,7 @@ impl StateStore {
                 removed: vec![],
             },
         };
-        batch.put(Table::StateSnapshot, &hash.to_be_bytes(), &delta.encode());
+        schema::STATEHASH__DELTA.put(batch, hash, &delta.encode())?;
         Ok((hash, delta.depth))
     }
 }

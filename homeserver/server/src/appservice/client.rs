@@ -2,7 +2,7 @@
 //! third-party lookups passed through to the appservices that provide the protocol.
 
 use axum::{extract::State, Json};
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -11,7 +11,7 @@ use crate::{
     error::{ApiError, ApiResult},
     federation::sender::enc,
     http::extract::{query_pairs, Auth, Body, Path},
-    service::{key3, App},
+    service::App,
 };
 
 #[derive(Deserialize)]
@@ -40,11 +40,6 @@ pub struct VisibilityBody {
     visibility: String,
 }
 
-/// `NetworkRoom` key of one room in one appservice network's directory.
-pub fn network_key(appservice: &str, network: &str, room: &str) -> Vec<u8> {
-    key3(appservice, network, room)
-}
-
 /// `PUT /directory/list/appservice/{networkId}/{roomId}`: only with an `as_token`.
 pub async fn set_network_visibility(
     State(app): State<App>,
@@ -57,11 +52,12 @@ pub async fn set_network_visibility(
     })?;
     let room_id = parse_room_id(&room_id)?;
     app.room_or_404(&room_id)?;
-    let key = network_key(&reg.id, &network, room_id.as_str());
+    let key = (reg.id.as_str(), network.as_str(), room_id.as_str());
+    let listed = schema::APPSERVICE_NETWORK_ROOM__PUBLISHED;
     let mut b = Batch::default();
     match body.visibility.as_str() {
-        "public" => b.put(Table::NetworkRoom, &key, &[]),
-        "private" => b.delete(Table::NetworkRoom, &key),
+        "public" => listed.put(&mut b, key, &())?,
+        "private" => listed.delete(&mut b, key),
         other => {
             return Err(ApiError::BadJson(format!(
                 "visibility must be public or private, not {other}"

@@ -12,14 +12,14 @@ use std::{
 };
 
 use plexus_core::appservice::{Kind, Registration};
-use plexus_store::{be_u64, Batch, Table};
+use plexus_store::{schema, Batch, First};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    service::{decode, encode, Services},
+    service::Services,
 };
 
 /// Most timeline events in one transaction; the rest follow in the next.
@@ -46,15 +46,6 @@ struct Pending {
     upto: u64,
 }
 
-/// `id \0 count ‖ seq`: a queued to-device message's key.
-pub fn queue_key(id: &str, count: u64, seq: u32) -> Vec<u8> {
-    let mut k = id.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&count.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// Start a sender for every appservice that wants traffic.
 pub fn start(app: &Arc<Services>) {
     for reg in &app.appservices.regs {
@@ -65,12 +56,8 @@ pub fn start(app: &Arc<Services>) {
 }
 
 fn load(svc: &Services, reg: &Registration) -> ApiResult<Progress> {
-    match svc
-        .store
-        .kv
-        .get(Table::AppserviceState, reg.id.as_bytes())?
-    {
-        Some(raw) => decode(&raw),
+    match schema::APPSERVICE__SENDER_STATE.get(&svc.store.kv, reg.id.as_str())? {
+        Some(p) => Ok(p),
         // A new appservice starts from now: it is not sent the server's whole history.
         None => {
             let p = Progress {
@@ -85,7 +72,7 @@ fn load(svc: &Services, reg: &Registration) -> ApiResult<Progress> {
 }
 
 fn save(svc: &Services, reg: &Registration, p: &Progress, mut batch: Batch) -> ApiResult<()> {
-    batch.put(Table::AppserviceState, reg.id.as_bytes(), &encode(p));
+    schema::APPSERVICE__SENDER_STATE.put(&mut batch, reg.id.as_str(), p)?;
     Ok(svc.store.commit(batch)?)
 }
 
@@ -168,13 +155,12 @@ async fn send_next(svc: &Services, reg: &Registration, view: &mut View) -> ApiRe
     tracing::debug!(appservice = %reg.id, txn = %pending.txn_id, "transaction delivered");
     // Delivered: the to-device messages it carried are gone, the position moves on.
     let mut batch = Batch::default();
-    for item in svc.store.kv.range(
-        Table::AppserviceToDevice,
-        &queue_key(&reg.id, 0, 0),
-        &queue_key(&reg.id, pending.upto.saturating_add(1), 0),
-    ) {
+    let queue = schema::APPSERVICE_COUNT_SEQ__TO_DEVICE;
+    let id = reg.id.as_str();
+    let end = (id, pending.upto.saturating_add(1), 0);
+    for item in queue.range::<serde::de::IgnoredAny>(&svc.store.kv, (id, 0, 0), end) {
         let (k, _) = item?;
-        batch.delete(Table::AppserviceToDevice, &k);
+        queue.delete(&mut batch, (id, k.1, k.2));
     }
     progress.upto = pending.upto;
     save(svc, reg, &progress, batch)?;
@@ -235,13 +221,12 @@ impl View {
         let mut events = vec![];
         // Users who left one of its rooms: candidates for MSC3202's `left`.
         let mut departed = BTreeSet::new();
-        for item in svc.store.kv.stream_range(Table::EventStream, from, now) {
-            let (count, v) = item?;
+        for item in schema::COUNT__EVENT.stream::<u64>(&svc.store.kv, from, now) {
+            let (count, short) = item?;
             if events.len() >= MAX_EVENTS {
                 upto = count.saturating_sub(1);
                 break;
             }
-            let short = be_u64(&v);
             let Some(stored) = svc.pdu_json(short)? else {
                 continue;
             };
@@ -294,19 +279,19 @@ impl View {
                 );
             }
             let mut to_device = vec![];
-            for item in svc.store.kv.range(
-                Table::AppserviceToDevice,
-                &queue_key(&reg.id, from.saturating_add(1), 0),
-                &queue_key(&reg.id, upto.saturating_add(1), 0),
+            let id = reg.id.as_str();
+            for item in schema::APPSERVICE_COUNT_SEQ__TO_DEVICE.range::<Value>(
+                &svc.store.kv,
+                (id, from.saturating_add(1), 0),
+                (id, upto.saturating_add(1), 0),
             ) {
-                let (k, v) = item?;
+                let ((_, at, _), message) = item?;
                 if to_device.len() >= MAX_TO_DEVICE {
                     // Stop before this message's position; the rest go in the next one.
-                    let at = be_u64(&k[reg.id.len() + 1..]);
                     upto = upto.min(at.saturating_sub(1));
                     break;
                 }
-                to_device.push(decode::<Value>(&v)?);
+                to_device.push(message);
             }
             if !to_device.is_empty() {
                 body.insert(
@@ -365,11 +350,11 @@ impl View {
             .iter()
             .any(|(u, m)| (m == "join" || m == "invite") && in_ns(u.as_str()));
         if !wanted {
-            let mut prefix = room_id.as_bytes().to_vec();
-            prefix.push(0);
-            for item in svc.store.kv.scan_prefix(Table::RoomAlias, &prefix) {
-                let (alias, _) = item?;
-                if reg.matches(Kind::Alias, &String::from_utf8_lossy(&alias)) {
+            for item in schema::ROOM_ALIAS__CREATOR
+                .prefix::<First<1>, String>(&svc.store.kv, (room_id.as_str(),))
+            {
+                let ((_, alias), _) = item?;
+                if reg.matches(Kind::Alias, &alias) {
                     wanted = true;
                     break;
                 }
@@ -396,13 +381,12 @@ impl View {
             }
             let scan = match reg.namespaces.rooms.is_empty() {
                 true => None,
-                false => Some(svc.store.kv.scan_prefix(Table::RoomIdShort, b"")),
+                false => Some(schema::ROOMID__SHORT.iter::<u64>(&svc.store.kv)),
             };
             for item in scan.into_iter().flatten() {
                 let (id, _) = item?;
-                let id = String::from_utf8_lossy(&id);
                 if reg.matches(Kind::Room, &id) {
-                    if let Ok(room) = OwnedRoomId::try_from(id.as_ref()) {
+                    if let Ok(room) = OwnedRoomId::try_from(id) {
                         rooms.insert(room);
                     }
                 }
@@ -511,14 +495,9 @@ impl View {
         let shares = |user: &UserId| -> ApiResult<bool> {
             for room_id in &rooms {
                 if let Some(r) = svc.room(room_id)? {
-                    let mut k = r.short.to_be_bytes().to_vec();
-                    k.extend_from_slice(user.as_bytes());
-                    if svc
-                        .store
-                        .kv
-                        .get(Table::RoomMember, &k)?
-                        .is_some_and(|m| m == b"join")
-                    {
+                    let m: Option<String> = schema::ROOM_USER__MEMBERSHIP
+                        .get(&svc.store.kv, (r.short, user.as_str()))?;
+                    if m.as_deref() == Some("join") {
                         return Ok(true);
                     }
                 }
@@ -526,13 +505,9 @@ impl View {
             Ok(false)
         };
         let mut changed = BTreeSet::new();
-        for item in svc
-            .store
-            .kv
-            .stream_range(Table::DeviceListStream, from, upto)
-        {
-            let (_, v) = item?;
-            let Ok(user) = OwnedUserId::try_from(String::from_utf8_lossy(&v).into_owned()) else {
+        for item in schema::COUNT__DEVICE_LIST_USER.stream::<String>(&svc.store.kv, from, upto) {
+            let (_, user) = item?;
+            let Ok(user) = OwnedUserId::try_from(user) else {
                 continue;
             };
             if reg.may_act_as(user.as_str(), server) {
@@ -610,11 +585,10 @@ impl View {
 /// This server's users in the appservice's namespace (and its sender).
 fn local_users(svc: &Services, reg: &Registration, server: &str) -> ApiResult<Vec<OwnedUserId>> {
     let mut out = vec![];
-    for item in svc.store.kv.scan_prefix(Table::User, b"") {
-        let (k, _) = item?;
-        let name = String::from_utf8_lossy(&k);
+    for item in schema::USER__ACCOUNT.iter::<serde::de::IgnoredAny>(&svc.store.kv) {
+        let (name, _) = item?;
         if reg.may_act_as(&name, server) {
-            if let Ok(u) = OwnedUserId::try_from(name.into_owned()) {
+            if let Ok(u) = OwnedUserId::try_from(name) {
                 out.push(u);
             }
         }

@@ -154,15 +154,6 @@ pub async fn commit_remote_change(app: &Services, user: &UserId, batch: Batch) -
     Ok(())
 }
 
-/// Key of a durable outbound EDU.
-pub fn outbox_key(dest: &str, count: u64, seq: u32) -> Vec<u8> {
-    let mut k = dest.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&count.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// Local users who share a joined room with `user`, and the other servers in those rooms.
 pub fn audience(
     app: &Services,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use axum::{extract::State, Json};
-use plexus_store::Table;
+use plexus_store::schema;
 use ruma::{
     canonical_json::{to_canonical_value, CanonicalJsonObject, CanonicalJsonValue},
     serde::Base64,
@@ -23,7 +23,7 @@ use crate::service::Services;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Body, Path, Query},
-    service::{decode, encode, now_ms, App},
+    service::{now_ms, App},
 };
 
 /// How long others may cache our key response.
@@ -105,10 +105,10 @@ impl KeyCache {
         {
             return Ok(Some(k.clone()));
         }
-        let Some(raw) = app.store.kv.get(Table::ServerKeys, server.as_bytes())? else {
+        let Some(k) = schema::SERVER__KEYS.get::<KnownKeys>(&app.store.kv, server.as_str())? else {
             return Ok(None);
         };
-        let k: Arc<KnownKeys> = Arc::new(decode(&raw)?);
+        let k = Arc::new(k);
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -220,8 +220,10 @@ impl KeyCache {
         known.fetched_at = now;
         let known = Arc::new(known);
         let mut b = plexus_store::Batch::default();
-        b.put(Table::ServerKeys, server.as_bytes(), &encode(&*known));
-        app.store.commit(b).map_err(|e| FedError::local(e.into()))?;
+        schema::SERVER__KEYS
+            .put(&mut b, server.as_str(), &*known)
+            .and_then(|()| app.store.commit(b))
+            .map_err(|e| FedError::local(e.into()))?;
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -1,7 +1,7 @@
 //! Federation queries: server version, profiles and aliases of this server, OpenID userinfo.
 
 use axum::{extract::State, Json};
-use plexus_store::Table;
+use plexus_store::schema;
 use ruma::{OwnedRoomAliasId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -11,7 +11,7 @@ use crate::{
     client::directory::{list_public, parse_limit, PublicRoomsBody, PublicRoomsQuery},
     error::{ApiError, ApiResult},
     http::extract::Query,
-    service::{decode, now_ms, App},
+    service::{now_ms, App},
 };
 
 pub async fn version() -> Json<Value> {
@@ -67,12 +67,9 @@ pub async fn directory(
     if alias.server_name() != app.server_name() {
         return Err(ApiError::NotFound("Room alias not found".into()));
     }
-    let raw = app
-        .store
-        .kv
-        .get(Table::Alias, alias.as_bytes())?
+    let room_id: String = schema::ALIAS__ROOMID
+        .get(&app.store.kv, alias.as_str())?
         .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
-    let room_id = String::from_utf8_lossy(&raw).into_owned();
     let mut servers = vec![app.server_name().to_string()];
     if let Some(room) = app.room(
         &ruma::OwnedRoomId::try_from(room_id.as_str())
@@ -98,15 +95,12 @@ pub async fn openid_userinfo(
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Json<Value>> {
     let unknown = || ApiError::UnknownToken { soft_logout: false };
-    let raw = app
-        .store
-        .kv
+    let v: Value = schema::OPENID_TOKEN__GRANT
         .get(
-            Table::OpenId,
+            &app.store.kv,
             &crate::service::accounts::token_key(&q.access_token),
         )?
         .ok_or_else(unknown)?;
-    let v: Value = decode(&raw)?;
     if v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) < now_ms() {
         return Err(unknown());
     }

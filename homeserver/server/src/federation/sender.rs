@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use plexus_store::{be_u64, Table};
+use plexus_store::{schema, First};
 use ruma::{OwnedServerName, ServerName};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -74,18 +74,16 @@ impl Sender {
     pub fn start(&self, app: &Arc<Services>) {
         let _ = self.app.set(Arc::downgrade(app));
         let mut dests = BTreeSet::new();
-        let pending = app
-            .store
-            .kv
-            .scan_prefix(Table::Outbox, b"")
-            .chain(app.store.kv.scan_prefix(Table::OutboxEdu, b""));
-        for (k, _) in pending.flatten() {
-            if let Some(end) = k.iter().position(|b| *b == 0) {
-                if let Ok(d) =
-                    OwnedServerName::try_from(String::from_utf8_lossy(&k[..end]).as_ref())
-                {
-                    dests.insert(d);
-                }
+        let kv = &app.store.kv;
+        let pdus = schema::DEST_COUNT__PDU
+            .iter::<u64>(kv)
+            .map(|r| r.map(|((dest, _), _)| dest));
+        let edus = schema::DEST_COUNT_SEQ__EDU
+            .iter::<serde::de::IgnoredAny>(kv)
+            .map(|r| r.map(|((dest, _, _), _)| dest));
+        for dest in pdus.chain(edus).flatten() {
+            if let Ok(d) = OwnedServerName::try_from(dest) {
+                dests.insert(d);
             }
         }
         for d in dests {
@@ -151,36 +149,32 @@ async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
         let Some(fed) = svc.federation.clone() else {
             return;
         };
-        let mut prefix = dest.as_bytes().to_vec();
-        prefix.push(0);
+        let kv = &svc.store.kv;
         let mut keys = vec![];
         let mut pdus = vec![];
-        for (k, v) in svc
-            .store
-            .kv
-            .scan_prefix(Table::Outbox, &prefix)
+        for ((_, count), short) in schema::DEST_COUNT__PDU
+            .prefix::<First<1>, u64>(kv, (dest.as_str(),))
             .take(MAX_PDUS)
             .flatten()
         {
-            if let Ok(Some(p)) = svc.pdu_json(be_u64(&v)) {
+            if let Ok(Some(p)) = svc.pdu_json(short) {
                 pdus.push(federation_form(&p));
             }
-            keys.push(k);
+            keys.push(count);
         }
         // Durable EDUs (to-device messages, device list updates) first, in order.
         let mut edu_keys = vec![];
         let mut edus = vec![];
-        for (k, v) in svc
-            .store
-            .kv
-            .scan_prefix(Table::OutboxEdu, &prefix)
+        // A row that does not read as JSON is dropped with the rest of the transaction.
+        for ((_, count, seq), raw) in schema::DEST_COUNT_SEQ__EDU
+            .prefix_raw::<First<1>>(kv, (dest.as_str(),))
             .take(MAX_EDUS)
             .flatten()
         {
-            if let Ok(edu) = serde_json::from_slice::<Value>(&v) {
+            if let Ok(edu) = serde_json::from_slice::<Value>(&raw) {
                 edus.push(edu);
             }
-            edu_keys.push(k);
+            edu_keys.push((count, seq));
         }
         let durable = edus.len();
         {
@@ -215,15 +209,11 @@ async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
                     }
                 }
                 let mut b = plexus_store::Batch::default();
-                for k in &keys {
-                    let mut full = prefix.clone();
-                    full.extend_from_slice(k);
-                    b.delete(Table::Outbox, &full);
+                for count in &keys {
+                    schema::DEST_COUNT__PDU.delete(&mut b, (dest.as_str(), *count));
                 }
-                for k in &edu_keys {
-                    let mut full = prefix.clone();
-                    full.extend_from_slice(k);
-                    b.delete(Table::OutboxEdu, &full);
+                for (count, seq) in &edu_keys {
+                    schema::DEST_COUNT_SEQ__EDU.delete(&mut b, (dest.as_str(), *count, *seq));
                 }
                 if let Err(e) = svc.store.commit(b) {
                     tracing::error!(error = %e, "cannot clear the outbox");

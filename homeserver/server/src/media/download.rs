@@ -15,7 +15,7 @@ use plexus_media::{
     disposition::{content_disposition, CONTENT_SECURITY_POLICY},
     thumbnail::{self, Method, Size},
 };
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -23,7 +23,7 @@ use super::{parse_mxc, Record, ThumbRecord, DEFAULT_WAIT_MS, MAX_WAIT};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Path, Query},
-    service::{encode, key2, now_ms, App},
+    service::{now_ms, App},
 };
 
 #[derive(Deserialize)]
@@ -263,13 +263,10 @@ pub async fn thumbnail_of(
             "Cannot generate thumbnails for the requested content".into(),
         ));
     }
-    let mut key = key2(server, id);
-    key.push(0);
-    key.extend_from_slice(&size.width.to_be_bytes());
-    key.extend_from_slice(&size.height.to_be_bytes());
-    key.extend_from_slice(size.method.as_str().as_bytes());
-    if let Some(raw) = app.store.kv.get(Table::MediaThumbnail, &key)? {
-        return crate::service::decode(&raw);
+    let thumbs = schema::ORIGIN_MEDIA_SIZE_METHOD__THUMBNAIL;
+    let key = (server, id, size.width, size.height, size.method.as_str());
+    if let Some(t) = thumbs.get(&app.store.kv, key)? {
+        return Ok(t);
     }
     let _permit = app
         .media
@@ -288,7 +285,7 @@ pub async fn thumbnail_of(
         content_type: thumb.content_type.to_owned(),
     };
     let mut b = Batch::default();
-    b.put(Table::MediaThumbnail, &key, &encode(&t));
+    thumbs.put(&mut b, key, &t)?;
     // A cache: losing it in a crash only means making it again.
     app.store.commit(b)?;
     Ok(t)

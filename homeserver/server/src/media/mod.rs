@@ -18,12 +18,12 @@ use axum::{
     Router,
 };
 use plexus_media::blob::BlobStore;
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{ApiError, ApiResult},
-    service::{decode, encode, key2, App, Services},
+    service::{App, Services},
 };
 
 /// What the store knows of one `mxc://` URI.
@@ -114,15 +114,17 @@ pub fn parse_mxc(server: &str, id: &str) -> ApiResult<(ruma::OwnedServerName, St
 
 impl Services {
     pub fn media_record(&self, server: &str, id: &str) -> ApiResult<Option<Record>> {
-        self.store
-            .kv
-            .get(Table::Media, &key2(server, id))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        Ok(schema::ORIGIN_MEDIA__RECORD.get(&self.store.kv, (server, id))?)
     }
 
-    pub fn put_media_record(&self, server: &str, id: &str, rec: &Record, b: &mut Batch) {
-        b.put(Table::Media, &key2(server, id), &encode(rec));
+    pub fn put_media_record(
+        &self,
+        server: &str,
+        id: &str,
+        rec: &Record,
+        b: &mut Batch,
+    ) -> Result<(), StoreError> {
+        schema::ORIGIN_MEDIA__RECORD.put(b, (server, id), rec)
     }
 }
 

@@ -124,7 +124,7 @@ pub async fn fetch(
         unused_expires_at: None,
     };
     let mut b = Batch::default();
-    app.put_media_record(server.as_str(), id, &rec, &mut b);
+    app.put_media_record(server.as_str(), id, &rec, &mut b)?;
     app.store.commit(b)?;
     tracing::info!(%server, media = %id, size = rec.size, "remote media cached");
     Ok(rec)

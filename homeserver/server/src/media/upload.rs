@@ -8,7 +8,7 @@ use axum::{
     Json,
 };
 use plexus_core::signing::random_alnum;
-use plexus_store::{Batch, Table};
+use plexus_store::{schema, Batch, First};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -16,7 +16,7 @@ use super::{parse_mxc, Record};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Path, Query},
-    service::{key2, now_ms, ratelimit::Action, App},
+    service::{now_ms, ratelimit::Action, App},
 };
 
 #[derive(Deserialize)]
@@ -48,11 +48,9 @@ fn describe(req: &Request, q: &UploadQuery) -> ApiResult<(String, Option<String>
 
 /// Bytes `user` has uploaded in all (what the per-user quota counts).
 fn used_bytes(app: &App, user: &str) -> ApiResult<u64> {
-    Ok(app
-        .store
-        .kv
-        .get(Table::MediaUsage, user.as_bytes())?
-        .map_or(0, |v| plexus_store::be_u64(&v)))
+    Ok(schema::USER__MEDIA_BYTES
+        .get(&app.store.kv, user)?
+        .unwrap_or(0))
 }
 
 fn over_quota(quota: u64) -> ApiError {
@@ -90,7 +88,7 @@ fn charge_quota(app: &App, user: &str, size: u64, b: &mut Batch) -> ApiResult<()
     if used > quota {
         return Err(over_quota(quota));
     }
-    b.put(Table::MediaUsage, user.as_bytes(), &used.to_be_bytes());
+    schema::USER__MEDIA_BYTES.put(b, user, &used)?;
     Ok(())
 }
 
@@ -133,7 +131,7 @@ pub async fn upload(
         unused_expires_at: None,
     };
     let mut b = Batch::default();
-    app.put_media_record(app.server_name().as_str(), &id, &rec, &mut b);
+    app.put_media_record(app.server_name().as_str(), &id, &rec, &mut b)?;
     let charged = app.media.write_lock.lock().await;
     charge_quota(&app, user, rec.size, &mut b)?;
     app.store.commit(b)?;
@@ -148,17 +146,14 @@ pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Val
     let now = now_ms();
     let user = s.user_id.to_string();
     let server = app.server_name().as_str().to_owned();
-    let mut prefix = user.clone().into_bytes();
-    prefix.push(0);
     let mut b = Batch::default();
     let mut live = Vec::new();
-    for item in app.store.kv.scan_prefix(Table::MediaPending, &prefix) {
-        let (id, exp) = item?;
-        let exp = u64::from_be_bytes(exp.as_slice().try_into().unwrap_or_default());
-        let id = String::from_utf8_lossy(&id).into_owned();
+    for item in schema::USER_MEDIA__PENDING_EXPIRY.prefix::<First<1>, u64>(&app.store.kv, (&user,))
+    {
+        let ((_, id), exp) = item?;
         if exp <= now {
-            b.delete(Table::MediaPending, &key2(&user, &id));
-            b.delete(Table::Media, &key2(&server, &id));
+            schema::USER_MEDIA__PENDING_EXPIRY.delete(&mut b, (&user, &id));
+            schema::ORIGIN_MEDIA__RECORD.delete(&mut b, (&server, &id));
         } else {
             live.push(exp);
         }
@@ -179,12 +174,8 @@ pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Val
         unused_expires_at: Some(expires),
         ..Record::default()
     };
-    app.put_media_record(&server, &id, &rec, &mut b);
-    b.put(
-        Table::MediaPending,
-        &key2(&user, &id),
-        &expires.to_be_bytes(),
-    );
+    app.put_media_record(&server, &id, &rec, &mut b)?;
+    schema::USER_MEDIA__PENDING_EXPIRY.put(&mut b, (&user, &id), &expires)?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(
@@ -243,9 +234,9 @@ pub async fn upload_reserved(
         ..rec.unwrap_or_default()
     };
     let mut b = Batch::default();
-    app.put_media_record(server.as_str(), &id, &rec, &mut b);
+    app.put_media_record(server.as_str(), &id, &rec, &mut b)?;
     charge_quota(&app, &user, rec.size, &mut b)?;
-    b.delete(Table::MediaPending, &key2(&user, &id));
+    schema::USER_MEDIA__PENDING_EXPIRY.delete(&mut b, (&user, &id));
     app.store.commit(b)?;
     app.store.flush().await?;
     app.media.uploaded.notify_waiters();

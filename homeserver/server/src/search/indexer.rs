@@ -9,7 +9,7 @@ use std::{
 };
 
 use plexus_search::Opened;
-use plexus_store::{be_u64, Table};
+use plexus_store::schema;
 
 use super::index_event;
 use crate::{error::ApiResult, service::Services};
@@ -121,22 +121,21 @@ impl CatchUp {
 
 /// Rows `(count, short event ids)` of a table keyed by stream position, after `from` and up to
 /// `to`, at most `max`.
-fn rows(
-    svc: &Services,
-    table: Table,
-    from: u64,
-    to: u64,
-    max: usize,
-) -> ApiResult<Vec<(u64, Vec<u64>)>> {
-    svc.store
-        .kv
-        .stream_range(table, from, to)
+/// Stream positions and the short ids of the events placed at each.
+type Placed = Vec<(u64, Vec<u64>)>;
+
+fn rows(svc: &Services, from: u64, to: u64, max: usize) -> ApiResult<[Placed; 2]> {
+    let kv = &svc.store.kv;
+    let timeline = schema::COUNT__EVENT
+        .stream::<u64>(kv, from, to)
         .take(max)
-        .map(|item| {
-            let (count, v) = item?;
-            Ok((count, v.chunks_exact(8).map(be_u64).collect()))
-        })
-        .collect()
+        .map(|item| item.map(|(count, short)| (count, vec![short])))
+        .collect::<Result<_, _>>()?;
+    let backfill = schema::COUNT__BACKFILLED_EVENTS
+        .stream::<Vec<u64>>(kv, from, to)
+        .take(max)
+        .collect::<Result<_, _>>()?;
+    Ok([timeline, backfill])
 }
 
 /// Index what the stream and the backfill queue hold past the index's position (at most
@@ -148,8 +147,7 @@ pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
     if now <= from {
         return Ok(None);
     }
-    let timeline = rows(svc, Table::EventStream, from, now, max)?;
-    let backfill = rows(svc, Table::SearchBackfill, from, now, max)?;
+    let [timeline, backfill] = rows(svc, from, now, max)?;
     // A table cut short at `max` was read only up to its last row.
     let mut upto = now;
     for part in [&timeline, &backfill] {

@@ -192,28 +192,3 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
-
-/// JSON records in the store: a corrupt one is an internal error, never a panic.
-pub fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::Internal(format!("corrupt record: {e}")))
-}
-
-pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-/// `a \0 b` keys for per-user tables.
-pub fn key2(a: &str, b: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
-    k.extend_from_slice(a.as_bytes());
-    k.push(0);
-    k.extend_from_slice(b.as_bytes());
-    k
-}
-
-pub fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
-    let mut k = key2(a, b);
-    k.push(0);
-    k.extend_from_slice(c.as_bytes());
-    k
-}

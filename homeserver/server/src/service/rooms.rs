@@ -474,7 +474,8 @@ impl Services {
         }
         let membership = match self.state_get(before, "m.room.member", user.as_str())? {
             Some(e) => match schema::EVENT__PDU.get::<Vec<u8>>(&self.store.kv, e)? {
-                Some(raw) => super::decode::<Member>(&raw)?
+                Some(raw) => serde_json::from_slice::<Member>(&raw)
+                    .map_err(|e| ApiError::Internal(format!("corrupt event {e}")))?
                     .content
                     .membership
                     .and_then(|m| m.as_str().map(str::to_owned)),

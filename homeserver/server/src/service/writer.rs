@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    encode, now_ms,
+    now_ms,
     rooms::{Membership, RoomAudience, RoomMeta},
     Services,
 };
@@ -190,7 +190,8 @@ impl<'a> RoomWriter<'a> {
         }
         let mut probe = t.clone();
         probe["event_id"] = json!("$template:probe.invalid");
-        self.authorize(&Pdu::from_json(&encode(&probe))?)?;
+        let probe = serde_json::to_vec(&probe).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.authorize(&Pdu::from_json(&probe)?)?;
         Ok(t)
     }
 
