@@ -41,7 +41,15 @@ impl Part for Str {
     type Ref<'a> = &'a str;
     type Owned = String;
     fn put(v: &str, out: &mut Vec<u8>, last: bool) {
-        out.extend(v.bytes().map(|b| if b == 0 { NUL_STORED } else { b }));
+        let start = out.len();
+        out.extend_from_slice(v.as_bytes());
+        if v.as_bytes().contains(&0) {
+            for c in &mut out[start..] {
+                if *c == 0 {
+                    *c = NUL_STORED;
+                }
+            }
+        }
         if !last {
             out.push(0);
         }
@@ -56,10 +64,14 @@ impl Part for Str {
                 .ok_or("text part without its end")?;
             (&b[..end], &b[end + 1..])
         };
-        let bytes: Vec<u8> = text
-            .iter()
-            .map(|c| if *c == NUL_STORED { 0 } else { *c })
-            .collect();
+        let mut bytes = text.to_vec();
+        if bytes.contains(&NUL_STORED) {
+            for c in &mut bytes {
+                if *c == NUL_STORED {
+                    *c = 0;
+                }
+            }
+        }
         let s = String::from_utf8(bytes).map_err(|_| "text part is not UTF-8")?;
         Ok((s, rest))
     }

@@ -267,17 +267,19 @@ impl Kv {
         Ok(old)
     }
 
-    /// All `(key without table byte and prefix, value)` under `prefix`, in key order.
+    /// Every `(key, value)` of a table whose key starts with `prefix`, in key order; keys are
+    /// whole (the prefix included), without the table byte.
     pub(crate) fn scan_prefix(
         &self,
         table: Table,
         prefix: &[u8],
     ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
-        let full = k(table, prefix);
-        let skip = full.len();
-        self.db.scan_prefix(&full).map(move |r| {
-            r.map(|(mut key, v)| (key.split_off(skip.min(key.len())), v))
-                .map_err(StoreError::from)
+        self.db.scan_prefix(&k(table, prefix)).map(|r| {
+            r.map(|(mut key, v)| {
+                key.drain(..1.min(key.len()));
+                (key, v)
+            })
+            .map_err(StoreError::from)
         })
     }
 
@@ -289,8 +291,11 @@ impl Kv {
         to: &[u8],
     ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
         self.db.range(&k(table, from), &k(table, to)).map(|r| {
-            r.map(|(mut key, v)| (key.split_off(1.min(key.len())), v))
-                .map_err(StoreError::from)
+            r.map(|(mut key, v)| {
+                key.drain(..1.min(key.len()));
+                (key, v)
+            })
+            .map_err(StoreError::from)
         })
     }
 

@@ -150,13 +150,11 @@ impl<K: Key, V> Map<K, V> {
         kv: &'a Kv,
         prefix: P::Ref<'_>,
     ) -> impl DoubleEndedIterator<Item = Result<(K::Owned, Vec<u8>), StoreError>> + 'a {
-        let prefix = P::encode(prefix);
-        kv.scan_prefix(self.table, &prefix).map(move |r| {
-            let (rest, v) = r?;
-            let mut k = prefix.clone();
-            k.extend_from_slice(&rest);
-            Ok((K::decode(&k).map_err(|why| self.corrupt(why))?, v))
-        })
+        kv.scan_prefix(self.table, &P::encode(prefix))
+            .map(move |r| {
+                let (k, v) = r?;
+                Ok((K::decode(&k).map_err(|why| self.corrupt(why))?, v))
+            })
     }
 
     fn rows<'a, T: 'a>(
@@ -167,12 +165,8 @@ impl<K: Key, V> Map<K, V> {
     where
         V: Decode<T>,
     {
-        kv.scan_prefix(self.table, &prefix).map(move |r| {
-            let (rest, v) = r?;
-            let mut k = prefix.clone();
-            k.extend_from_slice(&rest);
-            self.row((k, v))
-        })
+        kv.scan_prefix(self.table, &prefix)
+            .map(move |r| self.row(r?))
     }
 
     /// How many rows have a key beginning with the first parts `prefix` (nothing is decoded).
@@ -196,11 +190,8 @@ impl<K: Key, V> Map<K, V> {
         batch: &mut Batch,
         prefix: P::Ref<'_>,
     ) -> Result<(), StoreError> {
-        let prefix = P::encode(prefix);
-        for row in kv.scan_prefix(self.table, &prefix) {
-            let (rest, _) = row?;
-            let mut k = prefix.clone();
-            k.extend_from_slice(&rest);
+        for row in kv.scan_prefix(self.table, &P::encode(prefix)) {
+            let (k, _) = row?;
             batch.delete(self.table, &k);
         }
         Ok(())

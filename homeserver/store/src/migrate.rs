@@ -128,9 +128,7 @@ fn key_relations_by_room(kv: &Kv) -> Result<(), StoreError> {
     // first byte is 0 for any id below 2^56.
     let mut batch = Batch::default();
     for row in kv.scan_prefix(Table::Relation, b"$") {
-        let (rest, value) = row?;
-        let mut old = b"$".to_vec();
-        old.extend_from_slice(&rest);
+        let (old, value) = row?;
         batch.delete(Table::Relation, &old);
         let Some((parent, count)) = legacy_relation_key(&old) else {
             continue;
