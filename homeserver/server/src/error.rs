@@ -240,6 +240,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::service::account_data::AccountDataError> for ApiError {
+    fn from(e: crate::service::account_data::AccountDataError) -> Self {
+        use crate::service::account_data::AccountDataError::*;
+        match e {
+            Store(e) => e.into(),
+            Unreadable { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

@@ -7,10 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    client::membership::parse_room_id,
     error::{ApiError, ApiResult},
     federation::sender::enc,
-    http::extract::{query_pairs, Auth, Body, Path},
+    http::extract::{parse_room_id, query_pairs, Auth, Body, Path},
     service::App,
 };
 

@@ -1,10 +1,9 @@
 //! Global and per-room account data (needed by sync; `m.direct`, `m.push_rules`, tags live here).
 
 use axum::{extract::State, Json};
-use plexus_store::schema;
 use serde_json::{json, Value};
 
-use super::membership::parse_room_id;
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},
@@ -27,43 +26,14 @@ async fn put(
             "{kind} cannot be set through this endpoint"
         )));
     }
-    store(app, user, room, kind, content).await
+    app.set_account_data(user, room, kind, &content).await
 }
 
-/// Account data is stored with the stream position of its last change, so sync can send only
-/// what changed.
-pub async fn store(
-    app: &App,
-    user: &ruma::UserId,
-    room: &str,
-    kind: &str,
-    content: Value,
-) -> ApiResult<()> {
-    let (count, ()) = app.store.commit_with_count(|count, b| {
-        schema::USER_ROOM_TYPE__ACCOUNT_DATA.put(
-            b,
-            (user.as_str(), room, kind),
-            &json!({ "count": count, "content": content }),
-        )
-    })?;
-    if room.is_empty() && matches!(kind, "m.push_rules" | "m.ignored_user_list") {
-        app.user_push.forget(user);
-    }
-    app.store.flush().await?;
-    app.notifier.wake([user], count);
-    Ok(())
-}
-
-pub fn load(
-    app: &crate::service::Services,
-    user: &ruma::UserId,
-    room: &str,
-    kind: &str,
-) -> ApiResult<Value> {
-    let v: Value = schema::USER_ROOM_TYPE__ACCOUNT_DATA
-        .get(&app.store.kv, (user.as_str(), room, kind))?
-        .ok_or_else(|| ApiError::NotFound("Account data not found".into()))?;
-    Ok(v.get("content").cloned().unwrap_or(json!({})))
+/// One entry; `M_NOT_FOUND` if the user never set it.
+fn get(app: &App, user: &ruma::UserId, room: &str, kind: &str) -> ApiResult<Value> {
+    app.account_data
+        .get(user, room, kind)?
+        .ok_or_else(|| ApiError::NotFound("Account data not found".into()))
 }
 
 pub async fn put_global(
@@ -83,7 +53,7 @@ pub async fn get_global(
     Path((user, kind)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     s.require_self(&user)?;
-    Ok(Json(load(&app, &s.user_id, "", &kind)?))
+    Ok(Json(get(&app, &s.user_id, "", &kind)?))
 }
 
 pub async fn put_room(
@@ -105,5 +75,5 @@ pub async fn get_room(
 ) -> ApiResult<Json<Value>> {
     s.require_self(&user)?;
     let room = parse_room_id(&room)?;
-    Ok(Json(load(&app, &s.user_id, room.as_str(), &kind)?))
+    Ok(Json(get(&app, &s.user_id, room.as_str(), &kind)?))
 }

@@ -6,7 +6,8 @@ use ruma::{OwnedRoomAliasId, RoomAliasId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::membership::{parse_room_id, resolve_alias};
+use super::membership::resolve_alias;
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},

@@ -189,21 +189,6 @@ pub async fn get(
     Ok(Json(v))
 }
 
-/// The users `user` ignores, from their `m.ignored_user_list` account data.
-pub fn ignored_users(
-    app: &crate::service::Services,
-    user: &ruma::UserId,
-) -> ApiResult<std::collections::BTreeSet<String>> {
-    match super::account_data::load(app, user, "", "m.ignored_user_list") {
-        Ok(v) => Ok(v["ignored_users"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default()),
-        Err(ApiError::NotFound(_)) => Ok(Default::default()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::{
     error::{ApiError, ApiResult},
     federation::join::remote_membership,
-    http::extract::{Auth, Body, Path, Query},
+    http::extract::{parse_room_id, Auth, Body, Path, Query},
     service::restricted::JoinAuthorisation,
     service::{
         ratelimit::Action,
@@ -18,10 +18,6 @@ use crate::{
         App,
     },
 };
-
-pub fn parse_room_id(s: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))
-}
 
 fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))

@@ -8,7 +8,8 @@ use ruma::EventId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{filter::parse_event_filter, membership::parse_room_id, sync::parse_token};
+use super::filter::parse_event_filter;
+use crate::http::extract::{parse_room_id, parse_token};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{page_limit, Auth, Path, Query},
@@ -161,7 +162,7 @@ pub async fn messages(
     };
     let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let mut filter = parse_event_filter(q.filter.as_deref())?;
-    filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
+    filter.ignored = app.account_data.ignored_users(&s.user_id)?;
     let now = app.store.current_count();
     let from = match q.from.as_deref().map(Pos::parse).transpose()? {
         Some(Pos::Timeline(c)) => Pos::Timeline(c.min(now)),
@@ -331,7 +332,7 @@ pub async fn context(
     check_access(&app, &s, &room)?;
     let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let mut filter = parse_event_filter(q.filter.as_deref())?;
-    filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
+    filter.ignored = app.account_data.ignored_users(&s.user_id)?;
     let short = app.short_event(&event_id)?.ok_or_else(not_found)?;
     let (r, count) = app.event_position(short)?.ok_or_else(not_found)?;
     let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;

@@ -12,21 +12,15 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::account_data;
+use crate::service::account_data::PUSH_RULES;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path, Query},
     service::App,
 };
 
-/// The user's rule set: what they stored, or the defaults.
-pub fn ruleset(app: &crate::service::Services, user: &UserId) -> ApiResult<Ruleset> {
-    match account_data::load(app, user, "", "m.push_rules") {
-        Ok(v) => serde_json::from_value(v["global"].clone())
-            .map_err(|e| ApiError::Internal(format!("stored push rules unreadable: {e}"))),
-        Err(ApiError::NotFound(_)) => Ok(Ruleset::server_default(user)),
-        Err(e) => Err(e),
-    }
+fn ruleset(app: &App, user: &UserId) -> ApiResult<Ruleset> {
+    Ok(app.account_data.push_rules(user)?)
 }
 
 /// Load the rule set, apply one edit, store it: every write endpoint is this.
@@ -38,7 +32,8 @@ pub(crate) async fn edit(
     let mut rules = ruleset(app, user)?;
     change(&mut rules)?;
     let global = serde_json::to_value(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
-    account_data::store(app, user, "", "m.push_rules", json!({ "global": global })).await?;
+    app.set_account_data(user, "", PUSH_RULES, &json!({ "global": global }))
+        .await?;
     Ok(Json(json!({})))
 }
 

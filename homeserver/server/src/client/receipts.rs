@@ -5,7 +5,7 @@ use ruma::{EventId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{account_data, membership::parse_room_id};
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
@@ -72,12 +72,11 @@ async fn apply(
                 .await
         }
         "m.fully_read" => {
-            account_data::store(
-                app,
+            app.set_account_data(
                 &s.user_id,
                 room_id.as_str(),
                 "m.fully_read",
-                json!({ "event_id": event_id }),
+                &json!({ "event_id": event_id }),
             )
             .await
         }

@@ -7,7 +7,7 @@ use ruma::EventId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{membership::parse_room_id, sync::parse_token};
+use crate::http::extract::{parse_room_id, parse_token};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{page_limit, Auth, Path, Query},

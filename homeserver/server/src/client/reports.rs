@@ -6,7 +6,7 @@ use plexus_store::{schema, Batch};
 use ruma::{EventId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::membership::parse_room_id;
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},

@@ -7,7 +7,7 @@ use ruma::{EventId, OwnedEventId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::membership::parse_room_id;
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, JsonObject, Path, Query},
@@ -254,7 +254,7 @@ pub async fn members(
     let room = app.room_or_forbidden(&room_id)?;
     let mut hash = app.visible_state_hash(&s.user_id, &room)?;
     if let Some(at) = &q.at {
-        let count = super::sync::parse_token(at)?;
+        let count = crate::http::extract::parse_token(at)?;
         // A user who left sees the room at most as it was when they left.
         let limit = match app.membership(&s.user_id, &room_id)? {
             Some(m) if m.membership != "join" => m.count,

@@ -194,7 +194,7 @@ pub async fn search(
                 "next_batch belongs to a search with another order_by".into(),
             ));
         }
-        req.filter.ignored = super::filter::ignored_users(&app, &s.user_id)?;
+        req.filter.ignored = app.account_data.ignored_users(&s.user_id)?;
         let svc = app.clone();
         let answer = tokio::task::spawn_blocking(move || room_events(&svc, &s, req, batch))
             .await

@@ -10,7 +10,8 @@ use ruma::{OwnedRoomId, OwnedServerName, RoomId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::membership::{parse_room_id, room_and_via, ViaQuery};
+use super::membership::{room_and_via, ViaQuery};
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     federation::hierarchy::{self, wanted},

@@ -5,7 +5,6 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, First};
 use ruma::RoomId;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -16,7 +15,7 @@ use super::{
 };
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Query},
+    http::extract::{parse_token, Auth, Query},
     service::{
         accounts::Session,
         rooms::{Membership, RoomRef},
@@ -33,11 +32,6 @@ const LONG_POLLS_PER_TOKEN: u64 = 3;
 const LONG_POLLS_PER_USER: u64 = 32;
 /// Most timeline entries one room inspects per sync.
 const SCAN_CAP: usize = 5_000;
-pub fn parse_token(t: &str) -> ApiResult<u64> {
-    t.parse::<u64>()
-        .map_err(|_| ApiError::InvalidParam(format!("invalid pagination token {t:?}")))
-}
-
 #[derive(Deserialize)]
 pub struct SyncQuery {
     since: Option<String>,
@@ -54,7 +48,7 @@ pub async fn sync(
 ) -> ApiResult<Json<Value>> {
     let since = q.since.as_deref().map(parse_token).transpose()?;
     let mut filter = resolve(&app, &s, q.filter.as_deref())?;
-    filter.room.timeline.ignored = super::filter::ignored_users(&app, &s.user_id)?;
+    filter.room.timeline.ignored = app.account_data.ignored_users(&s.user_id)?;
     let timeout = match q.timeout.as_deref() {
         Some(t) => t
             .parse::<u64>()
@@ -163,7 +157,7 @@ pub fn build(
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    let room_account_data = account_data(app, s, since, true)?;
+    let room_account_data = app.account_data.changed_since(&s.user_id, since, true)?;
 
     for (room_id, m) in app.user_rooms(&s.user_id)? {
         if m.forgotten || !filter.room.allows_room(room_id.as_str()) {
@@ -221,11 +215,11 @@ pub fn build(
             _ => {}
         }
     }
-    let global = account_data(app, s, since, false)?;
+    let global = app.account_data.changed_since(&s.user_id, since, false)?;
     let mut global_events = global.get("").cloned().unwrap_or_default();
     // Clients expect their push rules in the first sync, stored or not.
     if since.is_none() && !global_events.iter().any(|e| e["type"] == "m.push_rules") {
-        let rules = super::push_rules::ruleset(app, &s.user_id)?;
+        let rules = app.account_data.push_rules(&s.user_id)?;
         global_events.push(json!({ "type": "m.push_rules", "content": { "global": rules } }));
     }
     let mut presence = app.presence_since(&s.user_id, since)?;
@@ -252,31 +246,6 @@ pub fn build(
         }),
         changed,
     ))
-}
-
-/// Account data changed since `since`, grouped by room ("" = global).
-fn account_data(
-    app: &App,
-    s: &Session,
-    since: Option<u64>,
-    rooms: bool,
-) -> ApiResult<std::collections::HashMap<String, Vec<Value>>> {
-    let mut out: std::collections::HashMap<String, Vec<Value>> = Default::default();
-    for item in schema::USER_ROOM_TYPE__ACCOUNT_DATA
-        .prefix::<First<1>, Value>(&app.store.kv, (s.user_id.as_str(),))
-    {
-        let ((_, room, kind), rec) = item?;
-        if rooms == room.is_empty() {
-            continue;
-        }
-        if since.is_some_and(|c| rec["count"].as_u64().unwrap_or(0) <= c) {
-            continue;
-        }
-        out.entry(room)
-            .or_default()
-            .push(json!({ "type": kind, "content": rec["content"] }));
-    }
-    Ok(out)
 }
 
 fn invite_state(

@@ -3,7 +3,7 @@
 use axum::{extract::State, Json};
 use serde_json::{json, Map, Value};
 
-use super::{account_data, membership::parse_room_id};
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},
@@ -11,15 +11,11 @@ use crate::{
 };
 
 fn current(app: &App, s: &Session, room: &str) -> ApiResult<Map<String, Value>> {
-    match account_data::load(app, &s.user_id, room, "m.tag") {
-        Ok(v) => Ok(v
-            .get("tags")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()),
-        Err(ApiError::NotFound(_)) => Ok(Map::new()),
-        Err(e) => Err(e),
-    }
+    Ok(app
+        .account_data
+        .get(&s.user_id, room, "m.tag")?
+        .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
+        .unwrap_or_default())
 }
 
 pub async fn list(
@@ -48,14 +44,8 @@ pub async fn put(
     }
     let mut tags = current(&app, &s, room.as_str())?;
     tags.insert(tag, Value::Object(body));
-    account_data::store(
-        &app,
-        &s.user_id,
-        room.as_str(),
-        "m.tag",
-        json!({ "tags": tags }),
-    )
-    .await?;
+    app.set_account_data(&s.user_id, room.as_str(), "m.tag", &json!({ "tags": tags }))
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -68,14 +58,8 @@ pub async fn delete(
     let room = parse_room_id(&room)?;
     let mut tags = current(&app, &s, room.as_str())?;
     if tags.remove(&tag).is_some() {
-        account_data::store(
-            &app,
-            &s.user_id,
-            room.as_str(),
-            "m.tag",
-            json!({ "tags": tags }),
-        )
-        .await?;
+        app.set_account_data(&s.user_id, room.as_str(), "m.tag", &json!({ "tags": tags }))
+            .await?;
     }
     Ok(Json(json!({})))
 }

@@ -6,7 +6,7 @@ use plexus_store::schema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{membership::parse_room_id, sync::parse_token};
+use crate::http::extract::{parse_room_id, parse_token};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{page_limit, Auth, Path, Query},

@@ -9,7 +9,7 @@ use ruma::RoomVersionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::membership::parse_room_id;
+use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
@@ -212,17 +212,14 @@ pub async fn carry_personal_settings(
     else {
         return Ok(());
     };
-    let tags = |room: &str| match super::account_data::load(app, user, room, "m.tag") {
-        Ok(v) => Ok(Some(v)),
-        Err(ApiError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    };
+    let tags = |room: &str| app.account_data.get(user, room, "m.tag");
     if tags(room_id.as_str())?.is_none() {
         if let Some(t) = tags(old.as_str())? {
-            super::account_data::store(app, user, room_id.as_str(), "m.tag", t).await?;
+            app.set_account_data(user, room_id.as_str(), "m.tag", &t)
+                .await?;
         }
     }
-    let rules = super::push_rules::ruleset(app, user)?;
+    let rules = app.account_data.push_rules(user)?;
     if rules
         .get(ruma::push::RuleKind::Room, room_id.as_str())
         .is_none()

@@ -12,9 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    client::sync::parse_token,
     error::ApiResult,
-    http::extract::{Auth, Query},
+    http::extract::{parse_token, Auth, Query},
     service::{App, Services},
 };
 

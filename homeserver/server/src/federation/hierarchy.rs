@@ -10,9 +10,8 @@ use serde_json::{json, Value};
 
 use super::{sender::enc, x_matrix::FedRequest};
 use crate::{
-    client::membership::parse_room_id,
     error::{ApiError, ApiResult},
-    http::extract::{Path, Query},
+    http::extract::{parse_room_id, Path, Query},
     service::{spaces::Viewer, App, Services},
 };
 

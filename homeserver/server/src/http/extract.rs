@@ -111,6 +111,17 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A room id from a path or query parameter; `M_INVALID_PARAM` if it is not one.
+pub fn parse_room_id(s: &str) -> Result<ruma::OwnedRoomId, ApiError> {
+    ruma::RoomId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))
+}
+
+/// A stream or pagination token (a stream position); `M_INVALID_PARAM` otherwise.
+pub fn parse_token(t: &str) -> Result<u64, ApiError> {
+    t.parse::<u64>()
+        .map_err(|_| ApiError::InvalidParam(format!("invalid pagination token {t:?}")))
+}
+
 /// An authenticated request: `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise.
 pub struct Auth(pub Session);
 

@@ -36,8 +36,8 @@ impl UserPushCache {
         }
         let generation = self.generation.load(Ordering::Acquire);
         let loaded = Arc::new(UserPush {
-            rules: crate::client::push_rules::ruleset(app, user)?,
-            ignored: crate::client::filter::ignored_users(app, user)?,
+            rules: app.account_data.push_rules(user)?,
+            ignored: app.account_data.ignored_users(user)?,
         });
         let mut map = self.lock();
         if self.generation.load(Ordering::Acquire) == generation {

@@ -1,5 +1,6 @@
 //! Services shared by every router: accounts, rooms, the sync notifier.
 
+pub mod account_data;
 pub mod accounts;
 pub mod aggregations;
 pub mod ephemeral;
@@ -30,7 +31,8 @@ pub type App = Arc<Services>;
 
 pub struct Services {
     pub settings: Settings,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub account_data: account_data::AccountData,
     pub key: ServerKey,
     pub notifier: notify::Notifier,
     pub long_polls: notify::LongPolls,
@@ -75,7 +77,7 @@ impl Services {
                 tracing::warn!(dir = %settings.data_dir.display(), error = %e, "cannot make the data dir private");
             }
         }
-        let store = Store::open(&settings.data_dir.join("db"))?;
+        let store = Arc::new(Store::open(&settings.data_dir.join("db"))?);
         let key = match &settings.signing_key_path {
             Some(p) => load_or_create_key_file(p)?,
             None => load_or_create_key(&store)?,
@@ -92,6 +94,7 @@ impl Services {
             federation,
             media,
             settings,
+            account_data: account_data::AccountData::new(store.clone()),
             store,
             key,
             notifier: notify::Notifier::default(),
