@@ -8,10 +8,12 @@ use serde_json::{json, Value};
 
 use super::x_matrix::FedRequest;
 use crate::{
-    client::directory::{list_public, parse_limit, PublicRoomsBody, PublicRoomsQuery},
     error::{ApiError, ApiResult},
     http::extract::Query,
-    service::{now_ms, App},
+    service::{
+        directory::{list_public, parse_limit, PublicRoomsBody, PublicRoomsQuery},
+        now_ms, App,
+    },
 };
 
 pub async fn version() -> Json<Value> {

@@ -3,6 +3,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod aggregations;
+pub mod directory;
 pub mod ephemeral;
 pub mod last_seen;
 pub mod notify;

@@ -1,0 +1,138 @@
+//! The server's layers, checked on its source: handlers are the top layer, so nothing imports
+//! them; the store is reached through services. Files that still touch the store outside
+//! `service/` are listed here, and the list may only shrink (issue 21 moves each domain into a
+//! service that owns its tables).
+
+use std::path::{Path, PathBuf};
+
+const SERVER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../homeserver/server/src");
+
+/// Files outside `service/` that still name the store, until their domain becomes a service.
+const STORE_OUTSIDE_SERVICES: &[&str] = &[
+    "appservice/client.rs",
+    "appservice/sender.rs",
+    "client/account.rs",
+    "client/devices.rs",
+    "client/directory.rs",
+    "client/filter.rs",
+    "client/membership.rs",
+    "client/openid.rs",
+    "client/profile.rs",
+    "client/relations.rs",
+    "client/reports.rs",
+    "client/room_create.rs",
+    "client/room_events.rs",
+    "client/threads.rs",
+    "client/upgrade.rs",
+    "e2ee/backup.rs",
+    "e2ee/cross_signing.rs",
+    "e2ee/device_keys.rs",
+    "e2ee/device_lists.rs",
+    "e2ee/federation.rs",
+    "e2ee/query.rs",
+    "e2ee/to_device.rs",
+    "error.rs",
+    "federation/backfill.rs",
+    "federation/ingest.rs",
+    "federation/join.rs",
+    "federation/keys.rs",
+    "federation/query.rs",
+    "federation/sender.rs",
+    "federation/state_graphs.rs",
+    "media/download.rs",
+    "media/mod.rs",
+    "media/remote.rs",
+    "media/upload.rs",
+    "push/gateway.rs",
+    "push/pushers.rs",
+    "push/unread.rs",
+    "search/indexer.rs",
+];
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("server source dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// `(path relative to the server's src, text)` of every source file.
+fn server_files() -> Vec<(String, String)> {
+    let root = Path::new(SERVER_SRC);
+    let mut paths = vec![];
+    sources(root, &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(root)
+                .expect("under src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            (rel, std::fs::read_to_string(&p).expect("readable source"))
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_imports_the_client_handlers() {
+    let mut offenders = vec![];
+    for (path, text) in server_files() {
+        if path.starts_with("client/") || path == "lib.rs" {
+            continue;
+        }
+        // Inside `use crate::{ ... };`, a line `client::...` imports `crate::client`.
+        let mut in_crate_use = false;
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with("use crate::{") {
+                in_crate_use = true;
+            }
+            let imports_client = line.contains("crate::client::")
+                || t.starts_with("use crate::client")
+                || (in_crate_use && t.starts_with("client::"));
+            if imports_client {
+                offenders.push(format!("{path}:{}: {t}", n + 1));
+            }
+            if in_crate_use && t.ends_with("};") {
+                in_crate_use = false;
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "client handlers are the top layer; these import them:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_store_is_reached_through_services() {
+    let mut unexpected = vec![];
+    let mut listed_but_clean = vec![];
+    for (path, text) in server_files() {
+        if path.starts_with("service/") {
+            continue;
+        }
+        let touches = text.contains("plexus_store::") || text.contains("schema::");
+        let listed = STORE_OUTSIDE_SERVICES.contains(&path.as_str());
+        if touches && !listed {
+            unexpected.push(path);
+        } else if !touches && listed {
+            listed_but_clean.push(path);
+        }
+    }
+    assert!(
+        unexpected.is_empty(),
+        "new store access outside service/ (put it in the domain's service): {unexpected:?}"
+    );
+    assert!(
+        listed_but_clean.is_empty(),
+        "these no longer touch the store: take them off STORE_OUTSIDE_SERVICES: {listed_but_clean:?}"
+    );
+}
