@@ -250,6 +250,18 @@ impl From<crate::service::account_data::AccountDataError> for ApiError {
     }
 }
 
+impl From<crate::service::directory::DirectoryError> for ApiError {
+    fn from(e: crate::service::directory::DirectoryError) -> Self {
+        use crate::service::directory::DirectoryError::*;
+        match e {
+            Store(e) => e.into(),
+            AliasTaken(_) => ApiError::Conflict("Room alias already exists".into()),
+            UnknownNetwork(_) => ApiError::InvalidParam(e.to_string()),
+            Corrupt(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

@@ -2,7 +2,6 @@
 //! third-party lookups passed through to the appservices that provide the protocol.
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -51,19 +50,17 @@ pub async fn set_network_visibility(
     })?;
     let room_id = parse_room_id(&room_id)?;
     app.room_or_404(&room_id)?;
-    let key = (reg.id.as_str(), network.as_str(), room_id.as_str());
-    let listed = schema::APPSERVICE_NETWORK_ROOM__PUBLISHED;
-    let mut b = Batch::default();
-    match body.visibility.as_str() {
-        "public" => listed.put(&mut b, key, &())?,
-        "private" => listed.delete(&mut b, key),
+    let listed = match body.visibility.as_str() {
+        "public" => true,
+        "private" => false,
         other => {
             return Err(ApiError::BadJson(format!(
                 "visibility must be public or private, not {other}"
             )))
         }
-    }
-    app.store.commit(b)?;
+    };
+    app.directory
+        .set_network_listing(&reg.id, &network, &room_id, listed)?;
     app.store.flush().await?;
     Ok(Json(json!({})))
 }

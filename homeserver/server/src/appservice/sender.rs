@@ -12,7 +12,7 @@ use std::{
 };
 
 use plexus_core::appservice::{Kind, Registration};
-use plexus_store::{schema, Batch, First};
+use plexus_store::{schema, Batch};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -350,10 +350,7 @@ impl View {
             .iter()
             .any(|(u, m)| (m == "join" || m == "invite") && in_ns(u.as_str()));
         if !wanted {
-            for item in schema::ROOM_ALIAS__CREATOR
-                .prefix::<First<1>, String>(&svc.store.kv, (room_id.as_str(),))
-            {
-                let ((_, alias), _) = item?;
+            for (alias, _) in svc.directory.room_aliases(room_id)? {
                 if reg.matches(Kind::Alias, &alias) {
                     wanted = true;
                     break;

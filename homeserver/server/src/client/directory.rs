@@ -1,7 +1,6 @@
 //! Room aliases: create, resolve, delete, and list a room's local aliases.
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch, First};
 use ruma::{OwnedRoomAliasId, RoomAliasId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -50,21 +49,7 @@ pub async fn create(
     if !app.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
-    let kv = &app.store.kv;
-    let stored =
-        schema::ALIAS__ROOMID.insert_if_absent(kv, alias.as_str(), &room_id.to_string())?;
-    if stored != room_id.as_str()
-        || schema::ROOM_ALIAS__CREATOR.contains(kv, (room_id.as_str(), alias.as_str()))?
-    {
-        return Err(ApiError::Conflict("Room alias already exists".into()));
-    }
-    let mut b = Batch::default();
-    schema::ROOM_ALIAS__CREATOR.put(
-        &mut b,
-        (room_id.as_str(), alias.as_str()),
-        s.user_id.as_str(),
-    )?;
-    app.store.commit(b)?;
+    app.directory.create_alias(&alias, &room_id, &s.user_id)?;
     app.store.flush().await?;
     Ok(Json(json!({})))
 }
@@ -88,8 +73,7 @@ pub async fn delete(
 ) -> ApiResult<Json<Value>> {
     let alias = parse_alias(&alias)?;
     let room_id = resolve_alias(&app, &alias)?;
-    let creator: Option<String> =
-        schema::ROOM_ALIAS__CREATOR.get(&app.store.kv, (room_id.as_str(), alias.as_str()))?;
+    let creator = app.directory.alias_creator(&room_id, &alias)?;
     let is_creator = creator.as_deref() == Some(s.user_id.as_str());
     // Otherwise whoever may change the room's canonical alias may remove its aliases.
     let may_manage = is_creator
@@ -101,10 +85,7 @@ pub async fn delete(
     if !may_manage {
         return Err(ApiError::Forbidden("You may not delete this alias".into()));
     }
-    let mut b = Batch::default();
-    schema::ALIAS__ROOMID.delete(&mut b, alias.as_str());
-    schema::ROOM_ALIAS__CREATOR.delete(&mut b, (room_id.as_str(), alias.as_str()));
-    app.store.commit(b)?;
+    app.directory.delete_alias(&room_id, &alias)?;
     app.store.flush().await?;
     Ok(Json(json!({})))
 }
@@ -117,10 +98,12 @@ pub async fn room_aliases(
     let room_id = parse_room_id(&room_id)?;
     let room = app.room_or_forbidden(&room_id)?;
     app.visible_state_hash(&s.user_id, &room)?;
-    let aliases: Vec<String> = schema::ROOM_ALIAS__CREATOR
-        .prefix::<First<1>, String>(&app.store.kv, (room_id.as_str(),))
-        .map(|r| r.map(|((_, alias), _)| alias))
-        .collect::<Result<_, _>>()?;
+    let aliases: Vec<String> = app
+        .directory
+        .room_aliases(&room_id)?
+        .into_iter()
+        .map(|(alias, _)| alias)
+        .collect();
     Ok(Json(json!({ "aliases": aliases })))
 }
 
@@ -237,7 +220,7 @@ pub async fn get_visibility(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     app.room_or_404(&room_id)?;
-    let public = schema::ROOMID__PUBLISHED.contains(&app.store.kv, room_id.as_str())?;
+    let public = app.directory.is_published(&room_id)?;
     Ok(Json(
         json!({ "visibility": if public { "public" } else { "private" } }),
     ))
@@ -261,17 +244,16 @@ pub async fn set_visibility(
             "You may not change this room's directory visibility".into(),
         ));
     }
-    let mut b = Batch::default();
-    match body.visibility.as_str() {
-        "public" => schema::ROOMID__PUBLISHED.put(&mut b, room_id.as_str(), &())?,
-        "private" => schema::ROOMID__PUBLISHED.delete(&mut b, room_id.as_str()),
+    let published = match body.visibility.as_str() {
+        "public" => true,
+        "private" => false,
         other => {
             return Err(ApiError::BadJson(format!(
                 "visibility must be public or private, not {other}"
             )))
         }
-    }
-    app.store.commit(b)?;
+    };
+    app.directory.set_published(&room_id, published)?;
     app.store.flush().await?;
     app.public_users.mark_stale();
     Ok(Json(json!({})))

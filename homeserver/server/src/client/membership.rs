@@ -81,10 +81,9 @@ pub fn resolve_alias(app: &App, alias: &RoomAliasId) -> ApiResult<OwnedRoomId> {
             "Room alias not found (federation is not enabled)".into(),
         ));
     }
-    let room: String = schema::ALIAS__ROOMID
-        .get(&app.store.kv, alias.as_str())?
-        .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
-    OwnedRoomId::try_from(room).map_err(|e| ApiError::Internal(e.to_string()))
+    app.directory
+        .room_of_alias(alias)?
+        .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))
 }
 
 #[derive(Deserialize, Default)]

@@ -2,11 +2,11 @@
 
 use axum::{extract::State, Json};
 use plexus_core::{builder::NewEvent, room_version};
-use plexus_store::schema;
 use ruma::{OwnedRoomAliasId, OwnedUserId, RoomVersionId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::service::directory::Directory;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
@@ -130,7 +130,7 @@ pub async fn create_room(
                 a.as_str(),
                 s.appservice.as_deref(),
             )?;
-            if schema::ALIAS__ROOMID.contains(&app.store.kv, a.as_str())? {
+            if app.directory.room_of_alias(&a)?.is_some() {
                 return Err(ApiError::RoomInUse("Room alias already taken".into()));
             }
             Some(a)
@@ -280,15 +280,10 @@ pub async fn create_room(
         .clone()
         .ok_or_else(|| ApiError::Internal("room id not set".into()))?;
     if let Some(a) = &alias {
-        schema::ALIAS__ROOMID.put(&mut w.extra, a.as_str(), room_id.as_str())?;
-        schema::ROOM_ALIAS__CREATOR.put(
-            &mut w.extra,
-            (room_id.as_str(), a.as_str()),
-            sender.as_str(),
-        )?;
+        Directory::stage_alias(&mut w.extra, a.as_str(), &room_id, sender.as_str())?;
     }
     if visibility == "public" {
-        schema::ROOMID__PUBLISHED.put(&mut w.extra, room_id.as_str(), &())?;
+        Directory::stage_published(&mut w.extra, &room_id, true)?;
     }
     w.commit().await?;
     tracing::info!(room = %room_id, creator = %sender, version = %version, "room created");

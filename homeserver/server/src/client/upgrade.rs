@@ -4,12 +4,12 @@
 
 use axum::{extract::State, Json};
 use plexus_core::{builder::NewEvent, room_version};
-use plexus_store::{schema, First};
 use ruma::RoomVersionId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::extract::parse_room_id;
+use crate::service::directory::Directory;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Path},
@@ -138,24 +138,16 @@ pub async fn upgrade(
         )?;
     }
     // Move every local alias of the old room.
-    let aliases: Vec<(String, String)> = schema::ROOM_ALIAS__CREATOR
-        .prefix::<First<1>, String>(&app.store.kv, (old_id.as_str(),))
-        .map(|r| r.map(|((_, alias), creator)| (alias, creator)))
-        .collect::<Result<_, _>>()?;
+    let aliases = app.directory.room_aliases(&old_id)?;
     let new_id = w
         .room_id
         .clone()
         .ok_or_else(|| ApiError::Internal("room id not set".into()))?;
     for (alias, creator) in &aliases {
-        schema::ALIAS__ROOMID.put(&mut w.extra, alias, new_id.as_str())?;
-        schema::ROOM_ALIAS__CREATOR.put(
-            &mut w.extra,
-            (new_id.as_str(), alias),
-            creator.as_str(),
-        )?;
+        Directory::stage_alias(&mut w.extra, alias, &new_id, creator)?;
     }
-    if schema::ROOMID__PUBLISHED.contains(&app.store.kv, old_id.as_str())? {
-        schema::ROOMID__PUBLISHED.put(&mut w.extra, new_id.as_str(), &())?;
+    if app.directory.is_published(&old_id)? {
+        Directory::stage_published(&mut w.extra, &new_id, true)?;
     }
     w.commit().await?;
 
@@ -179,9 +171,9 @@ pub async fn upgrade(
     old.append(&s.user_id, state("m.room.power_levels", "", old_pl), None)?;
     let mut b = plexus_store::Batch::default();
     for (alias, _) in &aliases {
-        schema::ROOM_ALIAS__CREATOR.delete(&mut b, (old_id.as_str(), alias));
+        Directory::stage_alias_moved(&mut b, &old_id, alias);
     }
-    schema::ROOMID__PUBLISHED.delete(&mut b, old_id.as_str());
+    Directory::stage_published(&mut b, &old_id, false)?;
     app.store.commit(b)?;
     old.commit().await?;
     tracing::info!(old = %old_id, new = %new_id, version = %version, "room upgraded");

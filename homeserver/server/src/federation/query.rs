@@ -69,14 +69,12 @@ pub async fn directory(
     if alias.server_name() != app.server_name() {
         return Err(ApiError::NotFound("Room alias not found".into()));
     }
-    let room_id: String = schema::ALIAS__ROOMID
-        .get(&app.store.kv, alias.as_str())?
+    let room_id = app
+        .directory
+        .room_of_alias(&alias)?
         .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
     let mut servers = vec![app.server_name().to_string()];
-    if let Some(room) = app.room(
-        &ruma::OwnedRoomId::try_from(room_id.as_str())
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-    )? {
+    if let Some(room) = app.room(&room_id)? {
         servers.extend(
             app.room_servers(room.short)?
                 .into_iter()

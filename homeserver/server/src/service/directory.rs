@@ -1,12 +1,183 @@
-//! The public room directory: which rooms are listed (this server's, or an appservice
-//! network's), and the listing both the client API and federation answer with.
+//! The room directory: local room aliases, the rooms published in this server's directory
+//! and in appservice networks' directories, and the public room listing that both the client
+//! API and federation answer with. [`Directory`] is the one owner of those tables.
 
-use plexus_store::{schema, First};
+use std::{collections::BTreeSet, sync::Arc};
+
+use plexus_store::{schema, Batch, First, Store, StoreError};
+use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::App;
 use crate::error::{ApiError, ApiResult};
+
+/// Why a directory change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("room alias {0} already exists")]
+    AliasTaken(String),
+    #[error("stored room id {0:?} is not a room id")]
+    Corrupt(String),
+    #[error("unknown third_party_instance_id {0}")]
+    UnknownNetwork(String),
+}
+
+pub struct Directory {
+    store: Arc<Store>,
+}
+
+impl Directory {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// The room a local alias points to.
+    pub fn room_of_alias(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<Option<OwnedRoomId>, DirectoryError> {
+        let room: Option<String> = schema::ALIAS__ROOMID.get(&self.store.kv, alias.as_str())?;
+        room.map(|r| OwnedRoomId::try_from(r.as_str()).map_err(|_| DirectoryError::Corrupt(r)))
+            .transpose()
+    }
+
+    /// Point `alias` at `room`, made by `creator`. Two concurrent claims of one alias: one wins,
+    /// the other gets `AliasTaken`. Not yet durable: the caller flushes.
+    pub fn create_alias(
+        &self,
+        alias: &RoomAliasId,
+        room: &RoomId,
+        creator: &UserId,
+    ) -> Result<(), DirectoryError> {
+        let kv = &self.store.kv;
+        let stored =
+            schema::ALIAS__ROOMID.insert_if_absent(kv, alias.as_str(), &room.to_string())?;
+        if stored != room.as_str()
+            || schema::ROOM_ALIAS__CREATOR.contains(kv, (room.as_str(), alias.as_str()))?
+        {
+            return Err(DirectoryError::AliasTaken(alias.to_string()));
+        }
+        let mut b = Batch::default();
+        schema::ROOM_ALIAS__CREATOR.put(
+            &mut b,
+            (room.as_str(), alias.as_str()),
+            creator.as_str(),
+        )?;
+        Ok(self.store.commit(b)?)
+    }
+
+    /// Who made a room's alias.
+    pub fn alias_creator(
+        &self,
+        room: &RoomId,
+        alias: &RoomAliasId,
+    ) -> Result<Option<String>, DirectoryError> {
+        Ok(schema::ROOM_ALIAS__CREATOR.get(&self.store.kv, (room.as_str(), alias.as_str()))?)
+    }
+
+    pub fn delete_alias(&self, room: &RoomId, alias: &RoomAliasId) -> Result<(), DirectoryError> {
+        let mut b = Batch::default();
+        schema::ALIAS__ROOMID.delete(&mut b, alias.as_str());
+        schema::ROOM_ALIAS__CREATOR.delete(&mut b, (room.as_str(), alias.as_str()));
+        Ok(self.store.commit(b)?)
+    }
+
+    /// A room's local aliases and who made each.
+    pub fn room_aliases(&self, room: &RoomId) -> Result<Vec<(String, String)>, DirectoryError> {
+        schema::ROOM_ALIAS__CREATOR
+            .prefix::<First<1>, String>(&self.store.kv, (room.as_str(),))
+            .map(|r| Ok(r.map(|((_, alias), creator)| (alias, creator))?))
+            .collect()
+    }
+
+    pub fn is_published(&self, room: &RoomId) -> Result<bool, DirectoryError> {
+        Ok(schema::ROOMID__PUBLISHED.contains(&self.store.kv, room.as_str())?)
+    }
+
+    /// Publish the room in this server's directory, or take it out.
+    pub fn set_published(&self, room: &RoomId, published: bool) -> Result<(), DirectoryError> {
+        let mut b = Batch::default();
+        Self::stage_published(&mut b, room, published)?;
+        Ok(self.store.commit(b)?)
+    }
+
+    /// List the room in an appservice network's directory, or take it out.
+    pub fn set_network_listing(
+        &self,
+        appservice: &str,
+        network: &str,
+        room: &RoomId,
+        listed: bool,
+    ) -> Result<(), DirectoryError> {
+        let key = (appservice, network, room.as_str());
+        let mut b = Batch::default();
+        match listed {
+            true => schema::APPSERVICE_NETWORK_ROOM__PUBLISHED.put(&mut b, key, &())?,
+            false => schema::APPSERVICE_NETWORK_ROOM__PUBLISHED.delete(&mut b, key),
+        }
+        Ok(self.store.commit(b)?)
+    }
+
+    /// An alias row, in a batch that also creates or upgrades the room.
+    pub fn stage_alias(
+        b: &mut Batch,
+        alias: &str,
+        room: &RoomId,
+        creator: &str,
+    ) -> Result<(), StoreError> {
+        schema::ALIAS__ROOMID.put(b, alias, room.as_str())?;
+        schema::ROOM_ALIAS__CREATOR.put(b, (room.as_str(), alias), creator)
+    }
+
+    /// A room's record of an alias that now points elsewhere, removed in `b`.
+    pub fn stage_alias_moved(b: &mut Batch, from: &RoomId, alias: &str) {
+        schema::ROOM_ALIAS__CREATOR.delete(b, (from.as_str(), alias));
+    }
+
+    pub fn stage_published(
+        b: &mut Batch,
+        room: &RoomId,
+        published: bool,
+    ) -> Result<(), StoreError> {
+        match published {
+            true => schema::ROOMID__PUBLISHED.put(b, room.as_str(), &()),
+            false => {
+                schema::ROOMID__PUBLISHED.delete(b, room.as_str());
+                Ok(())
+            }
+        }
+    }
+
+    /// Room ids listed in a directory.
+    pub fn listed_rooms(&self, network: &Network) -> Result<BTreeSet<String>, DirectoryError> {
+        let kv = &self.store.kv;
+        let mut out = BTreeSet::new();
+        if matches!(network, Network::Main | Network::All) {
+            for item in schema::ROOMID__PUBLISHED.iter::<()>(kv) {
+                out.insert(item?.0);
+            }
+        }
+        let networks = schema::APPSERVICE_NETWORK_ROOM__PUBLISHED;
+        let rows: Box<dyn Iterator<Item = _>> = match network {
+            Network::Main => return Ok(out),
+            Network::All => Box::new(networks.iter::<()>(kv)),
+            Network::Instance(i) => {
+                let Some((service, net)) = i.split_once('|') else {
+                    return Err(DirectoryError::UnknownNetwork(i.clone()));
+                };
+                Box::new(networks.prefix::<First<2>, ()>(kv, (service, net)))
+            }
+        };
+        for item in rows {
+            let ((_, _, room), ()) = item?;
+            out.insert(room);
+        }
+        Ok(out)
+    }
+}
 
 /// One room as the public directory shows it: the room summary without the fields the
 /// directory's chunk does not have.
@@ -40,35 +211,6 @@ impl Network {
             None if all => Network::All,
             None => Network::Main,
         }
-    }
-
-    /// Room ids in this directory.
-    fn rooms(&self, app: &App) -> ApiResult<std::collections::BTreeSet<String>> {
-        let mut out = std::collections::BTreeSet::new();
-        if matches!(self, Network::Main | Network::All) {
-            for item in schema::ROOMID__PUBLISHED.iter::<()>(&app.store.kv) {
-                out.insert(item?.0);
-            }
-        }
-        let networks = schema::APPSERVICE_NETWORK_ROOM__PUBLISHED;
-        let kv = &app.store.kv;
-        let rows: Box<dyn Iterator<Item = _>> = match self {
-            Network::Main => return Ok(out),
-            Network::All => Box::new(networks.iter::<()>(kv)),
-            Network::Instance(i) => {
-                let Some((service, network)) = i.split_once('|') else {
-                    return Err(ApiError::InvalidParam(format!(
-                        "unknown third_party_instance_id {i}"
-                    )));
-                };
-                Box::new(networks.prefix::<First<2>, ()>(kv, (service, network)))
-            }
-        };
-        for item in rows {
-            let ((_, _, room), ()) = item?;
-            out.insert(room);
-        }
-        Ok(out)
     }
 }
 
@@ -132,7 +274,7 @@ pub fn list_public(
         .map(str::to_lowercase)
         .filter(|t| !t.is_empty());
     let mut rooms = vec![];
-    for room in network.rooms(app)? {
+    for room in app.directory.listed_rooms(network)? {
         let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
             continue;
         };

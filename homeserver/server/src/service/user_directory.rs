@@ -67,7 +67,10 @@ impl Services {
         let mut users = BTreeSet::new();
         for item in schema::ROOMID__SHORT.iter::<u64>(&self.store.kv) {
             let (room_id, short) = item?;
-            let published = schema::ROOMID__PUBLISHED.contains(&self.store.kv, &room_id)?;
+            let published = match ruma::RoomId::parse(&room_id) {
+                Ok(id) => self.directory.is_published(&id)?,
+                Err(_) => false,
+            };
             let open = published || {
                 let hash = self.current_state(short)?.map(|s| s.0).unwrap_or(0);
                 let join_rule = self
