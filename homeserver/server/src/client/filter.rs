@@ -1,8 +1,6 @@
 //! Filters: stored per user, applied while reading timelines and state.
 
 use axum::{extract::State, Json};
-use plexus_core::signing::random_alnum;
-use plexus_store::schema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -143,8 +141,9 @@ pub fn resolve(app: &App, s: &Session, filter: Option<&str>) -> ApiResult<Filter
             parse_filter(v).map_err(|e| ApiError::InvalidParam(e.to_string()))
         }
         Some(id) => {
-            let v: Value = schema::USER_FILTERID__FILTER
-                .get(&app.store.kv, (s.user_id.as_str(), id))?
+            let v = app
+                .filters
+                .get(&s.user_id, id)?
                 .ok_or_else(|| ApiError::NotFound("Unknown filter".into()))?;
             parse_filter(v)
         }
@@ -169,10 +168,7 @@ pub async fn create(
     s.require_self(&user)?;
     let v = Value::Object(body);
     parse_filter(v.clone())?;
-    let id = random_alnum(12);
-    let mut b = plexus_store::Batch::default();
-    schema::USER_FILTERID__FILTER.put(&mut b, (s.user_id.as_str(), &id), &v)?;
-    app.store.commit(b)?;
+    let id = app.filters.create(&s.user_id, &v)?;
     app.store.flush().await?;
     Ok(Json(json!({ "filter_id": id })))
 }
@@ -183,8 +179,9 @@ pub async fn get(
     Path((user, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     s.require_self(&user)?;
-    let v: Value = schema::USER_FILTERID__FILTER
-        .get(&app.store.kv, (s.user_id.as_str(), &id))?
+    let v = app
+        .filters
+        .get(&s.user_id, &id)?
         .ok_or_else(|| ApiError::NotFound("Unknown filter".into()))?;
     Ok(Json(v))
 }

@@ -2,7 +2,6 @@
 //! the admin API; the reporter learns nothing about what happens next.
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch};
 use ruma::{EventId, UserId};
 use serde_json::{json, Map, Value};
 
@@ -10,7 +9,7 @@ use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, JsonObject, Path},
-    service::{accounts::Session, now_ms, App},
+    service::{accounts::Session, App},
 };
 
 fn reason(body: &Map<String, Value>) -> ApiResult<Option<String>> {
@@ -29,14 +28,7 @@ async fn file(
     subject: Value,
     reason: Option<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = app.store.kv.unique_id()?;
-    let mut b = Batch::default();
-    schema::REPORTID__REPORT.put(
-        &mut b,
-        id,
-        &json!({ "reporter": s.user_id, "subject": subject, "reason": reason, "ts": now_ms() }),
-    )?;
-    app.store.commit(b)?;
+    let id = app.reports.file(&s.user_id, &subject, reason.as_deref())?;
     app.store.flush().await?;
     tracing::info!(reporter = %s.user_id, report = id, "content reported");
     Ok(Json(json!({})))

@@ -1,7 +1,6 @@
 //! Federation queries: server version, profiles and aliases of this server, OpenID userinfo.
 
 use axum::{extract::State, Json};
-use plexus_store::schema;
 use ruma::{OwnedRoomAliasId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -12,7 +11,7 @@ use crate::{
     http::extract::Query,
     service::{
         directory::{list_public, parse_limit, PublicRoomsBody, PublicRoomsQuery},
-        now_ms, App,
+        App,
     },
 };
 
@@ -94,17 +93,11 @@ pub async fn openid_userinfo(
     State(app): State<App>,
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Json<Value>> {
-    let unknown = || ApiError::UnknownToken { soft_logout: false };
-    let v: Value = schema::OPENID_TOKEN__GRANT
-        .get(
-            &app.store.kv,
-            &crate::service::accounts::token_key(&q.access_token),
-        )?
-        .ok_or_else(unknown)?;
-    if v.get("expires_at").and_then(Value::as_u64).unwrap_or(0) < now_ms() {
-        return Err(unknown());
-    }
-    Ok(Json(json!({ "sub": v.get("user_id") })))
+    let user = app
+        .openid
+        .user_of(&q.access_token)?
+        .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+    Ok(Json(json!({ "sub": user })))
 }
 
 /// `GET /publicRooms`: this server's room directory for another server's users.

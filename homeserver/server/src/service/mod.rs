@@ -5,10 +5,13 @@ pub mod accounts;
 pub mod aggregations;
 pub mod directory;
 pub mod ephemeral;
+pub mod filters;
 pub mod last_seen;
 pub mod notify;
+pub mod openid;
 pub mod presence;
 pub mod ratelimit;
+pub mod reports;
 pub mod restricted;
 pub mod rooms;
 pub mod single_flight;
@@ -35,6 +38,9 @@ pub struct Services {
     pub store: Arc<Store>,
     pub account_data: account_data::AccountData,
     pub directory: directory::Directory,
+    pub filters: filters::Filters,
+    pub openid: openid::OpenId,
+    pub reports: reports::Reports,
     pub key: ServerKey,
     pub notifier: notify::Notifier,
     pub long_polls: notify::LongPolls,
@@ -98,6 +104,9 @@ impl Services {
             settings,
             account_data: account_data::AccountData::new(store.clone()),
             directory: directory::Directory::new(store.clone()),
+            filters: filters::Filters::new(store.clone()),
+            openid: openid::OpenId::new(store.clone()),
+            reports: reports::Reports::new(store.clone()),
             store,
             key,
             notifier: notify::Notifier::default(),
