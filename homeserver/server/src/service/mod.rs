@@ -3,6 +3,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod aggregations;
+pub mod appservices;
 pub mod directory;
 pub mod ephemeral;
 pub mod filters;
@@ -54,7 +55,7 @@ pub struct Services {
     pub pushers: crate::push::gateway::Pushers,
     pub user_push: crate::push::user_cache::UserPushCache,
     pub e2ee: crate::e2ee::E2ee,
-    pub appservices: crate::appservice::Appservices,
+    pub appservices: appservices::Appservices,
     pub search: crate::search::Search,
     /// Memory that request bodies in flight may hold, shared by both listeners.
     pub bodies: crate::http::body::BodyBudget,
@@ -95,7 +96,7 @@ impl Services {
             None => None,
         };
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
-        let appservices = crate::appservice::Appservices::new(settings.appservices.clone())?;
+        let appservices = appservices::Appservices::new(settings.appservices.clone())?;
         let search = crate::search::Search::open(&settings.data_dir.join("search"))?;
         let limiter = ratelimit::Limiter::new(settings.rate_limits.clone());
         let app = Arc::new(Self {

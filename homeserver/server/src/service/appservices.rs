@@ -1,0 +1,139 @@
+//! The configured appservices: who an `as_token` may act as, and the namespaces normal users
+//! may not claim. Request authentication starts here, since any access token may be an
+//! appservice's.
+
+use std::{sync::Arc, time::Duration};
+
+use plexus_core::appservice::{Kind, Registration};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    service::{accounts::Session, Services},
+};
+
+/// The configured appservices, their HTTP client and the wake-ups of their senders.
+pub struct Appservices {
+    pub regs: Vec<Arc<Registration>>,
+    pub http: reqwest::Client,
+}
+
+impl Appservices {
+    pub fn new(regs: Vec<Arc<Registration>>) -> ApiResult<Self> {
+        // No private-address guard here: appservices usually run on the same host, and their
+        // URLs come from the operator, not from users.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ApiError::Internal(format!("appservice HTTP client: {e}")))?;
+        Ok(Self { regs, http })
+    }
+
+    pub fn by_token(&self, token: &str) -> Option<&Arc<Registration>> {
+        self.regs.iter().find(|r| r.as_token == token)
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Registration>> {
+        self.regs.iter().find(|r| r.id == id)
+    }
+
+    /// The appservice that holds `id` in an exclusive namespace, if any.
+    pub fn exclusive_owner(&self, kind: Kind, id: &str) -> Option<&Arc<Registration>> {
+        self.regs.iter().find(|r| r.exclusive(kind, id))
+    }
+
+    /// Refuse `id` to anyone but the appservice whose exclusive namespace holds it.
+    pub fn check_exclusive(
+        &self,
+        kind: Kind,
+        id: &str,
+        caller: Option<&Registration>,
+    ) -> ApiResult<()> {
+        match self.exclusive_owner(kind, id) {
+            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => Err(ApiError::Exclusive(
+                format!("{id} is reserved by an application service"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Services {
+    /// The identity of a request made with an appservice's `as_token`: its sender user, or the
+    /// user named by `user_id`, which must be in its namespace and registered; with `device_id`
+    /// (MSC3202), one of that user's devices.
+    pub fn appservice_session(
+        &self,
+        reg: &Arc<Registration>,
+        token: &str,
+        query: Option<&str>,
+    ) -> ApiResult<Session> {
+        let pairs = crate::http::extract::query_pairs(query);
+        let param = |names: &[&str]| {
+            pairs
+                .iter()
+                .find(|(k, _)| names.contains(&k.as_str()))
+                .map(|(_, v)| v.clone())
+        };
+        let server = self.server_name().as_str();
+        let user_id: OwnedUserId = match param(&["user_id"]) {
+            None => UserId::parse(reg.sender(server))
+                .map_err(|e| ApiError::Internal(format!("appservice sender: {e}")))?,
+            Some(u) => {
+                let user = UserId::parse(u.as_str())
+                    .map_err(|e| ApiError::InvalidParam(format!("user_id: {e}")))?;
+                if user.server_name() != server || !reg.may_act_as(user.as_str(), server) {
+                    return Err(ApiError::Forbidden(format!(
+                        "Application service cannot masquerade as this user ({user})"
+                    )));
+                }
+                if user.as_str() != reg.sender(server) && self.user(&user)?.is_none() {
+                    return Err(ApiError::Forbidden(
+                        "Application service has not registered this user".into(),
+                    ));
+                }
+                user
+            }
+        };
+        let device_id = match param(&["device_id", "org.matrix.msc3202.device_id"]) {
+            None => None,
+            Some(d) => {
+                if self.device(&user_id, &d)?.is_none() {
+                    return Err(ApiError::UnknownDevice(format!(
+                        "Application service trying to use a device that doesn't exist ({d} for {user_id})"
+                    )));
+                }
+                Some(OwnedDeviceId::from(d))
+            }
+        };
+        Ok(Session {
+            user_id,
+            device_id,
+            access_token: token.to_owned(),
+            appservice: Some(reg.clone()),
+        })
+    }
+
+    /// Resolve any access token: an appservice's, or a user's.
+    pub fn authenticate(&self, token: &str, query: Option<&str>) -> ApiResult<Session> {
+        match self.appservices.by_token(token) {
+            Some(reg) => self.appservice_session(reg, token, query),
+            None => self.session(token),
+        }
+    }
+
+    /// Each appservice's sender user exists from the start, as the spec expects.
+    pub async fn ensure_appservice_senders(&self) -> ApiResult<()> {
+        for reg in &self.appservices.regs {
+            let user = UserId::parse(reg.sender(self.server_name().as_str()))
+                .map_err(|e| ApiError::Internal(format!("appservice {}: {e}", reg.id)))?;
+            if self.user(&user)?.is_none() {
+                self.create_user(&user, None, false).await?;
+                tracing::info!(appservice = %reg.id, user = %user, "created appservice sender");
+            }
+        }
+        Ok(())
+    }
+}
