@@ -15,11 +15,11 @@ use plexus_media::{
     disposition::{content_disposition, CONTENT_SECURITY_POLICY},
     thumbnail::{self, Method, Size},
 };
-use plexus_store::{schema, Batch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_mxc, Record, ThumbRecord, DEFAULT_WAIT_MS, MAX_WAIT};
+use super::{parse_mxc, DEFAULT_WAIT_MS, MAX_WAIT};
+use crate::service::media::{Record, ThumbRecord};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Path, Query},
@@ -74,7 +74,8 @@ pub async fn local_ready(app: &App, id: &str, timeout_ms: Option<u64>) -> ApiRes
         tokio::pin!(notified);
         notified.as_mut().enable();
         let rec = app
-            .media_record(app.server_name().as_str(), id)?
+            .media_records
+            .get(app.server_name().as_str(), id)?
             .ok_or_else(not_found)?;
         if rec.sha256.is_some() {
             return Ok(rec);
@@ -99,7 +100,7 @@ async fn find(
     if server == app.server_name() {
         return local_ready(app, id, timeout_ms).await;
     }
-    if let Some(rec) = app.media_record(server.as_str(), id)? {
+    if let Some(rec) = app.media_records.get(server.as_str(), id)? {
         if rec.sha256.is_some() {
             return Ok(rec);
         }
@@ -113,7 +114,7 @@ async fn find(
         .turn(format!("{server}/{id}"))
         .await;
     // Someone else may have fetched it while this request waited its turn.
-    if let Some(rec) = app.media_record(server.as_str(), id)? {
+    if let Some(rec) = app.media_records.get(server.as_str(), id)? {
         if rec.sha256.is_some() {
             return Ok(rec);
         }
@@ -263,9 +264,8 @@ pub async fn thumbnail_of(
             "Cannot generate thumbnails for the requested content".into(),
         ));
     }
-    let thumbs = schema::ORIGIN_MEDIA_SIZE_METHOD__THUMBNAIL;
-    let key = (server, id, size.width, size.height, size.method.as_str());
-    if let Some(t) = thumbs.get(&app.store.kv, key)? {
+    let key = (size.width, size.height, size.method.as_str());
+    if let Some(t) = app.media_records.thumbnail(server, id, key)? {
         return Ok(t);
     }
     let _permit = app
@@ -284,10 +284,7 @@ pub async fn thumbnail_of(
         size: blob.size,
         content_type: thumb.content_type.to_owned(),
     };
-    let mut b = Batch::default();
-    thumbs.put(&mut b, key, &t)?;
-    // A cache: losing it in a crash only means making it again.
-    app.store.commit(b)?;
+    app.media_records.put_thumbnail(server, id, key, &t)?;
     Ok(t)
 }
 

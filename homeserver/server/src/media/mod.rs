@@ -18,42 +18,11 @@ use axum::{
     Router,
 };
 use plexus_media::blob::BlobStore;
-use plexus_store::{schema, Batch, StoreError};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{ApiError, ApiResult},
-    service::{App, Services},
+    service::App,
 };
-
-/// What the store knows of one `mxc://` URI.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Record {
-    /// The content's digest; absent while a reserved id waits for its upload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default)]
-    pub content_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filename: Option<String>,
-    /// The local user who uploaded (or reserved) it; none for other servers' media.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uploader: Option<String>,
-    pub created_ts: u64,
-    /// For a reserved id: when it is given up if nothing was uploaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unused_expires_at: Option<u64>,
-}
-
-/// A cached thumbnail.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ThumbRecord {
-    pub sha256: String,
-    pub size: u64,
-    pub content_type: String,
-}
 
 /// Media state held by [`Services`].
 pub struct Repo {
@@ -110,22 +79,6 @@ pub fn parse_mxc(server: &str, id: &str) -> ApiResult<(ruma::OwnedServerName, St
         return Err(ApiError::NotFound("Media not found".into()));
     }
     Ok((server, id.to_owned()))
-}
-
-impl Services {
-    pub fn media_record(&self, server: &str, id: &str) -> ApiResult<Option<Record>> {
-        Ok(schema::ORIGIN_MEDIA__RECORD.get(&self.store.kv, (server, id))?)
-    }
-
-    pub fn put_media_record(
-        &self,
-        server: &str,
-        id: &str,
-        rec: &Record,
-        b: &mut Batch,
-    ) -> Result<(), StoreError> {
-        schema::ORIGIN_MEDIA__RECORD.put(b, (server, id), rec)
-    }
 }
 
 /// Media routes for the client listener.

@@ -4,11 +4,11 @@
 
 use http::{Method, StatusCode};
 use plexus_media::{disposition, multipart};
-use plexus_store::Batch;
 use ruma::ServerName;
 use serde_json::Value;
 
-use super::{Record, DEFAULT_WAIT_MS, MAX_WAIT};
+use super::{DEFAULT_WAIT_MS, MAX_WAIT};
+use crate::service::media::Record;
 use crate::{
     error::{ApiError, ApiResult},
     federation::client::{error_chain, literal_ip_refused, status_error, FedError},
@@ -123,9 +123,7 @@ pub async fn fetch(
         created_ts: now_ms(),
         unused_expires_at: None,
     };
-    let mut b = Batch::default();
-    app.put_media_record(server.as_str(), id, &rec, &mut b)?;
-    app.store.commit(b)?;
+    app.media_records.put(server.as_str(), id, &rec)?;
     tracing::info!(%server, media = %id, size = rec.size, "remote media cached");
     Ok(rec)
 }

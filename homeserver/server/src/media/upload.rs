@@ -8,11 +8,12 @@ use axum::{
     Json,
 };
 use plexus_core::signing::random_alnum;
-use plexus_store::{schema, Batch, First};
+use plexus_store::Batch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_mxc, Record};
+use super::parse_mxc;
+use crate::service::media::{MediaRecords, Record};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Path, Query},
@@ -48,9 +49,7 @@ fn describe(req: &Request, q: &UploadQuery) -> ApiResult<(String, Option<String>
 
 /// Bytes `user` has uploaded in all (what the per-user quota counts).
 fn used_bytes(app: &App, user: &str) -> ApiResult<u64> {
-    Ok(schema::USER__MEDIA_BYTES
-        .get(&app.store.kv, user)?
-        .unwrap_or(0))
+    Ok(app.media_records.used_bytes(user)?)
 }
 
 fn over_quota(quota: u64) -> ApiError {
@@ -88,7 +87,7 @@ fn charge_quota(app: &App, user: &str, size: u64, b: &mut Batch) -> ApiResult<()
     if used > quota {
         return Err(over_quota(quota));
     }
-    schema::USER__MEDIA_BYTES.put(b, user, &used)?;
+    MediaRecords::stage_used_bytes(b, user, used)?;
     Ok(())
 }
 
@@ -131,7 +130,7 @@ pub async fn upload(
         unused_expires_at: None,
     };
     let mut b = Batch::default();
-    app.put_media_record(app.server_name().as_str(), &id, &rec, &mut b)?;
+    MediaRecords::stage(&mut b, app.server_name().as_str(), &id, &rec)?;
     let charged = app.media.write_lock.lock().await;
     charge_quota(&app, user, rec.size, &mut b)?;
     app.store.commit(b)?;
@@ -148,12 +147,10 @@ pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Val
     let server = app.server_name().as_str().to_owned();
     let mut b = Batch::default();
     let mut live = Vec::new();
-    for item in schema::USER_MEDIA__PENDING_EXPIRY.prefix::<First<1>, u64>(&app.store.kv, (&user,))
-    {
-        let ((_, id), exp) = item?;
+    for (id, exp) in app.media_records.reservations(&user)? {
         if exp <= now {
-            schema::USER_MEDIA__PENDING_EXPIRY.delete(&mut b, (&user, &id));
-            schema::ORIGIN_MEDIA__RECORD.delete(&mut b, (&server, &id));
+            MediaRecords::stage_reservation_done(&mut b, &user, &id);
+            MediaRecords::stage_forget(&mut b, &server, &id);
         } else {
             live.push(exp);
         }
@@ -174,8 +171,8 @@ pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Val
         unused_expires_at: Some(expires),
         ..Record::default()
     };
-    app.put_media_record(&server, &id, &rec, &mut b)?;
-    schema::USER_MEDIA__PENDING_EXPIRY.put(&mut b, (&user, &id), &expires)?;
+    MediaRecords::stage(&mut b, &server, &id, &rec)?;
+    MediaRecords::stage_reservation(&mut b, &user, &id, expires)?;
     app.store.commit(b)?;
     app.store.flush().await?;
     Ok(Json(
@@ -215,7 +212,7 @@ pub async fn upload_reserved(
     }
     let user = s.user_id.to_string();
     check_reserved(
-        app.media_record(server.as_str(), &id)?.as_ref(),
+        app.media_records.get(server.as_str(), &id)?.as_ref(),
         &user,
         now_ms(),
     )?;
@@ -223,7 +220,7 @@ pub async fn upload_reserved(
     let blob = store_body(&app, req, upload_limit(&app, &user)?).await?;
     // Two uploads to one id may race: only the first to get here wins.
     let _one = app.media.write_lock.lock().await;
-    let rec = app.media_record(server.as_str(), &id)?;
+    let rec = app.media_records.get(server.as_str(), &id)?;
     check_reserved(rec.as_ref(), &user, now_ms())?;
     let rec = Record {
         sha256: Some(blob.sha256),
@@ -234,9 +231,9 @@ pub async fn upload_reserved(
         ..rec.unwrap_or_default()
     };
     let mut b = Batch::default();
-    app.put_media_record(server.as_str(), &id, &rec, &mut b)?;
+    MediaRecords::stage(&mut b, server.as_str(), &id, &rec)?;
     charge_quota(&app, &user, rec.size, &mut b)?;
-    schema::USER_MEDIA__PENDING_EXPIRY.delete(&mut b, (&user, &id));
+    MediaRecords::stage_reservation_done(&mut b, &user, &id);
     app.store.commit(b)?;
     app.store.flush().await?;
     app.media.uploaded.notify_waiters();

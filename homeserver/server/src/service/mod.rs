@@ -8,6 +8,7 @@ pub mod directory;
 pub mod ephemeral;
 pub mod filters;
 pub mod last_seen;
+pub mod media;
 pub mod notify;
 pub mod openid;
 pub mod presence;
@@ -40,6 +41,7 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub directory: directory::Directory,
     pub filters: filters::Filters,
+    pub media_records: media::MediaRecords,
     pub openid: openid::OpenId,
     pub reports: reports::Reports,
     pub key: ServerKey,
@@ -106,6 +108,7 @@ impl Services {
             account_data: account_data::AccountData::new(store.clone()),
             directory: directory::Directory::new(store.clone()),
             filters: filters::Filters::new(store.clone()),
+            media_records: media::MediaRecords::new(store.clone()),
             openid: openid::OpenId::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
             store,
