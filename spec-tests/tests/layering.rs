@@ -35,7 +35,6 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "media/upload.rs",
     "push/gateway.rs",
     "push/pushers.rs",
-    "push/unread.rs",
     "search/indexer.rs",
 ];
 
@@ -104,8 +103,13 @@ fn nothing_imports_the_client_handlers() {
 #[test]
 fn the_store_is_reached_through_services() {
     let mut unexpected = vec![];
-    let mut listed_but_clean = vec![];
-    for (path, text) in server_files() {
+    let files = server_files();
+    let mut listed_but_clean: Vec<String> = STORE_OUTSIDE_SERVICES
+        .iter()
+        .filter(|listed| !files.iter().any(|(path, _)| path == *listed))
+        .map(|gone| gone.to_string())
+        .collect();
+    for (path, text) in files {
         if path.starts_with("service/") {
             continue;
         }

@@ -448,7 +448,8 @@ fn room_section(
         "summary": summary(app, s, room)?,
     });
     if m.membership == "join" {
-        let (mut main, threads) = crate::push::unread::room_counts(app, &s.user_id, room.short)?;
+        let (mut main, threads) =
+            crate::service::push::unread::room_counts(app, &s.user_id, room.short)?;
         if tl_filter.unread_thread_notifications {
             if !threads.is_empty() {
                 section["unread_thread_notifications"] = threads

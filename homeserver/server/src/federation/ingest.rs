@@ -805,9 +805,10 @@ pub async fn persist(
     let audience = app.room_audience(room.short)?;
     let plan = app.aggregation_plan(room.short, &c.stored)?;
     let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
-    let notified =
-        crate::push::evaluate::evaluate(app, &room_id, &audience, judged_at, rules, &c.stored)
-            .await?;
+    let notified = crate::service::push::evaluate::evaluate(
+        app, &room_id, &audience, judged_at, rules, &c.stored,
+    )
+    .await?;
     let dests: Vec<OwnedServerName> = match forward_from {
         Some(from) => audience.servers.into_iter().filter(|s| s != from).collect(),
         None => vec![],
@@ -828,14 +829,14 @@ pub async fn persist(
         }
         relation_row(batch, room.short, &c.stored, count, short)?;
         plan.rows(batch, room.short, count, short)?;
-        crate::push::unread::notification_rows(
+        crate::service::push::unread::notification_rows(
             batch,
             &room_id,
             room.short,
             count,
             short,
             pdu.origin_server_ts.get().into(),
-            crate::push::evaluate::thread_of(&c.stored),
+            crate::service::push::evaluate::thread_of(&c.stored),
             &notified,
         )?;
         outbox_rows(batch, &dests, count, short)?;

@@ -10,9 +10,9 @@ use ruma::{push::Action, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::{
+use super::pushers::{key_ref, of_user, users_with_pushers, PusherKey};
+use crate::service::push::{
     evaluate::tweaks,
-    pushers::{key_ref, of_user, users_with_pushers, PusherKey},
     unread::{self, Stored},
 };
 use crate::{

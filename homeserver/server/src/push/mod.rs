@@ -1,10 +1,6 @@
-//! Push: every new room event is run through the push rules of each local user it concerns;
-//! what they say becomes unread counts for sync, the `/notifications` list and, for users with
-//! pushers, requests to their push gateways.
+//! Push, the API side: the pusher and `/notifications` endpoints, and the workers that deliver
+//! notifications to push gateways. Rule evaluation and unread counts are `service::push`.
 
-pub mod evaluate;
 pub mod gateway;
 pub mod notifications;
 pub mod pushers;
-pub mod unread;
-pub mod user_cache;

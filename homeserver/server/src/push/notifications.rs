@@ -6,7 +6,7 @@ use ruma::OwnedRoomId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::unread;
+use crate::service::push::unread;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{page_limit, Auth, Query},

@@ -171,13 +171,13 @@ impl Services {
                 &r,
             )?;
             if let Some(upto) = read_upto {
-                crate::push::unread::clear_through(
+                crate::service::push::unread::clear_through(
                     self,
                     b,
                     user,
                     short_room,
                     upto,
-                    crate::push::unread::ReadScope::of_receipt(thread),
+                    crate::service::push::unread::ReadScope::of_receipt(thread),
                 )?;
             }
             Ok(())

@@ -12,6 +12,7 @@ pub mod media;
 pub mod notify;
 pub mod openid;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod reports;
 pub mod restricted;
@@ -55,7 +56,7 @@ pub struct Services {
     pub federation: Option<Arc<crate::federation::Federation>>,
     pub media: crate::media::Repo,
     pub pushers: crate::push::gateway::Pushers,
-    pub user_push: crate::push::user_cache::UserPushCache,
+    pub user_push: crate::service::push::user_cache::UserPushCache,
     pub e2ee: crate::e2ee::E2ee,
     pub appservices: appservices::Appservices,
     pub search: crate::search::Search,

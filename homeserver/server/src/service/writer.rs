@@ -355,7 +355,7 @@ impl<'a> RoomWriter<'a> {
         let mut notified = Vec::with_capacity(pending.len());
         for p in &pending {
             notified.push(
-                crate::push::evaluate::evaluate(
+                crate::service::push::evaluate::evaluate(
                     svc, &room_id, &audience, judged_at, &rules, &p.stored,
                 )
                 .await?,
@@ -421,24 +421,24 @@ impl<'a> RoomWriter<'a> {
                 }
                 relation_row(batch, short_room, &p.stored, count, short)?;
                 plans[i].rows(batch, short_room, count, short)?;
-                crate::push::unread::notification_rows(
+                crate::service::push::unread::notification_rows(
                     batch,
                     &room_id,
                     short_room,
                     count,
                     short,
                     pdu.origin_server_ts.get().into(),
-                    crate::push::evaluate::thread_of(&p.stored),
+                    crate::service::push::evaluate::thread_of(&p.stored),
                     &notified[i],
                 )?;
                 // Our own events are all by local users: sending reads up to the event.
-                crate::push::unread::clear_through(
+                crate::service::push::unread::clear_through(
                     svc,
                     batch,
                     &pdu.sender,
                     short_room,
                     count,
-                    crate::push::unread::ReadScope::of_event(&p.stored),
+                    crate::service::push::unread::ReadScope::of_event(&p.stored),
                 )?;
                 outbox_rows(batch, &dests, count, short)?;
                 if let Some(target) = p.redacts {

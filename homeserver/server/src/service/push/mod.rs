@@ -1,0 +1,8 @@
+//! Push, the service side: every new room event is run through the push rules of each local
+//! user it concerns (`evaluate`, with the rules cached per user in `user_cache`), and what they
+//! say becomes unread counts and the notification list (`unread`), written in the event's own
+//! batch. Delivery to push gateways and the pusher endpoints are `crate::push`.
+
+pub mod evaluate;
+pub mod unread;
+pub mod user_cache;
