@@ -10,14 +10,7 @@ const SERVER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../homeserver/ser
 /// Files outside `service/` that still name the store, until their domain becomes a service.
 const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "appservice/sender.rs",
-    "client/account.rs",
     "client/devices.rs",
-    "client/membership.rs",
-    "client/profile.rs",
-    "client/relations.rs",
-    "client/room_events.rs",
-    "client/threads.rs",
-    "client/upgrade.rs",
     "e2ee/backup.rs",
     "e2ee/cross_signing.rs",
     "e2ee/device_keys.rs",
@@ -25,7 +18,6 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "e2ee/federation.rs",
     "e2ee/query.rs",
     "e2ee/to_device.rs",
-    "error.rs",
     "federation/backfill.rs",
     "federation/ingest.rs",
     "federation/join.rs",
@@ -36,6 +28,17 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "push/gateway.rs",
     "push/pushers.rs",
     "search/indexer.rs",
+];
+
+/// What reading or writing a table looks like: a schema map, a write batch, a commit, a state
+/// snapshot. (The store's health, free space and stream position are not table access.)
+const STORE_ACCESS: &[&str] = &[
+    "schema::",
+    "plexus_store::Batch",
+    "Batch::default()",
+    ".store.commit",
+    "commit_with_count",
+    ".store.state",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -113,7 +116,7 @@ fn the_store_is_reached_through_services() {
         if path.starts_with("service/") {
             continue;
         }
-        let touches = text.contains("plexus_store::") || text.contains("schema::");
+        let touches = STORE_ACCESS.iter().any(|p| text.contains(p));
         let listed = STORE_OUTSIDE_SERVICES.contains(&path.as_str());
         if touches && !listed {
             unexpected.push(path);

@@ -368,9 +368,7 @@ pub async fn password(
         crate::service::accounts::blocking(move || Services::hash_password(&new_password))
             .await??,
     );
-    let mut b = plexus_store::Batch::default();
-    app.put_user(&s.user_id, &rec, &mut b)?;
-    app.store.commit(b)?;
+    app.save_user(&s.user_id, &rec)?;
     if body.logout_devices {
         let others: Vec<String> = app
             .devices(&s.user_id)?
@@ -418,9 +416,7 @@ pub async fn deactivate(
     rec.deactivated = true;
     rec.displayname = None;
     rec.avatar_url = None;
-    let mut b = plexus_store::Batch::default();
-    app.put_user(&s.user_id, &rec, &mut b)?;
-    app.store.commit(b)?;
+    app.save_user(&s.user_id, &rec)?;
     let all: Vec<String> = app
         .devices(&s.user_id)?
         .into_iter()

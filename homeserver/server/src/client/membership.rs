@@ -2,7 +2,6 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use plexus_store::schema;
 use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -430,9 +429,7 @@ pub async fn forget(
         ));
     }
     m.forgotten = true;
-    let mut b = plexus_store::Batch::default();
-    schema::USER_ROOM__MEMBERSHIP.put(&mut b, (s.user_id.as_str(), room_id.as_str()), &m)?;
-    app.store.commit(b)?;
+    app.save_membership(&s.user_id, &room_id, &m)?;
     app.store.flush().await?;
     Ok(Json(json!({})))
 }

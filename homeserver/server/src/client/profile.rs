@@ -145,9 +145,7 @@ async fn update(
         "displayname" => rec.displayname = value,
         _ => rec.avatar_url = value,
     }
-    let mut b = plexus_store::Batch::default();
-    app.put_user(user, &rec, &mut b)?;
-    app.store.commit(b)?;
+    app.save_user(user, &rec)?;
     app.store.flush().await?;
     // Propagate to joined rooms; a room that refuses (e.g. power levels) keeps the old profile.
     for (room_id, m) in app.user_rooms(user)? {

@@ -2,7 +2,6 @@
 //! references), from an index written when each event is persisted.
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, First};
 use ruma::EventId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,14 +29,7 @@ pub struct RelationsQuery {
 
 /// `(count, short id)` of the room's events relating to `parent`.
 fn children(app: &App, short_room: u64, parent: &str) -> ApiResult<Vec<(u64, u64)>> {
-    schema::ROOM_PARENT_COUNT__RELATION
-        .prefix::<First<2>, u64>(&app.store.kv, (short_room, parent))
-        .take(GATHER_CAP)
-        .map(|r| {
-            let ((_, _, count), short) = r?;
-            Ok((count, short))
-        })
-        .collect()
+    app.relation_children(short_room, parent, GATHER_CAP)
 }
 
 async fn relations(

@@ -2,7 +2,6 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use plexus_store::schema;
 use ruma::{EventId, OwnedEventId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -147,9 +146,7 @@ async fn send_with_txn(
     app.limit_user(s, Action::Events)?;
     let scope = s.txn_scope();
     let mut w = RoomWriter::open(app, &room_id).await?;
-    let sent: Option<String> =
-        schema::USER_DEVICE_TXN__EVENTID.get(&app.store.kv, (s.user_id.as_str(), &scope, txn))?;
-    if let Some(existing) = sent {
+    if let Some(existing) = app.event_of_txn(&s.user_id, &scope, txn)? {
         return Ok(Json(json!({ "event_id": existing })));
     }
     let id = w.append(&s.user_id, ev, Some((scope, txn.to_owned())))?;

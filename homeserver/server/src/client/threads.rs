@@ -2,7 +2,6 @@
 //! latest reply first, each with its bundled thread summary.
 
 use axum::{extract::State, Json};
-use plexus_store::schema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -46,12 +45,8 @@ pub async fn list(
 
     let mut chunk = vec![];
     let mut next = None;
-    let to = (room.short, before.unwrap_or(u64::MAX));
-    for item in schema::ROOM_COUNT__THREAD_ROOT
-        .range::<u64>(&app.store.kv, (room.short, 0), to)
-        .rev()
-    {
-        let ((_, count), root) = item?;
+    for item in app.thread_activity(room.short, before.unwrap_or(u64::MAX)) {
+        let (count, root) = item?;
         // A thread moves on with each reply; only its latest activity row counts.
         if app
             .thread_info(root)?

@@ -169,12 +169,11 @@ pub async fn upgrade(
         json!(restricted.max(old_pl["events_default"].as_i64().unwrap_or(0)));
     old_pl["invite"] = json!(restricted.max(old_pl["invite"].as_i64().unwrap_or(0)));
     old.append(&s.user_id, state("m.room.power_levels", "", old_pl), None)?;
-    let mut b = plexus_store::Batch::default();
+    // The old room leaves the directory in the batch that tombstones it.
     for (alias, _) in &aliases {
-        Directory::stage_alias_moved(&mut b, &old_id, alias);
+        Directory::stage_alias_moved(&mut old.extra, &old_id, alias);
     }
-    Directory::stage_published(&mut b, &old_id, false)?;
-    app.store.commit(b)?;
+    Directory::stage_published(&mut old.extra, &old_id, false)?;
     old.commit().await?;
     tracing::info!(old = %old_id, new = %new_id, version = %version, "room upgraded");
     carry_personal_settings(&app, &s.user_id, &new_id).await?;

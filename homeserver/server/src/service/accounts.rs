@@ -201,13 +201,11 @@ impl Services {
         user_id.server_name() == self.server_name()
     }
 
-    pub fn put_user(
-        &self,
-        user_id: &UserId,
-        rec: &UserRecord,
-        batch: &mut Batch,
-    ) -> Result<(), StoreError> {
-        schema::USER__ACCOUNT.put(batch, user_id.as_str(), rec)
+    /// Replace a user's account record. Not yet durable: the caller flushes.
+    pub fn save_user(&self, user_id: &UserId, rec: &UserRecord) -> ApiResult<()> {
+        let mut b = Batch::default();
+        schema::USER__ACCOUNT.put(&mut b, user_id.as_str(), rec)?;
+        Ok(self.store.commit(b)?)
     }
 
     /// What a new password must be: not empty (an empty one would log anybody in who tries

@@ -151,6 +151,41 @@ pub struct ThreadInfo {
 }
 
 impl Services {
+    /// `(count, short id)` of up to `cap` events of the room relating to `parent`, oldest
+    /// first.
+    pub fn relation_children(
+        &self,
+        short_room: u64,
+        parent: &str,
+        cap: usize,
+    ) -> ApiResult<Vec<(u64, u64)>> {
+        schema::ROOM_PARENT_COUNT__RELATION
+            .prefix::<First<2>, u64>(&self.store.kv, (short_room, parent))
+            .take(cap)
+            .map(|r| {
+                let ((_, _, count), short) = r?;
+                Ok((count, short))
+            })
+            .collect()
+    }
+
+    /// `(count of latest activity, root)` of the room's threads with activity before `before`,
+    /// newest first. A thread's older activity rows come too: skip those whose count is not
+    /// its [`ThreadInfo::latest_count`].
+    pub fn thread_activity(
+        &self,
+        short_room: u64,
+        before: u64,
+    ) -> impl Iterator<Item = ApiResult<(u64, u64)>> + '_ {
+        schema::ROOM_COUNT__THREAD_ROOT
+            .range::<u64>(&self.store.kv, (short_room, 0), (short_room, before))
+            .rev()
+            .map(|item| {
+                let ((_, count), root) = item?;
+                Ok((count, root))
+            })
+    }
+
     pub fn thread_info(&self, root: u64) -> ApiResult<Option<ThreadInfo>> {
         Ok(schema::ROOT__THREAD_LATEST
             .get::<(u64, u64, u64)>(&self.store.kv, root)?

@@ -206,6 +206,25 @@ impl Services {
         Ok(schema::USER_ROOM__MEMBERSHIP.get(&self.store.kv, (user.as_str(), room_id.as_str()))?)
     }
 
+    /// Replace the user's membership record of a room (to mark it forgotten). Not yet
+    /// durable: the caller flushes.
+    pub fn save_membership(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        m: &Membership,
+    ) -> ApiResult<()> {
+        let mut b = plexus_store::Batch::default();
+        schema::USER_ROOM__MEMBERSHIP.put(&mut b, (user.as_str(), room_id.as_str()), m)?;
+        Ok(self.store.commit(b)?)
+    }
+
+    /// The event a client's transaction already created, if it did (the scope is the device,
+    /// or the appservice acting without one).
+    pub fn event_of_txn(&self, user: &UserId, scope: &str, txn: &str) -> ApiResult<Option<String>> {
+        Ok(schema::USER_DEVICE_TXN__EVENTID.get(&self.store.kv, (user.as_str(), scope, txn))?)
+    }
+
     pub fn is_joined(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
         Ok(self
             .membership(user, room_id)?
