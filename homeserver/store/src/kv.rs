@@ -210,37 +210,13 @@ impl Kv {
         Ok(self.db.contains(&k(table, key))?)
     }
 
-    /// Insert only if absent; returns the value that is stored afterwards.
+    /// Insert only if absent: `None` when this call stored `value`, else the value found.
     pub(crate) fn insert_if_absent(
         &self,
         table: Table,
         key: &[u8],
         value: &[u8],
-    ) -> Result<Vec<u8>, StoreError> {
-        self.space.ensure()?;
-        let found = self.space.note(
-            self.db
-                .insert_if_absent(&k(table, key), value)
-                .map_err(StoreError::from),
-        )?;
-        match found {
-            None => {
-                self.durability
-                    .applied
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                Ok(value.to_vec())
-            }
-            Some(current) => Ok(current),
-        }
-    }
-
-    /// Insert only if absent; answers whether this call stored it.
-    pub(crate) fn insert_new(
-        &self,
-        table: Table,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         self.space.ensure()?;
         let found = self.space.note(
             self.db
@@ -252,7 +228,7 @@ impl Kv {
                 .applied
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        Ok(found.is_none())
+        Ok(found)
     }
 
     /// Remove a key and answer what it held, atomically: of two concurrent takes of one key,

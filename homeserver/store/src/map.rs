@@ -93,8 +93,11 @@ impl<K: Key, V> Map<K, V> {
     where
         V: Encode<T> + Decode<T>,
     {
-        let stored = kv.insert_if_absent(self.table, &K::encode(key), &V::encode(value)?)?;
-        self.value(&stored)
+        let bytes = V::encode(value)?;
+        match kv.insert_if_absent(self.table, &K::encode(key), &bytes)? {
+            None => self.value(&bytes),
+            Some(found) => self.value(&found),
+        }
     }
 
     /// Store `value` unless the key holds one; answers whether this call stored it.
@@ -107,7 +110,9 @@ impl<K: Key, V> Map<K, V> {
     where
         V: Encode<T>,
     {
-        kv.insert_new(self.table, &K::encode(key), &V::encode(value)?)
+        Ok(kv
+            .insert_if_absent(self.table, &K::encode(key), &V::encode(value)?)?
+            .is_none())
     }
 
     /// Remove a key and answer its value, atomically (single-use tokens).
