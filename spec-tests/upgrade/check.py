@@ -105,6 +105,11 @@ try:
     check("one-time keys, oldest first", claimed["one_time_keys"]["@alice:localhost"][alice_dev], {"curve25519:AAAA": "otk1"})
     bob_sync = call("GET", "/_matrix/client/v3/sync", token=bob)
     check("the to-device message", [m["content"] for m in bob_sync["to_device"]["events"]], [{"hello": "bob"}])
+    call("PUT", "/_matrix/client/v3/sendToDevice/m.room_key_request/td1",
+         {"messages": {"@bob:localhost": {bob_dev: {"hello": "bob"}}}}, alice)
+    again = call("GET", f"/_matrix/client/v3/sync?since={bob_sync['next_batch']}&timeout=0", token=bob)
+    check("a to-device send retried after the upgrade is not delivered twice",
+          again.get("to_device", {}).get("events", []), [])
     threads = call("GET", f"/_matrix/client/v1/rooms/{room}/threads", token=alice)
     check("the thread", [t["event_id"] for t in threads["chunk"]], [sent[0]])
     rel = call("GET", f"/_matrix/client/v1/rooms/{room}/relations/{sent[0]}/m.thread", token=alice)

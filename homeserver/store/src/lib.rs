@@ -26,7 +26,7 @@ use std::sync::{
 };
 
 /// Schema version this build writes; [`migrate`] brings older data here.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// The store: the keyspace, the global stream clock and the state snapshot cache.
 pub struct Store {

@@ -35,6 +35,7 @@ fn schema_steps(kv: &Kv) -> Result<(), StoreError> {
                 let mut b = Batch::default();
                 match v {
                     1 => queue_one_time_keys(kv, &mut b)?,
+                    2 => rekey_to_device_txns(kv, &mut b)?,
                     _ => return Err(StoreError::SchemaTooNew(v)),
                 }
                 v += 1;
@@ -44,6 +45,26 @@ fn schema_steps(kv: &Kv) -> Result<(), StoreError> {
             Ok(())
         }
     }
+}
+
+/// 2 → 3: to-device transaction ids live in the transaction table as `m.to_device\0<txn>`,
+/// written before typed keys with a raw NUL; typed keys store a NUL in text as `0xFF`. Rewrite
+/// them, so a to-device send retried across the upgrade is still recognised.
+fn rekey_to_device_txns(kv: &Kv, b: &mut Batch) -> Result<(), StoreError> {
+    use crate::codec::Key;
+    for row in kv.scan_prefix(Table::TxnId, b"") {
+        let (old, value) = row?;
+        // The last part takes the rest of the key, raw NUL included.
+        let Ok((user, scope, txn)) = <(Str, Str, Str)>::decode(&old) else {
+            continue;
+        };
+        let new = <(Str, Str, Str)>::encode((&user, &scope, &txn));
+        if new != old {
+            b.delete(Table::TxnId, &old);
+            b.put(Table::TxnId, &new, &value);
+        }
+    }
+    Ok(())
 }
 
 /// 1 → 2: one-time keys stored before their upload order was kept get a queue entry at
@@ -173,6 +194,32 @@ mod tests {
             .collect();
         assert_eq!(rows, vec![((7, "$parent:x".to_owned(), count), 42)]);
         assert_eq!(legacy_relation_key(b"$no-nul"), None);
+    }
+
+    #[test]
+    fn to_device_transactions_written_with_a_raw_nul_are_found_after_the_upgrade() {
+        let kv = Kv::memory();
+        let mut old = b"@a:x\0DEV\0m.to_device".to_vec();
+        old.push(0);
+        old.extend_from_slice(b"txn1");
+        let mut b = Batch::default();
+        b.put(Table::TxnId, &old, b"");
+        b.put(Table::TxnId, b"@a:x\0DEV\0room-txn", b"$event");
+        kv.apply(b).unwrap();
+        let mut b = Batch::default();
+        rekey_to_device_txns(&kv, &mut b).unwrap();
+        kv.apply(b).unwrap();
+        let txns = schema::USER_DEVICE_TXN__EVENTID;
+        assert!(txns
+            .contains(&kv, ("@a:x", "DEV", "m.to_device\0txn1"))
+            .unwrap());
+        assert_eq!(
+            txns.get::<String>(&kv, ("@a:x", "DEV", "room-txn"))
+                .unwrap()
+                .as_deref(),
+            Some("$event")
+        );
+        assert_eq!(kv.scan_prefix(Table::TxnId, b"").count(), 2);
     }
 
     #[test]
