@@ -21,13 +21,11 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "federation/backfill.rs",
     "federation/ingest.rs",
     "federation/join.rs",
-    "federation/keys.rs",
     "federation/sender.rs",
     "federation/state_graphs.rs",
     "media/upload.rs",
     "push/gateway.rs",
     "push/pushers.rs",
-    "search/indexer.rs",
 ];
 
 /// What reading or writing a table looks like: a schema map, a write batch, a commit, a state

@@ -7,7 +7,6 @@ use std::{
 };
 
 use axum::{extract::State, Json};
-use plexus_store::schema;
 use ruma::{
     canonical_json::{to_canonical_value, CanonicalJsonObject, CanonicalJsonValue},
     serde::Base64,
@@ -105,7 +104,7 @@ impl KeyCache {
         {
             return Ok(Some(k.clone()));
         }
-        let Some(k) = schema::SERVER__KEYS.get::<KnownKeys>(&app.store.kv, server.as_str())? else {
+        let Some(k) = app.server_keys.get::<KnownKeys>(server)? else {
             return Ok(None);
         };
         let k = Arc::new(k);
@@ -219,10 +218,8 @@ impl KeyCache {
         known.response = resp;
         known.fetched_at = now;
         let known = Arc::new(known);
-        let mut b = plexus_store::Batch::default();
-        schema::SERVER__KEYS
-            .put(&mut b, server.as_str(), &*known)
-            .and_then(|()| app.store.commit(b))
+        app.server_keys
+            .put(server, &*known)
             .map_err(|e| FedError::local(e.into()))?;
         self.mem
             .lock()

@@ -9,7 +9,6 @@ use std::{
 };
 
 use plexus_search::Opened;
-use plexus_store::schema;
 
 use super::index_event;
 use crate::{error::ApiResult, service::Services};
@@ -119,25 +118,6 @@ impl CatchUp {
     }
 }
 
-/// Rows `(count, short event ids)` of a table keyed by stream position, after `from` and up to
-/// `to`, at most `max`.
-/// Stream positions and the short ids of the events placed at each.
-type Placed = Vec<(u64, Vec<u64>)>;
-
-fn rows(svc: &Services, from: u64, to: u64, max: usize) -> ApiResult<[Placed; 2]> {
-    let kv = &svc.store.kv;
-    let timeline = schema::COUNT__EVENT
-        .stream::<u64>(kv, from, to)
-        .take(max)
-        .map(|item| item.map(|(count, short)| (count, vec![short])))
-        .collect::<Result<_, _>>()?;
-    let backfill = schema::COUNT__BACKFILLED_EVENTS
-        .stream::<Vec<u64>>(kv, from, to)
-        .take(max)
-        .collect::<Result<_, _>>()?;
-    Ok([timeline, backfill])
-}
-
 /// Index what the stream and the backfill queue hold past the index's position (at most
 /// `max` rows of each) and commit. Answers how many events it looked at; `None` when the
 /// index was already current.
@@ -147,7 +127,7 @@ pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
     if now <= from {
         return Ok(None);
     }
-    let [timeline, backfill] = rows(svc, from, now, max)?;
+    let [timeline, backfill] = svc.placed_since(from, now, max)?;
     // A table cut short at `max` was read only up to its last row.
     let mut upto = now;
     for part in [&timeline, &backfill] {

@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod reports;
 pub mod restricted;
 pub mod rooms;
+pub mod server_keys;
 pub mod single_flight;
 pub mod spaces;
 pub mod user_directory;
@@ -45,6 +46,7 @@ pub struct Services {
     pub media_records: media::MediaRecords,
     pub openid: openid::OpenId,
     pub reports: reports::Reports,
+    pub server_keys: server_keys::ServerKeys,
     pub key: ServerKey,
     pub notifier: notify::Notifier,
     pub long_polls: notify::LongPolls,
@@ -112,6 +114,7 @@ impl Services {
             media_records: media::MediaRecords::new(store.clone()),
             openid: openid::OpenId::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
+            server_keys: server_keys::ServerKeys::new(store.clone()),
             store,
             key,
             notifier: notify::Notifier::default(),

@@ -67,7 +67,27 @@ pub struct RoomRef {
     pub meta: RoomMeta,
 }
 
+/// Stream positions and the short ids of the events placed at each.
+pub type Placed = Vec<(u64, Vec<u64>)>;
+
 impl Services {
+    /// Events placed after stream position `from` and up to `to`, at most `max` positions of
+    /// each source: the room timelines, then what backfill fetched (which has no timeline
+    /// position). For consumers that follow the write path, such as the search indexer.
+    pub fn placed_since(&self, from: u64, to: u64, max: usize) -> ApiResult<[Placed; 2]> {
+        let kv = &self.store.kv;
+        let timeline = schema::COUNT__EVENT
+            .stream::<u64>(kv, from, to)
+            .take(max)
+            .map(|item| item.map(|(count, short)| (count, vec![short])))
+            .collect::<Result<_, _>>()?;
+        let backfill = schema::COUNT__BACKFILLED_EVENTS
+            .stream::<Vec<u64>>(kv, from, to)
+            .take(max)
+            .collect::<Result<_, _>>()?;
+        Ok([timeline, backfill])
+    }
+
     pub fn room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
         let kv = &self.store.kv;
         let Some(short) = schema::ROOMID__SHORT.get(kv, room_id.as_str())? else {
