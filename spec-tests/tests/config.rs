@@ -140,6 +140,13 @@ async fn each_request_is_logged_in_its_own_span() {
         .await;
     let other: u64 = versions.header("x-request-id").parse().unwrap();
     assert_ne!(other, id);
+    // So does an answer from the fallback.
+    let unknown = server
+        .client()
+        .bytes("GET", "/_matrix/client/v3/no_such_endpoint", &[], None)
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.header("x-request-id").parse::<u64>().is_ok());
 }
 
 #[test]
