@@ -627,6 +627,16 @@ impl Client {
         out
     }
 
+    /// `GET /rooms/{room}/event/{id}`.
+    pub async fn event(&self, room: &str, id: &str) -> Resp {
+        self.get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(room),
+            enc(id)
+        ))
+        .await
+    }
+
     /// The content of a state event, if the caller may see it.
     pub async fn state(&self, room: &str, kind: &str, key: &str) -> Option<Value> {
         let r = self

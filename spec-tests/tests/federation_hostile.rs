@@ -534,29 +534,18 @@ async fn a_redaction_redacts_what_its_room_version_says() {
     let res = peer.transaction(&a.server_name, vec![pdu]).await;
     assert_eq!(res["pdus"][&rid], json!({}), "{res}");
 
-    let event = |id: String| {
-        let alice = alice.clone();
-        let room = room.clone();
-        async move {
-            alice
-                .get(&format!(
-                    "/_matrix/client/v3/rooms/{}/event/{}",
-                    enc(&room),
-                    enc(&id)
-                ))
-                .await
-                .ok()
-                .clone()
-        }
+    let event = |id: &str| {
+        let (alice, room, id) = (alice.clone(), room.clone(), id.to_owned());
+        async move { alice.event(&room, &id).await.ok().clone() }
     };
-    let mine = event(own.clone()).await;
+    let mine = event(&own).await;
     assert_eq!(
         mine["content"],
         json!({}),
         "bob's own message is redacted: {mine}"
     );
-    let theirs = event(victim.clone()).await;
+    let theirs = event(&victim).await;
     assert_eq!(theirs["content"]["body"], "alice's words", "{theirs}");
-    let shown = event(rid).await;
+    let shown = event(&rid).await;
     assert_eq!(shown["redacts"], own.as_str(), "{shown}");
 }

@@ -149,21 +149,9 @@ async fn every_room_version_can_be_created_and_used() {
             )
             .await;
         let redaction = r.ok()["event_id"].as_str().unwrap().to_owned();
-        let event = |id: String| {
-            let (alice, room) = (alice.clone(), room.clone());
-            async move {
-                alice
-                    .get(&format!(
-                        "/_matrix/client/v3/rooms/{}/event/{}",
-                        enc(&room),
-                        enc(&id)
-                    ))
-                    .await
-            }
-        };
-        let redacted = event(hello.clone()).await;
+        let redacted = alice.event(&room, &hello).await;
         assert_eq!(redacted.ok()["content"], json!({}), "v{v}");
-        let shown = event(redaction).await;
+        let shown = alice.event(&room, &redaction).await;
         assert_eq!(
             shown.ok()["redacts"],
             hello.as_str(),

@@ -32,10 +32,6 @@ impl<K: Key, V> Map<K, V> {
         }
     }
 
-    pub fn table(&self) -> Table {
-        self.table
-    }
-
     fn corrupt(&self, why: &str) -> StoreError {
         StoreError::Corrupt {
             table: self.table,

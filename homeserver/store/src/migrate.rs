@@ -6,8 +6,8 @@
 use sha2::Digest;
 
 use crate::{
-    codec::{Bytes, Json, Str, U64},
-    schema, Batch, Kv, Map, StoreError, Table, META_SCHEMA, SCHEMA_VERSION,
+    codec::{Str, U64},
+    schema, Batch, Kv, StoreError, Table, META_SCHEMA, SCHEMA_VERSION,
 };
 
 /// Run every step this store still needs.
@@ -112,12 +112,11 @@ fn hash_stored_tokens(kv: &Kv) -> Result<(), StoreError> {
         schema::REFRESH_TOKEN__SESSION,
         schema::OPENID_TOKEN__GRANT,
     ] {
-        let verbatim: Map<Bytes, Json> = table;
-        for row in verbatim.iter::<serde_json::Value>(kv) {
+        for row in table.iter::<serde_json::Value>(kv) {
             let (key, value) = row?;
             if let Ok(token) = std::str::from_utf8(&key) {
-                verbatim.delete(&mut batch, &key);
-                verbatim.put(&mut batch, &token_hash(token), &value)?;
+                table.delete(&mut batch, &key);
+                table.put(&mut batch, &token_hash(token), &value)?;
             }
         }
     }

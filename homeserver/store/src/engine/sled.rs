@@ -71,7 +71,7 @@ impl Engine for SledEngine {
     }
 
     fn range(&self, from: &[u8], to: &[u8]) -> Rows<'_> {
-        rows(self.db.range(from.to_vec()..to.to_vec()))
+        rows(self.db.range::<&[u8], _>(from..to))
     }
 
     fn generate_id(&self) -> Result<u64, EngineError> {
