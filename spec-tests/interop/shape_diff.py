@@ -139,6 +139,12 @@ ACCEPTED = [
            "the spec)", plexus=r"^completed: array \(empty\)$"),
     Accept("login well_known", "/login's optional well_known", labels=r"^POST /login ",
            synapse=r"^well_known: object \{m\.homeserver\}$"),
+    Accept("register home_server", "/register's home_server: deprecated since r0.4.0 and not in "
+           "ruma's response type, which Plexus answers with (clients read the user id's server "
+           "name)", labels=r"^POST /register ", synapse=r"^home_server: str$"),
+    Accept("whoami is_guest false", "whoami's is_guest: false, the spec's default, which ruma's "
+           "response type leaves out", labels=r"^GET /account/whoami",
+           synapse=r"^is_guest: bool$"),
     Accept("m.profile_fields", "the m.profile_fields capability (spec v1.16, which Plexus does "
            "not claim)", synapse=r"^capabilities/m\.profile_fields: object \{enabled\}$"),
     Accept("avatar_url unset", "GET /profile/{id}/avatar_url with none set: Plexus 404 "

@@ -1,41 +1,43 @@
 //! Registration, login, logout, whoami, refresh, password change, deactivation.
 
-use axum::{extract::State, Json};
 use plexus_core::signing::random_alnum;
-use ruma::{OwnedUserId, UserId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::{
+    api::client::{
+        account::{
+            change_password, check_registration_token_validity, deactivate,
+            get_username_availability,
+            register::{self, LoginType as RegisterType, RegistrationKind},
+            whoami, ThirdPartyIdRemovalStatus,
+        },
+        session::{
+            get_login_types::{
+                self,
+                v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
+            },
+            login::{self, v3::LoginInfo},
+            logout, logout_all, refresh_token,
+        },
+        uiaa::AuthData,
+    },
+    OwnedUserId, UserId,
+};
+use serde_json::Value;
 
 use plexus_core::appservice::Kind;
 
 use crate::{
     config::RegistrationPolicy,
     error::{ApiError, ApiResult},
-    http::extract::{AppserviceToken, Auth, Body, ClientIp, Query},
-    service::accounts::PASSWORD_FLOW,
+    http::{extract::AppserviceCaller, ruma::Ruma},
+    service::accounts::{IssuedTokens, PASSWORD_FLOW},
     service::{ratelimit::Action, App, Services},
 };
 
-#[derive(Deserialize)]
-pub struct RegisterQuery {
-    #[serde(default)]
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct RegisterBody {
-    username: Option<String>,
-    password: Option<String>,
-    device_id: Option<String>,
-    initial_device_display_name: Option<String>,
-    #[serde(default)]
-    inhibit_login: bool,
-    #[serde(default)]
-    refresh_token: bool,
-    auth: Option<Value>,
-    /// `m.login.application_service`: an appservice registers a user in its namespace.
-    #[serde(rename = "type")]
-    kind: Option<String>,
+/// User-interactive auth data as the UIA state machine reads it.
+pub(super) fn uia_json(auth: Option<&AuthData>) -> ApiResult<Option<Value>> {
+    auth.map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ApiError::BadJson(format!("auth: {e}")))
 }
 
 /// Localparts per the spec's user identifier grammar (historical characters are not accepted for
@@ -54,70 +56,49 @@ fn validate_localpart(svc: &Services, localpart: &str) -> ApiResult<OwnedUserId>
     Ok(id)
 }
 
-/// Issue a device and tokens and answer as `/login` and `/register` both do.
-async fn log_in(
-    svc: &App,
-    user_id: &UserId,
-    device_id: Option<&str>,
-    display_name: Option<String>,
-    refreshable: bool,
-) -> ApiResult<Json<Value>> {
-    let (device_id, t) = svc
-        .issue_device(user_id, device_id, display_name, refreshable)
-        .await?;
-    let mut v = json!({
-        "user_id": user_id,
-        "access_token": t.access_token,
-        "device_id": device_id,
-        "home_server": svc.server_name(),
-    });
-    if let Some(r) = t.refresh_token {
-        v["refresh_token"] = json!(r);
-    }
-    if let Some(e) = t.expires_in_ms {
-        v["expires_in_ms"] = json!(e);
-    }
-    Ok(Json(v))
+fn expires(t: &IssuedTokens) -> Option<std::time::Duration> {
+    t.expires_in_ms.map(std::time::Duration::from_millis)
 }
 
 pub async fn register(
-    State(app): State<App>,
-    ClientIp(ip): ClientIp,
-    caller: AppserviceToken,
-    Query(q): Query<RegisterQuery>,
-    Body(body): Body<RegisterBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<register::v3::Request>,
+) -> ApiResult<register::v3::Response> {
+    let (caller, body) = (req.caller, req.body);
     if caller.reg.is_none() {
-        app.limiter.check(Action::RegisterIp, &ip.to_string())?;
+        app.limiter.check(Action::RegisterIp, &req.ip.to_string())?;
     }
-    if q.kind.as_deref() == Some("guest") {
-        return Err(ApiError::GuestAccessForbidden);
+    match &body.kind {
+        RegistrationKind::User => {}
+        RegistrationKind::Guest => return Err(ApiError::GuestAccessForbidden),
+        k => return Err(ApiError::InvalidParam(format!("unknown kind {k}"))),
     }
-    if let Some(k) = q.kind.as_deref().filter(|k| *k != "user") {
-        return Err(ApiError::InvalidParam(format!("unknown kind {k}")));
-    }
-    let user_id = if body.kind.as_deref() == Some("m.login.application_service") {
+    let user_id = if body.login_type == Some(RegisterType::ApplicationService) {
         register_for_appservice(&app, caller, &body).await?
     } else {
         register_user(&app, &body).await?
     };
+    let mut res = register::v3::Response::new(user_id.clone());
     if body.inhibit_login {
-        return Ok(Json(
-            json!({ "user_id": user_id, "home_server": app.server_name() }),
-        ));
+        return Ok(res);
     }
-    log_in(
-        &app,
+    let (device_id, t) = app
+        .issue_device(
         &user_id,
-        body.device_id.as_deref(),
+        body.device_id.as_deref().map(|d| d.as_str()),
         body.initial_device_display_name,
         body.refresh_token,
     )
-    .await
+    .await?;
+    res.expires_in = expires(&t);
+    res.access_token = Some(t.access_token);
+    res.refresh_token = t.refresh_token;
+    res.device_id = Some(device_id);
+    Ok(res)
 }
 
 /// Registration by a person: the server's policy and user-interactive auth decide.
-async fn register_user(app: &App, body: &RegisterBody) -> ApiResult<OwnedUserId> {
+async fn register_user(app: &App, body: &register::v3::Request) -> ApiResult<OwnedUserId> {
     let flows: &'static [&'static [&'static str]] = match app.settings.registration {
         RegistrationPolicy::Disabled => {
             return Err(ApiError::Forbidden("Registration has been disabled".into()))
@@ -137,7 +118,7 @@ async fn register_user(app: &App, body: &RegisterBody) -> ApiResult<OwnedUserId>
     if let Some(p) = &body.password {
         Services::password_policy(p)?;
     }
-    app.uia(body.auth.clone(), flows, None).await?;
+    app.uia(uia_json(body.auth.as_ref())?, flows, None).await?;
     app.create_user(&user_id, body.password.as_deref(), false)
         .await?;
     tracing::info!(user = %user_id, "registered");
@@ -148,8 +129,8 @@ async fn register_user(app: &App, body: &RegisterBody) -> ApiResult<OwnedUserId>
 /// whatever the server's registration policy.
 async fn register_for_appservice(
     app: &App,
-    caller: AppserviceToken,
-    body: &RegisterBody,
+    caller: AppserviceCaller,
+    body: &register::v3::Request,
 ) -> ApiResult<OwnedUserId> {
     let reg = caller.require()?;
     let name = body
@@ -170,60 +151,42 @@ async fn register_for_appservice(
     Ok(user_id)
 }
 
-#[derive(Deserialize)]
-pub struct AvailableQuery {
-    username: String,
-}
-
 pub async fn available(
-    State(app): State<App>,
-    Query(q): Query<AvailableQuery>,
-) -> ApiResult<Json<Value>> {
-    let user_id = validate_localpart(&app, &q.username)?;
+    app: App,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> ApiResult<get_username_availability::v3::Response> {
+    let user_id = validate_localpart(&app, &req.body.username)?;
     app.appservices
         .check_exclusive(Kind::User, user_id.as_str(), None)?;
     if app.user(&user_id)?.is_some() {
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
-    Ok(Json(json!({ "available": true })))
+    Ok(get_username_availability::v3::Response::new(true))
 }
 
-pub async fn login_flows() -> Json<Value> {
-    Json(json!({ "flows": [
-        { "type": "m.login.password" },
-        { "type": "m.login.application_service" },
-    ] }))
+pub async fn login_flows(
+    _: App,
+    _: Ruma<get_login_types::v3::Request>,
+) -> ApiResult<get_login_types::v3::Response> {
+    Ok(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ]))
 }
 
-#[derive(Deserialize)]
-pub struct LoginBody {
-    #[serde(rename = "type")]
-    kind: String,
-    device_id: Option<String>,
-    initial_device_display_name: Option<String>,
-    #[serde(default)]
-    refresh_token: bool,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, Value>,
-}
-
-pub async fn login(
-    State(app): State<App>,
-    ClientIp(ip): ClientIp,
-    caller: AppserviceToken,
-    Body(body): Body<LoginBody>,
-) -> ApiResult<Json<Value>> {
-    if body.kind == "m.login.application_service" {
-        return login_for_appservice(&app, caller, body).await;
+pub async fn login(app: App, req: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
+    let body = req.body;
+    if let LoginInfo::ApplicationService(_) = &body.login_info {
+        return login_for_appservice(&app, req.caller, body).await;
     }
-    app.limiter.check(Action::LoginIp, &ip.to_string())?;
-    if body.kind != "m.login.password" {
+    app.limiter.check(Action::LoginIp, &req.ip.to_string())?;
+    if !matches!(body.login_info, LoginInfo::Password(_)) {
         return Err(ApiError::Unknown(format!(
             "Unknown login type {}",
-            body.kind
+            body.login_info.login_type()
         )));
     }
-    let creds = Value::Object(body.rest.clone());
+    let creds = Value::Object(body.login_info.data().into_owned());
     let check = {
         let (app, creds) = (app.clone(), creds.clone());
         crate::service::accounts::blocking(move || app.password_login(&creds)).await??
@@ -252,29 +215,47 @@ pub async fn login(
             return Err(ApiError::Forbidden("Invalid username or password".into()));
         }
     };
-    log_in(
-        &app,
-        &user_id,
-        body.device_id.as_deref(),
+    logged_in(&app, &user_id, body).await
+}
+
+/// A device and tokens for a user who has proved who they are.
+async fn logged_in(
+    app: &App,
+    user_id: &UserId,
+    body: login::v3::Request,
+) -> ApiResult<login::v3::Response> {
+    let (device_id, t) = app
+        .issue_device(
+        user_id,
+        body.device_id.as_deref().map(|d| d.as_str()),
         body.initial_device_display_name,
         body.refresh_token,
     )
-    .await
+    .await?;
+    let mut res = login::v3::Response::new(user_id.to_owned(), t.access_token.clone(), device_id);
+    // Deprecated, but clients from before r0.4 read it.
+    #[allow(deprecated)]
+    {
+        res.home_server = Some(app.server_name().to_owned());
+    }
+    res.expires_in = expires(&t);
+    res.refresh_token = t.refresh_token;
+    Ok(res)
 }
 
 /// `m.login.application_service`: a device for a user in the appservice's namespace (how an
 /// appservice gets devices of its own to run E2EE with).
 async fn login_for_appservice(
     app: &App,
-    caller: AppserviceToken,
-    body: LoginBody,
-) -> ApiResult<Json<Value>> {
+    caller: AppserviceCaller,
+    body: login::v3::Request,
+) -> ApiResult<login::v3::Response> {
     let reg = caller.require()?;
-    let name = body
-        .rest
+    let data = body.login_info.data();
+    let name = data
         .get("identifier")
         .and_then(|i| i.get("user"))
-        .or_else(|| body.rest.get("user"))
+        .or_else(|| data.get("user"))
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::MissingParam("identifier.user is required".into()))?;
     let user_id = app.parse_user_name(name)?;
@@ -288,77 +269,62 @@ async fn login_for_appservice(
             "Application service has not registered this user".into(),
         ));
     }
-    log_in(
-        app,
-        &user_id,
-        body.device_id.as_deref(),
-        body.initial_device_display_name,
-        body.refresh_token,
-    )
-    .await
+    drop(data);
+    logged_in(app, &user_id, body).await
 }
 
-pub async fn logout(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+pub async fn logout(app: App, req: Ruma<logout::v3::Request>) -> ApiResult<logout::v3::Response> {
+    let s = req.caller;
     app.delete_devices(&s.user_id, &[s.device()?.to_string()])
         .await?;
-    Ok(Json(json!({})))
+    Ok(logout::v3::Response::new())
 }
 
-pub async fn logout_all(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+pub async fn logout_all(
+    app: App,
+    req: Ruma<logout_all::v3::Request>,
+) -> ApiResult<logout_all::v3::Response> {
+    let s = req.caller;
     let all: Vec<String> = app
         .devices(&s.user_id)?
         .into_iter()
         .map(|(d, _)| d)
         .collect();
     app.delete_devices(&s.user_id, &all).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct RefreshBody {
-    refresh_token: String,
+    Ok(logout_all::v3::Response::new())
 }
 
 pub async fn refresh(
-    State(app): State<App>,
-    Body(body): Body<RefreshBody>,
-) -> ApiResult<Json<Value>> {
-    let t = app.refresh(&body.refresh_token).await?;
-    Ok(Json(json!({
-        "access_token": t.access_token,
-        "refresh_token": t.refresh_token,
-        "expires_in_ms": t.expires_in_ms,
-    })))
+    app: App,
+    req: Ruma<refresh_token::v3::Request>,
+) -> ApiResult<refresh_token::v3::Response> {
+    let t = app.refresh(&req.body.refresh_token).await?;
+    let mut res = refresh_token::v3::Response::new(t.access_token.clone());
+    res.expires_in_ms = expires(&t);
+    res.refresh_token = t.refresh_token;
+    Ok(res)
 }
 
-pub async fn whoami(Auth(s): Auth) -> Json<Value> {
-    let mut v = json!({ "user_id": s.user_id, "is_guest": false });
+pub async fn whoami(_: App, req: Ruma<whoami::v3::Request>) -> ApiResult<whoami::v3::Response> {
+    let s = req.caller;
+    let mut res = whoami::v3::Response::new(s.user_id, false);
     // An appservice acting without a device has none to report.
-    if let Some(d) = &s.device_id {
-        v["device_id"] = json!(d);
-    }
-    Json(v)
-}
-
-#[derive(Deserialize)]
-pub struct PasswordBody {
-    new_password: String,
-    #[serde(default = "yes")]
-    logout_devices: bool,
-    auth: Option<Value>,
-}
-
-fn yes() -> bool {
-    true
+    res.device_id = s.device_id;
+    Ok(res)
 }
 
 pub async fn password(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Body(body): Body<PasswordBody>,
-) -> ApiResult<Json<Value>> {
-    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
-        .await?;
+    app: App,
+    req: Ruma<change_password::v3::Request>,
+) -> ApiResult<change_password::v3::Response> {
+    let s = req.caller.ok_or(ApiError::MissingToken)?;
+    let body = req.body;
+    app.uia(
+        uia_json(body.auth.as_ref())?,
+        PASSWORD_FLOW,
+        Some(s.user_id.clone()),
+    )
+    .await?;
     Services::password_policy(&body.new_password)?;
     let mut rec = app
         .user(&s.user_id)?
@@ -379,27 +345,26 @@ pub async fn password(
         app.delete_devices(&s.user_id, &others).await?;
     }
     app.store.flush().await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct DeactivateBody {
-    auth: Option<Value>,
+    Ok(change_password::v3::Response::new())
 }
 
 pub async fn deactivate(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Body(body): Body<DeactivateBody>,
-) -> ApiResult<Json<Value>> {
-    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
-        .await?;
+    app: App,
+    req: Ruma<deactivate::v3::Request>,
+) -> ApiResult<deactivate::v3::Response> {
+    let s = req.caller.ok_or(ApiError::MissingToken)?;
+    app.uia(
+        uia_json(req.body.auth.as_ref())?,
+        PASSWORD_FLOW,
+        Some(s.user_id.clone()),
+    )
+    .await?;
     // Leave every room first, so the account's memberships end while it can still act.
     for (room_id, m) in app.user_rooms(&s.user_id)? {
         if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {
             let ev = plexus_core::builder::NewEvent {
                 kind: "m.room.member".into(),
-                content: json!({ "membership": "leave" }),
+                content: serde_json::json!({ "membership": "leave" }),
                 state_key: Some(s.user_id.to_string()),
                 redacts: None,
             };
@@ -423,27 +388,23 @@ pub async fn deactivate(
         .map(|(d, _)| d)
         .collect();
     app.delete_devices(&s.user_id, &all).await?;
-    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
-}
-
-#[derive(Deserialize)]
-pub struct TokenValidityQuery {
-    token: String,
+    Ok(deactivate::v3::Response::new(
+        ThirdPartyIdRemovalStatus::NoSupport,
+    ))
 }
 
 /// Lets a client check a registration token before asking for the rest of the form. Limited
 /// like registration itself, so it is no faster a way to guess tokens.
 pub async fn registration_token_validity(
-    State(app): State<App>,
-    ClientIp(ip): ClientIp,
-    Query(q): Query<TokenValidityQuery>,
-) -> ApiResult<Json<Value>> {
-    app.limiter.check(Action::RegisterIp, &ip.to_string())?;
+    app: App,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> ApiResult<check_registration_token_validity::v1::Response> {
+    app.limiter.check(Action::RegisterIp, &req.ip.to_string())?;
     if app.settings.registration != RegistrationPolicy::Token {
         return Err(ApiError::Forbidden(
             "This server does not use registration tokens".into(),
         ));
     }
-    let valid = app.settings.registration_tokens.contains(&q.token);
-    Ok(Json(json!({ "valid": valid })))
+    let valid = app.settings.registration_tokens.contains(&req.body.token);
+    Ok(check_registration_token_validity::v1::Response::new(valid))
 }

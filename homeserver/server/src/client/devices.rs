@@ -1,64 +1,72 @@
 //! Device management.
 
-use axum::{extract::State, Json};
-use ruma::UserId;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::{
+    api::client::device::{
+        delete_device, delete_devices, get_device, get_devices, update_device, Device,
+    },
+    MilliSecondsSinceUnixEpoch, UInt, UserId,
+};
 
 use crate::{
+    client::account::uia_json,
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path},
+    http::ruma::Ruma,
     service::accounts::PASSWORD_FLOW,
     service::{accounts::DeviceRecord, App},
 };
 
 /// A device as clients see it. `last_seen_ip` is always present (null when the device has made
 /// no request since this was recorded): matrix-nio rejects a device list without it.
-fn device_json(app: &App, user: &UserId, id: &str, d: &DeviceRecord) -> ApiResult<Value> {
+fn device(app: &App, user: &UserId, id: &str, d: &DeviceRecord) -> ApiResult<Device> {
     let seen = app.device_seen(user, id)?;
     let (ts, ip) = match seen {
         Some(s) => (s.ts.max(d.last_seen_ts), Some(s.ip)),
         None => (d.last_seen_ts, None),
     };
-    Ok(json!({
-        "device_id": id,
-        "display_name": d.display_name,
-        "last_seen_ts": ts,
-        "last_seen_ip": ip,
-    }))
+    let mut dev = Device::new(id.into());
+    dev.display_name = d.display_name.clone();
+    dev.last_seen_ip = ip;
+    dev.last_seen_ts = Some(MilliSecondsSinceUnixEpoch(
+        UInt::try_from(ts).unwrap_or(UInt::MAX),
+    ));
+    Ok(dev)
 }
 
-pub async fn list(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+pub async fn list(
+    app: App,
+    req: Ruma<get_devices::v3::Request>,
+) -> ApiResult<get_devices::v3::Response> {
+    let s = req.caller;
     let devices = app
         .devices(&s.user_id)?
         .iter()
-        .map(|(id, d)| device_json(&app, &s.user_id, id, d))
-        .collect::<ApiResult<Vec<Value>>>()?;
-    Ok(Json(json!({ "devices": devices })))
+        .map(|(id, d)| device(&app, &s.user_id, id, d))
+        .collect::<ApiResult<Vec<Device>>>()?;
+    Ok(get_devices::v3::Response::new(devices))
 }
 
 pub async fn get(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(device_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<get_device::v3::Request>,
+) -> ApiResult<get_device::v3::Response> {
+    let (s, device_id) = (req.caller, req.body.device_id);
     let d = app
-        .device(&s.user_id, &device_id)?
+        .device(&s.user_id, device_id.as_str())?
         .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
-    Ok(Json(device_json(&app, &s.user_id, &device_id, &d)?))
-}
-
-#[derive(Deserialize)]
-pub struct UpdateBody {
-    display_name: Option<String>,
+    Ok(get_device::v3::Response::new(device(
+        &app,
+        &s.user_id,
+        device_id.as_str(),
+        &d,
+    )?))
 }
 
 pub async fn update(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(device_id): Path<String>,
-    Body(body): Body<UpdateBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<update_device::v3::Request>,
+) -> ApiResult<update_device::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let device_id = body.device_id.to_string();
     let mut d = app
         .device(&s.user_id, &device_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
@@ -77,42 +85,40 @@ pub async fn update(
         display_name: d.display_name,
     };
     crate::e2ee::device_lists::commit_local_changes(&app, &s.user_id, vec![change], b).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct DeleteBody {
-    auth: Option<Value>,
+    Ok(update_device::v3::Response::new())
 }
 
 pub async fn delete(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(device_id): Path<String>,
-    Body(body): Body<DeleteBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<delete_device::v3::Request>,
+) -> ApiResult<delete_device::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let device_id = body.device_id.to_string();
     if app.device(&s.user_id, &device_id)?.is_none() {
         return Err(ApiError::NotFound("Unknown device".into()));
     }
-    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
-        .await?;
+    app.uia(
+        uia_json(body.auth.as_ref())?,
+        PASSWORD_FLOW,
+        Some(s.user_id.clone()),
+    )
+    .await?;
     app.delete_devices(&s.user_id, &[device_id]).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct DeleteManyBody {
-    devices: Vec<String>,
-    auth: Option<Value>,
+    Ok(delete_device::v3::Response::new())
 }
 
 pub async fn delete_many(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Body(body): Body<DeleteManyBody>,
-) -> ApiResult<Json<Value>> {
-    app.uia(body.auth.clone(), PASSWORD_FLOW, Some(s.user_id.clone()))
-        .await?;
-    app.delete_devices(&s.user_id, &body.devices).await?;
-    Ok(Json(json!({})))
+    app: App,
+    req: Ruma<delete_devices::v3::Request>,
+) -> ApiResult<delete_devices::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    app.uia(
+        uia_json(body.auth.as_ref())?,
+        PASSWORD_FLOW,
+        Some(s.user_id.clone()),
+    )
+    .await?;
+    let devices: Vec<String> = body.devices.iter().map(|d| d.to_string()).collect();
+    app.delete_devices(&s.user_id, &devices).await?;
+    Ok(delete_devices::v3::Response::new())
 }

@@ -32,20 +32,10 @@ use axum::{
     Router,
 };
 
-use crate::{appservice, e2ee, service::App};
+use crate::{appservice, e2ee, http::ruma::RumaRoutes, service::App};
 
 pub fn router() -> Router<App> {
     let v3 = Router::new()
-        // account
-        .route("/register", post(account::register))
-        .route("/register/available", get(account::available))
-        .route("/login", get(account::login_flows).post(account::login))
-        .route("/logout", post(account::logout))
-        .route("/logout/all", post(account::logout_all))
-        .route("/refresh", post(account::refresh))
-        .route("/account/whoami", get(account::whoami))
-        .route("/account/password", post(account::password))
-        .route("/account/deactivate", post(account::deactivate))
         .route("/capabilities", get(discovery::capabilities))
         .route("/account/3pid", get(threepid::list))
         .route(
@@ -57,15 +47,6 @@ pub fn router() -> Router<App> {
             post(threepid::request_token),
         )
         .route("/voip/turnServer", get(voip::turn_server))
-        // devices
-        .route("/devices", get(devices::list))
-        .route(
-            "/devices/{device_id}",
-            get(devices::get)
-                .put(devices::update)
-                .delete(devices::delete),
-        )
-        .route("/delete_devices", post(devices::delete_many))
         // profile
         .route("/profile/{user_id}", get(profile::get_profile))
         .route(
@@ -123,14 +104,6 @@ pub fn router() -> Router<App> {
         // filters, account data, sync
         .route("/user/{user_id}/filter", post(filter::create))
         .route("/user/{user_id}/filter/{filter_id}", get(filter::get))
-        .route(
-            "/user/{user_id}/account_data/{kind}",
-            get(account_data::get_global).put(account_data::put_global),
-        )
-        .route(
-            "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
-            get(account_data::get_room).put(account_data::put_room),
-        )
         .route("/sync", get(sync::sync))
         .route(
             "/rooms/{room_id}/report/{event_id}",
@@ -264,20 +237,12 @@ pub fn router() -> Router<App> {
             "/rooms/{room_id}/read_markers",
             post(receipts::read_markers),
         )
-        .route("/user/{user_id}/rooms/{room_id}/tags", get(tags::list))
-        .route(
-            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
-            put(tags::put).delete(tags::delete),
-        );
+;
 
     let v1 = Router::new()
         .route(
             "/appservice/{appservice_id}/ping",
             post(appservice::client::ping),
-        )
-        .route(
-            "/register/m.login.registration_token/validity",
-            get(account::registration_token_validity),
         )
         .route(
             "/rooms/{room_id}/timestamp_to_event",
@@ -296,7 +261,33 @@ pub fn router() -> Router<App> {
             get(relations::by_rel_and_event_type),
         );
 
-    Router::new()
+    // Endpoints ruma defines, each at the paths its metadata lists.
+    let typed = Router::new()
+        .ruma(account::register)
+        .ruma(account::available)
+        .ruma(account::login_flows)
+        .ruma(account::login)
+        .ruma(account::logout)
+        .ruma(account::logout_all)
+        .ruma(account::refresh)
+        .ruma(account::whoami)
+        .ruma(account::password)
+        .ruma(account::deactivate)
+        .ruma(account::registration_token_validity)
+        .ruma(devices::list)
+        .ruma(devices::get)
+        .ruma(devices::update)
+        .ruma(devices::delete)
+        .ruma(devices::delete_many)
+        .ruma(account_data::get_global)
+        .ruma(account_data::put_global)
+        .ruma(account_data::get_room)
+        .ruma(account_data::put_room)
+        .ruma(tags::list)
+        .ruma(tags::put)
+        .ruma(tags::delete);
+
+    typed
         .route("/_matrix/client/versions", get(discovery::versions))
         .nest("/_matrix/client/v1", v1)
         .route("/.well-known/matrix/client", get(discovery::well_known))

@@ -1,65 +1,77 @@
 //! Room tags, kept in the room's `m.tag` account data as the spec lays out.
 
-use axum::{extract::State, Json};
+use ruma::{
+    api::client::tag::{create_tag, delete_tag, get_tags},
+    events::tag::Tags,
+    RoomId, UserId,
+};
 use serde_json::{json, Map, Value};
 
-use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, JsonObject, Path},
+    http::ruma::Ruma,
     service::{accounts::Session, App},
 };
 
-fn current(app: &App, s: &Session, room: &str) -> ApiResult<Map<String, Value>> {
+fn current(app: &App, user: &UserId, room: &RoomId) -> ApiResult<Map<String, Value>> {
     Ok(app
         .account_data
-        .get(&s.user_id, room, "m.tag")?
+        .get(user, room.as_str(), "m.tag")?
         .and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
         .unwrap_or_default())
 }
 
-pub async fn list(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((user, room)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    s.require_self(&user)?;
-    let room = parse_room_id(&room)?;
-    Ok(Json(json!({ "tags": current(&app, &s, room.as_str())? })))
+fn require_self(s: &Session, user: &UserId) -> ApiResult<()> {
+    s.require_self(user.as_str())
+}
+
+pub async fn list(app: App, req: Ruma<get_tags::v3::Request>) -> ApiResult<get_tags::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    require_self(&s, &body.user_id)?;
+    let tags = current(&app, &s.user_id, &body.room_id)?;
+    let tags: Tags = serde_json::from_value(Value::Object(tags))
+        .map_err(|e| ApiError::Internal(format!("stored tags: {e}")))?;
+    Ok(get_tags::v3::Response::new(tags))
 }
 
 pub async fn put(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((user, room, tag)): Path<(String, String, String)>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
-    s.require_self(&user)?;
-    let room = parse_room_id(&room)?;
-    if tag.is_empty() || tag.len() > 255 {
+    app: App,
+    req: Ruma<create_tag::v3::Request>,
+) -> ApiResult<create_tag::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    require_self(&s, &body.user_id)?;
+    if body.tag.is_empty() || body.tag.len() > 255 {
         return Err(ApiError::InvalidParam("tag must be 1 to 255 bytes".into()));
     }
-    if body.get("order").is_some_and(|o| !o.is_number()) {
-        return Err(ApiError::BadJson("order must be a number".into()));
-    }
-    let mut tags = current(&app, &s, room.as_str())?;
-    tags.insert(tag, Value::Object(body));
-    app.set_account_data(&s.user_id, room.as_str(), "m.tag", &json!({ "tags": tags }))
-        .await?;
-    Ok(Json(json!({})))
+    let mut tags = current(&app, &s.user_id, &body.room_id)?;
+    let info = serde_json::to_value(&body.tag_info)
+        .map_err(|e| ApiError::Internal(format!("tag: {e}")))?;
+    tags.insert(body.tag, info);
+    app.set_account_data(
+        &s.user_id,
+        body.room_id.as_str(),
+        "m.tag",
+        &json!({ "tags": tags }),
+    )
+    .await?;
+    Ok(create_tag::v3::Response::new())
 }
 
 pub async fn delete(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((user, room, tag)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
-    s.require_self(&user)?;
-    let room = parse_room_id(&room)?;
-    let mut tags = current(&app, &s, room.as_str())?;
-    if tags.remove(&tag).is_some() {
-        app.set_account_data(&s.user_id, room.as_str(), "m.tag", &json!({ "tags": tags }))
-            .await?;
+    app: App,
+    req: Ruma<delete_tag::v3::Request>,
+) -> ApiResult<delete_tag::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    require_self(&s, &body.user_id)?;
+    let mut tags = current(&app, &s.user_id, &body.room_id)?;
+    if tags.remove(&body.tag).is_some() {
+        app.set_account_data(
+            &s.user_id,
+            body.room_id.as_str(),
+            "m.tag",
+            &json!({ "tags": tags }),
+        )
+        .await?;
     }
-    Ok(Json(json!({})))
+    Ok(delete_tag::v3::Response::new())
 }

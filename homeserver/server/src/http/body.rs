@@ -83,6 +83,23 @@ impl BodyBudget {
         declared: Option<usize>,
         cap: usize,
     ) -> Result<(Option<Value>, BodyPermit), ApiError> {
+        let (bytes, permit) = self.read_bytes(body, declared, cap).await?;
+        if bytes.is_empty() {
+            return Ok((None, permit));
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))?;
+        Ok((Some(value), permit))
+    }
+
+    /// Read a body that will be parsed as JSON, charged for what parsing it costs. A body of
+    /// only whitespace reads as empty. Errors as for [`Self::read_json`], but for `M_NOT_JSON`.
+    pub async fn read_bytes(
+        &self,
+        body: Body,
+        declared: Option<usize>,
+        cap: usize,
+    ) -> Result<(Bytes, BodyPermit), ApiError> {
         // Without a Content-Length, the body itself may know its size (none, for a GET).
         let declared = declared.or_else(|| {
             axum::body::HttpBody::size_hint(&body)
@@ -93,7 +110,7 @@ impl BodyBudget {
             return Err(ApiError::TooLarge);
         }
         if declared == Some(0) {
-            return Ok((None, BodyPermit(None)));
+            return Ok((Bytes::new(), BodyPermit(None)));
         }
         let mut permit = self.charge(declared.unwrap_or(cap)).await?;
         let bytes: Bytes = tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, cap))
@@ -104,7 +121,7 @@ impl BodyBudget {
             })?
             .map_err(|_| ApiError::TooLarge)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok((None, BodyPermit(None)));
+            return Ok((Bytes::new(), BodyPermit(None)));
         }
         let cost = parse_cost(&bytes);
         if cost > MAX_CHARGE_BYTES {
@@ -119,9 +136,7 @@ impl BodyBudget {
         } else if let Some(spare) = permit.split(held - needed) {
             drop(spare);
         }
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))?;
-        Ok((Some(value), BodyPermit(Some(permit))))
+        Ok((bytes, BodyPermit(Some(permit))))
     }
 
     /// KiB of budget free now (for tests and metrics).

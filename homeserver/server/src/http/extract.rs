@@ -129,29 +129,44 @@ impl FromRequestParts<App> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let token = access_token(parts).ok_or(ApiError::MissingToken)?;
-        let session = app.authenticate(&token, parts.uri.query())?;
-        super::trace::record_session(
-            session.user_id.as_str(),
-            session.device_id.as_ref().map(|d| d.as_str()),
-        );
-        if let Some(device) = &session.device_id {
-            app.saw_device(&session.user_id, device, client_ip(parts, app));
-        }
-        Ok(Auth(session))
+        authenticated(app, parts).map(Auth)
     }
+}
+
+/// The session a request's access token names, recorded in the request's span and as the
+/// device's last sighting: `M_MISSING_TOKEN` / `M_UNKNOWN_TOKEN` otherwise.
+pub fn authenticated(app: &App, parts: &Parts) -> Result<Session, ApiError> {
+    let token = access_token(parts).ok_or(ApiError::MissingToken)?;
+    let session = app.authenticate(&token, parts.uri.query())?;
+    super::trace::record_session(
+        session.user_id.as_str(),
+        session.device_id.as_ref().map(|d| d.as_str()),
+    );
+    if let Some(device) = &session.device_id {
+        app.saw_device(&session.user_id, device, client_ip(parts, app));
+    }
+    Ok(session)
 }
 
 /// The appservice whose `as_token` a request carries, with no `user_id` resolution: registering
 /// and logging in act on users that may not exist yet (mautrix registers a ghost with
 /// `?user_id=` naming the ghost itself).
-pub struct AppserviceToken {
+pub struct AppserviceCaller {
     /// Whether any access token came with the request.
     pub present: bool,
     pub reg: Option<std::sync::Arc<plexus_core::appservice::Registration>>,
 }
 
-impl AppserviceToken {
+impl AppserviceCaller {
+    /// The appservice whose token the request carries, if any.
+    pub fn of(app: &App, parts: &Parts) -> Self {
+        let token = access_token(parts);
+        AppserviceCaller {
+            present: token.is_some(),
+            reg: token.and_then(|t| app.appservices.by_token(&t).cloned()),
+        }
+    }
+
     /// The appservice, or the error for a request that is not from one.
     pub fn require(
         self,
@@ -166,15 +181,11 @@ impl AppserviceToken {
     }
 }
 
-impl FromRequestParts<App> for AppserviceToken {
+impl FromRequestParts<App> for AppserviceCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let token = access_token(parts);
-        Ok(AppserviceToken {
-            present: token.is_some(),
-            reg: token.and_then(|t| app.appservices.by_token(&t).cloned()),
-        })
+        Ok(AppserviceCaller::of(app, parts))
     }
 }
 
@@ -220,7 +231,7 @@ impl FromRequestParts<App> for ClientIp {
 }
 
 /// The connection's peer, or behind a trusted reverse proxy the address it forwards for.
-fn client_ip(parts: &Parts, app: &App) -> std::net::IpAddr {
+pub fn client_ip(parts: &Parts, app: &App) -> std::net::IpAddr {
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

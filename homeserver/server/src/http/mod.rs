@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod extract;
+pub mod ruma;
 pub mod trace;
 
 use axum::{

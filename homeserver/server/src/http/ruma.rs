@@ -1,0 +1,324 @@
+//! The typed edge: endpoints that ruma defines take ruma's request type and answer its
+//! response type.
+//!
+//! [`Ruma<R>`] reads a request in a fixed order, so every endpoint fails the same way:
+//! 1. who is calling, by the scheme `R`'s metadata names ([`EdgeAuth`]): a missing or bad
+//!    token is refused before any body is read;
+//! 2. the body, under the shared in-flight budget (`M_TOO_LARGE`, `M_LIMIT_EXCEEDED`);
+//! 3. the body must be a JSON object (`M_NOT_JSON`, `M_BAD_JSON`), even where the endpoint
+//!    takes no fields, so garbage is never silently accepted;
+//! 4. path, query and body into `R` (`M_BAD_JSON`, `M_MISSING_PARAM`, `M_INVALID_PARAM`).
+//!
+//! [`RumaRoutes::ruma`] registers a handler at every path `R`'s metadata lists, with `R`'s
+//! method, so a path is typed once, in ruma.
+
+use std::{future::Future, net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
+    http::{header, request::Parts, HeaderMap},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use bytes::BytesMut;
+use plexus_core::appservice::Registration;
+use ruma::api::{
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme,
+        NoAccessToken, NoAuthentication,
+    },
+    error::{DeserializationError, FromHttpRequestError, HeaderDeserializationError},
+    path_builder::PathBuilder as _,
+    IncomingRequest, IncomingRequestExt as _, OutgoingResponse, OutgoingResponseExt as _,
+};
+
+use super::{
+    body::BodyPermit,
+    extract::{access_token, authenticated, client_ip, AppserviceCaller},
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    service::{accounts::Session, App},
+};
+
+/// What each of ruma's authentication schemes asks of a request, and who it says is calling.
+pub trait EdgeAuth: AuthScheme {
+    type Caller: Send + 'static;
+
+    fn caller(app: &App, parts: &Parts) -> impl Future<Output = ApiResult<Self::Caller>> + Send;
+}
+
+impl EdgeAuth for NoAuthentication {
+    type Caller = ();
+
+    async fn caller(_: &App, _: &Parts) -> ApiResult<()> {
+        Ok(())
+    }
+}
+
+impl EdgeAuth for NoAccessToken {
+    type Caller = ();
+
+    async fn caller(_: &App, _: &Parts) -> ApiResult<()> {
+        Ok(())
+    }
+}
+
+impl EdgeAuth for AccessToken {
+    type Caller = Session;
+
+    async fn caller(app: &App, parts: &Parts) -> ApiResult<Session> {
+        authenticated(app, parts)
+    }
+}
+
+/// No token is `None`; a bad one is still `M_UNKNOWN_TOKEN`.
+impl EdgeAuth for AccessTokenOptional {
+    type Caller = Option<Session>;
+
+    async fn caller(app: &App, parts: &Parts) -> ApiResult<Option<Session>> {
+        match access_token(parts) {
+            None => Ok(None),
+            Some(_) => authenticated(app, parts).map(Some),
+        }
+    }
+}
+
+/// Only an appservice's `as_token`: a user's token is `M_FORBIDDEN`.
+impl EdgeAuth for AppserviceToken {
+    type Caller = Arc<Registration>;
+
+    async fn caller(app: &App, parts: &Parts) -> ApiResult<Arc<Registration>> {
+        let token = access_token(parts).ok_or(ApiError::MissingToken)?;
+        app.appservices
+            .by_token(&token)
+            .cloned()
+            .ok_or_else(|| ApiError::Forbidden("only an appservice may call this".into()))
+    }
+}
+
+/// Registering and logging in: an appservice may call them, and so may anyone else.
+impl EdgeAuth for AppserviceTokenOptional {
+    type Caller = AppserviceCaller;
+
+    async fn caller(app: &App, parts: &Parts) -> ApiResult<AppserviceCaller> {
+        Ok(AppserviceCaller::of(app, parts))
+    }
+}
+
+/// A request of ruma type `R`, read and checked as the module doc says.
+pub struct Ruma<R>
+where
+    R: IncomingRequest,
+    R::Authentication: EdgeAuth,
+{
+    pub body: R,
+    /// Who is calling, as `R`'s authentication scheme establishes it.
+    pub caller: <R::Authentication as EdgeAuth>::Caller,
+    /// The client's address (behind a trusted proxy, the one it forwards for).
+    pub ip: IpAddr,
+    /// The body's share of the in-flight budget, held while the handler runs.
+    _permit: BodyPermit,
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// A body must be empty or a JSON object.
+fn check_object(body: &[u8]) -> ApiResult<()> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None | Some(b'{') => Ok(()),
+        Some(_) => Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ApiError::BadJson("Body must be a JSON object".into()),
+                Err(e) => ApiError::NotJson(format!("Content not JSON: {e}")),
+            },
+        ),
+    }
+}
+
+impl<R> FromRequest<App> for Ruma<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: EdgeAuth,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let caller = <R::Authentication as EdgeAuth>::caller(app, &parts).await?;
+        let ip = client_ip(&parts, app);
+        let declared = declared_length(&parts.headers);
+        let (bytes, permit) = app
+            .bodies
+            .read_bytes(body, declared, app.settings.max_request_bytes)
+            .await?;
+        check_object(&bytes)?;
+        let path = RawPathParams::from_request_parts(&mut parts, app)
+            .await
+            .map_err(|e| ApiError::InvalidParam(format!("invalid path parameter: {e}")))?;
+        let args: Vec<&str> = path.iter().map(|(_, v)| v).collect();
+        let request = http::Request::from_parts(parts, &bytes[..]);
+        let body = R::try_from_http_request(request, &args).map_err(|e| parse_error(e, &bytes))?;
+        Ok(Ruma {
+            body,
+            caller,
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+/// ruma's parse errors as the spec's: a body that is not JSON is `M_NOT_JSON`, JSON of the
+/// wrong shape `M_BAD_JSON`; a path or query parameter that is absent or malformed is
+/// `M_INVALID_PARAM`, as the untyped extractors answered.
+fn parse_error(e: FromHttpRequestError, body: &[u8]) -> ApiError {
+    use DeserializationError as De;
+    match e {
+        FromHttpRequestError::Deserialization(De::Json(e)) => {
+            // serde stops at the first error, which may be one of shape before one of syntax.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                ApiError::NotJson(format!("Content not JSON: {e}"))
+            } else {
+                ApiError::BadJson(e.to_string())
+            }
+        }
+        FromHttpRequestError::Deserialization(De::Query(e)) => {
+            ApiError::InvalidParam(format!("invalid parameter: {e}"))
+        }
+        FromHttpRequestError::Deserialization(De::Header(
+            HeaderDeserializationError::MissingHeader(h),
+        )) => ApiError::MissingParam(format!("missing header {h}")),
+        FromHttpRequestError::MethodMismatch { .. } => ApiError::MethodNotAllowed,
+        other => ApiError::InvalidParam(other.to_string()),
+    }
+}
+
+/// JSON the server holds as a ruma `Raw<T>` for a response.
+pub fn raw_json<T>(v: &impl serde::Serialize) -> ApiResult<ruma::serde::Raw<T>> {
+    serde_json::value::to_raw_value(v)
+        .map(ruma::serde::Raw::from_json)
+        .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))
+}
+
+/// A ruma response as HTTP: its status, headers and body as ruma writes them.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res.map(|b| axum::body::Body::from(b.freeze())),
+            Err(e) => ApiError::Internal(format!("response serialization: {e}")).into_response(),
+        }
+    }
+}
+
+/// A handler of one ruma endpoint: `async fn(App, Ruma<R>) -> ApiResult<R::OutgoingResponse>`.
+pub trait RumaHandler<R>: Clone + Send + Sync + 'static
+where
+    R: IncomingRequest,
+    R::Authentication: EdgeAuth,
+{
+    fn call(
+        &self,
+        app: App,
+        req: Ruma<R>,
+    ) -> impl Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static;
+}
+
+impl<R, F, Fut> RumaHandler<R> for F
+where
+    R: IncomingRequest,
+    R::Authentication: EdgeAuth,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static,
+{
+    fn call(
+        &self,
+        app: App,
+        req: Ruma<R>,
+    ) -> impl Future<Output = ApiResult<R::OutgoingResponse>> + Send + 'static {
+        self(app, req)
+    }
+}
+
+/// Every path a ruma endpoint is served at: those its metadata lists (stable and unstable),
+/// and for each client `v3` path its `r0` twin, which clients from before v1.1 still call.
+pub fn paths<R: IncomingRequest>() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |p: String| {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    for p in R::PATH_BUILDER.all_paths() {
+        add(p.to_owned());
+        if let Some(rest) = p.strip_prefix("/_matrix/client/v3/") {
+            add(format!("/_matrix/client/r0/{rest}"));
+        }
+    }
+    out
+}
+
+/// Registering ruma endpoints on the router.
+pub trait RumaRoutes {
+    /// Serve `h` at every path of `R` ([`paths`]) for `R`'s method.
+    fn ruma<R, H>(self, h: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: EdgeAuth,
+        R::OutgoingResponse: Send,
+        H: RumaHandler<R>;
+}
+
+impl RumaRoutes for Router<App> {
+    fn ruma<R, H>(self, h: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: EdgeAuth,
+        R::OutgoingResponse: Send,
+        H: RumaHandler<R>,
+    {
+        let Ok(filter) = MethodFilter::try_from(R::METHOD) else {
+            tracing::error!(method = %R::METHOD, "a ruma endpoint with a method axum cannot route");
+            return self;
+        };
+        let handler = on(filter, move |State(app): State<App>, req: Ruma<R>| {
+            let h = h.clone();
+            async move { h.call(app, req).await.map(RumaResponse) }
+        });
+        paths::<R>()
+            .iter()
+            .fold(self, |router, p| router.route(p, handler.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v3_paths_also_answer_at_r0() {
+        use ruma::api::client::account::whoami;
+        let p = paths::<whoami::v3::Request>();
+        assert!(p.contains(&"/_matrix/client/v3/account/whoami".to_owned()));
+        assert!(p.contains(&"/_matrix/client/r0/account/whoami".to_owned()));
+        assert_eq!(
+            p.len(),
+            p.iter().collect::<std::collections::HashSet<_>>().len()
+        );
+    }
+
+    #[test]
+    fn bodies_must_be_objects() {
+        assert!(check_object(b"").is_ok());
+        assert!(check_object(b" {\"a\":1}").is_ok());
+        assert!(matches!(check_object(b"[1]"), Err(ApiError::BadJson(_))));
+        assert!(matches!(check_object(b"nope"), Err(ApiError::NotJson(_))));
+    }
+}
