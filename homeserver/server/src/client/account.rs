@@ -84,12 +84,12 @@ pub async fn register(
     }
     let (device_id, t) = app
         .issue_device(
-        &user_id,
-        body.device_id.as_deref().map(|d| d.as_str()),
-        body.initial_device_display_name,
-        body.refresh_token,
-    )
-    .await?;
+            &user_id,
+            body.device_id.as_deref().map(|d| d.as_str()),
+            body.initial_device_display_name,
+            body.refresh_token,
+        )
+        .await?;
     res.expires_in = expires(&t);
     res.access_token = Some(t.access_token);
     res.refresh_token = t.refresh_token;
@@ -226,12 +226,12 @@ async fn logged_in(
 ) -> ApiResult<login::v3::Response> {
     let (device_id, t) = app
         .issue_device(
-        user_id,
-        body.device_id.as_deref().map(|d| d.as_str()),
-        body.initial_device_display_name,
-        body.refresh_token,
-    )
-    .await?;
+            user_id,
+            body.device_id.as_deref().map(|d| d.as_str()),
+            body.initial_device_display_name,
+            body.refresh_token,
+        )
+        .await?;
     let mut res = login::v3::Response::new(user_id.to_owned(), t.access_token.clone(), device_id);
     // Deprecated, but clients from before r0.4 read it.
     #[allow(deprecated)]

@@ -17,7 +17,13 @@ use crate::{
 };
 
 /// Account data as clients set it; server-managed types have their own endpoints.
-async fn put<T>(app: &App, user: &UserId, room: &str, kind: &str, content: &Raw<T>) -> ApiResult<()> {
+async fn put<T>(
+    app: &App,
+    user: &UserId,
+    room: &str,
+    kind: &str,
+    content: &Raw<T>,
+) -> ApiResult<()> {
     if kind.is_empty() {
         return Err(ApiError::InvalidParam("empty type".into()));
     }
@@ -78,6 +84,11 @@ pub async fn get_room(
 ) -> ApiResult<get_room_account_data::v3::Response> {
     let (s, b) = (req.caller, req.body);
     s.require_self(b.user_id.as_str())?;
-    let data = get(&app, &s.user_id, b.room_id.as_str(), &b.event_type.to_string())?;
+    let data = get(
+        &app,
+        &s.user_id,
+        b.room_id.as_str(),
+        &b.event_type.to_string(),
+    )?;
     Ok(get_room_account_data::v3::Response::new(data))
 }

@@ -36,8 +36,6 @@ use crate::{appservice, e2ee, http::ruma::RumaRoutes, service::App};
 
 pub fn router() -> Router<App> {
     let v3 = Router::new()
-        .route("/capabilities", get(discovery::capabilities))
-        .route("/account/3pid", get(threepid::list))
         .route(
             "/account/3pid/email/requestToken",
             post(threepid::request_token),
@@ -105,13 +103,6 @@ pub fn router() -> Router<App> {
         .route("/user/{user_id}/filter", post(filter::create))
         .route("/user/{user_id}/filter/{filter_id}", get(filter::get))
         .route("/sync", get(sync::sync))
-        .route(
-            "/rooms/{room_id}/report/{event_id}",
-            post(reports::report_event),
-        )
-        .route("/rooms/{room_id}/report", post(reports::report_room))
-        .route("/users/{user_id}/report", post(reports::report_user))
-        .route("/user_directory/search", post(user_directory::search))
         .route("/search", post(search::search))
         // end-to-end encryption
         .route("/keys/upload", post(e2ee::device_keys::upload))
@@ -180,10 +171,6 @@ pub fn router() -> Router<App> {
             get(push_rules::get_actions).put(push_rules::put_actions),
         )
         .route(
-            "/user/{user_id}/openid/request_token",
-            post(openid::request_token),
-        )
-        .route(
             "/directory/room/{alias}",
             get(directory::get)
                 .put(directory::create)
@@ -223,21 +210,8 @@ pub fn router() -> Router<App> {
             get(appservice::client::location_by_alias),
         )
         .route("/thirdparty/user", get(appservice::client::user_by_id))
-        .route(
-            "/presence/{user_id}/status",
-            get(presence::get).put(presence::set),
-        )
         // typing, receipts, read markers, tags
-        .route("/rooms/{room_id}/typing/{user_id}", put(receipts::typing))
-        .route(
-            "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
-            post(receipts::receipt),
-        )
-        .route(
-            "/rooms/{room_id}/read_markers",
-            post(receipts::read_markers),
-        )
-;
+        .route("/rooms/{room_id}/typing/{user_id}", put(receipts::typing));
 
     let v1 = Router::new()
         .route(
@@ -285,12 +259,23 @@ pub fn router() -> Router<App> {
         .ruma(account_data::put_room)
         .ruma(tags::list)
         .ruma(tags::put)
-        .ruma(tags::delete);
+        .ruma(tags::delete)
+        .ruma(discovery::versions)
+        .ruma(discovery::well_known)
+        .ruma(discovery::capabilities)
+        .ruma(threepid::list)
+        .ruma(openid::request_token)
+        .ruma(presence::get)
+        .ruma(presence::set)
+        .ruma(reports::report_event)
+        .ruma(reports::report_room)
+        .ruma(reports::report_user)
+        .ruma(receipts::receipt)
+        .ruma(receipts::read_markers)
+        .ruma(user_directory::search);
 
     typed
-        .route("/_matrix/client/versions", get(discovery::versions))
         .nest("/_matrix/client/v1", v1)
-        .route("/.well-known/matrix/client", get(discovery::well_known))
         // MSC3266's unstable room summary paths (Cinny and other matrix-js-sdk clients call
         // the first; the second is the MSC's later form).
         .route(

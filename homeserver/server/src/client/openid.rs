@@ -1,28 +1,26 @@
 //! OpenID tokens that let a third party (an integration, a voice SFU) confirm who a user is via
 //! the federation `openid/userinfo` endpoint, without seeing their access token.
 
-use axum::{extract::State, Json};
-use serde_json::{json, Value};
+use ruma::{api::client::account::request_openid_token, authentication::TokenType};
 
 use crate::{
     error::ApiResult,
-    http::extract::{Auth, JsonObject, Path},
+    http::ruma::Ruma,
     service::{openid::LIFETIME_SECS, App},
 };
 
 pub async fn request_token(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(user): Path<String>,
-    JsonObject(_body): JsonObject,
-) -> ApiResult<Json<Value>> {
-    s.require_self(&user)?;
+    app: App,
+    req: Ruma<request_openid_token::v3::Request>,
+) -> ApiResult<request_openid_token::v3::Response> {
+    let s = req.caller;
+    s.require_self(req.body.user_id.as_str())?;
     let token = app.openid.issue(&s.user_id)?;
     app.store.flush().await?;
-    Ok(Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "matrix_server_name": app.server_name(),
-        "expires_in": LIFETIME_SECS,
-    })))
+    Ok(request_openid_token::v3::Response::new(
+        token,
+        TokenType::Bearer,
+        app.server_name().to_owned(),
+        std::time::Duration::from_secs(LIFETIME_SECS),
+    ))
 }

@@ -1,18 +1,16 @@
 //! `/presence/{userId}/status`.
 
-use axum::{extract::State, Json};
-use ruma::{OwnedUserId, UserId};
-use serde_json::{json, Value};
+use std::time::Duration;
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, JsonObject, Path},
+    http::ruma::Ruma,
     service::App,
 };
-
-fn parse_user(s: &str) -> ApiResult<OwnedUserId> {
-    UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))
-}
+use ruma::{
+    api::client::presence::{get_presence, set_presence},
+    presence::PresenceState,
+};
 
 pub fn check_state(p: &str) -> ApiResult<()> {
     match p {
@@ -24,38 +22,33 @@ pub fn check_state(p: &str) -> ApiResult<()> {
 }
 
 pub async fn set(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(user): Path<String>,
-    JsonObject(body): JsonObject,
-) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
-    s.require_self(user.as_str())?;
-    let presence = body
-        .get("presence")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadJson("presence is required".into()))?;
+    app: App,
+    req: Ruma<set_presence::v3::Request>,
+) -> ApiResult<set_presence::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    s.require_self(body.user_id.as_str())?;
+    let presence = body.presence.as_str();
     check_state(presence)?;
-    let msg = match body.get("status_msg") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) if m.len() <= 1024 => Some(m.clone()),
-        Some(_) => {
-            return Err(ApiError::BadJson(
-                "status_msg must be a string of at most 1024 bytes".into(),
-            ))
-        }
-    };
-    app.update_presence(&user, presence, Some(msg), presence != "offline")
-        .await?;
-    Ok(Json(json!({})))
+    if body.status_msg.as_ref().is_some_and(|m| m.len() > 1024) {
+        return Err(ApiError::BadJson(
+            "status_msg must be a string of at most 1024 bytes".into(),
+        ));
+    }
+    app.update_presence(
+        &body.user_id,
+        presence,
+        Some(body.status_msg),
+        presence != "offline",
+    )
+    .await?;
+    Ok(set_presence::v3::Response::new())
 }
 
 pub async fn get(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(user): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
+    app: App,
+    req: Ruma<get_presence::v3::Request>,
+) -> ApiResult<get_presence::v3::Response> {
+    let (s, user) = (req.caller, req.body.user_id);
     // Users of other servers have no account here; what their servers told us is kept as
     // for anyone else, and shown to those who share a room with them.
     if app.is_local(&user) && app.user(&user)?.is_none() {
@@ -66,8 +59,14 @@ pub async fn get(
             "You do not share a room with this user".into(),
         ));
     }
-    match app.presence(&user)? {
-        Some(rec) => Ok(Json(rec.content())),
-        None => Ok(Json(json!({ "presence": "offline" }))),
-    }
+    let Some(rec) = app.presence(&user)? else {
+        return Ok(get_presence::v3::Response::new(PresenceState::Offline));
+    };
+    let c = rec.content();
+    let presence = PresenceState::from(c["presence"].as_str().unwrap_or("offline"));
+    let mut res = get_presence::v3::Response::new(presence);
+    res.status_msg = c["status_msg"].as_str().map(str::to_owned);
+    res.currently_active = c["currently_active"].as_bool();
+    res.last_active_ago = c["last_active_ago"].as_u64().map(Duration::from_millis);
+    Ok(res)
 }

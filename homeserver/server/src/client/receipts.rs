@@ -1,14 +1,21 @@
 //! Typing notifications, read receipts and read markers.
 
 use axum::{extract::State, Json};
-use ruma::{EventId, RoomId, UserId};
+use ruma::{
+    api::client::{read_marker::set_read_marker, receipt::create_receipt},
+    events::receipt::ReceiptThread,
+    EventId, RoomId, UserId,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path},
+    http::{
+        extract::{Auth, Body, Path},
+        ruma::Ruma,
+    },
     service::{accounts::Session, ephemeral::MAX_TYPING_MS, rooms::RoomRef, App},
 };
 
@@ -18,6 +25,8 @@ pub struct TypingBody {
     timeout: Option<u64>,
 }
 
+/// Hand-typed: ruma's request needs a `timeout` with `typing: true`, which the spec leaves
+/// optional.
 pub async fn typing(
     State(app): State<App>,
     Auth(s): Auth,
@@ -86,65 +95,59 @@ async fn apply(
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct ReceiptBody {
-    thread_id: Option<String>,
-}
-
 pub async fn receipt(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, kind, event_id)): Path<(String, String, String)>,
-    Body(body): Body<ReceiptBody>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<create_receipt::v3::Request>,
+) -> ApiResult<create_receipt::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let kind = body.receipt_type.to_string();
     if !matches!(kind.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
         return Err(ApiError::InvalidParam(format!(
             "unknown receipt type {kind}"
         )));
     }
-    let thread = match body.thread_id.as_deref() {
-        None => "",
-        Some("main") => "main",
-        Some(t) if kind != "m.fully_read" && EventId::parse(t).is_ok() => t,
-        Some(t) => return Err(ApiError::InvalidParam(format!("invalid thread_id {t}"))),
+    let thread = match &body.thread {
+        ReceiptThread::Unthreaded => "",
+        ReceiptThread::Main => "main",
+        ReceiptThread::Thread(t) if kind != "m.fully_read" => t.as_str(),
+        t => {
+            let t = t.as_str().unwrap_or_default();
+            return Err(ApiError::InvalidParam(format!("invalid thread_id {t}")));
+        }
     };
-    apply(&app, &s, &room_id, &kind, &event_id, thread).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct MarkersBody {
-    #[serde(rename = "m.fully_read")]
-    fully_read: Option<String>,
-    #[serde(rename = "m.read")]
-    read: Option<String>,
-    #[serde(rename = "m.read.private")]
-    read_private: Option<String>,
+    apply(
+        &app,
+        &s,
+        &body.room_id,
+        &kind,
+        body.event_id.as_str(),
+        thread,
+    )
+    .await?;
+    Ok(create_receipt::v3::Response::new())
 }
 
 pub async fn read_markers(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<MarkersBody>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<set_read_marker::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let room_id = &body.room_id;
+    let markers = [
+        ("m.fully_read", &body.fully_read),
+        ("m.read", &body.read_receipt),
+        ("m.read.private", &body.private_read_receipt),
+    ];
     // Validate every marker before storing any.
-    for ev in [&body.fully_read, &body.read, &body.read_private]
-        .into_iter()
-        .flatten()
-    {
-        target(&app, &s, &room_id, ev)?;
+    for (_, ev) in markers {
+        if let Some(ev) = ev {
+            target(&app, &s, room_id, ev.as_str())?;
+        }
     }
-    if let Some(ev) = &body.fully_read {
-        apply(&app, &s, &room_id, "m.fully_read", ev, "").await?;
+    for (kind, ev) in markers {
+        if let Some(ev) = ev {
+            apply(&app, &s, room_id, kind, ev.as_str(), "").await?;
+        }
     }
-    if let Some(ev) = &body.read {
-        apply(&app, &s, &room_id, "m.read", ev, "").await?;
-    }
-    if let Some(ev) = &body.read_private {
-        apply(&app, &s, &room_id, "m.read.private", ev, "").await?;
-    }
-    Ok(Json(json!({})))
+    Ok(set_read_marker::v3::Response::new())
 }

@@ -1,21 +1,16 @@
 //! User directory search: users who share a room with the searcher, and members of public,
 //! world-readable and published rooms (spec v1.15), matched on user id and display name.
 
-use axum::{extract::State, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::{
+    api::client::user_directory::search_users::{self, v3::User},
+    OwnedMxcUri,
+};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body},
+    http::ruma::Ruma,
     service::App,
 };
-
-#[derive(Deserialize)]
-pub struct SearchBody {
-    search_term: String,
-    limit: Option<usize>,
-}
 
 /// A remote user's name and avatar as their member event in a room they are joined to here
 /// says (their server's profile is not asked on every search).
@@ -37,11 +32,13 @@ fn remote_profile(app: &App, user: &ruma::UserId) -> ApiResult<(Option<String>, 
 }
 
 pub async fn search(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Body(body): Body<SearchBody>,
-) -> ApiResult<Json<Value>> {
-    let limit = body.limit.unwrap_or(10).min(app.settings.max_page);
+    app: App,
+    req: Ruma<search_users::v3::Request>,
+) -> ApiResult<search_users::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let limit = usize::try_from(u64::from(body.limit))
+        .unwrap_or(usize::MAX)
+        .min(app.settings.max_page);
     let term = body.search_term.trim().to_lowercase();
     if term.is_empty() {
         return Err(ApiError::InvalidParam(
@@ -83,19 +80,15 @@ pub async fn search(
     }
     hits.sort();
     let limited = hits.len() > limit;
-    let results: Vec<Value> = hits
+    let results: Vec<User> = hits
         .into_iter()
         .take(limit)
         .map(|(_, user, name, avatar)| {
-            let mut v = json!({ "user_id": user });
-            if let Some(n) = name {
-                v["display_name"] = json!(n);
-            }
-            if let Some(a) = avatar {
-                v["avatar_url"] = json!(a);
-            }
-            v
+            let mut u = User::new(user);
+            u.display_name = name;
+            u.avatar_url = avatar.map(OwnedMxcUri::from);
+            u
         })
         .collect();
-    Ok(Json(json!({ "results": results, "limited": limited })))
+    Ok(search_users::v3::Response::new(results, limited))
 }
