@@ -108,11 +108,6 @@ pub fn router() -> Router<App> {
         .route("/keys/upload", post(e2ee::device_keys::upload))
         .route("/keys/query", post(e2ee::query::query))
         .route("/keys/claim", post(e2ee::query::claim))
-        .route("/keys/changes", get(e2ee::device_lists::changes))
-        .route(
-            "/keys/device_signing/upload",
-            post(e2ee::cross_signing::upload),
-        )
         .route(
             "/keys/signatures/upload",
             post(e2ee::cross_signing::upload_signatures),
@@ -120,16 +115,6 @@ pub fn router() -> Router<App> {
         .route(
             "/sendToDevice/{event_type}/{txn_id}",
             put(e2ee::to_device::send),
-        )
-        .route(
-            "/room_keys/version",
-            post(e2ee::backup::create_version).get(e2ee::backup::current_version),
-        )
-        .route(
-            "/room_keys/version/{version}",
-            get(e2ee::backup::get_version_info)
-                .put(e2ee::backup::update_version)
-                .delete(e2ee::backup::delete_version),
         )
         .route(
             "/room_keys/keys",
@@ -272,7 +257,14 @@ pub fn router() -> Router<App> {
         .ruma(reports::report_user)
         .ruma(receipts::receipt)
         .ruma(receipts::read_markers)
-        .ruma(user_directory::search);
+        .ruma(user_directory::search)
+        .ruma(e2ee::device_lists::changes)
+        .ruma(e2ee::cross_signing::upload)
+        .ruma(e2ee::backup::create_version)
+        .ruma(e2ee::backup::current_version)
+        .ruma(e2ee::backup::get_version_info)
+        .ruma(e2ee::backup::update_version)
+        .ruma(e2ee::backup::delete_version);
 
     typed
         .nest("/_matrix/client/v1", v1)

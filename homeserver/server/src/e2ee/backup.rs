@@ -3,13 +3,23 @@
 
 use axum::{extract::State, Json};
 use plexus_store::{schema, Batch, First};
-use ruma::{OwnedRoomId, UserId};
+use ruma::{
+    api::client::backup::{
+        create_backup_version, delete_backup_version, get_backup_info, get_latest_backup_info,
+        update_backup_version, BackupAlgorithm,
+    },
+    serde::Raw,
+    OwnedRoomId, UInt, UserId,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path, Query},
+    http::{
+        extract::{Auth, Body, Path, Query},
+        ruma::{raw_json, Ruma},
+    },
     service::{App, Services},
 };
 
@@ -74,18 +84,31 @@ fn get_version(app: &Services, user: &UserId, v: &str) -> ApiResult<(u64, Versio
     Ok((n, rec))
 }
 
-fn version_json(n: u64, v: &Version) -> Value {
-    json!({
-        "algorithm": v.algorithm, "auth_data": v.auth_data, "count": v.count,
-        "etag": v.etag.to_string(), "version": n.to_string(),
-    })
+/// A version as ruma's responses hold it (`algorithm`, whose JSON carries `auth_data` too;
+/// `count`, `etag`, `version`).
+type VersionInfo = (Raw<BackupAlgorithm>, UInt, String, String);
+
+fn version_info(n: u64, v: &Version) -> ApiResult<VersionInfo> {
+    let algorithm = raw_json(&json!({ "algorithm": v.algorithm, "auth_data": v.auth_data }))?;
+    Ok((
+        algorithm,
+        UInt::new_saturating(v.count),
+        v.etag.to_string(),
+        n.to_string(),
+    ))
 }
 
 #[derive(Deserialize)]
-pub struct VersionBody {
+struct VersionBody {
     algorithm: String,
     auth_data: Value,
     version: Option<String>,
+}
+
+/// A version's request body: ruma leaves it as raw JSON.
+fn version_body(raw: &Raw<BackupAlgorithm>) -> ApiResult<VersionBody> {
+    raw.deserialize_as_unchecked()
+        .map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
 fn check_algorithm(body: &VersionBody) -> ApiResult<()> {
@@ -103,10 +126,11 @@ fn check_algorithm(body: &VersionBody) -> ApiResult<()> {
 
 /// `POST /room_keys/version`.
 pub async fn create_version(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Body(body): Body<VersionBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<create_backup_version::v3::Request>,
+) -> ApiResult<create_backup_version::v3::Response> {
+    let s = req.caller;
+    let body = version_body(&req.body.algorithm)?;
     check_algorithm(&body)?;
     let _guard = app.e2ee.backup_lock.lock().await;
     let (newest, _) = latest(&app, &s.user_id)?;
@@ -119,34 +143,43 @@ pub async fn create_version(
         deleted: false,
     };
     save_version(&app, &s.user_id, n, &rec, Batch::default()).await?;
-    Ok(Json(json!({ "version": n.to_string() })))
+    Ok(create_backup_version::v3::Response::new(n.to_string()))
 }
 
 /// `GET /room_keys/version`: the current backup.
-pub async fn current_version(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+pub async fn current_version(
+    app: App,
+    req: Ruma<get_latest_backup_info::v3::Request>,
+) -> ApiResult<get_latest_backup_info::v3::Response> {
+    let s = req.caller;
     match latest(&app, &s.user_id)?.1 {
-        Some((n, v)) => Ok(Json(version_json(n, &v))),
+        Some((n, v)) => {
+            let (algorithm, count, etag, version) = version_info(n, &v)?;
+            Ok(get_latest_backup_info::v3::Response::new(algorithm, count, etag, version))
+        }
         None => Err(ApiError::NotFound("No current backup version".into())),
     }
 }
 
 /// `GET /room_keys/version/{version}`.
 pub async fn get_version_info(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(version): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let (n, v) = get_version(&app, &s.user_id, &version)?;
-    Ok(Json(version_json(n, &v)))
+    app: App,
+    req: Ruma<get_backup_info::v3::Request>,
+) -> ApiResult<get_backup_info::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (n, v) = get_version(&app, &s.user_id, &b.version)?;
+    let (algorithm, count, etag, version) = version_info(n, &v)?;
+    Ok(get_backup_info::v3::Response::new(algorithm, count, etag, version))
 }
 
 /// `PUT /room_keys/version/{version}`: new auth data for the same algorithm.
 pub async fn update_version(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(version): Path<String>,
-    Body(body): Body<VersionBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<update_backup_version::v3::Request>,
+) -> ApiResult<update_backup_version::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let body = version_body(&b.algorithm)?;
+    let version = b.version;
     let _guard = app.e2ee.backup_lock.lock().await;
     let (n, mut rec) = get_version(&app, &s.user_id, &version)?;
     if body.version.as_deref().is_some_and(|v| v != version) {
@@ -160,15 +193,15 @@ pub async fn update_version(
     check_algorithm(&body)?;
     rec.auth_data = body.auth_data;
     save_version(&app, &s.user_id, n, &rec, Batch::default()).await?;
-    Ok(Json(json!({})))
+    Ok(update_backup_version::v3::Response::new())
 }
 
 /// `DELETE /room_keys/version/{version}`: the backup and every key in it.
 pub async fn delete_version(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(version): Path<String>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<delete_backup_version::v3::Request>,
+) -> ApiResult<delete_backup_version::v3::Response> {
+    let (s, version) = (req.caller, req.body.version);
     let _guard = app.e2ee.backup_lock.lock().await;
     let (n, mut rec) = get_version(&app, &s.user_id, &version)?;
     let mut b = Batch::default();
@@ -176,7 +209,7 @@ pub async fn delete_version(
     rec.deleted = true;
     rec.count = 0;
     save_version(&app, &s.user_id, n, &rec, b).await?;
-    Ok(Json(json!({})))
+    Ok(delete_backup_version::v3::Response::new())
 }
 
 /// Delete stored sessions of a version (all, one room's, or one); answers how many.

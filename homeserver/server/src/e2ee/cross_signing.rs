@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
 use plexus_store::{schema, Batch};
-use ruma::{OwnedUserId, UserId};
-use serde::Deserialize;
+use ruma::{api::client::keys::upload_signing_keys, serde::Raw, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{device_lists::Change, merge_signatures, signed_by, signed_part};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body},
+    http::{
+        extract::{Auth, Body},
+        ruma::Ruma,
+    },
     service::{accounts::PASSWORD_FLOW, App, Services},
 };
 
@@ -74,12 +76,11 @@ pub fn add_viewer_signatures(
     Ok(())
 }
 
-#[derive(Deserialize)]
-pub struct UploadBody {
-    master_key: Option<Value>,
-    self_signing_key: Option<Value>,
-    user_signing_key: Option<Value>,
-    auth: Option<Value>,
+/// A key of the request as the JSON it is stored as.
+fn key_json<T>(key: Option<&Raw<T>>) -> ApiResult<Option<Value>> {
+    key.map(|k| serde_json::from_str(k.json().get()))
+        .transpose()
+        .map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
 /// A cross-signing key of `usage` for `user`, well formed.
@@ -105,17 +106,26 @@ fn check_key(key: &Value, user: &UserId, usage: &str) -> ApiResult<(String, Stri
 /// `POST /keys/device_signing/upload`. The first upload needs no further authentication, nor
 /// does repeating the keys already stored; replacing keys needs the password again.
 pub async fn upload(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Body(body): Body<UploadBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> ApiResult<upload_signing_keys::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let master_key = key_json(body.master_key.as_ref())?;
+    let self_signing_key = key_json(body.self_signing_key.as_ref())?;
+    let user_signing_key = key_json(body.user_signing_key.as_ref())?;
+    let auth = body
+        .auth
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ApiError::BadJson(format!("auth: {e}")))?;
     let user = &s.user_id;
     let _guard = app.e2ee.cross_signing_lock.lock().await;
     let existing_master = app.cross_signing_key(user, MASTER)?;
     let provided = [
-        (MASTER, &body.master_key),
-        (SELF_SIGNING, &body.self_signing_key),
-        (USER_SIGNING, &body.user_signing_key),
+        (MASTER, &master_key),
+        (SELF_SIGNING, &self_signing_key),
+        (USER_SIGNING, &user_signing_key),
     ];
     let mut unchanged = true;
     for (usage, key) in provided {
@@ -126,12 +136,11 @@ pub async fn upload(
     }
     if existing_master.is_some() {
         if unchanged {
-            return Ok(Json(json!({})));
+            return Ok(upload_signing_keys::v3::Response::new());
         }
-        app.uia(body.auth.clone(), PASSWORD_FLOW, Some(user.clone()))
-            .await?;
+        app.uia(auth, PASSWORD_FLOW, Some(user.clone())).await?;
     }
-    let master = match (&body.master_key, &existing_master) {
+    let master = match (&master_key, &existing_master) {
         (Some(m), _) => m,
         (None, Some(m)) => m,
         (None, None) => {
@@ -159,7 +168,7 @@ pub async fn upload(
         schema::USER_USAGE__CROSS_SIGNING_KEY.put(&mut batch, (user.as_str(), usage), k)?;
     }
     // A new master key orphans the keys the old one signed.
-    let master_replaced = body.master_key.is_some()
+    let master_replaced = master_key.is_some()
         && existing_master
             .as_ref()
             .is_some_and(|old| signed_part(old) != signed_part(master));
@@ -170,7 +179,7 @@ pub async fn upload(
             }
         }
     }
-    let self_signing = match &body.self_signing_key {
+    let self_signing = match &self_signing_key {
         Some(k) => Some(k.clone()),
         None if master_replaced => None,
         None => app.cross_signing_key(user, SELF_SIGNING)?,
@@ -180,7 +189,7 @@ pub async fn upload(
         self_signing,
     };
     super::device_lists::commit_local_changes(&app, user, vec![change], batch).await?;
-    Ok(Json(json!({})))
+    Ok(upload_signing_keys::v3::Response::new())
 }
 
 /// `POST /keys/signatures/upload`: each signature is checked on its own; those that fail are

@@ -5,15 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use axum::{extract::State, Json};
 use plexus_store::{schema, Batch, StoreError};
-use ruma::{OwnedServerName, OwnedUserId, UserId};
-use serde::Deserialize;
+use ruma::{api::client::keys::get_key_changes, OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use crate::{
     error::ApiResult,
-    http::extract::{parse_token, Auth, Query},
+    http::{extract::parse_token, ruma::Ruma},
     service::{App, Services},
 };
 
@@ -293,20 +291,17 @@ fn member_changes(
     Ok(out)
 }
 
-#[derive(Deserialize)]
-pub struct ChangesQuery {
-    from: String,
-    to: String,
-}
-
 /// `GET /keys/changes`: the same answer a sync from `from` to `to` gives in `device_lists`.
 pub async fn changes(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Query(q): Query<ChangesQuery>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<get_key_changes::v3::Request>,
+) -> ApiResult<get_key_changes::v3::Response> {
+    let (s, q) = (req.caller, req.body);
     let from = parse_token(&q.from)?;
     let to = parse_token(&q.to)?.min(app.store.current_count());
     let (changed, left) = changes_for(&app, &s.user_id, from, to.max(from))?;
-    Ok(Json(json!({ "changed": changed, "left": left })))
+    Ok(get_key_changes::v3::Response::new(
+        changed.into_iter().collect(),
+        left.into_iter().collect(),
+    ))
 }
