@@ -142,9 +142,14 @@ ACCEPTED = [
     Accept("register home_server", "/register's home_server: deprecated since r0.4.0 and not in "
            "ruma's response type, which Plexus answers with (clients read the user id's server "
            "name)", labels=r"^POST /register ", synapse=r"^home_server: str$"),
-    Accept("whoami is_guest false", "whoami's is_guest: false, the spec's default, which ruma's "
-           "response type leaves out", labels=r"^GET /account/whoami",
-           synapse=r"^is_guest: bool$"),
+    Accept("ruma omits defaults", "fields at the spec's default, which ruma's response types "
+           "leave out: whoami's is_guest: false, empty unstable_features in /versions, and the "
+           "capabilities m.change_password, m.set_displayname, m.set_avatar_url (default "
+           "enabled) and m.get_login_token (default disabled)",
+           labels=r"^GET /(account/whoami|versions|capabilities)",
+           synapse=r"^(is_guest: bool|unstable_features: object \(empty\)|capabilities/"
+                   r"m\.(change_password|set_displayname|set_avatar_url|get_login_token): "
+                   r"object \{enabled\})$"),
     Accept("m.profile_fields", "the m.profile_fields capability (spec v1.16, which Plexus does "
            "not claim)", synapse=r"^capabilities/m\.profile_fields: object \{enabled\}$"),
     Accept("avatar_url unset", "GET /profile/{id}/avatar_url with none set: Plexus 404 "

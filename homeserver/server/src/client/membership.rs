@@ -2,14 +2,26 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UserId};
+use ruma::{
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
+            kick_user, leave_room, unban_user,
+        },
+    },
+    OwnedRoomId, OwnedRoomOrAliasId, OwnedServerName, RoomAliasId, RoomId, UserId,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
     federation::join::remote_membership,
-    http::extract::{parse_room_id, Auth, Body, Path, Query},
+    http::{
+        extract::{parse_room_id, Auth, Body, Path},
+        ruma::Ruma,
+    },
     service::restricted::JoinAuthorisation,
     service::{
         ratelimit::Action,
@@ -17,10 +29,6 @@ use crate::{
         App,
     },
 };
-
-fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
-    UserId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))
-}
 
 /// Resolve `#alias:server`: our own directory, or the alias's server over federation.
 /// Also answers servers that know the room.
@@ -83,11 +91,6 @@ pub fn resolve_alias(app: &App, alias: &RoomAliasId) -> ApiResult<OwnedRoomId> {
     app.directory
         .room_of_alias(alias)?
         .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))
-}
-
-#[derive(Deserialize, Default)]
-pub struct ReasonBody {
-    reason: Option<String>,
 }
 
 fn member_event(target: &UserId, mut content: Value, reason: Option<&String>) -> NewEvent {
@@ -167,15 +170,29 @@ pub async fn room_and_via(
     room: &str,
     q: &ViaQuery,
 ) -> ApiResult<(OwnedRoomId, Vec<OwnedServerName>)> {
-    let mut via = q.servers();
     if !room.starts_with('#') {
-        return Ok((parse_room_id(room)?, via));
+        return Ok((parse_room_id(room)?, q.servers()));
     }
     let alias = RoomAliasId::parse(room)
         .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
-    let (id, servers) = resolve_alias_servers(app, &alias).await?;
-    via.extend(servers);
-    Ok((id, via))
+    room_or_alias(app, alias.into(), q.servers()).await
+}
+
+/// A room id, or an alias resolved (over federation if need be), with `via` and the servers
+/// the alias's server named.
+async fn room_or_alias(
+    app: &App,
+    room: OwnedRoomOrAliasId,
+    mut via: Vec<OwnedServerName>,
+) -> ApiResult<(OwnedRoomId, Vec<OwnedServerName>)> {
+    match OwnedRoomId::try_from(room) {
+        Ok(id) => Ok((id, via)),
+        Err(alias) => {
+            let (id, servers) = resolve_alias_servers(app, &alias).await?;
+            via.extend(servers);
+            Ok((id, via))
+        }
+    }
 }
 
 async fn do_join(
@@ -184,17 +201,17 @@ async fn do_join(
     room_id: &RoomId,
     reason: Option<&String>,
     via: Vec<OwnedServerName>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<()> {
     // A room everyone here left is joined again locally when federation is off.
     let known = app.room(room_id)?.is_some();
     if !app.is_resident(room_id)? && (!known || app.federation.is_some()) {
         remote(app, user, room_id, via, "join", reason).await?;
         super::upgrade::carry_personal_settings(app, user, room_id).await?;
-        return Ok(Json(json!({ "room_id": room_id })));
+        return Ok(());
     }
     let mut w = RoomWriter::open(app, room_id).await?;
     if w.membership_of(user)?.as_deref() == Some("join") {
-        return Ok(Json(json!({ "room_id": room_id })));
+        return Ok(());
     }
     let mut content = member_content(app, user, "join")?;
     let room = app.room_or_404(room_id)?;
@@ -204,7 +221,7 @@ async fn do_join(
     w.append(user, member_event(user, content, reason), None)?;
     w.commit().await?;
     super::upgrade::carry_personal_settings(app, user, room_id).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(())
 }
 
 #[derive(Deserialize, Default)]
@@ -226,32 +243,31 @@ impl ViaQuery {
 }
 
 pub async fn join_by_id_or_alias(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room): Path<String>,
-    Query(q): Query<ViaQuery>,
-    Body(body): Body<ReasonBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
+    let (s, body) = (req.caller, req.body);
     app.limit_user(&s, Action::RoomActions)?;
-    let (room_id, via) = room_and_via(&app, &room, &q).await?;
-    do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), via).await
+    let (room_id, via) = room_or_alias(&app, body.room_id_or_alias, body.via).await?;
+    do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), via).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
 pub async fn join(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<ReasonBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> ApiResult<join_room_by_id::v3::Response> {
+    let (s, body) = (req.caller, req.body);
     app.limit_user(&s, Action::RoomActions)?;
-    let room_id = parse_room_id(&room_id)?;
-    do_join(&app, &s.user_id, &room_id, body.reason.as_ref(), vec![]).await
-}
-
-#[derive(Deserialize)]
-pub struct TargetBody {
-    user_id: String,
-    reason: Option<String>,
+    do_join(
+        &app,
+        &s.user_id,
+        &body.room_id,
+        body.reason.as_ref(),
+        vec![],
+    )
+    .await?;
+    Ok(join_room_by_id::v3::Response::new(body.room_id))
 }
 
 /// Change another user's membership; `allowed_from` lists the target memberships the change
@@ -259,19 +275,16 @@ pub struct TargetBody {
 async fn change_member(
     app: &App,
     sender: &UserId,
-    room_id: &str,
-    body: TargetBody,
+    room_id: &RoomId,
+    (target, reason): (&UserId, Option<String>),
     membership: &str,
     allowed_from: &[&str],
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(room_id)?;
-    let target = parse_user_id(&body.user_id)?;
+) -> ApiResult<()> {
     let mut content = json!({ "membership": membership });
-    if let Some(r) = &body.reason {
+    if let Some(r) = reason {
         content["reason"] = json!(r);
     }
-    set_membership(app, sender, &room_id, &target, content, allowed_from).await?;
-    Ok(Json(json!({})))
+    set_membership(app, sender, room_id, target, content, allowed_from).await
 }
 
 /// Set `target`'s membership to `content` (whose `membership` says which); an invite of a user
@@ -321,84 +334,76 @@ pub async fn set_membership(
     Ok(())
 }
 
+#[derive(Deserialize)]
+pub struct InviteBody {
+    user_id: String,
+    reason: Option<String>,
+}
+
+/// Hand-typed: ruma reads the body as an untagged enum (a user or a third-party id), so an
+/// invalid `user_id` would lose its `M_INVALID_PARAM` to a bare `M_BAD_JSON`.
 pub async fn invite(
     State(app): State<App>,
     Auth(s): Auth,
     Path(room_id): Path<String>,
-    Body(body): Body<TargetBody>,
+    Body(body): Body<InviteBody>,
 ) -> ApiResult<Json<Value>> {
     app.limit_user(&s, Action::RoomActions)?;
-    change_member(
-        &app,
-        &s.user_id,
-        &room_id,
-        body,
-        "invite",
-        &["leave", "invite", "knock"],
-    )
-    .await
+    let room_id = parse_room_id(&room_id)?;
+    let target = UserId::parse(&body.user_id)
+        .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
+    let from = &["leave", "invite", "knock"];
+    let who = (&*target, body.reason);
+    change_member(&app, &s.user_id, &room_id, who, "invite", from).await?;
+    Ok(Json(json!({})))
 }
 
 pub async fn kick(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<TargetBody>,
-) -> ApiResult<Json<Value>> {
-    change_member(
-        &app,
-        &s.user_id,
-        &room_id,
-        body,
-        "leave",
-        &["join", "invite", "knock"],
-    )
-    .await
+    app: App,
+    req: Ruma<kick_user::v3::Request>,
+) -> ApiResult<kick_user::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let from = &["join", "invite", "knock"];
+    let target = (&*b.user_id, b.reason);
+    change_member(&app, &s.user_id, &b.room_id, target, "leave", from).await?;
+    Ok(kick_user::v3::Response::new())
 }
 
-pub async fn ban(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<TargetBody>,
-) -> ApiResult<Json<Value>> {
-    change_member(
-        &app,
-        &s.user_id,
-        &room_id,
-        body,
-        "ban",
-        &["join", "invite", "knock", "leave", "ban"],
-    )
-    .await
+pub async fn ban(app: App, req: Ruma<ban_user::v3::Request>) -> ApiResult<ban_user::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let from = &["join", "invite", "knock", "leave", "ban"];
+    let target = (&*b.user_id, b.reason);
+    change_member(&app, &s.user_id, &b.room_id, target, "ban", from).await?;
+    Ok(ban_user::v3::Response::new())
 }
 
 pub async fn unban(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<TargetBody>,
-) -> ApiResult<Json<Value>> {
-    change_member(&app, &s.user_id, &room_id, body, "leave", &["ban"]).await
+    app: App,
+    req: Ruma<unban_user::v3::Request>,
+) -> ApiResult<unban_user::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let target = (&*b.user_id, b.reason);
+    change_member(&app, &s.user_id, &b.room_id, target, "leave", &["ban"]).await?;
+    Ok(unban_user::v3::Response::new())
 }
 
 pub async fn leave(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    if let Some(m) = app.membership(&s.user_id, &room_id)? {
-        if matches!(m.membership.as_str(), "invite" | "knock") && !app.is_resident(&room_id)? {
-            reject_remote(&app, &s.user_id, &room_id, &m, body.reason.as_ref()).await?;
-            return Ok(Json(json!({})));
+    app: App,
+    req: Ruma<leave_room::v3::Request>,
+) -> ApiResult<leave_room::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let room_id = &body.room_id;
+    let done = leave_room::v3::Response::new;
+    if let Some(m) = app.membership(&s.user_id, room_id)? {
+        if matches!(m.membership.as_str(), "invite" | "knock") && !app.is_resident(room_id)? {
+            reject_remote(&app, &s.user_id, room_id, &m, body.reason.as_ref()).await?;
+            return Ok(done());
         }
     }
-    let mut w = RoomWriter::open(&app, &room_id).await?;
+    let mut w = RoomWriter::open(&app, room_id).await?;
     match w.membership_of(&s.user_id)?.as_deref() {
         Some("join" | "invite" | "knock") => {}
-        Some("leave") => return Ok(Json(json!({}))),
+        Some("leave") => return Ok(done()),
         _ => return Err(ApiError::Forbidden("You are not in this room".into())),
     }
     w.append(
@@ -411,15 +416,14 @@ pub async fn leave(
         None,
     )?;
     w.commit().await?;
-    Ok(Json(json!({})))
+    Ok(done())
 }
 
 pub async fn forget(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<forget_room::v3::Request>,
+) -> ApiResult<forget_room::v3::Response> {
+    let (s, room_id) = (req.caller, req.body.room_id);
     let mut m = app
         .membership(&s.user_id, &room_id)?
         .ok_or_else(|| ApiError::NotFound("You have no membership in this room".into()))?;
@@ -431,30 +435,32 @@ pub async fn forget(
     m.forgotten = true;
     app.save_membership(&s.user_id, &room_id, &m)?;
     app.store.flush().await?;
-    Ok(Json(json!({})))
+    Ok(forget_room::v3::Response::new())
 }
 
-pub async fn joined_rooms(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+pub async fn joined_rooms(
+    app: App,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> ApiResult<joined_rooms::v3::Response> {
+    let s = req.caller;
     let rooms: Vec<OwnedRoomId> = app
         .user_rooms(&s.user_id)?
         .into_iter()
         .filter(|(_, m)| m.membership == "join")
         .map(|(r, _)| r)
         .collect();
-    Ok(Json(json!({ "joined_rooms": rooms })))
+    Ok(joined_rooms::v3::Response::new(rooms))
 }
 
 /// Ask to join a room whose join rule is `knock` (room versions 7 and later); the auth rules
 /// refuse everything else.
 pub async fn knock(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room): Path<String>,
-    Query(q): Query<ViaQuery>,
-    Body(body): Body<ReasonBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<knock_room::v3::Request>,
+) -> ApiResult<knock_room::v3::Response> {
+    let (s, body) = (req.caller, req.body);
     app.limit_user(&s, Action::RoomActions)?;
-    let (room_id, via) = room_and_via(&app, &room, &q).await?;
+    let (room_id, via) = room_or_alias(&app, body.room_id_or_alias, body.via).await?;
     if !app.is_resident(&room_id)? {
         remote(
             &app,
@@ -465,7 +471,7 @@ pub async fn knock(
             body.reason.as_ref(),
         )
         .await?;
-        return Ok(Json(json!({ "room_id": room_id })));
+        return Ok(knock_room::v3::Response::new(room_id));
     }
     let mut w = RoomWriter::open(&app, &room_id).await?;
     let content = member_content(&app, &s.user_id, "knock")?;
@@ -475,5 +481,5 @@ pub async fn knock(
         None,
     )?;
     w.commit().await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(knock_room::v3::Response::new(room_id))
 }

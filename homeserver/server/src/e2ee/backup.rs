@@ -155,7 +155,9 @@ pub async fn current_version(
     match latest(&app, &s.user_id)?.1 {
         Some((n, v)) => {
             let (algorithm, count, etag, version) = version_info(n, &v)?;
-            Ok(get_latest_backup_info::v3::Response::new(algorithm, count, etag, version))
+            Ok(get_latest_backup_info::v3::Response::new(
+                algorithm, count, etag, version,
+            ))
         }
         None => Err(ApiError::NotFound("No current backup version".into())),
     }
@@ -169,7 +171,9 @@ pub async fn get_version_info(
     let (s, b) = (req.caller, req.body);
     let (n, v) = get_version(&app, &s.user_id, &b.version)?;
     let (algorithm, count, etag, version) = version_info(n, &v)?;
-    Ok(get_backup_info::v3::Response::new(algorithm, count, etag, version))
+    Ok(get_backup_info::v3::Response::new(
+        algorithm, count, etag, version,
+    ))
 }
 
 /// `PUT /room_keys/version/{version}`: new auth data for the same algorithm.

@@ -184,6 +184,8 @@ fn parse_error(e: FromHttpRequestError, body: &[u8]) -> ApiError {
             // serde stops at the first error, which may be one of shape before one of syntax.
             if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
                 ApiError::NotJson(format!("Content not JSON: {e}"))
+            } else if is_bad_identifier(&e.to_string()) {
+                ApiError::InvalidParam(e.to_string())
             } else {
                 ApiError::BadJson(e.to_string())
             }
@@ -204,6 +206,23 @@ pub fn raw_json<T>(v: &impl serde::Serialize) -> ApiResult<ruma::serde::Raw<T>> 
     serde_json::value::to_raw_value(v)
         .map(ruma::serde::Raw::from_json)
         .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))
+}
+
+/// Whether a body error is a malformed Matrix identifier (a user, room or event id, a server
+/// name): `M_INVALID_PARAM`, as for one in the path, rather than `M_BAD_JSON`. serde keeps
+/// only the message of ruma's `IdParseError`, so it is recognised by its wording.
+fn is_bad_identifier(why: &str) -> bool {
+    const ID_ERRORS: [&str; 8] = [
+        "identifier or required part of it is empty",
+        "identifier contains invalid characters",
+        "invalid matrix ID",
+        "server name is not a valid IP address or domain name",
+        "ID exceeds 255 bytes",
+        "required colon is missing",
+        "leading sigil is incorrect or missing",
+        "invalid Server Name",
+    ];
+    ID_ERRORS.iter().any(|p| why.starts_with(p))
 }
 
 /// A ruma response as HTTP: its status, headers and body as ruma writes them.
@@ -312,6 +331,21 @@ mod tests {
             p.len(),
             p.iter().collect::<std::collections::HashSet<_>>().len()
         );
+    }
+
+    #[test]
+    fn bad_identifiers_in_bodies_are_invalid_params() {
+        use ruma::api::client::membership::kick_user;
+        let req = http::Request::post("/_matrix/client/v3/rooms/!r:x/kick")
+            .body(&br#"{"user_id": "bob"}"#[..])
+            .unwrap();
+        let e = kick_user::v3::Request::try_from_http_request(req, &["!r:x"]).unwrap_err();
+        assert!(matches!(parse_error(e, b"{}"), ApiError::InvalidParam(_)));
+        let req = http::Request::post("/_matrix/client/v3/rooms/!r:x/kick")
+            .body(&br#"{"user_id": 5}"#[..])
+            .unwrap();
+        let e = kick_user::v3::Request::try_from_http_request(req, &["!r:x"]).unwrap_err();
+        assert!(matches!(parse_error(e, b"{}"), ApiError::BadJson(_)));
     }
 
     #[test]
