@@ -125,26 +125,15 @@ pub fn router() -> Router<App> {
                 .put(e2ee::backup::put_session)
                 .delete(e2ee::backup::delete_session),
         )
-        // push rules
-        .route("/pushers", get(crate::push::pushers::get))
+        // push rules (ruma lists only `/pushrules/`; ruma's set_pushrule and set_pusher are
+        // stricter than the spec)
         .route("/pushers/set", post(crate::push::pushers::set))
-        .route("/notifications", get(crate::push::notifications::get))
-        .route("/pushrules", get(push_rules::get_all))
-        .route("/pushrules/", get(push_rules::get_all))
-        .route("/pushrules/global/", get(push_rules::get_global))
+        .route("/pushrules", get(push_rules::get_all_unslashed))
         .route(
             "/pushrules/global/{kind}/{rule_id}",
             get(push_rules::get_rule)
                 .put(push_rules::put_rule)
                 .delete(push_rules::delete_rule),
-        )
-        .route(
-            "/pushrules/global/{kind}/{rule_id}/enabled",
-            get(push_rules::get_enabled).put(push_rules::put_enabled),
-        )
-        .route(
-            "/pushrules/global/{kind}/{rule_id}/actions",
-            get(push_rules::get_actions).put(push_rules::put_actions),
         )
         .route(
             "/directory/room/{alias}",
@@ -264,7 +253,15 @@ pub fn router() -> Router<App> {
         .ruma(e2ee::backup::current_version)
         .ruma(e2ee::backup::get_version_info)
         .ruma(e2ee::backup::update_version)
-        .ruma(e2ee::backup::delete_version);
+        .ruma(e2ee::backup::delete_version)
+        .ruma(push_rules::get_all)
+        .ruma(push_rules::get_global)
+        .ruma(push_rules::get_enabled)
+        .ruma(push_rules::put_enabled)
+        .ruma(push_rules::get_actions)
+        .ruma(push_rules::put_actions)
+        .ruma(crate::push::pushers::get)
+        .ruma(crate::push::notifications::get);
 
     typed
         .nest("/_matrix/client/v1", v1)

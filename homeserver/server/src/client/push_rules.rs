@@ -3,9 +3,14 @@
 
 use axum::{extract::State, Json};
 use ruma::{
+    api::client::push::{
+        get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+        get_pushrules_global_scope, set_pushrule_actions, set_pushrule_enabled,
+    },
     push::{
-        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
-        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule,
+        NewPatternedPushRule, NewPushRule, NewSimplePushRule, PushCondition,
+        RemovePushRuleError, RuleKind, Ruleset,
     },
     OwnedRoomId, OwnedUserId, UserId,
 };
@@ -15,7 +20,10 @@ use serde_json::{json, Value};
 use crate::service::account_data::PUSH_RULES;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, JsonObject, Path, Query},
+    http::{
+        extract::{Auth, JsonObject, Path, Query},
+        ruma::{Ruma, RumaResponse},
+    },
     service::App,
 };
 
@@ -46,6 +54,18 @@ fn kind(s: &str) -> ApiResult<RuleKind> {
     }
 }
 
+/// A kind from ruma's path, which takes any string: the spec's five only.
+fn known(k: RuleKind) -> ApiResult<RuleKind> {
+    kind(k.as_str())
+}
+
+/// The rule of this kind and id; `M_NOT_FOUND` if there is none.
+fn rule<'a>(rules: &'a Ruleset, k: RuleKind, rule_id: &str) -> ApiResult<AnyPushRuleRef<'a>> {
+    rules
+        .get(known(k)?, rule_id)
+        .ok_or_else(|| ApiError::NotFound("Unknown push rule".into()))
+}
+
 /// The rule as JSON, found in the serialised rule set.
 fn find(rules: &Ruleset, kind: &str, rule_id: &str) -> ApiResult<Value> {
     let all = serde_json::to_value(rules).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -56,17 +76,38 @@ fn find(rules: &Ruleset, kind: &str, rule_id: &str) -> ApiResult<Value> {
         .ok_or_else(|| ApiError::NotFound("Unknown push rule".into()))
 }
 
-pub async fn get_all(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "global": ruleset(&app, &s.user_id)? })))
+pub async fn get_all(
+    app: App,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> ApiResult<get_pushrules_all::v3::Response> {
+    Ok(get_pushrules_all::v3::Response::new(ruleset(
+        &app,
+        &req.caller.user_id,
+    )?))
 }
 
-pub async fn get_global(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        serde_json::to_value(ruleset(&app, &s.user_id)?)
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
+/// `/pushrules` without the trailing slash, which ruma does not list: the same answer as
+/// [`get_all`].
+pub async fn get_all_unslashed(
+    State(app): State<App>,
+    Auth(s): Auth,
+) -> ApiResult<RumaResponse<get_pushrules_all::v3::Response>> {
+    Ok(RumaResponse(get_pushrules_all::v3::Response::new(
+        ruleset(&app, &s.user_id)?,
+    )))
 }
 
+pub async fn get_global(
+    app: App,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> ApiResult<get_pushrules_global_scope::v3::Response> {
+    Ok(get_pushrules_global_scope::v3::Response::new(ruleset(
+        &app,
+        &req.caller.user_id,
+    )?))
+}
+
+/// Hand-typed: its path is shared with `PUT`, which ruma would refuse without `conditions`.
 pub async fn get_rule(
     State(app): State<App>,
     Auth(s): Auth,
@@ -82,6 +123,7 @@ pub struct Position {
     after: Option<String>,
 }
 
+/// Hand-typed: ruma requires `conditions` on override and underride rules; the spec does not.
 pub async fn put_rule(
     State(app): State<App>,
     Auth(s): Auth,
@@ -141,6 +183,7 @@ pub async fn put_rule(
     .await
 }
 
+/// Hand-typed: its path is shared with `PUT`, which ruma would refuse without `conditions`.
 pub async fn delete_rule(
     State(app): State<App>,
     Auth(s): Auth,
@@ -158,63 +201,53 @@ pub async fn delete_rule(
 }
 
 pub async fn get_enabled(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((k, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    kind(&k)?;
-    let rule = find(&ruleset(&app, &s.user_id)?, &k, &id)?;
-    Ok(Json(json!({ "enabled": rule["enabled"] })))
-}
-
-#[derive(Deserialize)]
-pub struct EnabledBody {
-    enabled: bool,
+    app: App,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> ApiResult<get_pushrule_enabled::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let rules = ruleset(&app, &s.user_id)?;
+    let enabled = rule(&rules, body.kind, &body.rule_id)?.enabled();
+    Ok(get_pushrule_enabled::v3::Response::new(enabled))
 }
 
 pub async fn put_enabled(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((k, id)): Path<(String, String)>,
-    crate::http::extract::Body(body): crate::http::extract::Body<EnabledBody>,
-) -> ApiResult<Json<Value>> {
-    let kind = kind(&k)?;
+    app: App,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> ApiResult<set_pushrule_enabled::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let kind = known(body.kind)?;
     edit(&app, &s.user_id, |rules| {
         rules
-            .set_enabled(kind, &id, body.enabled)
+            .set_enabled(kind, &body.rule_id, body.enabled)
             .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(set_pushrule_enabled::v3::Response::new())
 }
 
 pub async fn get_actions(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((k, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    kind(&k)?;
-    let rule = find(&ruleset(&app, &s.user_id)?, &k, &id)?;
-    Ok(Json(json!({ "actions": rule["actions"] })))
-}
-
-#[derive(Deserialize)]
-pub struct ActionsBody {
-    actions: Vec<Action>,
+    app: App,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> ApiResult<get_pushrule_actions::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let rules = ruleset(&app, &s.user_id)?;
+    let actions = rule(&rules, body.kind, &body.rule_id)?.actions().to_vec();
+    Ok(get_pushrule_actions::v3::Response::new(actions))
 }
 
 pub async fn put_actions(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((k, id)): Path<(String, String)>,
-    crate::http::extract::Body(body): crate::http::extract::Body<ActionsBody>,
-) -> ApiResult<Json<Value>> {
-    let kind = kind(&k)?;
+    app: App,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> ApiResult<set_pushrule_actions::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let kind = known(body.kind)?;
     edit(&app, &s.user_id, |rules| {
         rules
-            .set_actions(kind, &id, body.actions)
+            .set_actions(kind, &body.rule_id, body.actions)
             .map_err(|_| ApiError::NotFound("Unknown push rule".into()))?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(set_pushrule_actions::v3::Response::new())
 }

@@ -1,32 +1,29 @@
 //! `GET /_matrix/client/v3/notifications`: the events the user's push rules notified them of,
 //! newest first, with whether each is read yet.
 
-use axum::{extract::State, Json};
-use ruma::OwnedRoomId;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::{
+    api::client::push::get_notifications::{self, v3::Notification},
+    push::Action,
+    MilliSecondsSinceUnixEpoch, OwnedRoomId, UInt,
+};
 
 use crate::service::push::unread;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{page_limit, Auth, Query},
+    http::{
+        extract::page_limit,
+        ruma::{raw_json, Ruma},
+    },
     service::App,
 };
 
 const DEFAULT_LIMIT: usize = 50;
 
-#[derive(Deserialize)]
-pub struct NotificationsQuery {
-    from: Option<String>,
-    limit: Option<String>,
-    only: Option<String>,
-}
-
 pub async fn get(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Query(q): Query<NotificationsQuery>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<get_notifications::v3::Request>,
+) -> ApiResult<get_notifications::v3::Response> {
+    let (s, q) = (req.caller, req.body);
     let before = match q.from.as_deref() {
         None | Some("") => None,
         Some(t) => Some(
@@ -34,7 +31,11 @@ pub async fn get(
                 .map_err(|_| ApiError::InvalidParam(format!("invalid from token {t}")))?,
         ),
     };
-    let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, app.settings.max_page)?;
+    let limit = page_limit(
+        q.limit.map(|l| l.to_string()).as_deref(),
+        DEFAULT_LIMIT,
+        app.settings.max_page,
+    )?;
     let only_highlight = match q.only.as_deref() {
         None => false,
         Some("highlight") => true,
@@ -56,17 +57,14 @@ pub async fn get(
         };
         let room_id = OwnedRoomId::try_from(n.room_id.as_str())
             .map_err(|e| ApiError::Internal(format!("stored notification: {e}")))?;
-        out.push(json!({
-            "room_id": n.room_id,
-            "event": app.client_event(n.event, &stored, &room_id, Some(&s), false)?,
-            "actions": n.actions,
-            "read": !unread::is_unread(&app, &s.user_id, n.short_room, count)?,
-            "ts": n.ts,
-        }));
+        let event = raw_json(&app.client_event(n.event, &stored, &room_id, Some(&s), false)?)?;
+        let actions: Vec<Action> = serde_json::from_value(n.actions)
+            .map_err(|e| ApiError::Internal(format!("stored notification: {e}")))?;
+        let read = !unread::is_unread(&app, &s.user_id, n.short_room, count)?;
+        let ts = MilliSecondsSinceUnixEpoch(UInt::try_from(n.ts).unwrap_or(UInt::MAX));
+        out.push(Notification::new(actions, event, read, room_id, ts));
     }
-    let mut body = json!({ "notifications": out });
-    if let Some(t) = next {
-        body["next_token"] = json!(t.to_string());
-    }
-    Ok(Json(body))
+    let mut res = get_notifications::v3::Response::new(out);
+    res.next_token = next.map(|t| t.to_string());
+    Ok(res)
 }

@@ -3,12 +3,18 @@
 
 use axum::{extract::State, Json};
 use plexus_store::{schema, Batch, First};
-use ruma::UserId;
+use ruma::{
+    api::client::push::{get_pushers, Pusher},
+    UserId,
+};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, JsonObject},
+    http::{
+        extract::{Auth, JsonObject},
+        ruma::Ruma,
+    },
     service::{now_ms, App, Services},
 };
 
@@ -74,18 +80,21 @@ pub fn users_with_pushers(app: &Services) -> ApiResult<Vec<ruma::OwnedUserId>> {
     Ok(out)
 }
 
-pub async fn get(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
-    let pushers: Vec<Value> = of_user(&app, &s.user_id)?
-        .into_iter()
-        .map(|(_, mut p)| {
-            if let Some(o) = p.as_object_mut() {
-                o.remove("pushkey_ts");
-                o.remove("device_id");
-            }
-            p
-        })
-        .collect();
-    Ok(Json(json!({ "pushers": pushers })))
+pub async fn get(
+    app: App,
+    req: Ruma<get_pushers::v3::Request>,
+) -> ApiResult<get_pushers::v3::Response> {
+    let s = req.caller;
+    let mut pushers: Vec<Pusher> = vec![];
+    for ((_, app_id, _), p) in of_user(&app, &s.user_id)? {
+        // What `set` stored; the store's own fields (`pushkey_ts`, `device_id`) are not
+        // ruma's and are left out.
+        match serde_json::from_value::<Pusher>(p) {
+            Ok(p) => pushers.push(p),
+            Err(e) => tracing::warn!(%app_id, "stored pusher unreadable: {e}"),
+        }
+    }
+    Ok(get_pushers::v3::Response::new(pushers))
 }
 
 fn required_str<'a>(body: &'a Map<String, Value>, field: &str) -> ApiResult<&'a str> {
@@ -121,6 +130,7 @@ fn check_url(app: &Services, url: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Hand-typed: ruma answers a missing field `M_BAD_JSON`; clients are told `M_MISSING_PARAM`.
 pub async fn set(
     State(app): State<App>,
     Auth(s): Auth,
