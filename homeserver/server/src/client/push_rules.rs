@@ -36,13 +36,12 @@ pub(crate) async fn edit(
     app: &App,
     user: &UserId,
     change: impl FnOnce(&mut Ruleset) -> ApiResult<()>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<()> {
     let mut rules = ruleset(app, user)?;
     change(&mut rules)?;
     let global = serde_json::to_value(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
     app.set_account_data(user, "", PUSH_RULES, &json!({ "global": global }))
-        .await?;
-    Ok(Json(json!({})))
+        .await
 }
 
 fn kind(s: &str) -> ApiResult<RuleKind> {
@@ -180,7 +179,8 @@ pub async fn put_rule(
             })?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(Json(json!({})))
 }
 
 /// Hand-typed: its path is shared with `PUT`, which ruma would refuse without `conditions`.
@@ -197,7 +197,8 @@ pub async fn delete_rule(
         })?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(Json(json!({})))
 }
 
 pub async fn get_enabled(

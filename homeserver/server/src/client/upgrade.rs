@@ -228,8 +228,7 @@ pub async fn carry_personal_settings(
                 )
                 .map_err(|e| ApiError::Internal(e.to_string()))
             })
-            .await
-            .map(drop)?;
+            .await?;
         }
     }
     Ok(())
