@@ -1,68 +1,63 @@
 //! Client-server endpoints that concern appservices: ping, each network's room directory, and
 //! third-party lookups passed through to the appservices that provide the protocol.
 
+use std::time::Duration;
+
 use axum::{extract::State, Json};
-use serde::Deserialize;
+use ruma::api::client::{
+    appservice::{request_ping, set_room_visibility},
+    room::Visibility,
+};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
     federation::sender::enc,
-    http::extract::{parse_room_id, query_pairs, Auth, Body, Path},
+    http::{
+        extract::{query_pairs, Auth, Path},
+        ruma::Ruma,
+    },
     service::App,
 };
 
-#[derive(Deserialize)]
-pub struct PingBody {
-    transaction_id: Option<String>,
-}
-
 /// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`.
 pub async fn ping(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(id): Path<String>,
-    Body(body): Body<PingBody>,
-) -> ApiResult<Json<Value>> {
-    let reg = s.appservice.filter(|r| r.id == id).ok_or_else(|| {
-        ApiError::Forbidden("Provided access token is not the appservice's as_token".into())
-    })?;
-    let ms = app
-        .ping_appservice(&reg, body.transaction_id.as_deref())
-        .await?;
-    Ok(Json(json!({ "duration_ms": ms })))
-}
-
-#[derive(Deserialize)]
-pub struct VisibilityBody {
-    visibility: String,
+    app: App,
+    req: Ruma<request_ping::v1::Request>,
+) -> ApiResult<request_ping::v1::Response> {
+    let (reg, body) = (req.caller, req.body);
+    if reg.id != body.appservice_id {
+        return Err(ApiError::Forbidden(
+            "Provided access token is not the appservice's as_token".into(),
+        ));
+    }
+    let txn = body.transaction_id.as_ref().map(|t| t.as_str());
+    let ms = app.ping_appservice(&reg, txn).await?;
+    Ok(request_ping::v1::Response::new(Duration::from_millis(ms)))
 }
 
 /// `PUT /directory/list/appservice/{networkId}/{roomId}`: only with an `as_token`.
 pub async fn set_network_visibility(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((network, room_id)): Path<(String, String)>,
-    Body(body): Body<VisibilityBody>,
-) -> ApiResult<Json<Value>> {
-    let reg = s.appservice.ok_or_else(|| {
-        ApiError::Forbidden("Only application services can use this endpoint".into())
-    })?;
-    let room_id = parse_room_id(&room_id)?;
-    app.room_or_404(&room_id)?;
-    let listed = match body.visibility.as_str() {
-        "public" => true,
-        "private" => false,
+    app: App,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> ApiResult<set_room_visibility::v3::Response> {
+    let (reg, body) = (req.caller, req.body);
+    let room_id = &body.room_id;
+    app.room_or_404(room_id)?;
+    let listed = match &body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
         other => {
             return Err(ApiError::BadJson(format!(
-                "visibility must be public or private, not {other}"
+                "visibility must be public or private, not {}",
+                other.as_str()
             )))
         }
     };
     app.directory
-        .set_network_listing(&reg.id, &network, &room_id, listed)?;
+        .set_network_listing(&reg.id, &body.network_id, room_id, listed)?;
     app.store.flush().await?;
-    Ok(Json(json!({})))
+    Ok(set_room_visibility::v3::Response::new())
 }
 
 /// The protocols every appservice offers, with its instances named `appservice|network` (the
@@ -115,11 +110,15 @@ async fn protocols(app: &App, only: Option<&str>) -> Map<String, Value> {
 }
 
 /// `GET /thirdparty/protocols`.
+///
+/// Hand-written: ruma's `Protocol` drops fields bridges add and needs string-only `fields`.
 pub async fn all_protocols(State(app): State<App>, Auth(_): Auth) -> Json<Value> {
     Json(Value::Object(protocols(&app, None).await))
 }
 
 /// `GET /thirdparty/protocol/{protocol}`.
+///
+/// Hand-written: ruma's `Protocol` drops fields bridges add and needs string-only `fields`.
 pub async fn one_protocol(
     State(app): State<App>,
     Auth(_): Auth,
@@ -160,6 +159,8 @@ async fn lookup(
 }
 
 /// `GET /thirdparty/location/{protocol}`.
+///
+/// Hand-written: ruma's `Location` needs string-only `fields`; the spec allows any object.
 pub async fn location_by_protocol(
     State(app): State<App>,
     Auth(_): Auth,
@@ -171,6 +172,8 @@ pub async fn location_by_protocol(
 }
 
 /// `GET /thirdparty/user/{protocol}`.
+///
+/// Hand-written: ruma's `User` needs string-only `fields`; the spec allows any object.
 pub async fn user_by_protocol(
     State(app): State<App>,
     Auth(_): Auth,
@@ -182,6 +185,8 @@ pub async fn user_by_protocol(
 }
 
 /// `GET /thirdparty/location?alias=`.
+///
+/// Hand-written: ruma answers a missing `alias` `M_INVALID_PARAM`, not `M_MISSING_PARAM`.
 pub async fn location_by_alias(
     State(app): State<App>,
     Auth(_): Auth,
@@ -192,6 +197,8 @@ pub async fn location_by_alias(
 }
 
 /// `GET /thirdparty/user?userid=`.
+///
+/// Hand-written: ruma answers a missing `userid` `M_INVALID_PARAM`, not `M_MISSING_PARAM`.
 pub async fn user_by_id(
     State(app): State<App>,
     Auth(_): Auth,

@@ -1,15 +1,23 @@
 //! Room aliases: create, resolve, delete, and list a room's local aliases.
 
 use axum::{extract::State, Json};
-use ruma::{OwnedRoomAliasId, RoomAliasId};
-use serde::Deserialize;
+use ruma::{
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{get_room_visibility, set_room_visibility},
+        room::{aliases, Visibility},
+    },
+    RoomAliasId,
+};
 use serde_json::{json, Value};
 
 use super::membership::resolve_alias;
-use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path},
+    http::{
+        extract::{Auth, Body},
+        ruma::Ruma,
+    },
     service::{
         directory::{
             list_public, parse_limit, Network, PublicRoomsBody, PublicRoomsFilter, PublicRoomsQuery,
@@ -18,23 +26,12 @@ use crate::{
     },
 };
 
-fn parse_alias(s: &str) -> ApiResult<OwnedRoomAliasId> {
-    RoomAliasId::parse(s).map_err(|e| ApiError::InvalidParam(format!("invalid room alias: {e}")))
-}
-
-#[derive(Deserialize)]
-pub struct AliasBody {
-    room_id: String,
-}
-
 pub async fn create(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(alias): Path<String>,
-    Body(body): Body<AliasBody>,
-) -> ApiResult<Json<Value>> {
-    let alias = parse_alias(&alias)?;
-    let room_id = parse_room_id(&body.room_id)?;
+    app: App,
+    req: Ruma<create_alias::v3::Request>,
+) -> ApiResult<create_alias::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let (alias, room_id) = (&body.room_alias, &body.room_id);
     if alias.server_name() != app.server_name() {
         return Err(ApiError::InvalidParam(
             "Aliases can only be created on this server's domain".into(),
@@ -45,17 +42,20 @@ pub async fn create(
         alias.as_str(),
         s.appservice.as_deref(),
     )?;
-    app.room_or_404(&room_id)?;
-    if !app.is_joined(&s.user_id, &room_id)? {
+    app.room_or_404(room_id)?;
+    if !app.is_joined(&s.user_id, room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
-    app.directory.create_alias(&alias, &room_id, &s.user_id)?;
+    app.directory.create_alias(alias, room_id, &s.user_id)?;
     app.store.flush().await?;
-    Ok(Json(json!({})))
+    Ok(create_alias::v3::Response::new())
 }
 
-pub async fn get(State(app): State<App>, Path(alias): Path<String>) -> ApiResult<Json<Value>> {
-    let alias = parse_alias(&alias)?;
+pub async fn get(
+    app: App,
+    req: Ruma<get_alias::v3::Request>,
+) -> ApiResult<get_alias::v3::Response> {
+    let alias = req.body.room_alias;
     let (room_id, mut servers) = super::membership::resolve_alias_servers(&app, &alias).await?;
     if servers.is_empty() {
         servers.push(app.server_name().to_owned());
@@ -63,15 +63,14 @@ pub async fn get(State(app): State<App>, Path(alias): Path<String>) -> ApiResult
             servers.extend(app.room_servers(room.short)?);
         }
     }
-    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+    Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 pub async fn delete(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(alias): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let alias = parse_alias(&alias)?;
+    app: App,
+    req: Ruma<delete_alias::v3::Request>,
+) -> ApiResult<delete_alias::v3::Response> {
+    let (s, alias) = (req.caller, req.body.room_alias);
     let room_id = resolve_alias(&app, &alias)?;
     let creator = app.directory.alias_creator(&room_id, &alias)?;
     let is_creator = creator.as_deref() == Some(s.user_id.as_str());
@@ -87,24 +86,24 @@ pub async fn delete(
     }
     app.directory.delete_alias(&room_id, &alias)?;
     app.store.flush().await?;
-    Ok(Json(json!({})))
+    Ok(delete_alias::v3::Response::new())
 }
 
 pub async fn room_aliases(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<aliases::v3::Request>,
+) -> ApiResult<aliases::v3::Response> {
+    let (s, room_id) = (req.caller, req.body.room_id);
     let room = app.room_or_forbidden(&room_id)?;
     app.visible_state_hash(&s.user_id, &room)?;
-    let aliases: Vec<String> = app
+    // Only valid aliases are ever stored; one that no longer parses is left out.
+    let list = app
         .directory
         .room_aliases(&room_id)?
         .into_iter()
-        .map(|(alias, _)| alias)
+        .filter_map(|(alias, _)| RoomAliasId::parse(&alias).ok())
         .collect();
-    Ok(Json(json!({ "aliases": aliases })))
+    Ok(aliases::v3::Response::new(list))
 }
 
 /// This server's directory, or another server's over federation (`GET` when there is no
@@ -169,6 +168,7 @@ async fn list_public_on(
     Ok(v)
 }
 
+/// Hand-written: ruma's `PublicRoomsChunk` leaves out `join_rule` when it is `public`.
 pub async fn public_rooms(
     State(app): State<App>,
     crate::http::extract::Query(q): crate::http::extract::Query<PublicRoomsQuery>,
@@ -191,6 +191,7 @@ pub async fn public_rooms(
     ))
 }
 
+/// Hand-written: ruma's `PublicRoomsChunk` leaves out `join_rule` when it is `public`.
 pub async fn search_public_rooms(
     State(app): State<App>,
     Auth(_): Auth,
@@ -215,46 +216,43 @@ pub async fn search_public_rooms(
 }
 
 pub async fn get_visibility(
-    State(app): State<App>,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> ApiResult<get_room_visibility::v3::Response> {
+    let room_id = req.body.room_id;
     app.room_or_404(&room_id)?;
     let public = app.directory.is_published(&room_id)?;
-    Ok(Json(
-        json!({ "visibility": if public { "public" } else { "private" } }),
-    ))
-}
-
-#[derive(Deserialize)]
-pub struct VisibilityBody {
-    visibility: String,
+    Ok(get_room_visibility::v3::Response::new(if public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    }))
 }
 
 pub async fn set_visibility(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Body(body): Body<VisibilityBody>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let room = app.room_or_404(&room_id)?;
+    app: App,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> ApiResult<set_room_visibility::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let room_id = &body.room_id;
+    let room = app.room_or_404(room_id)?;
     if !app.may_send_state(&s.user_id, &room, "m.room.canonical_alias")? {
         return Err(ApiError::Forbidden(
             "You may not change this room's directory visibility".into(),
         ));
     }
-    let published = match body.visibility.as_str() {
-        "public" => true,
-        "private" => false,
+    let published = match &body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
         other => {
             return Err(ApiError::BadJson(format!(
-                "visibility must be public or private, not {other}"
+                "visibility must be public or private, not {}",
+                other.as_str()
             )))
         }
     };
-    app.directory.set_published(&room_id, published)?;
+    app.directory.set_published(room_id, published)?;
     app.store.flush().await?;
     app.public_users.mark_stale();
-    Ok(Json(json!({})))
+    Ok(set_room_visibility::v3::Response::new())
 }

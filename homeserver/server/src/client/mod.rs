@@ -136,23 +136,8 @@ pub fn router() -> Router<App> {
                 .delete(push_rules::delete_rule),
         )
         .route(
-            "/directory/room/{alias}",
-            get(directory::get)
-                .put(directory::create)
-                .delete(directory::delete),
-        )
-        .route("/rooms/{room_id}/aliases", get(directory::room_aliases))
-        .route(
             "/publicRooms",
             get(directory::public_rooms).post(directory::search_public_rooms),
-        )
-        .route(
-            "/directory/list/room/{room_id}",
-            get(directory::get_visibility).put(directory::set_visibility),
-        )
-        .route(
-            "/directory/list/appservice/{network_id}/{room_id}",
-            put(appservice::client::set_network_visibility),
         )
         .route(
             "/thirdparty/protocols",
@@ -179,10 +164,6 @@ pub fn router() -> Router<App> {
         .route("/rooms/{room_id}/typing/{user_id}", put(receipts::typing));
 
     let v1 = Router::new()
-        .route(
-            "/appservice/{appservice_id}/ping",
-            post(appservice::client::ping),
-        )
         .route(
             "/rooms/{room_id}/timestamp_to_event",
             get(messages::timestamp_to_event),
@@ -247,6 +228,14 @@ pub fn router() -> Router<App> {
         .ruma(membership::ban)
         .ruma(membership::unban)
         .ruma(membership::joined_rooms)
+        .ruma(directory::create)
+        .ruma(directory::get)
+        .ruma(directory::delete)
+        .ruma(directory::room_aliases)
+        .ruma(directory::get_visibility)
+        .ruma(directory::set_visibility)
+        .ruma(appservice::client::set_network_visibility)
+        .ruma(appservice::client::ping)
         .ruma(e2ee::device_lists::changes)
         .ruma(e2ee::cross_signing::upload)
         .ruma(e2ee::backup::create_version)

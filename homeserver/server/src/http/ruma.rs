@@ -85,16 +85,18 @@ impl EdgeAuth for AccessTokenOptional {
     }
 }
 
-/// Only an appservice's `as_token`: a user's token is `M_FORBIDDEN`.
+/// Only an appservice's `as_token`: a user's token is `M_FORBIDDEN`, one that is no one's
+/// still `M_UNKNOWN_TOKEN`.
 impl EdgeAuth for AppserviceToken {
     type Caller = Arc<Registration>;
 
     async fn caller(app: &App, parts: &Parts) -> ApiResult<Arc<Registration>> {
         let token = access_token(parts).ok_or(ApiError::MissingToken)?;
-        app.appservices
-            .by_token(&token)
-            .cloned()
-            .ok_or_else(|| ApiError::Forbidden("only an appservice may call this".into()))
+        if let Some(reg) = app.appservices.by_token(&token) {
+            return Ok(reg.clone());
+        }
+        authenticated(app, parts)?;
+        Err(ApiError::Forbidden("only an appservice may call this".into()))
     }
 }
 
