@@ -4,13 +4,12 @@
 use axum::{extract::State, Json};
 use ruma::{
     api::client::push::{
-        get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-        get_pushrules_global_scope, set_pushrule_actions, set_pushrule_enabled,
+        get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
+        set_pushrule_actions, set_pushrule_enabled,
     },
     push::{
-        Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule,
-        NewPatternedPushRule, NewPushRule, NewSimplePushRule, PushCondition,
-        RemovePushRuleError, RuleKind, Ruleset,
+        Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule,
+        NewPushRule, NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
     },
     OwnedRoomId, OwnedUserId, UserId,
 };
@@ -91,9 +90,9 @@ pub async fn get_all_unslashed(
     State(app): State<App>,
     Auth(s): Auth,
 ) -> ApiResult<RumaResponse<get_pushrules_all::v3::Response>> {
-    Ok(RumaResponse(get_pushrules_all::v3::Response::new(
-        ruleset(&app, &s.user_id)?,
-    )))
+    Ok(RumaResponse(get_pushrules_all::v3::Response::new(ruleset(
+        &app, &s.user_id,
+    )?)))
 }
 
 pub async fn get_global(

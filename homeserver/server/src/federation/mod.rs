@@ -27,7 +27,7 @@ use axum::{
     Router,
 };
 
-use crate::{config::FederationSettings, error::ApiError, service::App};
+use crate::{config::FederationSettings, error::ApiError, http::ruma::RumaRoutes, service::App};
 
 /// Outbound federation state, present only when federation is switched on.
 pub struct Federation {
@@ -61,7 +61,10 @@ pub fn router() -> Router<App> {
     const V1: &str = "/_matrix/federation/v1";
     const V2: &str = "/_matrix/federation/v2";
     Router::new()
-        .route(&format!("{V1}/version"), get(query::version))
+        .ruma(query::version)
+        .ruma(query::profile)
+        .ruma(query::directory)
+        .ruma(query::openid_userinfo)
         .route(&format!("{V1}/send/{{txn}}"), put(send::transaction))
         .route(
             &format!("{V1}/make_join/{{room}}/{{user}}"),
@@ -91,7 +94,6 @@ pub fn router() -> Router<App> {
             &format!("{V1}/get_missing_events/{{room}}"),
             post(events::get_missing_events),
         )
-        .route(&format!("{V1}/query/profile"), get(query::profile))
         .route(
             &format!("{V1}/hierarchy/{{room}}"),
             get(hierarchy::hierarchy),
@@ -100,7 +102,6 @@ pub fn router() -> Router<App> {
             &format!("{V1}/publicRooms"),
             get(query::public_rooms).post(query::search_public_rooms),
         )
-        .route(&format!("{V1}/query/directory"), get(query::directory))
         .route(
             &format!("{V1}/user/devices/{{user}}"),
             get(crate::e2ee::federation::user_devices),
@@ -112,10 +113,6 @@ pub fn router() -> Router<App> {
         .route(
             &format!("{V1}/user/keys/claim"),
             post(crate::e2ee::federation::user_keys_claim),
-        )
-        .route(
-            &format!("{V1}/openid/userinfo"),
-            get(query::openid_userinfo),
         )
         .route(
             &format!("{V2}/send_join/{{room}}/{{event}}"),

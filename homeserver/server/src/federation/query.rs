@@ -1,70 +1,67 @@
 //! Federation queries: server version, profiles and aliases of this server, OpenID userinfo.
 
 use axum::{extract::State, Json};
-use ruma::{OwnedRoomAliasId, OwnedUserId};
-use serde::Deserialize;
+use ruma::api::federation::{
+    discovery::get_server_version::{self, v1::Server},
+    openid::get_openid_userinfo,
+    query::{get_profile_information, get_room_information},
+};
 use serde_json::{json, Value};
 
 use super::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::Query,
+    http::{extract::Query, ruma::Ruma},
     service::{
         directory::{list_public, parse_limit, PublicRoomsBody, PublicRoomsQuery},
         App,
     },
 };
 
-pub async fn version() -> Json<Value> {
-    Json(json!({ "server": { "name": "Plexus", "version": env!("CARGO_PKG_VERSION") } }))
-}
-
-#[derive(Deserialize)]
-pub struct ProfileQuery {
-    user_id: String,
-    field: Option<String>,
+pub async fn version(
+    _: App,
+    _: Ruma<get_server_version::v1::Request>,
+) -> ApiResult<get_server_version::v1::Response> {
+    let mut server = Server::new();
+    server.name = Some("Plexus".into());
+    server.version = Some(env!("CARGO_PKG_VERSION").into());
+    let mut res = get_server_version::v1::Response::new();
+    res.server = Some(server);
+    Ok(res)
 }
 
 pub async fn profile(
-    State(app): State<App>,
-    Query(q): Query<ProfileQuery>,
-    _req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let user = OwnedUserId::try_from(q.user_id.as_str())
-        .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
+    app: App,
+    req: Ruma<get_profile_information::v1::Request>,
+) -> ApiResult<get_profile_information::v1::Response> {
+    let q = req.body;
+    let user = q.user_id;
     if !app.is_local(&user) {
         return Err(ApiError::InvalidParam("user is not on this server".into()));
     }
     let rec = app
         .user(&user)?
         .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
-    let mut out = json!({});
-    let want = |f: &str| q.field.as_deref().is_none_or(|w| w == f);
+    let mut out = get_profile_information::v1::Response::new();
+    let want = |f: &str| q.field.as_ref().is_none_or(|w| w.as_str() == f);
     if want("displayname") {
         if let Some(d) = rec.displayname {
-            out["displayname"] = json!(d);
+            out.set("displayname".into(), json!(d));
         }
     }
     if want("avatar_url") {
         if let Some(a) = rec.avatar_url {
-            out["avatar_url"] = json!(a);
+            out.set("avatar_url".into(), json!(a));
         }
     }
-    Ok(Json(out))
-}
-
-#[derive(Deserialize)]
-pub struct DirectoryQuery {
-    room_alias: String,
+    Ok(out)
 }
 
 pub async fn directory(
-    State(app): State<App>,
-    Query(q): Query<DirectoryQuery>,
-    _req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let alias = OwnedRoomAliasId::try_from(q.room_alias.as_str())
-        .map_err(|e| ApiError::InvalidParam(format!("invalid alias: {e}")))?;
+    app: App,
+    req: Ruma<get_room_information::v1::Request>,
+) -> ApiResult<get_room_information::v1::Response> {
+    let alias = req.body.room_alias;
     if alias.server_name() != app.server_name() {
         return Err(ApiError::NotFound("Room alias not found".into()));
     }
@@ -72,32 +69,23 @@ pub async fn directory(
         .directory
         .room_of_alias(&alias)?
         .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
-    let mut servers = vec![app.server_name().to_string()];
+    let mut servers = vec![app.server_name().to_owned()];
     if let Some(room) = app.room(&room_id)? {
-        servers.extend(
-            app.room_servers(room.short)?
-                .into_iter()
-                .map(|s| s.to_string()),
-        );
+        servers.extend(app.room_servers(room.short)?);
     }
-    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
-}
-
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    access_token: String,
+    Ok(get_room_information::v1::Response::new(room_id, servers))
 }
 
 /// Unauthenticated by design: the OpenID token is the credential.
 pub async fn openid_userinfo(
-    State(app): State<App>,
-    Query(q): Query<TokenQuery>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<get_openid_userinfo::v1::Request>,
+) -> ApiResult<get_openid_userinfo::v1::Response> {
     let user = app
         .openid
-        .user_of(&q.access_token)?
+        .user_of(&req.body.access_token)?
         .ok_or(ApiError::UnknownToken { soft_logout: false })?;
-    Ok(Json(json!({ "sub": user })))
+    Ok(get_openid_userinfo::v1::Response::new(user))
 }
 
 /// `GET /publicRooms`: this server's room directory for another server's users.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    http::{body::BodyPermit, extract::content_length},
+    http::body::BodyPermit,
     service::{App, Services},
 };
 
@@ -155,17 +155,23 @@ pub struct FedRequest {
     _permit: BodyPermit,
 }
 
-impl FromRequest<App> for FedRequest {
-    type Rejection = ApiError;
+/// An X-Matrix request checked as far as it can be before its body is read: the header parses,
+/// names this server, and the origin's signing key is known.
+pub struct PendingOrigin {
+    origin: OwnedServerName,
+    xm: XMatrix,
+    keys: ruma::signatures::PublicKeyMap,
+    method: String,
+    uri: String,
+}
 
-    async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
-        let fed = app
-            .federation
-            .as_ref()
-            .ok_or(ApiError::Unrecognized)?
-            .clone();
-        let header = req
-            .headers()
+impl PendingOrigin {
+    /// Check the header. The origin's key comes before the body: a request from a server whose
+    /// key cannot be had is refused without reading (or holding memory for) what it sent.
+    pub async fn check(app: &App, parts: &axum::http::request::Parts) -> Result<Self, ApiError> {
+        let fed = app.federation.as_ref().ok_or(ApiError::Unrecognized)?;
+        let header = parts
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::Unauthorized("missing X-Matrix authorization".into()))?;
@@ -185,19 +191,15 @@ impl FromRequest<App> for FedRequest {
                 "requests from our own name are not accepted".into(),
             ));
         }
-        let method = req.method().as_str().to_owned();
-        let uri = req
-            .uri()
+        // The URI exactly as sent: it is what the origin signed.
+        let uri = parts
+            .uri
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default();
-        let cap = body_cap(req.uri().path());
-        let declared = content_length(&req);
-        if declared.is_some_and(|len| len > cap) {
+        if content_length_of(&parts.headers).is_some_and(|len| len > body_cap(parts.uri.path())) {
             return Err(ApiError::TooLarge);
         }
-        // The origin's key before the body: a request from a server whose key cannot be had
-        // is refused without reading (or holding memory for) what it sent.
         let keys = fed
             .keys
             .verify_keys(
@@ -208,23 +210,62 @@ impl FromRequest<App> for FedRequest {
             )
             .await
             .map_err(|e| ApiError::Unauthorized(format!("cannot get keys of {origin}: {e}")))?;
-        let (body, permit) = app.bodies.read_json(req.into_body(), declared, cap).await?;
+        Ok(PendingOrigin {
+            origin,
+            xm,
+            keys,
+            method: parts.method.as_str().to_owned(),
+            uri,
+        })
+    }
+
+    /// Check the signature over the request and its body; the origin, once it checks out.
+    pub fn verify(self, app: &App, body: Option<&Value>) -> Result<OwnedServerName, ApiError> {
+        let origin = self.origin;
         let mut obj = signed_object(
-            &method,
-            &uri,
+            &self.method,
+            &self.uri,
             origin.as_str(),
             app.server_name().as_str(),
-            body.as_ref(),
+            body,
         )?;
         let mut sigs = CanonicalJsonObject::new();
         let mut one = CanonicalJsonObject::new();
-        one.insert(xm.key.clone(), CanonicalJsonValue::String(xm.sig.clone()));
+        one.insert(self.xm.key, CanonicalJsonValue::String(self.xm.sig));
         sigs.insert(origin.to_string(), CanonicalJsonValue::Object(one));
         obj.insert("signatures".into(), CanonicalJsonValue::Object(sigs));
-        ruma::signatures::verify_json(&keys, &obj)
+        ruma::signatures::verify_json(&self.keys, &obj)
             .map_err(|e| ApiError::Unauthorized(format!("bad X-Matrix signature: {e}")))?;
-        fed.sender.peer_is_up(&origin);
+        if let Some(fed) = &app.federation {
+            fed.sender.peer_is_up(&origin);
+        }
         crate::http::trace::record_origin(origin.as_str());
+        Ok(origin)
+    }
+}
+
+fn content_length_of(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// The most a federation request to `path` may send.
+pub fn body_cap_of(path: &str) -> usize {
+    body_cap(path)
+}
+
+impl FromRequest<App> for FedRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let pending = PendingOrigin::check(app, &parts).await?;
+        let cap = body_cap(parts.uri.path());
+        let declared = content_length_of(&parts.headers);
+        let (body, permit) = app.bodies.read_json(body, declared, cap).await?;
+        let origin = pending.verify(app, body.as_ref())?;
         Ok(FedRequest {
             origin,
             body: body.unwrap_or(Value::Null),

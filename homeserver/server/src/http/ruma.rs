@@ -3,7 +3,8 @@
 //!
 //! [`Ruma<R>`] reads a request in a fixed order, so every endpoint fails the same way:
 //! 1. who is calling, by the scheme `R`'s metadata names ([`EdgeAuth`]): a missing or bad
-//!    token is refused before any body is read;
+//!    token, or an X-Matrix header whose origin's key cannot be had, is refused before any
+//!    body is read (a federation signature, which covers the body, is checked once it is);
 //! 2. the body, under the shared in-flight budget (`M_TOO_LARGE`, `M_LIMIT_EXCEEDED`);
 //! 3. the body must be a JSON object (`M_NOT_JSON`, `M_BAD_JSON`), even where the endpoint
 //!    takes no fields, so garbage is never silently accepted;
@@ -23,6 +24,7 @@ use axum::{
 };
 use bytes::BytesMut;
 use plexus_core::appservice::Registration;
+use ruma::api::federation::authentication::ServerSignatures;
 use ruma::api::{
     auth_scheme::{
         AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme,
@@ -32,6 +34,7 @@ use ruma::api::{
     path_builder::PathBuilder as _,
     IncomingRequest, IncomingRequestExt as _, OutgoingResponse, OutgoingResponseExt as _,
 };
+use ruma::OwnedServerName;
 
 use super::{
     body::BodyPermit,
@@ -39,73 +42,98 @@ use super::{
 };
 use crate::{
     error::{ApiError, ApiResult},
+    federation::x_matrix::PendingOrigin,
     service::{accounts::Session, App},
 };
 
 /// What each of ruma's authentication schemes asks of a request, and who it says is calling.
+/// Two steps: [`check`](EdgeAuth::check) sees only the headers, so a caller who may not call
+/// is refused before its body is read; [`finish`](EdgeAuth::finish) also sees the body.
 pub trait EdgeAuth: AuthScheme {
+    /// What the headers established.
+    type Pending: Send + 'static;
+    /// Who is calling.
     type Caller: Send + 'static;
 
-    fn caller(app: &App, parts: &Parts) -> impl Future<Output = ApiResult<Self::Caller>> + Send;
-}
+    fn check(app: &App, parts: &Parts) -> impl Future<Output = ApiResult<Self::Pending>> + Send;
 
-impl EdgeAuth for NoAuthentication {
-    type Caller = ();
+    fn finish(app: &App, pending: Self::Pending, body: &[u8]) -> ApiResult<Self::Caller>;
 
-    async fn caller(_: &App, _: &Parts) -> ApiResult<()> {
-        Ok(())
+    /// The most a request's body may hold.
+    fn body_cap(app: &App, _parts: &Parts) -> usize {
+        app.settings.max_request_bytes
     }
 }
 
-impl EdgeAuth for NoAccessToken {
-    type Caller = ();
+/// The schemes whose caller the headers alone establish.
+macro_rules! header_only {
+    ($scheme:ty, $caller:ty, |$app:ident, $parts:ident| $check:expr) => {
+        impl EdgeAuth for $scheme {
+            type Pending = $caller;
+            type Caller = $caller;
 
-    async fn caller(_: &App, _: &Parts) -> ApiResult<()> {
-        Ok(())
-    }
-}
+            async fn check($app: &App, $parts: &Parts) -> ApiResult<$caller> {
+                $check
+            }
 
-impl EdgeAuth for AccessToken {
-    type Caller = Session;
-
-    async fn caller(app: &App, parts: &Parts) -> ApiResult<Session> {
-        authenticated(app, parts)
-    }
-}
-
-/// No token is `None`; a bad one is still `M_UNKNOWN_TOKEN`.
-impl EdgeAuth for AccessTokenOptional {
-    type Caller = Option<Session>;
-
-    async fn caller(app: &App, parts: &Parts) -> ApiResult<Option<Session>> {
-        match access_token(parts) {
-            None => Ok(None),
-            Some(_) => authenticated(app, parts).map(Some),
+            fn finish(_: &App, caller: $caller, _: &[u8]) -> ApiResult<$caller> {
+                Ok(caller)
+            }
         }
-    }
+    };
 }
 
-/// Only an appservice's `as_token`: a user's token is `M_FORBIDDEN`, one that is no one's
-/// still `M_UNKNOWN_TOKEN`.
-impl EdgeAuth for AppserviceToken {
-    type Caller = Arc<Registration>;
-
-    async fn caller(app: &App, parts: &Parts) -> ApiResult<Arc<Registration>> {
-        let token = access_token(parts).ok_or(ApiError::MissingToken)?;
-        if let Some(reg) = app.appservices.by_token(&token) {
-            return Ok(reg.clone());
-        }
-        authenticated(app, parts)?;
-        Err(ApiError::Forbidden("only an appservice may call this".into()))
+header_only!(NoAuthentication, (), |_app, _parts| Ok(()));
+header_only!(NoAccessToken, (), |_app, _parts| Ok(()));
+header_only!(AccessToken, Session, |app, parts| authenticated(app, parts));
+// No token is `None`; a bad one is still `M_UNKNOWN_TOKEN`.
+header_only!(AccessTokenOptional, Option<Session>, |app, parts| {
+    match access_token(parts) {
+        None => Ok(None),
+        Some(_) => authenticated(app, parts).map(Some),
     }
-}
+});
+// Only an appservice's `as_token`: a user's token is `M_FORBIDDEN`, one that is no one's
+// still `M_UNKNOWN_TOKEN`.
+header_only!(AppserviceToken, Arc<Registration>, |app, parts| {
+    let token = access_token(parts).ok_or(ApiError::MissingToken)?;
+    if let Some(reg) = app.appservices.by_token(&token) {
+        return Ok(reg.clone());
+    }
+    authenticated(app, parts)?;
+    Err(ApiError::Forbidden(
+        "only an appservice may call this".into(),
+    ))
+});
+// Registering and logging in: an appservice may call them, and so may anyone else.
+header_only!(AppserviceTokenOptional, AppserviceCaller, |app, parts| {
+    Ok(AppserviceCaller::of(app, parts))
+});
 
-/// Registering and logging in: an appservice may call them, and so may anyone else.
-impl EdgeAuth for AppserviceTokenOptional {
-    type Caller = AppserviceCaller;
+/// Another server, by its X-Matrix signature: the caller is the origin. Its key is fetched
+/// before the body is read, and the signature over method, URI and body checked once it has
+/// arrived.
+impl EdgeAuth for ServerSignatures {
+    type Pending = PendingOrigin;
+    type Caller = OwnedServerName;
 
-    async fn caller(app: &App, parts: &Parts) -> ApiResult<AppserviceCaller> {
-        Ok(AppserviceCaller::of(app, parts))
+    async fn check(app: &App, parts: &Parts) -> ApiResult<PendingOrigin> {
+        PendingOrigin::check(app, parts).await
+    }
+
+    fn finish(app: &App, pending: PendingOrigin, body: &[u8]) -> ApiResult<OwnedServerName> {
+        let body: Option<serde_json::Value> = match body.is_empty() {
+            true => None,
+            false => Some(
+                serde_json::from_slice(body)
+                    .map_err(|e| ApiError::NotJson(format!("Content not JSON: {e}")))?,
+            ),
+        };
+        pending.verify(app, body.as_ref())
+    }
+
+    fn body_cap(_: &App, parts: &Parts) -> usize {
+        crate::federation::x_matrix::body_cap_of(parts.uri.path())
     }
 }
 
@@ -153,19 +181,21 @@ where
 
     async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        let caller = <R::Authentication as EdgeAuth>::caller(app, &parts).await?;
+        let pending = <R::Authentication as EdgeAuth>::check(app, &parts).await?;
         let ip = client_ip(&parts, app);
         let declared = declared_length(&parts.headers);
-        let (bytes, permit) = app
-            .bodies
-            .read_bytes(body, declared, app.settings.max_request_bytes)
-            .await?;
+        let cap = <R::Authentication as EdgeAuth>::body_cap(app, &parts);
+        let (bytes, permit) = app.bodies.read_bytes(body, declared, cap).await?;
         check_object(&bytes)?;
+        let caller = <R::Authentication as EdgeAuth>::finish(app, pending, &bytes)?;
         let path = RawPathParams::from_request_parts(&mut parts, app)
             .await
             .map_err(|e| ApiError::InvalidParam(format!("invalid path parameter: {e}")))?;
         let args: Vec<&str> = path.iter().map(|(_, v)| v).collect();
-        let request = http::Request::from_parts(parts, &bytes[..]);
+        // An empty body reads as `{}`: ruma's hand-written request parsers (joins, for one)
+        // would otherwise refuse what clients send for a request with only optional fields.
+        let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let request = http::Request::from_parts(parts, json);
         let body = R::try_from_http_request(request, &args).map_err(|e| parse_error(e, &bytes))?;
         Ok(Ruma {
             body,
