@@ -45,8 +45,7 @@ pub fn router() -> Router<App> {
             post(threepid::request_token),
         )
         .route("/voip/turnServer", get(voip::turn_server))
-        // profile
-        .route("/profile/{user_id}", get(profile::get_profile))
+        // profile fields (ruma's set_profile_field refuses a null that clears one)
         .route(
             "/profile/{user_id}/{field}",
             get(profile::get_field)
@@ -168,14 +167,10 @@ pub fn router() -> Router<App> {
             "/rooms/{room_id}/timestamp_to_event",
             get(messages::timestamp_to_event),
         )
+        // ruma's RoomSummary leaves out a public join_rule
         .route("/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
         .route("/room_summary/{room}", get(spaces::room_summary))
-        .route("/rooms/{room_id}/relations/{event_id}", get(relations::all))
-        .route("/rooms/{room_id}/threads", get(threads::list))
-        .route(
-            "/rooms/{room_id}/relations/{event_id}/{rel_type}",
-            get(relations::by_rel_type),
-        )
+        // ruma's TimelineEventType renames an unstable event type
         .route(
             "/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
             get(relations::by_rel_and_event_type),
@@ -219,6 +214,10 @@ pub fn router() -> Router<App> {
         .ruma(receipts::receipt)
         .ruma(receipts::read_markers)
         .ruma(user_directory::search)
+        .ruma(profile::get_profile)
+        .ruma(relations::all)
+        .ruma(relations::by_rel_type)
+        .ruma(threads::list)
         .ruma(membership::join_by_id_or_alias)
         .ruma(membership::join)
         .ruma(membership::knock)

@@ -2,12 +2,15 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use ruma::{OwnedUserId, UserId};
+use ruma::{api::client::profile::get_profile, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, JsonObject, Path},
+    http::{
+        extract::{Auth, JsonObject, Path},
+        ruma::Ruma,
+    },
     service::{writer, App},
 };
 
@@ -64,11 +67,10 @@ async fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
 }
 
 pub async fn get_profile(
-    State(app): State<App>,
-    Path(user): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let user = parse_user(&user)?;
-    Ok(Json(Value::Object(profile_of(&app, &user).await?)))
+    app: App,
+    req: Ruma<get_profile::v3::Request>,
+) -> ApiResult<get_profile::v3::Response> {
+    Ok(profile_of(&app, &req.body.user_id).await?.into_iter().collect())
 }
 
 fn check_field(field: &str) -> ApiResult<()> {
@@ -78,6 +80,7 @@ fn check_field(field: &str) -> ApiResult<()> {
     }
 }
 
+/// Hand-typed, as its path's PUT is.
 pub async fn get_field(
     State(app): State<App>,
     Path((user, field)): Path<(String, String)>,
@@ -91,6 +94,7 @@ pub async fn get_field(
     }
 }
 
+/// Hand-typed: ruma's `set_profile_field` refuses `{"displayname": null}`, which clears it.
 pub async fn set_field(
     State(app): State<App>,
     Auth(s): Auth,
@@ -112,6 +116,7 @@ pub async fn set_field(
     update(&app, &s.user_id, &user, &field, value).await
 }
 
+/// Hand-typed, as its path's PUT is.
 pub async fn delete_field(
     State(app): State<App>,
     Auth(s): Auth,

@@ -2,21 +2,33 @@
 //! references), from an index written when each event is persisted.
 
 use axum::{extract::State, Json};
-use ruma::EventId;
+use ruma::{
+    api::{
+        client::relations::{get_relating_events, get_relating_events_with_rel_type},
+        Direction,
+    },
+    events::AnyMessageLikeEvent,
+    serde::Raw,
+    EventId, RoomId, UInt,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::extract::{parse_room_id, parse_token};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{page_limit, Auth, Path, Query},
+    http::{
+        extract::{page_limit, Auth, Path, Query},
+        ruma::{raw_json, Ruma},
+    },
     service::{accounts::Session, App},
 };
 
 /// How deep `recurse=true` follows relations of relations.
-const MAX_DEPTH: usize = 3;
+const MAX_DEPTH: u32 = 3;
 /// Most related events one request gathers before paging.
 const GATHER_CAP: usize = 10_000;
+const DEFAULT_LIMIT: usize = 5;
 
 #[derive(Deserialize, Default)]
 pub struct RelationsQuery {
@@ -27,52 +39,122 @@ pub struct RelationsQuery {
     recurse: Option<String>,
 }
 
+/// A page's direction, depth, size and bounds, checked.
+struct Paging {
+    backwards: bool,
+    recurse: bool,
+    limit: usize,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl Paging {
+    /// From ruma's request fields, already parsed.
+    fn typed(
+        app: &App,
+        dir: Direction,
+        recurse: bool,
+        limit: Option<UInt>,
+        from: Option<String>,
+        to: Option<String>,
+    ) -> ApiResult<Paging> {
+        let limit = page_limit(
+            limit.map(|l| l.to_string()).as_deref(),
+            DEFAULT_LIMIT,
+            app.settings.max_page,
+        )?;
+        Ok(Paging {
+            backwards: dir == Direction::Backward,
+            recurse,
+            limit,
+            from,
+            to,
+        })
+    }
+
+    /// From the query as given, for the hand-typed endpoint.
+    fn untyped(app: &App, q: RelationsQuery) -> ApiResult<Paging> {
+        let backwards = match q.dir.as_deref() {
+            None | Some("b") => true,
+            Some("f") => false,
+            Some(_) => return Err(ApiError::InvalidParam("dir must be b or f".into())),
+        };
+        let recurse = match q.recurse.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ApiError::InvalidParam(
+                    "recurse must be true or false".into(),
+                ))
+            }
+        };
+        let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, app.settings.max_page)?;
+        Ok(Paging {
+            backwards,
+            recurse,
+            limit,
+            from: q.from,
+            to: q.to,
+        })
+    }
+}
+
+/// A page of related events, for each endpoint's own response.
+struct Page {
+    chunk: Vec<Value>,
+    next_batch: Option<String>,
+    prev_batch: Option<String>,
+    recursion_depth: Option<UInt>,
+}
+
+impl Page {
+    fn chunk(&self) -> ApiResult<Vec<Raw<AnyMessageLikeEvent>>> {
+        self.chunk.iter().map(raw_json).collect()
+    }
+}
+
 /// `(count, short id)` of the room's events relating to `parent`.
 fn children(app: &App, short_room: u64, parent: &str) -> ApiResult<Vec<(u64, u64)>> {
     app.relation_children(short_room, parent, GATHER_CAP)
 }
 
-async fn relations(
-    app: App,
-    s: Session,
-    room_id: String,
-    event_id: String,
-    rel_type: Option<String>,
-    event_type: Option<String>,
-    q: RelationsQuery,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let event_id = EventId::parse(&event_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
+/// The room's short id, if the parent event is in it and the user may see it; `M_NOT_FOUND`
+/// otherwise.
+fn parent(app: &App, s: &Session, room_id: &RoomId, event_id: &EventId) -> ApiResult<u64> {
     let not_found = || ApiError::NotFound("Event not found".into());
-    let room = app.room(&room_id)?.ok_or_else(not_found)?;
-    let short = app.short_event(&event_id)?.ok_or_else(not_found)?;
+    let room = app.room(room_id)?.ok_or_else(not_found)?;
+    let short = app.short_event(event_id)?.ok_or_else(not_found)?;
     let parent = app.pdu_by_short(short)?.ok_or_else(not_found)?;
     if app
         .event_position(short)?
         .is_none_or(|(r, _)| r != room.short)
-        || app.forgot(&s.user_id, &room_id)?
-        || !app.can_see(&s.user_id, &room_id, short, &parent)?
+        || app.forgot(&s.user_id, room_id)?
+        || !app.can_see(&s.user_id, room_id, short, &parent)?
     {
         return Err(not_found());
     }
-    let backwards = match q.dir.as_deref() {
-        None | Some("b") => true,
-        Some("f") => false,
-        Some(_) => return Err(ApiError::InvalidParam("dir must be b or f".into())),
-    };
-    let recurse = match q.recurse.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            return Err(ApiError::InvalidParam(
-                "recurse must be true or false".into(),
-            ))
-        }
-    };
-    let limit = page_limit(q.limit.as_deref(), 5, app.settings.max_page)?;
-    let from = q.from.as_deref().map(parse_token).transpose()?;
-    let to = q.to.as_deref().map(parse_token).transpose()?;
+    Ok(room.short)
+}
+
+/// The page of events relating to `event_id` in the room `(short id, id)`.
+fn relations(
+    app: &App,
+    s: &Session,
+    (room_short, room_id): (u64, &RoomId),
+    event_id: &EventId,
+    rel_type: Option<&str>,
+    event_type: Option<&str>,
+    q: Paging,
+) -> ApiResult<Page> {
+    let Paging {
+        backwards,
+        recurse,
+        limit,
+        from: from_token,
+        to,
+    } = q;
+    let from = from_token.as_deref().map(parse_token).transpose()?;
+    let to = to.as_deref().map(parse_token).transpose()?;
 
     // Gather (recursively if asked), then keep what the filters and visibility allow.
     let mut found: Vec<(u64, u64)> = vec![];
@@ -80,7 +162,7 @@ async fn relations(
     for _ in 0..if recurse { MAX_DEPTH } else { 1 } {
         let mut next = vec![];
         for p in &frontier {
-            for (count, child) in children(&app, room.short, p)? {
+            for (count, child) in children(app, room_short, p)? {
                 found.push((count, child));
                 if let Some(id) = app.pdu_by_short(child)?.map(|c| c.event_id.to_string()) {
                     next.push(id);
@@ -119,62 +201,92 @@ async fn relations(
         if !recurse && rel["event_id"] != event_id.as_str() {
             continue;
         }
-        if rel_type.as_deref().is_some_and(|t| rel["rel_type"] != t)
-            || event_type.as_deref().is_some_and(|t| stored["type"] != t)
+        if rel_type.is_some_and(|t| rel["rel_type"] != t)
+            || event_type.is_some_and(|t| stored["type"] != t)
         {
             continue;
         }
-        if rel["rel_type"].is_null() || !app.can_see(&s.user_id, &room_id, child, &pdu)? {
+        if rel["rel_type"].is_null() || !app.can_see(&s.user_id, room_id, child, &pdu)? {
             continue;
         }
         last = Some(count);
-        chunk.push(app.client_event(child, &stored, &room_id, Some(&s), true)?);
+        chunk.push(app.client_event(child, &stored, room_id, Some(s), true)?);
     }
-    let mut out = json!({ "chunk": chunk });
-    if let (true, Some(c)) = (more, last) {
-        out["next_batch"] = json!(if backwards { c - 1 } else { c }.to_string());
-    }
-    if let Some(f) = &q.from {
-        out["prev_batch"] = json!(f);
-    }
-    if recurse {
-        out["recursion_depth"] = json!(MAX_DEPTH);
-    }
-    Ok(Json(out))
+    let next_batch = match (more, last) {
+        (true, Some(c)) => Some(if backwards { c - 1 } else { c }.to_string()),
+        _ => None,
+    };
+    Ok(Page {
+        chunk,
+        next_batch,
+        prev_batch: from_token,
+        recursion_depth: recurse.then_some(UInt::from(MAX_DEPTH)),
+    })
 }
 
 pub async fn all(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, event_id)): Path<(String, String)>,
-    Query(q): Query<RelationsQuery>,
-) -> ApiResult<Json<Value>> {
-    relations(app, s, room_id, event_id, None, None, q).await
+    app: App,
+    req: Ruma<get_relating_events::v1::Request>,
+) -> ApiResult<get_relating_events::v1::Response> {
+    let (s, q) = (req.caller, req.body);
+    let room = parent(&app, &s, &q.room_id, &q.event_id)?;
+    let paging = Paging::typed(&app, q.dir, q.recurse, q.limit, q.from, q.to)?;
+    let room = (room, &*q.room_id);
+    let page = relations(&app, &s, room, &q.event_id, None, None, paging)?;
+    let mut res = get_relating_events::v1::Response::new(page.chunk()?);
+    res.next_batch = page.next_batch;
+    res.prev_batch = page.prev_batch;
+    res.recursion_depth = page.recursion_depth;
+    Ok(res)
 }
 
 pub async fn by_rel_type(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, event_id, rel_type)): Path<(String, String, String)>,
-    Query(q): Query<RelationsQuery>,
-) -> ApiResult<Json<Value>> {
-    relations(app, s, room_id, event_id, Some(rel_type), None, q).await
+    app: App,
+    req: Ruma<get_relating_events_with_rel_type::v1::Request>,
+) -> ApiResult<get_relating_events_with_rel_type::v1::Response> {
+    let (s, q) = (req.caller, req.body);
+    let room = parent(&app, &s, &q.room_id, &q.event_id)?;
+    let paging = Paging::typed(&app, q.dir, q.recurse, q.limit, q.from, q.to)?;
+    let rel_type = Some(q.rel_type.as_str());
+    let room = (room, &*q.room_id);
+    let page = relations(&app, &s, room, &q.event_id, rel_type, None, paging)?;
+    let mut res = get_relating_events_with_rel_type::v1::Response::new(page.chunk()?);
+    res.next_batch = page.next_batch;
+    res.prev_batch = page.prev_batch;
+    res.recursion_depth = page.recursion_depth;
+    Ok(res)
 }
 
+/// Hand-typed: ruma's `TimelineEventType` renames `org.matrix.call.sdp_stream_metadata_changed`.
 pub async fn by_rel_and_event_type(
     State(app): State<App>,
     Auth(s): Auth,
     Path((room_id, event_id, rel_type, event_type)): Path<(String, String, String, String)>,
     Query(q): Query<RelationsQuery>,
 ) -> ApiResult<Json<Value>> {
-    relations(
-        app,
-        s,
-        room_id,
-        event_id,
-        Some(rel_type),
-        Some(event_type),
-        q,
-    )
-    .await
+    let room_id = parse_room_id(&room_id)?;
+    let event_id = EventId::parse(&event_id)
+        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
+    let room = parent(&app, &s, &room_id, &event_id)?;
+    let paging = Paging::untyped(&app, q)?;
+    let page = relations(
+        &app,
+        &s,
+        (room, &room_id),
+        &event_id,
+        Some(rel_type.as_str()),
+        Some(event_type.as_str()),
+        paging,
+    )?;
+    let mut out = json!({ "chunk": page.chunk });
+    if let Some(t) = page.next_batch {
+        out["next_batch"] = json!(t);
+    }
+    if let Some(f) = page.prev_batch {
+        out["prev_batch"] = json!(f);
+    }
+    if let Some(d) = page.recursion_depth {
+        out["recursion_depth"] = json!(d);
+    }
+    Ok(Json(out))
 }

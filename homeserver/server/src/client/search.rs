@@ -170,6 +170,8 @@ fn parse(criteria: &Value) -> ApiResult<Request> {
 }
 
 /// `POST /_matrix/client/v3/search`.
+///
+/// Hand-typed: ruma ignores unknown categories (`M_INVALID_PARAM` here) and empty `results`.
 pub async fn search(
     State(app): State<App>,
     Auth(s): Auth,

@@ -106,6 +106,7 @@ fn via_of(child: &Value) -> Vec<OwnedServerName> {
         .collect()
 }
 
+/// Hand-typed: ruma's `RoomSummary` leaves out a `public` `join_rule`, and remote rooms' extras.
 pub async fn hierarchy(
     State(app): State<App>,
     Auth(s): Auth,
@@ -178,6 +179,8 @@ pub async fn hierarchy(
 
 /// A room's summary, for anyone who may preview it (without a token: public, knockable and
 /// world-readable rooms only), with the caller's membership.
+///
+/// Hand-typed: ruma's `RoomSummary` leaves out a `public` `join_rule` (and MSC3266's names).
 pub async fn room_summary(
     State(app): State<App>,
     MaybeAuth(session): MaybeAuth,
@@ -210,6 +213,8 @@ pub async fn room_summary(
 
 /// The summary on MSC3266's unstable paths, with the MSC's unstable names for the room version
 /// and encryption beside the stable ones.
+///
+/// Hand-typed, as [`room_summary`] is: ruma's response has no room for the unstable names.
 pub async fn room_summary_unstable(
     app: State<App>,
     session: MaybeAuth,

@@ -1,43 +1,41 @@
 //! `GET /_matrix/client/v1/rooms/{roomId}/threads`: a room's thread roots, the thread with the
 //! latest reply first, each with its bundled thread summary.
 
-use axum::{extract::State, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::api::client::threads::get_threads::{self, v1::IncludeThreads};
 
-use crate::http::extract::{parse_room_id, parse_token};
+use crate::http::extract::parse_token;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{page_limit, Auth, Path, Query},
+    http::{
+        extract::page_limit,
+        ruma::{raw_json, Ruma},
+    },
     service::App,
 };
 
 const DEFAULT_LIMIT: usize = 5;
 
-#[derive(Deserialize)]
-pub struct ThreadsQuery {
-    include: Option<String>,
-    from: Option<String>,
-    limit: Option<String>,
-}
-
 pub async fn list(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<ThreadsQuery>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let participated_only = match q.include.as_deref() {
-        None | Some("all") => false,
-        Some("participated") => true,
-        Some(o) => {
+    app: App,
+    req: Ruma<get_threads::v1::Request>,
+) -> ApiResult<get_threads::v1::Response> {
+    let (s, q) = (req.caller, req.body);
+    let room_id = q.room_id;
+    let participated_only = match &q.include {
+        IncludeThreads::All => false,
+        IncludeThreads::Participated => true,
+        o => {
             return Err(ApiError::InvalidParam(format!(
-                "include must be all or participated, not {o}"
+                "include must be all or participated, not {}",
+                o.as_str()
             )))
         }
     };
-    let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, app.settings.max_page)?;
+    let limit = page_limit(
+        q.limit.map(|l| l.to_string()).as_deref(),
+        DEFAULT_LIMIT,
+        app.settings.max_page,
+    )?;
     let before = q.from.as_deref().map(parse_token).transpose()?;
     let room = app.room_or_forbidden(&room_id)?;
     // Members (and anyone, in a world-readable room) may list; others get 403.
@@ -67,11 +65,15 @@ pub async fn list(
             next = Some(count + 1);
             break;
         }
-        chunk.push(app.client_event(root, &stored, &room_id, Some(&s), true)?);
+        chunk.push(raw_json(&app.client_event(
+            root,
+            &stored,
+            &room_id,
+            Some(&s),
+            true,
+        )?)?);
     }
-    let mut out = json!({ "chunk": chunk });
-    if let Some(t) = next {
-        out["next_batch"] = json!(t.to_string());
-    }
-    Ok(Json(out))
+    let mut res = get_threads::v1::Response::new(chunk);
+    res.next_batch = next.map(|t| t.to_string());
+    Ok(res)
 }
