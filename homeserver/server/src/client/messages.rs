@@ -145,6 +145,7 @@ fn forwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: u64) -> Entri
     }
 }
 
+/// Hand-written: ruma answers a missing `dir` `M_INVALID_PARAM`, not `M_MISSING_PARAM`.
 pub async fn messages(
     State(app): State<App>,
     Auth(s): Auth,
@@ -317,6 +318,7 @@ pub struct ContextQuery {
     filter: Option<String>,
 }
 
+/// Hand-written: ruma leaves out an empty `events_before`/`events_after`, which Synapse sends.
 pub async fn context(
     State(app): State<App>,
     Auth(s): Auth,
@@ -387,6 +389,8 @@ pub struct TimestampQuery {
 
 /// The visible event closest to `ts` in the given direction: the first at or after it (`f`),
 /// or the last at or before it (`b`).
+///
+/// Hand-written: ruma answers a missing `ts` or `dir` `M_INVALID_PARAM`, not `M_MISSING_PARAM`.
 pub async fn timestamp_to_event(
     State(app): State<App>,
     Auth(s): Auth,

@@ -56,30 +56,10 @@ pub fn router() -> Router<App> {
         .route("/createRoom", post(room_create::create_room))
         .route("/rooms/{room_id}/invite", post(membership::invite))
         .route("/rooms/{room_id}/upgrade", post(upgrade::upgrade))
-        .route("/rooms/{room_id}/state", get(room_events::all_state))
-        .route(
-            "/rooms/{room_id}/state/{event_type}",
-            get(room_events::get_state_empty_key).put(room_events::put_state_empty_key),
-        )
-        // An empty state key is sent as a trailing slash by many clients.
-        .route(
-            "/rooms/{room_id}/state/{event_type}/",
-            get(room_events::get_state_empty_key).put(room_events::put_state_empty_key),
-        )
-        .route(
-            "/rooms/{room_id}/state/{event_type}/{state_key}",
-            get(room_events::get_state).put(room_events::put_state),
-        )
         .route(
             "/rooms/{room_id}/send/{event_type}/{txn_id}",
             put(room_events::send),
         )
-        .route(
-            "/rooms/{room_id}/redact/{event_id}/{txn_id}",
-            put(room_events::redact),
-        )
-        .route("/rooms/{room_id}/event/{event_id}", get(room_events::event))
-        .route("/rooms/{room_id}/members", get(room_events::members))
         .route(
             "/rooms/{room_id}/joined_members",
             get(room_events::joined_members),
@@ -177,7 +157,7 @@ pub fn router() -> Router<App> {
         );
 
     // Endpoints ruma defines, each at the paths its metadata lists.
-    let typed = Router::new()
+    let mut typed = Router::new()
         .ruma(account::register)
         .ruma(account::available)
         .ruma(account::login_flows)
@@ -227,6 +207,12 @@ pub fn router() -> Router<App> {
         .ruma(membership::ban)
         .ruma(membership::unban)
         .ruma(membership::joined_rooms)
+        .ruma(room_events::all_state)
+        .ruma(room_events::get_state)
+        .ruma(room_events::put_state)
+        .ruma(room_events::redact)
+        .ruma(room_events::event)
+        .ruma(room_events::members)
         .ruma(directory::create)
         .ruma(directory::get)
         .ruma(directory::delete)
@@ -250,6 +236,18 @@ pub fn router() -> Router<App> {
         .ruma(push_rules::put_actions)
         .ruma(crate::push::pushers::get)
         .ruma(crate::push::notifications::get);
+
+    // An empty state key: ruma's state paths end in `{state_key}`, a segment axum never
+    // matches empty, so `.../state/{event_type}` and `.../state/{event_type}/` (sent by many
+    // clients) are routed too; ruma's parser reads two path arguments as the empty key.
+    for v in ["v3", "r0"] {
+        let base = format!("/_matrix/client/{v}/rooms/{{room_id}}/state/{{event_type}}");
+        for p in [format!("{base}/"), base] {
+            typed = typed
+                .ruma_at(&p, room_events::get_state)
+                .ruma_at(&p, room_events::put_state);
+        }
+    }
 
     typed
         .nest("/_matrix/client/v1", v1)

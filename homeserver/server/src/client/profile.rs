@@ -70,7 +70,10 @@ pub async fn get_profile(
     app: App,
     req: Ruma<get_profile::v3::Request>,
 ) -> ApiResult<get_profile::v3::Response> {
-    Ok(profile_of(&app, &req.body.user_id).await?.into_iter().collect())
+    Ok(profile_of(&app, &req.body.user_id)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 fn check_field(field: &str) -> ApiResult<()> {

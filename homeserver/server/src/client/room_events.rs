@@ -2,15 +2,27 @@
 
 use axum::{extract::State, Json};
 use plexus_core::builder::NewEvent;
-use ruma::{EventId, OwnedEventId};
-use serde::Deserialize;
+use ruma::{
+    api::client::{
+        membership::get_member_events,
+        redact::redact_event,
+        room::get_room_event,
+        state::{get_state_event_for_key, get_state_events, send_state_event},
+    },
+    events::AnyStateEvent,
+    serde::Raw,
+    OwnedEventId, RoomId,
+};
 use serde_json::{json, Map, Value};
 
 use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, JsonObject, Path, Query},
-    service::{ratelimit::Action, writer::RoomWriter, App},
+    http::{
+        extract::{Auth, JsonObject, Path},
+        ruma::{raw_json, Ruma},
+    },
+    service::{accounts::Session, ratelimit::Action, writer::RoomWriter, App},
 };
 
 fn check_type(kind: &str) -> ApiResult<()> {
@@ -22,138 +34,96 @@ fn check_type(kind: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Event content as ruma hands it over (a JSON object, its parser made sure).
+fn event_content<T>(raw: &Raw<T>) -> ApiResult<Value> {
+    raw.deserialize_as_unchecked()
+        .map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
 pub async fn all_state(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<get_state_events::v3::Request>,
+) -> ApiResult<get_state_events::v3::Response> {
+    let (s, room_id) = (req.caller, req.body.room_id);
     let room = app.room_or_forbidden(&room_id)?;
     let hash = app.visible_state_hash(&s.user_id, &room)?;
     let map = app.state_map(hash)?;
     let mut out = Vec::with_capacity(map.len());
     for short in map.values() {
         if let Some(stored) = app.pdu_json(*short)? {
-            out.push(app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?);
+            let ev = app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?;
+            out.push(raw_json(&ev)?);
         }
     }
-    Ok(Json(Value::Array(out)))
+    Ok(get_state_events::v3::Response::new(out))
 }
 
-#[derive(Deserialize, Default)]
-pub struct FormatQuery {
-    format: Option<String>,
-}
-
-async fn state_event(
-    app: &App,
-    s: &crate::service::accounts::Session,
-    room_id: &str,
-    kind: &str,
-    key: &str,
-    format: Option<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(room_id)?;
-    let room = app.room_or_forbidden(&room_id)?;
-    let hash = app.visible_state_hash(&s.user_id, &room)?;
-    let short = app
-        .state_get(hash, kind, key)?
-        .ok_or_else(|| ApiError::NotFound("Event not found".into()))?;
-    let stored = app
-        .pdu_json(short)?
-        .ok_or_else(|| ApiError::NotFound("Event not found".into()))?;
-    match format.as_deref() {
-        Some("event") => Ok(Json(app.client_event_inner(
-            short,
-            &stored,
-            &room_id,
-            Some(s),
-            true,
-        )?)),
-        None | Some("content") => Ok(Json(stored.get("content").cloned().unwrap_or(json!({})))),
-        Some(f) => Err(ApiError::InvalidParam(format!("unknown format {f}"))),
-    }
-}
-
+/// Also at `.../state/{event_type}` and `.../state/{event_type}/`: the empty state key.
+/// ruma's `StateEventType` gives back the type a client sent as long as no `unstable-msc*`
+/// feature of ruma-events is on (their aliases read as the stable names; see the test below).
 pub async fn get_state(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, kind, key)): Path<(String, String, String)>,
-    Query(q): Query<FormatQuery>,
-) -> ApiResult<Json<Value>> {
-    state_event(&app, &s, &room_id, &kind, &key, q.format).await
+    app: App,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<get_state_event_for_key::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let room = app.room_or_forbidden(&b.room_id)?;
+    let hash = app.visible_state_hash(&s.user_id, &room)?;
+    let not_found = || ApiError::NotFound("Event not found".into());
+    let short = app
+        .state_get(hash, &b.event_type.to_string(), &b.state_key)?
+        .ok_or_else(not_found)?;
+    let stored = app.pdu_json(short)?.ok_or_else(not_found)?;
+    let body = match b.format.as_str() {
+        "event" => app.client_event_inner(short, &stored, &b.room_id, Some(&s), true)?,
+        "content" => stored.get("content").cloned().unwrap_or(json!({})),
+        f => return Err(ApiError::InvalidParam(format!("unknown format {f}"))),
+    };
+    let raw: Raw<AnyStateEvent> = raw_json(&body)?;
+    Ok(get_state_event_for_key::v3::Response::new(raw.into_json()))
 }
 
-pub async fn get_state_empty_key(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, kind)): Path<(String, String)>,
-    Query(q): Query<FormatQuery>,
-) -> ApiResult<Json<Value>> {
-    state_event(&app, &s, &room_id, &kind, "", q.format).await
-}
-
-async fn set_state(
-    app: &App,
-    s: &crate::service::accounts::Session,
-    room_id: &str,
-    kind: String,
-    key: String,
-    content: Map<String, Value>,
-) -> ApiResult<Json<Value>> {
+/// Also at `.../state/{event_type}` and `.../state/{event_type}/`: the empty state key.
+pub async fn put_state(
+    app: App,
+    req: Ruma<send_state_event::v3::Request>,
+) -> ApiResult<send_state_event::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let kind = b.event_type.to_string();
     check_type(&kind)?;
-    app.limit_user(s, Action::Events)?;
-    let room_id = parse_room_id(room_id)?;
-    let mut w = RoomWriter::open(app, &room_id).await?;
+    app.limit_user(&s, Action::Events)?;
     let ev = NewEvent {
         kind,
-        content: Value::Object(content),
-        state_key: Some(key),
+        content: event_content(&b.body)?,
+        state_key: Some(b.state_key),
         redacts: None,
     };
+    let mut w = RoomWriter::open(&app, &b.room_id).await?;
     let id = w.append(&s.user_id, ev, None)?;
     w.commit().await?;
-    Ok(Json(json!({ "event_id": id })))
-}
-
-pub async fn put_state(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, kind, key)): Path<(String, String, String)>,
-    JsonObject(content): JsonObject,
-) -> ApiResult<Json<Value>> {
-    set_state(&app, &s, &room_id, kind, key, content).await
-}
-
-pub async fn put_state_empty_key(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, kind)): Path<(String, String)>,
-    JsonObject(content): JsonObject,
-) -> ApiResult<Json<Value>> {
-    set_state(&app, &s, &room_id, kind, String::new(), content).await
+    Ok(send_state_event::v3::Response::new(id))
 }
 
 /// Send with transaction-id idempotency: the same device and txn id give the same event id.
 async fn send_with_txn(
     app: &App,
-    s: &crate::service::accounts::Session,
-    room_id: &str,
+    s: &Session,
+    room_id: &RoomId,
     ev: NewEvent,
     txn: &str,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(room_id)?;
+) -> ApiResult<OwnedEventId> {
     app.limit_user(s, Action::Events)?;
     let scope = s.txn_scope();
-    let mut w = RoomWriter::open(app, &room_id).await?;
+    let mut w = RoomWriter::open(app, room_id).await?;
     if let Some(existing) = app.event_of_txn(&s.user_id, &scope, txn)? {
-        return Ok(Json(json!({ "event_id": existing })));
+        return OwnedEventId::try_from(existing)
+            .map_err(|e| ApiError::Internal(format!("stored event id: {e}")));
     }
     let id = w.append(&s.user_id, ev, Some((scope, txn.to_owned())))?;
     w.commit().await?;
-    Ok(Json(json!({ "event_id": id })))
+    Ok(id)
 }
 
+/// Hand-written: ruma's event type reads an alias as its stable name, changing the type sent.
 pub async fn send(
     State(app): State<App>,
     Auth(s): Auth,
@@ -161,40 +131,34 @@ pub async fn send(
     JsonObject(content): JsonObject,
 ) -> ApiResult<Json<Value>> {
     check_type(&kind)?;
+    let room_id = parse_room_id(&room_id)?;
     let ev = NewEvent {
         kind,
         content: Value::Object(content),
         state_key: None,
         redacts: None,
     };
-    send_with_txn(&app, &s, &room_id, ev, &txn).await
-}
-
-#[derive(Deserialize, Default)]
-pub struct RedactBody {
-    reason: Option<String>,
+    let id = send_with_txn(&app, &s, &room_id, ev, &txn).await?;
+    Ok(Json(json!({ "event_id": id })))
 }
 
 pub async fn redact(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, event_id, txn)): Path<(String, String, String)>,
-    Body(body): Body<RedactBody>,
-) -> ApiResult<Json<Value>> {
-    let event_id = EventId::parse(&event_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
-    let room = app.room_or_404(&parse_room_id(&room_id)?)?;
+    app: App,
+    req: Ruma<redact_event::v3::Request>,
+) -> ApiResult<redact_event::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let room = app.room_or_404(&b.room_id)?;
     let rules = plexus_core::room_version::rules(&room.meta.version)?;
     let mut content = json!({});
-    if let Some(r) = body.reason {
+    if let Some(r) = b.reason {
         content["reason"] = json!(r);
     }
     let redacts: Option<OwnedEventId> = if rules.redaction.content_field_redacts {
-        content["redacts"] = json!(event_id);
+        content["redacts"] = json!(b.event_id);
         // Clients of older versions still read the top-level field.
         None
     } else {
-        Some(event_id.clone())
+        Some(b.event_id.clone())
     };
     let ev = NewEvent {
         kind: "m.room.redaction".into(),
@@ -202,17 +166,16 @@ pub async fn redact(
         state_key: None,
         redacts,
     };
-    send_with_txn(&app, &s, &room_id, ev, &txn).await
+    let id = send_with_txn(&app, &s, &b.room_id, ev, b.txn_id.as_str()).await?;
+    Ok(redact_event::v3::Response::new(id))
 }
 
 pub async fn event(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, event_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let event_id = EventId::parse(&event_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
+    app: App,
+    req: Ruma<get_room_event::v3::Request>,
+) -> ApiResult<get_room_event::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (room_id, event_id) = (b.room_id, b.event_id);
     let not_found = || ApiError::NotFound("Event not found".into());
     let room = app.room(&room_id)?.ok_or_else(not_found)?;
     let short = app.short_event(&event_id)?.ok_or_else(not_found)?;
@@ -225,29 +188,16 @@ pub async fn event(
         return Err(not_found());
     }
     let stored = app.pdu_json(short)?.ok_or_else(not_found)?;
-    Ok(Json(app.client_event(
-        short,
-        &stored,
-        &room_id,
-        Some(&s),
-        true,
-    )?))
-}
-
-#[derive(Deserialize, Default)]
-pub struct MembersQuery {
-    at: Option<String>,
-    membership: Option<String>,
-    not_membership: Option<String>,
+    let ev = app.client_event(short, &stored, &room_id, Some(&s), true)?;
+    Ok(get_room_event::v3::Response::new(raw_json(&ev)?))
 }
 
 pub async fn members(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<MembersQuery>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<get_member_events::v3::Request>,
+) -> ApiResult<get_member_events::v3::Response> {
+    let (s, q) = (req.caller, req.body);
+    let room_id = q.room_id;
     let room = app.room_or_forbidden(&room_id)?;
     let mut hash = app.visible_state_hash(&s.user_id, &room)?;
     if let Some(at) = &q.at {
@@ -259,6 +209,8 @@ pub async fn members(
         };
         hash = app.state_at_count(room.short, count.min(limit))?;
     }
+    let membership = q.membership.as_ref().map(|m| m.as_str());
+    let not_membership = q.not_membership.as_ref().map(|m| m.as_str());
     let mut chunk = vec![];
     for short in app.state_map(hash)?.values() {
         let Some(stored) = app.pdu_json(*short)? else {
@@ -268,17 +220,19 @@ pub async fn members(
             continue;
         }
         let m = stored["content"]["membership"].as_str().unwrap_or_default();
-        if q.membership.as_deref().is_some_and(|want| want != m) {
+        if membership.is_some_and(|want| want != m) {
             continue;
         }
-        if q.not_membership.as_deref() == Some(m) {
+        if not_membership == Some(m) {
             continue;
         }
-        chunk.push(app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?);
+        let ev = app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?;
+        chunk.push(raw_json(&ev)?);
     }
-    Ok(Json(json!({ "chunk": chunk })))
+    Ok(get_member_events::v3::Response::new(chunk))
 }
 
+/// Hand-written: ruma leaves out an unset `display_name`/`avatar_url`; Synapse sends `null`.
 pub async fn joined_members(
     State(app): State<App>,
     Auth(s): Auth,
@@ -305,4 +259,33 @@ pub async fn joined_members(
         );
     }
     Ok(Json(json!({ "joined": joined })))
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::events::StateEventType;
+
+    /// The state endpoints take the event type as ruma's `StateEventType`: it must give back
+    /// the type the client sent, which it does not for the aliases of an `unstable-msc*`
+    /// feature of ruma-events (`m.call.member` read as `org.matrix.msc3401.call.member`).
+    #[test]
+    fn state_event_types_round_trip() {
+        for t in [
+            "m.room.topic",
+            "m.call.member",
+            "org.matrix.msc3401.call.member",
+            "m.member_hints",
+            "io.element.functional_members",
+            "m.beacon_info",
+            "org.matrix.msc3672.beacon_info",
+            "m.room.retention",
+            "org.matrix.msc1763.retention",
+            "m.room.language",
+            "org.matrix.msc4334.room.language",
+            "m.room.presence_sharing",
+            "org.example.custom",
+        ] {
+            assert_eq!(StateEventType::from(t).to_string(), t);
+        }
+    }
 }

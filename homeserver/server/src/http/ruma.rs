@@ -6,8 +6,9 @@
 //!    token, or an X-Matrix header whose origin's key cannot be had, is refused before any
 //!    body is read (a federation signature, which covers the body, is checked once it is);
 //! 2. the body, under the shared in-flight budget (`M_TOO_LARGE`, `M_LIMIT_EXCEEDED`);
-//! 3. the body must be a JSON object (`M_NOT_JSON`, `M_BAD_JSON`), even where the endpoint
-//!    takes no fields, so garbage is never silently accepted;
+//! 3. the body must be empty (read as `{}`) or a JSON object, all of it (`M_NOT_JSON`,
+//!    `M_BAD_JSON`), even where the endpoint takes no fields, so garbage is never silently
+//!    accepted;
 //! 4. path, query and body into `R` (`M_BAD_JSON`, `M_MISSING_PARAM`, `M_INVALID_PARAM`).
 //!
 //! [`RumaRoutes::ruma`] registers a handler at every path `R`'s metadata lists, with `R`'s
@@ -19,7 +20,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
     http::{header, request::Parts, HeaderMap},
     response::{IntoResponse, Response},
-    routing::{on, MethodFilter},
+    routing::{on, MethodFilter, MethodRouter},
     Router,
 };
 use bytes::BytesMut;
@@ -159,16 +160,29 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .and_then(|v| v.parse::<usize>().ok())
 }
 
-/// A body must be empty or a JSON object.
+/// A body must be empty or a JSON object, all of it: a parser ruma wrote by hand
+/// (`send_state_event`'s) reads the first value and ignores what follows.
 fn check_object(body: &[u8]) -> ApiResult<()> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None | Some(b'{') => Ok(()),
-        Some(_) => Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Ok(_) => ApiError::BadJson("Body must be a JSON object".into()),
-                Err(e) => ApiError::NotJson(format!("Content not JSON: {e}")),
-            },
-        ),
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_none() {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) => Err(ApiError::NotJson(format!("Content not JSON: {e}"))),
+        Ok(_) if first == Some(&b'{') => Ok(()),
+        Ok(_) => Err(ApiError::BadJson("Body must be a JSON object".into())),
+    }
+}
+
+/// An empty body reads as `{}`, as in ruma's generated parsers and the untyped extractors:
+/// the parsers ruma wrote by hand (`send_state_event`, `knock_room`,
+/// `join_room_by_id_or_alias`) would call it not JSON, and one missing a required field is
+/// `M_BAD_JSON` as for `{}`.
+fn json_body(bytes: &[u8]) -> &[u8] {
+    if bytes.is_empty() {
+        &b"{}"[..]
+    } else {
+        bytes
     }
 }
 
@@ -192,11 +206,9 @@ where
             .await
             .map_err(|e| ApiError::InvalidParam(format!("invalid path parameter: {e}")))?;
         let args: Vec<&str> = path.iter().map(|(_, v)| v).collect();
-        // An empty body reads as `{}`: ruma's hand-written request parsers (joins, for one)
-        // would otherwise refuse what clients send for a request with only optional fields.
-        let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let json = json_body(&bytes);
         let request = http::Request::from_parts(parts, json);
-        let body = R::try_from_http_request(request, &args).map_err(|e| parse_error(e, &bytes))?;
+        let body = R::try_from_http_request(request, &args).map_err(|e| parse_error(e, json))?;
         Ok(Ruma {
             body,
             caller,
@@ -207,8 +219,8 @@ where
 }
 
 /// ruma's parse errors as the spec's: a body that is not JSON is `M_NOT_JSON`, JSON of the
-/// wrong shape `M_BAD_JSON`; a path or query parameter that is absent or malformed is
-/// `M_INVALID_PARAM`, as the untyped extractors answered.
+/// wrong shape `M_BAD_JSON`; a query parameter that is absent is `M_MISSING_PARAM`, and a
+/// path or query parameter that is malformed `M_INVALID_PARAM`.
 fn parse_error(e: FromHttpRequestError, body: &[u8]) -> ApiError {
     use DeserializationError as De;
     match e {
@@ -223,7 +235,12 @@ fn parse_error(e: FromHttpRequestError, body: &[u8]) -> ApiError {
             }
         }
         FromHttpRequestError::Deserialization(De::Query(e)) => {
-            ApiError::InvalidParam(format!("invalid parameter: {e}"))
+            let why = e.to_string();
+            if why.starts_with("missing field") {
+                ApiError::MissingParam(why)
+            } else {
+                ApiError::InvalidParam(format!("invalid parameter: {why}"))
+            }
         }
         FromHttpRequestError::Deserialization(De::Header(
             HeaderDeserializationError::MissingHeader(h),
@@ -325,6 +342,34 @@ pub trait RumaRoutes {
         R::Authentication: EdgeAuth,
         R::OutgoingResponse: Send,
         H: RumaHandler<R>;
+
+    /// Serve `h` also at `path`, which ruma's metadata does not list: one whose parameters
+    /// are the leading ones of `R`'s path and which `R`'s parser accepts without the rest
+    /// (an empty state key, which axum never matches as a segment of its own).
+    fn ruma_at<R, H>(self, path: &str, h: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: EdgeAuth,
+        R::OutgoingResponse: Send,
+        H: RumaHandler<R>;
+}
+
+/// `h` as an axum method router for `R`'s method; `None` for a method axum cannot route.
+fn method_router<R, H>(h: H) -> Option<MethodRouter<App>>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: EdgeAuth,
+    R::OutgoingResponse: Send,
+    H: RumaHandler<R>,
+{
+    let Ok(filter) = MethodFilter::try_from(R::METHOD) else {
+        tracing::error!(method = %R::METHOD, "a ruma endpoint with a method axum cannot route");
+        return None;
+    };
+    Some(on(filter, move |State(app): State<App>, req: Ruma<R>| {
+        let h = h.clone();
+        async move { h.call(app, req).await.map(RumaResponse) }
+    }))
 }
 
 impl RumaRoutes for Router<App> {
@@ -335,17 +380,25 @@ impl RumaRoutes for Router<App> {
         R::OutgoingResponse: Send,
         H: RumaHandler<R>,
     {
-        let Ok(filter) = MethodFilter::try_from(R::METHOD) else {
-            tracing::error!(method = %R::METHOD, "a ruma endpoint with a method axum cannot route");
+        let Some(handler) = method_router::<R, H>(h) else {
             return self;
         };
-        let handler = on(filter, move |State(app): State<App>, req: Ruma<R>| {
-            let h = h.clone();
-            async move { h.call(app, req).await.map(RumaResponse) }
-        });
         paths::<R>()
             .iter()
             .fold(self, |router, p| router.route(p, handler.clone()))
+    }
+
+    fn ruma_at<R, H>(self, path: &str, h: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: EdgeAuth,
+        R::OutgoingResponse: Send,
+        H: RumaHandler<R>,
+    {
+        match method_router::<R, H>(h) {
+            Some(handler) => self.route(path, handler),
+            None => self,
+        }
     }
 }
 
@@ -386,5 +439,27 @@ mod tests {
         assert!(check_object(b" {\"a\":1}").is_ok());
         assert!(matches!(check_object(b"[1]"), Err(ApiError::BadJson(_))));
         assert!(matches!(check_object(b"nope"), Err(ApiError::NotJson(_))));
+        assert!(matches!(
+            check_object(b"{\"a\":1} x"),
+            Err(ApiError::NotJson(_))
+        ));
+        assert!(matches!(
+            check_object(b"{\"a\":"),
+            Err(ApiError::NotJson(_))
+        ));
+        assert_eq!(json_body(b""), &b"{}"[..]);
+    }
+
+    #[test]
+    fn state_paths_without_a_key_have_the_empty_one() {
+        use ruma::api::client::state::send_state_event;
+        let req = http::Request::put("/_matrix/client/v3/rooms/!r:x/state/m.room.topic/")
+            .body(json_body(b""))
+            .unwrap();
+        let r =
+            send_state_event::v3::Request::try_from_http_request(req, &["!r:x", "m.room.topic"])
+                .unwrap();
+        assert_eq!(r.state_key, "");
+        assert_eq!(r.body.json().get(), "{}");
     }
 }
