@@ -37,7 +37,7 @@ pub async fn report_event(
     let (room_id, event_id) = (&body.room_id, &body.event_id);
     // Only events the reporter can see may be reported; others are indistinguishable from absent.
     let not_found = || ApiError::NotFound("Event not found".into());
-    let room = app.room(&room_id)?.ok_or_else(not_found)?;
+    let room = app.room(room_id)?.ok_or_else(not_found)?;
     let short = app.short_event(event_id)?.ok_or_else(not_found)?;
     let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;
     let in_room = app
