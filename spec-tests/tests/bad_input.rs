@@ -172,3 +172,55 @@ async fn malformed_ids() {
         .await;
     r.err(403, "M_FORBIDDEN");
 }
+
+/// Endpoints read through ruma's request types: the same errors for the same mistakes, at
+/// every path ruma's metadata lists for them.
+#[tokio::test]
+async fn typed_endpoints_refuse_alike_at_every_path() {
+    let srv = Server::start().await;
+    let alice = srv.user("alice").await;
+    let room = alice.create_room(json!({})).await;
+    // An endpoint that reads nothing from its body still refuses a body that is not JSON.
+    alice
+        .raw("POST", "/_matrix/client/v3/logout", Some(b"nope".to_vec()))
+        .await
+        .err(400, "M_NOT_JSON");
+    alice
+        .raw("POST", "/_matrix/client/v3/logout", Some(b"[]".to_vec()))
+        .await
+        .err(400, "M_BAD_JSON");
+    // A required query parameter that is absent, and one that is malformed.
+    let c = srv.client();
+    c.get("/_matrix/client/v3/register/available")
+        .await
+        .err(400, "M_MISSING_PARAM");
+    alice
+        .get(&format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts=x&dir=f",
+            enc(&room)
+        ))
+        .await
+        .err(400, "M_INVALID_PARAM");
+    // A malformed user id in a body is a bad parameter, as it is in a path.
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room)),
+            json!({"user_id": "bob"}),
+        )
+        .await
+        .err(400, "M_INVALID_PARAM");
+    // The r0 twin of a v3 path, and an unstable path from ruma's metadata, answer alike.
+    let who = alice.get("/_matrix/client/r0/account/whoami").await;
+    assert_eq!(who.ok()["user_id"], "@alice:localhost");
+    let aliases = alice
+        .get(&format!(
+            "/_matrix/client/unstable/org.matrix.msc2432/rooms/{}/aliases",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(aliases.ok()["aliases"], json!([]));
+    // The token is checked before the body: no token and a bad body is M_MISSING_TOKEN.
+    c.raw("POST", "/_matrix/client/v3/logout", Some(b"nope".to_vec()))
+        .await
+        .err(401, "M_MISSING_TOKEN");
+}
