@@ -74,35 +74,14 @@ pub fn router() -> Router<App> {
         .route("/user/{user_id}/filter/{filter_id}", get(filter::get))
         .route("/sync", get(sync::sync))
         .route("/search", post(search::search))
-        // end-to-end encryption
+        // end-to-end encryption (ruma's types would drop the unstable fallback key field, and
+        // leave out the empty `failures` and key maps these answer)
         .route("/keys/upload", post(e2ee::device_keys::upload))
         .route("/keys/query", post(e2ee::query::query))
         .route("/keys/claim", post(e2ee::query::claim))
         .route(
             "/keys/signatures/upload",
             post(e2ee::cross_signing::upload_signatures),
-        )
-        .route(
-            "/sendToDevice/{event_type}/{txn_id}",
-            put(e2ee::to_device::send),
-        )
-        .route(
-            "/room_keys/keys",
-            get(e2ee::backup::get_all)
-                .put(e2ee::backup::put_all)
-                .delete(e2ee::backup::delete_all),
-        )
-        .route(
-            "/room_keys/keys/{room_id}",
-            get(e2ee::backup::get_room)
-                .put(e2ee::backup::put_room)
-                .delete(e2ee::backup::delete_room),
-        )
-        .route(
-            "/room_keys/keys/{room_id}/{session_id}",
-            get(e2ee::backup::get_session)
-                .put(e2ee::backup::put_session)
-                .delete(e2ee::backup::delete_session),
         )
         // push rules (ruma lists only `/pushrules/`; ruma's set_pushrule and set_pusher are
         // stricter than the spec)
@@ -228,6 +207,16 @@ pub fn router() -> Router<App> {
         .ruma(e2ee::backup::get_version_info)
         .ruma(e2ee::backup::update_version)
         .ruma(e2ee::backup::delete_version)
+        .ruma(e2ee::backup::get_all)
+        .ruma(e2ee::backup::put_all)
+        .ruma(e2ee::backup::delete_all)
+        .ruma(e2ee::backup::get_room)
+        .ruma(e2ee::backup::put_room)
+        .ruma(e2ee::backup::delete_room)
+        .ruma(e2ee::backup::get_session)
+        .ruma(e2ee::backup::put_session)
+        .ruma(e2ee::backup::delete_session)
+        .ruma(e2ee::to_device::send)
         .ruma(push_rules::get_all)
         .ruma(push_rules::get_global)
         .ruma(push_rules::get_enabled)

@@ -1,25 +1,26 @@
 //! Server-side key backups (`/room_keys/...`): versions with opaque auth data, session keys per
 //! room, a count and an etag that changes whenever the keys do.
 
-use axum::{extract::State, Json};
+use std::collections::BTreeMap;
+
 use plexus_store::{schema, Batch, First};
 use ruma::{
     api::client::backup::{
-        create_backup_version, delete_backup_version, get_backup_info, get_latest_backup_info,
-        update_backup_version, BackupAlgorithm,
+        add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session,
+        create_backup_version, delete_backup_keys, delete_backup_keys_for_room,
+        delete_backup_keys_for_session, delete_backup_version, get_backup_info, get_backup_keys,
+        get_backup_keys_for_room, get_backup_keys_for_session, get_latest_backup_info,
+        update_backup_version, BackupAlgorithm, KeyBackupData, RoomKeyBackup,
     },
     serde::Raw,
-    OwnedRoomId, UInt, UserId,
+    OwnedRoomId, RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::{
-        extract::{Auth, Body, Path, Query},
-        ruma::{raw_json, Ruma},
-    },
+    http::ruma::{raw_json, Ruma},
     service::{App, Services},
 };
 
@@ -250,23 +251,10 @@ fn delete_sessions(
     Ok(rows.len() as u64)
 }
 
-#[derive(Deserialize)]
-pub struct VersionQuery {
-    version: Option<String>,
-}
-
-impl VersionQuery {
-    fn version(&self) -> ApiResult<&str> {
-        self.version
-            .as_deref()
-            .ok_or_else(|| ApiError::MissingParam("version is required".into()))
-    }
-}
-
-fn check_room(room: &str) -> ApiResult<()> {
-    OwnedRoomId::try_from(room)
-        .map(|_| ())
-        .map_err(|e| ApiError::InvalidParam(format!("invalid room id {room:?}: {e}")))
+/// A session's key data as ruma hands it over, as the JSON it is stored as.
+fn key_value(raw: &Raw<KeyBackupData>) -> ApiResult<Value> {
+    raw.deserialize_as_unchecked()
+        .map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
 /// A session's key data has the fields that decide which of two copies is kept.
@@ -297,15 +285,19 @@ fn better(new: &Value, old: &Value) -> bool {
     key(new) < key(old)
 }
 
-/// Store `{room: {session: key}}` in the current version.
+/// A version's etag and count, as the responses that change keys answer them.
+fn etag_count(rec: &Version) -> (String, UInt) {
+    (rec.etag.to_string(), UInt::new_saturating(rec.count))
+}
+
+/// Store `{room: {session: key}}` in the current version; answers its etag and count.
 async fn put_sessions(
     app: &App,
     user: &UserId,
     version: &str,
-    rooms: Vec<(String, Vec<(String, Value)>)>,
-) -> ApiResult<Json<Value>> {
-    for (room, sessions) in &rooms {
-        check_room(room)?;
+    rooms: Vec<(OwnedRoomId, Vec<(String, Value)>)>,
+) -> ApiResult<(String, UInt)> {
+    for (_, sessions) in &rooms {
         for (_, k) in sessions {
             check_key_data(k)?;
         }
@@ -344,128 +336,122 @@ async fn put_sessions(
         rec.etag += 1;
         save_version(app, user, current, &rec, b).await?;
     }
-    Ok(Json(
-        json!({ "etag": rec.etag.to_string(), "count": rec.count }),
-    ))
+    Ok(etag_count(&rec))
 }
 
-fn sessions_of(v: &Value) -> ApiResult<Vec<(String, Value)>> {
-    let sessions = v["sessions"]
-        .as_object()
-        .ok_or_else(|| ApiError::BadJson("sessions must be an object".into()))?;
-    Ok(sessions
+/// A room's sessions as ruma's requests and responses hold them.
+type Sessions = BTreeMap<String, Raw<KeyBackupData>>;
+
+fn sessions_of(sessions: &Sessions) -> ApiResult<Vec<(String, Value)>> {
+    sessions
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect())
+        .map(|(s, k)| Ok((s.clone(), key_value(k)?)))
+        .collect()
 }
 
 /// `PUT /room_keys/keys`.
 pub async fn put_all(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Query(q): Query<VersionQuery>,
-    Body(body): Body<Value>,
-) -> ApiResult<Json<Value>> {
-    let rooms = body["rooms"]
-        .as_object()
-        .ok_or_else(|| ApiError::BadJson("rooms must be an object".into()))?
+    app: App,
+    req: Ruma<add_backup_keys::v3::Request>,
+) -> ApiResult<add_backup_keys::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let rooms = b
+        .rooms
         .iter()
-        .map(|(r, v)| Ok((r.clone(), sessions_of(v)?)))
+        .map(|(r, backup)| Ok((r.clone(), sessions_of(&backup.sessions)?)))
         .collect::<ApiResult<Vec<_>>>()?;
-    put_sessions(&app, &s.user_id, q.version()?, rooms).await
+    let (etag, count) = put_sessions(&app, &s.user_id, &b.version, rooms).await?;
+    Ok(add_backup_keys::v3::Response::new(etag, count))
 }
 
 /// `PUT /room_keys/keys/{roomId}`.
 pub async fn put_room(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room): Path<String>,
-    Query(q): Query<VersionQuery>,
-    Body(body): Body<Value>,
-) -> ApiResult<Json<Value>> {
-    let sessions = sessions_of(&body)?;
-    put_sessions(&app, &s.user_id, q.version()?, vec![(room, sessions)]).await
+    app: App,
+    req: Ruma<add_backup_keys_for_room::v3::Request>,
+) -> ApiResult<add_backup_keys_for_room::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let sessions = sessions_of(&b.sessions)?;
+    let rooms = vec![(b.room_id, sessions)];
+    let (etag, count) = put_sessions(&app, &s.user_id, &b.version, rooms).await?;
+    Ok(add_backup_keys_for_room::v3::Response::new(etag, count))
 }
 
 /// `PUT /room_keys/keys/{roomId}/{sessionId}`.
 pub async fn put_session(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room, session)): Path<(String, String)>,
-    Query(q): Query<VersionQuery>,
-    Body(body): Body<Value>,
-) -> ApiResult<Json<Value>> {
-    put_sessions(
-        &app,
-        &s.user_id,
-        q.version()?,
-        vec![(room, vec![(session, body)])],
-    )
-    .await
+    app: App,
+    req: Ruma<add_backup_keys_for_session::v3::Request>,
+) -> ApiResult<add_backup_keys_for_session::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let key = key_value(&b.session_data)?;
+    let rooms = vec![(b.room_id, vec![(b.session_id, key)])];
+    let (etag, count) = put_sessions(&app, &s.user_id, &b.version, rooms).await?;
+    Ok(add_backup_keys_for_session::v3::Response::new(etag, count))
 }
 
-/// Stored sessions of a version as `{room: {"sessions": {session: key}}}`.
+/// Stored sessions of a version (all rooms', or one room's), by room.
 fn read_sessions(
     app: &Services,
     user: &UserId,
     n: u64,
-    room: Option<&str>,
-) -> ApiResult<Map<String, Value>> {
+    room: Option<&RoomId>,
+) -> ApiResult<BTreeMap<String, Sessions>> {
     let keys = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY;
     let kv = &app.store.kv;
     let user = user.as_str();
     let rows: Box<dyn Iterator<Item = _>> = match room {
-        Some(r) => Box::new(keys.prefix::<First<3>, Value>(kv, (user, n, r))),
+        Some(r) => Box::new(keys.prefix::<First<3>, Value>(kv, (user, n, r.as_str()))),
         None => Box::new(keys.prefix::<First<2>, Value>(kv, (user, n))),
     };
-    let mut rooms: Map<String, Value> = Map::new();
+    let mut rooms: BTreeMap<String, Sessions> = BTreeMap::new();
     for item in rows {
         let ((_, _, r, s), key) = item?;
-        rooms.entry(r).or_insert_with(|| json!({ "sessions": {} }))["sessions"][s] = key;
+        rooms.entry(r).or_default().insert(s, raw_json(&key)?);
     }
     Ok(rooms)
 }
 
 /// `GET /room_keys/keys`.
 pub async fn get_all(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Query(q): Query<VersionQuery>,
-) -> ApiResult<Json<Value>> {
-    let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
-    Ok(Json(
-        json!({ "rooms": read_sessions(&app, &s.user_id, n, None)? }),
-    ))
+    app: App,
+    req: Ruma<get_backup_keys::v3::Request>,
+) -> ApiResult<get_backup_keys::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (n, _) = get_version(&app, &s.user_id, &b.version)?;
+    let mut rooms = BTreeMap::new();
+    for (r, sessions) in read_sessions(&app, &s.user_id, n, None)? {
+        let room = OwnedRoomId::try_from(r.as_str())
+            .map_err(|e| ApiError::Internal(format!("stored room id {r:?}: {e}")))?;
+        rooms.insert(room, RoomKeyBackup::new(sessions));
+    }
+    Ok(get_backup_keys::v3::Response::new(rooms))
 }
 
 /// `GET /room_keys/keys/{roomId}`.
 pub async fn get_room(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room): Path<String>,
-    Query(q): Query<VersionQuery>,
-) -> ApiResult<Json<Value>> {
-    let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
-    let mut rooms = read_sessions(&app, &s.user_id, n, Some(&room))?;
-    Ok(Json(
-        rooms
-            .remove(&room)
-            .unwrap_or_else(|| json!({ "sessions": {} })),
-    ))
+    app: App,
+    req: Ruma<get_backup_keys_for_room::v3::Request>,
+) -> ApiResult<get_backup_keys_for_room::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (n, _) = get_version(&app, &s.user_id, &b.version)?;
+    let sessions = read_sessions(&app, &s.user_id, n, Some(&*b.room_id))?
+        .remove(b.room_id.as_str())
+        .unwrap_or_default();
+    Ok(get_backup_keys_for_room::v3::Response::new(sessions))
 }
 
 /// `GET /room_keys/keys/{roomId}/{sessionId}`.
 pub async fn get_session(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room, session)): Path<(String, String)>,
-    Query(q): Query<VersionQuery>,
-) -> ApiResult<Json<Value>> {
-    let (n, _) = get_version(&app, &s.user_id, q.version()?)?;
-    let key: Option<Value> = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY
-        .get(&app.store.kv, (s.user_id.as_str(), n, &room, &session))?;
-    key.map(Json)
-        .ok_or_else(|| ApiError::NotFound("No room key found".into()))
+    app: App,
+    req: Ruma<get_backup_keys_for_session::v3::Request>,
+) -> ApiResult<get_backup_keys_for_session::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (n, _) = get_version(&app, &s.user_id, &b.version)?;
+    let row = (s.user_id.as_str(), n, b.room_id.as_str(), b.session_id.as_str());
+    let key = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY
+        .get::<Value>(&app.store.kv, row)?
+        .ok_or_else(|| ApiError::NotFound("No room key found".into()))?;
+    let key_data = raw_json(&key)?;
+    Ok(get_backup_keys_for_session::v3::Response::new(key_data))
 }
 
 /// Delete keys from a version (which need not be current); answers the new etag and count.
@@ -475,7 +461,7 @@ async fn delete_keys(
     version: &str,
     room: Option<&str>,
     session: Option<&str>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(String, UInt)> {
     let _guard = app.e2ee.backup_lock.lock().await;
     let (n, mut rec) = get_version(app, user, version)?;
     let mut b = Batch::default();
@@ -485,38 +471,39 @@ async fn delete_keys(
         rec.etag += 1;
         save_version(app, user, n, &rec, b).await?;
     }
-    Ok(Json(
-        json!({ "etag": rec.etag.to_string(), "count": rec.count }),
-    ))
+    Ok(etag_count(&rec))
 }
 
 /// `DELETE /room_keys/keys`.
 pub async fn delete_all(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Query(q): Query<VersionQuery>,
-) -> ApiResult<Json<Value>> {
-    delete_keys(&app, &s.user_id, q.version()?, None, None).await
+    app: App,
+    req: Ruma<delete_backup_keys::v3::Request>,
+) -> ApiResult<delete_backup_keys::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (etag, count) = delete_keys(&app, &s.user_id, &b.version, None, None).await?;
+    Ok(delete_backup_keys::v3::Response::new(etag, count))
 }
 
 /// `DELETE /room_keys/keys/{roomId}`.
 pub async fn delete_room(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room): Path<String>,
-    Query(q): Query<VersionQuery>,
-) -> ApiResult<Json<Value>> {
-    delete_keys(&app, &s.user_id, q.version()?, Some(&room), None).await
+    app: App,
+    req: Ruma<delete_backup_keys_for_room::v3::Request>,
+) -> ApiResult<delete_backup_keys_for_room::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let room = Some(b.room_id.as_str());
+    let (etag, count) = delete_keys(&app, &s.user_id, &b.version, room, None).await?;
+    Ok(delete_backup_keys_for_room::v3::Response::new(etag, count))
 }
 
 /// `DELETE /room_keys/keys/{roomId}/{sessionId}`.
 pub async fn delete_session(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room, session)): Path<(String, String)>,
-    Query(q): Query<VersionQuery>,
-) -> ApiResult<Json<Value>> {
-    delete_keys(&app, &s.user_id, q.version()?, Some(&room), Some(&session)).await
+    app: App,
+    req: Ruma<delete_backup_keys_for_session::v3::Request>,
+) -> ApiResult<delete_backup_keys_for_session::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let (room, session) = (Some(b.room_id.as_str()), Some(b.session_id.as_str()));
+    let (etag, count) = delete_keys(&app, &s.user_id, &b.version, room, session).await?;
+    Ok(delete_backup_keys_for_session::v3::Response::new(etag, count))
 }
 
 #[cfg(test)]

@@ -194,6 +194,7 @@ pub async fn upload(
 
 /// `POST /keys/signatures/upload`: each signature is checked on its own; those that fail are
 /// listed in `failures` and the others are stored.
+/// Hand-written: ruma drops an empty `failures` and fails the whole body for one bad user id.
 pub async fn upload_signatures(
     State(app): State<App>,
     Auth(s): Auth,

@@ -33,6 +33,7 @@ pub struct UploadBody {
 
 /// `POST /keys/upload`. Everything in the request is checked before anything is stored, so a
 /// bad key leaves the device as it was.
+/// Hand-written: ruma's request drops `org.matrix.msc2732.fallback_keys`, which older clients send.
 pub async fn upload(
     State(app): State<App>,
     Auth(s): Auth,

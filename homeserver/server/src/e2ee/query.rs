@@ -160,6 +160,7 @@ pub struct QueryBody {
 }
 
 /// `POST /keys/query`.
+/// Hand-written: ruma's response leaves out `failures` and key maps when empty; clients get `{}`.
 pub async fn query(
     State(app): State<App>,
     Auth(s): Auth,
@@ -272,6 +273,7 @@ pub struct ClaimBody {
 }
 
 /// `POST /keys/claim`.
+/// Hand-written: ruma's response leaves out `failures` when empty; clients get `{}`.
 pub async fn claim(
     State(app): State<App>,
     Auth(_s): Auth,

@@ -4,25 +4,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::{extract::State, Json};
 use plexus_store::{schema, Batch, StoreError};
-use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
-use serde::Deserialize;
+use ruma::{
+    api::client::to_device::send_event_to_device, events::AnyToDeviceEventContent, serde::Raw,
+    OwnedServerName, OwnedUserId, ServerName, UserId,
+};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Body, Path},
+    http::ruma::Ruma,
     service::{App, Services},
 };
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
 const SYNC_LIMIT: usize = 100;
-
-#[derive(Deserialize)]
-pub struct SendBody {
-    messages: BTreeMap<String, Map<String, Value>>,
-}
 
 /// One message for one device (`*`: every device of the user).
 struct Delivery {
@@ -31,18 +27,28 @@ struct Delivery {
     content: Value,
 }
 
+/// A message's content as ruma hands it over, as JSON.
+fn content_json(raw: &Raw<AnyToDeviceEventContent>) -> ApiResult<Value> {
+    raw.deserialize_as_unchecked()
+        .map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
 /// `PUT /sendToDevice/{eventType}/{txnId}`.
 pub async fn send(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((kind, txn)): Path<(String, String)>,
-    Body(body): Body<SendBody>,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> ApiResult<send_event_to_device::v3::Response> {
+    let (s, body) = (req.caller, req.body);
+    let kind = body.event_type.to_string();
+    let txn = body.txn_id;
     let mut local = vec![];
     let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.messages {
-        let user = OwnedUserId::try_from(user.as_str())
-            .map_err(|e| ApiError::InvalidParam(format!("invalid user id {user:?}: {e}")))?;
+        // In the order of the device ids as text, as before (ruma's map puts `*` last).
+        let devices = devices
+            .iter()
+            .map(|(d, c)| Ok((d.to_string(), content_json(c)?)))
+            .collect::<ApiResult<Map<String, Value>>>()?;
         if app.is_local(&user) {
             for (device, content) in devices {
                 local.push(Delivery {
@@ -98,7 +104,7 @@ pub async fn send(
             }
         }
     }
-    Ok(Json(json!({})))
+    Ok(send_event_to_device::v3::Response::new())
 }
 
 /// `*` becomes every device of the user; messages for devices that do not exist are dropped.
