@@ -6,23 +6,25 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
 use plexus_store::{schema, Batch};
-use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
+use ruma::{api::federation::keys::claim_keys, OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{
     cross_signing::{MASTER, SELF_SIGNING},
     device_lists::{commit_remote_change, shared_with_local},
-    query::{claim_local, local_keys, parse_claim, parse_query, KeysAnswer},
+    query::{claim_local, local_keys, parse_query, KeysAnswer},
 };
 use crate::{
     error::{ApiError, ApiResult},
     federation::{sender::enc, x_matrix::FedRequest},
-    http::extract::Path,
+    http::{extract::Path, ruma::Ruma},
     service::App,
 };
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's devices with the stream
 /// id of their latest change, so the asking server can follow the EDUs from there.
+/// Hand-written: ruma's `UserDevice` requires `keys`, which a device that never uploaded any
+/// does not have (it goes out as just its `device_id`).
 pub async fn user_devices(
     State(app): State<App>,
     Path(user): Path<String>,
@@ -63,6 +65,8 @@ fn ours<T>(app: &App, mut m: BTreeMap<OwnedServerName, T>) -> Option<T> {
 }
 
 /// `POST /_matrix/federation/v1/user/keys/query`.
+/// Hand-written: ruma's response leaves out `master_keys` and `self_signing_keys` when they
+/// are empty, which this sends as `{}`.
 pub async fn user_keys_query(State(app): State<App>, req: FedRequest) -> ApiResult<Json<Value>> {
     let requested = req.body["device_keys"]
         .as_object()
@@ -79,15 +83,29 @@ pub async fn user_keys_query(State(app): State<App>, req: FedRequest) -> ApiResu
 }
 
 /// `POST /_matrix/federation/v1/user/keys/claim`.
-pub async fn user_keys_claim(State(app): State<App>, req: FedRequest) -> ApiResult<Json<Value>> {
-    let requested = req.body["one_time_keys"]
-        .as_object()
-        .ok_or_else(|| ApiError::BadJson("one_time_keys is required".into()))?;
-    let keys = match ours(&app, parse_claim(requested)?) {
-        Some(users) => claim_local(&app, &users).await?,
-        None => Map::new(),
+pub async fn user_keys_claim(
+    app: App,
+    req: Ruma<claim_keys::v1::Request>,
+) -> ApiResult<claim_keys::v1::Response> {
+    // Only our own users, as `{user: {device: algorithm}}`.
+    let mut users = Map::new();
+    for (user, devices) in req.body.one_time_keys {
+        if user.server_name() != app.server_name() {
+            continue;
+        }
+        let devices: Map<String, Value> = devices
+            .into_iter()
+            .map(|(device, algorithm)| (device.to_string(), json!(algorithm.as_str())))
+            .collect();
+        users.insert(user.to_string(), Value::Object(devices));
+    }
+    let keys = match users.is_empty() {
+        true => Map::new(),
+        false => claim_local(&app, &users).await?,
     };
-    Ok(Json(json!({ "one_time_keys": keys })))
+    let keys = serde_json::from_value(Value::Object(keys))
+        .map_err(|e| ApiError::Internal(format!("claimed keys: {e}")))?;
+    Ok(claim_keys::v1::Response::new(keys))
 }
 
 /// Keys of `server`'s users: tracked users from our copy of their device list, the others

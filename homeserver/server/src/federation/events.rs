@@ -5,24 +5,50 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use axum::{extract::State, Json};
-use ruma::{EventId, OwnedEventId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use ruma::{
+    api::federation::{
+        authorization::get_event_authorization,
+        backfill::get_backfill,
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+    },
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, UInt,
+};
+use serde_json::{value::RawValue as RawJsonValue, Value};
 
 use super::{
     ingest,
     sender::federation_form,
     visibility::{room_for_peer, ServerView},
-    x_matrix::FedRequest,
 };
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Path, Query},
+    http::ruma::Ruma,
     service::{now_ms, rooms::RoomRef, App, Services},
 };
 
 const MAX_BACKFILL: usize = 100;
+
+/// Now, as the `origin_server_ts` of an answer.
+fn now() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch(UInt::new_saturating(now_ms()))
+}
+
+/// A PDU as the raw JSON ruma's responses carry.
+fn raw(v: &Value) -> ApiResult<Box<RawJsonValue>> {
+    serde_json::value::to_raw_value(v)
+        .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))
+}
+
+fn raws(vs: Vec<Value>) -> ApiResult<Vec<Box<RawJsonValue>>> {
+    vs.iter().map(raw).collect()
+}
+
+/// A `limit` a peer asked for, between 1 and [`MAX_BACKFILL`].
+fn page_limit(limit: UInt) -> usize {
+    usize::try_from(u64::from(limit))
+        .unwrap_or(MAX_BACKFILL)
+        .clamp(1, MAX_BACKFILL)
+}
 
 /// A stored event of `room` by id: its short id and stored form.
 fn event_in(app: &Services, room: &RoomRef, id: &EventId) -> ApiResult<Option<(u64, Value)>> {
@@ -40,12 +66,10 @@ fn event_in(app: &Services, room: &RoomRef, id: &EventId) -> ApiResult<Option<(u
 }
 
 pub async fn event(
-    State(app): State<App>,
-    Path(event_id): Path<String>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let id = OwnedEventId::try_from(event_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
+    app: App,
+    req: Ruma<get_event::v1::Request>,
+) -> ApiResult<get_event::v1::Response> {
+    let (origin, id) = (req.caller, req.body.event_id);
     let short = app
         .short_event(&id)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
@@ -56,21 +80,16 @@ pub async fn event(
         Some(r) => r.to_owned(),
         None => format!("!{}", &id.as_str()[1..]),
     };
-    let room = room_for_peer(&app, &room_id, &req.origin)?;
+    let room = room_for_peer(&app, &room_id, &origin)?;
     let pdu = app
         .pdu_by_short(short)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
-    let form = ServerView::new(&app, &room, &req.origin)?.form(short, &pdu, &stored)?;
-    Ok(Json(json!({
-        "origin": app.server_name(),
-        "origin_server_ts": now_ms(),
-        "pdus": [form],
-    })))
-}
-
-#[derive(Deserialize)]
-pub struct AtEvent {
-    event_id: String,
+    let form = ServerView::new(&app, &room, &origin)?.form(short, &pdu, &stored)?;
+    Ok(get_event::v1::Response::new(
+        app.server_name().to_owned(),
+        now(),
+        raw(&form)?,
+    ))
 }
 
 /// The state before `event_id` and its auth chain, as event ids.
@@ -113,46 +132,46 @@ pub fn federation_forms(
 }
 
 pub async fn state(
-    State(app): State<App>,
-    Path(room_id): Path<String>,
-    Query(q): Query<AtEvent>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let room = room_for_peer(&app, &room_id, &req.origin)?;
-    let (ids, chain) = state_before(&app, &room, &q.event_id)?;
-    Ok(Json(json!({
-        "pdus": federation_forms(&app, ids)?,
-        "auth_chain": federation_forms(&app, chain)?,
-    })))
+    app: App,
+    req: Ruma<get_room_state::v1::Request>,
+) -> ApiResult<get_room_state::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let room = room_for_peer(&app, q.room_id.as_str(), &origin)?;
+    let (ids, chain) = state_before(&app, &room, q.event_id.as_str())?;
+    Ok(get_room_state::v1::Response::new(
+        raws(federation_forms(&app, chain)?)?,
+        raws(federation_forms(&app, ids)?)?,
+    ))
 }
 
 pub async fn state_ids(
-    State(app): State<App>,
-    Path(room_id): Path<String>,
-    Query(q): Query<AtEvent>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let room = room_for_peer(&app, &room_id, &req.origin)?;
-    let (ids, chain) = state_before(&app, &room, &q.event_id)?;
-    Ok(Json(json!({ "pdu_ids": ids, "auth_chain_ids": chain })))
+    app: App,
+    req: Ruma<get_room_state_ids::v1::Request>,
+) -> ApiResult<get_room_state_ids::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let room = room_for_peer(&app, q.room_id.as_str(), &origin)?;
+    let (ids, chain) = state_before(&app, &room, q.event_id.as_str())?;
+    Ok(get_room_state_ids::v1::Response::new(
+        chain.into_iter().collect(),
+        ids,
+    ))
 }
 
 pub async fn event_auth(
-    State(app): State<App>,
-    Path((room_id, event_id)): Path<(String, String)>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let room = room_for_peer(&app, &room_id, &req.origin)?;
-    let id = OwnedEventId::try_from(event_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
+    app: App,
+    req: Ruma<get_event_authorization::v1::Request>,
+) -> ApiResult<get_event_authorization::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let room = room_for_peer(&app, q.room_id.as_str(), &origin)?;
+    let id = q.event_id;
     let pdu = app
         .pdu(&id)?
         .filter(|_| event_in(&app, &room, &id).ok().flatten().is_some())
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
     let chain = ingest::auth_chain(&app, &pdu.auth_events, &mut HashMap::new())?;
-    Ok(Json(
-        json!({ "auth_chain": federation_forms(&app, chain)? }),
-    ))
+    Ok(get_event_authorization::v1::Response::new(raws(
+        federation_forms(&app, chain)?,
+    )?))
 }
 
 /// Walk `prev_events` back from `from`, breadth first, stopping at `stop`; each event as the
@@ -191,54 +210,33 @@ fn walk_back(
     Ok(out)
 }
 
-#[derive(Deserialize)]
-pub struct BackfillQuery {
-    #[serde(default)]
-    v: Vec<String>,
-    limit: Option<usize>,
-}
-
 pub async fn backfill(
-    State(app): State<App>,
-    Path(room_id): Path<String>,
-    Query(q): Query<BackfillQuery>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let room = room_for_peer(&app, &room_id, &req.origin)?;
-    let from: Vec<OwnedEventId> =
-        q.v.iter()
-            .filter_map(|v| OwnedEventId::try_from(v.as_str()).ok())
-            .collect();
+    app: App,
+    req: Ruma<get_backfill::v1::Request>,
+) -> ApiResult<get_backfill::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let room = room_for_peer(&app, q.room_id.as_str(), &origin)?;
+    let from = q.v;
     if from.is_empty() {
         return Err(ApiError::MissingParam("v is required".into()));
     }
-    let limit = q.limit.unwrap_or(10).clamp(1, MAX_BACKFILL);
-    let mut view = ServerView::new(&app, &room, &req.origin)?;
+    let limit = page_limit(q.limit);
+    let mut view = ServerView::new(&app, &room, &origin)?;
     let pdus = walk_back(&mut view, &app, &room, from, &BTreeSet::new(), limit, 0)?;
-    Ok(Json(json!({
-        "origin": app.server_name(),
-        "origin_server_ts": now_ms(),
-        "pdus": pdus,
-    })))
-}
-
-#[derive(Deserialize)]
-pub struct MissingBody {
-    #[serde(default)]
-    earliest_events: Vec<OwnedEventId>,
-    latest_events: Vec<OwnedEventId>,
-    limit: Option<usize>,
-    min_depth: Option<u64>,
+    Ok(get_backfill::v1::Response::new(
+        app.server_name().to_owned(),
+        now(),
+        raws(pdus)?,
+    ))
 }
 
 pub async fn get_missing_events(
-    State(app): State<App>,
-    Path(room_id): Path<String>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let room = room_for_peer(&app, &room_id, &req.origin)?;
-    let body: MissingBody = req.json()?;
-    let limit = body.limit.unwrap_or(10).clamp(1, MAX_BACKFILL);
+    app: App,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> ApiResult<get_missing_events::v1::Response> {
+    let (origin, body) = (req.caller, req.body);
+    let room = room_for_peer(&app, body.room_id.as_str(), &origin)?;
+    let limit = page_limit(body.limit);
     let stop: BTreeSet<OwnedEventId> = body.earliest_events.into_iter().collect();
     // The latest events themselves are what the peer has; return what lies between.
     let mut from = vec![];
@@ -247,9 +245,9 @@ pub async fn get_missing_events(
             from.extend(p.prev_events.iter().cloned());
         }
     }
-    let mut view = ServerView::new(&app, &room, &req.origin)?;
-    let min_depth = body.min_depth.unwrap_or(0);
+    let mut view = ServerView::new(&app, &room, &origin)?;
+    let min_depth = u64::from(body.min_depth);
     let mut events = walk_back(&mut view, &app, &room, from, &stop, limit, min_depth)?;
     events.reverse();
-    Ok(Json(json!({ "events": events })))
+    Ok(get_missing_events::v1::Response::new(raws(events)?))
 }

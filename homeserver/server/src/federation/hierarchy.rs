@@ -25,6 +25,8 @@ pub fn wanted(child: &Value, suggested_only: bool) -> bool {
     !suggested_only || child["content"]["suggested"] == true
 }
 
+/// Hand-written: ruma's `RoomSummary` would drop each child's `children_state` (which our
+/// client `/hierarchy` reads to walk deeper without asking again) and `"join_rule": "public"`.
 pub async fn hierarchy(
     State(app): State<App>,
     Path(room_id): Path<String>,

@@ -82,18 +82,12 @@ pub fn router() -> Router<App> {
             &format!("{V1}/send_knock/{{room}}/{{event}}"),
             put(join::send_knock),
         )
-        .route(&format!("{V1}/event/{{event}}"), get(events::event))
-        .route(&format!("{V1}/state/{{room}}"), get(events::state))
-        .route(&format!("{V1}/state_ids/{{room}}"), get(events::state_ids))
-        .route(
-            &format!("{V1}/event_auth/{{room}}/{{event}}"),
-            get(events::event_auth),
-        )
-        .route(&format!("{V1}/backfill/{{room}}"), get(events::backfill))
-        .route(
-            &format!("{V1}/get_missing_events/{{room}}"),
-            post(events::get_missing_events),
-        )
+        .ruma(events::event)
+        .ruma(events::state)
+        .ruma(events::state_ids)
+        .ruma(events::event_auth)
+        .ruma(events::backfill)
+        .ruma(events::get_missing_events)
         .route(
             &format!("{V1}/hierarchy/{{room}}"),
             get(hierarchy::hierarchy),
@@ -110,10 +104,7 @@ pub fn router() -> Router<App> {
             &format!("{V1}/user/keys/query"),
             post(crate::e2ee::federation::user_keys_query),
         )
-        .route(
-            &format!("{V1}/user/keys/claim"),
-            post(crate::e2ee::federation::user_keys_claim),
-        )
+        .ruma(crate::e2ee::federation::user_keys_claim)
         .route(
             &format!("{V2}/send_join/{{room}}/{{event}}"),
             put(join::send_join),
@@ -134,7 +125,7 @@ pub fn router() -> Router<App> {
             &format!("{V1}/media/thumbnail/{{media_id}}"),
             get(media::thumbnail),
         )
-        .route("/_matrix/key/v2/server", get(keys::server_keys))
+        .ruma(keys::server_keys)
         .route("/_matrix/key/v2/query", post(keys::query))
-        .route("/_matrix/key/v2/query/{server}", get(keys::query_one))
+        .ruma(keys::query_one)
 }

@@ -89,6 +89,7 @@ pub async fn openid_userinfo(
 }
 
 /// `GET /publicRooms`: this server's room directory for another server's users.
+/// Hand-written: ruma's `PublicRoomsChunk` leaves out `"join_rule": "public"`, which this sends.
 pub async fn public_rooms(
     State(app): State<App>,
     Query(q): Query<PublicRoomsQuery>,
@@ -105,6 +106,8 @@ pub async fn public_rooms(
 }
 
 /// `POST /publicRooms`: the same with a filter.
+/// Hand-written: ruma's response leaves out `"join_rule": "public"` and sends absent
+/// `next_batch`/`prev_batch` as `null`, and its filter reads `room_types: []` as no filter.
 pub async fn search_public_rooms(
     State(app): State<App>,
     req: FedRequest,
