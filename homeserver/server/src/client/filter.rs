@@ -1,6 +1,7 @@
 //! Filters: stored per user, applied while reading timelines and state.
 
 use axum::{extract::State, Json};
+use ruma::api::client::filter::RoomEventFilter;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -159,6 +160,14 @@ pub fn parse_event_filter(filter: Option<&str>) -> ApiResult<EventFilter> {
     }
 }
 
+/// A room event filter ruma has read, as this module's own (so it filters as one given inline
+/// does).
+pub fn event_filter_of(f: &RoomEventFilter) -> ApiResult<EventFilter> {
+    serde_json::to_value(f)
+        .and_then(serde_json::from_value)
+        .map_err(|e| ApiError::InvalidParam(format!("invalid filter: {e}")))
+}
+
 pub async fn create(
     State(app): State<App>,
     Auth(s): Auth,
@@ -203,6 +212,21 @@ mod tests {
         let u: EventFilter = serde_json::from_value(json!({"contains_url": true})).unwrap();
         assert!(u.allows(&json!({"type": "m.room.message", "content": {"url": "mxc://a/b"}})));
         assert!(!u.allows(&json!({"type": "m.room.message", "content": {}})));
+    }
+
+    #[test]
+    fn ruma_filters_read_as_given() {
+        let given = json!({
+            "types": ["m.room.*"], "not_types": ["m.room.member"], "senders": ["@a:y"],
+            "not_senders": ["@x:y"], "rooms": ["!r:y"], "not_rooms": ["!s:y"],
+            "contains_url": false, "lazy_load_members": true, "limit": 3
+        });
+        let r: RoomEventFilter = serde_json::from_value(given.clone()).unwrap();
+        let ours = serde_json::to_value(event_filter_of(&r).unwrap()).unwrap();
+        let direct: EventFilter = serde_json::from_value(given).unwrap();
+        assert_eq!(ours, serde_json::to_value(direct).unwrap());
+        let empty = event_filter_of(&Default::default()).unwrap();
+        assert!(empty.types.is_none() && !empty.lazy_load_members);
     }
 
     #[test]

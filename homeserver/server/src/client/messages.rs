@@ -4,29 +4,31 @@
 use std::collections::BTreeSet;
 
 use axum::{extract::State, Json};
-use ruma::EventId;
+use ruma::{
+    api::{
+        client::{message::get_message_events, room::get_event_by_timestamp},
+        Direction,
+    },
+    events::AnyTimelineEvent,
+    serde::Raw,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::filter::parse_event_filter;
+use super::filter::{event_filter_of, parse_event_filter};
 use crate::http::extract::{parse_room_id, parse_token};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{page_limit, Auth, Path, Query},
+    http::{
+        extract::{page_limit, Auth, Path, Query},
+        ruma::{raw_json, Ruma},
+    },
     service::{accounts::Session, rooms::RoomRef, App},
 };
 
 /// Most timeline entries one request inspects, so a page of invisible history stays cheap.
 const SCAN_CAP: usize = 5_000;
-
-#[derive(Deserialize)]
-pub struct MessagesQuery {
-    from: Option<String>,
-    to: Option<String>,
-    dir: Option<String>,
-    limit: Option<String>,
-    filter: Option<String>,
-}
 
 /// The member events of `senders` in the given state, for lazy-loading clients.
 pub fn member_events_for(
@@ -145,24 +147,20 @@ fn forwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: u64) -> Entri
     }
 }
 
-/// Hand-written: ruma answers a missing `dir` `M_INVALID_PARAM`, not `M_MISSING_PARAM`.
+/// A page of the room's timeline from `from` in direction `dir`, visibility and the filter
+/// applied while reading (and, going backwards past what is stored, one round of backfill).
 pub async fn messages(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<MessagesQuery>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<get_message_events::v3::Request>,
+) -> ApiResult<get_message_events::v3::Response> {
+    let (s, q) = (req.caller, req.body);
+    let room_id = q.room_id;
     let room = app.room_or_forbidden(&room_id)?;
     check_access(&app, &s, &room)?;
-    let backwards = match q.dir.as_deref() {
-        Some("b") => true,
-        Some("f") => false,
-        Some(_) => return Err(ApiError::InvalidParam("dir must be b or f".into())),
-        None => return Err(ApiError::MissingParam("dir is required".into())),
-    };
-    let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
-    let mut filter = parse_event_filter(q.filter.as_deref())?;
+    let backwards = q.dir == Direction::Backward;
+    let limit = q.limit.to_string();
+    let limit = page_limit(Some(limit.as_str()), 10, app.settings.max_page)?;
+    let mut filter = event_filter_of(&q.filter)?;
     filter.ignored = app.account_data.ignored_users(&s.user_id)?;
     let now = app.store.current_count();
     let from = match q.from.as_deref().map(Pos::parse).transpose()? {
@@ -173,7 +171,7 @@ pub async fn messages(
     };
     let to = q.to.as_deref().map(Pos::parse).transpose()?;
 
-    let mut chunk = vec![];
+    let mut chunk: Vec<Raw<AnyTimelineEvent>> = vec![];
     let mut senders = BTreeSet::new();
     let mut last_pos = None;
     let mut exhausted = true;
@@ -212,7 +210,8 @@ pub async fn messages(
                 continue;
             }
             senders.insert(pdu.sender.to_string());
-            chunk.push(app.client_event(short, &stored, &room_id, Some(&s), true)?);
+            let ev = app.client_event(short, &stored, &room_id, Some(&s), true)?;
+            chunk.push(raw_json(&ev)?);
         }
         let may_backfill = round == 0
             && backwards
@@ -235,18 +234,23 @@ pub async fn messages(
             }
         }
     }
-    let mut out = json!({ "start": from.token(), "chunk": chunk });
-    match (backwards, last_pos) {
-        (true, Some(p)) if !exhausted || backfilled => out["end"] = json!(p.token()),
-        (false, Some(p)) => out["end"] = json!(p.token()),
-        (false, None) => out["end"] = json!(from.token()),
-        _ => {}
-    }
+    let mut out = get_message_events::v3::Response::new();
+    out.start = from.token();
+    out.chunk = chunk;
+    out.end = match (backwards, last_pos) {
+        (true, Some(p)) if !exhausted || backfilled => Some(p.token()),
+        (false, Some(p)) => Some(p.token()),
+        (false, None) => Some(from.token()),
+        _ => None,
+    };
     if filter.lazy_load_members && !senders.is_empty() {
         let hash = app.visible_state_hash(&s.user_id, &room)?;
-        out["state"] = json!(member_events_for(&app, &room, hash, &senders, &s)?);
+        out.state = member_events_for(&app, &room, hash, &senders, &s)?
+            .iter()
+            .map(raw_json)
+            .collect::<ApiResult<_>>()?;
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// The visible events around timeline position `count` of a room: up to `before_n` before
@@ -381,38 +385,20 @@ pub async fn context(
 /// Most timeline entries `timestamp_to_event` inspects.
 const TS_SCAN_CAP: usize = 100_000;
 
-#[derive(Deserialize)]
-pub struct TimestampQuery {
-    ts: Option<String>,
-    dir: Option<String>,
-}
-
 /// The visible event closest to `ts` in the given direction: the first at or after it (`f`),
 /// or the last at or before it (`b`).
-///
-/// Hand-written: ruma answers a missing `ts` or `dir` `M_INVALID_PARAM`, not `M_MISSING_PARAM`.
 pub async fn timestamp_to_event(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<TimestampQuery>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
+    app: App,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> ApiResult<get_event_by_timestamp::v1::Response> {
+    let (s, q) = (req.caller, req.body);
+    let room_id = q.room_id;
     let room = app.room_or_forbidden(&room_id)?;
     check_access(&app, &s, &room)?;
-    let ts: u64 =
-        q.ts.as_deref()
-            .ok_or_else(|| ApiError::MissingParam("ts is required".into()))?
-            .parse()
-            .map_err(|_| ApiError::InvalidParam("ts must be a timestamp in milliseconds".into()))?;
-    let forwards = match q.dir.as_deref() {
-        Some("f") => true,
-        Some("b") => false,
-        Some(_) => return Err(ApiError::InvalidParam("dir must be f or b".into())),
-        None => return Err(ApiError::MissingParam("dir is required".into())),
-    };
+    let ts = u64::from(q.ts.0);
+    let forwards = q.dir == Direction::Forward;
     let now = app.store.current_count();
-    let mut best: Option<(u64, u64, String)> = None;
+    let mut best: Option<(u64, MilliSecondsSinceUnixEpoch, OwnedEventId)> = None;
     for item in app.timeline(room.short, 0, now).take(TS_SCAN_CAP) {
         let (_, short) = item?;
         let Some(pdu) = app.pdu_by_short(short)? else {
@@ -425,12 +411,10 @@ pub async fn timestamp_to_event(
         }
         let distance = ev_ts.abs_diff(ts);
         if best.as_ref().is_none_or(|(d, _, _)| distance < *d) {
-            best = Some((distance, ev_ts, pdu.event_id.to_string()));
+            best = Some((distance, pdu.origin_server_ts, pdu.event_id));
         }
     }
     let (_, ev_ts, event_id) =
         best.ok_or_else(|| ApiError::NotFound("No event found in that direction".into()))?;
-    Ok(Json(
-        json!({ "event_id": event_id, "origin_server_ts": ev_ts }),
-    ))
+    Ok(get_event_by_timestamp::v1::Response::new(event_id, ev_ts))
 }

@@ -64,7 +64,6 @@ pub fn router() -> Router<App> {
             "/rooms/{room_id}/joined_members",
             get(room_events::joined_members),
         )
-        .route("/rooms/{room_id}/messages", get(messages::messages))
         .route(
             "/rooms/{room_id}/context/{event_id}",
             get(messages::context),
@@ -122,10 +121,6 @@ pub fn router() -> Router<App> {
         .route("/rooms/{room_id}/typing/{user_id}", put(receipts::typing));
 
     let v1 = Router::new()
-        .route(
-            "/rooms/{room_id}/timestamp_to_event",
-            get(messages::timestamp_to_event),
-        )
         // ruma's RoomSummary leaves out a public join_rule
         .route("/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
         .route("/room_summary/{room}", get(spaces::room_summary))
@@ -192,6 +187,8 @@ pub fn router() -> Router<App> {
         .ruma(room_events::redact)
         .ruma(room_events::event)
         .ruma(room_events::members)
+        .ruma(messages::messages)
+        .ruma(messages::timestamp_to_event)
         .ruma(directory::create)
         .ruma(directory::get)
         .ruma(directory::delete)

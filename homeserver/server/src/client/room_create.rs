@@ -55,6 +55,7 @@ fn state(kind: &str, key: &str, content: Value) -> NewEvent {
     }
 }
 
+/// Hand-written: ruma answers a malformed `room_version` `M_INVALID_PARAM`, not unsupported.
 pub async fn create_room(
     State(app): State<App>,
     Auth(s): Auth,

@@ -48,6 +48,7 @@ fn state(kind: &str, key: &str, content: Value) -> NewEvent {
     }
 }
 
+/// Hand-written: ruma answers a malformed `new_version` `M_INVALID_PARAM`, not unsupported.
 pub async fn upgrade(
     State(app): State<App>,
     Auth(s): Auth,
