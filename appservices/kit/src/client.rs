@@ -1,5 +1,6 @@
-//! The HTTP client towards the homeserver: bearer token, URLs built from path segments (so room
-//! ids, aliases and event types are always escaped), and retries.
+//! The HTTP client towards the homeserver: bearer token, requests built by ruma from its typed
+//! request types ([`Client::send`]) or, for what ruma does not define, from path segments (so
+//! room ids, aliases and event types are always escaped), and retries.
 //!
 //! What is retried: connection failures and timeouts, 5xx and 429 (waiting what the server asks,
 //! `retry_after_ms` or `Retry-After`), with exponential back-off up to a cap and a bounded number
@@ -7,16 +8,35 @@
 //! delays it. A retried request may reach the homeserver twice if an answer was lost; message
 //! sends carry a transaction id, so those are deduplicated by the homeserver.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 pub use reqwest::Method;
 use reqwest::{StatusCode, Url};
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
+use ruma::api::path_builder::VersionHistory;
+use ruma::api::{
+    AppserviceUserIdentity, IncomingResponseExt, MatrixVersion, Metadata, OutgoingRequest,
+    OutgoingRequestAppserviceExt, OutgoingRequestExt, SupportedVersions,
+};
+use ruma::UserId;
 use serde_json::Value;
 
 use crate::error::{Error, MatrixError};
+
+/// The Matrix version whose endpoint paths ruma picks (`/v3/...`, `/v1/...`).
+const MATRIX_VERSION: MatrixVersion = MatrixVersion::V1_15;
+
+/// What ruma is told the homeserver supports, to choose each endpoint's path.
+pub(crate) fn supported_versions() -> SupportedVersions {
+    SupportedVersions {
+        versions: [MATRIX_VERSION].into(),
+        features: Default::default(),
+    }
+}
 
 /// How hard to try.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +123,21 @@ enum Retryable {
     Matrix(MatrixError, Option<Duration>),
 }
 
+/// A request ready to be sent, and sent again on a retry (`Bytes` clones share the buffer).
+struct Prepared {
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+/// A 2xx answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
 impl Client {
     /// `base_url` is the homeserver's client API base, e.g. `http://127.0.0.1:8008` (a path
     /// prefix is kept).
@@ -157,8 +192,60 @@ impl Client {
         url
     }
 
-    /// Send a request, retrying as the module describes, and read the JSON answer (`{}` for an
-    /// empty body).
+    /// Send one of ruma's typed Client-Server requests with the appservice's token, as
+    /// `user_id` (`?user_id=`, identity assertion) if given, else as the appservice's own user;
+    /// retried as the module describes. A Matrix error answer is [`Error::Matrix`], with its
+    /// `errcode` and status; a 2xx answer ruma cannot read is [`Error::BadResponse`].
+    pub async fn send<R>(
+        &self,
+        request: R,
+        user_id: Option<&UserId>,
+    ) -> Result<R::IncomingResponse, Error>
+    where
+        R: OutgoingRequest + Metadata<PathBuilder = VersionHistory>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        // The token goes along even where an endpoint does not require one: `?user_id=` means
+        // something only with the appservice's token, and some endpoints (registering a ghost)
+        // require it only of appservices.
+        let token = SendAccessToken::Always(&self.token);
+        let versions = Cow::Owned(supported_versions());
+        let built = match user_id {
+            Some(user) => request.try_into_http_request_with_identity::<Vec<u8>>(
+                self.base.as_str(),
+                token,
+                AppserviceUserIdentity::new(user),
+                versions,
+            ),
+            None => request.try_into_http_request::<Vec<u8>>(self.base.as_str(), token, versions),
+        };
+        let built = built.map_err(|e| Error::InvalidRequest {
+            what: "request".into(),
+            why: e.to_string(),
+        })?;
+        let (parts, body) = built.into_parts();
+        let url = Url::parse(&parts.uri.to_string()).map_err(|e| Error::BadUrl {
+            url: parts.uri.to_string(),
+            why: e.to_string(),
+        })?;
+        let prepared = Prepared {
+            method: parts.method,
+            url,
+            headers: parts.headers,
+            body: (!body.is_empty()).then(|| Bytes::from(body)),
+        };
+        let answer = self.execute(&prepared).await?;
+        let mut response = http::Response::new(&answer.body[..]);
+        *response.status_mut() = answer.status;
+        *response.headers_mut() = answer.headers;
+        R::IncomingResponse::try_from_http_response(response).map_err(|e| Error::BadResponse {
+            url: prepared.url.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Send a request ruma has no type for, retrying as the module describes, and read the
+    /// JSON answer (`{}` for an empty body).
     pub async fn request(
         &self,
         method: Method,
@@ -167,11 +254,50 @@ impl Client {
         body: Body,
     ) -> Result<Value, Error> {
         let url = self.url(segments, query);
+        let mut headers = HeaderMap::new();
+        let body = match body {
+            Body::Empty => None,
+            Body::Json(v) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let bytes = serde_json::to_vec(&v).map_err(|e| Error::InvalidRequest {
+                    what: "JSON body".into(),
+                    why: e.to_string(),
+                })?;
+                Some(Bytes::from(bytes))
+            }
+            Body::Bytes { data, content_type } => {
+                let value =
+                    HeaderValue::from_str(&content_type).map_err(|e| Error::InvalidRequest {
+                        what: format!("content type {content_type:?}"),
+                        why: e.to_string(),
+                    })?;
+                headers.insert(CONTENT_TYPE, value);
+                Some(data)
+            }
+        };
+        let prepared = Prepared {
+            method,
+            url,
+            headers,
+            body,
+        };
+        let answer = self.execute(&prepared).await?;
+        if answer.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Object(Default::default()));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| Error::BadResponse {
+            url: prepared.url.to_string(),
+            why: format!("body is not JSON: {e}"),
+        })
+    }
+
+    /// Send, retrying as the module describes; the 2xx answer.
+    async fn execute(&self, req: &Prepared) -> Result<Answer, Error> {
         let attempts = self.policy.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(&method, &url, &body).await {
-                Ok(Ok(v)) => return Ok(v),
+            let failure = match self.attempt(req).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => return Err(e),
                 Err(f) => f,
             };
@@ -179,7 +305,7 @@ impl Client {
                 Retryable::Transport(e) => (
                     self.policy.backoff(attempt),
                     Error::Transport {
-                        url: url.to_string(),
+                        url: req.url.to_string(),
                         source: e,
                     },
                 ),
@@ -192,52 +318,42 @@ impl Client {
             if attempt >= attempts {
                 return Err(err);
             }
-            tracing::warn!(%method, %url, attempt, ?wait, error = %err, "retrying");
+            tracing::warn!(method = %req.method, url = %req.url, attempt, ?wait, error = %err, "retrying");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }
 
     /// One attempt. Outer `Err`: worth retrying; inner: the final answer.
-    async fn attempt(
-        &self,
-        method: &Method,
-        url: &Url,
-        body: &Body,
-    ) -> Result<Result<Value, Error>, Retryable> {
-        let mut req = self
+    async fn attempt(&self, req: &Prepared) -> Result<Result<Answer, Error>, Retryable> {
+        let mut builder = self
             .http
-            .request(method.clone(), url.clone())
-            .bearer_auth(&*self.token)
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone())
             .timeout(self.policy.timeout);
-        req = match body {
-            Body::Empty => req,
-            Body::Json(v) => req.json(v),
-            Body::Bytes { data, content_type } => req
-                .header(CONTENT_TYPE, content_type.as_str())
-                .body(data.clone()),
-        };
-        let resp = req.send().await.map_err(Retryable::Transport)?;
+        if !req.headers.contains_key(AUTHORIZATION) {
+            builder = builder.bearer_auth(&*self.token);
+        }
+        if let Some(body) = &req.body {
+            builder = builder.body(body.clone());
+        }
+        let resp = builder.send().await.map_err(Retryable::Transport)?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
+        let headers = resp.headers().clone();
+        let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = resp.bytes().await.map_err(Retryable::Transport)?;
+        let body = resp.bytes().await.map_err(Retryable::Transport)?;
         if status.is_success() {
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Ok(Value::Object(Default::default())));
-            }
-            return Ok(
-                serde_json::from_slice(&bytes).map_err(|e| Error::BadResponse {
-                    url: url.to_string(),
-                    why: format!("body is not JSON: {e}"),
-                }),
-            );
+            return Ok(Ok(Answer {
+                status,
+                headers,
+                body,
+            }));
         }
-        let err = MatrixError::from_response(status.as_u16(), &bytes);
+        let err = MatrixError::from_response(status.as_u16(), &body);
         if status == StatusCode::TOO_MANY_REQUESTS {
             let hint = err
                 .retry_after_ms
@@ -250,17 +366,6 @@ impl Client {
         }
         Ok(Err(Error::Matrix(err)))
     }
-}
-
-/// A string field of a JSON answer, or a [`Error::BadResponse`] naming it.
-pub(crate) fn str_field(v: &Value, field: &str, what: &str) -> Result<String, Error> {
-    v.get(field)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| Error::BadResponse {
-            url: what.to_owned(),
-            why: format!("no string `{field}` in {v}"),
-        })
 }
 
 #[cfg(test)]
@@ -360,6 +465,70 @@ mod tests {
             .unwrap();
         assert_eq!(v, json!({"ok": true}));
         assert_eq!(hits.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn typed_requests_carry_the_token_and_the_asserted_user() {
+        use axum::extract::{Path, RawQuery};
+        use axum::routing::post;
+        use ruma::api::client::membership::{invite_user, leave_room};
+
+        type Seen = Vec<(String, Vec<(String, String)>, String)>;
+        let seen: Arc<std::sync::Mutex<Seen>> = Arc::default();
+        let s = seen.clone();
+        let app = Router::new()
+            .route(
+                "/prefix/_matrix/client/v3/rooms/{room}/leave",
+                post(
+                    move |Path(room): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap| {
+                        let s = s.clone();
+                        async move {
+                            let query = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+                                .into_owned()
+                                .collect();
+                            let auth = headers["authorization"].to_str().unwrap().to_owned();
+                            s.lock().unwrap().push((room, query, auth));
+                            axum::Json(json!({}))
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/prefix/_matrix/client/v3/rooms/{room}/invite",
+                post(|| async {
+                    (
+                        StatusCode::FORBIDDEN,
+                        axum::Json(json!({"errcode": "M_FORBIDDEN", "error": "no"})),
+                    )
+                }),
+            );
+        let base = serve(app).await;
+        let c = Client::new(&format!("{base}/prefix/"), "tok", fast()).unwrap();
+        let room = ruma::OwnedRoomId::try_from("!r/x:hs").unwrap();
+        let user = ruma::OwnedUserId::try_from("@g:hs").unwrap();
+        c.send(leave_room::v3::Request::new(room.clone()), Some(&*user))
+            .await
+            .unwrap();
+        c.send(leave_room::v3::Request::new(room.clone()), None)
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let user_id = vec![("user_id".to_owned(), "@g:hs".to_owned())];
+        assert_eq!(
+            seen,
+            vec![
+                ("!r/x:hs".to_owned(), user_id, "Bearer tok".to_owned()),
+                ("!r/x:hs".to_owned(), vec![], "Bearer tok".to_owned()),
+            ]
+        );
+
+        let invite = invite_user::v3::Request::new(
+            room,
+            invite_user::v3::InviteUserId::new(user.clone()).into(),
+        );
+        let err = c.send(invite, Some(&*user)).await.unwrap_err();
+        assert_eq!(err.errcode(), Some("M_FORBIDDEN"));
+        assert_eq!(err.status(), Some(403));
     }
 
     #[tokio::test]

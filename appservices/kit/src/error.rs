@@ -58,6 +58,11 @@ pub enum Error {
     /// its user namespaces on this server, so the homeserver would refuse it anyway.
     #[error("{user_id} is not a user this appservice may act as")]
     NotInNamespace { user_id: String },
+    /// Refused locally, before any request: an argument the endpoint cannot take (a malformed
+    /// room id, alias, user id or server name; a `createRoom` body with a field the endpoint
+    /// does not define), or a request that could not be built.
+    #[error("invalid {what}: {why}")]
+    InvalidRequest { what: String, why: String },
     /// The homeserver could not be reached (after the retries).
     #[error("request to {url} failed: {source}")]
     Transport {

@@ -3,9 +3,37 @@
 //! assertion), so no per-user login or access token exists.
 
 use bytes::Bytes;
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
+use ruma::api::client::{
+    account::register::{self, LoginType},
+    alias::{create_alias, get_alias},
+    media::create_content,
+    membership::{
+        invite_user::{self, v3::InviteUserId},
+        join_room_by_id_or_alias, leave_room, Invite3pid,
+    },
+    message::send_message_event,
+    profile::set_profile_field,
+    room::{
+        create_room::{
+            self,
+            v3::{CreationContent, RoomPreset},
+            RoomPowerLevelsContentOverride,
+        },
+        Visibility,
+    },
+    state::{get_state_event_for_key, send_state_event},
+};
+use ruma::api::path_builder::VersionHistory;
+use ruma::api::{Metadata, OutgoingRequest};
+use ruma::events::AnyInitialStateEvent;
+use ruma::profile::ProfileFieldValue;
+use ruma::serde::Raw;
+use ruma::{IdParseError, OwnedMxcUri, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::client::{str_field, Body, Method};
+use crate::client::{Body, Method};
 use crate::error::Error;
 use crate::AppService;
 
@@ -25,7 +53,69 @@ pub struct ResolvedAlias {
     pub servers: Vec<String>,
 }
 
-const V3: [&str; 3] = ["_matrix", "client", "v3"];
+/// `s` as a ruma identifier, or [`Error::InvalidRequest`] naming `what`.
+fn parse_id<T>(what: &str, s: &str) -> Result<T, Error>
+where
+    T: for<'a> TryFrom<&'a str, Error = IdParseError>,
+{
+    T::try_from(s).map_err(|e| Error::InvalidRequest {
+        what: format!("{what} {s:?}"),
+        why: e.to_string(),
+    })
+}
+
+/// Free-form JSON (event content) as the raw JSON ruma's request types carry.
+fn raw<T>(content: &Value) -> Result<Raw<T>, Error> {
+    serde_json::value::to_raw_value(content)
+        .map(Raw::from_json)
+        .map_err(|e| Error::InvalidRequest {
+            what: "event content".into(),
+            why: e.to_string(),
+        })
+}
+
+/// The `createRoom` body [`Intent::create_room`] takes, read into the fields of ruma's request
+/// type. A field the endpoint does not define is refused rather than dropped unseen.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoomBody {
+    creation_content: Option<Raw<CreationContent>>,
+    #[serde(default)]
+    initial_state: Vec<Raw<AnyInitialStateEvent>>,
+    #[serde(default)]
+    invite: Vec<OwnedUserId>,
+    #[serde(default)]
+    invite_3pid: Vec<Invite3pid>,
+    #[serde(default)]
+    is_direct: bool,
+    name: Option<String>,
+    power_level_content_override: Option<Raw<RoomPowerLevelsContentOverride>>,
+    preset: Option<RoomPreset>,
+    room_alias_name: Option<String>,
+    room_version: Option<RoomVersionId>,
+    topic: Option<String>,
+    #[serde(default)]
+    visibility: Visibility,
+}
+
+impl CreateRoomBody {
+    fn into_request(self) -> create_room::v3::Request {
+        let mut request = create_room::v3::Request::new();
+        request.creation_content = self.creation_content;
+        request.initial_state = self.initial_state;
+        request.invite = self.invite;
+        request.invite_3pid = self.invite_3pid;
+        request.is_direct = self.is_direct;
+        request.name = self.name;
+        request.power_level_content_override = self.power_level_content_override;
+        request.preset = self.preset;
+        request.room_alias_name = self.room_alias_name;
+        request.room_version = self.room_version;
+        request.topic = self.topic;
+        request.visibility = self.visibility;
+        request
+    }
+}
 
 impl Intent {
     pub(crate) fn new(service: AppService, user_id: String) -> Self {
@@ -48,7 +138,28 @@ impl Intent {
         self.user_id == self.service.bot_user_id()
     }
 
-    /// A request as this user: the appservice's token, `?user_id=` naming the user.
+    /// The user's id as ruma's type.
+    fn ruma_user_id(&self) -> Result<OwnedUserId, Error> {
+        parse_id("user id", &self.user_id)
+    }
+
+    /// A typed request as this user (the appservice's token, `?user_id=` naming the user),
+    /// after making sure the user exists: a ghost is created on first use. The appservice's own
+    /// user is taken to exist (homeservers create it from the registration).
+    async fn send<R>(&self, request: R) -> Result<R::IncomingResponse, Error>
+    where
+        R: OutgoingRequest + Metadata<PathBuilder = VersionHistory>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let user = self.ruma_user_id()?;
+        if !self.is_bot() {
+            self.ensure_registered().await?;
+        }
+        self.service.client().send(request, Some(&*user)).await
+    }
+
+    /// A request ruma has no type for, as this user: the appservice's token, `?user_id=`
+    /// naming the user.
     async fn call(
         &self,
         method: Method,
@@ -65,9 +176,7 @@ impl Intent {
             .await
     }
 
-    /// [`Intent::call`] after making sure the user exists: a ghost is created on first use.
-    /// The appservice's own user is taken to exist (homeservers create it from the
-    /// registration).
+    /// [`Intent::call`] after making sure the user exists, as [`Intent::send`] does.
     async fn act(
         &self,
         method: Method,
@@ -81,12 +190,6 @@ impl Intent {
         self.call(method, segments, query, body).await
     }
 
-    /// `/_matrix/client/v3/...` as this user.
-    async fn v3(&self, method: Method, path: &[&str], body: Body) -> Result<Value, Error> {
-        let segments: Vec<&str> = V3.iter().chain(path).copied().collect();
-        self.act(method, &segments, &[], body).await
-    }
-
     /// Create the user if it does not exist yet (`M_USER_IN_USE` means it does). Remembered, so
     /// only the first call per user and process makes a request. The other methods call this
     /// themselves.
@@ -94,20 +197,13 @@ impl Intent {
         if self.service.is_registered(&self.user_id) {
             return Ok(());
         }
-        let body = json!({
-            "type": "m.login.application_service",
-            "username": self.localpart(),
-            // The appservice never needs the access token a login would make.
-            "inhibit_login": true,
-        });
+        let mut request = register::v3::Request::new();
+        request.login_type = Some(LoginType::ApplicationService);
+        request.username = Some(self.localpart().to_owned());
+        // The appservice never needs the access token a login would make.
+        request.inhibit_login = true;
         // No `user_id` here: asserting a user that does not exist yet is refused by some servers.
-        let segments: Vec<&str> = V3.iter().chain(&["register"]).copied().collect();
-        match self
-            .service
-            .client()
-            .request(Method::POST, &segments, &[], Body::Json(body))
-            .await
-        {
+        match self.service.client().send(request, None).await {
             Ok(_) => {}
             Err(e) if e.errcode() == Some("M_USER_IN_USE") => {}
             Err(e) => return Err(e),
@@ -116,12 +212,16 @@ impl Intent {
         Ok(())
     }
 
-    /// `POST /createRoom` with `body` as given; the new room's id.
+    /// `POST /createRoom` with `body` (the endpoint's JSON body, read into ruma's request
+    /// type: a field it does not define is [`Error::InvalidRequest`]); the new room's id.
     pub async fn create_room(&self, body: Value) -> Result<String, Error> {
-        let v = self
-            .v3(Method::POST, &["createRoom"], Body::Json(body))
-            .await?;
-        str_field(&v, "room_id", "createRoom")
+        let body: CreateRoomBody =
+            serde_json::from_str(&body.to_string()).map_err(|e| Error::InvalidRequest {
+                what: "createRoom body".into(),
+                why: e.to_string(),
+            })?;
+        let response = self.send(body.into_request()).await?;
+        Ok(response.room_id.to_string())
     }
 
     /// Join a room by id or alias; the room's id.
@@ -131,42 +231,30 @@ impl Intent {
 
     /// Join through the given servers (for rooms the homeserver is not in yet).
     pub async fn join_via(&self, room_id_or_alias: &str, via: &[&str]) -> Result<String, Error> {
-        let segments: Vec<&str> = V3
+        let mut request = join_room_by_id_or_alias::v3::Request::new(parse_id(
+            "room id or alias",
+            room_id_or_alias,
+        )?);
+        request.via = via
             .iter()
-            .chain(&["join", room_id_or_alias])
-            .copied()
-            .collect();
-        // Both names: `via` is the current one, `server_name` what older servers read.
-        let query: Vec<(&str, &str)> = via
-            .iter()
-            .flat_map(|s| [("via", *s), ("server_name", *s)])
-            .collect();
-        let v = self
-            .act(Method::POST, &segments, &query, Body::Json(json!({})))
-            .await?;
-        str_field(&v, "room_id", "join")
+            .map(|s| parse_id("server name", s))
+            .collect::<Result<Vec<OwnedServerName>, Error>>()?;
+        let response = self.send(request).await?;
+        Ok(response.room_id.to_string())
     }
 
     /// Invite `user_id` to the room.
     pub async fn invite(&self, room_id: &str, user_id: &str) -> Result<(), Error> {
-        self.v3(
-            Method::POST,
-            &["rooms", room_id, "invite"],
-            Body::Json(json!({ "user_id": user_id })),
-        )
-        .await
-        .map(drop)
+        let recipient = InviteUserId::new(parse_id("user id", user_id)?);
+        let request =
+            invite_user::v3::Request::new(parse_id("room id", room_id)?, recipient.into());
+        self.send(request).await.map(drop)
     }
 
     /// Leave the room (or refuse an invite).
     pub async fn leave(&self, room_id: &str) -> Result<(), Error> {
-        self.v3(
-            Method::POST,
-            &["rooms", room_id, "leave"],
-            Body::Json(json!({})),
-        )
-        .await
-        .map(drop)
+        let request = leave_room::v3::Request::new(parse_id("room id", room_id)?);
+        self.send(request).await.map(drop)
     }
 
     /// Send an event; its id. The transaction id is fresh per call and kept across retries,
@@ -177,15 +265,16 @@ impl Intent {
         event_type: &str,
         content: Value,
     ) -> Result<String, Error> {
+        let room: OwnedRoomId = parse_id("room id", room_id)?;
         let txn = self.service.next_txn_id();
-        let v = self
-            .v3(
-                Method::PUT,
-                &["rooms", room_id, "send", event_type, &txn],
-                Body::Json(content),
-            )
-            .await?;
-        str_field(&v, "event_id", "send")
+        let request = send_message_event::v3::Request::new_raw(
+            room,
+            txn.into(),
+            event_type.into(),
+            raw(&content)?,
+        );
+        let response = self.send(request).await?;
+        Ok(response.event_id.to_string())
     }
 
     /// Send an `m.text` message.
@@ -208,17 +297,8 @@ impl Intent {
         .await
     }
 
-    /// Path of a state event. An empty state key leaves the segment out, which the spec allows
-    /// and which avoids a trailing slash that some routers do not match.
-    fn state_path<'a>(room_id: &'a str, event_type: &'a str, state_key: &'a str) -> Vec<&'a str> {
-        let mut p = vec!["rooms", room_id, "state", event_type];
-        if !state_key.is_empty() {
-            p.push(state_key);
-        }
-        p
-    }
-
-    /// Set a state event; its id.
+    /// Set a state event; its id. An empty state key is sent as ruma builds it, with a
+    /// trailing slash (`.../state/{type}/`), which the spec allows.
     pub async fn set_state(
         &self,
         room_id: &str,
@@ -226,14 +306,14 @@ impl Intent {
         state_key: &str,
         content: Value,
     ) -> Result<String, Error> {
-        let v = self
-            .v3(
-                Method::PUT,
-                &Self::state_path(room_id, event_type, state_key),
-                Body::Json(content),
-            )
-            .await?;
-        str_field(&v, "event_id", "state")
+        let request = send_state_event::v3::Request::new_raw(
+            parse_id("room id", room_id)?,
+            event_type.into(),
+            state_key.to_owned(),
+            raw(&content)?,
+        );
+        let response = self.send(request).await?;
+        Ok(response.event_id.to_string())
     }
 
     /// A state event's content; `None` if the room has no such state (`M_NOT_FOUND`).
@@ -243,15 +323,18 @@ impl Intent {
         event_type: &str,
         state_key: &str,
     ) -> Result<Option<Value>, Error> {
-        match self
-            .v3(
-                Method::GET,
-                &Self::state_path(room_id, event_type, state_key),
-                Body::Empty,
-            )
-            .await
-        {
-            Ok(v) => Ok(Some(v)),
+        let request = get_state_event_for_key::v3::Request::new(
+            parse_id("room id", room_id)?,
+            event_type.into(),
+            state_key.to_owned(),
+        );
+        match self.send(request).await {
+            Ok(response) => serde_json::from_str(response.event_or_content.get())
+                .map(Some)
+                .map_err(|e| Error::BadResponse {
+                    url: "state".into(),
+                    why: e.to_string(),
+                }),
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
             Err(e) => Err(e),
         }
@@ -259,23 +342,19 @@ impl Intent {
 
     /// Set the user's display name.
     pub async fn set_displayname(&self, name: &str) -> Result<(), Error> {
-        self.set_profile_field("displayname", name).await
+        self.set_profile_field(ProfileFieldValue::DisplayName(name.to_owned()))
+            .await
     }
 
     /// Set the user's avatar (an `mxc://` URI, e.g. from [`Intent::upload`]).
     pub async fn set_avatar_url(&self, mxc: &str) -> Result<(), Error> {
-        self.set_profile_field("avatar_url", mxc).await
+        self.set_profile_field(ProfileFieldValue::AvatarUrl(OwnedMxcUri::from(mxc)))
+            .await
     }
 
-    async fn set_profile_field(&self, field: &str, value: &str) -> Result<(), Error> {
-        let user = self.user_id.clone();
-        self.v3(
-            Method::PUT,
-            &["profile", &user, field],
-            Body::Json(json!({ field: value })),
-        )
-        .await
-        .map(drop)
+    async fn set_profile_field(&self, value: ProfileFieldValue) -> Result<(), Error> {
+        let request = set_profile_field::v3::Request::new(self.ruma_user_id()?, value);
+        self.send(request).await.map(drop)
     }
 
     /// Upload media as this user; its `mxc://` URI.
@@ -285,68 +364,45 @@ impl Intent {
         content_type: &str,
         filename: Option<&str>,
     ) -> Result<String, Error> {
-        let query: Vec<(&str, &str)> = filename.map(|f| ("filename", f)).into_iter().collect();
-        let v = self
-            .act(
-                Method::POST,
-                &["_matrix", "media", "v3", "upload"],
-                &query,
-                Body::Bytes {
-                    data: data.into(),
-                    content_type: content_type.to_owned(),
-                },
-            )
-            .await?;
-        let uri = str_field(&v, "content_uri", "upload")?;
-        if !uri.starts_with("mxc://") {
+        let data: Bytes = data.into();
+        let mut request = create_content::v3::Request::new(Vec::from(data));
+        request.content_type = Some(content_type.to_owned());
+        request.filename = filename.map(str::to_owned);
+        let uri = self.send(request).await?.content_uri;
+        if !uri.as_str().starts_with("mxc://") {
             return Err(Error::BadResponse {
                 url: "upload".into(),
                 why: format!("content_uri {uri:?} is not an mxc URI"),
             });
         }
-        Ok(uri)
+        Ok(uri.to_string())
     }
 
     /// Point `alias` at `room_id`.
     pub async fn create_alias(&self, alias: &str, room_id: &str) -> Result<(), Error> {
-        self.v3(
-            Method::PUT,
-            &["directory", "room", alias],
-            Body::Json(json!({ "room_id": room_id })),
-        )
-        .await
-        .map(drop)
+        let request = create_alias::v3::Request::new(
+            parse_id("alias", alias)?,
+            parse_id("room id", room_id)?,
+        );
+        self.send(request).await.map(drop)
     }
 
     /// Where `alias` points; `None` if nowhere (`M_NOT_FOUND`).
     pub async fn resolve_alias(&self, alias: &str) -> Result<Option<ResolvedAlias>, Error> {
-        let v = match self
-            .v3(Method::GET, &["directory", "room", alias], Body::Empty)
-            .await
-        {
-            Ok(v) => v,
-            Err(e) if e.errcode() == Some("M_NOT_FOUND") => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let servers = v
-            .get("servers")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Some(ResolvedAlias {
-            room_id: str_field(&v, "room_id", "directory")?,
-            servers,
-        }))
+        let request = get_alias::v3::Request::new(parse_id("alias", alias)?);
+        match self.send(request).await {
+            Ok(response) => Ok(Some(ResolvedAlias {
+                room_id: response.room_id.to_string(),
+                servers: response.servers.iter().map(ToString::to_string).collect(),
+            })),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Any other Client-Server request as this user, for what the methods above do not cover.
-    /// `segments` is the whole path, e.g. `["_matrix", "client", "v3", "rooms", room, "typing",
-    /// user]`.
+    /// Any other Client-Server request as this user, for what the methods above do not cover
+    /// (and ruma does not define). `segments` is the whole path, e.g. `["_matrix", "client",
+    /// "v3", "rooms", room, "typing", user]`.
     pub async fn raw(
         &self,
         method: Method,
@@ -355,5 +411,36 @@ impl Intent {
         body: Body,
     ) -> Result<Value, Error> {
         self.act(method, segments, query, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_room_bodies_become_ruma_requests() {
+        let body = json!({
+            "preset": "private_chat",
+            "name": "kit room",
+            "invite": ["@a:hs"],
+            "initial_state": [{
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            }],
+        });
+        let request = serde_json::from_str::<CreateRoomBody>(&body.to_string())
+            .unwrap()
+            .into_request();
+        assert_eq!(request.name.as_deref(), Some("kit room"));
+        assert_eq!(
+            request.invite,
+            vec![OwnedUserId::try_from("@a:hs").unwrap()]
+        );
+        assert_eq!(request.initial_state.len(), 1);
+        assert!(matches!(request.preset, Some(RoomPreset::PrivateChat)));
+        // A misspelt field is refused, not silently dropped.
+        assert!(serde_json::from_str::<CreateRoomBody>(r#"{"nmae": "x"}"#).is_err());
     }
 }

@@ -58,7 +58,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use serde_json::json;
+use ruma::api::client::appservice::{request_ping, set_room_visibility};
+use ruma::api::client::room::Visibility;
+use ruma::OwnedRoomId;
 
 pub use client::{Body, Client, Method, RetryPolicy};
 pub use command::Command;
@@ -210,30 +212,15 @@ impl AppService {
     /// round trip in milliseconds as the homeserver measured it. Not retried: it reports how
     /// things are now (a 502 `M_CONNECTION_FAILED` means the homeserver could not reach us).
     pub async fn ping(&self) -> Result<u64, Error> {
-        let v = self
+        let mut request = request_ping::v1::Request::new(self.inner.registration.id.clone());
+        request.transaction_id = Some(self.next_txn_id().into());
+        let response = self
             .inner
             .client
             .with_policy(RetryPolicy::no_retries())
-            .request(
-                Method::POST,
-                &[
-                    "_matrix",
-                    "client",
-                    "v1",
-                    "appservice",
-                    &self.inner.registration.id,
-                    "ping",
-                ],
-                &[],
-                Body::Json(json!({ "transaction_id": self.next_txn_id() })),
-            )
+            .send(request, None)
             .await?;
-        v.get("duration_ms")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| Error::BadResponse {
-                url: "appservice ping".into(),
-                why: format!("no `duration_ms` in {v}"),
-            })
+        Ok(u64::try_from(response.duration.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Publish the room in (or remove it from) the appservice's room directory for
@@ -244,26 +231,18 @@ impl AppService {
         room_id: &str,
         public: bool,
     ) -> Result<(), Error> {
-        let visibility = if public { "public" } else { "private" };
-        self.inner
-            .client
-            .request(
-                Method::PUT,
-                &[
-                    "_matrix",
-                    "client",
-                    "v3",
-                    "directory",
-                    "list",
-                    "appservice",
-                    network_id,
-                    room_id,
-                ],
-                &[],
-                Body::Json(json!({ "visibility": visibility })),
-            )
-            .await
-            .map(drop)
+        let room_id = OwnedRoomId::try_from(room_id).map_err(|e| Error::InvalidRequest {
+            what: format!("room id {room_id:?}"),
+            why: e.to_string(),
+        })?;
+        let visibility = if public {
+            Visibility::Public
+        } else {
+            Visibility::Private
+        };
+        let request =
+            set_room_visibility::v3::Request::new(network_id.to_owned(), room_id, visibility);
+        self.inner.client.send(request, None).await.map(drop)
     }
 
     /// The endpoints the homeserver calls, checking this registration's `hs_token`, with

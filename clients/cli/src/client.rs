@@ -2,15 +2,34 @@
 //! that is rewritten (atomically) after every step that changes it.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
+use ruma::api::client::{
+    keys::{claim_keys, get_keys, upload_keys},
+    membership::{
+        invite_user::{self, v3::InviteUserId},
+        join_room_by_id_or_alias, joined_members, joined_rooms,
+    },
+    message::{get_message_events, send_message_event},
+    room::create_room::{self, v3::RoomPreset},
+    state::get_state_event_for_key,
+    sync::sync_events,
+    to_device::send_event_to_device,
+};
+use ruma::api::Direction;
+use ruma::encryption::{DeviceKeys, OneTimeKey};
+use ruma::events::{StateEventType, ToDeviceEventType};
+use ruma::serde::Raw;
+use ruma::to_device::DeviceIdOrAllDevices;
+use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedRoomId, OwnedUserId, UInt};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
-    api::{enc, Api},
+    api::{as_json, parse_id, raw, Api, Session},
     crypto::{DeviceInfo, Machine, MachinePickle, MEGOLM},
     Error,
 };
@@ -54,6 +73,14 @@ pub struct Client {
     pub warnings: Vec<String>,
 }
 
+/// The `/keys/upload` body [`Machine::keys_to_upload`] gives, as the fields of ruma's request.
+#[derive(Deserialize)]
+struct KeysUpload {
+    device_keys: Option<Raw<DeviceKeys>>,
+    #[serde(default)]
+    one_time_keys: BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>,
+}
+
 /// How many unreadable events wait for their keys (the oldest give way).
 const MAX_WAITING: usize = 256;
 
@@ -85,18 +112,12 @@ impl Client {
         Self::start(base, &answer, state).await
     }
 
-    async fn start(base: &str, answer: &Value, state: Option<&Path>) -> Result<Client, Error> {
-        let field = |k: &str| {
-            answer[k]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| Error::Other(format!("login answer has no {k}")))
-        };
-        let (token, user_id, device_id) = (
-            field("access_token")?,
-            field("user_id")?,
-            field("device_id")?,
-        );
+    async fn start(base: &str, answer: &Session, state: Option<&Path>) -> Result<Client, Error> {
+        let Session {
+            user_id,
+            device_id,
+            access_token: token,
+        } = answer.clone();
         let mut c = Client {
             api: Api::new(base, Some(token)),
             machine: Machine::new(&user_id, &device_id),
@@ -170,9 +191,12 @@ impl Client {
     /// Publish device keys (first time) and top one-time keys up.
     async fn upload_keys(&mut self, published: usize) -> Result<(), Error> {
         if let Some(body) = self.machine.keys_to_upload(published) {
-            self.api
-                .post("/_matrix/client/v3/keys/upload", body)
-                .await?;
+            let keys: KeysUpload = serde_json::from_str(&body.to_string())
+                .map_err(|e| Error::Other(format!("keys to upload: {e}")))?;
+            let mut request = upload_keys::v3::Request::new();
+            request.device_keys = keys.device_keys;
+            request.one_time_keys = keys.one_time_keys;
+            self.api.send(request).await?;
             self.machine.keys_uploaded();
             self.save()?;
         }
@@ -183,12 +207,11 @@ impl Client {
     /// counts, then earlier events whose key has now come, then the new room messages,
     /// decrypted where we hold the key.
     pub async fn sync_once(&mut self, timeout_ms: u64) -> Result<Vec<Message>, Error> {
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
-        if let Some(nb) = &self.next_batch {
-            path.push_str(&format!("&since={}", enc(nb)));
-        }
-        let s = self.api.get(&path).await?;
-        for ev in s["to_device"]["events"].as_array().into_iter().flatten() {
+        let mut request = sync_events::v3::Request::new();
+        request.since = self.next_batch.clone();
+        request.timeout = Some(Duration::from_millis(timeout_ms));
+        let s = self.api.send(request).await?;
+        for ev in s.to_device.events.iter().map(as_json) {
             if ev["type"] == "m.room.encrypted" {
                 let sender = ev["sender"].as_str().unwrap_or_default();
                 if let Err(e) = self.machine.olm_decrypt(sender, &ev["content"]) {
@@ -196,19 +219,11 @@ impl Client {
                 }
             }
         }
-        for u in s["device_lists"]["changed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            if let Some(u) = u.as_str() {
-                self.machine.outdated.insert(u.to_owned());
-            }
+        for u in &s.device_lists.changed {
+            self.machine.outdated.insert(u.to_string());
         }
-        for u in s["device_lists"]["left"].as_array().into_iter().flatten() {
-            if let Some(u) = u.as_str() {
-                self.machine.devices.remove(u);
-            }
+        for u in &s.device_lists.left {
+            self.machine.devices.remove(u.as_str());
         }
         let mut out = vec![];
         for (room, ev) in std::mem::take(&mut self.waiting) {
@@ -218,18 +233,19 @@ impl Client {
                 self.waiting.push((room, ev));
             }
         }
-        for (room, r) in s["rooms"]["join"].as_object().into_iter().flatten() {
-            for ev in r["timeline"]["events"].as_array().into_iter().flatten() {
-                if let Some(m) = self.read_event(room, ev) {
+        for (room, r) in &s.rooms.join {
+            for ev in r.timeline.events.iter().map(as_json) {
+                if let Some(m) = self.read_event(room.as_str(), &ev) {
                     out.push(m);
                 }
             }
         }
-        self.next_batch = s["next_batch"].as_str().map(str::to_owned);
+        self.next_batch = Some(s.next_batch.clone());
         self.save()?;
-        let published = s["device_one_time_keys_count"]["signed_curve25519"]
-            .as_u64()
-            .unwrap_or(0) as usize;
+        let published = s
+            .device_one_time_keys_count
+            .get(&OneTimeKeyAlgorithm::SignedCurve25519)
+            .map_or(0, |n| u64::from(*n)) as usize;
         self.upload_keys(published).await?;
         Ok(out)
     }
@@ -280,55 +296,49 @@ impl Client {
         encrypted: bool,
         invite: &[String],
     ) -> Result<String, Error> {
-        let mut body = json!({ "preset": "private_chat", "invite": invite });
+        let mut request = create_room::v3::Request::new();
+        request.preset = Some(RoomPreset::PrivateChat);
+        request.invite = invite
+            .iter()
+            .map(|u| parse_id("user id", u))
+            .collect::<Result<Vec<OwnedUserId>, Error>>()?;
         if encrypted {
-            body["initial_state"] = json!([{
+            request.initial_state = vec![raw(&json!({
                 "type": "m.room.encryption", "state_key": "",
                 "content": { "algorithm": MEGOLM },
-            }]);
+            }))?];
         }
-        let r = self.api.post("/_matrix/client/v3/createRoom", body).await?;
-        r["room_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::Other("createRoom answered no room_id".into()))
+        Ok(self.api.send(request).await?.room_id.to_string())
     }
 
     pub async fn join(&mut self, room: &str) -> Result<String, Error> {
-        let r = self
-            .api
-            .post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({}))
-            .await?;
-        Ok(r["room_id"].as_str().unwrap_or(room).to_owned())
+        let request =
+            join_room_by_id_or_alias::v3::Request::new(parse_id("room id or alias", room)?);
+        Ok(self.api.send(request).await?.room_id.to_string())
     }
 
     pub async fn invite(&mut self, room: &str, user: &str) -> Result<(), Error> {
-        self.api
-            .post(
-                &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
-                json!({ "user_id": user }),
-            )
-            .await
-            .map(|_| ())
+        let recipient = InviteUserId::new(parse_id("user id", user)?);
+        let request = invite_user::v3::Request::new(parse_id("room id", room)?, recipient.into());
+        self.api.send(request).await.map(|_| ())
     }
 
     pub async fn joined_rooms(&self) -> Result<Vec<String>, Error> {
-        let r = self.api.get("/_matrix/client/v3/joined_rooms").await?;
-        Ok(r["joined_rooms"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect())
+        let r = self.api.send(joined_rooms::v3::Request::new()).await?;
+        Ok(r.joined_rooms.iter().map(ToString::to_string).collect())
     }
 
     pub async fn is_encrypted(&self, room: &str) -> Result<bool, Error> {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/state/m.room.encryption/",
-            enc(room)
+        let request = get_state_event_for_key::v3::Request::new(
+            parse_id("room id", room)?,
+            StateEventType::RoomEncryption,
+            String::new(),
         );
-        match self.api.get(&path).await {
-            Ok(c) => Ok(c["algorithm"] == MEGOLM),
+        match self.api.send(request).await {
+            Ok(c) => {
+                let c: Value = serde_json::from_str(c.event_or_content.get()).unwrap_or_default();
+                Ok(c["algorithm"] == MEGOLM)
+            }
             Err(Error::Matrix { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -336,6 +346,7 @@ impl Client {
 
     /// Send a text message, encrypted if the room is.
     pub async fn send_text(&mut self, room: &str, body: &str) -> Result<String, Error> {
+        let room_id: OwnedRoomId = parse_id("room id", room)?;
         let content = json!({ "msgtype": "m.text", "body": body });
         let (kind, content) = if self.is_encrypted(room).await? {
             self.share_room_key(room).await?;
@@ -348,21 +359,13 @@ impl Client {
         } else {
             ("m.room.message", content)
         };
-        let r = self
-            .api
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/send/{kind}/{}",
-                    enc(room),
-                    txn()
-                ),
-                content,
-            )
-            .await?;
-        r["event_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::Other("send answered no event_id".into()))
+        let request = send_message_event::v3::Request::new_raw(
+            room_id,
+            txn().into(),
+            kind.into(),
+            raw(&content)?,
+        );
+        Ok(self.api.send(request).await?.event_id.to_string())
     }
 
     /// Make sure every device of every joined member (ours included) has the room's current
@@ -371,15 +374,9 @@ impl Client {
     pub async fn share_room_key(&mut self, room: &str) -> Result<(), Error> {
         let members = self
             .api
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/joined_members",
-                enc(room)
-            ))
+            .send(joined_members::v3::Request::new(parse_id("room id", room)?))
             .await?;
-        let users: Vec<String> = members["joined"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let users: Vec<String> = members.joined.keys().map(ToString::to_string).collect();
         let stale: Vec<String> = users
             .iter()
             .filter(|u| {
@@ -388,15 +385,16 @@ impl Client {
             .cloned()
             .collect();
         if !stale.is_empty() {
-            let query: Map<String, Value> = stale.iter().map(|u| (u.clone(), json!([]))).collect();
-            let answer = self
-                .api
-                .post(
-                    "/_matrix/client/v3/keys/query",
-                    json!({ "device_keys": query }),
-                )
-                .await?;
-            self.machine.receive_keys(&answer, &stale);
+            let mut request = get_keys::v3::Request::new();
+            request.device_keys = stale
+                .iter()
+                .map(|u| parse_id("user id", u).map(|u: OwnedUserId| (u, Vec::new())))
+                .collect::<Result<BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>, Error>>()?;
+            let answer = self.api.send(request).await?;
+            let device_keys = serde_json::to_value(&answer.device_keys)
+                .map_err(|e| Error::Other(format!("keys/query answer: {e}")))?;
+            self.machine
+                .receive_keys(&json!({ "device_keys": device_keys }), &stale);
         }
         let mut targets: Vec<(String, String, DeviceInfo)> = vec![];
         for u in &users {
@@ -416,22 +414,22 @@ impl Client {
             return Ok(());
         }
         // Olm sessions for devices we have none with.
-        let mut claim: Map<String, Value> = Map::new();
+        let mut claim: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>> =
+            BTreeMap::new();
         for (u, d, info) in &targets {
             if !self.machine.has_session(&info.curve25519) {
-                claim.entry(u.clone()).or_insert_with(|| json!({}))[d] = json!("signed_curve25519");
+                claim
+                    .entry(parse_id("user id", u)?)
+                    .or_default()
+                    .insert(d.as_str().into(), OneTimeKeyAlgorithm::SignedCurve25519);
             }
         }
         if !claim.is_empty() {
-            let claimed = self
-                .api
-                .post(
-                    "/_matrix/client/v3/keys/claim",
-                    json!({ "one_time_keys": claim }),
-                )
-                .await?;
+            let answer = self.api.send(claim_keys::v3::Request::new(claim)).await?;
+            let claimed = serde_json::to_value(&answer.one_time_keys)
+                .map_err(|e| Error::Other(format!("keys/claim answer: {e}")))?;
             for (u, d, info) in &targets {
-                let k = &claimed["one_time_keys"][u][d];
+                let k = &claimed[u][d];
                 if k.is_object() {
                     if let Err(e) = self.machine.create_session(u, d, info, k) {
                         self.warnings.push(e.to_string());
@@ -439,26 +437,30 @@ impl Client {
                 }
             }
         }
-        let mut messages: Map<String, Value> = Map::new();
+        let mut messages: send_event_to_device::v3::Messages = BTreeMap::new();
         let mut shared = vec![];
         for (u, d, info) in &targets {
             if !self.machine.has_session(&info.curve25519) {
                 continue;
             }
+            let user: OwnedUserId = parse_id("user id", u)?;
             let c = self
                 .machine
                 .olm_encrypt(u, info, "m.room_key", key.clone())?;
-            messages.entry(u.clone()).or_insert_with(|| json!({}))[d] = c;
+            messages
+                .entry(user)
+                .or_default()
+                .insert(DeviceIdOrAllDevices::DeviceId(d.as_str().into()), raw(&c)?);
             shared.push(info.curve25519.clone());
         }
         self.save()?;
         if !messages.is_empty() {
-            self.api
-                .put(
-                    &format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/{}", txn()),
-                    json!({ "messages": messages }),
-                )
-                .await?;
+            let request = send_event_to_device::v3::Request::new_raw(
+                ToDeviceEventType::from("m.room.encrypted"),
+                txn().into(),
+                messages,
+            );
+            self.api.send(request).await?;
         }
         self.machine.room_key_shared(room, shared);
         self.save()
@@ -466,18 +468,15 @@ impl Client {
 
     /// The latest `limit` messages of a room, oldest first, decrypted where we can.
     pub async fn messages(&mut self, room: &str, limit: u32) -> Result<Vec<Message>, Error> {
-        let r = self
-            .api
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
-                enc(room)
-            ))
-            .await?;
-        let mut out: Vec<Message> = r["chunk"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|ev| self.read_event(room, ev))
+        let mut request =
+            get_message_events::v3::Request::new(parse_id("room id", room)?, Direction::Backward);
+        request.limit = UInt::from(limit);
+        let r = self.api.send(request).await?;
+        let mut out: Vec<Message> = r
+            .chunk
+            .iter()
+            .map(as_json)
+            .filter_map(|ev| self.read_event(room, &ev))
             .collect();
         out.reverse();
         self.save()?;
