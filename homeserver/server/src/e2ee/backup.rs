@@ -446,7 +446,12 @@ pub async fn get_session(
 ) -> ApiResult<get_backup_keys_for_session::v3::Response> {
     let (s, b) = (req.caller, req.body);
     let (n, _) = get_version(&app, &s.user_id, &b.version)?;
-    let row = (s.user_id.as_str(), n, b.room_id.as_str(), b.session_id.as_str());
+    let row = (
+        s.user_id.as_str(),
+        n,
+        b.room_id.as_str(),
+        b.session_id.as_str(),
+    );
     let key = schema::USER_VERSION_ROOM_SESSION__BACKUP_KEY
         .get::<Value>(&app.store.kv, row)?
         .ok_or_else(|| ApiError::NotFound("No room key found".into()))?;
@@ -503,7 +508,9 @@ pub async fn delete_session(
     let (s, b) = (req.caller, req.body);
     let (room, session) = (Some(b.room_id.as_str()), Some(b.session_id.as_str()));
     let (etag, count) = delete_keys(&app, &s.user_id, &b.version, room, session).await?;
-    Ok(delete_backup_keys_for_session::v3::Response::new(etag, count))
+    Ok(delete_backup_keys_for_session::v3::Response::new(
+        etag, count,
+    ))
 }
 
 #[cfg(test)]
