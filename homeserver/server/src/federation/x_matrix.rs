@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    http::body::BodyPermit,
+    http::{body::BodyPermit, extract::content_length},
     service::{App, Services},
 };
 
@@ -197,7 +197,7 @@ impl PendingOrigin {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default();
-        if content_length_of(&parts.headers).is_some_and(|len| len > body_cap(parts.uri.path())) {
+        if content_length(&parts.headers).is_some_and(|len| len > body_cap(parts.uri.path())) {
             return Err(ApiError::TooLarge);
         }
         let keys = fed
@@ -244,13 +244,6 @@ impl PendingOrigin {
     }
 }
 
-fn content_length_of(headers: &axum::http::HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-}
-
 /// The most a federation request to `path` may send.
 pub fn body_cap_of(path: &str) -> usize {
     body_cap(path)
@@ -263,7 +256,7 @@ impl FromRequest<App> for FedRequest {
         let (parts, body) = req.into_parts();
         let pending = PendingOrigin::check(app, &parts).await?;
         let cap = body_cap(parts.uri.path());
-        let declared = content_length_of(&parts.headers);
+        let declared = content_length(&parts.headers);
         let (body, permit) = app.bodies.read_json(body, declared, cap).await?;
         let origin = pending.verify(app, body.as_ref())?;
         Ok(FedRequest {

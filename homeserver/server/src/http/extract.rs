@@ -19,15 +19,15 @@ pub struct Body<T>(pub T);
 pub struct JsonObject(pub serde_json::Map<String, serde_json::Value>);
 
 /// The declared `Content-Length`, if any.
-pub fn content_length(req: &Request) -> Option<usize> {
-    req.headers()
+pub fn content_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
 }
 
 async fn read_json(req: Request, app: &App) -> Result<serde_json::Value, ApiError> {
-    let declared = content_length(&req);
+    let declared = content_length(req.headers());
     let (value, _permit) = app
         .bodies
         .read_json(req.into_body(), declared, app.settings.max_request_bytes)

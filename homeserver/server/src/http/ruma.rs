@@ -18,7 +18,7 @@ use std::{future::Future, net::IpAddr, sync::Arc};
 
 use axum::{
     extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
-    http::{header, request::Parts, HeaderMap},
+    http::request::Parts,
     response::{IntoResponse, Response},
     routing::{on, MethodFilter, MethodRouter},
     Router,
@@ -39,7 +39,7 @@ use ruma::OwnedServerName;
 
 use super::{
     body::BodyPermit,
-    extract::{access_token, authenticated, client_ip, AppserviceCaller},
+    extract::{access_token, authenticated, client_ip, content_length, AppserviceCaller},
 };
 use crate::{
     error::{ApiError, ApiResult},
@@ -153,13 +153,6 @@ where
     _permit: BodyPermit,
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-}
-
 /// A body must be empty or a JSON object, all of it: a parser ruma wrote by hand
 /// (`send_state_event`'s) reads the first value and ignores what follows.
 fn check_object(body: &[u8]) -> ApiResult<()> {
@@ -197,7 +190,7 @@ where
         let (mut parts, body) = req.into_parts();
         let pending = <R::Authentication as EdgeAuth>::check(app, &parts).await?;
         let ip = client_ip(&parts, app);
-        let declared = declared_length(&parts.headers);
+        let declared = content_length(&parts.headers);
         let cap = <R::Authentication as EdgeAuth>::body_cap(app, &parts);
         let (bytes, permit) = app.bodies.read_bytes(body, declared, cap).await?;
         check_object(&bytes)?;
@@ -208,7 +201,7 @@ where
         let args: Vec<&str> = path.iter().map(|(_, v)| v).collect();
         let json = json_body(&bytes);
         let request = http::Request::from_parts(parts, json);
-        let body = R::try_from_http_request(request, &args).map_err(|e| parse_error(e, json))?;
+        let body = R::try_from_http_request(request, &args).map_err(parse_error)?;
         Ok(Ruma {
             body,
             caller,
@@ -218,17 +211,14 @@ where
     }
 }
 
-/// ruma's parse errors as the spec's: a body that is not JSON is `M_NOT_JSON`, JSON of the
-/// wrong shape `M_BAD_JSON`; a query parameter that is absent is `M_MISSING_PARAM`, and a
+/// ruma's parse errors as the spec's (the body is JSON by now, see [`check_object`]): JSON of
+/// the wrong shape is `M_BAD_JSON`; a query parameter that is absent is `M_MISSING_PARAM`, and a
 /// path or query parameter that is malformed `M_INVALID_PARAM`.
-fn parse_error(e: FromHttpRequestError, body: &[u8]) -> ApiError {
+fn parse_error(e: FromHttpRequestError) -> ApiError {
     use DeserializationError as De;
     match e {
         FromHttpRequestError::Deserialization(De::Json(e)) => {
-            // serde stops at the first error, which may be one of shape before one of syntax.
-            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-                ApiError::NotJson(format!("Content not JSON: {e}"))
-            } else if is_bad_identifier(&e.to_string()) {
+            if is_bad_identifier(&e.to_string()) {
                 ApiError::InvalidParam(e.to_string())
             } else {
                 ApiError::BadJson(e.to_string())
@@ -425,12 +415,12 @@ mod tests {
             .body(&br#"{"user_id": "bob"}"#[..])
             .unwrap();
         let e = kick_user::v3::Request::try_from_http_request(req, &["!r:x"]).unwrap_err();
-        assert!(matches!(parse_error(e, b"{}"), ApiError::InvalidParam(_)));
+        assert!(matches!(parse_error(e), ApiError::InvalidParam(_)));
         let req = http::Request::post("/_matrix/client/v3/rooms/!r:x/kick")
             .body(&br#"{"user_id": 5}"#[..])
             .unwrap();
         let e = kick_user::v3::Request::try_from_http_request(req, &["!r:x"]).unwrap_err();
-        assert!(matches!(parse_error(e, b"{}"), ApiError::BadJson(_)));
+        assert!(matches!(parse_error(e), ApiError::BadJson(_)));
     }
 
     #[test]
