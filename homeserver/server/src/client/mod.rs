@@ -85,7 +85,6 @@ pub fn router() -> Router<App> {
         // push rules (ruma lists only `/pushrules/`; ruma's set_pushrule and set_pusher are
         // stricter than the spec)
         .route("/pushers/set", post(crate::push::pushers::set))
-        .route("/pushrules", get(push_rules::get_all_unslashed))
         .route(
             "/pushrules/global/{kind}/{rule_id}",
             get(push_rules::get_rule)
@@ -233,6 +232,8 @@ pub fn router() -> Router<App> {
                 .ruma_at(&p, room_events::get_state)
                 .ruma_at(&p, room_events::put_state);
         }
+        // ruma lists only `/pushrules/`; clients also ask without the slash.
+        typed = typed.ruma_at(&format!("/_matrix/client/{v}/pushrules"), push_rules::get_all);
     }
 
     typed

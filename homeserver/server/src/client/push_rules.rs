@@ -21,7 +21,7 @@ use crate::{
     error::{ApiError, ApiResult},
     http::{
         extract::{Auth, JsonObject, Path, Query},
-        ruma::{Ruma, RumaResponse},
+        ruma::Ruma,
     },
     service::App,
 };
@@ -82,17 +82,6 @@ pub async fn get_all(
         &app,
         &req.caller.user_id,
     )?))
-}
-
-/// `/pushrules` without the trailing slash, which ruma does not list: the same answer as
-/// [`get_all`].
-pub async fn get_all_unslashed(
-    State(app): State<App>,
-    Auth(s): Auth,
-) -> ApiResult<RumaResponse<get_pushrules_all::v3::Response>> {
-    Ok(RumaResponse(get_pushrules_all::v3::Response::new(ruleset(
-        &app, &s.user_id,
-    )?)))
 }
 
 pub async fn get_global(

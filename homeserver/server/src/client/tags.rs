@@ -21,6 +21,11 @@ fn current(app: &App, user: &UserId, room: &RoomId) -> ApiResult<Map<String, Val
         .unwrap_or_default())
 }
 
+async fn save(app: &App, user: &UserId, room: &RoomId, tags: Map<String, Value>) -> ApiResult<()> {
+    app.set_account_data(user, room.as_str(), "m.tag", &json!({ "tags": tags }))
+        .await
+}
+
 fn require_self(s: &Session, user: &UserId) -> ApiResult<()> {
     s.require_self(user.as_str())
 }
@@ -47,13 +52,7 @@ pub async fn put(
     let info = serde_json::to_value(&body.tag_info)
         .map_err(|e| ApiError::Internal(format!("tag: {e}")))?;
     tags.insert(body.tag, info);
-    app.set_account_data(
-        &s.user_id,
-        body.room_id.as_str(),
-        "m.tag",
-        &json!({ "tags": tags }),
-    )
-    .await?;
+    save(&app, &s.user_id, &body.room_id, tags).await?;
     Ok(create_tag::v3::Response::new())
 }
 
@@ -65,13 +64,7 @@ pub async fn delete(
     require_self(&s, &body.user_id)?;
     let mut tags = current(&app, &s.user_id, &body.room_id)?;
     if tags.remove(&body.tag).is_some() {
-        app.set_account_data(
-            &s.user_id,
-            body.room_id.as_str(),
-            "m.tag",
-            &json!({ "tags": tags }),
-        )
-        .await?;
+        save(&app, &s.user_id, &body.room_id, tags).await?;
     }
     Ok(delete_tag::v3::Response::new())
 }
