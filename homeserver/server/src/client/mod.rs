@@ -233,7 +233,10 @@ pub fn router() -> Router<App> {
                 .ruma_at(&p, room_events::put_state);
         }
         // ruma lists only `/pushrules/`; clients also ask without the slash.
-        typed = typed.ruma_at(&format!("/_matrix/client/{v}/pushrules"), push_rules::get_all);
+        typed = typed.ruma_at(
+            &format!("/_matrix/client/{v}/pushrules"),
+            push_rules::get_all,
+        );
     }
 
     typed
