@@ -24,8 +24,6 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "federation/sender.rs",
     "federation/state_graphs.rs",
     "media/upload.rs",
-    "push/gateway.rs",
-    "push/pushers.rs",
 ];
 
 /// What reading or writing a table looks like: a schema map, a write batch, a commit, a state

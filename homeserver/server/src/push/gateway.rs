@@ -5,12 +5,11 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use plexus_store::{schema, Batch};
 use ruma::{push::Action, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::pushers::{key_ref, of_user, users_with_pushers, PusherKey};
+use crate::service::push::pushers::{self as store, of_user, users_with_pushers, PusherKey};
 use crate::service::push::{
     evaluate::tweaks,
     unread::{self, Stored},
@@ -166,13 +165,10 @@ async fn deliver(
     user: &UserId,
     key: &PusherKey,
 ) -> ApiResult<Pass> {
-    let kv = &app.store.kv;
-    let Some(pusher) = schema::USER_APP_PUSHKEY__PUSHER.get::<Value>(kv, key_ref(key))? else {
+    let Some(pusher) = store::get(app, key)? else {
         return Ok(Pass::Gone);
     };
-    let progress = schema::USER_APP_PUSHKEY__DELIVERED
-        .get(kv, key_ref(key))?
-        .unwrap_or(0u64);
+    let progress = store::delivered(app, key)?;
     let todo: Vec<(u64, Stored)> =
         unread::notifications(app, user, progress.saturating_add(1), u64::MAX)
             .take(BATCH)
@@ -183,17 +179,13 @@ async fn deliver(
         if unread::is_unread(app, user, n.short_room, count)? {
             if let Some(body) = request_body(app, user, &pusher, &n)? {
                 if post(client, app, &pusher, &body).await? {
-                    let mut b = Batch::default();
-                    super::pushers::delete(&mut b, key);
-                    app.store.commit(b)?;
+                    store::remove(app, key)?;
                     tracing::info!(user_id = %user, "push gateway rejected the pushkey; pusher removed");
                     return Ok(Pass::Gone);
                 }
             }
         }
-        let mut b = Batch::default();
-        schema::USER_APP_PUSHKEY__DELIVERED.put(&mut b, key_ref(key), &count)?;
-        app.store.commit(b)?;
+        store::set_delivered(app, key, count)?;
     }
     Ok(if more { Pass::More } else { Pass::CaughtUp })
 }

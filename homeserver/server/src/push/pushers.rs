@@ -1,12 +1,8 @@
-//! Pushers: `POST /_matrix/client/v3/pushers/set` and `GET /_matrix/client/v3/pushers`, stored
-//! per user as `user \0 app_id \0 pushkey`.
+//! Pushers: `POST /_matrix/client/v3/pushers/set` and `GET /_matrix/client/v3/pushers`. What
+//! is stored, and how, is `service::push::pushers`.
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch, First};
-use ruma::{
-    api::client::push::{get_pushers, Pusher},
-    UserId,
-};
+use ruma::api::client::push::{get_pushers, Pusher};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -15,7 +11,11 @@ use crate::{
         extract::{Auth, JsonObject},
         ruma::Ruma,
     },
-    service::{now_ms, App, Services},
+    service::{
+        now_ms,
+        push::pushers::{self as store, PusherKey},
+        App, Services,
+    },
 };
 
 /// The push gateway path the spec requires an HTTP pusher's URL to have.
@@ -23,70 +23,13 @@ pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 const MAX_APP_ID: usize = 64;
 const MAX_PUSHKEY: usize = 512;
 
-/// Pushers one user may have: each notification is sent to every one of them.
-const MAX_PUSHERS_PER_USER: usize = 100;
-
-/// A pusher's identity: user id, app id, pushkey.
-pub type PusherKey = (String, String, String);
-
-/// A pusher's key as the store takes it.
-pub fn key_ref(k: &PusherKey) -> (&str, &str, &str) {
-    (&k.0, &k.1, &k.2)
-}
-
-/// Remove a pusher and its delivery progress in `b`.
-pub fn delete(b: &mut Batch, key: &PusherKey) {
-    schema::USER_APP_PUSHKEY__PUSHER.delete(b, key_ref(key));
-    schema::USER_APP_PUSHKEY__DELIVERED.delete(b, key_ref(key));
-}
-
-/// Every pusher of a user: `(key, pusher JSON)`.
-pub fn of_user(app: &Services, user: &UserId) -> ApiResult<Vec<(PusherKey, Value)>> {
-    Ok(schema::USER_APP_PUSHKEY__PUSHER
-        .prefix::<First<1>, Value>(&app.store.kv, (user.as_str(),))
-        .collect::<Result<_, _>>()?)
-}
-
-/// Remove the pushers set by these devices of `user` (they were logged out or deleted: their
-/// notifications must not go on to whoever holds the push key).
-pub fn delete_for_devices(
-    app: &Services,
-    user: &UserId,
-    devices: &[String],
-    b: &mut Batch,
-) -> ApiResult<()> {
-    for (key, p) in of_user(app, user)? {
-        if p["device_id"]
-            .as_str()
-            .is_some_and(|d| devices.iter().any(|x| x == d))
-        {
-            delete(b, &key);
-        }
-    }
-    Ok(())
-}
-
-/// Users with at least one pusher, for the delivery workers at start.
-pub fn users_with_pushers(app: &Services) -> ApiResult<Vec<ruma::OwnedUserId>> {
-    let mut out: Vec<ruma::OwnedUserId> = vec![];
-    for item in schema::USER_APP_PUSHKEY__PUSHER.iter::<serde::de::IgnoredAny>(&app.store.kv) {
-        let ((user, _, _), _) = item?;
-        if let Ok(u) = ruma::OwnedUserId::try_from(user) {
-            if out.last() != Some(&u) {
-                out.push(u);
-            }
-        }
-    }
-    Ok(out)
-}
-
 pub async fn get(
     app: App,
     req: Ruma<get_pushers::v3::Request>,
 ) -> ApiResult<get_pushers::v3::Response> {
     let s = req.caller;
     let mut pushers: Vec<Pusher> = vec![];
-    for ((_, app_id, _), p) in of_user(&app, &s.user_id)? {
+    for ((_, app_id, _), p) in store::of_user(&app, &s.user_id)? {
         // What `set` stored; the store's own fields (`pushkey_ts`, `device_id`) are not
         // ruma's and are left out.
         match serde_json::from_value::<Pusher>(p) {
@@ -165,9 +108,7 @@ pub async fn set(
         }
     };
     let Some(kind) = kind else {
-        let mut b = Batch::default();
-        delete(&mut b, &key);
-        app.store.commit(b)?;
+        store::remove(&app, &key)?;
         app.store.flush().await?;
         return Ok(Json(json!({})));
     };
@@ -233,32 +174,7 @@ pub async fn set(
     if let Some(d) = &s.device_id {
         pusher["device_id"] = json!(d);
     }
-    let mut b = Batch::default();
-    if !append {
-        // The same app and pushkey belong to one user: a device changed hands.
-        for item in schema::USER_APP_PUSHKEY__PUSHER.iter::<serde::de::IgnoredAny>(&app.store.kv) {
-            let (k, _) = item?;
-            if k.1 == app_id && k.2 == pushkey && k != key {
-                delete(&mut b, &k);
-            }
-        }
-    }
-    // Deliver only what is notified from now on.
-    let exists = schema::USER_APP_PUSHKEY__PUSHER.contains(&app.store.kv, key_ref(&key))?;
-    if !exists && of_user(&app, &s.user_id)?.len() >= MAX_PUSHERS_PER_USER {
-        return Err(ApiError::Forbidden(format!(
-            "a user may have at most {MAX_PUSHERS_PER_USER} pushers: remove one first"
-        )));
-    }
-    schema::USER_APP_PUSHKEY__PUSHER.put(&mut b, key_ref(&key), &pusher)?;
-    if !exists {
-        schema::USER_APP_PUSHKEY__DELIVERED.put(
-            &mut b,
-            key_ref(&key),
-            &app.store.current_count(),
-        )?;
-    }
-    app.store.commit(b)?;
+    store::set(&app, &key, &pusher, append)?;
     app.store.flush().await?;
     app.pushers.added(&s.user_id);
     Ok(Json(json!({})))

@@ -446,7 +446,7 @@ impl Services {
         if changes.is_empty() {
             return Ok(());
         }
-        crate::push::pushers::delete_for_devices(self, user_id, device_ids, &mut batch)?;
+        super::push::pushers::stage_delete_for_devices(self, user_id, device_ids, &mut batch)?;
         crate::e2ee::device_lists::commit_local_changes(self, user_id, changes, batch).await?;
         for d in device_ids {
             self.last_seen.forget(user_id, d);

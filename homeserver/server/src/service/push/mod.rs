@@ -4,5 +4,6 @@
 //! batch. Delivery to push gateways and the pusher endpoints are `crate::push`.
 
 pub mod evaluate;
+pub mod pushers;
 pub mod unread;
 pub mod user_cache;
