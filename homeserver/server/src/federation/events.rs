@@ -23,7 +23,7 @@ use super::{
 use crate::{
     error::{ApiError, ApiResult},
     http::ruma::Ruma,
-    service::{now_ms, rooms::RoomRef, App, Services},
+    service::{now_ms, raw_value, rooms::RoomRef, App, Services},
 };
 
 const MAX_BACKFILL: usize = 100;
@@ -33,14 +33,9 @@ fn now() -> MilliSecondsSinceUnixEpoch {
     MilliSecondsSinceUnixEpoch(UInt::new_saturating(now_ms()))
 }
 
-/// A PDU as the raw JSON ruma's responses carry.
-fn raw(v: &Value) -> ApiResult<Box<RawJsonValue>> {
-    serde_json::value::to_raw_value(v)
-        .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))
-}
-
+/// PDUs as the raw JSON ruma's responses carry.
 fn raws(vs: Vec<Value>) -> ApiResult<Vec<Box<RawJsonValue>>> {
-    vs.iter().map(raw).collect()
+    vs.iter().map(raw_value).collect()
 }
 
 /// A `limit` a peer asked for, between 1 and [`MAX_BACKFILL`].
@@ -88,7 +83,7 @@ pub async fn event(
     Ok(get_event::v1::Response::new(
         app.server_name().to_owned(),
         now(),
-        raw(&form)?,
+        raw_value(&form)?,
     ))
 }
 

@@ -242,9 +242,7 @@ fn parse_error(e: FromHttpRequestError) -> ApiError {
 
 /// JSON the server holds as a ruma `Raw<T>` for a response.
 pub fn raw_json<T>(v: &impl serde::Serialize) -> ApiResult<ruma::serde::Raw<T>> {
-    serde_json::value::to_raw_value(v)
-        .map(ruma::serde::Raw::from_json)
-        .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))
+    crate::service::raw_value(v).map(ruma::serde::Raw::from_json)
 }
 
 /// Whether a body error is a malformed Matrix identifier (a user, room or event id, a server

@@ -209,6 +209,13 @@ fn load_or_create_key(store: &Store) -> Result<ServerKey, ApiError> {
     Ok(key)
 }
 
+/// JSON the server holds, as the raw JSON ruma's types carry (events in responses, an event
+/// for push rule evaluation).
+pub fn raw_value(v: &impl serde::Serialize) -> Result<Box<serde_json::value::RawValue>, ApiError> {
+    serde_json::value::to_raw_value(v)
+        .map_err(|e| ApiError::Internal(format!("JSON serialization: {e}")))
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

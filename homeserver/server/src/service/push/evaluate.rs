@@ -8,11 +8,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{
-    error::{ApiError, ApiResult},
-    service::rooms::RoomAudience,
-    service::Services,
-};
+use crate::{error::ApiResult, service::rooms::RoomAudience, service::Services};
 
 /// What one user's rules decided about one event that notifies them.
 #[derive(Debug, Clone)]
@@ -61,9 +57,7 @@ pub async fn evaluate(
     if audience.is_empty() {
         return Ok(vec![]);
     }
-    let raw: Raw<Value> = Raw::from_json(
-        serde_json::value::to_raw_value(stored).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    let raw: Raw<Value> = Raw::from_json(crate::service::raw_value(stored)?);
     // Flattened once for every member (ruma's `get_actions` would flatten per call).
     let event = FlattenedJson::from_raw(&raw);
     let power: PushConditionPowerLevelsCtx = app.power_levels(state_hash, rules)?.into();
