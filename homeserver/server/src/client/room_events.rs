@@ -9,7 +9,6 @@ use ruma::{
         room::get_room_event,
         state::{get_state_event_for_key, get_state_events, send_state_event},
     },
-    events::AnyStateEvent,
     serde::Raw,
     OwnedEventId, RoomId,
 };
@@ -78,8 +77,9 @@ pub async fn get_state(
         "content" => stored.get("content").cloned().unwrap_or(json!({})),
         f => return Err(ApiError::InvalidParam(format!("unknown format {f}"))),
     };
-    let raw: Raw<AnyStateEvent> = raw_json(&body)?;
-    Ok(get_state_event_for_key::v3::Response::new(raw.into_json()))
+    Ok(get_state_event_for_key::v3::Response::new(
+        crate::service::raw_value(&body)?,
+    ))
 }
 
 /// Also at `.../state/{event_type}` and `.../state/{event_type}/`: the empty state key.

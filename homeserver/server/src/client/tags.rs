@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     error::{ApiError, ApiResult},
     http::ruma::Ruma,
-    service::{accounts::Session, App},
+    service::App,
 };
 
 fn current(app: &App, user: &UserId, room: &RoomId) -> ApiResult<Map<String, Value>> {
@@ -26,13 +26,9 @@ async fn save(app: &App, user: &UserId, room: &RoomId, tags: Map<String, Value>)
         .await
 }
 
-fn require_self(s: &Session, user: &UserId) -> ApiResult<()> {
-    s.require_self(user.as_str())
-}
-
 pub async fn list(app: App, req: Ruma<get_tags::v3::Request>) -> ApiResult<get_tags::v3::Response> {
     let (s, body) = (req.caller, req.body);
-    require_self(&s, &body.user_id)?;
+    s.require_self(body.user_id.as_str())?;
     let tags = current(&app, &s.user_id, &body.room_id)?;
     let tags: Tags = serde_json::from_value(Value::Object(tags))
         .map_err(|e| ApiError::Internal(format!("stored tags: {e}")))?;
@@ -44,7 +40,7 @@ pub async fn put(
     req: Ruma<create_tag::v3::Request>,
 ) -> ApiResult<create_tag::v3::Response> {
     let (s, body) = (req.caller, req.body);
-    require_self(&s, &body.user_id)?;
+    s.require_self(body.user_id.as_str())?;
     if body.tag.is_empty() || body.tag.len() > 255 {
         return Err(ApiError::InvalidParam("tag must be 1 to 255 bytes".into()));
     }
@@ -61,7 +57,7 @@ pub async fn delete(
     req: Ruma<delete_tag::v3::Request>,
 ) -> ApiResult<delete_tag::v3::Response> {
     let (s, body) = (req.caller, req.body);
-    require_self(&s, &body.user_id)?;
+    s.require_self(body.user_id.as_str())?;
     let mut tags = current(&app, &s.user_id, &body.room_id)?;
     if tags.remove(&body.tag).is_some() {
         save(&app, &s.user_id, &body.room_id, tags).await?;

@@ -24,7 +24,8 @@ pub const MAX_TRANSACTION_BODY: usize = 8 * 1024 * 1024;
 pub const MAX_FEDERATION_BODY: usize = 1024 * 1024;
 
 /// The body cap for a federation path.
-fn body_cap(path: &str) -> usize {
+/// The most a federation request to `path` may send.
+pub fn body_cap(path: &str) -> usize {
     if path.starts_with("/_matrix/federation/v1/send/") {
         MAX_TRANSACTION_BODY
     } else {
@@ -242,11 +243,6 @@ impl PendingOrigin {
         crate::http::trace::record_origin(origin.as_str());
         Ok(origin)
     }
-}
-
-/// The most a federation request to `path` may send.
-pub fn body_cap_of(path: &str) -> usize {
-    body_cap(path)
 }
 
 impl FromRequest<App> for FedRequest {

@@ -134,7 +134,7 @@ impl EdgeAuth for ServerSignatures {
     }
 
     fn body_cap(_: &App, parts: &Parts) -> usize {
-        crate::federation::x_matrix::body_cap_of(parts.uri.path())
+        crate::federation::x_matrix::body_cap(parts.uri.path())
     }
 }
 
