@@ -57,6 +57,10 @@ enum Cmd {
         /// Use this registration token (m.login.registration_token) instead of m.login.dummy.
         #[arg(long)]
         registration_token: Option<String>,
+        /// Shell command run after each scenario, with its name in `PLEXUS_BENCH_PHASE`
+        /// (spec-tests/bench/instructions.sh dumps callgrind's counts per scenario with it).
+        #[arg(long)]
+        phase_hook: Option<String>,
     },
     /// Start Plexus and Synapse, run the same scenarios against each, print one table.
     Compare {
@@ -153,9 +157,29 @@ struct Bench {
     run_id: String,
     names: AtomicU64,
     events_created: AtomicU64,
+    /// Shell command run after each scenario (`--phase-hook`).
+    phase_hook: Option<String>,
 }
 
 impl Bench {
+    /// Marks the end of a scenario: says so, and runs the phase hook with the scenario's name in
+    /// `PLEXUS_BENCH_PHASE` (an instruction counter dumps its counts per scenario this way).
+    fn done(&self, phase: &str) {
+        eprintln!("  {phase} done");
+        let Some(hook) = &self.phase_hook else {
+            return;
+        };
+        match Command::new("sh")
+            .args(["-c", hook])
+            .env("PLEXUS_BENCH_PHASE", phase)
+            .status()
+        {
+            Ok(st) if st.success() => {}
+            Ok(st) => self.error("phase hook", format!("exited with {st}")),
+            Err(e) => self.error("phase hook", e.to_string()),
+        }
+    }
+
     fn new(base: &str, registration_token: Option<String>) -> Result<Self, String> {
         check_loopback(base)?;
         let run_id = format!(
@@ -177,6 +201,7 @@ impl Bench {
             run_id,
             names: AtomicU64::new(0),
             events_created: AtomicU64::new(0),
+            phase_hook: None,
         })
     }
 
@@ -512,7 +537,7 @@ async fn run_all(
         "users/s",
         true,
     ));
-    eprintln!("  register done");
+    bench.done("register");
 
     // send: one room, 8 senders, 32 in flight
     let senders: Vec<User> = conc.iter().take(8).cloned().collect();
@@ -536,7 +561,7 @@ async fn run_all(
             figs.push(fig("send latency p99", percentile(&lat, 0.99), "ms", false));
         }
     }
-    eprintln!("  send done");
+    bench.done("send");
 
     // sync wake-up
     if let (Some(a), Some(b)) = (conc.get(8), conc.get(9)) {
@@ -591,7 +616,7 @@ async fn run_all(
             figs.push(fig("sync wake-up p99", percentile(&lat, 0.99), "ms", false));
         }
     }
-    eprintln!("  sync wake-up done");
+    bench.done("sync wake-up");
 
     // initial sync of a user in N rooms with M events each
     if let (Some(owner), Some(reader)) = (conc.get(10), conc.get(11)) {
@@ -638,7 +663,7 @@ async fn run_all(
             false,
         ));
     }
-    eprintln!("  initial sync done");
+    bench.done("initial sync");
 
     // join scaling
     if let Some(owner) = conc.get(12) {
@@ -666,7 +691,7 @@ async fn run_all(
             }
         }
     }
-    eprintln!("  join done");
+    bench.done("join");
 
     // /messages paging
     if let Some(owner) = conc.get(13) {
@@ -733,7 +758,7 @@ async fn run_all(
             ));
         }
     }
-    eprintln!("  messages done");
+    bench.done("messages");
 
     if let Some(s) = sampler {
         s.abort();
@@ -914,8 +939,10 @@ async fn main() -> std::process::ExitCode {
             pid,
             data_dir,
             registration_token,
+            phase_hook,
         } => match Bench::new(&base, registration_token) {
-            Ok(b) => {
+            Ok(mut b) => {
+                b.phase_hook = phase_hook;
                 let figs = run_all(&b, scale.sizes(), pid, data_dir.as_deref()).await;
                 println!("\n## plexus-bench run --scale {scale:?} against {base}\n");
                 print_single(&figs);

@@ -168,6 +168,8 @@ pub fn event_filter_of(f: &RoomEventFilter) -> ApiResult<EventFilter> {
         .map_err(|e| ApiError::InvalidParam(format!("invalid filter: {e}")))
 }
 
+/// Hand-typed: a filter is kept and answered as the client wrote it; ruma's `FilterDefinition`
+/// would drop fields it does not know and those at their default.
 pub async fn create(
     State(app): State<App>,
     Auth(s): Auth,
@@ -182,6 +184,7 @@ pub async fn create(
     Ok(Json(json!({ "filter_id": id })))
 }
 
+/// Hand-typed, as [`create`] is.
 pub async fn get(
     State(app): State<App>,
     Auth(s): Auth,

@@ -57,10 +57,6 @@ pub fn router() -> Router<App> {
         .route("/rooms/{room_id}/invite", post(membership::invite))
         .route("/rooms/{room_id}/upgrade", post(upgrade::upgrade))
         .route(
-            "/rooms/{room_id}/send/{event_type}/{txn_id}",
-            put(room_events::send),
-        )
-        .route(
             "/rooms/{room_id}/joined_members",
             get(room_events::joined_members),
         )
@@ -122,12 +118,7 @@ pub fn router() -> Router<App> {
     let v1 = Router::new()
         // ruma's RoomSummary leaves out a public join_rule
         .route("/rooms/{room_id}/hierarchy", get(spaces::hierarchy))
-        .route("/room_summary/{room}", get(spaces::room_summary))
-        // ruma's TimelineEventType renames an unstable event type
-        .route(
-            "/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
-            get(relations::by_rel_and_event_type),
-        );
+        .route("/room_summary/{room}", get(spaces::room_summary));
 
     // Endpoints ruma defines, each at the paths its metadata lists.
     let mut typed = Router::new()
@@ -170,6 +161,7 @@ pub fn router() -> Router<App> {
         .ruma(profile::get_profile)
         .ruma(relations::all)
         .ruma(relations::by_rel_type)
+        .ruma(relations::by_rel_and_event_type)
         .ruma(threads::list)
         .ruma(membership::join_by_id_or_alias)
         .ruma(membership::join)
@@ -183,6 +175,7 @@ pub fn router() -> Router<App> {
         .ruma(room_events::all_state)
         .ruma(room_events::get_state)
         .ruma(room_events::put_state)
+        .ruma(room_events::send)
         .ruma(room_events::redact)
         .ruma(room_events::event)
         .ruma(room_events::members)

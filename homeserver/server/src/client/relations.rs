@@ -1,24 +1,25 @@
 //! `/relations`: the events that relate to a given event (reactions, edits, thread replies,
 //! references), from an index written when each event is persisted.
 
-use axum::{extract::State, Json};
 use ruma::{
     api::{
-        client::relations::{get_relating_events, get_relating_events_with_rel_type},
+        client::relations::{
+            get_relating_events, get_relating_events_with_rel_type,
+            get_relating_events_with_rel_type_and_event_type,
+        },
         Direction,
     },
     events::AnyMessageLikeEvent,
     serde::Raw,
     EventId, RoomId, UInt,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::http::extract::{parse_room_id, parse_token};
+use crate::http::extract::parse_token;
 use crate::{
     error::{ApiError, ApiResult},
     http::{
-        extract::{page_limit, Auth, Path, Query},
+        extract::page_limit,
         ruma::{raw_json, Ruma},
     },
     service::{accounts::Session, App},
@@ -29,15 +30,6 @@ const MAX_DEPTH: u32 = 3;
 /// Most related events one request gathers before paging.
 const GATHER_CAP: usize = 10_000;
 const DEFAULT_LIMIT: usize = 5;
-
-#[derive(Deserialize, Default)]
-pub struct RelationsQuery {
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<String>,
-    dir: Option<String>,
-    recurse: Option<String>,
-}
 
 /// A page's direction, depth, size and bounds, checked.
 struct Paging {
@@ -69,32 +61,6 @@ impl Paging {
             limit,
             from,
             to,
-        })
-    }
-
-    /// From the query as given, for the hand-typed endpoint.
-    fn untyped(app: &App, q: RelationsQuery) -> ApiResult<Paging> {
-        let backwards = match q.dir.as_deref() {
-            None | Some("b") => true,
-            Some("f") => false,
-            Some(_) => return Err(ApiError::InvalidParam("dir must be b or f".into())),
-        };
-        let recurse = match q.recurse.as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => {
-                return Err(ApiError::InvalidParam(
-                    "recurse must be true or false".into(),
-                ))
-            }
-        };
-        let limit = page_limit(q.limit.as_deref(), DEFAULT_LIMIT, app.settings.max_page)?;
-        Ok(Paging {
-            backwards,
-            recurse,
-            limit,
-            from: q.from,
-            to: q.to,
         })
     }
 }
@@ -257,36 +223,31 @@ pub async fn by_rel_type(
     Ok(res)
 }
 
-/// Hand-typed: ruma's `TimelineEventType` renames `org.matrix.call.sdp_stream_metadata_changed`.
+/// The event type is taken from the path as sent: ruma's `TimelineEventType` reads
+/// `org.matrix.call.sdp_stream_metadata_changed` as its `m.call` name.
 pub async fn by_rel_and_event_type(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, event_id, rel_type, event_type)): Path<(String, String, String, String)>,
-    Query(q): Query<RelationsQuery>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let event_id = EventId::parse(&event_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
-    let room = parent(&app, &s, &room_id, &event_id)?;
-    let paging = Paging::untyped(&app, q)?;
+    app: App,
+    req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
+) -> ApiResult<get_relating_events_with_rel_type_and_event_type::v1::Response> {
+    let (s, q) = (req.caller, req.body);
+    let event_type = req.path.get(3).cloned().unwrap_or_default();
+    let room = parent(&app, &s, &q.room_id, &q.event_id)?;
+    let paging = Paging::typed(&app, q.dir, q.recurse, q.limit, q.from, q.to)?;
+    let rel_type = Some(q.rel_type.as_str());
+    let room = (room, &*q.room_id);
     let page = relations(
         &app,
         &s,
-        (room, &room_id),
-        &event_id,
-        Some(rel_type.as_str()),
+        room,
+        &q.event_id,
+        rel_type,
         Some(event_type.as_str()),
         paging,
     )?;
-    let mut out = json!({ "chunk": page.chunk });
-    if let Some(t) = page.next_batch {
-        out["next_batch"] = json!(t);
-    }
-    if let Some(f) = page.prev_batch {
-        out["prev_batch"] = json!(f);
-    }
-    if let Some(d) = page.recursion_depth {
-        out["recursion_depth"] = json!(d);
-    }
-    Ok(Json(out))
+    let mut res =
+        get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk()?);
+    res.next_batch = page.next_batch;
+    res.prev_batch = page.prev_batch;
+    res.recursion_depth = page.recursion_depth;
+    Ok(res)
 }

@@ -5,6 +5,7 @@ use plexus_core::builder::NewEvent;
 use ruma::{
     api::client::{
         membership::get_member_events,
+        message::send_message_event,
         redact::redact_event,
         room::get_room_event,
         state::{get_state_event_for_key, get_state_events, send_state_event},
@@ -18,7 +19,7 @@ use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
     http::{
-        extract::{Auth, JsonObject, Path},
+        extract::{Auth, Path},
         ruma::{raw_json, Ruma},
     },
     service::{accounts::Session, ratelimit::Action, writer::RoomWriter, App},
@@ -123,23 +124,23 @@ async fn send_with_txn(
     Ok(id)
 }
 
-/// Hand-written: ruma's event type reads an alias as its stable name, changing the type sent.
+/// The event type is taken from the path as sent: ruma's `MessageLikeEventType` reads some
+/// unstable names as their stable ones, which would change the type stored.
 pub async fn send(
-    State(app): State<App>,
-    Auth(s): Auth,
-    Path((room_id, kind, txn)): Path<(String, String, String)>,
-    JsonObject(content): JsonObject,
-) -> ApiResult<Json<Value>> {
+    app: App,
+    req: Ruma<send_message_event::v3::Request>,
+) -> ApiResult<send_message_event::v3::Response> {
+    let (s, b) = (req.caller, req.body);
+    let kind = req.path.get(1).cloned().unwrap_or_default();
     check_type(&kind)?;
-    let room_id = parse_room_id(&room_id)?;
     let ev = NewEvent {
         kind,
-        content: Value::Object(content),
+        content: event_content(&b.body)?,
         state_key: None,
         redacts: None,
     };
-    let id = send_with_txn(&app, &s, &room_id, ev, &txn).await?;
-    Ok(Json(json!({ "event_id": id })))
+    let id = send_with_txn(&app, &s, &b.room_id, ev, b.txn_id.as_str()).await?;
+    Ok(send_message_event::v3::Response::new(id))
 }
 
 pub async fn redact(

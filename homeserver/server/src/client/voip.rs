@@ -13,6 +13,7 @@ use crate::{
     service::{now_ms, App},
 };
 
+/// Hand-typed: ruma's response requires credentials, and a server without TURN answers `{}`.
 pub async fn turn_server(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
     Ok(Json(credentials(
         &app.settings.turn,

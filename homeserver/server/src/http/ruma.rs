@@ -149,6 +149,9 @@ where
     pub caller: <R::Authentication as EdgeAuth>::Caller,
     /// The client's address (behind a trusted proxy, the one it forwards for).
     pub ip: IpAddr,
+    /// The path parameters as sent (percent-decoded), in order: where ruma's type would change
+    /// a value, such as an event type it knows under another name.
+    pub path: Vec<String>,
     /// The body's share of the in-flight budget, held while the handler runs.
     _permit: BodyPermit,
 }
@@ -206,6 +209,7 @@ where
             body,
             caller,
             ip,
+            path: args.into_iter().map(str::to_owned).collect(),
             _permit: permit,
         })
     }
