@@ -190,7 +190,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     app.ensure_appservice_senders()
         .await
         .map_err(|e| e.to_string())?;
-    plexus::appservice::sender::start(&app);
+    plexus::service::appservices::sender::start(&app);
     plexus::search::indexer::start(&app);
     for reg in &app.appservices.regs {
         tracing::info!(appservice = %reg.id, url = ?reg.url, "appservice registered");

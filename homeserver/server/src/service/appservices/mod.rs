@@ -1,6 +1,10 @@
 //! The configured appservices: who an `as_token` may act as, and the namespaces normal users
 //! may not claim. Request authentication starts here, since any access token may be an
-//! appservice's.
+//! appservice's. The transaction sender (`sender`) and the other requests to appservices
+//! (`outbound`) are here too.
+
+pub mod outbound;
+pub mod sender;
 
 use std::{sync::Arc, time::Duration};
 
