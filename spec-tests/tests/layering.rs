@@ -22,7 +22,6 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "federation/join.rs",
     "federation/sender.rs",
     "federation/state_graphs.rs",
-    "media/upload.rs",
 ];
 
 /// What reading or writing a table looks like: a schema map, a write batch, a commit, a state

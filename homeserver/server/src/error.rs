@@ -262,6 +262,20 @@ impl From<crate::service::directory::DirectoryError> for ApiError {
     }
 }
 
+impl From<crate::service::media::MediaRecordsError> for ApiError {
+    fn from(e: crate::service::media::MediaRecordsError) -> Self {
+        use crate::service::media::MediaRecordsError::*;
+        match e {
+            Store(e) => e.into(),
+            OverQuota(_) => ApiError::QuotaExceeded(e.to_string()),
+            TooManyPending { retry_after_ms } => ApiError::LimitExceeded {
+                why: e.to_string(),
+                retry_after_ms,
+            },
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

@@ -8,12 +8,11 @@ use axum::{
     Json,
 };
 use plexus_core::signing::random_alnum;
-use plexus_store::Batch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::parse_mxc;
-use crate::service::media::{MediaRecords, Record};
+use crate::service::media::{MediaRecordsError, Record};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Path, Query},
@@ -47,17 +46,6 @@ fn describe(req: &Request, q: &UploadQuery) -> ApiResult<(String, Option<String>
     Ok((content_type, q.filename.clone()))
 }
 
-/// Bytes `user` has uploaded in all (what the per-user quota counts).
-fn used_bytes(app: &App, user: &str) -> ApiResult<u64> {
-    Ok(app.media_records.used_bytes(user)?)
-}
-
-fn over_quota(quota: u64) -> ApiError {
-    ApiError::QuotaExceeded(format!(
-        "your uploads have reached their quota of {quota} bytes"
-    ))
-}
-
 /// The most the next upload of `user` may be: the size limit, or what is left of the quota,
 /// or of the disk above the store's reserve (media must not fill the disk the store needs).
 fn upload_limit(app: &App, user: &str) -> ApiResult<u64> {
@@ -70,25 +58,10 @@ fn upload_limit(app: &App, user: &str) -> ApiResult<u64> {
     if quota == 0 {
         return Ok(limit);
     }
-    match quota.saturating_sub(used_bytes(app, user)?) {
-        0 => Err(over_quota(quota)),
+    match quota.saturating_sub(app.media_records.used_bytes(user)?) {
+        0 => Err(MediaRecordsError::OverQuota(quota).into()),
         left => Ok(limit.min(left)),
     }
-}
-
-/// Count an upload against its uploader's quota, in the batch that records it. The caller
-/// holds the media write lock, so two uploads cannot both fit in the last bytes.
-fn charge_quota(app: &App, user: &str, size: u64, b: &mut Batch) -> ApiResult<()> {
-    let quota = app.settings.media.max_bytes_per_user;
-    if quota == 0 {
-        return Ok(());
-    }
-    let used = used_bytes(app, user)?.saturating_add(size);
-    if used > quota {
-        return Err(over_quota(quota));
-    }
-    MediaRecords::stage_used_bytes(b, user, used)?;
-    Ok(())
 }
 
 /// Streams the body to the blob store, refusing it past `limit` bytes.
@@ -129,11 +102,15 @@ pub async fn upload(
         created_ts: now_ms(),
         unused_expires_at: None,
     };
-    let mut b = Batch::default();
-    MediaRecords::stage(&mut b, app.server_name().as_str(), &id, &rec)?;
+    // Under the lock, two uploads cannot both fit in the last bytes of the quota.
     let charged = app.media.write_lock.lock().await;
-    charge_quota(&app, user, rec.size, &mut b)?;
-    app.store.commit(b)?;
+    app.media_records.record_upload(
+        app.server_name().as_str(),
+        &id,
+        &rec,
+        user,
+        app.settings.media.max_bytes_per_user,
+    )?;
     drop(charged);
     app.store.flush().await?;
     tracing::info!(user = %s.user_id, media = %id, size = rec.size, "media uploaded");
@@ -144,36 +121,16 @@ pub async fn upload(
 pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
     let now = now_ms();
     let user = s.user_id.to_string();
-    let server = app.server_name().as_str().to_owned();
-    let mut b = Batch::default();
-    let mut live = Vec::new();
-    for (id, exp) in app.media_records.reservations(&user)? {
-        if exp <= now {
-            MediaRecords::stage_reservation_done(&mut b, &user, &id);
-            MediaRecords::stage_forget(&mut b, &server, &id);
-        } else {
-            live.push(exp);
-        }
-    }
-    if live.len() >= app.settings.media.max_pending_uploads {
-        app.store.commit(b)?;
-        let soonest = live.iter().min().copied().unwrap_or(now);
-        return Err(ApiError::LimitExceeded {
-            why: "Too many pending media uploads".into(),
-            retry_after_ms: soonest.saturating_sub(now),
-        });
-    }
     let id = random_alnum(24);
     let expires = now + app.settings.media.unused_expiry_secs * 1000;
-    let rec = Record {
-        uploader: Some(user.clone()),
-        created_ts: now,
-        unused_expires_at: Some(expires),
-        ..Record::default()
-    };
-    MediaRecords::stage(&mut b, &server, &id, &rec)?;
-    MediaRecords::stage_reservation(&mut b, &user, &id, expires)?;
-    app.store.commit(b)?;
+    app.media_records.reserve(
+        app.server_name().as_str(),
+        &user,
+        &id,
+        now,
+        expires,
+        app.settings.media.max_pending_uploads,
+    )?;
     app.store.flush().await?;
     Ok(Json(
         json!({ "content_uri": mxc(&app, &id), "unused_expires_at": expires }),
@@ -230,11 +187,13 @@ pub async fn upload_reserved(
         unused_expires_at: None,
         ..rec.unwrap_or_default()
     };
-    let mut b = Batch::default();
-    MediaRecords::stage(&mut b, server.as_str(), &id, &rec)?;
-    charge_quota(&app, &user, rec.size, &mut b)?;
-    MediaRecords::stage_reservation_done(&mut b, &user, &id);
-    app.store.commit(b)?;
+    app.media_records.record_reserved_upload(
+        server.as_str(),
+        &id,
+        &rec,
+        &user,
+        app.settings.media.max_bytes_per_user,
+    )?;
     app.store.flush().await?;
     app.media.uploaded.notify_waiters();
     tracing::info!(user = %s.user_id, media = %id, size = rec.size, "reserved media uploaded");

@@ -40,6 +40,19 @@ pub struct ThumbRecord {
 /// A thumbnail's place in the cache: width, height and method.
 pub type ThumbKey<'a> = (u32, u32, &'a str);
 
+/// Why a media record could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaRecordsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The upload would take its uploader past the per-user quota (in bytes).
+    #[error("your uploads have reached their quota of {0} bytes")]
+    OverQuota(u64),
+    /// The user already holds as many reservations as allowed.
+    #[error("Too many pending media uploads")]
+    TooManyPending { retry_after_ms: u64 },
+}
+
 pub struct MediaRecords {
     store: Arc<Store>,
 }
@@ -54,7 +67,7 @@ impl MediaRecords {
     }
 
     /// A record, in a batch with the writes that go with it (quota, reservation).
-    pub fn stage(b: &mut Batch, server: &str, id: &str, rec: &Record) -> Result<(), StoreError> {
+    fn stage(b: &mut Batch, server: &str, id: &str, rec: &Record) -> Result<(), StoreError> {
         schema::ORIGIN_MEDIA__RECORD.put(b, (server, id), rec)
     }
 
@@ -99,8 +112,98 @@ impl MediaRecords {
             .unwrap_or(0))
     }
 
-    pub fn stage_used_bytes(b: &mut Batch, user: &str, used: u64) -> Result<(), StoreError> {
-        schema::USER__MEDIA_BYTES.put(b, user, &used)
+    /// Count an upload of `size` bytes against `user`'s quota (`quota` 0: none), in the batch
+    /// that records it.
+    fn stage_charge(
+        &self,
+        b: &mut Batch,
+        user: &str,
+        size: u64,
+        quota: u64,
+    ) -> Result<(), MediaRecordsError> {
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self.used_bytes(user)?.saturating_add(size);
+        if used > quota {
+            return Err(MediaRecordsError::OverQuota(quota));
+        }
+        schema::USER__MEDIA_BYTES.put(b, user, &used)?;
+        Ok(())
+    }
+
+    /// Record an upload by `user` and charge it to the user's quota (`quota` 0: none), in one
+    /// batch. The caller holds the media write lock, so two uploads cannot both fit in the last
+    /// bytes. Not yet durable: the caller flushes.
+    pub fn record_upload(
+        &self,
+        server: &str,
+        id: &str,
+        rec: &Record,
+        user: &str,
+        quota: u64,
+    ) -> Result<(), MediaRecordsError> {
+        let mut b = Batch::default();
+        Self::stage(&mut b, server, id, rec)?;
+        self.stage_charge(&mut b, user, rec.size, quota)?;
+        Ok(self.store.commit(b)?)
+    }
+
+    /// [`Self::record_upload`] for an id `user` reserved: the reservation ends in the same batch.
+    pub fn record_reserved_upload(
+        &self,
+        server: &str,
+        id: &str,
+        rec: &Record,
+        user: &str,
+        quota: u64,
+    ) -> Result<(), MediaRecordsError> {
+        let mut b = Batch::default();
+        Self::stage(&mut b, server, id, rec)?;
+        self.stage_charge(&mut b, user, rec.size, quota)?;
+        Self::stage_reservation_done(&mut b, user, id);
+        Ok(self.store.commit(b)?)
+    }
+
+    /// Reserve `id` for a later upload by `user`, until `expires`. The user's expired
+    /// reservations (records without content) are dropped first, and stay dropped when the
+    /// user already holds `max_pending` live ones and nothing is reserved. Not yet durable: the
+    /// caller flushes.
+    pub fn reserve(
+        &self,
+        server: &str,
+        user: &str,
+        id: &str,
+        now: u64,
+        expires: u64,
+        max_pending: usize,
+    ) -> Result<(), MediaRecordsError> {
+        let mut b = Batch::default();
+        let mut live = Vec::new();
+        for (old, exp) in self.reservations(user)? {
+            if exp <= now {
+                Self::stage_reservation_done(&mut b, user, &old);
+                Self::stage_forget(&mut b, server, &old);
+            } else {
+                live.push(exp);
+            }
+        }
+        if live.len() >= max_pending {
+            self.store.commit(b)?;
+            let soonest = live.iter().min().copied().unwrap_or(now);
+            return Err(MediaRecordsError::TooManyPending {
+                retry_after_ms: soonest.saturating_sub(now),
+            });
+        }
+        let rec = Record {
+            uploader: Some(user.to_owned()),
+            created_ts: now,
+            unused_expires_at: Some(expires),
+            ..Record::default()
+        };
+        Self::stage(&mut b, server, id, &rec)?;
+        Self::stage_reservation(&mut b, user, id, expires)?;
+        Ok(self.store.commit(b)?)
     }
 
     /// The ids `user` reserved and has not uploaded to yet, with when each expires.
@@ -111,7 +214,7 @@ impl MediaRecords {
             .collect()
     }
 
-    pub fn stage_reservation(
+    fn stage_reservation(
         b: &mut Batch,
         user: &str,
         id: &str,
@@ -121,12 +224,12 @@ impl MediaRecords {
     }
 
     /// The reservation is over: uploaded to, or given up.
-    pub fn stage_reservation_done(b: &mut Batch, user: &str, id: &str) {
+    fn stage_reservation_done(b: &mut Batch, user: &str, id: &str) {
         schema::USER_MEDIA__PENDING_EXPIRY.delete(b, (user, id));
     }
 
     /// Forget a record (an expired reservation that never received content).
-    pub fn stage_forget(b: &mut Batch, server: &str, id: &str) {
+    fn stage_forget(b: &mut Batch, server: &str, id: &str) {
         schema::ORIGIN_MEDIA__RECORD.delete(b, (server, id));
     }
 }
