@@ -76,15 +76,7 @@ pub async fn update(
         }
         d.display_name = Some(name);
     }
-    let mut b = plexus_store::Batch::default();
-    app.put_device(&s.user_id, &device_id, &d, &mut b)?;
-    // Other users see device names in key queries: a rename is a device list change.
-    let change = crate::e2ee::device_lists::Change::Device {
-        keys: app.device_keys(&s.user_id, &device_id)?,
-        id: device_id,
-        display_name: d.display_name,
-    };
-    crate::e2ee::device_lists::commit_local_changes(&app, &s.user_id, vec![change], b).await?;
+    app.update_device(&s.user_id, &device_id, d).await?;
     Ok(update_device::v3::Response::new())
 }
 

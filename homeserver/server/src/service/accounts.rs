@@ -429,6 +429,24 @@ impl Services {
         schema::USER_DEVICE__DEVICE.put(b, (user_id.as_str(), device_id), rec)
     }
 
+    /// Store a device's record as its user changed it (its display name). Other users see
+    /// device names in key queries: this is a device list change too.
+    pub async fn update_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        rec: DeviceRecord,
+    ) -> ApiResult<()> {
+        let mut b = Batch::default();
+        self.put_device(user_id, device_id, &rec, &mut b)?;
+        let change = crate::e2ee::device_lists::Change::Device {
+            keys: self.device_keys(user_id, device_id)?,
+            id: device_id.to_owned(),
+            display_name: rec.display_name,
+        };
+        crate::e2ee::device_lists::commit_local_changes(self, user_id, vec![change], b).await
+    }
+
     /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
     /// are gone.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> ApiResult<()> {
