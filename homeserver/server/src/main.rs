@@ -186,7 +186,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
     app.spawn_typing_expiry();
     tokio::spawn(hand_back_freed_memory());
-    plexus::push::gateway::Pushers::spawn(&app).map_err(|e| e.to_string())?;
+    plexus::service::push::gateway::Pushers::spawn(&app).map_err(|e| e.to_string())?;
     app.ensure_appservice_senders()
         .await
         .map_err(|e| e.to_string())?;

@@ -1,6 +1,5 @@
-//! Push, the API side: the pusher and `/notifications` endpoints, and the workers that deliver
-//! notifications to push gateways. Rule evaluation and unread counts are `service::push`.
+//! Push, the API side: the pusher and `/notifications` endpoints. Rule evaluation, unread
+//! counts and the workers that deliver notifications to push gateways are `service::push`.
 
-pub mod gateway;
 pub mod notifications;
 pub mod pushers;

@@ -57,7 +57,7 @@ pub struct Services {
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
     pub federation: Option<Arc<crate::federation::Federation>>,
     pub media: crate::media::Repo,
-    pub pushers: crate::push::gateway::Pushers,
+    pub pushers: crate::service::push::gateway::Pushers,
     pub user_push: crate::service::push::user_cache::UserPushCache,
     pub e2ee: crate::e2ee::E2ee,
     pub appservices: appservices::Appservices,

@@ -1,7 +1,7 @@
 //! The pushers each user has set, and how far delivery to each has got: the two tables
 //! `USER_APP_PUSHKEY__PUSHER` and `USER_APP_PUSHKEY__DELIVERED`, keyed by user, app id and
 //! pushkey. The endpoints that set them are `crate::push::pushers`; the delivery workers
-//! `crate::push::gateway`.
+//! `super::gateway`.
 
 use plexus_store::{schema, Batch, First};
 use ruma::{OwnedUserId, UserId};
