@@ -10,7 +10,6 @@ pub mod federation;
 pub mod http;
 pub mod media;
 pub mod push;
-pub mod search;
 pub mod service;
 
 use axum::{extract::Request, middleware, response::IntoResponse, Router};

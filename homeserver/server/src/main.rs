@@ -164,10 +164,11 @@ async fn rebuild_search_index(settings: Settings) -> Result<(), String> {
     let app = Services::open(settings).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let svc = app.clone();
-    let events = tokio::task::spawn_blocking(move || plexus::search::indexer::rebuild(&svc))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let events =
+        tokio::task::spawn_blocking(move || plexus::service::search::indexer::rebuild(&svc))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "indexed {events} events in {secs:.2} s ({:.0} events/s); {} searchable documents",
@@ -191,7 +192,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     plexus::service::appservices::sender::start(&app);
-    plexus::search::indexer::start(&app);
+    plexus::service::search::indexer::start(&app);
     for reg in &app.appservices.regs {
         tracing::info!(appservice = %reg.id, url = ?reg.url, "appservice registered");
     }

@@ -15,8 +15,7 @@ use super::{filter::EventFilter, messages::events_around};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body, Query},
-    search::searchable,
-    service::{accounts::Session, App, Services},
+    service::{accounts::Session, search::searchable, App, Services},
 };
 
 /// Results per page unless the filter says otherwise, and the most it may ask for.

@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod reports;
 pub mod restricted;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod single_flight;
 pub mod spaces;
@@ -61,7 +62,7 @@ pub struct Services {
     pub user_push: crate::service::push::user_cache::UserPushCache,
     pub e2ee: crate::e2ee::E2ee,
     pub appservices: appservices::Appservices,
-    pub search: crate::search::Search,
+    pub search: crate::service::search::Search,
     /// Memory that request bodies in flight may hold, shared by both listeners.
     pub bodies: crate::http::body::BodyBudget,
     pub limiter: ratelimit::Limiter,
@@ -102,7 +103,7 @@ impl Services {
         };
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
         let appservices = appservices::Appservices::new(settings.appservices.clone())?;
-        let search = crate::search::Search::open(&settings.data_dir.join("search"))?;
+        let search = crate::service::search::Search::open(&settings.data_dir.join("search"))?;
         let limiter = ratelimit::Limiter::new(settings.rate_limits.clone());
         let app = Arc::new(Self {
             federation,
