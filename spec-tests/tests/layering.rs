@@ -16,11 +16,7 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "e2ee/federation.rs",
     "e2ee/query.rs",
     "e2ee/to_device.rs",
-    "federation/backfill.rs",
-    "federation/ingest.rs",
     "federation/join.rs",
-    "federation/sender.rs",
-    "federation/state_graphs.rs",
 ];
 
 /// What reading or writing a table looks like: a schema map, a write batch, a commit, a state

@@ -197,7 +197,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         tracing::info!(appservice = %reg.id, url = ?reg.url, "appservice registered");
     }
     if let Some(fed) = app.federation.clone() {
-        let tls = plexus::federation::tls::load_or_generate(
+        let tls = plexus::service::federation::tls::load_or_generate(
             &fed.settings,
             &app.settings.data_dir,
             app.server_name().as_str(),
@@ -208,7 +208,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "plexus listening (federation, TLS)");
-        tokio::spawn(plexus::federation::tls::serve(
+        tokio::spawn(plexus::service::federation::tls::serve(
             listener,
             tls,
             federation_router(app.clone()),

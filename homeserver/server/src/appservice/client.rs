@@ -12,11 +12,11 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    federation::sender::enc,
     http::{
         extract::{query_pairs, Auth, Path},
         ruma::Ruma,
     },
+    service::federation::sender::enc,
     service::App,
 };
 

@@ -142,7 +142,10 @@ async fn list_public_on(
                 q.push(format!("limit={l}"));
             }
             if let Some(s) = since {
-                q.push(format!("since={}", crate::federation::sender::enc(s)));
+                q.push(format!(
+                    "since={}",
+                    crate::service::federation::sender::enc(s)
+                ));
             }
             let path = format!("{PATH}?{}", q.join("&"));
             fed.request(app, &server, http::Method::GET, &path, None, true)

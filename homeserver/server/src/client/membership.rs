@@ -52,7 +52,7 @@ pub async fn resolve_alias_servers(
     };
     let path = format!(
         "/_matrix/federation/v1/query/directory?room_alias={}",
-        crate::federation::sender::enc(alias.as_str())
+        crate::service::federation::sender::enc(alias.as_str())
     );
     let v = fed
         .request(

@@ -95,7 +95,7 @@ type Entries<'a> = Box<dyn Iterator<Item = ApiResult<(Pos, u64)>> + Send + 'a>;
 fn backwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: Option<Pos>) -> Entries<'a> {
     let history = move |after: u64, upto: u64| -> Entries<'a> {
         Box::new(
-            crate::federation::backfill::history(app, short_room, after + 1, upto)
+            crate::service::federation::backfill::history(app, short_room, after + 1, upto)
                 .map(|r| r.map(|(seq, short)| (Pos::History(seq), short))),
         )
     };
@@ -139,7 +139,7 @@ fn forwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: u64) -> Entri
     match from {
         Pos::Timeline(c) => timeline(c),
         Pos::History(h) => Box::new(
-            crate::federation::backfill::history(app, short_room, 1, h)
+            crate::service::federation::backfill::history(app, short_room, 1, h)
                 .rev()
                 .map(|r| r.map(|(seq, short)| (Pos::History(seq - 1), short)))
                 .chain(timeline(0)),
@@ -222,7 +222,7 @@ pub async fn messages(
             break;
         }
         let wanted = limit.saturating_sub(chunk.len()).max(1);
-        match crate::federation::backfill::backfill(&app, &room, wanted).await {
+        match crate::service::federation::backfill::backfill(&app, &room, wanted).await {
             Ok(0) => break,
             Ok(n) => {
                 backfilled = true;

@@ -28,7 +28,7 @@ async fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
         };
         let path = format!(
             "/_matrix/federation/v1/query/profile?user_id={}",
-            crate::federation::sender::enc(user.as_str())
+            crate::service::federation::sender::enc(user.as_str())
         );
         let v = fed
             .request(

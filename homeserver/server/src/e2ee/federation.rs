@@ -16,8 +16,9 @@ use super::{
 };
 use crate::{
     error::{ApiError, ApiResult},
-    federation::{sender::enc, x_matrix::FedRequest},
+    federation::x_matrix::FedRequest,
     http::{extract::Path, ruma::Ruma},
+    service::federation::sender::enc,
     service::App,
 };
 

@@ -15,15 +15,19 @@ use ruma::{
 };
 use serde_json::{value::RawValue as RawJsonValue, Value};
 
-use super::{
-    ingest,
-    sender::federation_form,
-    visibility::{room_for_peer, ServerView},
-};
 use crate::{
     error::{ApiError, ApiResult},
     http::ruma::Ruma,
-    service::{now_ms, raw_value, rooms::RoomRef, App, Services},
+    service::{
+        federation::{
+            ingest,
+            sender::federation_form,
+            visibility::{room_for_peer, ServerView},
+        },
+        now_ms, raw_value,
+        rooms::RoomRef,
+        App, Services,
+    },
 };
 
 const MAX_BACKFILL: usize = 100;

@@ -8,11 +8,11 @@ use ruma::{OwnedServerName, RoomId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{sender::enc, x_matrix::FedRequest};
+use super::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{parse_room_id, Path, Query},
-    service::{spaces::Viewer, App, Services},
+    service::{federation::sender::enc, spaces::Viewer, App, Services},
 };
 
 #[derive(Deserialize)]
@@ -36,7 +36,7 @@ pub async fn hierarchy(
     let room_id = parse_room_id(&room_id)?;
     let not_found = || ApiError::NotFound("Room not found or not accessible".into());
     let room = app.resident_room(&room_id)?.ok_or_else(not_found)?;
-    super::acl::ensure(&app, room.short, &req.origin)?;
+    crate::service::federation::acl::ensure(&app, room.short, &req.origin)?;
     let viewer = Viewer::Server(&req.origin);
     let mut summary = app.room_summary(&room)?;
     if !app.may_preview(&room_id, &summary, viewer)? {

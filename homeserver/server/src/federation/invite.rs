@@ -9,16 +9,18 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{
-    ingest,
-    join::persist_out_of_room,
-    sender::{enc, federation_form},
-    x_matrix::FedRequest,
-};
+use super::{join::persist_out_of_room, x_matrix::FedRequest};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::Path,
-    service::{writer::RoomWriter, App, Services},
+    service::{
+        federation::{
+            ingest,
+            sender::{enc, federation_form},
+        },
+        writer::RoomWriter,
+        App, Services,
+    },
 };
 
 /// Most entries of `invite_room_state` looked at.
@@ -93,7 +95,7 @@ pub async fn invite(
     let signed = serde_json::to_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
 
     if let Some(r) = app.room(&room_id)? {
-        super::acl::ensure(&app, r.short, &req.origin)?;
+        crate::service::federation::acl::ensure(&app, r.short, &req.origin)?;
     }
     if !app.is_resident(&room_id)? {
         let mut kept = c;

@@ -14,15 +14,15 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    ingest::{self, Checked, IngestError, Outcome},
-    sender::{enc, federation_form},
-    x_matrix::FedRequest,
-};
+use super::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Path, Query},
     service::{
+        federation::{
+            ingest::{self, Checked, IngestError, Outcome},
+            sender::{enc, federation_form},
+        },
         restricted::JoinAuthorisation,
         rooms::RoomMeta,
         writer::{
@@ -72,7 +72,7 @@ async fn make_membership(
     if app.room_audience(room.short)?.local_joined.is_empty() {
         return Err(ApiError::NotFound("This server is not in the room".into()));
     }
-    super::acl::ensure(app, room.short, origin)?;
+    crate::service::federation::acl::ensure(app, room.short, origin)?;
     if let Some(vers) = versions {
         let v = room.meta.version.as_str();
         let offered = if vers.is_empty() {
@@ -148,7 +148,7 @@ async fn send_membership(
     let room = app
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
-    super::acl::ensure(app, room.short, &req.origin)?;
+    crate::service::federation::acl::ensure(app, room.short, &req.origin)?;
     let rules = room_version::rules(&room.meta.version)?;
     let body = match authorised_by_us(app, &req.body) {
         // A restricted join one of our members vouches for: it needs our signature too.

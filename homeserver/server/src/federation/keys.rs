@@ -17,7 +17,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::client::FedError;
+use crate::service::federation::client::FedError;
 use crate::service::single_flight::SingleFlight;
 use crate::service::Services;
 use crate::{

@@ -1,25 +1,15 @@
-//! The server-server API: keys, signed requests, inbound transactions and joins, the outbound
-//! per-destination sender, and joining rooms that live on other servers.
+//! The server-server API's endpoints: keys, events, inbound transactions, joins and invites,
+//! the space hierarchy, queries and media. The machinery behind them (the inbound pipeline,
+//! the outbound sender, remote joins) is in `crate::service::federation`.
 
-pub mod acl;
-pub mod backfill;
-pub mod client;
-pub mod edu;
 pub mod events;
 pub mod hierarchy;
-pub mod ingest;
 pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod media;
 pub mod query;
-pub mod resolve;
 pub mod send;
-pub mod sender;
-#[cfg(test)]
-mod state_graphs;
-pub mod tls;
-pub mod visibility;
 pub mod x_matrix;
 
 use axum::{
@@ -27,33 +17,7 @@ use axum::{
     Router,
 };
 
-use crate::{config::FederationSettings, error::ApiError, http::ruma::RumaRoutes, service::App};
-
-/// Outbound federation state, present only when federation is switched on.
-pub struct Federation {
-    pub settings: FederationSettings,
-    pub http: reqwest::Client,
-    pub resolver: resolve::Resolver,
-    pub keys: keys::KeyCache,
-    pub sender: sender::Sender,
-}
-
-impl Federation {
-    pub fn new(settings: FederationSettings) -> Result<Self, ApiError> {
-        let resolver = resolve::Resolver::default();
-        Ok(Self {
-            http: client::http_client(
-                settings.verify_tls,
-                settings.allow_loopback,
-                resolver.targets.clone(),
-            )?,
-            settings,
-            resolver,
-            keys: keys::KeyCache::default(),
-            sender: sender::Sender::default(),
-        })
-    }
-}
+use crate::{http::ruma::RumaRoutes, service::App};
 
 /// Routes of the federation listener.
 pub fn router() -> Router<App> {

@@ -6,16 +6,18 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomId, ServerName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    ingest::{self, Checked, IngestError},
-    sender::enc,
-    x_matrix::FedRequest,
-};
+use super::x_matrix::FedRequest;
 use crate::service::Services;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::Path,
-    service::App,
+    service::{
+        federation::{
+            ingest::{self, Checked, IngestError},
+            sender::enc,
+        },
+        App,
+    },
 };
 
 /// Most events one `get_missing_events` call asks for.
@@ -64,7 +66,7 @@ pub async fn transaction(
         }
     }
     for edu in &t.edus {
-        if let Err(e) = super::edu::handle(&app, &req.origin, edu).await {
+        if let Err(e) = crate::service::federation::edu::handle(&app, &req.origin, edu).await {
             tracing::debug!(origin = %req.origin, error = %e, "EDU ignored");
         }
     }
@@ -116,7 +118,7 @@ async fn one_pdu(
     // The ACL as it stands when the transaction arrives, read once per room.
     let allowed = match acl.get(&room.short) {
         Some(a) => *a,
-        None => match super::acl::allowed(app, room.short, origin) {
+        None => match crate::service::federation::acl::allowed(app, room.short, origin) {
             Ok(a) => *acl.entry(room.short).or_insert(a),
             Err(e) => return (None, Err(e.into())),
         },
@@ -242,7 +244,7 @@ async fn fill_gap(
 /// For prev events we cannot reach: learn the state at each from the peer, store it with its
 /// auth chain, and the prev event itself as the point that state belongs to. `/state_ids`
 /// first, fetching only the events we lack; `/state` when that would be too many requests.
-pub(super) async fn state_at_prevs(
+pub(crate) async fn state_at_prevs(
     app: &Services,
     origin: &ServerName,
     room_id: &RoomId,

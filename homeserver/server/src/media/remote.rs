@@ -11,8 +11,10 @@ use super::{DEFAULT_WAIT_MS, MAX_WAIT};
 use crate::service::media::Record;
 use crate::{
     error::{ApiError, ApiResult},
-    federation::client::{error_chain, literal_ip_refused, status_error, FedError},
-    service::{now_ms, App},
+    service::{
+        federation::client::{error_chain, literal_ip_refused, status_error, FedError},
+        now_ms, App,
+    },
 };
 
 /// What a remote server answered for a media id.

@@ -63,9 +63,10 @@ fn check_url(app: &Services, url: &str) -> ApiResult<()> {
             "data.url must have the path {NOTIFY_PATH}"
         )));
     }
-    if let Some(why) =
-        crate::federation::client::literal_ip_refused(&parsed, app.settings.push.allow_loopback)
-    {
+    if let Some(why) = crate::service::federation::client::literal_ip_refused(
+        &parsed,
+        app.settings.push.allow_loopback,
+    ) {
         return Err(ApiError::InvalidParam(format!(
             "data.url points at a {why}"
         )));

@@ -80,7 +80,7 @@ impl Services {
             }
             room.changed = count;
         }
-        crate::federation::edu::send_typing(self, room_id, user, timeout_ms)?;
+        crate::service::federation::edu::send_typing(self, room_id, user, timeout_ms)?;
         self.wake_room(room_id, count)
     }
 
@@ -186,7 +186,7 @@ impl Services {
         if kind == "m.read.private" {
             self.notifier.wake([user], count);
         } else {
-            crate::federation::edu::send_receipt(
+            crate::service::federation::edu::send_receipt(
                 self, room_id, short_room, user, event_id, thread,
             )?;
             self.wake_room(room_id, count)?;

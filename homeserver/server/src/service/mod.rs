@@ -6,6 +6,7 @@ pub mod aggregations;
 pub mod appservices;
 pub mod directory;
 pub mod ephemeral;
+pub mod federation;
 pub mod filters;
 pub mod last_seen;
 pub mod media;
@@ -56,7 +57,7 @@ pub struct Services {
     pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
-    pub federation: Option<Arc<crate::federation::Federation>>,
+    pub federation: Option<Arc<crate::service::federation::Federation>>,
     pub media: crate::media::Repo,
     pub pushers: crate::service::push::gateway::Pushers,
     pub user_push: crate::service::push::user_cache::UserPushCache,
@@ -98,7 +99,9 @@ impl Services {
             None => load_or_create_key(&store)?,
         };
         let federation = match &settings.federation {
-            Some(f) => Some(Arc::new(crate::federation::Federation::new(f.clone())?)),
+            Some(f) => Some(Arc::new(crate::service::federation::Federation::new(
+                f.clone(),
+            )?)),
             None => None,
         };
         let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
@@ -145,9 +148,12 @@ impl Services {
     /// Federation, or an error saying it is off.
     pub fn fed(
         &self,
-    ) -> Result<&Arc<crate::federation::Federation>, crate::federation::client::FedError> {
+    ) -> Result<
+        &Arc<crate::service::federation::Federation>,
+        crate::service::federation::client::FedError,
+    > {
         self.federation.as_ref().ok_or_else(|| {
-            crate::federation::client::FedError::Refused(
+            crate::service::federation::client::FedError::Refused(
                 "other servers".into(),
                 "federation is disabled on this server".into(),
             )

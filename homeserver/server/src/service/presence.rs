@@ -110,7 +110,7 @@ impl Services {
         let audience = self.presence_audience(user)?;
         self.notifier
             .wake(audience.iter().map(|u| u.as_ref()), count);
-        crate::federation::edu::send_presence(
+        crate::service::federation::edu::send_presence(
             self,
             user,
             &audience,

@@ -9,8 +9,7 @@ use serde_json::Value;
 
 use crate::{
     error::{ApiError, ApiResult},
-    federation::sender::enc,
-    service::Services,
+    service::{federation::sender::enc, Services},
 };
 
 /// Queries are answered quickly or not at all: a client is waiting.

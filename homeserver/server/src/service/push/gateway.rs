@@ -77,7 +77,7 @@ impl Pushers {
         else {
             return Ok(());
         };
-        let client = crate::federation::client::http_client(
+        let client = crate::service::federation::client::http_client(
             true,
             app.settings.push.allow_loopback,
             Default::default(),
@@ -201,9 +201,10 @@ async fn post(
         .as_str()
         .ok_or_else(|| ApiError::Internal("pusher without url".into()))?;
     let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(why) =
-        crate::federation::client::literal_ip_refused(&parsed, app.settings.push.allow_loopback)
-    {
+    if let Some(why) = crate::service::federation::client::literal_ip_refused(
+        &parsed,
+        app.settings.push.allow_loopback,
+    ) {
         return Err(ApiError::BadGateway(format!("push gateway is a {why}")));
     }
     let resp = client
@@ -215,7 +216,7 @@ async fn post(
         .map_err(|e| {
             ApiError::BadGateway(format!(
                 "push gateway: {}",
-                crate::federation::client::error_chain(&e)
+                crate::service::federation::client::error_chain(&e)
             ))
         })?;
     let status = resp.status();

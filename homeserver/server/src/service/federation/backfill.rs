@@ -131,7 +131,10 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
                     }
                 }
                 if !missing.is_empty() {
-                    super::send::state_at_prevs(app, &server, room_id, &rules, &missing).await?;
+                    crate::federation::send::state_at_prevs(
+                        app, &server, room_id, &rules, &missing,
+                    )
+                    .await?;
                 }
                 ingest::persist_historic(app, room, &rules, &c).await
             };

@@ -924,7 +924,7 @@ pub async fn fetch_events(
         }
         let path = format!(
             "/_matrix/federation/v1/event/{}",
-            crate::federation::sender::enc(id.as_str())
+            crate::service::federation::sender::enc(id.as_str())
         );
         let resp = fed
             .request(app, origin, http::Method::GET, &path, None, true)
