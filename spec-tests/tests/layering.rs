@@ -16,7 +16,6 @@ const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "e2ee/federation.rs",
     "e2ee/query.rs",
     "e2ee/to_device.rs",
-    "federation/join.rs",
 ];
 
 /// What reading or writing a table looks like: a schema map, a write batch, a commit, a state

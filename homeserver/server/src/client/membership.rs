@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 
 use crate::{
     error::{ApiError, ApiResult},
-    federation::join::remote_membership,
     http::{
         extract::{parse_room_id, Auth, Body, Path},
         ruma::Ruma,
     },
+    service::federation::join::remote_membership,
     service::restricted::JoinAuthorisation,
     service::{
         ratelimit::Action,
@@ -131,7 +131,7 @@ async fn reject_remote(
             }
         }
     }
-    crate::federation::join::local_rejection(app, user, room_id, &m.event_id).await
+    crate::service::federation::join::local_rejection(app, user, room_id, &m.event_id).await
 }
 
 /// Join, leave or knock on a room this server is not in. Servers are asked in this order:
@@ -328,7 +328,8 @@ pub async fn set_membership(
     }
     let event_id = w.append(sender, member_event(target, content, None), None)?;
     if remote_invite {
-        crate::federation::invite::countersigned_invite(app, &mut w, &event_id, target).await?;
+        crate::service::federation::invite::countersigned_invite(app, &mut w, &event_id, target)
+            .await?;
     }
     w.commit().await?;
     Ok(())

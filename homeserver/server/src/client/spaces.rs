@@ -14,8 +14,8 @@ use super::membership::{room_and_via, ViaQuery};
 use crate::http::extract::parse_room_id;
 use crate::{
     error::{ApiError, ApiResult},
-    federation::hierarchy::{self, wanted},
     http::extract::{Auth, MaybeAuth, Path, Query},
+    service::federation::hierarchy::{self, wanted},
     service::{spaces::Viewer, App},
 };
 

@@ -1,10 +1,9 @@
 //! `GET /_matrix/federation/v1/hierarchy/{roomId}`: a space and its children as this server
-//! knows them, for another server's users; and asking other servers the same for rooms this
-//! server is not in.
+//! knows them, for another server's users. Asking other servers the same is
+//! `service::federation::hierarchy`.
 
 use axum::{extract::State, Json};
-use http::Method;
-use ruma::{OwnedServerName, RoomId};
+use ruma::RoomId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -12,17 +11,12 @@ use super::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{parse_room_id, Path, Query},
-    service::{federation::sender::enc, spaces::Viewer, App, Services},
+    service::{federation::hierarchy::wanted, spaces::Viewer, App},
 };
 
 #[derive(Deserialize)]
 pub struct HierarchyQuery {
     suggested_only: Option<bool>,
-}
-
-/// Whether a child event is kept under `suggested_only`.
-pub fn wanted(child: &Value, suggested_only: bool) -> bool {
-    !suggested_only || child["content"]["suggested"] == true
 }
 
 /// Hand-written: ruma's `RoomSummary` would drop each child's `children_state` (which our
@@ -71,34 +65,4 @@ pub async fn hierarchy(
         "children": children,
         "inaccessible_children": inaccessible,
     })))
-}
-
-/// A room's `/hierarchy` answer from the first of `via` that gives one (at most three are
-/// tried); `None` if none does.
-pub async fn fetch(
-    app: &Services,
-    room_id: &RoomId,
-    via: &[OwnedServerName],
-    suggested_only: bool,
-) -> Option<Value> {
-    let fed = app.fed().ok()?;
-    let path = format!(
-        "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
-        enc(room_id.as_str())
-    );
-    for server in via
-        .iter()
-        .filter(|s| s.as_str() != app.server_name().as_str())
-        .take(3)
-    {
-        match fed
-            .request(app, server, Method::GET, &path, None, true)
-            .await
-        {
-            Ok(v) if v["room"]["room_id"] == room_id.as_str() => return Some(v),
-            Ok(_) => tracing::debug!(%server, %room_id, "hierarchy answer for another room"),
-            Err(e) => tracing::debug!(%server, %room_id, error = %e, "hierarchy request failed"),
-        }
-    }
-    None
 }

@@ -131,10 +131,7 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
                     }
                 }
                 if !missing.is_empty() {
-                    crate::federation::send::state_at_prevs(
-                        app, &server, room_id, &rules, &missing,
-                    )
-                    .await?;
+                    super::send::state_at_prevs(app, &server, room_id, &rules, &missing).await?;
                 }
                 ingest::persist_historic(app, room, &rules, &c).await
             };

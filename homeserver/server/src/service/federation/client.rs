@@ -12,9 +12,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use ruma::ServerName;
 use serde_json::Value;
 
-use super::{resolve::Destination, Federation};
+use super::{resolve::Destination, x_matrix, Federation};
 use crate::error::ApiError;
-use crate::federation::x_matrix;
 use crate::service::Services;
 
 #[derive(Debug, thiserror::Error)]

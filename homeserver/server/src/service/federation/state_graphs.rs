@@ -311,15 +311,9 @@ impl<'g> Replica<'g> {
         let state_ids: Vec<OwnedEventId> = g.state_after[state_of].values().cloned().collect();
         let known: Vec<Checked> = g.events.iter().map(|(_, c)| c.clone()).collect();
         let point = g.events[g.by_name[point]].1.clone();
-        crate::federation::join::store_state_and_point(
-            &self.app,
-            &self.g.rules(),
-            known,
-            &state_ids,
-            point,
-        )
-        .await
-        .expect("bridged");
+        super::join::store_state_and_point(&self.app, &self.g.rules(), known, &state_ids, point)
+            .await
+            .expect("bridged");
     }
 
     fn view(&self) -> Ingested {
