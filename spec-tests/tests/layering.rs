@@ -1,7 +1,7 @@
 //! The server's layers, checked on its source: handlers are the top layer, so nothing imports
-//! them; the store is reached through services. Files that still touch the store outside
-//! `service/` are listed here, and the list may only shrink (issue 21 moves each domain into a
-//! service that owns its tables).
+//! the client handlers and no service imports the federation handlers; the store is reached
+//! through services. Files that still touch the store outside `service/` are listed here, and
+//! the list may only shrink (issue 21 moves each domain into a service that owns its tables).
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +87,74 @@ fn nothing_imports_the_client_handlers() {
     assert!(
         offenders.is_empty(),
         "client handlers are the top layer; these import them:\n{}",
+        offenders.join("\n")
+    );
+}
+
+/// The first-level items of a `use crate::{ ... };` statement, without whitespace.
+fn crate_use_items(stmt: &str) -> Vec<String> {
+    let flat: String = stmt.chars().filter(|c| !c.is_whitespace()).collect();
+    let Some(inner) = flat.strip_prefix("usecrate::{") else {
+        return vec![];
+    };
+    let (mut items, mut item, mut depth) = (vec![], String::new(), 0);
+    for c in inner.chars() {
+        match c {
+            '}' if depth == 0 => break,
+            ',' if depth == 0 => {
+                items.push(std::mem::take(&mut item));
+                continue;
+            }
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        item.push(c);
+    }
+    items.push(item);
+    items
+}
+
+#[test]
+fn services_do_not_import_the_federation_handlers() {
+    let mut offenders = vec![];
+    for (path, text) in server_files() {
+        if !path.starts_with("service/") {
+            continue;
+        }
+        let mut stmt: Option<(usize, String)> = None;
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with("//") {
+                continue;
+            }
+            if line.contains("crate::federation") {
+                offenders.push(format!("{path}:{}: {t}", n + 1));
+            }
+            if t.starts_with("use crate::{") {
+                stmt = Some((n, String::new()));
+            }
+            if let Some((start, s)) = &mut stmt {
+                s.push_str(t);
+                if t.ends_with(';') {
+                    let handlers = crate_use_items(s)
+                        .iter()
+                        .any(|i| i == "federation" || i.starts_with("federation::"));
+                    if handlers {
+                        offenders.push(format!(
+                            "{path}:{}: use crate::{{federation...}}",
+                            *start + 1
+                        ));
+                    }
+                    stmt = None;
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the federation machinery is in service/federation/, below the handlers; these import \
+         the handlers:\n{}",
         offenders.join("\n")
     );
 }
