@@ -4,32 +4,30 @@
 
 use axum::{extract::State, Json};
 use plexus_core::room_version;
-use ruma::{OwnedRoomId, OwnedUserId, ServerName};
+use ruma::{
+    api::federation::membership::{prepare_join_event, prepare_knock_event, prepare_leave_event},
+    OwnedRoomId, OwnedUserId, RoomVersionId, ServerName,
+};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, value::RawValue as RawJsonValue, Value};
 
 use super::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Path, Query},
+    http::{extract::Path, ruma::Ruma},
     service::{
         federation::{
             ingest::{self, Checked, IngestError, Outcome},
             join::member_template_event,
             sender::federation_form,
         },
+        raw_value,
         restricted::JoinAuthorisation,
         rooms::RoomMeta,
         writer::RoomWriter,
         App, Services,
     },
 };
-
-#[derive(Deserialize, Default)]
-pub struct VerQuery {
-    #[serde(default)]
-    ver: Vec<String>,
-}
 
 /// The resident side of make_join/make_leave: an unsigned event for the remote user.
 async fn make_membership(
@@ -83,30 +81,49 @@ async fn make_membership(
     })))
 }
 
+/// `make_membership`'s answer as ruma's parts: the room version and the unsigned template.
+fn template(Json(v): Json<Value>) -> ApiResult<(RoomVersionId, Box<RawJsonValue>)> {
+    let version = RoomVersionId::deserialize(&v["room_version"])
+        .map_err(|e| ApiError::Internal(format!("template room version: {e}")))?;
+    Ok((version, raw_value(&v["event"])?))
+}
+
 pub async fn make_join(
-    State(app): State<App>,
-    Path((room, user)): Path<(String, String)>,
-    Query(q): Query<VerQuery>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    make_membership(&app, &req.origin, &room, &user, "join", Some(&q.ver)).await
+    app: App,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> ApiResult<prepare_join_event::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let ver: Vec<String> = q.ver.iter().map(ToString::to_string).collect();
+    let (room, user) = (q.room_id.as_str(), q.user_id.as_str());
+    let answer = make_membership(&app, &origin, room, user, "join", Some(&ver)).await?;
+    let (version, event) = template(answer)?;
+    let mut res = prepare_join_event::v1::Response::new(event);
+    res.room_version = Some(version);
+    Ok(res)
 }
 
 pub async fn make_leave(
-    State(app): State<App>,
-    Path((room, user)): Path<(String, String)>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    make_membership(&app, &req.origin, &room, &user, "leave", None).await
+    app: App,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> ApiResult<prepare_leave_event::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let (room, user) = (q.room_id.as_str(), q.user_id.as_str());
+    let answer = make_membership(&app, &origin, room, user, "leave", None).await?;
+    let (version, event) = template(answer)?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), event))
 }
 
+/// `ver` is required here, as the spec has it: a request without one is `M_MISSING_PARAM`.
 pub async fn make_knock(
-    State(app): State<App>,
-    Path((room, user)): Path<(String, String)>,
-    Query(q): Query<VerQuery>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    make_membership(&app, &req.origin, &room, &user, "knock", Some(&q.ver)).await
+    app: App,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> ApiResult<prepare_knock_event::v1::Response> {
+    let (origin, q) = (req.caller, req.body);
+    let ver: Vec<String> = q.ver.iter().map(ToString::to_string).collect();
+    let (room, user) = (q.room_id.as_str(), q.user_id.as_str());
+    let answer = make_membership(&app, &origin, room, user, "knock", Some(&ver)).await?;
+    let (version, event) = template(answer)?;
+    Ok(prepare_knock_event::v1::Response::new(version, event))
 }
 
 /// The local user a join names as its authoriser (`join_authorised_via_users_server`).

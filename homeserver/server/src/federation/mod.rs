@@ -30,18 +30,9 @@ pub fn router() -> Router<App> {
         .ruma(query::directory)
         .ruma(query::openid_userinfo)
         .route(&format!("{V1}/send/{{txn}}"), put(send::transaction))
-        .route(
-            &format!("{V1}/make_join/{{room}}/{{user}}"),
-            get(join::make_join),
-        )
-        .route(
-            &format!("{V1}/make_leave/{{room}}/{{user}}"),
-            get(join::make_leave),
-        )
-        .route(
-            &format!("{V1}/make_knock/{{room}}/{{user}}"),
-            get(join::make_knock),
-        )
+        .ruma(join::make_join)
+        .ruma(join::make_leave)
+        .ruma(join::make_knock)
         .route(
             &format!("{V1}/send_knock/{{room}}/{{event}}"),
             put(join::send_knock),
