@@ -5,7 +5,10 @@
 use axum::{extract::State, Json};
 use plexus_core::room_version;
 use ruma::{
-    api::federation::membership::{prepare_join_event, prepare_knock_event, prepare_leave_event},
+    api::federation::membership::{
+        create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+        prepare_leave_event, RawStrippedState,
+    },
     OwnedRoomId, OwnedUserId, RoomVersionId, ServerName,
 };
 use serde::Deserialize;
@@ -138,7 +141,8 @@ fn authorised_by_us(app: &Services, ev: &Value) -> Option<OwnedUserId> {
 /// The resident side of send_join/send_leave/send_knock: check, persist and pass the event on.
 async fn send_membership(
     app: &Services,
-    req: &FedRequest,
+    origin: &ServerName,
+    sent: &Value,
     room: &str,
     event_id: &str,
     membership: &str,
@@ -148,24 +152,24 @@ async fn send_membership(
     let room = app
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
-    crate::service::federation::acl::ensure(app, room.short, &req.origin)?;
+    crate::service::federation::acl::ensure(app, room.short, origin)?;
     let rules = room_version::rules(&room.meta.version)?;
-    let body = match authorised_by_us(app, &req.body) {
+    let body = match authorised_by_us(app, sent) {
         // A restricted join one of our members vouches for: it needs our signature too.
         Some(by) if membership == "join" => {
-            let user = req.body["state_key"].as_str().unwrap_or_default();
+            let user = sent["state_key"].as_str().unwrap_or_default();
             let user = OwnedUserId::try_from(user)
                 .map_err(|e| ApiError::BadJson(format!("invalid state_key: {e}")))?;
             // Sign only for users who meet the allow conditions; the auth rules check the rest
             // (that `by` is joined and may invite).
             app.authorise_join(&room, &user)?;
             tracing::info!(room_id = %room_id, user_id = %user, authoriser = %by, "countersigning a restricted join");
-            let obj = ingest::canonical_object(&req.body).map_err(ApiError::BadJson)?;
+            let obj = ingest::canonical_object(sent).map_err(ApiError::BadJson)?;
             let signed =
                 plexus_core::builder::countersign(obj, &rules, app.server_name(), &app.key)?;
             serde_json::to_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?
         }
-        _ => req.body.clone(),
+        _ => sent.clone(),
     };
     let c = ingest::check(app, &rules, &body)
         .await
@@ -178,14 +182,13 @@ async fn send_membership(
         || pdu.kind != ruma::events::TimelineEventType::RoomMember
         || pdu.membership().as_deref() != Some(membership)
         || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-        || pdu.sender.server_name() != req.origin
+        || pdu.sender.server_name() != origin
     {
         return Err(ApiError::BadJson(format!(
-            "not a {membership} of a user of {} in this room",
-            req.origin
+            "not a {membership} of a user of {origin} in this room"
         )));
     }
-    let outcome = ingest::persist(app, &room, &rules, c.clone(), Some(&req.origin))
+    let outcome = ingest::persist(app, &room, &rules, c.clone(), Some(origin))
         .await
         .map_err(|e| match e {
             IngestError::Auth(why) => ApiError::Forbidden(why),
@@ -200,12 +203,13 @@ async fn send_membership(
     Ok((room.meta, c))
 }
 
+/// Hand-typed: ruma's answer has no `origin`, which the spec requires in it.
 pub async fn send_join(
     State(app): State<App>,
     Path((room, event_id)): Path<(String, String)>,
     req: FedRequest,
 ) -> ApiResult<Json<Value>> {
-    let (meta, c) = send_membership(&app, &req, &room, &event_id, "join").await?;
+    let (meta, c) = send_membership(&app, &req.origin, &req.body, &room, &event_id, "join").await?;
     let room = app.room_or_404(&meta.room_id)?;
     // The state before the join (which includes everything the join cites) and its auth chain.
     let (state, chain) = super::events::state_before(&app, &room, c.event_id.as_str())?;
@@ -221,28 +225,37 @@ pub async fn send_join(
     })))
 }
 
+/// The PDU a send_leave or send_knock carries, as `send_membership` reads it.
+fn sent_pdu(raw: &RawJsonValue) -> ApiResult<Value> {
+    serde_json::from_str(raw.get()).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
 pub async fn send_leave(
-    State(app): State<App>,
-    Path((room, event_id)): Path<(String, String)>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    send_membership(&app, &req, &room, &event_id, "leave").await?;
-    Ok(Json(json!({})))
+    app: App,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> ApiResult<create_leave_event::v2::Response> {
+    let (origin, r) = (req.caller, req.body);
+    let sent = sent_pdu(&r.pdu)?;
+    let (room, event_id) = (r.room_id.as_str(), r.event_id.as_str());
+    send_membership(&app, &origin, &sent, room, event_id, "leave").await?;
+    Ok(create_leave_event::v2::Response::new())
 }
 
 /// A knock is persisted and passed on like a join; the knocking server gets the state that lets
 /// its user recognise the room.
 pub async fn send_knock(
-    State(app): State<App>,
-    Path((room, event_id)): Path<(String, String)>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let (meta, _) = send_membership(&app, &req, &room, &event_id, "knock").await?;
+    app: App,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> ApiResult<create_knock_event::v1::Response> {
+    let (origin, r) = (req.caller, req.body);
+    let sent = sent_pdu(&r.pdu)?;
+    let (room, event_id) = (r.room_id.as_str(), r.event_id.as_str());
+    let (meta, _) = send_membership(&app, &origin, &sent, room, event_id, "knock").await?;
     let room = app.room_or_404(&meta.room_id)?;
-    let state: Vec<Value> = app
+    let state = app
         .stripped_state_events(room.short, None)?
         .iter()
-        .map(federation_form)
-        .collect();
-    Ok(Json(json!({ "knock_room_state": state })))
+        .map(|e| raw_value(&federation_form(e)).map(RawStrippedState::Pdu))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(create_knock_event::v1::Response::new(state))
 }

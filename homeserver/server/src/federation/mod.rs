@@ -33,10 +33,7 @@ pub fn router() -> Router<App> {
         .ruma(join::make_join)
         .ruma(join::make_leave)
         .ruma(join::make_knock)
-        .route(
-            &format!("{V1}/send_knock/{{room}}/{{event}}"),
-            put(join::send_knock),
-        )
+        .ruma(join::send_knock)
         .ruma(events::event)
         .ruma(events::state)
         .ruma(events::state_ids)
@@ -64,10 +61,7 @@ pub fn router() -> Router<App> {
             &format!("{V2}/send_join/{{room}}/{{event}}"),
             put(join::send_join),
         )
-        .route(
-            &format!("{V2}/send_leave/{{room}}/{{event}}"),
-            put(join::send_leave),
-        )
+        .ruma(join::send_leave)
         .route(
             &format!("{V2}/invite/{{room}}/{{event}}"),
             put(invite::invite),
