@@ -22,6 +22,7 @@ const MAX_INVITE_STATE: usize = 50;
 /// An invite of one of our users to a room on another server: check it, countersign it, and
 /// (unless a local user is already in the room, when it also arrives in a transaction) keep
 /// it with the room's stripped state so the user sees the invite.
+/// Hand-typed: ruma requires `invite_room_state`, which the spec leaves optional.
 pub async fn invite(
     State(app): State<App>,
     Path((room, event_id)): Path<(String, String)>,
