@@ -29,7 +29,7 @@ pub fn router() -> Router<App> {
         .ruma(query::profile)
         .ruma(query::directory)
         .ruma(query::openid_userinfo)
-        .route(&format!("{V1}/send/{{txn}}"), put(send::transaction))
+        .ruma(send::transaction)
         .ruma(join::make_join)
         .ruma(join::make_leave)
         .ruma(join::make_knock)

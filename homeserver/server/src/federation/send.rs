@@ -1,33 +1,23 @@
 //! `PUT /_matrix/federation/v1/send/{txnId}`: PDUs each accepted or refused on their own (the
 //! answer lists every one), then EDUs (typing, receipts, presence).
 
-use axum::{extract::State, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use super::x_matrix::FedRequest;
+use ruma::{api::federation::transactions::send_transaction_message, OwnedEventId};
+use serde_json::Value;
+
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::Path,
+    http::ruma::Ruma,
     service::{federation::send::one_pdu, App},
 };
 
-#[derive(Deserialize)]
-struct Transaction {
-    origin: String,
-    #[serde(default)]
-    pdus: Vec<Value>,
-    #[serde(default)]
-    edus: Vec<Value>,
-}
-
 pub async fn transaction(
-    State(app): State<App>,
-    Path(_txn): Path<String>,
-    req: FedRequest,
-) -> ApiResult<Json<Value>> {
-    let t: Transaction = req.json()?;
-    if t.origin != req.origin.as_str() {
+    app: App,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> ApiResult<send_transaction_message::v1::Response> {
+    let (origin, t) = (req.caller, req.body);
+    if t.origin != origin {
         return Err(ApiError::Forbidden(
             "transaction origin does not match the signed origin".into(),
         ));
@@ -38,29 +28,40 @@ pub async fn transaction(
     // A transaction answered 200 is never sent again: while the store cannot take writes
     // (a full disk), the sender is told to come back instead of losing what it carried.
     app.store.kv.health()?;
-    let mut results = serde_json::Map::new();
+    let mut results = BTreeMap::new();
     let mut acl = std::collections::HashMap::new();
     for raw in &t.pdus {
-        let (id, outcome) = one_pdu(&app, &req.origin, raw, &mut acl).await;
+        let Ok(raw) = serde_json::from_str::<Value>(raw.get()) else {
+            continue;
+        };
+        let (id, outcome) = one_pdu(&app, &origin, &raw, &mut acl).await;
         let Some(id) = id else { continue };
-        match outcome {
+        let result = match outcome {
             Ok(o) => {
-                tracing::debug!(event_id = %id, origin = %req.origin, outcome = ?o, "inbound PDU");
-                results.insert(id, json!({}));
+                tracing::debug!(event_id = %id, origin = %origin, outcome = ?o, "inbound PDU");
+                Ok(())
             }
             Err(e) => {
-                tracing::info!(event_id = %id, origin = %req.origin, error = %e, "inbound PDU refused");
-                results.insert(id, json!({ "error": e.to_string() }));
+                tracing::info!(event_id = %id, origin = %origin, error = %e, "inbound PDU refused");
+                Err(e.to_string())
             }
+        };
+        // An id a PDU only claims (one for a room we are not in) may not be an event id, and
+        // ruma's answer cannot name it.
+        if let Ok(id) = OwnedEventId::try_from(id) {
+            results.insert(id, result);
         }
     }
     for edu in &t.edus {
-        if let Err(e) = crate::service::federation::edu::handle(&app, &req.origin, edu).await {
-            tracing::debug!(origin = %req.origin, error = %e, "EDU ignored");
+        let Ok(edu) = edu.deserialize_as::<Value>() else {
+            continue;
+        };
+        if let Err(e) = crate::service::federation::edu::handle(&app, &origin, &edu).await {
+            tracing::debug!(origin = %origin, error = %e, "EDU ignored");
         }
     }
     // The disk filled up part way: some of it may not be stored, so all of it comes again
     // (what was stored is recognised and skipped then).
     app.store.kv.health()?;
-    Ok(Json(json!({ "pdus": results })))
+    Ok(send_transaction_message::v1::Response::new(results))
 }
