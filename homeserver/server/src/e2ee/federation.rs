@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
 use plexus_store::{schema, Batch};
-use ruma::{api::federation::keys::claim_keys, OwnedServerName, OwnedUserId, ServerName, UserId};
+use ruma::{
+    api::federation::keys::{claim_keys, get_keys},
+    OwnedUserId, ServerName, UserId,
+};
 use serde_json::{json, Map, Value};
 
 use super::{
     cross_signing::{MASTER, SELF_SIGNING},
     device_lists::{commit_remote_change, shared_with_local},
-    query::{claim_local, local_keys, parse_query, KeysAnswer},
+    query::{claim_local, local_keys, KeysAnswer},
 };
 use crate::{
     error::{ApiError, ApiResult},
@@ -24,8 +27,7 @@ use crate::{
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's devices with the stream
 /// id of their latest change, so the asking server can follow the EDUs from there.
-/// Hand-written: ruma's `UserDevice` requires `keys`, which a device that never uploaded any
-/// does not have (it goes out as just its `device_id`).
+/// Hand-typed: ruma's `UserDevice` requires `keys`; a device that never uploaded any has none.
 pub async fn user_devices(
     State(app): State<App>,
     Path(user): Path<String>,
@@ -60,27 +62,31 @@ pub async fn user_devices(
     Ok(Json(out))
 }
 
-/// Only our own users, from another server's request.
-fn ours<T>(app: &App, mut m: BTreeMap<OwnedServerName, T>) -> Option<T> {
-    m.remove(app.server_name())
+/// `POST /_matrix/federation/v1/user/keys/query`.
+pub async fn user_keys_query(
+    app: App,
+    req: Ruma<get_keys::v1::Request>,
+) -> ApiResult<get_keys::v1::Response> {
+    // Only our own users.
+    let users: BTreeMap<OwnedUserId, Vec<String>> = req
+        .body
+        .device_keys
+        .into_iter()
+        .filter(|(user, _)| user.server_name() == app.server_name())
+        .map(|(user, devices)| (user, devices.iter().map(ToString::to_string).collect()))
+        .collect();
+    let mut out = KeysAnswer::default();
+    local_keys(&app, &users, None, &mut out)?;
+    let mut res = get_keys::v1::Response::new(typed(out.device_keys)?);
+    res.master_keys = typed(out.master_keys)?;
+    res.self_signing_keys = typed(out.self_signing_keys)?;
+    Ok(res)
 }
 
-/// `POST /_matrix/federation/v1/user/keys/query`.
-/// Hand-written: ruma's response leaves out `master_keys` and `self_signing_keys` when they
-/// are empty, which this sends as `{}`.
-pub async fn user_keys_query(State(app): State<App>, req: FedRequest) -> ApiResult<Json<Value>> {
-    let requested = req.body["device_keys"]
-        .as_object()
-        .ok_or_else(|| ApiError::BadJson("device_keys is required".into()))?;
-    let mut out = KeysAnswer::default();
-    if let Some(users) = ours(&app, parse_query(requested)?) {
-        local_keys(&app, &users, None, &mut out)?;
-    }
-    Ok(Json(json!({
-        "device_keys": out.device_keys,
-        "master_keys": out.master_keys,
-        "self_signing_keys": out.self_signing_keys,
-    })))
+/// Keys as `local_keys` gives them, as ruma's maps.
+fn typed<T: serde::de::DeserializeOwned>(keys: Map<String, Value>) -> ApiResult<T> {
+    serde_json::from_value(Value::Object(keys))
+        .map_err(|e| ApiError::Internal(format!("queried keys: {e}")))
 }
 
 /// `POST /_matrix/federation/v1/user/keys/claim`.

@@ -52,10 +52,7 @@ pub fn router() -> Router<App> {
             &format!("{V1}/user/devices/{{user}}"),
             get(crate::e2ee::federation::user_devices),
         )
-        .route(
-            &format!("{V1}/user/keys/query"),
-            post(crate::e2ee::federation::user_keys_query),
-        )
+        .ruma(crate::e2ee::federation::user_keys_query)
         .ruma(crate::e2ee::federation::user_keys_claim)
         .route(
             &format!("{V2}/send_join/{{room}}/{{event}}"),
