@@ -276,6 +276,19 @@ impl From<crate::service::media::MediaRecordsError> for ApiError {
     }
 }
 
+impl From<crate::service::e2ee::E2eeError> for ApiError {
+    fn from(e: crate::service::e2ee::E2eeError) -> Self {
+        use crate::service::e2ee::E2eeError::*;
+        match e {
+            Store(e) => e.into(),
+            UnknownBackupVersion | NoCurrentBackup => ApiError::NotFound(e.to_string()),
+            WrongBackupVersion { current } => ApiError::WrongRoomKeysVersion {
+                current: Some(current.to_string()),
+            },
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

@@ -9,14 +9,18 @@ use plexus_store::{schema, Batch};
 use ruma::{api::client::keys::upload_signing_keys, serde::Raw, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::{device_lists::Change, merge_signatures, signed_by, signed_part};
+use super::device_lists::Change;
 use crate::{
     error::{ApiError, ApiResult},
     http::{
         extract::{Auth, Body},
         ruma::Ruma,
     },
-    service::{accounts::PASSWORD_FLOW, App, Services},
+    service::{
+        accounts::PASSWORD_FLOW,
+        e2ee::signatures::{merge_signatures, signed_by, signed_part},
+        App, Services,
+    },
 };
 
 pub const MASTER: &str = "master";

@@ -9,11 +9,14 @@ use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{device_lists::Change, signed_by, signed_part};
+use super::device_lists::Change;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
-    service::{App, Services},
+    service::{
+        e2ee::signatures::{signed_by, signed_part},
+        App, Services,
+    },
 };
 
 /// Most one-time keys one upload may carry; clients keep about 50 published.

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod aggregations;
 pub mod appservices;
 pub mod directory;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod filters;
@@ -61,7 +62,7 @@ pub struct Services {
     pub media: crate::media::Repo,
     pub pushers: crate::service::push::gateway::Pushers,
     pub user_push: crate::service::push::user_cache::UserPushCache,
-    pub e2ee: crate::e2ee::E2ee,
+    pub e2ee: e2ee::E2ee,
     pub appservices: appservices::Appservices,
     pub search: crate::service::search::Search,
     /// Memory that request bodies in flight may hold, shared by both listeners.
@@ -114,6 +115,7 @@ impl Services {
             settings,
             account_data: account_data::AccountData::new(store.clone()),
             directory: directory::Directory::new(store.clone()),
+            e2ee: e2ee::E2ee::new(store.clone()),
             filters: filters::Filters::new(store.clone()),
             media_records: media::MediaRecords::new(store.clone()),
             openid: openid::OpenId::new(store.clone()),
@@ -128,7 +130,6 @@ impl Services {
             typing: ephemeral::Typing::default(),
             pushers: Default::default(),
             user_push: Default::default(),
-            e2ee: Default::default(),
             appservices,
             search,
             bodies: Default::default(),
