@@ -11,7 +11,6 @@ const SERVER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../homeserver/ser
 const STORE_OUTSIDE_SERVICES: &[&str] = &[
     "e2ee/cross_signing.rs",
     "e2ee/device_keys.rs",
-    "e2ee/device_lists.rs",
     "e2ee/federation.rs",
     "e2ee/query.rs",
     "e2ee/to_device.rs",

@@ -150,7 +150,7 @@ pub fn build(
     let (to_device, cut) = app.to_device_since(&s.user_id, device, since, now)?;
     let now = cut.unwrap_or(now);
     let (lists_changed, lists_left) = match since {
-        Some(c) => crate::e2ee::device_lists::changes_for(app, &s.user_id, c, now)?,
+        Some(c) => app.device_list_changes(&s.user_id, c, now)?,
         None => Default::default(),
     };
     let mut join = Map::new();

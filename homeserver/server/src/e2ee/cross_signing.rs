@@ -9,7 +9,6 @@ use plexus_store::{schema, Batch};
 use ruma::{api::client::keys::upload_signing_keys, serde::Raw, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::device_lists::Change;
 use crate::{
     error::{ApiError, ApiResult},
     http::{
@@ -18,7 +17,10 @@ use crate::{
     },
     service::{
         accounts::PASSWORD_FLOW,
-        e2ee::signatures::{merge_signatures, signed_by, signed_part},
+        e2ee::{
+            device_lists::Change,
+            signatures::{merge_signatures, signed_by, signed_part},
+        },
         App, Services,
     },
 };
@@ -192,7 +194,8 @@ pub async fn upload(
         master: Some(master.clone()),
         self_signing,
     };
-    super::device_lists::commit_local_changes(&app, user, vec![change], batch).await?;
+    app.commit_device_list_changes(user, vec![change], batch)
+        .await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -247,10 +250,11 @@ pub async fn upload_signatures(
         }
     }
     if !own_changes.is_empty() {
-        super::device_lists::commit_local_changes(&app, me, own_changes, own_batch).await?;
+        app.commit_device_list_changes(me, own_changes, own_batch)
+            .await?;
     }
     for (target, b) in others {
-        super::device_lists::commit_remote_change(&app, &target, b).await?;
+        app.commit_remote_device_list_change(&target, b).await?;
     }
     Ok(Json(json!({ "failures": failures })))
 }

@@ -9,12 +9,14 @@ use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::device_lists::Change;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
     service::{
-        e2ee::signatures::{signed_by, signed_part},
+        e2ee::{
+            device_lists::Change,
+            signatures::{signed_by, signed_part},
+        },
         App, Services,
     },
 };
@@ -131,7 +133,7 @@ pub async fn upload(
                 keys: Some(keys),
                 display_name,
             };
-            super::device_lists::commit_local_changes(&app, &s.user_id, vec![change], batch)
+            app.commit_device_list_changes(&s.user_id, vec![change], batch)
                 .await?;
         }
         None => {

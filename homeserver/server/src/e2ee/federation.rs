@@ -14,7 +14,6 @@ use serde_json::{json, Map, Value};
 
 use super::{
     cross_signing::{MASTER, SELF_SIGNING},
-    device_lists::{commit_remote_change, shared_with_local},
     query::{claim_local, local_keys, KeysAnswer},
 };
 use crate::{
@@ -41,9 +40,7 @@ pub async fn user_devices(
     if app.user(&user)?.is_none() {
         return Err(ApiError::NotFound("unknown user".into()));
     }
-    let stream_id = schema::USER__DEVICE_LIST_COUNT
-        .get(&app.store.kv, user.as_str())?
-        .unwrap_or(0u64);
+    let stream_id = app.e2ee.device_list_position(&user)?.unwrap_or(0);
     let mut devices = vec![];
     for (device, _) in app.devices(&user)? {
         let mut d = json!({ "device_id": device });
@@ -125,7 +122,7 @@ pub async fn query_remote(
     let mut out = json!({ "device_keys": {}, "master_keys": {}, "self_signing_keys": {} });
     let mut ask = Map::new();
     for (user, wanted) in users {
-        if !shared_with_local(app, user).map_err(|e| e.to_string())? {
+        if !app.shared_with_local(user).map_err(|e| e.to_string())? {
             forget_untracked(app, user).map_err(|e| e.to_string())?;
             ask.insert(user.to_string(), json!(wanted));
             continue;
@@ -223,7 +220,7 @@ pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
             user.server_name()
         ));
     }
-    if shared_with_local(app, user).map_err(|e| e.to_string())? {
+    if app.shared_with_local(user).map_err(|e| e.to_string())? {
         let mut b = Batch::default();
         schema::USER__REMOTE_DEVICES
             .put(&mut b, user.as_str(), &list)
@@ -249,7 +246,7 @@ fn tracked_sender(
         tracing::warn!(%origin, %user, "device list EDU for a user of another server");
         return Ok(None);
     }
-    if shared_with_local(app, &user)? {
+    if app.shared_with_local(&user)? {
         return Ok(Some(user));
     }
     forget_untracked(app, &user)?;
@@ -316,7 +313,7 @@ pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value)
             resync = true;
         }
     }
-    commit_remote_change(app, &user, b).await?;
+    app.commit_remote_device_list_change(&user, b).await?;
     if resync {
         let app = app.clone();
         tokio::spawn(async move {
@@ -345,5 +342,5 @@ pub async fn signing_key_update(app: &App, origin: &ServerName, content: &Value)
         }
         schema::USER__REMOTE_DEVICES.put(&mut b, user.as_str(), &list)?;
     }
-    commit_remote_change(app, &user, b).await
+    app.commit_remote_device_list_change(&user, b).await
 }

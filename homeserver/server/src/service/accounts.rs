@@ -439,12 +439,13 @@ impl Services {
     ) -> ApiResult<()> {
         let mut b = Batch::default();
         self.put_device(user_id, device_id, &rec, &mut b)?;
-        let change = crate::e2ee::device_lists::Change::Device {
+        let change = crate::service::e2ee::device_lists::Change::Device {
             keys: self.device_keys(user_id, device_id)?,
             id: device_id.to_owned(),
             display_name: rec.display_name,
         };
-        crate::e2ee::device_lists::commit_local_changes(self, user_id, vec![change], b).await
+        self.commit_device_list_changes(user_id, vec![change], b)
+            .await
     }
 
     /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
@@ -458,14 +459,15 @@ impl Services {
                 schema::USER_DEVICE__DEVICE.delete(&mut batch, (user_id.as_str(), d));
                 schema::USER_DEVICE__LAST_SEEN.delete(&mut batch, (user_id.as_str(), d));
                 self.delete_device_keys(user_id, d, &mut batch)?;
-                changes.push(crate::e2ee::device_lists::Change::Deleted { id: d.clone() });
+                changes.push(super::e2ee::device_lists::Change::Deleted { id: d.clone() });
             }
         }
         if changes.is_empty() {
             return Ok(());
         }
         super::push::pushers::stage_delete_for_devices(self, user_id, device_ids, &mut batch)?;
-        crate::e2ee::device_lists::commit_local_changes(self, user_id, changes, batch).await?;
+        self.commit_device_list_changes(user_id, changes, batch)
+            .await?;
         for d in device_ids {
             self.last_seen.forget(user_id, d);
         }

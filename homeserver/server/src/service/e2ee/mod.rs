@@ -6,6 +6,7 @@
 //! `crate::e2ee`.
 
 pub mod backup;
+pub mod device_lists;
 pub mod signatures;
 
 use std::{
