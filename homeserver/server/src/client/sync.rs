@@ -241,8 +241,8 @@ pub fn build(
             "presence": { "events": presence },
             "to_device": { "events": to_device },
             "device_lists": { "changed": lists_changed, "left": lists_left },
-            "device_one_time_keys_count": app.one_time_key_counts(&s.user_id, device)?,
-            "device_unused_fallback_key_types": app.unused_fallback_key_types(&s.user_id, device)?,
+            "device_one_time_keys_count": app.e2ee.one_time_key_counts(&s.user_id, device)?,
+            "device_unused_fallback_key_types": app.e2ee.unused_fallback_key_types(&s.user_id, device)?,
         }),
         changed,
     ))

@@ -268,7 +268,7 @@ fn sign_own(
     signed: &Value,
     batch: &mut Batch,
 ) -> ApiResult<Option<Change>> {
-    if let Some(mut stored) = app.device_keys(me, key_id)? {
+    if let Some(mut stored) = app.e2ee.device_keys(me, key_id)? {
         if signed_part(&stored) != signed_part(signed) {
             return Err(ApiError::InvalidSignature(
                 "the signed object does not match the device's keys".into(),
@@ -316,7 +316,7 @@ fn sign_own(
         let Some(device) = sig_id.strip_prefix("ed25519:") else {
             continue;
         };
-        let Some(keys) = app.device_keys(me, device)? else {
+        let Some(keys) = app.e2ee.device_keys(me, device)? else {
             continue;
         };
         let Some(pk) = keys["keys"][sig_id.as_str()].as_str() else {

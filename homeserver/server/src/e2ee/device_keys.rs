@@ -1,11 +1,7 @@
-//! Device identity keys, one-time keys and fallback keys: `/keys/upload`, the counts sync
-//! reports, and taking keys out for `/keys/claim`.
-
-use std::collections::BTreeMap;
+//! Device identity keys, one-time keys and fallback keys: `/keys/upload`. The keys are kept
+//! by the service (`crate::service::e2ee::keys`).
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch, First};
-use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -15,9 +11,10 @@ use crate::{
     service::{
         e2ee::{
             device_lists::Change,
+            keys::KeyWrite,
             signatures::{signed_by, signed_part},
         },
-        App, Services,
+        App,
     },
 };
 
@@ -46,8 +43,8 @@ pub async fn upload(
 ) -> ApiResult<Json<Value>> {
     let user = s.user_id.as_str();
     let device = s.device()?.as_str();
-    let stored = app.device_keys(&s.user_id, device)?;
-    let mut batch = Batch::default();
+    let stored = app.e2ee.device_keys(&s.user_id, device)?;
+    let mut writes = vec![];
     let mut changed_keys = None;
     if let Some(keys) = &body.device_keys {
         check_device_keys(keys, user, device)?;
@@ -73,29 +70,28 @@ pub async fn upload(
     // Keys are handed out in upload order (spec v1.13); one upload's keys share a place.
     let upload_seq = match body.one_time_keys.is_empty() {
         true => 0,
-        false => app.store.kv.unique_id()?,
+        false => app.e2ee.upload_seq()?,
     };
     for (id, key) in &body.one_time_keys {
         let (algorithm, key_id) = split_key_id(id)?;
         check_signed_key(key, user, device, ed25519.as_deref(), id)?;
-        let row = (user, device, algorithm, key_id);
-        let old: Option<Value> =
-            schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.get(&app.store.kv, row)?;
-        match old {
+        match app
+            .e2ee
+            .one_time_key(&s.user_id, device, algorithm, key_id)?
+        {
             Some(old) if old != *key => {
                 return Err(ApiError::InvalidParam(format!(
                     "one-time key {id} already exists with different content"
                 )));
             }
             Some(_) => {}
-            None => {
-                schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.put(&mut batch, row, key)?;
-                schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED.put(
-                    &mut batch,
-                    (user, device, algorithm, upload_seq, key_id),
-                    &(),
-                )?;
-            }
+            None => writes.push(KeyWrite::OneTimeKey {
+                device: device.to_owned(),
+                algorithm: algorithm.to_owned(),
+                key_id: key_id.to_owned(),
+                seq: upload_seq,
+                key: key.clone(),
+            }),
         }
     }
     let fallback = if body.fallback_keys.is_empty() {
@@ -112,32 +108,35 @@ pub async fn upload(
             )));
         }
         check_signed_key(key, user, device, ed25519.as_deref(), id)?;
-        let row = (user, device, algorithm);
-        let old: Option<Value> = schema::USER_DEVICE_ALG__FALLBACK_KEY.get(&app.store.kv, row)?;
+        let old = app.e2ee.fallback_key(&s.user_id, device, algorithm)?;
         let same = old.is_some_and(|old| old["key_id"] == key_id && old["key"] == *key);
         // Uploading the current fallback key again keeps its "used" mark.
         if !same {
-            schema::USER_DEVICE_ALG__FALLBACK_KEY.put(
-                &mut batch,
-                row,
-                &json!({ "key_id": key_id, "key": key, "used": false }),
-            )?;
+            writes.push(KeyWrite::FallbackKey {
+                device: device.to_owned(),
+                algorithm: algorithm.to_owned(),
+                key_id: key_id.to_owned(),
+                key: key.clone(),
+            });
         }
     }
     match changed_keys {
         Some(keys) => {
-            schema::USER_DEVICE__KEYS.put(&mut batch, (user, device), &keys)?;
+            writes.push(KeyWrite::DeviceKeys {
+                device: device.to_owned(),
+                keys: keys.clone(),
+            });
             let display_name = app.device(&s.user_id, device)?.and_then(|d| d.display_name);
             let change = Change::Device {
                 id: device.to_owned(),
                 keys: Some(keys),
                 display_name,
             };
-            app.commit_device_list_changes(&s.user_id, vec![change], batch)
+            app.commit_key_changes(&s.user_id, writes, vec![change])
                 .await?;
         }
         None => {
-            app.store.commit(batch)?;
+            app.e2ee.write_keys(&s.user_id, &writes)?;
             app.store.flush().await?;
             // New key counts: an appservice running this device learns them (MSC3202).
             app.notifier
@@ -145,7 +144,7 @@ pub async fn upload(
         }
     }
     Ok(Json(
-        json!({ "one_time_key_counts": app.one_time_key_counts(&s.user_id, device)? }),
+        json!({ "one_time_key_counts": app.e2ee.one_time_key_counts(&s.user_id, device)? }),
     ))
 }
 
@@ -225,95 +224,5 @@ fn check_signed_key(
         _ => Err(ApiError::BadJson(format!(
             "key {id} must be a string or an object"
         ))),
-    }
-}
-
-impl Services {
-    /// A device's keys as stored (with the signatures added since), if it uploaded any.
-    pub fn device_keys(&self, user: &UserId, device: &str) -> ApiResult<Option<Value>> {
-        Ok(schema::USER_DEVICE__KEYS.get(&self.store.kv, (user.as_str(), device))?)
-    }
-
-    /// Unclaimed one-time keys per algorithm; `signed_curve25519` is always present, as
-    /// clients decide from it whether to upload more.
-    pub fn one_time_key_counts(&self, user: &UserId, device: &str) -> ApiResult<Value> {
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        counts.insert("signed_curve25519".into(), 0);
-        for item in schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY
-            .prefix::<First<2>, serde::de::IgnoredAny>(&self.store.kv, (user.as_str(), device))
-        {
-            let ((_, _, algorithm, _), _) = item?;
-            *counts.entry(algorithm).or_default() += 1;
-        }
-        Ok(json!(counts))
-    }
-
-    /// Algorithms whose fallback key has not been used yet.
-    pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> ApiResult<Vec<String>> {
-        let mut out = vec![];
-        for item in schema::USER_DEVICE_ALG__FALLBACK_KEY
-            .prefix::<First<2>, Value>(&self.store.kv, (user.as_str(), device))
-        {
-            let ((_, _, algorithm), rec) = item?;
-            if rec["used"] != true {
-                out.push(algorithm);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Take one key of `algorithm` for a device: its oldest uploaded one-time key (removed),
-    /// else its fallback key (kept, marked used). Callers hold [`super::E2ee::claim_lock`].
-    pub fn claim_key(
-        &self,
-        user: &UserId,
-        device: &str,
-        algorithm: &str,
-        batch: &mut Batch,
-    ) -> ApiResult<Option<(String, Value)>> {
-        let kv = &self.store.kv;
-        let user = user.as_str();
-        for item in schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED
-            .prefix::<First<3>, ()>(kv, (user, device, algorithm))
-        {
-            let ((_, _, _, seq, key_id), ()) = item?;
-            schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED
-                .delete(batch, (user, device, algorithm, seq, &key_id));
-            let row = (user, device, algorithm, key_id.as_str());
-            // A queue entry outlives its key only if the two were split by hand: skip it.
-            let Some(v) = schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.get::<Value>(kv, row)? else {
-                continue;
-            };
-            schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.delete(batch, row);
-            return Ok(Some((format!("{algorithm}:{key_id}"), v)));
-        }
-        let row = (user, device, algorithm);
-        let Some(mut rec) = schema::USER_DEVICE_ALG__FALLBACK_KEY.get::<Value>(kv, row)? else {
-            return Ok(None);
-        };
-        let id = format!("{algorithm}:{}", rec["key_id"].as_str().unwrap_or_default());
-        let key = rec["key"].clone();
-        if rec["used"] != true {
-            rec["used"] = json!(true);
-            schema::USER_DEVICE_ALG__FALLBACK_KEY.put(batch, row, &rec)?;
-        }
-        Ok(Some((id, key)))
-    }
-
-    /// Everything a device published, for when the device is deleted.
-    pub fn delete_device_keys(
-        &self,
-        user: &UserId,
-        device: &str,
-        batch: &mut Batch,
-    ) -> ApiResult<()> {
-        let kv = &self.store.kv;
-        let owner = (user.as_str(), device);
-        schema::USER_DEVICE__KEYS.delete(batch, owner);
-        schema::USER_DEVICE_ALG_KEYID__ONE_TIME_KEY.delete_prefix::<First<2>>(kv, batch, owner)?;
-        schema::USER_DEVICE_ALG_SEQ_KEYID__QUEUED.delete_prefix::<First<2>>(kv, batch, owner)?;
-        schema::USER_DEVICE_ALG__FALLBACK_KEY.delete_prefix::<First<2>>(kv, batch, owner)?;
-        schema::USER_DEVICE_COUNT__TO_DEVICE.delete_prefix::<First<2>>(kv, batch, owner)?;
-        Ok(())
     }
 }

@@ -44,7 +44,7 @@ pub async fn user_devices(
     let mut devices = vec![];
     for (device, _) in app.devices(&user)? {
         let mut d = json!({ "device_id": device });
-        if let Some(keys) = app.device_keys(&user, &device)? {
+        if let Some(keys) = app.e2ee.device_keys(&user, &device)? {
             d["keys"] = keys;
         }
         devices.push(d);

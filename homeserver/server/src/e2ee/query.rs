@@ -4,7 +4,6 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::{extract::State, Json};
-use plexus_store::Batch;
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -100,7 +99,7 @@ pub fn local_keys(
             if !wanted.is_empty() && !wanted.contains(&device) {
                 continue;
             }
-            let Some(mut keys) = app.device_keys(user, &device)? else {
+            let Some(mut keys) = app.e2ee.device_keys(user, &device)? else {
                 continue;
             };
             if let (Some(_), Some(name)) = (viewer, rec.display_name) {
@@ -230,28 +229,8 @@ pub async fn claim_local(
     app: &App,
     requested: &Map<String, Value>,
 ) -> ApiResult<Map<String, Value>> {
-    let _guard = app.e2ee.claim_lock.lock().await;
-    let mut batch = Batch::default();
-    let mut out = Map::new();
-    for (user, devices) in requested {
-        let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
-            continue;
-        };
-        let mut got = Map::new();
-        for (device, algorithm) in devices.as_object().into_iter().flatten() {
-            let Some(algorithm) = algorithm.as_str() else {
-                continue;
-            };
-            if let Some((id, key)) = app.claim_key(&user_id, device, algorithm, &mut batch)? {
-                got.insert(device.clone(), json!({ id: key }));
-            }
-        }
-        if !got.is_empty() {
-            out.insert(user.clone(), Value::Object(got));
-        }
-    }
-    if !batch.is_empty() {
-        app.store.commit(batch)?;
+    let (out, taken) = app.e2ee.claim_keys(requested).await?;
+    if taken {
         app.store.flush().await?;
         // Their one-time key counts went down: syncs and appservices (MSC3202) should learn.
         let claimed: Vec<OwnedUserId> = out

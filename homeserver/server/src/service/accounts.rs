@@ -440,7 +440,7 @@ impl Services {
         let mut b = Batch::default();
         self.put_device(user_id, device_id, &rec, &mut b)?;
         let change = crate::service::e2ee::device_lists::Change::Device {
-            keys: self.device_keys(user_id, device_id)?,
+            keys: self.e2ee.device_keys(user_id, device_id)?,
             id: device_id.to_owned(),
             display_name: rec.display_name,
         };
@@ -458,7 +458,7 @@ impl Services {
                 self.revoke_tokens(&dev, &mut batch);
                 schema::USER_DEVICE__DEVICE.delete(&mut batch, (user_id.as_str(), d));
                 schema::USER_DEVICE__LAST_SEEN.delete(&mut batch, (user_id.as_str(), d));
-                self.delete_device_keys(user_id, d, &mut batch)?;
+                self.e2ee.stage_delete_device_keys(user_id, d, &mut batch)?;
                 changes.push(super::e2ee::device_lists::Change::Deleted { id: d.clone() });
             }
         }

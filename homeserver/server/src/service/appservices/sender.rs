@@ -540,8 +540,8 @@ impl View {
         let mut fallback: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         self.unsent_counts.clear();
         for (user, device) in self.key_devices.iter().flatten() {
-            let counts = svc.one_time_key_counts(user, device)?;
-            let types = svc.unused_fallback_key_types(user, device)?;
+            let counts = svc.e2ee.one_time_key_counts(user, device)?;
+            let types = svc.e2ee.unused_fallback_key_types(user, device)?;
             let key = (user.clone(), device.clone());
             if self.sent_counts.get(&key) == Some(&(counts.clone(), types.clone())) {
                 continue;

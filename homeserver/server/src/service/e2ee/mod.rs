@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod device_lists;
+pub mod keys;
 pub mod signatures;
 
 use std::{
