@@ -1,11 +1,11 @@
 //! Cross-signing: the master, self-signing and user-signing keys
 //! (`/keys/device_signing/upload`) and the signatures made with them
-//! (`/keys/signatures/upload`).
+//! (`/keys/signatures/upload`). The keys are kept by the service
+//! (`crate::service::e2ee::cross_signing`).
 
 use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch};
 use ruma::{api::client::keys::upload_signing_keys, serde::Raw, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
@@ -18,69 +18,14 @@ use crate::{
     service::{
         accounts::PASSWORD_FLOW,
         e2ee::{
+            cross_signing::{public_key, MASTER, SELF_SIGNING, USER_SIGNING},
             device_lists::Change,
+            keys::KeyWrite,
             signatures::{merge_signatures, signed_by, signed_part},
         },
-        App, Services,
+        App,
     },
 };
-
-pub const MASTER: &str = "master";
-pub const SELF_SIGNING: &str = "self_signing";
-pub const USER_SIGNING: &str = "user_signing";
-
-/// The one `ed25519:<public key>` entry a cross-signing key has: (key id, public key).
-pub fn public_key(key: &Value) -> Option<(String, String)> {
-    let map = key.get("keys")?.as_object()?;
-    if map.len() != 1 {
-        return None;
-    }
-    let (id, pk) = map.iter().next()?;
-    let pk = pk.as_str()?;
-    (id.strip_prefix("ed25519:") == Some(pk)).then(|| (id.clone(), pk.to_owned()))
-}
-
-impl Services {
-    pub fn cross_signing_key(&self, user: &UserId, usage: &str) -> ApiResult<Option<Value>> {
-        Ok(schema::USER_USAGE__CROSS_SIGNING_KEY.get(&self.store.kv, (user.as_str(), usage))?)
-    }
-
-    /// A user's master key as `viewer` sees it: with the signatures the viewer made on it.
-    pub fn master_key_for(
-        &self,
-        user: &UserId,
-        viewer: Option<&UserId>,
-    ) -> ApiResult<Option<Value>> {
-        let Some(mut key) = self.cross_signing_key(user, MASTER)? else {
-            return Ok(None);
-        };
-        if let Some(v) = viewer {
-            add_viewer_signatures(self, &mut key, user, v)?;
-        }
-        Ok(Some(key))
-    }
-}
-
-/// Signatures `viewer` made with their user-signing key on `user`'s master key.
-pub fn add_viewer_signatures(
-    app: &Services,
-    key: &mut Value,
-    user: &UserId,
-    viewer: &UserId,
-) -> ApiResult<()> {
-    if viewer == user {
-        return Ok(());
-    }
-    if let Some((id, _)) = public_key(key) {
-        let row = (viewer.as_str(), user.as_str(), id.as_str());
-        if let Some(sigs) =
-            schema::SIGNER_TARGET_KEYID__SIGNATURES.get::<Value>(&app.store.kv, row)?
-        {
-            merge_signatures(key, &json!({ "signatures": sigs }));
-        }
-    }
-    Ok(())
-}
 
 /// A key of the request as the JSON it is stored as.
 fn key_json<T>(key: Option<&Raw<T>>) -> ApiResult<Option<Value>> {
@@ -127,7 +72,7 @@ pub async fn upload(
         .map_err(|e| ApiError::BadJson(format!("auth: {e}")))?;
     let user = &s.user_id;
     let _guard = app.e2ee.cross_signing_lock.lock().await;
-    let existing_master = app.cross_signing_key(user, MASTER)?;
+    let existing_master = app.e2ee.cross_signing_key(user, MASTER)?;
     let provided = [
         (MASTER, &master_key),
         (SELF_SIGNING, &self_signing_key),
@@ -136,7 +81,7 @@ pub async fn upload(
     let mut unchanged = true;
     for (usage, key) in provided {
         if let Some(k) = key {
-            let stored = app.cross_signing_key(user, usage)?;
+            let stored = app.e2ee.cross_signing_key(user, usage)?;
             unchanged &= stored.is_some_and(|old| signed_part(&old) == signed_part(k));
         }
     }
@@ -157,7 +102,7 @@ pub async fn upload(
     };
     let (master_id, master_pk) = check_key(master, user, MASTER)?;
     let device_ids: Vec<String> = app.devices(user)?.into_iter().map(|(d, _)| d).collect();
-    let mut batch = Batch::default();
+    let mut writes = vec![];
     for (usage, key) in provided {
         let Some(k) = key else { continue };
         let (_, pk) = check_key(k, user, usage)?;
@@ -171,7 +116,10 @@ pub async fn upload(
                 "{usage} key is not signed by the master key"
             )));
         }
-        schema::USER_USAGE__CROSS_SIGNING_KEY.put(&mut batch, (user.as_str(), usage), k)?;
+        writes.push(KeyWrite::CrossSigningKey {
+            usage,
+            key: Some(k.clone()),
+        });
     }
     // A new master key orphans the keys the old one signed.
     let master_replaced = master_key.is_some()
@@ -181,21 +129,23 @@ pub async fn upload(
     if master_replaced {
         for (usage, key) in &provided[1..] {
             if key.is_none() {
-                schema::USER_USAGE__CROSS_SIGNING_KEY.delete(&mut batch, (user.as_str(), usage));
+                writes.push(KeyWrite::CrossSigningKey {
+                    usage: *usage,
+                    key: None,
+                });
             }
         }
     }
     let self_signing = match &self_signing_key {
         Some(k) => Some(k.clone()),
         None if master_replaced => None,
-        None => app.cross_signing_key(user, SELF_SIGNING)?,
+        None => app.e2ee.cross_signing_key(user, SELF_SIGNING)?,
     };
     let change = Change::CrossSigning {
         master: Some(master.clone()),
         self_signing,
     };
-    app.commit_device_list_changes(user, vec![change], batch)
-        .await?;
+    app.commit_key_changes(user, writes, vec![change]).await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -215,8 +165,9 @@ pub async fn upload_signatures(
             json!({ "errcode": code, "error": why });
     };
     let mut own_changes = vec![];
-    let mut own_batch = Batch::default();
-    let mut others: Vec<(OwnedUserId, Batch)> = vec![];
+    let mut own_writes = vec![];
+    // Signatures on other users' master keys: (target, key id, signatures).
+    let mut others: Vec<(OwnedUserId, String, Value)> = vec![];
     for (target, keys) in body {
         let Ok(target_id) = OwnedUserId::try_from(target.as_str()) else {
             for key_id in keys.keys() {
@@ -226,14 +177,14 @@ pub async fn upload_signatures(
         };
         for (key_id, signed) in keys {
             let outcome = if target_id == *me {
-                sign_own(&app, me, &key_id, &signed, &mut own_batch)
+                sign_own(&app, me, &key_id, &signed, &mut own_writes)
             } else {
-                let mut b = Batch::default();
-                let r = sign_other(&app, me, &target_id, &key_id, &signed, &mut b).await;
-                if r.is_ok() {
-                    others.push((target_id.clone(), b));
-                }
-                r.map(|()| None)
+                sign_other(&app, me, &target_id, &key_id, &signed)
+                    .await
+                    .map(|(row, sigs)| {
+                        others.push((target_id.clone(), row, sigs));
+                        None
+                    })
             };
             match outcome {
                 Ok(Some(change)) => own_changes.push(change),
@@ -250,23 +201,24 @@ pub async fn upload_signatures(
         }
     }
     if !own_changes.is_empty() {
-        app.commit_device_list_changes(me, own_changes, own_batch)
-            .await?;
+        app.commit_key_changes(me, own_writes, own_changes).await?;
     }
-    for (target, b) in others {
-        app.commit_remote_device_list_change(&target, b).await?;
+    for (target, key_id, sigs) in others {
+        app.commit_signature_on_other(me, &target, &key_id, &sigs)
+            .await?;
     }
     Ok(Json(json!({ "failures": failures })))
 }
 
 /// A signature on one of the user's own keys: a device signed by the self-signing key, or the
-/// master key signed by one of the user's devices.
+/// master key signed by one of the user's devices. The key with the signature added goes into
+/// `writes`.
 fn sign_own(
-    app: &Services,
+    app: &App,
     me: &UserId,
     key_id: &str,
     signed: &Value,
-    batch: &mut Batch,
+    writes: &mut Vec<KeyWrite>,
 ) -> ApiResult<Option<Change>> {
     if let Some(mut stored) = app.e2ee.device_keys(me, key_id)? {
         if signed_part(&stored) != signed_part(signed) {
@@ -275,6 +227,7 @@ fn sign_own(
             ));
         }
         let ss = app
+            .e2ee
             .cross_signing_key(me, SELF_SIGNING)?
             .ok_or_else(|| ApiError::NotFound("no self-signing key".into()))?;
         let (ss_id, ss_pk) = public_key(&ss)
@@ -289,7 +242,10 @@ fn sign_own(
             &mut stored,
             &json!({ "signatures": { me.as_str(): { ss_id: sig } } }),
         );
-        schema::USER_DEVICE__KEYS.put(batch, (me.as_str(), key_id), &stored)?;
+        writes.push(KeyWrite::DeviceKeys {
+            device: key_id.to_owned(),
+            keys: stored.clone(),
+        });
         let display_name = app.device(me, key_id)?.and_then(|d| d.display_name);
         return Ok(Some(Change::Device {
             id: key_id.to_owned(),
@@ -298,6 +254,7 @@ fn sign_own(
         }));
     }
     let mut master = app
+        .e2ee
         .cross_signing_key(me, MASTER)?
         .filter(|m| public_key(m).is_some_and(|(_, pk)| pk == key_id))
         .ok_or_else(|| ApiError::NotFound(format!("no key {key_id}")))?;
@@ -335,25 +292,28 @@ fn sign_own(
         &mut master,
         &json!({ "signatures": { me.as_str(): added } }),
     );
-    schema::USER_USAGE__CROSS_SIGNING_KEY.put(batch, (me.as_str(), MASTER), &master)?;
-    let self_signing = app.cross_signing_key(me, SELF_SIGNING)?;
+    writes.push(KeyWrite::CrossSigningKey {
+        usage: MASTER,
+        key: Some(master.clone()),
+    });
+    let self_signing = app.e2ee.cross_signing_key(me, SELF_SIGNING)?;
     Ok(Some(Change::CrossSigning {
         master: Some(master),
         self_signing,
     }))
 }
 
-/// A signature on another user's master key, made with the signer's user-signing key.
+/// A signature on another user's master key, made with the signer's user-signing key: answers
+/// the key's id (`ed25519:...`) and the signatures to store on it.
 async fn sign_other(
     app: &App,
     me: &UserId,
     target: &UserId,
     key_id: &str,
     signed: &Value,
-    batch: &mut Batch,
-) -> ApiResult<()> {
+) -> ApiResult<(String, Value)> {
     let master = if app.is_local(target) {
-        app.cross_signing_key(target, MASTER)?
+        app.e2ee.cross_signing_key(target, MASTER)?
     } else {
         super::federation::remote_devices(app, target)
             .await
@@ -369,6 +329,7 @@ async fn sign_other(
         ));
     }
     let us = app
+        .e2ee
         .cross_signing_key(me, USER_SIGNING)?
         .ok_or_else(|| ApiError::NotFound("no user-signing key".into()))?;
     let (us_id, us_pk) = public_key(&us)
@@ -379,10 +340,8 @@ async fn sign_other(
         ));
     }
     let sig = signed["signatures"][me.as_str()][&us_id].clone();
-    schema::SIGNER_TARGET_KEYID__SIGNATURES.put(
-        batch,
-        (me.as_str(), target.as_str(), &format!("ed25519:{key_id}")),
-        &json!({ me.as_str(): { us_id: sig } }),
-    )?;
-    Ok(())
+    Ok((
+        format!("ed25519:{key_id}"),
+        json!({ me.as_str(): { us_id: sig } }),
+    ))
 }

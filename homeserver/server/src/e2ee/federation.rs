@@ -12,16 +12,16 @@ use ruma::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{
-    cross_signing::{MASTER, SELF_SIGNING},
-    query::{claim_local, local_keys, KeysAnswer},
-};
+use super::query::{claim_local, local_keys, KeysAnswer};
 use crate::{
     error::{ApiError, ApiResult},
     federation::x_matrix::FedRequest,
     http::{extract::Path, ruma::Ruma},
-    service::federation::sender::enc,
-    service::App,
+    service::{
+        e2ee::cross_signing::{MASTER, SELF_SIGNING},
+        federation::sender::enc,
+        App,
+    },
 };
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's devices with the stream
@@ -50,10 +50,10 @@ pub async fn user_devices(
         devices.push(d);
     }
     let mut out = json!({ "user_id": user, "stream_id": stream_id, "devices": devices });
-    if let Some(m) = app.cross_signing_key(&user, MASTER)? {
+    if let Some(m) = app.e2ee.cross_signing_key(&user, MASTER)? {
         out["master_key"] = m;
     }
-    if let Some(k) = app.cross_signing_key(&user, SELF_SIGNING)? {
+    if let Some(k) = app.e2ee.cross_signing_key(&user, SELF_SIGNING)? {
         out["self_signing_key"] = k;
     }
     Ok(Json(out))

@@ -8,11 +8,13 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::cross_signing::{add_viewer_signatures, SELF_SIGNING, USER_SIGNING};
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{Auth, Body},
-    service::{App, Services},
+    service::{
+        e2ee::cross_signing::{SELF_SIGNING, USER_SIGNING},
+        App, Services,
+    },
 };
 
 /// How long a client waits for other servers by default (the spec's `timeout`).
@@ -109,14 +111,14 @@ pub fn local_keys(
         }
         out.device_keys
             .insert(user.to_string(), Value::Object(devices));
-        if let Some(m) = app.master_key_for(user, viewer)? {
+        if let Some(m) = app.e2ee.master_key_for(user, viewer)? {
             out.master_keys.insert(user.to_string(), m);
         }
-        if let Some(k) = app.cross_signing_key(user, SELF_SIGNING)? {
+        if let Some(k) = app.e2ee.cross_signing_key(user, SELF_SIGNING)? {
             out.self_signing_keys.insert(user.to_string(), k);
         }
         if viewer == Some(user.as_ref()) {
-            if let Some(k) = app.cross_signing_key(user, USER_SIGNING)? {
+            if let Some(k) = app.e2ee.cross_signing_key(user, USER_SIGNING)? {
                 out.user_signing_keys.insert(user.to_string(), k);
             }
         }
@@ -193,7 +195,7 @@ pub async fn query(
     for (user, key) in out.master_keys.iter_mut() {
         if let Ok(u) = OwnedUserId::try_from(user.as_str()) {
             if !app.is_local(&u) {
-                add_viewer_signatures(&app, key, &u, &s.user_id)?;
+                app.e2ee.add_viewer_signatures(key, &u, &s.user_id)?;
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Device keys (`USER_DEVICE__KEYS`), one-time keys with their claim queue
 //! (`USER_DEVICE_ALG_KEYID__ONE_TIME_KEY`, `USER_DEVICE_ALG_SEQ_KEYID__QUEUED`) and fallback
-//! keys (`USER_DEVICE_ALG__FALLBACK_KEY`): writing what an upload brings, the counts sync
-//! reports, and taking keys out for claims.
+//! keys (`USER_DEVICE_ALG__FALLBACK_KEY`): writing what an upload brings (with the
+//! cross-signing keys, [`KeyWrite`]), the counts sync reports, and taking keys out for claims.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +30,11 @@ pub enum KeyWrite {
         algorithm: String,
         key_id: String,
         key: Value,
+    },
+    /// A cross-signing key of `usage` (`None` removes it).
+    CrossSigningKey {
+        usage: &'static str,
+        key: Option<Value>,
     },
 }
 
@@ -69,6 +74,9 @@ impl KeyWrite {
                 (user, device.as_str(), algorithm.as_str()),
                 &json!({ "key_id": key_id, "key": key, "used": false }),
             ),
+            KeyWrite::CrossSigningKey { usage, key } => {
+                super::cross_signing::stage_key(b, user, usage, key.as_ref())
+            }
         }
     }
 }

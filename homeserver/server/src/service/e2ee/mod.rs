@@ -6,6 +6,7 @@
 //! `crate::e2ee`.
 
 pub mod backup;
+pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
 pub mod signatures;
