@@ -1,14 +1,14 @@
 //! E2EE over federation: the `/user/devices`, `/user/keys/query` and `/user/keys/claim`
 //! endpoints for our users, the same requests to other servers for theirs, and the device list
-//! EDUs that keep our copy of a remote user's devices current.
+//! EDUs that keep our copy of a remote user's devices current. The copy is kept by the
+//! service (`crate::service::e2ee::remote_devices`).
 
 use std::collections::BTreeMap;
 
 use axum::{extract::State, Json};
-use plexus_store::{schema, Batch};
 use ruma::{
     api::federation::keys::{claim_keys, get_keys},
-    OwnedUserId, ServerName, UserId,
+    OwnedServerName, OwnedUserId, ServerName, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -18,7 +18,10 @@ use crate::{
     federation::x_matrix::FedRequest,
     http::{extract::Path, ruma::Ruma},
     service::{
-        e2ee::cross_signing::{MASTER, SELF_SIGNING},
+        e2ee::{
+            cross_signing::{MASTER, SELF_SIGNING},
+            remote_devices::RemoteCopy,
+        },
         federation::sender::enc,
         App,
     },
@@ -195,10 +198,7 @@ pub async fn claim_remote(
 /// A remote user's device list: our tracked copy, or fetched with `/user/devices` (and kept
 /// while a local user shares a room with them).
 pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
-    if let Some(list) = schema::USER__REMOTE_DEVICES
-        .get::<Value>(&app.store.kv, user.as_str())
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(list) = app.e2ee.remote_devices(user).map_err(|e| e.to_string())? {
         return Ok(list);
     }
     let fed = app.fed().map_err(|e| e.to_string())?;
@@ -221,10 +221,8 @@ pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
         ));
     }
     if app.shared_with_local(user).map_err(|e| e.to_string())? {
-        let mut b = Batch::default();
-        schema::USER__REMOTE_DEVICES
-            .put(&mut b, user.as_str(), &list)
-            .and_then(|()| app.store.commit(b))
+        app.e2ee
+            .keep_remote_devices(user, &list)
             .map_err(|e| e.to_string())?;
     }
     Ok(list)
@@ -256,12 +254,7 @@ fn tracked_sender(
 /// We stop following the EDUs of a user no local user shares a room with, so a copy of their
 /// device list would go stale: drop it, and fetch afresh if they come back.
 fn forget_untracked(app: &App, user: &UserId) -> ApiResult<()> {
-    if schema::USER__REMOTE_DEVICES.contains(&app.store.kv, user.as_str())? {
-        let mut b = Batch::default();
-        schema::USER__REMOTE_DEVICES.delete(&mut b, user.as_str());
-        app.store.commit(b)?;
-    }
-    Ok(())
+    Ok(app.e2ee.forget_remote_devices(user)?)
 }
 
 /// `m.device_list_update`: apply it to our copy when it follows on from what we have; when
@@ -275,11 +268,9 @@ pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value)
     else {
         return Ok(());
     };
-    let mut b = Batch::default();
+    let mut copy = RemoteCopy::Keep;
     let mut resync = false;
-    if let Some(mut list) =
-        schema::USER__REMOTE_DEVICES.get::<Value>(&app.store.kv, user.as_str())?
-    {
+    if let Some(mut list) = app.e2ee.remote_devices(&user)? {
         let known = list["stream_id"].as_u64().unwrap_or(0);
         if stream_id <= known {
             return Ok(());
@@ -306,14 +297,14 @@ pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value)
                 }
             }
             list["stream_id"] = json!(stream_id);
-            schema::USER__REMOTE_DEVICES.put(&mut b, user.as_str(), &list)?;
+            copy = RemoteCopy::Replace(list);
         } else {
             tracing::info!(%user, stream_id, known, "missed a device list update; fetching the list again");
-            schema::USER__REMOTE_DEVICES.delete(&mut b, user.as_str());
+            copy = RemoteCopy::Forget;
             resync = true;
         }
     }
-    app.commit_remote_device_list_change(&user, b).await?;
+    app.remote_device_list_changed(&user, copy).await?;
     if resync {
         let app = app.clone();
         tokio::spawn(async move {
@@ -330,17 +321,15 @@ pub async fn signing_key_update(app: &App, origin: &ServerName, content: &Value)
     let Some(user) = tracked_sender(app, origin, content)? else {
         return Ok(());
     };
-    let mut b = Batch::default();
-    if let Some(mut list) =
-        schema::USER__REMOTE_DEVICES.get::<Value>(&app.store.kv, user.as_str())?
-    {
+    let mut copy = RemoteCopy::Keep;
+    if let Some(mut list) = app.e2ee.remote_devices(&user)? {
         for field in ["master_key", "self_signing_key"] {
             let key = &content[field];
             if key["user_id"] == user.as_str() {
                 list[field] = key.clone();
             }
         }
-        schema::USER__REMOTE_DEVICES.put(&mut b, user.as_str(), &list)?;
+        copy = RemoteCopy::Replace(list);
     }
-    app.commit_remote_device_list_change(&user, b).await
+    app.remote_device_list_changed(&user, copy).await
 }

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
+pub mod remote_devices;
 pub mod signatures;
 
 use std::{
