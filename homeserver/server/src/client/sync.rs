@@ -147,7 +147,7 @@ pub fn build(
         .as_deref()
         .map(|d| d.as_str())
         .unwrap_or_default();
-    let (to_device, cut) = app.to_device_since(&s.user_id, device, since, now)?;
+    let (to_device, cut) = app.e2ee.to_device_since(&s.user_id, device, since, now)?;
     let now = cut.unwrap_or(now);
     let (lists_changed, lists_left) = match since {
         Some(c) => app.device_list_changes(&s.user_id, c, now)?,

@@ -11,6 +11,7 @@ pub mod device_lists;
 pub mod keys;
 pub mod remote_devices;
 pub mod signatures;
+pub mod to_device;
 
 use std::{
     collections::{HashSet, VecDeque},
