@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 const SERVER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../homeserver/server/src");
 
 /// Files outside `service/` that still name the store, until their domain becomes a service.
-const STORE_OUTSIDE_SERVICES: &[&str] = &[
-];
+const STORE_OUTSIDE_SERVICES: &[&str] = &[];
 
 /// What reading or writing a table looks like: a schema map, a write batch, a commit, a state
 /// snapshot. (The store's health, free space and stream position are not table access.)

@@ -129,10 +129,7 @@ pub async fn upload(
     if master_replaced {
         for (usage, key) in &provided[1..] {
             if key.is_none() {
-                writes.push(KeyWrite::CrossSigningKey {
-                    usage: *usage,
-                    key: None,
-                });
+                writes.push(KeyWrite::CrossSigningKey { usage, key: None });
             }
         }
     }

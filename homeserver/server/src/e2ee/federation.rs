@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::{extract::State, Json};
 use ruma::{
     api::federation::keys::{claim_keys, get_keys},
-    OwnedServerName, OwnedUserId, ServerName, UserId,
+    OwnedUserId, ServerName, UserId,
 };
 use serde_json::{json, Map, Value};
 
