@@ -5,7 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use plexus::{
-    client::{filter::Filter, sync::build},
+    api::client::{filter::Filter, sync::build},
     config::Config,
     service::{
         accounts::Session,

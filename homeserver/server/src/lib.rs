@@ -1,15 +1,10 @@
 //! The Plexus homeserver: configuration, the HTTP edge, services and the client-server API.
 //! The `plexus` binary is a thin wrapper; benchmarks and tests use the library directly.
 
-pub mod appservice;
-pub mod client;
+pub mod api;
 pub mod config;
-pub mod e2ee;
 pub mod error;
-pub mod federation;
 pub mod http;
-pub mod media;
-pub mod push;
 pub mod service;
 
 use axum::{extract::Request, middleware, response::IntoResponse, Router};
@@ -19,8 +14,8 @@ use crate::{error::ApiError, service::App};
 
 /// Every route, with the Matrix fallbacks, panic guard, request spans and CORS.
 pub fn router(app: App) -> Router {
-    client::router()
-        .merge(media::router())
+    api::client::router()
+        .merge(api::media::router())
         .route("/health", axum::routing::get(health))
         .fallback(http::unrecognized)
         .method_not_allowed_fallback(http::method_not_allowed)
@@ -33,7 +28,7 @@ pub fn router(app: App) -> Router {
 
 /// The federation listener's routes: server-server API and key server.
 pub fn federation_router(app: App) -> Router {
-    federation::router()
+    api::federation::router()
         .fallback(http::unrecognized)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(middleware::from_fn(catch_panic))

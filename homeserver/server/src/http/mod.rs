@@ -5,6 +5,7 @@ pub mod body;
 pub mod extract;
 pub mod ruma;
 pub mod trace;
+pub mod x_matrix;
 
 use axum::{
     extract::Request,

@@ -40,10 +40,10 @@ use ruma::OwnedServerName;
 use super::{
     body::BodyPermit,
     extract::{access_token, authenticated, client_ip, content_length, AppserviceCaller},
+    x_matrix::PendingOrigin,
 };
 use crate::{
     error::{ApiError, ApiResult},
-    federation::x_matrix::PendingOrigin,
     service::{accounts::Session, App},
 };
 
@@ -134,7 +134,7 @@ impl EdgeAuth for ServerSignatures {
     }
 
     fn body_cap(_: &App, parts: &Parts) -> usize {
-        crate::federation::x_matrix::body_cap(parts.uri.path())
+        super::x_matrix::body_cap(parts.uri.path())
     }
 }
 

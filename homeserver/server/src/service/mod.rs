@@ -59,7 +59,7 @@ pub struct Services {
     pub typing: ephemeral::Typing,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
     pub federation: Option<Arc<crate::service::federation::Federation>>,
-    pub media: crate::media::Repo,
+    pub media: media::Repo,
     pub pushers: crate::service::push::gateway::Pushers,
     pub user_push: crate::service::push::user_cache::UserPushCache,
     pub e2ee: e2ee::E2ee,
@@ -105,7 +105,7 @@ impl Services {
             )?)),
             None => None,
         };
-        let media = crate::media::Repo::open(&settings.data_dir.join("media"))?;
+        let media = media::Repo::open(&settings.data_dir.join("media"))?;
         let appservices = appservices::Appservices::new(settings.appservices.clone())?;
         let search = crate::service::search::Search::open(&settings.data_dir.join("search"))?;
         let limiter = ratelimit::Limiter::new(settings.rate_limits.clone());

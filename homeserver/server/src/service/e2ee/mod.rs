@@ -3,11 +3,12 @@
 //! (`cross_signing`), key backups (`backup`), to-device messages (`to_device`), the device list
 //! change stream (`device_lists`) and its copy of other servers' users' device lists
 //! (`remote_devices`). [`E2ee`] is the one owner of those tables; the endpoints are
-//! `crate::e2ee`.
+//! `crate::api::e2ee`.
 
 pub mod backup;
 pub mod cross_signing;
 pub mod device_lists;
+pub mod federation;
 pub mod keys;
 pub mod remote_devices;
 pub mod signatures;

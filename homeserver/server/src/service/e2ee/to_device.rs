@@ -5,11 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plexus_store::{schema, Batch, StoreError};
-use ruma::{OwnedServerName, OwnedUserId, UserId};
+use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{device_lists::stage_edu, E2ee, E2eeError};
-use crate::{error::ApiResult, service::Services};
+use crate::{
+    error::ApiResult,
+    service::{App, Services},
+};
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
 const SYNC_LIMIT: usize = 100;
@@ -227,4 +230,69 @@ impl Services {
         self.notifier.wake(recipients, count);
         Ok(())
     }
+}
+
+/// `*` becomes every device of the user; messages for devices that do not exist are dropped.
+pub fn expand(app: &Services, deliveries: Vec<Delivery>) -> ApiResult<Vec<Delivery>> {
+    let mut out = vec![];
+    for d in deliveries {
+        if d.device == "*" {
+            for (device, _) in app.devices(&d.user)? {
+                out.push(Delivery {
+                    user: d.user.clone(),
+                    device,
+                    content: d.content.clone(),
+                });
+            }
+        } else if app.device(&d.user, &d.device)?.is_some() {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// An `m.direct_to_device` EDU from `origin`: its sender must be one of origin's users, and
+/// only messages for our users are taken. A retried transaction's message is taken once.
+pub async fn receive(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+    let sender = content["sender"].as_str().unwrap_or_default();
+    let Ok(sender_id) = OwnedUserId::try_from(sender) else {
+        return Ok(());
+    };
+    let (Some(kind), Some(messages)) = (content["type"].as_str(), content["messages"].as_object())
+    else {
+        return Ok(());
+    };
+    if sender_id.server_name() != origin {
+        tracing::warn!(%origin, sender, "to-device message for a user of another server");
+        return Ok(());
+    }
+    if let Some(id) = content["message_id"].as_str() {
+        if !app.e2ee.first_sight(origin.as_str(), id) {
+            return Ok(());
+        }
+    }
+    let mut deliveries = vec![];
+    for (user, devices) in messages {
+        let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let Some(devices) = devices.as_object() else {
+            continue;
+        };
+        if !app.is_local(&user) {
+            continue;
+        }
+        for (device, c) in devices {
+            deliveries.push(Delivery {
+                user: user.clone(),
+                device: device.clone(),
+                content: c.clone(),
+            });
+        }
+    }
+    let targets = expand(app, deliveries)?;
+    if targets.is_empty() {
+        return Ok(());
+    }
+    app.receive_to_device(sender, kind, targets).await
 }

@@ -127,13 +127,13 @@ pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()
             }
         }
         Some("m.direct_to_device") => {
-            crate::e2ee::to_device::receive(app, origin, &content).await?;
+            crate::service::e2ee::to_device::receive(app, origin, &content).await?;
         }
         Some("m.device_list_update") => {
-            crate::e2ee::federation::device_list_update(app, origin, &content).await?;
+            crate::service::e2ee::federation::device_list_update(app, origin, &content).await?;
         }
         Some("m.signing_key_update") => {
-            crate::e2ee::federation::signing_key_update(app, origin, &content).await?;
+            crate::service::e2ee::federation::signing_key_update(app, origin, &content).await?;
         }
         _ => {}
     }

@@ -1,6 +1,6 @@
 //! `Authorization: X-Matrix` request signatures: the header's parameters, the object a
 //! signature covers, and signing what we send. Checking what we receive is the federation
-//! listener's extractor (`federation/x_matrix.rs`).
+//! listener's extractor (`http/x_matrix.rs`).
 
 use base64::Engine;
 use ruma::{

@@ -1,6 +1,6 @@
 //! The pushers each user has set, and how far delivery to each has got: the two tables
 //! `USER_APP_PUSHKEY__PUSHER` and `USER_APP_PUSHKEY__DELIVERED`, keyed by user, app id and
-//! pushkey. The endpoints that set them are `crate::push::pushers`; the delivery workers
+//! pushkey. The endpoints that set them are `crate::api::push::pushers`; the delivery workers
 //! `super::gateway`.
 
 use plexus_store::{schema, Batch, First};

@@ -7,8 +7,7 @@ use plexus_media::{disposition, multipart};
 use ruma::ServerName;
 use serde_json::Value;
 
-use super::{DEFAULT_WAIT_MS, MAX_WAIT};
-use crate::service::media::Record;
+use super::{Record, DEFAULT_WAIT_MS, MAX_WAIT};
 use crate::{
     error::{ApiError, ApiResult},
     service::{

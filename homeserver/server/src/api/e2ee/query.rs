@@ -179,7 +179,7 @@ pub async fn query(
         }
     }
     let answers = ask_servers(&app, remote, timeout, |app, server, users| async move {
-        super::federation::query_remote(&app, &server, &users).await
+        crate::service::e2ee::federation::query_remote(&app, &server, &users).await
     })
     .await;
     for (server, r) in answers {
@@ -273,7 +273,7 @@ pub async fn claim(
         }
     }
     let answers = ask_servers(&app, remote, timeout, |app, server, users| async move {
-        super::federation::claim_remote(&app, &server, users).await
+        crate::service::e2ee::federation::claim_remote(&app, &server, users).await
     })
     .await;
     for (server, r) in answers {

@@ -7,7 +7,7 @@ use ruma::RoomId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::x_matrix::FedRequest;
+use crate::http::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::{parse_room_id, Path, Query},

@@ -6,7 +6,7 @@ use plexus_core::{builder::countersign, client_event::to_stripped, room_version}
 use ruma::{room_version_rules::RoomVersionRules, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId};
 use serde_json::{json, Value};
 
-use super::x_matrix::FedRequest;
+use crate::http::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::extract::Path,

@@ -41,6 +41,8 @@ pub struct SyncQuery {
     set_presence: Option<String>,
 }
 
+/// Hand-typed: ruma's response leaves out every empty section (`rooms`, `device_lists`, an empty
+/// `state` or `ephemeral`), which Plexus has always sent and clients and tests built on it read.
 pub async fn sync(
     State(app): State<App>,
     Auth(s): Auth,

@@ -312,7 +312,7 @@ async fn sign_other(
     let master = if app.is_local(target) {
         app.e2ee.cross_signing_key(target, MASTER)?
     } else {
-        super::federation::remote_devices(app, target)
+        crate::service::e2ee::federation::remote_devices(app, target)
             .await
             .ok()
             .and_then(|d| d.get("master_key").cloned())

@@ -3,10 +3,20 @@
 //! uploaded (the quota). The one owner of those tables; the bytes themselves are blobs in
 //! `plexus-media`.
 
-use std::sync::Arc;
+pub mod remote;
+mod repo;
+
+use std::{sync::Arc, time::Duration};
 
 use plexus_store::{schema, Batch, First, Store, StoreError};
 use serde::{Deserialize, Serialize};
+
+pub use repo::Repo;
+
+/// Longest a download waits for a reserved id's upload, whatever `timeout_ms` asks.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// `timeout_ms` when the request names none (the spec's default).
+pub const DEFAULT_WAIT_MS: u64 = 20_000;
 
 /// What the store knows of one `mxc://` URI.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

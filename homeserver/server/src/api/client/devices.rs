@@ -8,7 +8,7 @@ use ruma::{
 };
 
 use crate::{
-    client::account::uia_json,
+    api::client::account::uia_json,
     error::{ApiError, ApiResult},
     http::ruma::Ruma,
     service::accounts::PASSWORD_FLOW,

@@ -14,7 +14,7 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::{json, value::RawValue as RawJsonValue, Value};
 
-use super::x_matrix::FedRequest;
+use crate::http::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::{extract::Path, ruma::Ruma},

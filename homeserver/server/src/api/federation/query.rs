@@ -8,7 +8,7 @@ use ruma::api::federation::{
 };
 use serde_json::{json, Value};
 
-use super::x_matrix::FedRequest;
+use crate::http::x_matrix::FedRequest;
 use crate::{
     error::{ApiError, ApiResult},
     http::{extract::Query, ruma::Ruma},

@@ -13,11 +13,11 @@ use plexus_core::signing::random_alnum;
 use plexus_media::{disposition::content_disposition, multipart};
 use serde::Deserialize;
 
-use super::x_matrix::FedRequest;
+use crate::http::x_matrix::FedRequest;
 use crate::{
+    api::media::{self, local_ready, thumbnail_of, ThumbQuery},
     error::{ApiError, ApiResult},
     http::extract::{Path, Query},
-    media::{self, local_ready, thumbnail_of, ThumbQuery},
     service::App,
 };
 

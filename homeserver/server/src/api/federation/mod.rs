@@ -10,7 +10,6 @@ pub mod keys;
 pub mod media;
 pub mod query;
 pub mod send;
-pub mod x_matrix;
 
 use axum::{
     routing::{get, post, put},
@@ -50,10 +49,10 @@ pub fn router() -> Router<App> {
         )
         .route(
             &format!("{V1}/user/devices/{{user}}"),
-            get(crate::e2ee::federation::user_devices),
+            get(crate::api::e2ee::federation::user_devices),
         )
-        .ruma(crate::e2ee::federation::user_keys_query)
-        .ruma(crate::e2ee::federation::user_keys_claim)
+        .ruma(crate::api::e2ee::federation::user_keys_query)
+        .ruma(crate::api::e2ee::federation::user_keys_claim)
         .route(
             &format!("{V2}/send_join/{{room}}/{{event}}"),
             put(join::send_join),

@@ -32,7 +32,11 @@ use axum::{
     Router,
 };
 
-use crate::{appservice, e2ee, http::ruma::RumaRoutes, service::App};
+use crate::{
+    api::{appservice, e2ee},
+    http::ruma::RumaRoutes,
+    service::App,
+};
 
 pub fn router() -> Router<App> {
     let v3 = Router::new()
@@ -80,7 +84,7 @@ pub fn router() -> Router<App> {
         )
         // push rules (ruma lists only `/pushrules/`; ruma's set_pushrule and set_pusher are
         // stricter than the spec)
-        .route("/pushers/set", post(crate::push::pushers::set))
+        .route("/pushers/set", post(crate::api::push::pushers::set))
         .route(
             "/pushrules/global/{kind}/{rule_id}",
             get(push_rules::get_rule)
@@ -212,8 +216,8 @@ pub fn router() -> Router<App> {
         .ruma(push_rules::put_enabled)
         .ruma(push_rules::get_actions)
         .ruma(push_rules::put_actions)
-        .ruma(crate::push::pushers::get)
-        .ruma(crate::push::notifications::get);
+        .ruma(crate::api::push::pushers::get)
+        .ruma(crate::api::push::notifications::get);
 
     // An empty state key: ruma's state paths end in `{state_key}`, a segment axum never
     // matches empty, so `.../state/{event_type}` and `.../state/{event_type}/` (sent by many
