@@ -34,6 +34,18 @@ pub struct NewEvent {
     pub redacts: Option<OwnedEventId>,
 }
 
+impl NewEvent {
+    /// A state event of `kind` at `state_key`.
+    pub fn state(kind: &str, state_key: &str, content: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
+    }
+}
+
 /// A reference to an earlier event: its id and, for v1/v2 rooms, its content hash.
 #[derive(Clone, Debug)]
 pub struct EventRef {

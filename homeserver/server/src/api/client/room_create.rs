@@ -46,15 +46,6 @@ pub struct CreateRoomBody {
     power_level_content_override: Option<Map<String, Value>>,
 }
 
-fn state(kind: &str, key: &str, content: Value) -> NewEvent {
-    NewEvent {
-        kind: kind.into(),
-        content,
-        state_key: Some(key.into()),
-        redacts: None,
-    }
-}
-
 /// Hand-written: ruma answers a malformed `room_version` `M_INVALID_PARAM`, not unsupported.
 pub async fn create_room(
     State(app): State<App>,
@@ -152,14 +143,14 @@ pub async fn create_room(
     }
     w.append(
         &sender,
-        state("m.room.create", "", Value::Object(create)),
+        NewEvent::state("m.room.create", "", Value::Object(create)),
         None,
     )?;
 
     // 2. the creator joins
     w.append(
         &sender,
-        state(
+        NewEvent::state(
             "m.room.member",
             sender.as_str(),
             member_content(&app, &sender, "join")?,
@@ -194,13 +185,17 @@ pub async fn create_room(
             o.insert(k.clone(), v.clone());
         }
     }
-    w.append(&sender, state("m.room.power_levels", "", pl), None)?;
+    w.append(
+        &sender,
+        NewEvent::state("m.room.power_levels", "", pl),
+        None,
+    )?;
 
     // 4. canonical alias
     if let Some(a) = &alias {
         w.append(
             &sender,
-            state("m.room.canonical_alias", "", json!({ "alias": a })),
+            NewEvent::state("m.room.canonical_alias", "", json!({ "alias": a })),
             None,
         )?;
     }
@@ -212,15 +207,15 @@ pub async fn create_room(
         "invite"
     };
     let mut preset_state = vec![
-        state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
-        state(
+        NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
+        NewEvent::state(
             "m.room.history_visibility",
             "",
             json!({ "history_visibility": "shared" }),
         ),
     ];
     if preset != "public_chat" {
-        preset_state.push(state(
+        preset_state.push(NewEvent::state(
             "m.room.guest_access",
             "",
             json!({ "guest_access": "can_join" }),
@@ -245,7 +240,7 @@ pub async fn create_room(
         }
         w.append(
             &sender,
-            state(&i.kind, &i.state_key, Value::Object(i.content.clone())),
+            NewEvent::state(&i.kind, &i.state_key, Value::Object(i.content.clone())),
             None,
         )?;
     }
@@ -254,7 +249,7 @@ pub async fn create_room(
     if let Some(name) = &body.name {
         w.append(
             &sender,
-            state("m.room.name", "", json!({ "name": name })),
+            NewEvent::state("m.room.name", "", json!({ "name": name })),
             None,
         )?;
     }
@@ -263,7 +258,7 @@ pub async fn create_room(
             "topic": topic,
             "m.topic": { "m.text": [{ "mimetype": "text/plain", "body": topic }] },
         });
-        w.append(&sender, state("m.room.topic", "", content), None)?;
+        w.append(&sender, NewEvent::state("m.room.topic", "", content), None)?;
     }
 
     // 8. invites (of users on other servers once the room exists: their server countersigns)
@@ -273,7 +268,11 @@ pub async fn create_room(
         if body.is_direct {
             c["is_direct"] = json!(true);
         }
-        w.append(&sender, state("m.room.member", u.as_str(), c), None)?;
+        w.append(
+            &sender,
+            NewEvent::state("m.room.member", u.as_str(), c),
+            None,
+        )?;
     }
 
     let room_id = w

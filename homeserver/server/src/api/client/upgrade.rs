@@ -39,15 +39,6 @@ pub struct UpgradeBody {
     additional_creators: Vec<String>,
 }
 
-fn state(kind: &str, key: &str, content: Value) -> NewEvent {
-    NewEvent {
-        kind: kind.into(),
-        content,
-        state_key: Some(key.into()),
-        redacts: None,
-    }
-}
-
 /// Hand-written: ruma answers a malformed `new_version` `M_INVALID_PARAM`, not unsupported.
 pub async fn upgrade(
     State(app): State<App>,
@@ -97,10 +88,14 @@ pub async fn upgrade(
     if rules.authorization.additional_room_creators && !body.additional_creators.is_empty() {
         create["additional_creators"] = json!(body.additional_creators);
     }
-    w.append(&s.user_id, state("m.room.create", "", create), None)?;
     w.append(
         &s.user_id,
-        state(
+        NewEvent::state("m.room.create", "", create),
+        None,
+    )?;
+    w.append(
+        &s.user_id,
+        NewEvent::state(
             "m.room.member",
             s.user_id.as_str(),
             member_content(&app, &s.user_id, "join")?,
@@ -122,19 +117,19 @@ pub async fn upgrade(
     }
     w.append(
         &s.user_id,
-        state("m.room.power_levels", "", pl.clone()),
+        NewEvent::state("m.room.power_levels", "", pl.clone()),
         None,
     )?;
     for kind in CARRIED_STATE {
         if let Some(content) = old_state(kind)? {
-            w.append(&s.user_id, state(kind, "", content), None)?;
+            w.append(&s.user_id, NewEvent::state(kind, "", content), None)?;
         }
     }
     let alias = old_state("m.room.canonical_alias")?;
     if let Some(a) = &alias {
         w.append(
             &s.user_id,
-            state("m.room.canonical_alias", "", a.clone()),
+            NewEvent::state("m.room.canonical_alias", "", a.clone()),
             None,
         )?;
     }
@@ -156,7 +151,7 @@ pub async fn upgrade(
     let mut old = RoomWriter::open(&app, &old_id).await?;
     old.append(
         &s.user_id,
-        state(
+        NewEvent::state(
             "m.room.tombstone",
             "",
             json!({ "body": "This room has been replaced", "replacement_room": new_id }),
@@ -169,7 +164,11 @@ pub async fn upgrade(
     old_pl["events_default"] =
         json!(restricted.max(old_pl["events_default"].as_i64().unwrap_or(0)));
     old_pl["invite"] = json!(restricted.max(old_pl["invite"].as_i64().unwrap_or(0)));
-    old.append(&s.user_id, state("m.room.power_levels", "", old_pl), None)?;
+    old.append(
+        &s.user_id,
+        NewEvent::state("m.room.power_levels", "", old_pl),
+        None,
+    )?;
     // The old room leaves the directory in the batch that tombstones it.
     for (alias, _) in &aliases {
         Directory::stage_alias_moved(&mut old.extra, &old_id, alias);

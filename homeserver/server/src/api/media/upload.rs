@@ -110,6 +110,7 @@ pub async fn upload(
         &rec,
         user,
         app.settings.media.max_bytes_per_user,
+        false,
     )?;
     drop(charged);
     app.store.flush().await?;
@@ -187,12 +188,13 @@ pub async fn upload_reserved(
         unused_expires_at: None,
         ..rec.unwrap_or_default()
     };
-    app.media_records.record_reserved_upload(
+    app.media_records.record_upload(
         server.as_str(),
         &id,
         &rec,
         &user,
         app.settings.media.max_bytes_per_user,
+        true,
     )?;
     app.store.flush().await?;
     app.media.uploaded.notify_waiters();

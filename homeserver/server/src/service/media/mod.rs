@@ -143,8 +143,9 @@ impl MediaRecords {
     }
 
     /// Record an upload by `user` and charge it to the user's quota (`quota` 0: none), in one
-    /// batch. The caller holds the media write lock, so two uploads cannot both fit in the last
-    /// bytes. Not yet durable: the caller flushes.
+    /// batch; for an id the user `reserved`, the reservation ends in the same batch. The caller
+    /// holds the media write lock, so two uploads cannot both fit in the last bytes. Not yet
+    /// durable: the caller flushes.
     pub fn record_upload(
         &self,
         server: &str,
@@ -152,26 +153,14 @@ impl MediaRecords {
         rec: &Record,
         user: &str,
         quota: u64,
+        reserved: bool,
     ) -> Result<(), MediaRecordsError> {
         let mut b = Batch::default();
         Self::stage(&mut b, server, id, rec)?;
         self.stage_charge(&mut b, user, rec.size, quota)?;
-        Ok(self.store.commit(b)?)
-    }
-
-    /// [`Self::record_upload`] for an id `user` reserved: the reservation ends in the same batch.
-    pub fn record_reserved_upload(
-        &self,
-        server: &str,
-        id: &str,
-        rec: &Record,
-        user: &str,
-        quota: u64,
-    ) -> Result<(), MediaRecordsError> {
-        let mut b = Batch::default();
-        Self::stage(&mut b, server, id, rec)?;
-        self.stage_charge(&mut b, user, rec.size, quota)?;
-        Self::stage_reservation_done(&mut b, user, id);
+        if reserved {
+            Self::stage_reservation_done(&mut b, user, id);
+        }
         Ok(self.store.commit(b)?)
     }
 
