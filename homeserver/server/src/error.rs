@@ -262,6 +262,16 @@ impl From<crate::service::directory::DirectoryError> for ApiError {
     }
 }
 
+impl From<crate::service::ephemeral::ReceiptsError> for ApiError {
+    fn from(e: crate::service::ephemeral::ReceiptsError) -> Self {
+        use crate::service::ephemeral::ReceiptsError::*;
+        match e {
+            Store(e) => e.into(),
+            Content => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

@@ -1,5 +1,5 @@
-//! Typing notifications (in memory, with timeouts) and read receipts (stored), both ordered on
-//! the global stream so that sync sees them like any other update.
+//! Typing notifications (in memory, with timeouts) and read receipts (stored, [`Receipts`]),
+//! both ordered on the global stream so that sync sees them like any other update.
 
 use std::{
     collections::HashMap,
@@ -7,13 +7,13 @@ use std::{
     time::Duration,
 };
 
-use plexus_store::{schema, First};
+use plexus_store::{schema, Batch, First, Store, StoreError};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{now_ms, Services};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 
 /// Longest a client may claim to be typing without renewing.
 pub const MAX_TYPING_MS: u64 = 120_000;
@@ -36,6 +36,81 @@ pub struct Receipt {
     pub event_id: String,
     pub ts: u64,
     pub count: u64,
+}
+
+/// Why receipts could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The content gathered for an event was not an object (each starts as one).
+    #[error("receipt content")]
+    Content,
+}
+
+/// Read receipts: the one owner of `ROOM_USER_TYPE_THREAD__RECEIPT`.
+pub struct Receipts {
+    store: Arc<Store>,
+}
+
+impl Receipts {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// A user's receipt as the change at stream position `count`, in a batch that also clears
+    /// the unread notifications it covers.
+    pub fn stage_receipt(
+        b: &mut Batch,
+        count: u64,
+        short_room: u64,
+        user: &UserId,
+        kind: &str,
+        event_id: &str,
+        thread: &str,
+    ) -> Result<(), StoreError> {
+        let r = Receipt {
+            event_id: event_id.to_owned(),
+            ts: now_ms(),
+            count,
+        };
+        schema::ROOM_USER_TYPE_THREAD__RECEIPT.put(b, (short_room, user.as_str(), kind, thread), &r)
+    }
+
+    /// The `m.receipt` content of receipts newer than `since`; private ones only of the users
+    /// `sees_private_of` accepts.
+    pub fn since(
+        &self,
+        short_room: u64,
+        since: Option<u64>,
+        sees_private_of: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<Value>, ReceiptsError> {
+        let mut content: Map<String, Value> = Map::new();
+        for item in schema::ROOM_USER_TYPE_THREAD__RECEIPT
+            .prefix::<First<1>, Receipt>(&self.store.kv, (short_room,))
+        {
+            let ((_, user, kind, thread), r) = item?;
+            if since.is_some_and(|c| r.count <= c) {
+                continue;
+            }
+            if kind == "m.read.private" && !sees_private_of(&user) {
+                continue;
+            }
+            let mut info = json!({ "ts": r.ts });
+            if !thread.is_empty() {
+                info["thread_id"] = json!(thread);
+            }
+            let by_event = content
+                .entry(r.event_id.clone())
+                .or_insert_with(|| json!({}));
+            by_event
+                .as_object_mut()
+                .ok_or(ReceiptsError::Content)?
+                .entry(kind)
+                .or_insert_with(|| json!({}))[user.as_str()] = info;
+        }
+        Ok((!content.is_empty()).then_some(Value::Object(content)))
+    }
 }
 
 impl Services {
@@ -160,16 +235,7 @@ impl Services {
             _ => None,
         };
         let (count, ()) = self.store.commit_with_count(|count, b| {
-            let r = Receipt {
-                event_id: event_id.to_owned(),
-                ts: now_ms(),
-                count,
-            };
-            schema::ROOM_USER_TYPE_THREAD__RECEIPT.put(
-                b,
-                (short_room, user.as_str(), kind, thread),
-                &r,
-            )?;
+            Receipts::stage_receipt(b, count, short_room, user, kind, event_id, thread)?;
             if let Some(upto) = read_upto {
                 crate::service::push::unread::clear_through(
                     self,
@@ -192,40 +258,5 @@ impl Services {
             self.wake_room(room_id, count)?;
         }
         Ok(())
-    }
-
-    /// The `m.receipt` content of receipts newer than `since`; private ones only of the users
-    /// `sees_private_of` accepts.
-    pub fn receipts_since(
-        &self,
-        short_room: u64,
-        since: Option<u64>,
-        sees_private_of: &dyn Fn(&str) -> bool,
-    ) -> ApiResult<Option<Value>> {
-        let mut content: Map<String, Value> = Map::new();
-        for item in schema::ROOM_USER_TYPE_THREAD__RECEIPT
-            .prefix::<First<1>, Receipt>(&self.store.kv, (short_room,))
-        {
-            let ((_, user, kind, thread), r) = item?;
-            if since.is_some_and(|c| r.count <= c) {
-                continue;
-            }
-            if kind == "m.read.private" && !sees_private_of(&user) {
-                continue;
-            }
-            let mut info = json!({ "ts": r.ts });
-            if !thread.is_empty() {
-                info["thread_id"] = json!(thread);
-            }
-            let by_event = content
-                .entry(r.event_id.clone())
-                .or_insert_with(|| json!({}));
-            by_event
-                .as_object_mut()
-                .ok_or_else(|| ApiError::Internal("receipt content".into()))?
-                .entry(kind)
-                .or_insert_with(|| json!({}))[user.as_str()] = info;
-        }
-        Ok((!content.is_empty()).then_some(Value::Object(content)))
     }
 }

@@ -57,6 +57,7 @@ pub struct Services {
     pub stopping: tokio::sync::watch::Sender<bool>,
     pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
+    pub receipts: ephemeral::Receipts,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
     pub federation: Option<Arc<crate::service::federation::Federation>>,
     pub media: media::Repo,
@@ -119,6 +120,7 @@ impl Services {
             filters: filters::Filters::new(store.clone()),
             media_records: media::MediaRecords::new(store.clone()),
             openid: openid::OpenId::new(store.clone()),
+            receipts: ephemeral::Receipts::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
             server_keys: server_keys::ServerKeys::new(store.clone()),
             store,

@@ -369,7 +369,7 @@ fn room_section(
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
         let own = |u: &str| u == s.user_id.as_str();
-        if let Some(content) = app.receipts_since(room.short, since, &own)? {
+        if let Some(content) = app.receipts.since(room.short, since, &own)? {
             ephemeral.push(json!({ "type": "m.receipt", "content": content }));
         }
         ephemeral.retain(|e| filter.room.ephemeral.allows(e));

@@ -456,7 +456,7 @@ impl View {
             }
             // Private receipts of every user it acts for (spec v1.13).
             let ours = |u: &str| reg.may_act_as(u, server);
-            if let Some(content) = svc.receipts_since(room.short, Some(from), &ours)? {
+            if let Some(content) = svc.receipts.since(room.short, Some(from), &ours)? {
                 out.push(json!({ "type": "m.receipt", "room_id": room_id, "content": content }));
             }
             for (user, m) in svc.room_members(room.short)? {
