@@ -1,5 +1,7 @@
-//! Typing notifications (in memory, with timeouts) and read receipts (stored, [`Receipts`]),
-//! both ordered on the global stream so that sync sees them like any other update.
+//! Typing notifications ([`Typing`], in memory, with timeouts) and read receipts
+//! ([`Receipts`], stored), both ordered on the global stream so that sync sees them like any
+//! other update. Setting either stays on `Services`: it wakes the room's members and tells
+//! other servers.
 
 use std::{
     collections::HashMap,
@@ -18,6 +20,7 @@ use crate::error::ApiResult;
 /// Longest a client may claim to be typing without renewing.
 pub const MAX_TYPING_MS: u64 = 120_000;
 
+/// Who is typing where, in memory only: a restart forgets it, as clients expect.
 #[derive(Default)]
 pub struct Typing {
     rooms: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
@@ -29,6 +32,69 @@ struct RoomTyping {
     users: HashMap<OwnedUserId, u64>,
     /// Stream position of the last change.
     changed: u64,
+}
+
+impl Typing {
+    /// Record that `user` types in the room for `timeout_ms` (capped) from now, or stopped
+    /// (`None`), as the change at stream position `count`.
+    pub fn set(&self, room_id: &RoomId, user: &UserId, timeout_ms: Option<u64>, count: u64) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.entry(room_id.to_owned()).or_default();
+        match timeout_ms {
+            Some(t) => {
+                room.users
+                    .insert(user.to_owned(), now_ms() + t.min(MAX_TYPING_MS));
+            }
+            None => {
+                room.users.remove(user);
+            }
+        }
+        room.changed = count;
+    }
+
+    /// Users typing in the room, if that changed after `since` (or always for an initial sync).
+    pub fn since(&self, room_id: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.get(room_id)?;
+        let now = now_ms();
+        let users: Vec<OwnedUserId> = room
+            .users
+            .iter()
+            .filter(|(_, e)| **e > now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        match since {
+            Some(c) if room.changed <= c => None,
+            None if users.is_empty() => None,
+            _ => Some(users),
+        }
+    }
+
+    /// Drop expired entries; answers the rooms that had any.
+    pub fn expire(&self) -> Vec<OwnedRoomId> {
+        let now = now_ms();
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .iter_mut()
+            .filter_map(|(id, r)| {
+                let before = r.users.len();
+                r.users.retain(|_, e| *e > now);
+                (r.users.len() != before).then(|| id.clone())
+            })
+            .collect()
+    }
+
+    /// Note a change to the room's typing users (an expiry) at stream position `count`.
+    pub fn changed(&self, room_id: &RoomId, count: u64) {
+        if let Some(r) = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(room_id)
+        {
+            r.changed = count;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,40 +207,9 @@ impl Services {
         timeout_ms: Option<u64>,
     ) -> ApiResult<()> {
         let count = self.bump()?;
-        {
-            let mut rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
-            let room = rooms.entry(room_id.to_owned()).or_default();
-            match timeout_ms {
-                Some(t) => {
-                    room.users
-                        .insert(user.to_owned(), now_ms() + t.min(MAX_TYPING_MS));
-                }
-                None => {
-                    room.users.remove(user);
-                }
-            }
-            room.changed = count;
-        }
+        self.typing.set(room_id, user, timeout_ms, count);
         crate::service::federation::edu::send_typing(self, room_id, user, timeout_ms)?;
         self.wake_room(room_id, count)
-    }
-
-    /// Users typing in the room, if that changed after `since` (or always for an initial sync).
-    pub fn typing_since(&self, room_id: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
-        let rooms = self.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let room = rooms.get(room_id)?;
-        let now = now_ms();
-        let users: Vec<OwnedUserId> = room
-            .users
-            .iter()
-            .filter(|(_, e)| **e > now)
-            .map(|(u, _)| u.clone())
-            .collect();
-        match since {
-            Some(c) if room.changed <= c => None,
-            None if users.is_empty() => None,
-            _ => Some(users),
-        }
     }
 
     /// Drop expired typing entries and tell the rooms' members; runs every second.
@@ -185,29 +220,9 @@ impl Services {
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                let now = now_ms();
-                let expired: Vec<OwnedRoomId> = {
-                    let mut rooms = app.typing.rooms.lock().unwrap_or_else(|p| p.into_inner());
-                    rooms
-                        .iter_mut()
-                        .filter_map(|(id, r)| {
-                            let before = r.users.len();
-                            r.users.retain(|_, e| *e > now);
-                            (r.users.len() != before).then(|| id.clone())
-                        })
-                        .collect()
-                };
-                for room in expired {
+                for room in app.typing.expire() {
                     if let Ok(count) = app.bump() {
-                        if let Some(r) = app
-                            .typing
-                            .rooms
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_mut(&room)
-                        {
-                            r.changed = count;
-                        }
+                        app.typing.changed(&room, count);
                         let _ = app.wake_room(&room, count);
                     }
                 }

@@ -365,7 +365,7 @@ fn room_section(
     let mut ephemeral = vec![];
     if m.membership == "join" {
         let since = if newly { None } else { since };
-        if let Some(users) = app.typing_since(room_id, since) {
+        if let Some(users) = app.typing.since(room_id, since) {
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
         let own = |u: &str| u == s.user_id.as_str();

@@ -449,7 +449,7 @@ impl View {
             let Some(room) = svc.room(&room_id)? else {
                 continue;
             };
-            if let Some(users) = svc.typing_since(&room_id, Some(from)) {
+            if let Some(users) = svc.typing.since(&room_id, Some(from)) {
                 out.push(json!({
                     "type": "m.typing", "room_id": room_id, "content": { "user_ids": users },
                 }));
