@@ -272,6 +272,15 @@ impl From<crate::service::ephemeral::ReceiptsError> for ApiError {
     }
 }
 
+impl From<crate::service::presence::PresenceError> for ApiError {
+    fn from(e: crate::service::presence::PresenceError) -> Self {
+        use crate::service::presence::PresenceError::*;
+        match e {
+            Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

@@ -58,6 +58,7 @@ pub struct Services {
     pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
     pub receipts: ephemeral::Receipts,
+    pub presence: presence::Presence,
     /// `None` when federation is switched off: then nothing is ever sent to other servers.
     pub federation: Option<Arc<crate::service::federation::Federation>>,
     pub media: media::Repo,
@@ -120,6 +121,7 @@ impl Services {
             filters: filters::Filters::new(store.clone()),
             media_records: media::MediaRecords::new(store.clone()),
             openid: openid::OpenId::new(store.clone()),
+            presence: presence::Presence::new(store.clone()),
             receipts: ephemeral::Receipts::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
             server_keys: server_keys::ServerKeys::new(store.clone()),

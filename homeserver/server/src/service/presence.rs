@@ -1,8 +1,9 @@
-//! Presence: what users set, when they were last active, and who gets told.
+//! Presence: what users set, when they were last active ([`Presence`], the one owner of
+//! `USER__PRESENCE`), and who gets told (on `Services`: it reads the rooms users share).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
-use plexus_store::schema;
+use plexus_store::{schema, Store, StoreError};
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -46,10 +47,6 @@ impl PresenceRecord {
 }
 
 impl Services {
-    pub fn presence(&self, user: &UserId) -> ApiResult<Option<PresenceRecord>> {
-        Ok(schema::USER__PRESENCE.get(&self.store.kv, user.as_str())?)
-    }
-
     /// Everyone who shares a joined room with `user`, and the user.
     pub fn presence_audience(&self, user: &UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
         let mut out = BTreeSet::from([user.to_owned()]);
@@ -69,8 +66,8 @@ impl Services {
         Ok(out)
     }
 
-    /// Set presence explicitly (`status_msg: None` keeps the old message unless `clear_msg`),
-    /// or record activity. Writes and wakes only when what others see changes.
+    /// Update presence (see [`Presence::update`]); when what others see changed, make it
+    /// durable, then wake the audience's syncs and tell other servers.
     pub async fn update_presence(
         &self,
         user: &UserId,
@@ -78,7 +75,73 @@ impl Services {
         status_msg: Option<Option<String>>,
         active: bool,
     ) -> ApiResult<()> {
-        let old = self.presence(user)?;
+        let Some(change) = self.presence.update(user, presence, status_msg, active)? else {
+            return Ok(());
+        };
+        self.store.flush().await?;
+        let audience = self.presence_audience(user)?;
+        self.notifier
+            .wake(audience.iter().map(|u| u.as_ref()), change.count);
+        crate::service::federation::edu::send_presence(
+            self,
+            user,
+            &audience,
+            presence,
+            change.status_msg.as_deref(),
+            change.last_active_ago,
+        );
+        Ok(())
+    }
+
+    /// `m.presence` events of users the viewer shares rooms with, changed after `since`.
+    pub fn presence_since(&self, viewer: &UserId, since: Option<u64>) -> ApiResult<Vec<Value>> {
+        Ok(self
+            .presence
+            .events_since(self.presence_audience(viewer)?, since)?)
+    }
+}
+
+/// Why presence could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Presence as last set or seen: the one owner of `USER__PRESENCE`.
+pub struct Presence {
+    store: Arc<Store>,
+}
+
+/// A presence change as stored, for telling others.
+pub struct PresenceChange {
+    /// Stream position of the change.
+    pub count: u64,
+    pub status_msg: Option<String>,
+    /// Time since the user was last active, as of the change (ms).
+    pub last_active_ago: u64,
+}
+
+impl Presence {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn get(&self, user: &UserId) -> Result<Option<PresenceRecord>, PresenceError> {
+        Ok(schema::USER__PRESENCE.get(&self.store.kv, user.as_str())?)
+    }
+
+    /// Set presence explicitly (`status_msg: None` keeps the old message unless `clear_msg`),
+    /// or record activity. Writes only when what others see changes, and answers the change
+    /// then. Not yet durable: the caller flushes.
+    pub fn update(
+        &self,
+        user: &UserId,
+        presence: &str,
+        status_msg: Option<Option<String>>,
+        active: bool,
+    ) -> Result<Option<PresenceChange>, PresenceError> {
+        let old = self.get(user)?;
         let now = now_ms();
         let msg = match status_msg {
             Some(m) => m,
@@ -95,7 +158,7 @@ impl Services {
                 && now.saturating_sub(o.last_active_ts) < ACTIVITY_GRANULARITY_MS
         });
         if unchanged {
-            return Ok(());
+            return Ok(None);
         }
         let (count, ()) = self.store.commit_with_count(|count, b| {
             let rec = PresenceRecord {
@@ -106,26 +169,22 @@ impl Services {
             };
             schema::USER__PRESENCE.put(b, user.as_str(), &rec)
         })?;
-        self.store.flush().await?;
-        let audience = self.presence_audience(user)?;
-        self.notifier
-            .wake(audience.iter().map(|u| u.as_ref()), count);
-        crate::service::federation::edu::send_presence(
-            self,
-            user,
-            &audience,
-            presence,
-            msg.as_deref(),
-            now - last_active,
-        );
-        Ok(())
+        Ok(Some(PresenceChange {
+            count,
+            status_msg: msg,
+            last_active_ago: now - last_active,
+        }))
     }
 
-    /// `m.presence` events of users the viewer shares rooms with, changed after `since`.
-    pub fn presence_since(&self, viewer: &UserId, since: Option<u64>) -> ApiResult<Vec<Value>> {
+    /// `m.presence` events of `users` changed after `since`.
+    pub fn events_since(
+        &self,
+        users: impl IntoIterator<Item = OwnedUserId>,
+        since: Option<u64>,
+    ) -> Result<Vec<Value>, PresenceError> {
         let mut events = vec![];
-        for user in self.presence_audience(viewer)? {
-            let Some(rec) = self.presence(&user)? else {
+        for user in users {
+            let Some(rec) = self.get(&user)? else {
                 continue;
             };
             if since.is_some_and(|c| rec.count <= c) {

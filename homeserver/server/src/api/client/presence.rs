@@ -59,7 +59,7 @@ pub async fn get(
             "You do not share a room with this user".into(),
         ));
     }
-    let Some(rec) = app.presence(&user)? else {
+    let Some(rec) = app.presence.get(&user)? else {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline));
     };
     let c = rec.content();

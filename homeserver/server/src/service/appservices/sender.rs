@@ -463,7 +463,7 @@ impl View {
                 if m != "join" || !seen_users.insert(user.clone()) {
                     continue;
                 }
-                if let Some(rec) = svc.presence(&user)? {
+                if let Some(rec) = svc.presence.get(&user)? {
                     if rec.count > from && rec.count <= upto {
                         out.push(json!({
                             "type": "m.presence", "sender": user, "content": rec.content(),
