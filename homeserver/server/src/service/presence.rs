@@ -131,8 +131,8 @@ impl Presence {
         Ok(schema::USER__PRESENCE.get(&self.store.kv, user.as_str())?)
     }
 
-    /// Set presence explicitly (`status_msg: None` keeps the old message unless `clear_msg`),
-    /// or record activity. Writes only when what others see changes, and answers the change
+    /// Set presence explicitly (`status_msg: None` keeps the old message, `Some(None)` clears
+    /// it), or record activity. Writes only when what others see changes, and answers the change
     /// then. Not yet durable: the caller flushes.
     pub fn update(
         &self,
