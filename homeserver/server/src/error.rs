@@ -281,6 +281,18 @@ impl From<crate::service::presence::PresenceError> for ApiError {
     }
 }
 
+impl From<crate::service::rooms::RoomsError> for ApiError {
+    fn from(e: crate::service::rooms::RoomsError) -> Self {
+        use crate::service::rooms::RoomsError::*;
+        match e {
+            Store(e) => e.into(),
+            NotInRoom => ApiError::Forbidden(e.to_string()),
+            UnknownRoom => ApiError::NotFound(e.to_string()),
+            Corrupt(why) => ApiError::Internal(why),
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

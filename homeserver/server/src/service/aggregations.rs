@@ -32,7 +32,7 @@ const MAX_REFERENCES: usize = 1000;
 
 fn event_short(svc: &Services, id: &str) -> ApiResult<Option<u64>> {
     match EventId::parse(id) {
-        Ok(id) => svc.short_event(&id),
+        Ok(id) => Ok(svc.rooms.short_event(&id)?),
         Err(_) => Ok(None),
     }
 }
@@ -69,6 +69,7 @@ impl Services {
             return Ok(Plan::None);
         };
         if self
+            .rooms
             .event_position(parent)?
             .is_none_or(|(room, _)| room != short_room)
         {
@@ -86,7 +87,7 @@ impl Services {
                 })
             }
             Some("m.replace") => {
-                let Some(original) = self.pdu_json(parent)? else {
+                let Some(original) = self.rooms.pdu_json(parent)? else {
                     return Ok(Plan::None);
                 };
                 if !valid_edit(&original, stored) {
@@ -94,7 +95,7 @@ impl Services {
                 }
                 let newer = match schema::EVENT__LATEST_EDIT
                     .get::<u64>(&self.store.kv, parent)?
-                    .and_then(|e| self.pdu_json(e).ok().flatten())
+                    .and_then(|e| self.rooms.pdu_json(e).ok().flatten())
                 {
                     Some(current) => later(stored, &current),
                     None => true,
@@ -208,7 +209,7 @@ impl Services {
     /// one recorded at write time, else the newest remaining one.
     pub fn latest_edit(&self, short: u64, original: &Value) -> ApiResult<Option<(u64, Value)>> {
         if let Some(e) = schema::EVENT__LATEST_EDIT.get::<u64>(&self.store.kv, short)? {
-            if let Some(stored) = self.pdu_json(e)? {
+            if let Some(stored) = self.rooms.pdu_json(e)? {
                 if valid_edit(original, &stored) {
                     return Ok(Some((e, stored)));
                 }
@@ -216,9 +217,10 @@ impl Services {
         } else {
             return Ok(None);
         }
-        let (Some(id), Some((room, _))) =
-            (original["event_id"].as_str(), self.event_position(short)?)
-        else {
+        let (Some(id), Some((room, _))) = (
+            original["event_id"].as_str(),
+            self.rooms.event_position(short)?,
+        ) else {
             return Ok(None);
         };
         let mut best: Option<(u64, Value)> = None;
@@ -226,7 +228,7 @@ impl Services {
             schema::ROOM_PARENT_COUNT__RELATION.prefix::<First<2>, u64>(&self.store.kv, (room, id))
         {
             let (_, e) = item?;
-            if let Some(stored) = self.pdu_json(e)? {
+            if let Some(stored) = self.rooms.pdu_json(e)? {
                 if stored["content"]["m.relates_to"]["rel_type"] == "m.replace"
                     && valid_edit(original, &stored)
                     && best.as_ref().is_none_or(|(_, b)| later(&stored, b))
@@ -257,7 +259,7 @@ impl Services {
         // What relates to an event may be newer than what the viewer may see (they left, or
         // history is `joined`): nothing of it is bundled then.
         let visible = |e: u64| -> ApiResult<bool> {
-            match self.pdu_by_short(e)? {
+            match self.rooms.pdu_by_short(e)? {
                 Some(p) => self.can_see(&viewer.user_id, room_id, e, &p),
                 None => Ok(false),
             }
@@ -267,7 +269,7 @@ impl Services {
                 .thread_info(short)?
                 .filter(|t| visible(t.latest).unwrap_or(false))
             {
-                if let Some(latest) = self.pdu_json(t.latest)? {
+                if let Some(latest) = self.rooms.pdu_json(t.latest)? {
                     let mut ev = self.client_event_inner(
                         t.latest,
                         &latest,
@@ -306,7 +308,7 @@ impl Services {
             if !visible(e)? {
                 continue;
             }
-            if let Some(r) = self.pdu_json(e)? {
+            if let Some(r) = self.rooms.pdu_json(e)? {
                 // A redacted reference has lost its relation.
                 if r["content"]["m.relates_to"]["rel_type"] == "m.reference" {
                     references.push(json!({ "event_id": r["event_id"] }));

@@ -182,7 +182,7 @@ impl Directory {
 /// One room as the public directory shows it: the room summary without the fields the
 /// directory's chunk does not have.
 fn summary(app: &App, room_id: &ruma::RoomId) -> ApiResult<Option<Value>> {
-    let Some(room) = app.room(room_id)? else {
+    let Some(room) = app.rooms.room(room_id)? else {
         return Ok(None);
     };
     let mut v = app.room_summary(&room)?;

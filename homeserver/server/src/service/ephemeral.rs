@@ -186,7 +186,7 @@ impl Services {
     }
 
     fn wake_room(&self, room_id: &RoomId, count: u64) -> ApiResult<()> {
-        let Some(room) = self.room(room_id)? else {
+        let Some(room) = self.rooms.room(room_id)? else {
             return Ok(());
         };
         let members: Vec<OwnedUserId> = self
@@ -243,8 +243,9 @@ impl Services {
         // Where the receipt points in the timeline, for the unread notifications it clears.
         let read_upto = match ruma::EventId::parse(event_id) {
             Ok(id) if self.is_local(user) => self
+                .rooms
                 .short_event(&id)?
-                .and_then(|short| self.event_position(short).ok().flatten())
+                .and_then(|short| self.rooms.event_position(short).ok().flatten())
                 .filter(|(room, _)| *room == short_room)
                 .map(|(_, count)| count),
             _ => None,

@@ -54,7 +54,7 @@ impl Services {
             if m.membership != "join" {
                 continue;
             }
-            if let Some(room) = self.room(&room_id)? {
+            if let Some(room) = self.rooms.room(&room_id)? {
                 out.extend(
                     self.room_members(room.short)?
                         .into_iter()

@@ -26,8 +26,12 @@ impl Services {
         if !rules.authorization.restricted_join_rule {
             return Ok(JoinAuthorisation::NotNeeded);
         }
-        let hash = self.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
-        let Some(join_rules) = self.state_json(hash, "m.room.join_rules", "")? else {
+        let hash = self
+            .rooms
+            .current_state(room.short)?
+            .map(|s| s.0)
+            .unwrap_or(0);
+        let Some(join_rules) = self.rooms.state_json(hash, "m.room.join_rules", "")? else {
             return Ok(JoinAuthorisation::NotNeeded);
         };
         let content = &join_rules["content"];
@@ -38,6 +42,7 @@ impl Services {
             return Ok(JoinAuthorisation::NotNeeded);
         }
         let current = self
+            .rooms
             .state_json(hash, "m.room.member", user.as_str())?
             .and_then(|m| m["content"]["membership"].as_str().map(str::to_owned));
         if matches!(current.as_deref(), Some("join" | "invite")) {

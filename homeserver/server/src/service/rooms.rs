@@ -1,9 +1,12 @@
 //! Reading rooms: ids, PDUs, timeline positions, state snapshots, memberships, visibility.
+//! [`Rooms`] owns the room, event, timeline, state and membership tables; the room writer
+//! (`writer.rs`) adds its rows to a commit batch. What also needs another domain (rendering
+//! events for a client, power levels) stays on [`Services`].
 
 use std::sync::Arc;
 
 use plexus_core::Pdu;
-use plexus_store::{schema, First, StateMap};
+use plexus_store::{schema, First, StateMap, Store, StoreError};
 use ruma::{
     events::{
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
@@ -70,11 +73,37 @@ pub struct RoomRef {
 /// Stream positions and the short ids of the events placed at each.
 pub type Placed = Vec<(u64, Vec<u64>)>;
 
-impl Services {
+/// Why a room read or write failed. Besides the store's errors, the refusals a client sees
+/// (mapped in `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum RoomsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// 403: to someone asking as a member, an unknown room looks like one they are not in.
+    #[error("You are not in this room")]
+    NotInRoom,
+    /// 404: the room is not known here.
+    #[error("Unknown room")]
+    UnknownRoom,
+    /// Stored rows that do not fit together (500).
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The rooms tables: rooms, events, timelines, state snapshots, memberships, relations.
+pub struct Rooms {
+    pub(super) store: Arc<Store>,
+}
+
+impl Rooms {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
     /// Events placed after stream position `from` and up to `to`, at most `max` positions of
     /// each source: the room timelines, then what backfill fetched (which has no timeline
     /// position). For consumers that follow the write path, such as the search indexer.
-    pub fn placed_since(&self, from: u64, to: u64, max: usize) -> ApiResult<[Placed; 2]> {
+    pub fn placed_since(&self, from: u64, to: u64, max: usize) -> Result<[Placed; 2], RoomsError> {
         let kv = &self.store.kv;
         let timeline = schema::COUNT__EVENT
             .stream::<u64>(kv, from, to)
@@ -88,41 +117,39 @@ impl Services {
         Ok([timeline, backfill])
     }
 
-    pub fn room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRef>, RoomsError> {
         let kv = &self.store.kv;
         let Some(short) = schema::ROOMID__SHORT.get(kv, room_id.as_str())? else {
             return Ok(None);
         };
         let meta = schema::ROOM__META
             .get(kv, short)?
-            .ok_or_else(|| ApiError::Internal(format!("room {room_id} has no metadata")))?;
+            .ok_or_else(|| RoomsError::Corrupt(format!("room {room_id} has no metadata")))?;
         Ok(Some(RoomRef { short, meta }))
     }
 
     /// For reads by members: an unknown room looks exactly like a room the user is not in.
-    pub fn room_or_forbidden(&self, room_id: &RoomId) -> ApiResult<RoomRef> {
-        self.room(room_id)?
-            .ok_or_else(|| ApiError::Forbidden("You are not in this room".into()))
+    pub fn room_or_forbidden(&self, room_id: &RoomId) -> Result<RoomRef, RoomsError> {
+        self.room(room_id)?.ok_or(RoomsError::NotInRoom)
     }
 
-    pub fn room_or_404(&self, room_id: &RoomId) -> ApiResult<RoomRef> {
-        self.room(room_id)?
-            .ok_or_else(|| ApiError::NotFound("Unknown room".into()))
+    pub fn room_or_404(&self, room_id: &RoomId) -> Result<RoomRef, RoomsError> {
+        self.room(room_id)?.ok_or(RoomsError::UnknownRoom)
     }
 
-    pub fn short_event(&self, event_id: &EventId) -> ApiResult<Option<u64>> {
+    pub fn short_event(&self, event_id: &EventId) -> Result<Option<u64>, RoomsError> {
         Ok(schema::EVENTID__SHORT.get(&self.store.kv, event_id.as_str())?)
     }
 
-    pub fn pdu_json(&self, short: u64) -> ApiResult<Option<Value>> {
+    pub fn pdu_json(&self, short: u64) -> Result<Option<Value>, RoomsError> {
         Ok(schema::EVENT__PDU.get(&self.store.kv, short)?)
     }
 
-    pub fn pdu_by_short(&self, short: u64) -> ApiResult<Option<Pdu>> {
+    pub fn pdu_by_short(&self, short: u64) -> Result<Option<Pdu>, RoomsError> {
         Ok(schema::EVENT__PDU.get(&self.store.kv, short)?)
     }
 
-    pub fn pdu(&self, event_id: &EventId) -> ApiResult<Option<Pdu>> {
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>, RoomsError> {
         match self.short_event(event_id)? {
             Some(s) => self.pdu_by_short(s),
             None => Ok(None),
@@ -130,26 +157,67 @@ impl Services {
     }
 
     /// `(short room id, stream position)` of a persisted event.
-    pub fn event_position(&self, short: u64) -> ApiResult<Option<(u64, u64)>> {
+    pub fn event_position(&self, short: u64) -> Result<Option<(u64, u64)>, RoomsError> {
         Ok(schema::EVENT__ROOM_COUNT.get(&self.store.kv, short)?)
     }
 
+    /// The event a client's transaction already created, if it did (the scope is the device,
+    /// or the appservice acting without one).
+    pub fn event_of_txn(
+        &self,
+        user: &UserId,
+        scope: &str,
+        txn: &str,
+    ) -> Result<Option<String>, RoomsError> {
+        Ok(schema::USER_DEVICE_TXN__EVENTID.get(&self.store.kv, (user.as_str(), scope, txn))?)
+    }
+
+    pub fn extremities(&self, short_room: u64) -> Result<Vec<u64>, RoomsError> {
+        schema::ROOM_EVENT__EXTREMITY
+            .prefix::<First<1>, ()>(&self.store.kv, (short_room,))
+            .map(|r| Ok(r?.0 .1))
+            .collect()
+    }
+
+    /// Timeline entries `(count, short event id)` with `lo < count <= hi`, oldest first.
+    pub fn timeline(
+        &self,
+        short_room: u64,
+        lo: u64,
+        hi: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, u64), RoomsError>> + '_ {
+        schema::ROOM_COUNT__EVENT
+            .range(
+                &self.store.kv,
+                (short_room, lo.saturating_add(1)),
+                (short_room, hi.saturating_add(1)),
+            )
+            .map(|r| {
+                let ((_, count), short) = r?;
+                Ok((count, short))
+            })
+    }
+
     /// Current state of a room: snapshot hash and its delta depth.
-    pub fn current_state(&self, short_room: u64) -> ApiResult<Option<(u64, u32)>> {
+    pub fn current_state(&self, short_room: u64) -> Result<Option<(u64, u32)>, RoomsError> {
         Ok(schema::ROOM__STATEHASH_DEPTH.get(&self.store.kv, short_room)?)
     }
 
     /// State hashes before and after an event (0 = empty state).
-    pub fn event_state(&self, short_event: u64) -> ApiResult<Option<(u64, u64)>> {
+    pub fn event_state(&self, short_event: u64) -> Result<Option<(u64, u64)>, RoomsError> {
         Ok(schema::EVENT__STATE_BEFORE_AFTER.get(&self.store.kv, short_event)?)
     }
 
-    pub fn short_state_key(&self, kind: &str, state_key: &str) -> ApiResult<Option<u64>> {
+    pub fn short_state_key(&self, kind: &str, state_key: &str) -> Result<Option<u64>, RoomsError> {
         Ok(schema::TYPE_STATEKEY__SHORT.get(&self.store.kv, (kind, state_key))?)
     }
 
     /// Get or allocate the short id of `(type, state_key)`; races resolve to one winner.
-    pub fn short_state_key_or_create(&self, kind: &str, state_key: &str) -> ApiResult<u64> {
+    pub fn short_state_key_or_create(
+        &self,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<u64, RoomsError> {
         if let Some(s) = self.short_state_key(kind, state_key)? {
             return Ok(s);
         }
@@ -171,13 +239,13 @@ impl Services {
         Ok(won)
     }
 
-    pub fn state_key_of(&self, short: u64) -> ApiResult<(String, String)> {
+    pub fn state_key_of(&self, short: u64) -> Result<(String, String), RoomsError> {
         schema::SHORT__TYPE_STATEKEY
             .get(&self.store.kv, short)?
-            .ok_or_else(|| ApiError::Internal(format!("unknown state key {short}")))
+            .ok_or_else(|| RoomsError::Corrupt(format!("unknown state key {short}")))
     }
 
-    pub fn state_map(&self, hash: u64) -> ApiResult<Arc<StateMap>> {
+    pub fn state_map(&self, hash: u64) -> Result<Arc<StateMap>, RoomsError> {
         if hash == 0 {
             return Ok(Arc::default());
         }
@@ -185,7 +253,12 @@ impl Services {
     }
 
     /// Short id of the event at `(type, state_key)` in a snapshot.
-    pub fn state_get(&self, hash: u64, kind: &str, state_key: &str) -> ApiResult<Option<u64>> {
+    pub fn state_get(
+        &self,
+        hash: u64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<u64>, RoomsError> {
         if hash == 0 {
             return Ok(None);
         }
@@ -195,14 +268,24 @@ impl Services {
         }
     }
 
-    pub fn state_pdu(&self, hash: u64, kind: &str, state_key: &str) -> ApiResult<Option<Pdu>> {
+    pub fn state_pdu(
+        &self,
+        hash: u64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Pdu>, RoomsError> {
         match self.state_get(hash, kind, state_key)? {
             Some(e) => self.pdu_by_short(e),
             None => Ok(None),
         }
     }
 
-    pub fn state_json(&self, hash: u64, kind: &str, state_key: &str) -> ApiResult<Option<Value>> {
+    pub fn state_json(
+        &self,
+        hash: u64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>, RoomsError> {
         match self.state_get(hash, kind, state_key)? {
             Some(e) => self.pdu_json(e),
             None => Ok(None),
@@ -210,7 +293,7 @@ impl Services {
     }
 
     /// Every state event of a snapshot, in stored form.
-    pub fn state_events(&self, hash: u64) -> ApiResult<Vec<Value>> {
+    pub fn state_events(&self, hash: u64) -> Result<Vec<Value>, RoomsError> {
         self.state_map(hash)?
             .values()
             .filter_map(|e| self.pdu_json(*e).transpose())
@@ -222,6 +305,70 @@ impl Services {
         move |t, k| self.state_pdu(hash, &t.to_string(), k).ok().flatten()
     }
 
+    /// The state after the last event at or before `count` (the room as of a sync token).
+    pub fn state_at_count(&self, short_room: u64, count: u64) -> Result<u64, RoomsError> {
+        match self.timeline(short_room, 0, count).next_back() {
+            Some(r) => {
+                let (_, ev) = r?;
+                Ok(self.event_state(ev)?.map(|(_, after)| after).unwrap_or(0))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// The room's history visibility in a state snapshot (`shared` when unset).
+    pub fn history_visibility(&self, hash: u64) -> Result<String, RoomsError> {
+        Ok(self
+            .state_pdu(hash, "m.room.history_visibility", "")?
+            .and_then(|p| {
+                p.content_value()
+                    .get("history_visibility")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".into()))
+    }
+
+    /// The events that let someone outside the room recognise it (for invites and knocks):
+    /// [`STRIPPED_STATE`] from current state, plus `member`'s own member event.
+    pub fn stripped_state_events(
+        &self,
+        short_room: u64,
+        member: Option<&UserId>,
+    ) -> Result<Vec<Value>, RoomsError> {
+        let Some((hash, _)) = self.current_state(short_room)? else {
+            return Ok(vec![]);
+        };
+        let mut events = vec![];
+        for kind in STRIPPED_STATE {
+            events.extend(self.state_json(hash, kind, "")?);
+        }
+        if let Some(m) = member {
+            events.extend(self.state_json(hash, "m.room.member", m.as_str())?);
+        }
+        Ok(events)
+    }
+
+    /// Stripped state another server gave us with `event_id` (an invite or a knock answer).
+    pub fn stored_stripped_state(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Option<Vec<Value>>, RoomsError> {
+        let Some(rec) = schema::USER_ROOM__STRIPPED_STATE
+            .get::<Value>(&self.store.kv, (user.as_str(), room_id.as_str()))?
+        else {
+            return Ok(None);
+        };
+        if rec["event_id"].as_str() != Some(event_id.as_str()) {
+            return Ok(None);
+        }
+        Ok(rec["events"].as_array().cloned())
+    }
+}
+
+impl Services {
     pub fn membership(&self, user: &UserId, room_id: &RoomId) -> ApiResult<Option<Membership>> {
         Ok(schema::USER_ROOM__MEMBERSHIP.get(&self.store.kv, (user.as_str(), room_id.as_str()))?)
     }
@@ -237,12 +384,6 @@ impl Services {
         let mut b = plexus_store::Batch::default();
         schema::USER_ROOM__MEMBERSHIP.put(&mut b, (user.as_str(), room_id.as_str()), m)?;
         Ok(self.store.commit(b)?)
-    }
-
-    /// The event a client's transaction already created, if it did (the scope is the device,
-    /// or the appservice acting without one).
-    pub fn event_of_txn(&self, user: &UserId, scope: &str, txn: &str) -> ApiResult<Option<String>> {
-        Ok(schema::USER_DEVICE_TXN__EVENTID.get(&self.store.kv, (user.as_str(), scope, txn))?)
     }
 
     pub fn is_joined(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
@@ -300,44 +441,6 @@ impl Services {
         Ok(out)
     }
 
-    /// The events that let someone outside the room recognise it (for invites and knocks):
-    /// [`STRIPPED_STATE`] from current state, plus `member`'s own member event.
-    pub fn stripped_state_events(
-        &self,
-        short_room: u64,
-        member: Option<&UserId>,
-    ) -> ApiResult<Vec<Value>> {
-        let Some((hash, _)) = self.current_state(short_room)? else {
-            return Ok(vec![]);
-        };
-        let mut events = vec![];
-        for kind in STRIPPED_STATE {
-            events.extend(self.state_json(hash, kind, "")?);
-        }
-        if let Some(m) = member {
-            events.extend(self.state_json(hash, "m.room.member", m.as_str())?);
-        }
-        Ok(events)
-    }
-
-    /// Stripped state another server gave us with `event_id` (an invite or a knock answer).
-    pub fn stored_stripped_state(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        event_id: &EventId,
-    ) -> ApiResult<Option<Vec<Value>>> {
-        let Some(rec) = schema::USER_ROOM__STRIPPED_STATE
-            .get::<Value>(&self.store.kv, (user.as_str(), room_id.as_str()))?
-        else {
-            return Ok(None);
-        };
-        if rec["event_id"].as_str() != Some(event_id.as_str()) {
-            return Ok(None);
-        }
-        Ok(rec["events"].as_array().cloned())
-    }
-
     /// Whether a local user is joined to the room, so that this server can write to it.
     pub fn is_resident(&self, room_id: &RoomId) -> ApiResult<bool> {
         Ok(self.resident_room(room_id)?.is_some())
@@ -345,7 +448,7 @@ impl Services {
 
     /// The room, if a local user is joined to it (its current state here is then live).
     pub fn resident_room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
-        match self.room(room_id)? {
+        match self.rooms.room(room_id)? {
             Some(r) if !self.room_audience(r.short)?.local_joined.is_empty() => Ok(Some(r)),
             _ => Ok(None),
         }
@@ -354,56 +457,6 @@ impl Services {
     /// Servers other than this one with a joined member in the room.
     pub fn room_servers(&self, short_room: u64) -> ApiResult<Vec<OwnedServerName>> {
         Ok(self.room_audience(short_room)?.servers)
-    }
-
-    pub fn extremities(&self, short_room: u64) -> ApiResult<Vec<u64>> {
-        schema::ROOM_EVENT__EXTREMITY
-            .prefix::<First<1>, ()>(&self.store.kv, (short_room,))
-            .map(|r| Ok(r?.0 .1))
-            .collect()
-    }
-
-    /// Timeline entries `(count, short event id)` with `lo < count <= hi`, oldest first.
-    pub fn timeline(
-        &self,
-        short_room: u64,
-        lo: u64,
-        hi: u64,
-    ) -> impl DoubleEndedIterator<Item = ApiResult<(u64, u64)>> + '_ {
-        schema::ROOM_COUNT__EVENT
-            .range(
-                &self.store.kv,
-                (short_room, lo.saturating_add(1)),
-                (short_room, hi.saturating_add(1)),
-            )
-            .map(|r| {
-                let ((_, count), short) = r?;
-                Ok((count, short))
-            })
-    }
-
-    /// The state after the last event at or before `count` (the room as of a sync token).
-    pub fn state_at_count(&self, short_room: u64, count: u64) -> ApiResult<u64> {
-        match self.timeline(short_room, 0, count).next_back() {
-            Some(r) => {
-                let (_, ev) = r?;
-                Ok(self.event_state(ev)?.map(|(_, after)| after).unwrap_or(0))
-            }
-            None => Ok(0),
-        }
-    }
-
-    /// The room's history visibility in a state snapshot (`shared` when unset).
-    pub fn history_visibility(&self, hash: u64) -> ApiResult<String> {
-        Ok(self
-            .state_pdu(hash, "m.room.history_visibility", "")?
-            .and_then(|p| {
-                p.content_value()
-                    .get("history_visibility")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "shared".into()))
     }
 
     /// Whether the user forgot the room: then nothing of it is theirs to read any more.
@@ -423,12 +476,17 @@ impl Services {
         if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.membership().is_some() {
             return Ok(true);
         }
-        let before = self.event_state(short_event)?.map(|(b, _)| b).unwrap_or(0);
-        let visibility = self.history_visibility(before)?;
+        let before = self
+            .rooms
+            .event_state(short_event)?
+            .map(|(b, _)| b)
+            .unwrap_or(0);
+        let visibility = self.rooms.history_visibility(before)?;
         if visibility == "world_readable" {
             return Ok(true);
         }
         let at_event = self
+            .rooms
             .state_pdu(before, "m.room.member", user.as_str())?
             .and_then(|p| p.membership());
         Ok(match (visibility.as_str(), at_event.as_deref()) {
@@ -474,7 +532,7 @@ impl Services {
     /// Whether the room's version keeps a redaction's target in `content.redacts` (v11+)
     /// rather than at the top level.
     pub fn redacts_in_content(&self, room_id: &RoomId) -> ApiResult<bool> {
-        Ok(match self.room(room_id)? {
+        Ok(match self.rooms.room(room_id)? {
             Some(room) => {
                 plexus_core::room_version::rules(&room.meta.version)?
                     .redaction
@@ -497,7 +555,7 @@ impl Services {
         if own_change {
             return Ok(stored["content"]["membership"].as_str().map(str::to_owned));
         }
-        let Some((before, _)) = self.event_state(short)? else {
+        let Some((before, _)) = self.rooms.event_state(short)? else {
             return Ok(None);
         };
         /// Only the membership is read: no `Value` tree for the rest of the event.
@@ -511,7 +569,10 @@ impl Services {
             #[serde(default)]
             membership: Option<Value>,
         }
-        let membership = match self.state_get(before, "m.room.member", user.as_str())? {
+        let membership = match self
+            .rooms
+            .state_get(before, "m.room.member", user.as_str())?
+        {
             Some(e) => match schema::EVENT__PDU.get::<Vec<u8>>(&self.store.kv, e)? {
                 Some(raw) => serde_json::from_slice::<Member>(&raw)
                     .map_err(|e| ApiError::Internal(format!("corrupt event {e}")))?
@@ -564,15 +625,20 @@ impl Services {
     /// readable), the state as they left it if they left (or were kicked or banned) after being
     /// joined. `M_FORBIDDEN` if they never were joined, or forgot the room.
     pub fn visible_state_hash(&self, user: &UserId, room: &RoomRef) -> ApiResult<u64> {
-        let current = self.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
+        let current = self
+            .rooms
+            .current_state(room.short)?
+            .map(|s| s.0)
+            .unwrap_or(0);
         match self.membership(user, &room.meta.room_id)? {
             Some(m) if m.membership == "join" => return Ok(current),
             Some(m) if !m.forgotten && (m.membership == "leave" || m.membership == "ban") => {
-                if let Some(short) = self.short_event(&m.event_id)? {
-                    if let Some((before, after)) = self.event_state(short)? {
+                if let Some(short) = self.rooms.short_event(&m.event_id)? {
+                    if let Some((before, after)) = self.rooms.event_state(short)? {
                         // Leaving from an invite or a knock, or a ban of someone who never
                         // came in, opens nothing: they never saw the room's state.
                         let was = self
+                            .rooms
                             .state_pdu(before, "m.room.member", user.as_str())?
                             .and_then(|p| p.membership());
                         if was.as_deref() == Some("join") {
@@ -583,7 +649,7 @@ impl Services {
             }
             _ => {}
         }
-        if self.history_visibility(current)? == "world_readable" {
+        if self.rooms.history_visibility(current)? == "world_readable" {
             return Ok(current);
         }
         Err(ApiError::Forbidden("You are not in this room".into()))
@@ -600,9 +666,11 @@ impl Services {
         rules: &ruma::room_version_rules::RoomVersionRules,
     ) -> ApiResult<RoomPowerLevels> {
         let content: Option<RoomPowerLevelsEventContent> = self
+            .rooms
             .state_json(hash, "m.room.power_levels", "")?
             .and_then(|e| serde_json::from_value(e["content"].clone()).ok());
         let create = self
+            .rooms
             .state_json(hash, "m.room.create", "")?
             .unwrap_or(Value::Null);
         let creator = if rules.authorization.use_room_create_sender {
@@ -633,7 +701,11 @@ impl Services {
         if !self.is_joined(user, &room.meta.room_id)? {
             return Ok(false);
         }
-        let hash = self.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+        let hash = self
+            .rooms
+            .current_state(room.short)?
+            .map(|h| h.0)
+            .unwrap_or(0);
         let rules = plexus_core::room_version::rules(&room.meta.version)?;
         Ok(self
             .power_levels(hash, &rules)?

@@ -23,9 +23,14 @@ impl Services {
     /// A room's public summary (the directory's chunk fields, plus `room_version`,
     /// `encryption` and, for restricted rooms, `allowed_room_ids`) from current state.
     pub fn room_summary(&self, room: &RoomRef) -> ApiResult<Value> {
-        let hash = self.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+        let hash = self
+            .rooms
+            .current_state(room.short)?
+            .map(|h| h.0)
+            .unwrap_or(0);
         let content = |kind: &str| -> ApiResult<Value> {
             Ok(self
+                .rooms
                 .state_json(hash, kind, "")?
                 .map(|e| e["content"].clone())
                 .unwrap_or(Value::Null))
@@ -72,8 +77,13 @@ impl Services {
     /// The room's `m.space.child` events that name a `via`, as stripped state with
     /// `origin_server_ts`, in the spec's order; none for a room that is not a space.
     pub fn children_state(&self, room: &RoomRef) -> ApiResult<Vec<Value>> {
-        let hash = self.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+        let hash = self
+            .rooms
+            .current_state(room.short)?
+            .map(|h| h.0)
+            .unwrap_or(0);
         let is_space = self
+            .rooms
             .state_json(hash, "m.room.create", "")?
             .is_some_and(|c| c["content"]["type"] == "m.space");
         if !is_space {
@@ -81,7 +91,7 @@ impl Services {
         }
         // The child state keys this server knows of, looked up in the room's state: far
         // fewer than the state entries of a space with many members.
-        let state = self.state_map(hash)?;
+        let state = self.rooms.state_map(hash)?;
         let mut out = vec![];
         for item in
             schema::TYPE_STATEKEY__SHORT.prefix::<First<1>, u64>(&self.store.kv, ("m.space.child",))
@@ -90,7 +100,7 @@ impl Services {
             let Some(ev) = state.get(&short) else {
                 continue;
             };
-            let Some(e) = self.pdu_json(*ev)? else {
+            let Some(e) = self.rooms.pdu_json(*ev)? else {
                 continue;
             };
             if e["content"]["via"].as_array().is_none_or(|v| v.is_empty()) {
@@ -129,7 +139,7 @@ impl Services {
                 Viewer::User(u) => self.membership(u, room_id)?.is_some_and(|m| {
                     m.membership == "join" || (invited_too && m.membership == "invite")
                 }),
-                Viewer::Server(s) => match self.room(room_id)? {
+                Viewer::Server(s) => match self.rooms.room(room_id)? {
                     Some(r) => self.room_servers(r.short)?.iter().any(|x| x == s),
                     None => false,
                 },

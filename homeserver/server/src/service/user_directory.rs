@@ -72,12 +72,13 @@ impl Services {
                 Err(_) => false,
             };
             let open = published || {
-                let hash = self.current_state(short)?.map(|s| s.0).unwrap_or(0);
+                let hash = self.rooms.current_state(short)?.map(|s| s.0).unwrap_or(0);
                 let join_rule = self
+                    .rooms
                     .state_json(hash, "m.room.join_rules", "")?
                     .and_then(|e| e["content"]["join_rule"].as_str().map(str::to_owned));
                 join_rule.as_deref() == Some("public")
-                    || self.history_visibility(hash)? == "world_readable"
+                    || self.rooms.history_visibility(hash)? == "world_readable"
             };
             if open {
                 users.extend(

@@ -56,17 +56,18 @@ impl<'a> RoomWriter<'a> {
     /// Take the room's append lock and load its current state.
     pub async fn open(svc: &'a Services, room_id: &ruma::RoomId) -> ApiResult<Self> {
         let guard = svc.room_lock(room_id).lock_owned().await;
-        let room = svc.room_or_404(room_id)?;
+        let room = svc.rooms.room_or_404(room_id)?;
         let rules = room_version::rules(&room.meta.version)?;
-        let base = svc.current_state(room.short)?;
+        let base = svc.rooms.current_state(room.short)?;
         let mut tips = Vec::new();
         let mut depth = 0;
         for short in svc
+            .rooms
             .extremities(room.short)?
             .into_iter()
             .take(MAX_PREV_EVENTS)
         {
-            if let Some(pdu) = svc.pdu_by_short(short)? {
+            if let Some(pdu) = svc.rooms.pdu_by_short(short)? {
                 depth = depth.max(u64::from(pdu.depth));
                 tips.push(EventRef::of(&pdu));
             }
@@ -128,8 +129,10 @@ impl<'a> RoomWriter<'a> {
             return Ok(Some(self.pending[*i].built.pdu.clone()));
         }
         // One entry of the snapshot, read without materialising the whole room state.
-        self.svc
-            .state_pdu(self.base.map(|b| b.0).unwrap_or(0), kind, state_key)
+        Ok(self
+            .svc
+            .rooms
+            .state_pdu(self.base.map(|b| b.0).unwrap_or(0), kind, state_key)?)
     }
 
     pub fn membership_of(&self, user: &UserId) -> ApiResult<Option<String>> {
@@ -143,7 +146,7 @@ impl<'a> RoomWriter<'a> {
             .iter()
             .find(|p| p.built.event_id == id)
             .map(|p| p.built.pdu.clone())
-            .or_else(|| self.svc.pdu(id).ok().flatten())
+            .or_else(|| self.svc.rooms.pdu(id).ok().flatten())
     }
 
     /// The current state events an event must cite as its `auth_events`.
@@ -317,9 +320,10 @@ impl<'a> RoomWriter<'a> {
         let mut state_keys = Vec::with_capacity(self.pending.len());
         for p in &self.pending {
             state_keys.push(match &p.built.pdu.state_key {
-                Some(sk) => {
-                    Some(svc.short_state_key_or_create(p.built.pdu.kind.to_string().as_str(), sk)?)
-                }
+                Some(sk) => Some(
+                    svc.rooms
+                        .short_state_key_or_create(p.built.pdu.kind.to_string().as_str(), sk)?,
+                ),
                 None => None,
             });
         }
@@ -332,7 +336,7 @@ impl<'a> RoomWriter<'a> {
             .base
             .is_none_or(|(_, depth)| depth + n_state + 1 >= plexus_store::state::FULL_EVERY);
         let base_map: Arc<StateMap> = match self.base {
-            Some((hash, _)) if needs_full => svc.state_map(hash)?,
+            Some((hash, _)) if needs_full => svc.rooms.state_map(hash)?,
             _ => Arc::default(),
         };
         let mut state = self.base;
@@ -344,7 +348,7 @@ impl<'a> RoomWriter<'a> {
         let extra = std::mem::take(&mut self.extra);
 
         // Read under the room lock, so they cannot change before the batch is applied.
-        let old_tips = svc.extremities(short_room)?;
+        let old_tips = svc.rooms.extremities(short_room)?;
         let audience = if self.new_room {
             RoomAudience::default()
         } else {
@@ -561,13 +565,13 @@ pub fn redaction_target(
     target: &ruma::EventId,
     state: impl Fn(&str, &str) -> ApiResult<Option<Pdu>>,
 ) -> ApiResult<Option<u64>> {
-    let Some(short) = svc.short_event(target)? else {
+    let Some(short) = svc.rooms.short_event(target)? else {
         return Ok(None);
     };
-    if svc.event_position(short)?.map(|p| p.0) != Some(short_room) {
+    if svc.rooms.event_position(short)?.map(|p| p.0) != Some(short_room) {
         return Ok(None);
     }
-    let Some(orig) = svc.pdu_by_short(short)? else {
+    let Some(orig) = svc.rooms.pdu_by_short(short)? else {
         return Ok(None);
     };
     let remote_same_server = orig.sender.server_name() == sender.server_name()
@@ -685,7 +689,7 @@ pub fn redacted_form(
     room_id: &ruma::RoomId,
     rules: &RoomVersionRules,
 ) -> Option<Value> {
-    let orig = svc.pdu_json(target).ok()??;
+    let orig = svc.rooms.pdu_json(target).ok()??;
     let map = orig.as_object()?.clone();
     let obj = try_from_json_map(map).ok()?;
     let redacted = redact(obj, &rules.redaction, None).ok()?;

@@ -43,7 +43,7 @@ pub async fn set_network_visibility(
 ) -> ApiResult<set_room_visibility::v3::Response> {
     let (reg, body) = (req.caller, req.body);
     let room_id = &body.room_id;
-    app.room_or_404(room_id)?;
+    app.rooms.room_or_404(room_id)?;
     let listed = match &body.visibility {
         Visibility::Public => true,
         Visibility::Private => false,

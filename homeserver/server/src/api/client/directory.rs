@@ -42,7 +42,7 @@ pub async fn create(
         alias.as_str(),
         s.appservice.as_deref(),
     )?;
-    app.room_or_404(room_id)?;
+    app.rooms.room_or_404(room_id)?;
     if !app.is_joined(&s.user_id, room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
@@ -59,7 +59,7 @@ pub async fn get(
     let (room_id, mut servers) = super::membership::resolve_alias_servers(&app, &alias).await?;
     if servers.is_empty() {
         servers.push(app.server_name().to_owned());
-        if let Some(room) = app.room(&room_id)? {
+        if let Some(room) = app.rooms.room(&room_id)? {
             servers.extend(app.room_servers(room.short)?);
         }
     }
@@ -78,7 +78,7 @@ pub async fn delete(
     let may_manage = is_creator
         || app.may_send_state(
             &s.user_id,
-            &app.room_or_404(&room_id)?,
+            &app.rooms.room_or_404(&room_id)?,
             "m.room.canonical_alias",
         )?;
     if !may_manage {
@@ -94,7 +94,7 @@ pub async fn room_aliases(
     req: Ruma<aliases::v3::Request>,
 ) -> ApiResult<aliases::v3::Response> {
     let (s, room_id) = (req.caller, req.body.room_id);
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     app.visible_state_hash(&s.user_id, &room)?;
     // Only valid aliases are ever stored; one that no longer parses is left out.
     let list = app
@@ -223,7 +223,7 @@ pub async fn get_visibility(
     req: Ruma<get_room_visibility::v3::Request>,
 ) -> ApiResult<get_room_visibility::v3::Response> {
     let room_id = req.body.room_id;
-    app.room_or_404(&room_id)?;
+    app.rooms.room_or_404(&room_id)?;
     let public = app.directory.is_published(&room_id)?;
     Ok(get_room_visibility::v3::Response::new(if public {
         Visibility::Public
@@ -238,7 +238,7 @@ pub async fn set_visibility(
 ) -> ApiResult<set_room_visibility::v3::Response> {
     let (s, body) = (req.caller, req.body);
     let room_id = &body.room_id;
-    let room = app.room_or_404(room_id)?;
+    let room = app.rooms.room_or_404(room_id)?;
     if !app.may_send_state(&s.user_id, &room, "m.room.canonical_alias")? {
         return Err(ApiError::Forbidden(
             "You may not change this room's directory visibility".into(),

@@ -116,6 +116,7 @@ async fn reject_remote(
     reason: Option<&String>,
 ) -> ApiResult<()> {
     let senders: Vec<OwnedServerName> = app
+        .rooms
         .stored_stripped_state(user, room_id, &m.event_id)?
         .unwrap_or_default()
         .iter()
@@ -157,7 +158,7 @@ async fn remote(
         .collect();
     servers.extend(via);
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
-    if let Some(r) = app.room(room_id)? {
+    if let Some(r) = app.rooms.room(room_id)? {
         servers.extend(app.room_servers(r.short)?);
     }
     remote_membership(app, user, room_id, &servers, membership, reason).await
@@ -203,7 +204,7 @@ async fn do_join(
     via: Vec<OwnedServerName>,
 ) -> ApiResult<()> {
     // A room everyone here left is joined again locally when federation is off.
-    let known = app.room(room_id)?.is_some();
+    let known = app.rooms.room(room_id)?.is_some();
     if !app.is_resident(room_id)? && (!known || app.federation.is_some()) {
         remote(app, user, room_id, via, "join", reason).await?;
         super::upgrade::carry_personal_settings(app, user, room_id).await?;
@@ -214,7 +215,7 @@ async fn do_join(
         return Ok(());
     }
     let mut content = member_content(app, user, "join")?;
-    let room = app.room_or_404(room_id)?;
+    let room = app.rooms.room_or_404(room_id)?;
     if let JoinAuthorisation::Via(by) = app.authorise_join(&room, user)? {
         content["join_authorised_via_users_server"] = json!(by);
     }

@@ -24,7 +24,11 @@ use crate::{
         extract::{page_limit, Auth, Path, Query},
         ruma::{raw_json, Ruma},
     },
-    service::{accounts::Session, rooms::RoomRef, App},
+    service::{
+        accounts::Session,
+        rooms::{RoomRef, RoomsError},
+        App,
+    },
 };
 
 /// Most timeline entries one request inspects, so a page of invisible history stays cheap.
@@ -40,8 +44,8 @@ pub fn member_events_for(
 ) -> ApiResult<Vec<Value>> {
     let mut out = vec![];
     for u in senders {
-        if let Some(short) = app.state_get(hash, "m.room.member", u)? {
-            if let Some(stored) = app.pdu_json(short)? {
+        if let Some(short) = app.rooms.state_get(hash, "m.room.member", u)? {
+            if let Some(stored) = app.rooms.pdu_json(short)? {
                 out.push(app.client_event_inner(
                     short,
                     &stored,
@@ -100,20 +104,25 @@ fn backwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: Option<Pos>)
         )
     };
     match (from, to) {
-        (Pos::Timeline(c), Some(Pos::Timeline(lo))) => Box::new(
-            app.timeline(short_room, lo, c)
-                .rev()
-                .map(|r| r.map(|(n, short)| (Pos::Timeline(n - 1), short))),
-        ),
+        (Pos::Timeline(c), Some(Pos::Timeline(lo))) => {
+            Box::new(app.rooms.timeline(short_room, lo, c).rev().map(|r| {
+                r.map(|(n, short)| (Pos::Timeline(n - 1), short))
+                    .map_err(ApiError::from)
+            }))
+        }
         (Pos::Timeline(c), to) => {
             let upto = match to {
                 Some(Pos::History(h)) => h,
                 _ => u64::MAX - 1,
             };
             Box::new(
-                app.timeline(short_room, 0, c)
+                app.rooms
+                    .timeline(short_room, 0, c)
                     .rev()
-                    .map(|r| r.map(|(n, short)| (Pos::Timeline(n - 1), short)))
+                    .map(|r| {
+                        r.map(|(n, short)| (Pos::Timeline(n - 1), short))
+                            .map_err(ApiError::from)
+                    })
                     .chain(history(0, upto)),
             )
         }
@@ -131,10 +140,10 @@ fn backwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: Option<Pos>)
 /// Events going forward from `from` to `to`: the rest of history (newer rows), then the timeline.
 fn forwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: u64) -> Entries<'a> {
     let timeline = move |after: u64| -> Entries<'a> {
-        Box::new(
-            app.timeline(short_room, after, to)
-                .map(|r| r.map(|(n, short)| (Pos::Timeline(n), short))),
-        )
+        Box::new(app.rooms.timeline(short_room, after, to).map(|r| {
+            r.map(|(n, short)| (Pos::Timeline(n), short))
+                .map_err(ApiError::from)
+        }))
     };
     match from {
         Pos::Timeline(c) => timeline(c),
@@ -155,7 +164,7 @@ pub async fn messages(
 ) -> ApiResult<get_message_events::v3::Response> {
     let (s, q) = (req.caller, req.body);
     let room_id = q.room_id;
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     check_access(&app, &s, &room)?;
     let backwards = q.dir == Direction::Backward;
     let limit = q.limit.to_string();
@@ -200,10 +209,10 @@ pub async fn messages(
             scanned += 1;
             let (pos, short) = item?;
             last_pos = Some(pos);
-            let Some(pdu) = app.pdu_by_short(short)? else {
+            let Some(pdu) = app.rooms.pdu_by_short(short)? else {
                 continue;
             };
-            let Some(stored) = app.pdu_json(short)? else {
+            let Some(stored) = app.rooms.pdu_json(short)? else {
                 continue;
             };
             if !filter.allows(&stored) || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
@@ -277,7 +286,7 @@ pub fn events_around(
 ) -> ApiResult<Around> {
     let room_id = &room.meta.room_id;
     let mut senders = BTreeSet::new();
-    let mut collect = |iter: Box<dyn Iterator<Item = ApiResult<(u64, u64)>> + '_>,
+    let mut collect = |iter: Box<dyn Iterator<Item = Result<(u64, u64), RoomsError>> + '_>,
                        n: usize|
      -> ApiResult<(Vec<Value>, Option<u64>, Option<u64>)> {
         let mut out = vec![];
@@ -288,7 +297,7 @@ pub fn events_around(
             }
             let (c, sh) = item?;
             last = Some(c);
-            let (Some(p), Some(st)) = (app.pdu_by_short(sh)?, app.pdu_json(sh)?) else {
+            let (Some(p), Some(st)) = (app.rooms.pdu_by_short(sh)?, app.rooms.pdu_json(sh)?) else {
                 continue;
             };
             if filter.allows(&st) && app.can_see(&s.user_id, room_id, sh, &p)? {
@@ -301,11 +310,13 @@ pub fn events_around(
     };
     let now = app.store.current_count();
     let (before, first, _) = collect(
-        Box::new(app.timeline(room.short, 0, count - 1).rev()),
+        Box::new(app.rooms.timeline(room.short, 0, count - 1).rev()),
         before_n,
     )?;
-    let (after, last, last_returned) =
-        collect(Box::new(app.timeline(room.short, count, now)), after_n)?;
+    let (after, last, last_returned) = collect(
+        Box::new(app.rooms.timeline(room.short, count, now)),
+        after_n,
+    )?;
     Ok(Around {
         before,
         after,
@@ -333,19 +344,19 @@ pub async fn context(
     let event_id = EventId::parse(&event_id)
         .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
     let not_found = || ApiError::NotFound("Event not found".into());
-    let room = app.room(&room_id)?.ok_or_else(not_found)?;
+    let room = app.rooms.room(&room_id)?.ok_or_else(not_found)?;
     // Only someone who may read the room's state at all gets a context (with its state).
     check_access(&app, &s, &room)?;
     let limit = page_limit(q.limit.as_deref(), 10, app.settings.max_page)?;
     let mut filter = parse_event_filter(q.filter.as_deref())?;
     filter.ignored = app.account_data.ignored_users(&s.user_id)?;
-    let short = app.short_event(&event_id)?.ok_or_else(not_found)?;
-    let (r, count) = app.event_position(short)?.ok_or_else(not_found)?;
-    let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;
+    let short = app.rooms.short_event(&event_id)?.ok_or_else(not_found)?;
+    let (r, count) = app.rooms.event_position(short)?.ok_or_else(not_found)?;
+    let pdu = app.rooms.pdu_by_short(short)?.ok_or_else(not_found)?;
     if r != room.short || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
         return Err(not_found());
     }
-    let stored = app.pdu_json(short)?.ok_or_else(not_found)?;
+    let stored = app.rooms.pdu_json(short)?.ok_or_else(not_found)?;
     let half_before = limit / 2;
     let around = events_around(
         &app,
@@ -360,13 +371,13 @@ pub async fn context(
     senders.insert(pdu.sender.to_string());
     let (before, after, start, end) = (around.before, around.after, around.start, around.end);
     // State at the last event returned, never at events the scan passed over unseen.
-    let state_hash = app.state_at_count(room.short, around.last_returned)?;
+    let state_hash = app.rooms.state_at_count(room.short, around.last_returned)?;
     let state = if filter.lazy_load_members {
         member_events_for(&app, &room, state_hash, &senders, &s)?
     } else {
         let mut v = vec![];
-        for sh in app.state_map(state_hash)?.values() {
-            if let Some(st) = app.pdu_json(*sh)? {
+        for sh in app.rooms.state_map(state_hash)?.values() {
+            if let Some(st) = app.rooms.pdu_json(*sh)? {
                 v.push(app.client_event_inner(*sh, &st, &room_id, Some(&s), true)?);
             }
         }
@@ -393,15 +404,15 @@ pub async fn timestamp_to_event(
 ) -> ApiResult<get_event_by_timestamp::v1::Response> {
     let (s, q) = (req.caller, req.body);
     let room_id = q.room_id;
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     check_access(&app, &s, &room)?;
     let ts = u64::from(q.ts.0);
     let forwards = q.dir == Direction::Forward;
     let now = app.store.current_count();
     let mut best: Option<(u64, MilliSecondsSinceUnixEpoch, OwnedEventId)> = None;
-    for item in app.timeline(room.short, 0, now).take(TS_SCAN_CAP) {
+    for item in app.rooms.timeline(room.short, 0, now).take(TS_SCAN_CAP) {
         let (_, short) = item?;
-        let Some(pdu) = app.pdu_by_short(short)? else {
+        let Some(pdu) = app.rooms.pdu_by_short(short)? else {
             continue;
         };
         let ev_ts = u64::from(pdu.origin_server_ts.0);

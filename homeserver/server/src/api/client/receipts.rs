@@ -52,13 +52,14 @@ pub async fn typing(
 fn target(app: &App, s: &Session, room_id: &RoomId, event_id: &str) -> ApiResult<RoomRef> {
     let event_id = EventId::parse(event_id)
         .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
-    let room = app.room_or_forbidden(room_id)?;
+    let room = app.rooms.room_or_forbidden(room_id)?;
     if !app.is_joined(&s.user_id, room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     let in_room = app
+        .rooms
         .short_event(&event_id)?
-        .and_then(|short| app.event_position(short).ok().flatten())
+        .and_then(|short| app.rooms.event_position(short).ok().flatten())
         .is_some_and(|(r, _)| r == room.short);
     if !in_room {
         return Err(ApiError::NotFound("Event not found in this room".into()));

@@ -88,10 +88,11 @@ fn children(app: &App, short_room: u64, parent: &str) -> ApiResult<Vec<(u64, u64
 /// otherwise.
 fn parent(app: &App, s: &Session, room_id: &RoomId, event_id: &EventId) -> ApiResult<u64> {
     let not_found = || ApiError::NotFound("Event not found".into());
-    let room = app.room(room_id)?.ok_or_else(not_found)?;
-    let short = app.short_event(event_id)?.ok_or_else(not_found)?;
-    let parent = app.pdu_by_short(short)?.ok_or_else(not_found)?;
+    let room = app.rooms.room(room_id)?.ok_or_else(not_found)?;
+    let short = app.rooms.short_event(event_id)?.ok_or_else(not_found)?;
+    let parent = app.rooms.pdu_by_short(short)?.ok_or_else(not_found)?;
     if app
+        .rooms
         .event_position(short)?
         .is_none_or(|(r, _)| r != room.short)
         || app.forgot(&s.user_id, room_id)?
@@ -130,7 +131,11 @@ fn relations(
         for p in &frontier {
             for (count, child) in children(app, room_short, p)? {
                 found.push((count, child));
-                if let Some(id) = app.pdu_by_short(child)?.map(|c| c.event_id.to_string()) {
+                if let Some(id) = app
+                    .rooms
+                    .pdu_by_short(child)?
+                    .map(|c| c.event_id.to_string())
+                {
                     next.push(id);
                 }
             }
@@ -159,7 +164,9 @@ fn relations(
             more = true;
             break;
         }
-        let (Some(pdu), Some(stored)) = (app.pdu_by_short(child)?, app.pdu_json(child)?) else {
+        let (Some(pdu), Some(stored)) =
+            (app.rooms.pdu_by_short(child)?, app.rooms.pdu_json(child)?)
+        else {
             continue;
         };
         let rel = &stored["content"]["m.relates_to"];

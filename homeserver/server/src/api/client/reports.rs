@@ -37,10 +37,11 @@ pub async fn report_event(
     let (room_id, event_id) = (&body.room_id, &body.event_id);
     // Only events the reporter can see may be reported; others are indistinguishable from absent.
     let not_found = || ApiError::NotFound("Event not found".into());
-    let room = app.room(room_id)?.ok_or_else(not_found)?;
-    let short = app.short_event(event_id)?.ok_or_else(not_found)?;
-    let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;
+    let room = app.rooms.room(room_id)?.ok_or_else(not_found)?;
+    let short = app.rooms.short_event(event_id)?.ok_or_else(not_found)?;
+    let pdu = app.rooms.pdu_by_short(short)?.ok_or_else(not_found)?;
     let in_room = app
+        .rooms
         .event_position(short)?
         .is_some_and(|(r, _)| r == room.short);
     if !in_room || !app.can_see(&s.user_id, room_id, short, &pdu)? {
@@ -57,7 +58,8 @@ pub async fn report_room(
     req: Ruma<report_room::v3::Request>,
 ) -> ApiResult<report_room::v3::Response> {
     let (s, body) = (req.caller, req.body);
-    app.room(&body.room_id)?
+    app.rooms
+        .room(&body.room_id)?
         .ok_or_else(|| ApiError::NotFound("Room not found".into()))?;
     // ruma reads an absent reason (optional in v1.13) as an empty one.
     let reason = reason(Some(body.reason).filter(|r| !r.is_empty()))?;

@@ -45,12 +45,12 @@ pub async fn all_state(
     req: Ruma<get_state_events::v3::Request>,
 ) -> ApiResult<get_state_events::v3::Response> {
     let (s, room_id) = (req.caller, req.body.room_id);
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     let hash = app.visible_state_hash(&s.user_id, &room)?;
-    let map = app.state_map(hash)?;
+    let map = app.rooms.state_map(hash)?;
     let mut out = Vec::with_capacity(map.len());
     for short in map.values() {
-        if let Some(stored) = app.pdu_json(*short)? {
+        if let Some(stored) = app.rooms.pdu_json(*short)? {
             let ev = app.client_event_inner(*short, &stored, &room_id, Some(&s), true)?;
             out.push(raw_json(&ev)?);
         }
@@ -66,13 +66,14 @@ pub async fn get_state(
     req: Ruma<get_state_event_for_key::v3::Request>,
 ) -> ApiResult<get_state_event_for_key::v3::Response> {
     let (s, b) = (req.caller, req.body);
-    let room = app.room_or_forbidden(&b.room_id)?;
+    let room = app.rooms.room_or_forbidden(&b.room_id)?;
     let hash = app.visible_state_hash(&s.user_id, &room)?;
     let not_found = || ApiError::NotFound("Event not found".into());
     let short = app
+        .rooms
         .state_get(hash, &b.event_type.to_string(), &b.state_key)?
         .ok_or_else(not_found)?;
-    let stored = app.pdu_json(short)?.ok_or_else(not_found)?;
+    let stored = app.rooms.pdu_json(short)?.ok_or_else(not_found)?;
     let body = match b.format.as_str() {
         "event" => app.client_event_inner(short, &stored, &b.room_id, Some(&s), true)?,
         "content" => stored.get("content").cloned().unwrap_or(json!({})),
@@ -115,7 +116,7 @@ async fn send_with_txn(
     app.limit_user(s, Action::Events)?;
     let scope = s.txn_scope();
     let mut w = RoomWriter::open(app, room_id).await?;
-    if let Some(existing) = app.event_of_txn(&s.user_id, &scope, txn)? {
+    if let Some(existing) = app.rooms.event_of_txn(&s.user_id, &scope, txn)? {
         return OwnedEventId::try_from(existing)
             .map_err(|e| ApiError::Internal(format!("stored event id: {e}")));
     }
@@ -148,7 +149,7 @@ pub async fn redact(
     req: Ruma<redact_event::v3::Request>,
 ) -> ApiResult<redact_event::v3::Response> {
     let (s, b) = (req.caller, req.body);
-    let room = app.room_or_404(&b.room_id)?;
+    let room = app.rooms.room_or_404(&b.room_id)?;
     let rules = plexus_core::room_version::rules(&room.meta.version)?;
     let mut content = json!({});
     if let Some(r) = b.reason {
@@ -178,17 +179,17 @@ pub async fn event(
     let (s, b) = (req.caller, req.body);
     let (room_id, event_id) = (b.room_id, b.event_id);
     let not_found = || ApiError::NotFound("Event not found".into());
-    let room = app.room(&room_id)?.ok_or_else(not_found)?;
-    let short = app.short_event(&event_id)?.ok_or_else(not_found)?;
-    let (r, _) = app.event_position(short)?.ok_or_else(not_found)?;
+    let room = app.rooms.room(&room_id)?.ok_or_else(not_found)?;
+    let short = app.rooms.short_event(&event_id)?.ok_or_else(not_found)?;
+    let (r, _) = app.rooms.event_position(short)?.ok_or_else(not_found)?;
     if r != room.short {
         return Err(not_found());
     }
-    let pdu = app.pdu_by_short(short)?.ok_or_else(not_found)?;
+    let pdu = app.rooms.pdu_by_short(short)?.ok_or_else(not_found)?;
     if app.forgot(&s.user_id, &room_id)? || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
         return Err(not_found());
     }
-    let stored = app.pdu_json(short)?.ok_or_else(not_found)?;
+    let stored = app.rooms.pdu_json(short)?.ok_or_else(not_found)?;
     let ev = app.client_event(short, &stored, &room_id, Some(&s), true)?;
     Ok(get_room_event::v3::Response::new(raw_json(&ev)?))
 }
@@ -199,7 +200,7 @@ pub async fn members(
 ) -> ApiResult<get_member_events::v3::Response> {
     let (s, q) = (req.caller, req.body);
     let room_id = q.room_id;
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     let mut hash = app.visible_state_hash(&s.user_id, &room)?;
     if let Some(at) = &q.at {
         let count = crate::http::extract::parse_token(at)?;
@@ -208,13 +209,13 @@ pub async fn members(
             Some(m) if m.membership != "join" => m.count,
             _ => u64::MAX,
         };
-        hash = app.state_at_count(room.short, count.min(limit))?;
+        hash = app.rooms.state_at_count(room.short, count.min(limit))?;
     }
     let membership = q.membership.as_ref().map(|m| m.as_str());
     let not_membership = q.not_membership.as_ref().map(|m| m.as_str());
     let mut chunk = vec![];
-    for short in app.state_map(hash)?.values() {
-        let Some(stored) = app.pdu_json(*short)? else {
+    for short in app.rooms.state_map(hash)?.values() {
+        let Some(stored) = app.rooms.pdu_json(*short)? else {
             continue;
         };
         if stored.get("type").and_then(Value::as_str) != Some("m.room.member") {
@@ -240,17 +241,22 @@ pub async fn joined_members(
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     if !app.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
-    let hash = app.current_state(room.short)?.map(|h| h.0).unwrap_or(0);
+    let hash = app
+        .rooms
+        .current_state(room.short)?
+        .map(|h| h.0)
+        .unwrap_or(0);
     let mut joined = Map::new();
     for (user, m) in app.room_members(room.short)? {
         if m != "join" {
             continue;
         }
         let content = app
+            .rooms
             .state_json(hash, "m.room.member", user.as_str())?
             .and_then(|e| e.get("content").cloned())
             .unwrap_or(json!({}));

@@ -235,7 +235,7 @@ fn room_events(
     let mut rooms = vec![];
     for (room_id, _) in app.user_rooms(&s.user_id)? {
         if req.filter.allows_room(room_id.as_str()) {
-            if let Some(r) = app.room(&room_id)? {
+            if let Some(r) = app.rooms.room(&room_id)? {
                 if app.visible_state_hash(&s.user_id, &r).is_ok() {
                     rooms.push(r.short);
                 }
@@ -301,7 +301,8 @@ fn visible(
     short: u64,
     rank: f32,
 ) -> ApiResult<Option<Found>> {
-    let (Some(pdu), Some(stored)) = (app.pdu_by_short(short)?, app.pdu_json(short)?) else {
+    let (Some(pdu), Some(stored)) = (app.rooms.pdu_by_short(short)?, app.rooms.pdu_json(short)?)
+    else {
         return Ok(None);
     };
     let Some(room_id) = pdu.room_id.clone() else {
@@ -410,13 +411,13 @@ fn answer(
         let mut state = Map::new();
         let rooms: BTreeSet<&RoomId> = found.iter().map(|f| f.room_id.as_ref()).collect();
         for room_id in rooms {
-            let Some(room) = app.room(room_id)? else {
+            let Some(room) = app.rooms.room(room_id)? else {
                 continue;
             };
             let hash = app.visible_state_hash(&s.user_id, &room)?;
             let mut events = vec![];
-            for sh in app.state_map(hash)?.values() {
-                if let Some(st) = app.pdu_json(*sh)? {
+            for sh in app.rooms.state_map(hash)?.values() {
+                if let Some(st) = app.rooms.pdu_json(*sh)? {
                     events.push(app.client_event_inner(*sh, &st, room_id, Some(s), true)?);
                 }
             }
@@ -440,9 +441,9 @@ fn context(
 ) -> ApiResult<Value> {
     let mut out = json!({ "events_before": [], "events_after": [] });
     let mut senders = BTreeSet::from([f.sender.clone()]);
-    let room = app.room(&f.room_id)?;
+    let room = app.rooms.room(&f.room_id)?;
     // Backfilled events have no timeline position: they come without neighbours.
-    if let (Some(room), Some((_, count))) = (room, app.event_position(f.short)?) {
+    if let (Some(room), Some((_, count))) = (room, app.rooms.event_position(f.short)?) {
         let around = events_around(app, s, &room, count, before, after, filter)?;
         senders.extend(around.senders);
         out = json!({
@@ -453,10 +454,13 @@ fn context(
         });
     }
     if profiles {
-        let hash = app.event_state(f.short)?.map_or(0, |(_, after)| after);
+        let hash = app
+            .rooms
+            .event_state(f.short)?
+            .map_or(0, |(_, after)| after);
         let mut info = Map::new();
         for u in senders {
-            let Some(member) = app.state_pdu(hash, "m.room.member", &u)? else {
+            let Some(member) = app.rooms.state_pdu(hash, "m.room.member", &u)? else {
                 continue;
             };
             let content = member.content_value();

@@ -165,7 +165,7 @@ pub fn build(
         if m.forgotten || !filter.room.allows_room(room_id.as_str()) {
             continue;
         }
-        let Some(room) = app.room(&room_id)? else {
+        let Some(room) = app.rooms.room(&room_id)? else {
             continue;
         };
         let changed_since = since.is_none_or(|c| m.count > c);
@@ -256,16 +256,20 @@ fn invite_state(
     room: &RoomRef,
     m: &Membership,
 ) -> ApiResult<Vec<Value>> {
-    let mut events = match app.stored_stripped_state(user, &room.meta.room_id, &m.event_id)? {
+    let mut events = match app
+        .rooms
+        .stored_stripped_state(user, &room.meta.room_id, &m.event_id)?
+    {
         Some(stored) => stored,
         None => app
+            .rooms
             .stripped_state_events(room.short, Some(&m.sender))?
             .iter()
             .map(plexus_core::client_event::to_stripped)
             .collect(),
     };
-    if let Some(short) = app.short_event(&m.event_id)? {
-        if let Some(ev) = app.pdu_json(short)? {
+    if let Some(short) = app.rooms.short_event(&m.event_id)? {
+        if let Some(ev) = app.rooms.pdu_json(short)? {
             events.push(plexus_core::client_event::to_stripped(&ev));
         }
     }
@@ -275,11 +279,12 @@ fn invite_state(
 /// Whether the room's history goes back before its oldest stored event: that event has prev
 /// events (only the create event has none), as when this server joined over federation.
 fn starts_before_store(app: &App, short_room: u64) -> ApiResult<bool> {
-    let Some(first) = app.timeline(short_room, 0, u64::MAX - 1).next() else {
+    let Some(first) = app.rooms.timeline(short_room, 0, u64::MAX - 1).next() else {
         return Ok(false);
     };
     let (_, short) = first?;
     Ok(app
+        .rooms
         .pdu_by_short(short)?
         .is_some_and(|p| !p.prev_events.is_empty()))
 }
@@ -310,8 +315,9 @@ fn room_section(
         None => true,
         Some(c) => {
             m.count > c && {
-                let at = app.state_at_count(room.short, c)?;
-                app.state_pdu(at, "m.room.member", s.user_id.as_str())?
+                let at = app.rooms.state_at_count(room.short, c)?;
+                app.rooms
+                    .state_pdu(at, "m.room.member", s.user_id.as_str())?
                     .and_then(|p| p.membership())
                     .as_deref()
                     != Some("join")
@@ -327,13 +333,18 @@ fn room_section(
     let scan_from = if history { 0 } else { lower };
     let mut picked: Vec<(u64, u64, Value)> = vec![];
     let mut limited = false;
-    for (scanned, item) in app.timeline(room.short, scan_from, upper).rev().enumerate() {
+    for (scanned, item) in app
+        .rooms
+        .timeline(room.short, scan_from, upper)
+        .rev()
+        .enumerate()
+    {
         if scanned >= SCAN_CAP {
             limited = true;
             break;
         }
         let (count, short) = item?;
-        let Some(pdu) = app.pdu_by_short(short)? else {
+        let Some(pdu) = app.rooms.pdu_by_short(short)? else {
             continue;
         };
         if !app.can_see(&s.user_id, room_id, short, &pdu)? {
@@ -343,7 +354,7 @@ fn room_section(
             limited = true;
             break;
         }
-        let Some(stored) = app.pdu_json(short)? else {
+        let Some(stored) = app.rooms.pdu_json(short)? else {
             continue;
         };
         if tl_filter.allows(&stored) {
@@ -382,16 +393,19 @@ fn room_section(
     // State: what lies between what the client knows and the start of the timeline.
     let timeline_start_hash = match picked.first() {
         Some((_, short, _)) => app
+            .rooms
             .event_state(*short)?
             .map(|(before, _)| before)
             .unwrap_or(0),
-        None => app.state_at_count(room.short, upper)?,
+        None => app.rooms.state_at_count(room.short, upper)?,
     };
-    let start_map = app.state_map(timeline_start_hash)?;
+    let start_map = app.rooms.state_map(timeline_start_hash)?;
     let state_shorts: Vec<u64> = if newly || full_state {
         start_map.values().copied().collect()
     } else if limited {
-        let known = app.state_map(app.state_at_count(room.short, lower)?)?;
+        let known = app
+            .rooms
+            .state_map(app.rooms.state_at_count(room.short, lower)?)?;
         start_map
             .iter()
             .filter(|(k, v)| known.get(k) != Some(v))
@@ -411,7 +425,7 @@ fn room_section(
         if timeline_ids.contains(&short) {
             continue;
         }
-        let Some(stored) = app.pdu_json(short)? else {
+        let Some(stored) = app.rooms.pdu_json(short)? else {
             continue;
         };
         if !st_filter.allows(&stored) {

@@ -37,7 +37,7 @@ pub async fn list(
         app.settings.max_page,
     )?;
     let before = q.from.as_deref().map(parse_token).transpose()?;
-    let room = app.room_or_forbidden(&room_id)?;
+    let room = app.rooms.room_or_forbidden(&room_id)?;
     // Members (and anyone, in a world-readable room) may list; others get 403.
     app.visible_state_hash(&s.user_id, &room)?;
 
@@ -52,7 +52,8 @@ pub async fn list(
         {
             continue;
         }
-        let (Some(pdu), Some(stored)) = (app.pdu_by_short(root)?, app.pdu_json(root)?) else {
+        let (Some(pdu), Some(stored)) = (app.rooms.pdu_by_short(root)?, app.rooms.pdu_json(root)?)
+        else {
             continue;
         };
         if !app.can_see(&s.user_id, &room_id, root, &pdu)? {

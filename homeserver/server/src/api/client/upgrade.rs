@@ -56,16 +56,21 @@ pub async fn upgrade(
                 body.new_version
             ))
         })?;
-    let old_room = app.room_or_forbidden(&old_id)?;
+    let old_room = app.rooms.room_or_forbidden(&old_id)?;
     if !app.is_joined(&s.user_id, &old_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     if !app.may_send_state(&s.user_id, &old_room, "m.room.tombstone")? {
         return Err(ApiError::Forbidden("You may not upgrade this room".into()));
     }
-    let old_hash = app.current_state(old_room.short)?.map(|h| h.0).unwrap_or(0);
+    let old_hash = app
+        .rooms
+        .current_state(old_room.short)?
+        .map(|h| h.0)
+        .unwrap_or(0);
     let old_state = |kind: &str| -> ApiResult<Option<Value>> {
         Ok(app
+            .rooms
             .state_json(old_hash, kind, "")?
             .map(|e| e["content"].clone()))
     };
@@ -188,11 +193,16 @@ pub async fn carry_personal_settings(
     user: &ruma::UserId,
     room_id: &ruma::RoomId,
 ) -> ApiResult<()> {
-    let Some(room) = app.room(room_id)? else {
+    let Some(room) = app.rooms.room(room_id)? else {
         return Ok(());
     };
-    let hash = app.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
+    let hash = app
+        .rooms
+        .current_state(room.short)?
+        .map(|s| s.0)
+        .unwrap_or(0);
     let Some(old) = app
+        .rooms
         .state_json(hash, "m.room.create", "")?
         .and_then(|c| {
             c["content"]["predecessor"]["room_id"]

@@ -19,11 +19,15 @@ fn remote_profile(app: &App, user: &ruma::UserId) -> ApiResult<(Option<String>, 
         if m.membership != "join" {
             continue;
         }
-        let Some(room) = app.room(&room_id)? else {
+        let Some(room) = app.rooms.room(&room_id)? else {
             continue;
         };
-        let hash = app.current_state(room.short)?.map(|s| s.0).unwrap_or(0);
-        if let Some(ev) = app.state_json(hash, "m.room.member", user.as_str())? {
+        let hash = app
+            .rooms
+            .current_state(room.short)?
+            .map(|s| s.0)
+            .unwrap_or(0);
+        if let Some(ev) = app.rooms.state_json(hash, "m.room.member", user.as_str())? {
             let field = |k: &str| ev["content"][k].as_str().map(str::to_owned);
             return Ok((field("displayname"), field("avatar_url")));
         }

@@ -51,10 +51,10 @@ fn page_limit(limit: UInt) -> usize {
 
 /// A stored event of `room` by id: its short id and stored form.
 fn event_in(app: &Services, room: &RoomRef, id: &EventId) -> ApiResult<Option<(u64, Value)>> {
-    let Some(short) = app.short_event(id)? else {
+    let Some(short) = app.rooms.short_event(id)? else {
         return Ok(None);
     };
-    let Some(pdu) = app.pdu_json(short)? else {
+    let Some(pdu) = app.rooms.pdu_json(short)? else {
         return Ok(None);
     };
     let in_room = match pdu.get("room_id").and_then(Value::as_str) {
@@ -70,9 +70,11 @@ pub async fn event(
 ) -> ApiResult<get_event::v1::Response> {
     let (origin, id) = (req.caller, req.body.event_id);
     let short = app
+        .rooms
         .short_event(&id)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
     let stored = app
+        .rooms
         .pdu_json(short)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
     let room_id = match stored.get("room_id").and_then(Value::as_str) {
@@ -81,6 +83,7 @@ pub async fn event(
     };
     let room = room_for_peer(&app, &room_id, &origin)?;
     let pdu = app
+        .rooms
         .pdu_by_short(short)?
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
     let form = ServerView::new(&app, &room, &origin)?.form(short, &pdu, &stored)?;
@@ -102,11 +105,12 @@ pub fn state_before(
     let (short, _) =
         event_in(app, room, &id)?.ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
     let (before, _) = app
+        .rooms
         .event_state(short)?
         .ok_or_else(|| ApiError::NotFound("No state known at that event".into()))?;
     let mut ids = vec![];
-    for ev in app.state_map(before)?.values() {
-        if let Some(p) = app.pdu_by_short(*ev)? {
+    for ev in app.rooms.state_map(before)?.values() {
+        if let Some(p) = app.rooms.pdu_by_short(*ev)? {
             ids.push(p.event_id);
         }
     }
@@ -121,8 +125,8 @@ pub fn federation_forms(
 ) -> ApiResult<Vec<Value>> {
     let mut out = vec![];
     for id in ids {
-        if let Some(short) = app.short_event(&id)? {
-            if let Some(p) = app.pdu_json(short)? {
+        if let Some(short) = app.rooms.short_event(&id)? {
+            if let Some(p) = app.rooms.pdu_json(short)? {
                 out.push(federation_form(&p));
             }
         }
@@ -164,6 +168,7 @@ pub async fn event_auth(
     let room = room_for_peer(&app, q.room_id.as_str(), &origin)?;
     let id = q.event_id;
     let pdu = app
+        .rooms
         .pdu(&id)?
         .filter(|_| event_in(&app, &room, &id).ok().flatten().is_some())
         .ok_or_else(|| ApiError::NotFound("Unknown event".into()))?;
@@ -197,7 +202,7 @@ fn walk_back(
         let Some((short, stored)) = event_in(app, room, &id)? else {
             continue;
         };
-        let Some(pdu) = app.pdu_by_short(short)? else {
+        let Some(pdu) = app.rooms.pdu_by_short(short)? else {
             continue;
         };
         if u64::from(pdu.depth) < min_depth {
@@ -240,7 +245,7 @@ pub async fn get_missing_events(
     // The latest events themselves are what the peer has; return what lies between.
     let mut from = vec![];
     for id in &body.latest_events {
-        if let Some(p) = app.pdu(id)? {
+        if let Some(p) = app.rooms.pdu(id)? {
             from.extend(p.prev_events.iter().cloned());
         }
     }

@@ -88,7 +88,7 @@ pub async fn invite(
     let signed = countersign(obj, &rules, app.server_name(), &app.key)?;
     let signed = serde_json::to_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
 
-    if let Some(r) = app.room(&room_id)? {
+    if let Some(r) = app.rooms.room(&room_id)? {
         crate::service::federation::acl::ensure(&app, r.short, &req.origin)?;
     }
     if !app.is_resident(&room_id)? {

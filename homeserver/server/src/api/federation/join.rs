@@ -51,6 +51,7 @@ async fn make_membership(
         )));
     }
     let room = app
+        .rooms
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
     if app.room_audience(room.short)?.local_joined.is_empty() {
@@ -150,6 +151,7 @@ async fn send_membership(
     let room_id = OwnedRoomId::try_from(room)
         .map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))?;
     let room = app
+        .rooms
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
     crate::service::federation::acl::ensure(app, room.short, origin)?;
@@ -210,7 +212,7 @@ pub async fn send_join(
     req: FedRequest,
 ) -> ApiResult<Json<Value>> {
     let (meta, c) = send_membership(&app, &req.origin, &req.body, &room, &event_id, "join").await?;
-    let room = app.room_or_404(&meta.room_id)?;
+    let room = app.rooms.room_or_404(&meta.room_id)?;
     // The state before the join (which includes everything the join cites) and its auth chain.
     let (state, chain) = super::events::state_before(&app, &room, c.event_id.as_str())?;
     let mut servers = app.room_servers(room.short)?;
@@ -251,8 +253,9 @@ pub async fn send_knock(
     let sent = sent_pdu(&r.pdu)?;
     let (room, event_id) = (r.room_id.as_str(), r.event_id.as_str());
     let (meta, _) = send_membership(&app, &origin, &sent, room, event_id, "knock").await?;
-    let room = app.room_or_404(&meta.room_id)?;
+    let room = app.rooms.room_or_404(&meta.room_id)?;
     let state = app
+        .rooms
         .stripped_state_events(room.short, None)?
         .iter()
         .map(|e| raw_value(&federation_form(e)).map(RawStrippedState::Pdu))

@@ -52,7 +52,7 @@ pub async fn get(
             next = Some(count + 1);
             break;
         }
-        let Some(stored) = app.pdu_json(n.event)? else {
+        let Some(stored) = app.rooms.pdu_json(n.event)? else {
             continue;
         };
         let room_id = OwnedRoomId::try_from(n.room_id.as_str())

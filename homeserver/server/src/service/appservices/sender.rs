@@ -227,7 +227,7 @@ impl View {
                 upto = count.saturating_sub(1);
                 break;
             }
-            let Some(stored) = svc.pdu_json(short)? else {
+            let Some(stored) = svc.rooms.pdu_json(short)? else {
                 continue;
             };
             let Some(room_id) = stored
@@ -342,7 +342,7 @@ impl View {
         if let Some(known) = self.rooms.get(room_id) {
             return Ok(*known);
         }
-        let Some(room) = svc.room(room_id)? else {
+        let Some(room) = svc.rooms.room(room_id)? else {
             return Ok(false);
         };
         let mut wanted = svc
@@ -411,7 +411,7 @@ impl View {
                 rooms.insert(room_id.to_owned());
             } else {
                 // Still a member room while another of its users is joined.
-                let still = match svc.room(room_id)? {
+                let still = match svc.rooms.room(room_id)? {
                     Some(r) => svc.room_members(r.short)?.iter().any(|(u, m)| {
                         m == "join" && u.as_str() != user && reg.may_act_as(u.as_str(), server)
                     }),
@@ -446,7 +446,7 @@ impl View {
         let mut out = vec![];
         let mut seen_users = BTreeSet::new();
         for room_id in rooms {
-            let Some(room) = svc.room(&room_id)? else {
+            let Some(room) = svc.rooms.room(&room_id)? else {
                 continue;
             };
             if let Some(users) = svc.typing.since(&room_id, Some(from)) {
@@ -491,7 +491,7 @@ impl View {
         let rooms = self.member_rooms(svc, reg, server)?.clone();
         let shares = |user: &UserId| -> ApiResult<bool> {
             for room_id in &rooms {
-                if let Some(r) = svc.room(room_id)? {
+                if let Some(r) = svc.rooms.room(room_id)? {
                     let m: Option<String> = schema::ROOM_USER__MEMBERSHIP
                         .get(&svc.store.kv, (r.short, user.as_str()))?;
                     if m.as_deref() == Some("join") {

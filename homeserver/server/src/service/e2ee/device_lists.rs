@@ -246,7 +246,7 @@ impl Services {
             if m.membership != "join" {
                 continue;
             }
-            let Some(room) = self.room(&room_id)? else {
+            let Some(room) = self.rooms.room(&room_id)? else {
                 continue;
             };
             let a = self.room_audience(room.short)?;
@@ -265,7 +265,7 @@ impl Services {
             if m.membership != "join" {
                 continue;
             }
-            if let Some(room) = self.room(&room_id)? {
+            if let Some(room) = self.rooms.room(&room_id)? {
                 if !self.room_audience(room.short)?.local_joined.is_empty() {
                     return Ok(true);
                 }
@@ -287,7 +287,7 @@ impl Services {
         let mut left_candidates = BTreeSet::new();
         let in_range = |c: u64| c > since && c <= upper;
         for (room_id, m) in self.user_rooms(user)? {
-            let Some(room) = self.room(&room_id)? else {
+            let Some(room) = self.rooms.room(&room_id)? else {
                 continue;
             };
             match m.membership.as_str() {

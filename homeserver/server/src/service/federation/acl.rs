@@ -31,10 +31,10 @@ fn parse(content: &Value) -> RoomServerAclEventContent {
 
 /// Whether the room's current ACL lets `server` take part (no ACL: everyone may).
 pub fn allowed(app: &Services, short_room: u64, server: &ServerName) -> ApiResult<bool> {
-    let Some((hash, _)) = app.current_state(short_room)? else {
+    let Some((hash, _)) = app.rooms.current_state(short_room)? else {
         return Ok(true);
     };
-    Ok(match app.state_json(hash, "m.room.server_acl", "")? {
+    Ok(match app.rooms.state_json(hash, "m.room.server_acl", "")? {
         Some(ev) => parse(ev.get("content").unwrap_or(&Value::Null)).is_allowed(server),
         None => true,
     })

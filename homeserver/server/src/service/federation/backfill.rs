@@ -55,17 +55,21 @@ fn placed(app: &Services, short: u64) -> ApiResult<bool> {
 fn backward_extremities(app: &Services, room: &RoomRef) -> ApiResult<Vec<OwnedEventId>> {
     let oldest = match history(app, room.short, 1, u64::MAX).next_back() {
         Some(item) => Some(item?.1),
-        None => match app.timeline(room.short, 0, u64::MAX - 1).next() {
+        None => match app.rooms.timeline(room.short, 0, u64::MAX - 1).next() {
             Some(item) => Some(item?.1),
             None => None,
         },
     };
-    let Some(pdu) = oldest.map(|s| app.pdu_by_short(s)).transpose()?.flatten() else {
+    let Some(pdu) = oldest
+        .map(|s| app.rooms.pdu_by_short(s))
+        .transpose()?
+        .flatten()
+    else {
         return Ok(vec![]);
     };
     let mut out = vec![];
     for p in &pdu.prev_events {
-        match app.short_event(p)? {
+        match app.rooms.short_event(p)? {
             Some(s) if placed(app, s)? => {}
             _ => out.push(p.clone()),
         }
@@ -115,7 +119,7 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
         events.sort_by_key(|c| c.pdu.depth);
         let mut added = vec![];
         for c in events {
-            if let Some(s) = app.short_event(&c.event_id)? {
+            if let Some(s) = app.rooms.short_event(&c.event_id)? {
                 // A soft-failed event is never shown, however a peer's answer lists it.
                 if placed(app, s)? || ingest::is_soft_failed(app, s)? {
                     continue;

@@ -14,7 +14,7 @@ fn remote_member(
     user: &str,
 ) -> Option<OwnedUserId> {
     let u = OwnedUserId::try_from(user).ok()?;
-    let room = app.room(room_id).ok()??;
+    let room = app.rooms.room(room_id).ok()??;
     (u.server_name() == origin
         && app.is_joined(&u, room_id).ok()?
         && super::acl::allowed(app, room.short, origin).ok()?)
@@ -51,7 +51,7 @@ pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()
                 let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
                     continue;
                 };
-                let Some(r) = app.room(&room_id)? else {
+                let Some(r) = app.rooms.room(&room_id)? else {
                     continue;
                 };
                 let Some(read) = by_type.get("m.read").and_then(Value::as_object) else {
@@ -150,7 +150,7 @@ pub fn send_typing(
     if !outbound(app, user) {
         return Ok(());
     }
-    let Some(room) = app.room(room_id)? else {
+    let Some(room) = app.rooms.room(room_id)? else {
         return Ok(());
     };
     let edu = json!({
@@ -245,9 +245,9 @@ fn receipt_target_ok(app: &Services, short_room: u64, ev: &str) -> bool {
     let Ok(id) = EventId::parse(ev) else {
         return false;
     };
-    match app.short_event(&id) {
+    match app.rooms.short_event(&id) {
         Ok(Some(short)) => {
-            matches!(app.event_position(short), Ok(Some((room, _))) if room == short_room)
+            matches!(app.rooms.event_position(short), Ok(Some((room, _))) if room == short_room)
         }
         Ok(None) => true,
         Err(_) => false,

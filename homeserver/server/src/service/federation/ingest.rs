@@ -58,6 +58,12 @@ impl From<plexus_store::StoreError> for IngestError {
     }
 }
 
+impl From<crate::service::rooms::RoomsError> for IngestError {
+    fn from(e: crate::service::rooms::RoomsError) -> Self {
+        IngestError::Local(e.into())
+    }
+}
+
 /// Whether an event belongs to `room_id`: by its `room_id`, or (room version 12 create events,
 /// which have none) by the room id being derived from the event id.
 pub fn in_room(room_id: Option<&RoomId>, event_id: &EventId, room: &RoomId) -> bool {
@@ -243,7 +249,7 @@ pub fn auth_in_order(
             let fetch = |id: &EventId| {
                 ok.get(id)
                     .map(|c| c.pdu.clone())
-                    .or_else(|| app.pdu(id).ok().flatten())
+                    .or_else(|| app.rooms.pdu(id).ok().flatten())
             };
             match check_against_auth_events(rules, &c.pdu, fetch) {
                 Ok(()) => {
@@ -281,7 +287,7 @@ pub async fn check_each<'a>(
 
 /// Write an event that is known but not part of the timeline (auth chains, fetched state).
 pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<u64> {
-    if let Some(s) = app.short_event(&c.event_id)? {
+    if let Some(s) = app.rooms.short_event(&c.event_id)? {
         return Ok(s);
     }
     let short = app.store.kv.unique_id()?;
@@ -292,17 +298,19 @@ pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<
 /// The state after an event: the state before it plus itself when it is a state event.
 /// Shared, not copied, when the event changes no state.
 pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<Arc<StateMap>>> {
-    let Some((before, _)) = app.event_state(short)? else {
+    let Some((before, _)) = app.rooms.event_state(short)? else {
         return Ok(None);
     };
-    let map = app.state_map(before)?;
-    let Some(pdu) = app.pdu_by_short(short)? else {
+    let map = app.rooms.state_map(before)?;
+    let Some(pdu) = app.rooms.pdu_by_short(short)? else {
         return Ok(Some(map));
     };
     let Some(sk) = &pdu.state_key else {
         return Ok(Some(map));
     };
-    let k = app.short_state_key_or_create(&pdu.kind.to_string(), sk)?;
+    let k = app
+        .rooms
+        .short_state_key_or_create(&pdu.kind.to_string(), sk)?;
     let mut map = (*map).clone();
     map.insert(k, short);
     Ok(Some(Arc::new(map)))
@@ -310,8 +318,8 @@ pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<Arc<StateMap>
 
 /// Whether the event is persisted with its state (not merely known as an outlier).
 pub fn has_state(app: &Services, id: &EventId) -> ApiResult<bool> {
-    Ok(match app.short_event(id)? {
-        Some(s) => app.event_state(s)?.is_some(),
+    Ok(match app.rooms.short_event(id)? {
+        Some(s) => app.rooms.event_state(s)?.is_some(),
         None => false,
     })
 }
@@ -344,13 +352,14 @@ pub fn resolve(
             let name = match key_names.get(&sk) {
                 Some(n) => n.clone(),
                 None => {
-                    let (t, k) = app.state_key_of(sk)?;
+                    let (t, k) = app.rooms.state_key_of(sk)?;
                     let n: (StateEventType, String) = (t.into(), k);
                     key_names.insert(sk, n.clone());
                     n
                 }
             };
             let pdu = app
+                .rooms
                 .pdu_by_short(ev)?
                 .ok_or_else(|| ApiError::Internal(format!("state event {ev} missing")))?;
             let id = pdu.event_id.clone();
@@ -373,7 +382,7 @@ pub fn resolve(
         cache
             .get(id)
             .cloned()
-            .or_else(|| app.pdu(id).ok().flatten())
+            .or_else(|| app.rooms.pdu(id).ok().flatten())
     };
     let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
         Some(
@@ -393,8 +402,9 @@ pub fn resolve(
     .map_err(|e| ApiError::Internal(format!("state resolution failed: {e}")))?;
     let mut out = StateMap::new();
     for ((t, k), id) in resolved {
-        let sk = app.short_state_key_or_create(&t.to_string(), &k)?;
+        let sk = app.rooms.short_state_key_or_create(&t.to_string(), &k)?;
         let ev = app
+            .rooms
             .short_event(&id)?
             .ok_or_else(|| ApiError::Internal(format!("resolved event {id} unknown")))?;
         out.insert(sk, ev);
@@ -416,7 +426,7 @@ pub fn auth_chain(
         }
         let pdu = match cache.get(&id) {
             Some(p) => p.clone(),
-            None => match app.pdu(&id)? {
+            None => match app.rooms.pdu(&id)? {
                 Some(p) => {
                     cache.insert(id.clone(), p.clone());
                     p
@@ -524,11 +534,11 @@ fn snapshot_on_prev(
     batch: &mut Batch,
 ) -> ApiResult<Option<(u64, u32)>> {
     let base = match prev_shorts.first() {
-        Some(&p) => with_depth(app, app.event_state(p)?.map_or(0, |s| s.0))?,
+        Some(&p) => with_depth(app, app.rooms.event_state(p)?.map_or(0, |s| s.0))?,
         None => None,
     };
     let base_map = match base {
-        Some((h, _)) => Some(app.state_map(h)?),
+        Some((h, _)) => Some(app.rooms.state_map(h)?),
         None => None,
     };
     snapshot(app, map, base.zip(base_map.as_deref()), batch)
@@ -556,9 +566,9 @@ fn state_before_checked(
     c: &Checked,
 ) -> Result<Before, IngestError> {
     let pdu = &c.pdu;
-    let fetch = |id: &EventId| app.pdu(id).ok().flatten();
+    let fetch = |id: &EventId| app.rooms.pdu(id).ok().flatten();
     check_against_auth_events(rules, pdu, fetch)?;
-    let short = match app.short_event(&c.event_id)? {
+    let short = match app.rooms.short_event(&c.event_id)? {
         Some(s) => s,
         None => {
             let mut b = Batch::default();
@@ -571,6 +581,7 @@ fn state_before_checked(
     let mut prev_shorts = vec![];
     for p in &pdu.prev_events {
         let s = app
+            .rooms
             .short_event(p)?
             .ok_or_else(|| IngestError::Invalid(format!("prev event {p} unknown")))?;
         let st = state_after(app, s)?
@@ -586,8 +597,8 @@ fn state_before_checked(
         }
     };
     let lookup = |t: &StateEventType, k: &str| -> Option<Pdu> {
-        let sk = app.short_state_key(&t.to_string(), k).ok()??;
-        app.pdu_by_short(*before.get(&sk)?).ok()?
+        let sk = app.rooms.short_state_key(&t.to_string(), k).ok()??;
+        app.rooms.pdu_by_short(*before.get(&sk)?).ok()?
     };
     auth::check(rules, pdu, fetch, lookup)
         .map_err(|e| IngestError::Auth(format!("against the state before it: {e}")))?;
@@ -610,6 +621,7 @@ pub async fn persist_historic(
     let _guard = app.room_lock(&room.meta.room_id).lock_owned().await;
     if has_state(app, &c.event_id)? {
         return app
+            .rooms
             .short_event(&c.event_id)?
             .ok_or_else(|| IngestError::Invalid("stored event without id".into()));
     }
@@ -622,7 +634,9 @@ pub async fn persist_historic(
     let before_snap = snapshot_on_prev(app, &before, &prev_shorts, &mut pre)?;
     let after_snap = match &c.pdu.state_key {
         Some(sk) => {
-            let k = app.short_state_key_or_create(&c.pdu.kind.to_string(), sk)?;
+            let k = app
+                .rooms
+                .short_state_key_or_create(&c.pdu.kind.to_string(), sk)?;
             let full = || {
                 let mut m = (*before).clone();
                 m.insert(k, short);
@@ -658,23 +672,23 @@ pub async fn persist(
         return Ok(Outcome::Duplicate);
     }
     let pdu = &c.pdu;
-    let fetch = |id: &EventId| app.pdu(id).ok().flatten();
+    let fetch = |id: &EventId| app.rooms.pdu(id).ok().flatten();
     let Before {
         short,
         before,
         prev_shorts,
     } = state_before_checked(app, rules, &c)?;
     let lookup = |map: &StateMap, t: &StateEventType, k: &str| -> Option<Pdu> {
-        let sk = app.short_state_key(&t.to_string(), k).ok()??;
-        app.pdu_by_short(*map.get(&sk)?).ok()?
+        let sk = app.rooms.short_state_key(&t.to_string(), k).ok()??;
+        app.rooms.pdu_by_short(*map.get(&sk)?).ok()?
     };
 
-    let current_hash = app.current_state(room.short)?;
+    let current_hash = app.rooms.current_state(room.short)?;
     let current: Arc<StateMap> = match current_hash {
-        Some((h, _)) => app.state_map(h)?,
+        Some((h, _)) => app.rooms.state_map(h)?,
         None => Arc::default(),
     };
-    let old_tips = app.extremities(room.short)?;
+    let old_tips = app.rooms.extremities(room.short)?;
     // Extremities this event supersedes: its prev events, and those reached through prev
     // events that were soft-failed (which never became extremities themselves, so their own
     // parents would otherwise dangle as extremities beside this event).
@@ -719,7 +733,10 @@ pub async fn persist(
     }
 
     let state_key = match &pdu.state_key {
-        Some(sk) => Some(app.short_state_key_or_create(&pdu.kind.to_string(), sk)?),
+        Some(sk) => Some(
+            app.rooms
+                .short_state_key_or_create(&pdu.kind.to_string(), sk)?,
+        ),
         None => None,
     };
     let after_self = || {
@@ -783,9 +800,10 @@ pub async fn persist(
     if let Some(target) = pdu.redacted_event(rules.redaction.content_field_redacts) {
         let state = |t: &str, k: &str| -> ApiResult<Option<Pdu>> {
             Ok(app
+                .rooms
                 .short_state_key(t, k)?
                 .and_then(|sk| before.get(&sk).copied())
-                .and_then(|e| app.pdu_by_short(e).ok().flatten()))
+                .and_then(|e| app.rooms.pdu_by_short(e).ok().flatten()))
         };
         if let Some(t) = redaction_target(app, room.short, rules, &pdu.sender, target, state)? {
             if let Some(redacted) = redacted_form(app, t, &c.stored, &room_id, rules) {
@@ -798,7 +816,7 @@ pub async fn persist(
         let m = if ev == short {
             Some(pdu.clone())
         } else {
-            app.pdu_by_short(ev)?
+            app.rooms.pdu_by_short(ev)?
         };
         members.extend(m.filter(|m| m.membership().is_some()));
     }
@@ -877,9 +895,9 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
         if !is_soft_failed(app, short)? {
             continue;
         }
-        if let Some(pdu) = app.pdu_by_short(short)? {
+        if let Some(pdu) = app.rooms.pdu_by_short(short)? {
             for p in &pdu.prev_events {
-                queue.extend(app.short_event(p)?);
+                queue.extend(app.rooms.short_event(p)?);
             }
         }
     }
@@ -916,7 +934,7 @@ pub async fn fetch_events(
     let mut out: BTreeMap<OwnedEventId, Checked> = BTreeMap::new();
     let mut queue: VecDeque<OwnedEventId> = ids.into();
     while let Some(id) = queue.pop_front() {
-        if out.contains_key(&id) || app.short_event(&id)?.is_some() {
+        if out.contains_key(&id) || app.rooms.short_event(&id)?.is_some() {
             continue;
         }
         if out.len() >= MAX_FETCH {
@@ -958,7 +976,7 @@ pub async fn ensure_auth_events(
 ) -> Result<(), IngestError> {
     let mut missing = vec![];
     for id in &c.pdu.auth_events {
-        if app.short_event(id)?.is_none() {
+        if app.rooms.short_event(id)?.is_none() {
             missing.push(id.clone());
         }
     }

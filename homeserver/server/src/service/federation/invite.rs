@@ -26,7 +26,7 @@ pub async fn countersigned_invite(
         .room_id
         .clone()
         .ok_or_else(|| ApiError::Internal("room without id".into()))?;
-    let room = app.room_or_404(&room_id)?;
+    let room = app.rooms.room_or_404(&room_id)?;
     let ours = w
         .pending_event(event_id)
         .map(federation_form)
@@ -36,6 +36,7 @@ pub async fn countersigned_invite(
         .and_then(Value::as_str)
         .and_then(|s| OwnedUserId::try_from(s).ok());
     let state: Vec<Value> = app
+        .rooms
         .stripped_state_events(room.short, sender.as_deref())?
         .iter()
         .map(federation_form)

@@ -58,7 +58,8 @@ fn stage_state(
         };
         if let Some(sk) = &c.pdu.state_key {
             map.insert(
-                app.short_state_key_or_create(&c.pdu.kind.to_string(), sk)?,
+                app.rooms
+                    .short_state_key_or_create(&c.pdu.kind.to_string(), sk)?,
                 *short,
             );
         }
@@ -84,7 +85,7 @@ pub async fn store_state_and_point(
     let fetch = |id: &EventId| {
         ok.get(id)
             .map(|c| c.pdu.clone())
-            .or_else(|| app.pdu(id).ok().flatten())
+            .or_else(|| app.rooms.pdu(id).ok().flatten())
     };
     ingest::check_against_auth_events(rules, &point.pdu, fetch)?;
     let mut batch = Batch::default();
@@ -267,7 +268,7 @@ fn room_or_new(
     version: &RoomVersionId,
     batch: &mut Batch,
 ) -> ApiResult<u64> {
-    if let Some(r) = app.room(room_id)? {
+    if let Some(r) = app.rooms.room(room_id)? {
         return Ok(r.short);
     }
     let short = app.store.kv.unique_id()?;
@@ -325,9 +326,10 @@ pub async fn local_rejection(
     room_id: &RoomId,
     invite: &EventId,
 ) -> ApiResult<()> {
-    let room = app.room_or_404(room_id)?;
+    let room = app.rooms.room_or_404(room_id)?;
     let rules = room_version::rules(&room.meta.version)?;
     let prev = app
+        .rooms
         .pdu(invite)?
         .ok_or_else(|| ApiError::NotFound("the invite is gone".into()))?;
     let refs = vec![plexus_core::builder::EventRef::of(&prev)];
@@ -372,7 +374,7 @@ async fn persist_joined_room(
         events
             .get(id)
             .map(|c| c.pdu.clone())
-            .or_else(|| app.pdu(id).ok().flatten())
+            .or_else(|| app.rooms.pdu(id).ok().flatten())
     };
     let state = state_ids
         .iter()
@@ -385,7 +387,9 @@ async fn persist_joined_room(
     let short_room = room_or_new(app, room_id, version, &mut pre)?;
     let (snap, map) = stage_state(app, &events, state_ids, &mut pre)?;
     let short = ingest::put_outlier(app, &join, &mut pre)?;
-    let sk = app.short_state_key_or_create("m.room.member", join.pdu.sender.as_str())?;
+    let sk = app
+        .rooms
+        .short_state_key_or_create("m.room.member", join.pdu.sender.as_str())?;
     let after = || {
         let mut m = map.clone();
         m.insert(sk, short);
@@ -396,7 +400,12 @@ async fn persist_joined_room(
         .state
         .derive(snap, &[(sk, short)], &[], after, &mut pre)?;
     event_state_row(&mut pre, short, snap, Some(after_snap))?;
-    tip_rows(&mut pre, short_room, &app.extremities(short_room)?, short)?;
+    tip_rows(
+        &mut pre,
+        short_room,
+        &app.rooms.extremities(short_room)?,
+        short,
+    )?;
     room_state_row(&mut pre, short_room, after_snap)?;
     let members: Vec<Pdu> = state_ids
         .iter()

@@ -28,7 +28,7 @@ pub async fn one_pdu(
     else {
         return (None, Err(IngestError::Invalid("no room_id".into())));
     };
-    let room = match app.room(&room_id) {
+    let room = match app.rooms.room(&room_id) {
         Ok(Some(r)) => r,
         Ok(None) => {
             return (
@@ -91,7 +91,7 @@ pub async fn accept(
     rules: &ruma::room_version_rules::RoomVersionRules,
     checked: Checked,
 ) -> Result<ingest::Outcome, IngestError> {
-    let room = app.room_or_404(room_id)?;
+    let room = app.rooms.room_or_404(room_id)?;
     if ingest::has_state(app, &checked.event_id)? {
         return Ok(ingest::Outcome::Duplicate);
     }
@@ -125,11 +125,11 @@ async fn fill_gap(
     rules: &ruma::room_version_rules::RoomVersionRules,
     c: &Checked,
 ) -> Result<(), IngestError> {
-    let room = app.room_or_404(room_id)?;
+    let room = app.rooms.room_or_404(room_id)?;
     let mut earliest = vec![];
     let mut min_depth = u64::MAX;
-    for short in app.extremities(room.short)? {
-        if let Some(p) = app.pdu_by_short(short)? {
+    for short in app.rooms.extremities(room.short)? {
+        if let Some(p) = app.rooms.pdu_by_short(short)? {
             min_depth = min_depth.min(u64::from(p.depth));
             earliest.push(p.event_id);
         }
@@ -255,15 +255,17 @@ const STATE_IDS_FETCH_MAX: usize = 50;
 
 /// A stored event as a [`Checked`] (it was checked when it was stored).
 fn stored_checked(app: &Services, id: &ruma::EventId) -> ApiResult<Option<Checked>> {
-    let Some(short) = app.short_event(id)? else {
+    let Some(short) = app.rooms.short_event(id)? else {
         return Ok(None);
     };
-    Ok(match (app.pdu_json(short)?, app.pdu_by_short(short)?) {
-        (Some(stored), Some(pdu)) => Some(Checked {
-            event_id: id.to_owned(),
-            stored,
-            pdu,
-        }),
-        _ => None,
-    })
+    Ok(
+        match (app.rooms.pdu_json(short)?, app.rooms.pdu_by_short(short)?) {
+            (Some(stored), Some(pdu)) => Some(Checked {
+                event_id: id.to_owned(),
+                stored,
+                pdu,
+            }),
+            _ => None,
+        },
+    )
 }

@@ -157,7 +157,7 @@ async fn run(app: Weak<Services>, dest: OwnedServerName, q: Arc<Queue>) {
             .take(MAX_PDUS)
             .flatten()
         {
-            if let Ok(Some(p)) = svc.pdu_json(short) {
+            if let Ok(Some(p)) = svc.rooms.pdu_json(short) {
                 pdus.push(federation_form(&p));
             }
             keys.push(count);

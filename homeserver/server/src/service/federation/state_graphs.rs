@@ -283,7 +283,7 @@ impl<'g> Replica<'g> {
         };
         room_rows(&mut batch, short, &meta).expect("rows");
         app.store.commit(batch).expect("commit");
-        let room = app.room(&room_id).expect("read").expect("room");
+        let room = app.rooms.room(&room_id).expect("read").expect("room");
         Replica {
             g,
             _dir: dir,
@@ -319,18 +319,20 @@ impl<'g> Replica<'g> {
     fn view(&self) -> Ingested {
         let (app, g) = (&self.app, self.g);
         let name = |short: u64| {
-            let pdu = app.pdu_by_short(short).expect("read").expect("pdu");
+            let pdu = app.rooms.pdu_by_short(short).expect("read").expect("pdu");
             g.name_of(pdu.event_id.as_str())
         };
         let mut state = HashMap::new();
         let (hash, _) = app
+            .rooms
             .current_state(self.room.short)
             .expect("read")
             .expect("state");
-        for (&sk, &ev) in app.state_map(hash).expect("map").iter() {
-            state.insert(app.state_key_of(sk).expect("key"), name(ev));
+        for (&sk, &ev) in app.rooms.state_map(hash).expect("map").iter() {
+            state.insert(app.rooms.state_key_of(sk).expect("key"), name(ev));
         }
         let mut tips: Vec<String> = app
+            .rooms
             .extremities(self.room.short)
             .expect("tips")
             .into_iter()

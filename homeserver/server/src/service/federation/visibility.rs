@@ -24,6 +24,7 @@ pub fn room_for_peer(app: &Services, room_id: &str, origin: &ServerName) -> ApiR
     let room_id = OwnedRoomId::try_from(room_id)
         .map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))?;
     let room = app
+        .rooms
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
     let joined = app
@@ -94,11 +95,11 @@ impl<'a> ServerView<'a> {
         {
             return Ok(true);
         }
-        let before = self.app.event_state(short)?.map_or(0, |(b, _)| b);
+        let before = self.app.rooms.event_state(short)?.map_or(0, |(b, _)| b);
         if let Some(v) = self.by_snapshot.get(&before) {
             return Ok(*v);
         }
-        let visibility = self.app.history_visibility(before)?;
+        let visibility = self.app.rooms.history_visibility(before)?;
         let visible = match visibility.as_str() {
             "invited" => self.any_member_is(before, &["join", "invite"])?,
             "joined" => self.any_member_is(before, &["join"])?,
@@ -113,6 +114,7 @@ impl<'a> ServerView<'a> {
         for user in &self.users {
             let m = self
                 .app
+                .rooms
                 .state_pdu(hash, "m.room.member", user.as_str())?
                 .and_then(|p| p.membership());
             if m.is_some_and(|m| memberships.contains(&m.as_str())) {

@@ -69,6 +69,7 @@ pub async fn evaluate(
             continue;
         }
         let name = app
+            .rooms
             .state_json(state_hash, "m.room.member", user.as_str())?
             .and_then(|m| m["content"]["displayname"].as_str().map(str::to_owned))
             .unwrap_or_else(|| user.localpart().to_owned());

@@ -240,7 +240,7 @@ fn request_body(
     pusher: &Value,
     n: &Stored,
 ) -> ApiResult<Option<Value>> {
-    let Some(event) = app.pdu_json(n.event)? else {
+    let Some(event) = app.rooms.pdu_json(n.event)? else {
         return Ok(None);
     };
     let actions: Vec<Action> = serde_json::from_value(n.actions.clone()).unwrap_or_default();
@@ -272,7 +272,11 @@ fn request_body(
         note["counts"] = json!({ "unread": unread });
     }
     if pusher["data"]["format"] != "event_id_only" {
-        let state = app.current_state(n.short_room)?.map(|s| s.0).unwrap_or(0);
+        let state = app
+            .rooms
+            .current_state(n.short_room)?
+            .map(|s| s.0)
+            .unwrap_or(0);
         let sender = event["sender"].as_str().unwrap_or_default();
         note["type"] = event["type"].clone();
         note["sender"] = event["sender"].clone();
@@ -280,18 +284,21 @@ fn request_body(
             note["content"] = c.clone();
         }
         if let Some(name) = app
+            .rooms
             .state_json(state, "m.room.member", sender)?
             .and_then(|m| m["content"]["displayname"].as_str().map(str::to_owned))
         {
             note["sender_display_name"] = json!(name);
         }
         if let Some(name) = app
+            .rooms
             .state_json(state, "m.room.name", "")?
             .and_then(|e| e["content"]["name"].as_str().map(str::to_owned))
         {
             note["room_name"] = json!(name);
         }
         if let Some(alias) = app
+            .rooms
             .state_json(state, "m.room.canonical_alias", "")?
             .and_then(|e| e["content"]["alias"].as_str().map(str::to_owned))
         {

@@ -127,7 +127,7 @@ pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
     if now <= from {
         return Ok(None);
     }
-    let [timeline, backfill] = svc.placed_since(from, now, max)?;
+    let [timeline, backfill] = svc.rooms.placed_since(from, now, max)?;
     // A table cut short at `max` was read only up to its last row.
     let mut upto = now;
     for part in [&timeline, &backfill] {

@@ -113,7 +113,7 @@ pub fn searchable(svc: &Services, short: u64, stored: &Value) -> ApiResult<Optio
 /// (which came from before the room's timeline here), those by their timestamp.
 fn order_key(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<(u64, u64)>> {
     const TIMELINE: u64 = 1 << 63;
-    if let Some((room, count)) = svc.event_position(short)? {
+    if let Some((room, count)) = svc.rooms.event_position(short)? {
         return Ok(Some((room, TIMELINE | count)));
     }
     let Some(room_id) = stored["room_id"]
@@ -129,6 +129,7 @@ fn order_key(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<(u6
         .unwrap_or(0)
         .min((1 << 47) - 1);
     Ok(svc
+        .rooms
         .room(&room_id)?
         .map(|r| (r.short, ts << 16 | (short & 0xFFFF))))
 }
@@ -144,7 +145,7 @@ fn reindex(
 ) -> ApiResult<()> {
     let stored = match stored {
         Some(v) => Some(v),
-        None => svc.pdu_json(short)?,
+        None => svc.rooms.pdu_json(short)?,
     };
     let mut doc = None;
     if let Some(stored) = stored {
@@ -171,7 +172,7 @@ fn reindex(
 /// What a newly stored event changes in the index: itself; for an edit, the original; for a
 /// redaction, the redacted event, or the original whose text came from a redacted edit.
 fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> ApiResult<()> {
-    let Some(stored) = svc.pdu_json(short)? else {
+    let Some(stored) = svc.rooms.pdu_json(short)? else {
         return Ok(());
     };
     if stored["type"] == "m.room.redaction" {
@@ -181,10 +182,11 @@ fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> Api
             _ => false,
         };
         let redacts = svc
+            .rooms
             .pdu_by_short(short)?
             .and_then(|p| p.redacted_event(in_content).cloned());
         let Some(target) = redacts
-            .map(|id| svc.short_event(&id))
+            .map(|id| svc.rooms.short_event(&id))
             .transpose()?
             .flatten()
         else {
@@ -198,7 +200,7 @@ fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> Api
         return reindex(svc, target, None, edits);
     }
     match edit_target(&stored).and_then(|id| ruma::EventId::parse(id).ok()) {
-        Some(id) => match svc.short_event(&id)? {
+        Some(id) => match svc.rooms.short_event(&id)? {
             Some(original) => reindex(svc, original, None, edits),
             None => Ok(()),
         },
