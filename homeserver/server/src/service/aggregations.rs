@@ -260,7 +260,7 @@ impl Services {
         // history is `joined`): nothing of it is bundled then.
         let visible = |e: u64| -> ApiResult<bool> {
             match self.rooms.pdu_by_short(e)? {
-                Some(p) => self.can_see(&viewer.user_id, room_id, e, &p),
+                Some(p) => Ok(self.rooms.can_see(&viewer.user_id, room_id, e, &p)?),
                 None => Ok(false),
             }
         };

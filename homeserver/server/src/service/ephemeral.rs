@@ -190,6 +190,7 @@ impl Services {
             return Ok(());
         };
         let members: Vec<OwnedUserId> = self
+            .rooms
             .room_members(room.short)?
             .into_iter()
             .filter(|(_, m)| m == "join")

@@ -112,6 +112,7 @@ impl Services {
         let appservices = appservices::Appservices::new(settings.appservices.clone())?;
         let search = crate::service::search::Search::open(&settings.data_dir.join("search"))?;
         let limiter = ratelimit::Limiter::new(settings.rate_limits.clone());
+        let rooms = rooms::Rooms::new(store.clone(), settings.server_name.clone());
         let app = Arc::new(Self {
             federation,
             media,
@@ -125,7 +126,7 @@ impl Services {
             presence: presence::Presence::new(store.clone()),
             receipts: ephemeral::Receipts::new(store.clone()),
             reports: reports::Reports::new(store.clone()),
-            rooms: rooms::Rooms::new(store.clone()),
+            rooms,
             server_keys: server_keys::ServerKeys::new(store.clone()),
             store,
             key,

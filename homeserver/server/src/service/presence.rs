@@ -50,13 +50,14 @@ impl Services {
     /// Everyone who shares a joined room with `user`, and the user.
     pub fn presence_audience(&self, user: &UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
         let mut out = BTreeSet::from([user.to_owned()]);
-        for (room_id, m) in self.user_rooms(user)? {
+        for (room_id, m) in self.rooms.user_rooms(user)? {
             if m.membership != "join" {
                 continue;
             }
             if let Some(room) = self.rooms.room(&room_id)? {
                 out.extend(
-                    self.room_members(room.short)?
+                    self.rooms
+                        .room_members(room.short)?
                         .into_iter()
                         .filter(|(_, m)| m == "join")
                         .map(|(u, _)| u),

@@ -53,11 +53,11 @@ impl Services {
         let mut allowed = false;
         for id in allowed_room_ids(content) {
             let Ok(id) = RoomId::parse(&id) else { continue };
-            if self.resident_room(&id)?.is_none() {
+            if self.rooms.resident_room(&id)?.is_none() {
                 continue;
             }
             resident_in_any = true;
-            if self.is_joined(user, &id)? {
+            if self.rooms.is_joined(user, &id)? {
                 allowed = true;
                 break;
             }
@@ -84,7 +84,7 @@ impl Services {
         rules: &ruma::room_version_rules::RoomVersionRules,
     ) -> ApiResult<Option<OwnedUserId>> {
         let power = self.power_levels(hash, rules)?;
-        let mut members = self.room_members(room.short)?;
+        let mut members = self.rooms.room_members(room.short)?;
         members.sort();
         Ok(members
             .into_iter()

@@ -51,7 +51,7 @@ pub struct Membership {
     pub forgotten: bool,
 }
 
-/// See [`Services::room_audience`].
+/// See [`Rooms::room_audience`].
 #[derive(Debug, Default)]
 pub struct RoomAudience {
     /// Local users joined or invited: those a write wakes.
@@ -93,11 +93,13 @@ pub enum RoomsError {
 /// The rooms tables: rooms, events, timelines, state snapshots, memberships, relations.
 pub struct Rooms {
     pub(super) store: Arc<Store>,
+    /// To tell local members from remote ones.
+    server_name: OwnedServerName,
 }
 
 impl Rooms {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, server_name: OwnedServerName) -> Self {
+        Self { store, server_name }
     }
 
     /// Events placed after stream position `from` and up to `to`, at most `max` positions of
@@ -366,10 +368,12 @@ impl Rooms {
         }
         Ok(rec["events"].as_array().cloned())
     }
-}
 
-impl Services {
-    pub fn membership(&self, user: &UserId, room_id: &RoomId) -> ApiResult<Option<Membership>> {
+    pub fn membership(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<Membership>, RoomsError> {
         Ok(schema::USER_ROOM__MEMBERSHIP.get(&self.store.kv, (user.as_str(), room_id.as_str()))?)
     }
 
@@ -380,39 +384,39 @@ impl Services {
         user: &UserId,
         room_id: &RoomId,
         m: &Membership,
-    ) -> ApiResult<()> {
+    ) -> Result<(), RoomsError> {
         let mut b = plexus_store::Batch::default();
         schema::USER_ROOM__MEMBERSHIP.put(&mut b, (user.as_str(), room_id.as_str()), m)?;
         Ok(self.store.commit(b)?)
     }
 
-    pub fn is_joined(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
+    pub fn is_joined(&self, user: &UserId, room_id: &RoomId) -> Result<bool, RoomsError> {
         Ok(self
             .membership(user, room_id)?
             .is_some_and(|m| m.membership == "join"))
     }
 
     /// Every room the user has a membership in.
-    pub fn user_rooms(&self, user: &UserId) -> ApiResult<Vec<(OwnedRoomId, Membership)>> {
+    pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, Membership)>, RoomsError> {
         schema::USER_ROOM__MEMBERSHIP
             .prefix::<First<1>, Membership>(&self.store.kv, (user.as_str(),))
             .map(|r| {
                 let ((_, room), m) = r?;
                 let room =
-                    OwnedRoomId::try_from(room).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    OwnedRoomId::try_from(room).map_err(|e| RoomsError::Corrupt(e.to_string()))?;
                 Ok((room, m))
             })
             .collect()
     }
 
     /// `(user, membership)` for everyone with a membership in the room.
-    pub fn room_members(&self, short_room: u64) -> ApiResult<Vec<(OwnedUserId, String)>> {
+    pub fn room_members(&self, short_room: u64) -> Result<Vec<(OwnedUserId, String)>, RoomsError> {
         schema::ROOM_USER__MEMBERSHIP
             .prefix::<First<1>, String>(&self.store.kv, (short_room,))
             .map(|r| {
                 let ((_, user), m) = r?;
                 let user =
-                    OwnedUserId::try_from(user).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    OwnedUserId::try_from(user).map_err(|e| RoomsError::Corrupt(e.to_string()))?;
                 Ok((user, m))
             })
             .collect()
@@ -420,13 +424,13 @@ impl Services {
 
     /// Who a write to the room concerns, from one scan of its members: local users to wake
     /// (joined or invited) and the other servers with a joined member.
-    pub fn room_audience(&self, short_room: u64) -> ApiResult<RoomAudience> {
+    pub fn room_audience(&self, short_room: u64) -> Result<RoomAudience, RoomsError> {
         let mut out = RoomAudience::default();
         let mut servers = std::collections::BTreeSet::new();
         for (user, m) in self.room_members(short_room)? {
             let joined = m == "join";
             out.joined += usize::from(joined);
-            if self.is_local(&user) {
+            if user.server_name() == &*self.server_name {
                 if joined {
                     out.local_joined.push(user.clone());
                 }
@@ -442,25 +446,25 @@ impl Services {
     }
 
     /// Whether a local user is joined to the room, so that this server can write to it.
-    pub fn is_resident(&self, room_id: &RoomId) -> ApiResult<bool> {
+    pub fn is_resident(&self, room_id: &RoomId) -> Result<bool, RoomsError> {
         Ok(self.resident_room(room_id)?.is_some())
     }
 
     /// The room, if a local user is joined to it (its current state here is then live).
-    pub fn resident_room(&self, room_id: &RoomId) -> ApiResult<Option<RoomRef>> {
-        match self.rooms.room(room_id)? {
+    pub fn resident_room(&self, room_id: &RoomId) -> Result<Option<RoomRef>, RoomsError> {
+        match self.room(room_id)? {
             Some(r) if !self.room_audience(r.short)?.local_joined.is_empty() => Ok(Some(r)),
             _ => Ok(None),
         }
     }
 
     /// Servers other than this one with a joined member in the room.
-    pub fn room_servers(&self, short_room: u64) -> ApiResult<Vec<OwnedServerName>> {
+    pub fn room_servers(&self, short_room: u64) -> Result<Vec<OwnedServerName>, RoomsError> {
         Ok(self.room_audience(short_room)?.servers)
     }
 
     /// Whether the user forgot the room: then nothing of it is theirs to read any more.
-    pub fn forgot(&self, user: &UserId, room_id: &RoomId) -> ApiResult<bool> {
+    pub fn forgot(&self, user: &UserId, room_id: &RoomId) -> Result<bool, RoomsError> {
         Ok(self.membership(user, room_id)?.is_some_and(|m| m.forgotten))
     }
 
@@ -472,21 +476,16 @@ impl Services {
         room_id: &RoomId,
         short_event: u64,
         pdu: &Pdu,
-    ) -> ApiResult<bool> {
+    ) -> Result<bool, RoomsError> {
         if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.membership().is_some() {
             return Ok(true);
         }
-        let before = self
-            .rooms
-            .event_state(short_event)?
-            .map(|(b, _)| b)
-            .unwrap_or(0);
-        let visibility = self.rooms.history_visibility(before)?;
+        let before = self.event_state(short_event)?.map(|(b, _)| b).unwrap_or(0);
+        let visibility = self.history_visibility(before)?;
         if visibility == "world_readable" {
             return Ok(true);
         }
         let at_event = self
-            .rooms
             .state_pdu(before, "m.room.member", user.as_str())?
             .and_then(|p| p.membership());
         Ok(match (visibility.as_str(), at_event.as_deref()) {
@@ -630,7 +629,7 @@ impl Services {
             .current_state(room.short)?
             .map(|s| s.0)
             .unwrap_or(0);
-        match self.membership(user, &room.meta.room_id)? {
+        match self.rooms.membership(user, &room.meta.room_id)? {
             Some(m) if m.membership == "join" => return Ok(current),
             Some(m) if !m.forgotten && (m.membership == "leave" || m.membership == "ban") => {
                 if let Some(short) = self.rooms.short_event(&m.event_id)? {
@@ -698,7 +697,7 @@ impl Services {
     /// Whether `user` is joined and has the power to send state of type `kind` in the room's
     /// current state.
     pub fn may_send_state(&self, user: &UserId, room: &RoomRef, kind: &str) -> ApiResult<bool> {
-        if !self.is_joined(user, &room.meta.room_id)? {
+        if !self.rooms.is_joined(user, &room.meta.room_id)? {
             return Ok(false);
         }
         let hash = self

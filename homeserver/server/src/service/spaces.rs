@@ -36,6 +36,7 @@ impl Services {
                 .unwrap_or(Value::Null))
         };
         let joined = self
+            .rooms
             .room_members(room.short)?
             .iter()
             .filter(|(_, m)| m == "join")
@@ -136,11 +137,11 @@ impl Services {
         }
         let member_of = |room_id: &RoomId, invited_too: bool| -> ApiResult<bool> {
             Ok(match viewer {
-                Viewer::User(u) => self.membership(u, room_id)?.is_some_and(|m| {
+                Viewer::User(u) => self.rooms.membership(u, room_id)?.is_some_and(|m| {
                     m.membership == "join" || (invited_too && m.membership == "invite")
                 }),
                 Viewer::Server(s) => match self.rooms.room(room_id)? {
-                    Some(r) => self.room_servers(r.short)?.iter().any(|x| x == s),
+                    Some(r) => self.rooms.room_servers(r.short)?.iter().any(|x| x == s),
                     None => false,
                 },
                 Viewer::Anyone => false,

@@ -82,7 +82,8 @@ impl Services {
             };
             if open {
                 users.extend(
-                    self.room_members(short)?
+                    self.rooms
+                        .room_members(short)?
                         .into_iter()
                         .filter(|(_, m)| m == "join")
                         .map(|(u, _)| u),

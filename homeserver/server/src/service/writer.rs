@@ -352,7 +352,7 @@ impl<'a> RoomWriter<'a> {
         let audience = if self.new_room {
             RoomAudience::default()
         } else {
-            svc.room_audience(short_room)?
+            svc.rooms.room_audience(short_room)?
         };
         // Push rules are judged against the state the events were built on.
         let judged_at = self.base.map(|b| b.0).unwrap_or(0);

@@ -360,7 +360,7 @@ pub async fn deactivate(
     )
     .await?;
     // Leave every room first, so the account's memberships end while it can still act.
-    for (room_id, m) in app.user_rooms(&s.user_id)? {
+    for (room_id, m) in app.rooms.user_rooms(&s.user_id)? {
         if m.membership == "join" || m.membership == "invite" || m.membership == "knock" {
             let ev = plexus_core::builder::NewEvent {
                 kind: "m.room.member".into(),

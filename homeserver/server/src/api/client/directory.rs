@@ -43,7 +43,7 @@ pub async fn create(
         s.appservice.as_deref(),
     )?;
     app.rooms.room_or_404(room_id)?;
-    if !app.is_joined(&s.user_id, room_id)? {
+    if !app.rooms.is_joined(&s.user_id, room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     app.directory.create_alias(alias, room_id, &s.user_id)?;
@@ -60,7 +60,7 @@ pub async fn get(
     if servers.is_empty() {
         servers.push(app.server_name().to_owned());
         if let Some(room) = app.rooms.room(&room_id)? {
-            servers.extend(app.room_servers(room.short)?);
+            servers.extend(app.rooms.room_servers(room.short)?);
         }
     }
     Ok(get_alias::v3::Response::new(room_id, servers))

@@ -152,6 +152,7 @@ async fn remote(
         ));
     }
     let mut servers: Vec<OwnedServerName> = app
+        .rooms
         .membership(user, room_id)?
         .map(|m| m.sender.server_name().to_owned())
         .into_iter()
@@ -159,7 +160,7 @@ async fn remote(
     servers.extend(via);
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
     if let Some(r) = app.rooms.room(room_id)? {
-        servers.extend(app.room_servers(r.short)?);
+        servers.extend(app.rooms.room_servers(r.short)?);
     }
     remote_membership(app, user, room_id, &servers, membership, reason).await
 }
@@ -205,7 +206,7 @@ async fn do_join(
 ) -> ApiResult<()> {
     // A room everyone here left is joined again locally when federation is off.
     let known = app.rooms.room(room_id)?.is_some();
-    if !app.is_resident(room_id)? && (!known || app.federation.is_some()) {
+    if !app.rooms.is_resident(room_id)? && (!known || app.federation.is_some()) {
         remote(app, user, room_id, via, "join", reason).await?;
         super::upgrade::carry_personal_settings(app, user, room_id).await?;
         return Ok(());
@@ -396,8 +397,8 @@ pub async fn leave(
     let (s, body) = (req.caller, req.body);
     let room_id = &body.room_id;
     let done = leave_room::v3::Response::new;
-    if let Some(m) = app.membership(&s.user_id, room_id)? {
-        if matches!(m.membership.as_str(), "invite" | "knock") && !app.is_resident(room_id)? {
+    if let Some(m) = app.rooms.membership(&s.user_id, room_id)? {
+        if matches!(m.membership.as_str(), "invite" | "knock") && !app.rooms.is_resident(room_id)? {
             reject_remote(&app, &s.user_id, room_id, &m, body.reason.as_ref()).await?;
             return Ok(done());
         }
@@ -427,6 +428,7 @@ pub async fn forget(
 ) -> ApiResult<forget_room::v3::Response> {
     let (s, room_id) = (req.caller, req.body.room_id);
     let mut m = app
+        .rooms
         .membership(&s.user_id, &room_id)?
         .ok_or_else(|| ApiError::NotFound("You have no membership in this room".into()))?;
     if matches!(m.membership.as_str(), "join" | "invite" | "knock") {
@@ -435,7 +437,7 @@ pub async fn forget(
         ));
     }
     m.forgotten = true;
-    app.save_membership(&s.user_id, &room_id, &m)?;
+    app.rooms.save_membership(&s.user_id, &room_id, &m)?;
     app.store.flush().await?;
     Ok(forget_room::v3::Response::new())
 }
@@ -446,6 +448,7 @@ pub async fn joined_rooms(
 ) -> ApiResult<joined_rooms::v3::Response> {
     let s = req.caller;
     let rooms: Vec<OwnedRoomId> = app
+        .rooms
         .user_rooms(&s.user_id)?
         .into_iter()
         .filter(|(_, m)| m.membership == "join")
@@ -463,7 +466,7 @@ pub async fn knock(
     let (s, body) = (req.caller, req.body);
     app.limit_user(&s, Action::RoomActions)?;
     let (room_id, via) = room_or_alias(&app, body.room_id_or_alias, body.via).await?;
-    if !app.is_resident(&room_id)? {
+    if !app.rooms.is_resident(&room_id)? {
         remote(
             &app,
             &s.user_id,

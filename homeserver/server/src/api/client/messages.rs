@@ -215,7 +215,7 @@ pub async fn messages(
             let Some(stored) = app.rooms.pdu_json(short)? else {
                 continue;
             };
-            if !filter.allows(&stored) || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+            if !filter.allows(&stored) || !app.rooms.can_see(&s.user_id, &room_id, short, &pdu)? {
                 continue;
             }
             senders.insert(pdu.sender.to_string());
@@ -300,7 +300,7 @@ pub fn events_around(
             let (Some(p), Some(st)) = (app.rooms.pdu_by_short(sh)?, app.rooms.pdu_json(sh)?) else {
                 continue;
             };
-            if filter.allows(&st) && app.can_see(&s.user_id, room_id, sh, &p)? {
+            if filter.allows(&st) && app.rooms.can_see(&s.user_id, room_id, sh, &p)? {
                 senders.insert(p.sender.to_string());
                 out.push(app.client_event(sh, &st, room_id, Some(s), true)?);
                 last_returned = Some(c);
@@ -353,7 +353,7 @@ pub async fn context(
     let short = app.rooms.short_event(&event_id)?.ok_or_else(not_found)?;
     let (r, count) = app.rooms.event_position(short)?.ok_or_else(not_found)?;
     let pdu = app.rooms.pdu_by_short(short)?.ok_or_else(not_found)?;
-    if r != room.short || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+    if r != room.short || !app.rooms.can_see(&s.user_id, &room_id, short, &pdu)? {
         return Err(not_found());
     }
     let stored = app.rooms.pdu_json(short)?.ok_or_else(not_found)?;
@@ -417,7 +417,7 @@ pub async fn timestamp_to_event(
         };
         let ev_ts = u64::from(pdu.origin_server_ts.0);
         let fits = if forwards { ev_ts >= ts } else { ev_ts <= ts };
-        if !fits || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+        if !fits || !app.rooms.can_see(&s.user_id, &room_id, short, &pdu)? {
             continue;
         }
         let distance = ev_ts.abs_diff(ts);

@@ -156,7 +156,7 @@ async fn update(
     app.save_user(user, &rec)?;
     app.store.flush().await?;
     // Propagate to joined rooms; a room that refuses (e.g. power levels) keeps the old profile.
-    for (room_id, m) in app.user_rooms(user)? {
+    for (room_id, m) in app.rooms.user_rooms(user)? {
         if m.membership != "join" {
             continue;
         }

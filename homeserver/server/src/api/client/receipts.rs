@@ -37,7 +37,7 @@ pub async fn typing(
     let user = UserId::parse(&user)
         .map_err(|e| ApiError::InvalidParam(format!("invalid user id: {e}")))?;
     s.require_self(user.as_str())?;
-    if !app.is_joined(&s.user_id, &room_id)? {
+    if !app.rooms.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     let timeout = body
@@ -53,7 +53,7 @@ fn target(app: &App, s: &Session, room_id: &RoomId, event_id: &str) -> ApiResult
     let event_id = EventId::parse(event_id)
         .map_err(|e| ApiError::InvalidParam(format!("invalid event id: {e}")))?;
     let room = app.rooms.room_or_forbidden(room_id)?;
-    if !app.is_joined(&s.user_id, room_id)? {
+    if !app.rooms.is_joined(&s.user_id, room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     let in_room = app

@@ -95,8 +95,8 @@ fn parent(app: &App, s: &Session, room_id: &RoomId, event_id: &EventId) -> ApiRe
         .rooms
         .event_position(short)?
         .is_none_or(|(r, _)| r != room.short)
-        || app.forgot(&s.user_id, room_id)?
-        || !app.can_see(&s.user_id, room_id, short, &parent)?
+        || app.rooms.forgot(&s.user_id, room_id)?
+        || !app.rooms.can_see(&s.user_id, room_id, short, &parent)?
     {
         return Err(not_found());
     }
@@ -179,7 +179,7 @@ fn relations(
         {
             continue;
         }
-        if rel["rel_type"].is_null() || !app.can_see(&s.user_id, room_id, child, &pdu)? {
+        if rel["rel_type"].is_null() || !app.rooms.can_see(&s.user_id, room_id, child, &pdu)? {
             continue;
         }
         last = Some(count);

@@ -44,7 +44,7 @@ pub async fn report_event(
         .rooms
         .event_position(short)?
         .is_some_and(|(r, _)| r == room.short);
-    if !in_room || !app.can_see(&s.user_id, room_id, short, &pdu)? {
+    if !in_room || !app.rooms.can_see(&s.user_id, room_id, short, &pdu)? {
         return Err(not_found());
     }
     let reason = reason(body.reason)?;
@@ -77,7 +77,7 @@ pub async fn report_user(
     // (as the user directory and invites show them: MSC4260).
     let known = match app.is_local(&user) {
         true => app.user(&user)?.is_some(),
-        false => !app.user_rooms(&user)?.is_empty(),
+        false => !app.rooms.user_rooms(&user)?.is_empty(),
     };
     if !known {
         return Err(ApiError::NotFound("User not found".into()));

@@ -186,7 +186,9 @@ pub async fn event(
         return Err(not_found());
     }
     let pdu = app.rooms.pdu_by_short(short)?.ok_or_else(not_found)?;
-    if app.forgot(&s.user_id, &room_id)? || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+    if app.rooms.forgot(&s.user_id, &room_id)?
+        || !app.rooms.can_see(&s.user_id, &room_id, short, &pdu)?
+    {
         return Err(not_found());
     }
     let stored = app.rooms.pdu_json(short)?.ok_or_else(not_found)?;
@@ -205,7 +207,7 @@ pub async fn members(
     if let Some(at) = &q.at {
         let count = crate::http::extract::parse_token(at)?;
         // A user who left sees the room at most as it was when they left.
-        let limit = match app.membership(&s.user_id, &room_id)? {
+        let limit = match app.rooms.membership(&s.user_id, &room_id)? {
             Some(m) if m.membership != "join" => m.count,
             _ => u64::MAX,
         };
@@ -242,7 +244,7 @@ pub async fn joined_members(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = app.rooms.room_or_forbidden(&room_id)?;
-    if !app.is_joined(&s.user_id, &room_id)? {
+    if !app.rooms.is_joined(&s.user_id, &room_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     let hash = app
@@ -251,7 +253,7 @@ pub async fn joined_members(
         .map(|h| h.0)
         .unwrap_or(0);
     let mut joined = Map::new();
-    for (user, m) in app.room_members(room.short)? {
+    for (user, m) in app.rooms.room_members(room.short)? {
         if m != "join" {
             continue;
         }

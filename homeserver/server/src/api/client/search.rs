@@ -233,7 +233,7 @@ fn room_events(
     // forgotten; or world-readable): whether they may see each event there is decided per
     // event below.
     let mut rooms = vec![];
-    for (room_id, _) in app.user_rooms(&s.user_id)? {
+    for (room_id, _) in app.rooms.user_rooms(&s.user_id)? {
         if req.filter.allows_room(room_id.as_str()) {
             if let Some(r) = app.rooms.room(&room_id)? {
                 if app.visible_state_hash(&s.user_id, &r).is_ok() {
@@ -308,7 +308,7 @@ fn visible(
     let Some(room_id) = pdu.room_id.clone() else {
         return Ok(None);
     };
-    if !filter.allows(&stored) || !app.can_see(&s.user_id, &room_id, short, &pdu)? {
+    if !filter.allows(&stored) || !app.rooms.can_see(&s.user_id, &room_id, short, &pdu)? {
         return Ok(None);
     }
     Ok(Some(Found {

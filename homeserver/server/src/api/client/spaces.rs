@@ -67,7 +67,7 @@ async fn lookup(
     viewer: Viewer<'_>,
     fetched: &mut HashMap<OwnedRoomId, Value>,
 ) -> ApiResult<Option<Value>> {
-    if let Some(room) = app.resident_room(id)? {
+    if let Some(room) = app.rooms.resident_room(id)? {
         let mut s = app.room_summary(&room)?;
         if !app.may_preview(id, &s, viewer)? {
             return Ok(None);
@@ -204,7 +204,7 @@ pub async fn room_summary(
         o.remove("children_state");
     }
     if let Some(s) = &session {
-        if let Some(m) = app.membership(&s.user_id, &room_id)? {
+        if let Some(m) = app.rooms.membership(&s.user_id, &room_id)? {
             summary["membership"] = json!(m.membership);
         }
     }

@@ -161,7 +161,7 @@ pub fn build(
     let mut knock = Map::new();
     let room_account_data = app.account_data.changed_since(&s.user_id, since, true)?;
 
-    for (room_id, m) in app.user_rooms(&s.user_id)? {
+    for (room_id, m) in app.rooms.user_rooms(&s.user_id)? {
         if m.forgotten || !filter.room.allows_room(room_id.as_str()) {
             continue;
         }
@@ -347,7 +347,7 @@ fn room_section(
         let Some(pdu) = app.rooms.pdu_by_short(short)? else {
             continue;
         };
-        if !app.can_see(&s.user_id, room_id, short, &pdu)? {
+        if !app.rooms.can_see(&s.user_id, room_id, short, &pdu)? {
             continue;
         }
         if picked.len() == limit {
@@ -487,7 +487,7 @@ fn room_section(
 
 /// `m.heroes` and member counts, for clients that name rooms after their members.
 fn summary(app: &App, s: &Session, room: &RoomRef) -> ApiResult<Value> {
-    let members = app.room_members(room.short)?;
+    let members = app.rooms.room_members(room.short)?;
     let joined = members.iter().filter(|(_, m)| m == "join").count();
     let invited = members.iter().filter(|(_, m)| m == "invite").count();
     let heroes: Vec<String> = members

@@ -56,7 +56,7 @@ pub async fn list(
         else {
             continue;
         };
-        if !app.can_see(&s.user_id, &room_id, root, &pdu)? {
+        if !app.rooms.can_see(&s.user_id, &room_id, root, &pdu)? {
             continue;
         }
         if participated_only && !app.participated(root, &stored, s.user_id.as_str())? {

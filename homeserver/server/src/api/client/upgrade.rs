@@ -57,7 +57,7 @@ pub async fn upgrade(
             ))
         })?;
     let old_room = app.rooms.room_or_forbidden(&old_id)?;
-    if !app.is_joined(&s.user_id, &old_id)? {
+    if !app.rooms.is_joined(&s.user_id, &old_id)? {
         return Err(ApiError::Forbidden("You are not in this room".into()));
     }
     if !app.may_send_state(&s.user_id, &old_room, "m.room.tombstone")? {

@@ -15,7 +15,7 @@ use crate::{
 /// A remote user's name and avatar as their member event in a room they are joined to here
 /// says (their server's profile is not asked on every search).
 fn remote_profile(app: &App, user: &ruma::UserId) -> ApiResult<(Option<String>, Option<String>)> {
-    for (room_id, m) in app.user_rooms(user)? {
+    for (room_id, m) in app.rooms.user_rooms(user)? {
         if m.membership != "join" {
             continue;
         }

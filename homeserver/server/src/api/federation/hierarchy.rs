@@ -29,7 +29,7 @@ pub async fn hierarchy(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let not_found = || ApiError::NotFound("Room not found or not accessible".into());
-    let room = app.resident_room(&room_id)?.ok_or_else(not_found)?;
+    let room = app.rooms.resident_room(&room_id)?.ok_or_else(not_found)?;
     crate::service::federation::acl::ensure(&app, room.short, &req.origin)?;
     let viewer = Viewer::Server(&req.origin);
     let mut summary = app.room_summary(&room)?;
@@ -48,7 +48,7 @@ pub async fn hierarchy(
             continue;
         };
         // Children this server is not in are for the asking server to find elsewhere.
-        let Some(child) = app.resident_room(&id)? else {
+        let Some(child) = app.rooms.resident_room(&id)? else {
             continue;
         };
         let mut s = app.room_summary(&child)?;

@@ -91,7 +91,7 @@ pub async fn invite(
     if let Some(r) = app.rooms.room(&room_id)? {
         crate::service::federation::acl::ensure(&app, r.short, &req.origin)?;
     }
-    if !app.is_resident(&room_id)? {
+    if !app.rooms.is_resident(&room_id)? {
         let mut kept = c;
         kept.stored["signatures"] = signed["signatures"].clone();
         persist_out_of_room(&app, &room_id, &version, kept, Some(state)).await?;

@@ -54,7 +54,7 @@ async fn make_membership(
         .rooms
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
-    if app.room_audience(room.short)?.local_joined.is_empty() {
+    if app.rooms.room_audience(room.short)?.local_joined.is_empty() {
         return Err(ApiError::NotFound("This server is not in the room".into()));
     }
     crate::service::federation::acl::ensure(app, room.short, origin)?;
@@ -215,7 +215,7 @@ pub async fn send_join(
     let room = app.rooms.room_or_404(&meta.room_id)?;
     // The state before the join (which includes everything the join cites) and its auth chain.
     let (state, chain) = super::events::state_before(&app, &room, c.event_id.as_str())?;
-    let mut servers = app.room_servers(room.short)?;
+    let mut servers = app.rooms.room_servers(room.short)?;
     servers.push(app.server_name().to_owned());
     Ok(Json(json!({
         "origin": app.server_name(),

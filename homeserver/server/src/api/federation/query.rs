@@ -71,7 +71,7 @@ pub async fn directory(
         .ok_or_else(|| ApiError::NotFound("Room alias not found".into()))?;
     let mut servers = vec![app.server_name().to_owned()];
     if let Some(room) = app.rooms.room(&room_id)? {
-        servers.extend(app.room_servers(room.short)?);
+        servers.extend(app.rooms.room_servers(room.short)?);
     }
     Ok(get_room_information::v1::Response::new(room_id, servers))
 }

@@ -346,6 +346,7 @@ impl View {
             return Ok(false);
         };
         let mut wanted = svc
+            .rooms
             .room_members(room.short)?
             .iter()
             .any(|(u, m)| (m == "join" || m == "invite") && in_ns(u.as_str()));
@@ -370,7 +371,7 @@ impl View {
         if self.member_rooms.is_none() {
             let mut rooms = BTreeSet::new();
             for user in local_users(svc, reg, server)? {
-                for (room, m) in svc.user_rooms(&user)? {
+                for (room, m) in svc.rooms.user_rooms(&user)? {
                     if m.membership == "join" {
                         rooms.insert(room);
                     }
@@ -412,7 +413,7 @@ impl View {
             } else {
                 // Still a member room while another of its users is joined.
                 let still = match svc.rooms.room(room_id)? {
-                    Some(r) => svc.room_members(r.short)?.iter().any(|(u, m)| {
+                    Some(r) => svc.rooms.room_members(r.short)?.iter().any(|(u, m)| {
                         m == "join" && u.as_str() != user && reg.may_act_as(u.as_str(), server)
                     }),
                     None => false,
@@ -459,7 +460,7 @@ impl View {
             if let Some(content) = svc.receipts.since(room.short, Some(from), &ours)? {
                 out.push(json!({ "type": "m.receipt", "room_id": room_id, "content": content }));
             }
-            for (user, m) in svc.room_members(room.short)? {
+            for (user, m) in svc.rooms.room_members(room.short)? {
                 if m != "join" || !seen_users.insert(user.clone()) {
                     continue;
                 }

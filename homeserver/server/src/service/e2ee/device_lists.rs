@@ -242,14 +242,14 @@ impl Services {
     ) -> ApiResult<(BTreeSet<OwnedUserId>, BTreeSet<OwnedServerName>)> {
         let mut locals = BTreeSet::new();
         let mut servers = BTreeSet::new();
-        for (room_id, m) in self.user_rooms(user)? {
+        for (room_id, m) in self.rooms.user_rooms(user)? {
             if m.membership != "join" {
                 continue;
             }
             let Some(room) = self.rooms.room(&room_id)? else {
                 continue;
             };
-            let a = self.room_audience(room.short)?;
+            let a = self.rooms.room_audience(room.short)?;
             locals.extend(a.local_joined);
             servers.extend(a.servers);
         }
@@ -261,12 +261,17 @@ impl Services {
     /// Whether any local user shares a joined room with `user`: only then do we track their
     /// keys.
     pub fn shared_with_local(&self, user: &UserId) -> ApiResult<bool> {
-        for (room_id, m) in self.user_rooms(user)? {
+        for (room_id, m) in self.rooms.user_rooms(user)? {
             if m.membership != "join" {
                 continue;
             }
             if let Some(room) = self.rooms.room(&room_id)? {
-                if !self.room_audience(room.short)?.local_joined.is_empty() {
+                if !self
+                    .rooms
+                    .room_audience(room.short)?
+                    .local_joined
+                    .is_empty()
+                {
                     return Ok(true);
                 }
             }
@@ -286,7 +291,7 @@ impl Services {
         let mut changed = BTreeSet::new();
         let mut left_candidates = BTreeSet::new();
         let in_range = |c: u64| c > since && c <= upper;
-        for (room_id, m) in self.user_rooms(user)? {
+        for (room_id, m) in self.rooms.user_rooms(user)? {
             let Some(room) = self.rooms.room(&room_id)? else {
                 continue;
             };
@@ -306,7 +311,7 @@ impl Services {
                     }
                     if i_joined {
                         // Newly here: everyone in the room is news to this user.
-                        for (who, membership) in self.room_members(room.short)? {
+                        for (who, membership) in self.rooms.room_members(room.short)? {
                             if membership == "join" && who != user {
                                 changed.insert(who);
                             }
@@ -316,7 +321,7 @@ impl Services {
                     }
                 }
                 "leave" | "ban" if in_range(m.count) => {
-                    for (who, membership) in self.room_members(room.short)? {
+                    for (who, membership) in self.rooms.room_members(room.short)? {
                         if membership == "join" {
                             left_candidates.insert(who);
                         }

@@ -98,7 +98,7 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
         enc(room_id.as_str()),
         vs.join("&")
     );
-    for server in app.room_servers(room.short)? {
+    for server in app.rooms.room_servers(room.short)? {
         let resp = match fed
             .request(app, &server, http::Method::GET, &path, None, true)
             .await

@@ -16,7 +16,7 @@ fn remote_member(
     let u = OwnedUserId::try_from(user).ok()?;
     let room = app.rooms.room(room_id).ok()??;
     (u.server_name() == origin
-        && app.is_joined(&u, room_id).ok()?
+        && app.rooms.is_joined(&u, room_id).ok()?
         && super::acl::allowed(app, room.short, origin).ok()?)
     .then_some(u)
 }
@@ -162,7 +162,11 @@ pub fn send_typing(
             "timeout": timeout_ms.unwrap_or(0),
         }
     });
-    broadcast(app, app.room_servers(room.short)?.iter().map(|s| &**s), edu);
+    broadcast(
+        app,
+        app.rooms.room_servers(room.short)?.iter().map(|s| &**s),
+        edu,
+    );
     Ok(())
 }
 
@@ -189,7 +193,11 @@ pub fn send_receipt(
             "data": data,
         } } } }
     });
-    broadcast(app, app.room_servers(short_room)?.iter().map(|s| &**s), edu);
+    broadcast(
+        app,
+        app.rooms.room_servers(short_room)?.iter().map(|s| &**s),
+        edu,
+    );
     Ok(())
 }
 

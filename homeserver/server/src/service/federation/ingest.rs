@@ -820,7 +820,7 @@ pub async fn persist(
         };
         members.extend(m.filter(|m| m.membership().is_some()));
     }
-    let audience = app.room_audience(room.short)?;
+    let audience = app.rooms.room_audience(room.short)?;
     let plan = app.aggregation_plan(room.short, &c.stored)?;
     let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
     let notified = crate::service::push::evaluate::evaluate(

@@ -28,6 +28,7 @@ pub fn room_for_peer(app: &Services, room_id: &str, origin: &ServerName) -> ApiR
         .room(&room_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
     let joined = app
+        .rooms
         .room_members(room.short)?
         .into_iter()
         .any(|(u, m)| u.server_name() == origin && m == "join");
@@ -52,6 +53,7 @@ pub struct ServerView<'a> {
 impl<'a> ServerView<'a> {
     pub fn new(app: &'a Services, room: &RoomRef, origin: &'a ServerName) -> ApiResult<Self> {
         let users = app
+            .rooms
             .room_members(room.short)?
             .into_iter()
             .map(|(u, _)| u)
