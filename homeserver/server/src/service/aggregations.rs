@@ -1,12 +1,18 @@
 //! Bundled aggregations (`unsigned.m.relations`): thread summaries, the latest edit and the
 //! references. They are kept up to date as events are written, so rendering an event costs a lookup or two
-//! instead of a scan of everything that relates to it.
+//! instead of a scan of everything that relates to it. [`Rooms`] reads the relation tables; the
+//! bundle for a viewer ([`Services::bundled_relations`]) stays on `Services`, as it renders
+//! client events.
 
 use plexus_store::{schema, Batch, First, StoreError};
 use ruma::{EventId, RoomId};
 use serde_json::{json, Map, Value};
 
-use super::{accounts::Session, Services};
+use super::{
+    accounts::Session,
+    rooms::{Rooms, RoomsError},
+    Services,
+};
 use crate::error::ApiResult;
 
 /// What writing one event changes in the aggregation tables, worked out before the commit.
@@ -30,9 +36,9 @@ pub enum Plan {
 /// Most references bundled on one event.
 const MAX_REFERENCES: usize = 1000;
 
-fn event_short(svc: &Services, id: &str) -> ApiResult<Option<u64>> {
+fn event_short(rooms: &Rooms, id: &str) -> Result<Option<u64>, RoomsError> {
     match EventId::parse(id) {
-        Ok(id) => Ok(svc.rooms.short_event(&id)?),
+        Ok(id) => rooms.short_event(&id),
         Err(_) => Ok(None),
     }
 }
@@ -58,9 +64,9 @@ fn later(a: &Value, b: &Value) -> bool {
     key(a) > key(b)
 }
 
-impl Services {
+impl Rooms {
     /// The aggregation change `stored` (an event about to be written in `short_room`) makes.
-    pub fn aggregation_plan(&self, short_room: u64, stored: &Value) -> ApiResult<Plan> {
+    pub fn aggregation_plan(&self, short_room: u64, stored: &Value) -> Result<Plan, RoomsError> {
         let rel = &stored["content"]["m.relates_to"];
         let Some(parent_id) = rel["event_id"].as_str() else {
             return Ok(Plan::None);
@@ -69,7 +75,6 @@ impl Services {
             return Ok(Plan::None);
         };
         if self
-            .rooms
             .event_position(parent)?
             .is_none_or(|(room, _)| room != short_room)
         {
@@ -87,7 +92,7 @@ impl Services {
                 })
             }
             Some("m.replace") => {
-                let Some(original) = self.rooms.pdu_json(parent)? else {
+                let Some(original) = self.pdu_json(parent)? else {
                     return Ok(Plan::None);
                 };
                 if !valid_edit(&original, stored) {
@@ -95,7 +100,7 @@ impl Services {
                 }
                 let newer = match schema::EVENT__LATEST_EDIT
                     .get::<u64>(&self.store.kv, parent)?
-                    .and_then(|e| self.rooms.pdu_json(e).ok().flatten())
+                    .and_then(|e| self.pdu_json(e).ok().flatten())
                 {
                     Some(current) => later(stored, &current),
                     None => true,
@@ -151,7 +156,7 @@ pub struct ThreadInfo {
     pub replies: u64,
 }
 
-impl Services {
+impl Rooms {
     /// `(count, short id)` of up to `cap` events of the room relating to `parent`, oldest
     /// first.
     pub fn relation_children(
@@ -159,7 +164,7 @@ impl Services {
         short_room: u64,
         parent: &str,
         cap: usize,
-    ) -> ApiResult<Vec<(u64, u64)>> {
+    ) -> Result<Vec<(u64, u64)>, RoomsError> {
         schema::ROOM_PARENT_COUNT__RELATION
             .prefix::<First<2>, u64>(&self.store.kv, (short_room, parent))
             .take(cap)
@@ -177,7 +182,7 @@ impl Services {
         &self,
         short_room: u64,
         before: u64,
-    ) -> impl Iterator<Item = ApiResult<(u64, u64)>> + '_ {
+    ) -> impl Iterator<Item = Result<(u64, u64), RoomsError>> + '_ {
         schema::ROOM_COUNT__THREAD_ROOT
             .range::<u64>(&self.store.kv, (short_room, 0), (short_room, before))
             .rev()
@@ -187,7 +192,7 @@ impl Services {
             })
     }
 
-    pub fn thread_info(&self, root: u64) -> ApiResult<Option<ThreadInfo>> {
+    pub fn thread_info(&self, root: u64) -> Result<Option<ThreadInfo>, RoomsError> {
         Ok(schema::ROOT__THREAD_LATEST
             .get::<(u64, u64, u64)>(&self.store.kv, root)?
             .map(|(latest_count, latest, replies)| ThreadInfo {
@@ -198,7 +203,12 @@ impl Services {
     }
 
     /// Whether `user` wrote the root of the thread or replied in it.
-    pub fn participated(&self, root: u64, root_event: &Value, user: &str) -> ApiResult<bool> {
+    pub fn participated(
+        &self,
+        root: u64,
+        root_event: &Value,
+        user: &str,
+    ) -> Result<bool, RoomsError> {
         if root_event["sender"] == user {
             return Ok(true);
         }
@@ -207,9 +217,13 @@ impl Services {
 
     /// The latest edit of an event that is still an edit (a redacted one no longer is): the
     /// one recorded at write time, else the newest remaining one.
-    pub fn latest_edit(&self, short: u64, original: &Value) -> ApiResult<Option<(u64, Value)>> {
+    pub fn latest_edit(
+        &self,
+        short: u64,
+        original: &Value,
+    ) -> Result<Option<(u64, Value)>, RoomsError> {
         if let Some(e) = schema::EVENT__LATEST_EDIT.get::<u64>(&self.store.kv, short)? {
-            if let Some(stored) = self.rooms.pdu_json(e)? {
+            if let Some(stored) = self.pdu_json(e)? {
                 if valid_edit(original, &stored) {
                     return Ok(Some((e, stored)));
                 }
@@ -217,10 +231,9 @@ impl Services {
         } else {
             return Ok(None);
         }
-        let (Some(id), Some((room, _))) = (
-            original["event_id"].as_str(),
-            self.rooms.event_position(short)?,
-        ) else {
+        let (Some(id), Some((room, _))) =
+            (original["event_id"].as_str(), self.event_position(short)?)
+        else {
             return Ok(None);
         };
         let mut best: Option<(u64, Value)> = None;
@@ -228,7 +241,7 @@ impl Services {
             schema::ROOM_PARENT_COUNT__RELATION.prefix::<First<2>, u64>(&self.store.kv, (room, id))
         {
             let (_, e) = item?;
-            if let Some(stored) = self.rooms.pdu_json(e)? {
+            if let Some(stored) = self.pdu_json(e)? {
                 if stored["content"]["m.relates_to"]["rel_type"] == "m.replace"
                     && valid_edit(original, &stored)
                     && best.as_ref().is_none_or(|(_, b)| later(&stored, b))
@@ -240,6 +253,17 @@ impl Services {
         Ok(best)
     }
 
+    /// Short ids of the events referencing `parent` (`m.reference`), oldest first, at most
+    /// [`MAX_REFERENCES`].
+    pub fn references(&self, parent: u64) -> impl Iterator<Item = Result<u64, RoomsError>> + '_ {
+        schema::EVENT_COUNT__REFERENCE
+            .prefix::<First<1>, u64>(&self.store.kv, (parent,))
+            .take(MAX_REFERENCES)
+            .map(|item| Ok(item?.1))
+    }
+}
+
+impl Services {
     /// `unsigned.m.relations` of an event as `viewer` sees it: the thread summary (for a root,
     /// when `threads`) and the latest edit; `None` when there is nothing to bundle or the
     /// event is redacted.
@@ -266,6 +290,7 @@ impl Services {
         };
         if threads {
             if let Some(t) = self
+                .rooms
                 .thread_info(short)?
                 .filter(|t| visible(t.latest).unwrap_or(false))
             {
@@ -293,18 +318,15 @@ impl Services {
                             "latest_event": ev,
                             "count": t.replies,
                             "current_user_participated":
-                                self.participated(short, stored, viewer.user_id.as_str())?,
+                                self.rooms.participated(short, stored, viewer.user_id.as_str())?,
                         }),
                     );
                 }
             }
         }
         let mut references = vec![];
-        for item in schema::EVENT_COUNT__REFERENCE
-            .prefix::<First<1>, u64>(&self.store.kv, (short,))
-            .take(MAX_REFERENCES)
-        {
-            let (_, e) = item?;
+        for item in self.rooms.references(short) {
+            let e = item?;
             if !visible(e)? {
                 continue;
             }
@@ -319,6 +341,7 @@ impl Services {
             out.insert("m.reference".into(), json!({ "chunk": references }));
         }
         if let Some((e, edit)) = self
+            .rooms
             .latest_edit(short, stored)?
             .filter(|(e, _)| visible(*e).unwrap_or(false))
         {

@@ -376,7 +376,7 @@ impl<'a> RoomWriter<'a> {
             .any(|p| super::user_directory::PublicUsers::changed_by(&p.built.pdu));
         let mut plans = Vec::with_capacity(pending.len());
         for p in &pending {
-            plans.push(svc.aggregation_plan(short_room, &p.stored)?);
+            plans.push(svc.rooms.aggregation_plan(short_room, &p.stored)?);
         }
         let (last, ()) = svc.store.commit_with_counts(n, |first, batch| {
             let mut changes: Vec<(u64, u64)> = vec![];

@@ -81,7 +81,9 @@ impl Page {
 
 /// `(count, short id)` of the room's events relating to `parent`.
 fn children(app: &App, short_room: u64, parent: &str) -> ApiResult<Vec<(u64, u64)>> {
-    app.relation_children(short_room, parent, GATHER_CAP)
+    Ok(app
+        .rooms
+        .relation_children(short_room, parent, GATHER_CAP)?)
 }
 
 /// The room's short id, if the parent event is in it and the user may see it; `M_NOT_FOUND`

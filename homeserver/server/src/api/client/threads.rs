@@ -43,10 +43,14 @@ pub async fn list(
 
     let mut chunk = vec![];
     let mut next = None;
-    for item in app.thread_activity(room.short, before.unwrap_or(u64::MAX)) {
+    for item in app
+        .rooms
+        .thread_activity(room.short, before.unwrap_or(u64::MAX))
+    {
         let (count, root) = item?;
         // A thread moves on with each reply; only its latest activity row counts.
         if app
+            .rooms
             .thread_info(root)?
             .is_none_or(|t| t.latest_count != count)
         {
@@ -59,7 +63,7 @@ pub async fn list(
         if !app.rooms.can_see(&s.user_id, &room_id, root, &pdu)? {
             continue;
         }
-        if participated_only && !app.participated(root, &stored, s.user_id.as_str())? {
+        if participated_only && !app.rooms.participated(root, &stored, s.user_id.as_str())? {
             continue;
         }
         if chunk.len() == limit {

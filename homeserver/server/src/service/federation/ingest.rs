@@ -821,7 +821,7 @@ pub async fn persist(
         members.extend(m.filter(|m| m.membership().is_some()));
     }
     let audience = app.rooms.room_audience(room.short)?;
-    let plan = app.aggregation_plan(room.short, &c.stored)?;
+    let plan = app.rooms.aggregation_plan(room.short, &c.stored)?;
     let judged_at = current_hash.map(|h| h.0).unwrap_or(0);
     let notified = crate::service::push::evaluate::evaluate(
         app, &room_id, &audience, judged_at, rules, &c.stored,

@@ -79,7 +79,7 @@ pub fn searchable(svc: &Services, short: u64, stored: &Value) -> ApiResult<Optio
             if edit_target(stored).is_some() {
                 return Ok(None);
             }
-            match svc.latest_edit(short, stored)? {
+            match svc.rooms.latest_edit(short, stored)? {
                 Some((e, edited)) => {
                     edit = Some(e);
                     (
