@@ -1,7 +1,7 @@
 //! Reading rooms: ids, PDUs, timeline positions, state snapshots, memberships, visibility.
 //! [`Rooms`] owns the room, event, timeline, state and membership tables; the room writer
-//! (`writer.rs`) adds its rows to a commit batch. What also needs another domain (rendering
-//! events for a client, power levels) stays on [`Services`].
+//! (`writer.rs`) adds its rows to a commit batch. The client form of events, power levels and
+//! the state a user may read are still [`Services`] methods over it.
 
 use std::sync::Arc;
 
