@@ -254,7 +254,7 @@ impl Rooms {
     }
 
     /// Short ids of the events referencing `parent` (`m.reference`), oldest first, at most
-    /// [`MAX_REFERENCES`].
+    /// `MAX_REFERENCES`.
     pub fn references(&self, parent: u64) -> impl Iterator<Item = Result<u64, RoomsError>> + '_ {
         schema::EVENT_COUNT__REFERENCE
             .prefix::<First<1>, u64>(&self.store.kv, (parent,))
