@@ -1,0 +1,143 @@
+//! Devices: their records (`USER_DEVICE__DEVICE`), new devices with their tokens, renames and
+//! deletions.
+
+use plexus_core::signing::random_alnum;
+use plexus_store::{schema, Batch, First, StoreError};
+use ruma::{OwnedDeviceId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    tokens::{hex, token_key},
+    IssuedTokens,
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    service::{now_ms, Services},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    /// The SHA-256 of the device's access token, in hex (the token itself is never stored).
+    pub access_token: String,
+    /// The SHA-256 of its refresh token, in hex.
+    pub refresh_token: Option<String>,
+    pub last_seen_ts: u64,
+}
+
+/// A device id a client chooses: the spec leaves it opaque, but it is shown in device lists,
+/// sent to every room-mate's server and used in store keys, so it must be short printable text.
+pub fn valid_device_id(d: &str) -> ApiResult<()> {
+    if d.is_empty() || d.len() > 255 || d.chars().any(|c| c.is_control()) {
+        return Err(ApiError::InvalidParam(
+            "device_id must be 1 to 255 bytes of printable text".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Services {
+    /// A new device with fresh tokens (or the named device, replacing its tokens).
+    pub async fn issue_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<String>,
+        refreshable: bool,
+    ) -> ApiResult<(OwnedDeviceId, IssuedTokens)> {
+        let device_id: OwnedDeviceId = match device_id {
+            Some(d) => {
+                valid_device_id(d)?;
+                d.into()
+            }
+            None => random_alnum(10).to_uppercase().into(),
+        };
+        let mut batch = Batch::default();
+        let existing = self.device(user_id, device_id.as_str())?;
+        if let Some(old) = &existing {
+            self.revoke_tokens(old, &mut batch);
+        }
+        let tokens = self.new_tokens(user_id, &device_id, refreshable, &mut batch)?;
+        let rec = DeviceRecord {
+            display_name: display_name.or_else(|| existing.and_then(|e| e.display_name)),
+            access_token: hex(&token_key(&tokens.access_token)),
+            refresh_token: tokens.refresh_token.as_deref().map(|t| hex(&token_key(t))),
+            last_seen_ts: now_ms(),
+        };
+        self.put_device(user_id, device_id.as_str(), &rec, &mut batch)?;
+        self.store.commit(batch)?;
+        self.store.flush().await?;
+        Ok((device_id, tokens))
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> ApiResult<Option<DeviceRecord>> {
+        Ok(schema::USER_DEVICE__DEVICE.get(&self.store.kv, (user_id.as_str(), device_id))?)
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> ApiResult<Vec<(String, DeviceRecord)>> {
+        schema::USER_DEVICE__DEVICE
+            .prefix::<First<1>, DeviceRecord>(&self.store.kv, (user_id.as_str(),))
+            .map(|r| {
+                let ((_, device), rec) = r?;
+                Ok((device, rec))
+            })
+            .collect()
+    }
+
+    pub fn put_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        rec: &DeviceRecord,
+        b: &mut Batch,
+    ) -> Result<(), StoreError> {
+        schema::USER_DEVICE__DEVICE.put(b, (user_id.as_str(), device_id), rec)
+    }
+
+    /// Store a device's record as its user changed it (its display name). Other users see
+    /// device names in key queries: this is a device list change too.
+    pub async fn update_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        rec: DeviceRecord,
+    ) -> ApiResult<()> {
+        let mut b = Batch::default();
+        self.put_device(user_id, device_id, &rec, &mut b)?;
+        let change = crate::service::e2ee::device_lists::Change::Device {
+            keys: self.e2ee.device_keys(user_id, device_id)?,
+            id: device_id.to_owned(),
+            display_name: rec.display_name,
+        };
+        self.commit_device_list_changes(user_id, vec![change], b)
+            .await
+    }
+
+    /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
+    /// are gone.
+    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> ApiResult<()> {
+        let mut batch = Batch::default();
+        let mut changes = vec![];
+        for d in device_ids {
+            if let Some(dev) = self.device(user_id, d)? {
+                self.revoke_tokens(&dev, &mut batch);
+                schema::USER_DEVICE__DEVICE.delete(&mut batch, (user_id.as_str(), d));
+                schema::USER_DEVICE__LAST_SEEN.delete(&mut batch, (user_id.as_str(), d));
+                self.e2ee.stage_delete_device_keys(user_id, d, &mut batch)?;
+                changes.push(crate::service::e2ee::device_lists::Change::Deleted { id: d.clone() });
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        crate::service::push::pushers::stage_delete_for_devices(
+            self, user_id, device_ids, &mut batch,
+        )?;
+        self.commit_device_list_changes(user_id, changes, batch)
+            .await?;
+        for d in device_ids {
+            self.last_seen.forget(user_id, d);
+        }
+        Ok(())
+    }
+}
