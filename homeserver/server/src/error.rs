@@ -250,6 +250,27 @@ impl From<crate::service::account_data::AccountDataError> for ApiError {
     }
 }
 
+impl From<crate::service::accounts::AccountsError> for ApiError {
+    fn from(e: crate::service::accounts::AccountsError) -> Self {
+        use crate::service::accounts::AccountsError::*;
+        match e {
+            Store(e) => e.into(),
+            Blocking(e) => e.into(),
+            UserInUse => ApiError::UserInUse(e.to_string()),
+            InvalidUserId(_) => ApiError::InvalidUsername(e.to_string()),
+            NotLocal => ApiError::InvalidParam(e.to_string()),
+            WeakPassword => ApiError::WeakPassword(e.to_string()),
+            Hash(why) => ApiError::Internal(why),
+        }
+    }
+}
+
+impl From<crate::service::accounts::BlockingError> for ApiError {
+    fn from(e: crate::service::accounts::BlockingError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<crate::service::directory::DirectoryError> for ApiError {
     fn from(e: crate::service::directory::DirectoryError) -> Self {
         use crate::service::directory::DirectoryError::*;

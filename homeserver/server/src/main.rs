@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use plexus::{
     config::{Config, LogFormat, Settings},
+    error::ApiError,
     federation_router, router,
     service::Services,
 };
@@ -152,10 +153,17 @@ async fn create_user(
     admin: bool,
 ) -> Result<(), String> {
     let app = Services::open(settings).map_err(|e| e.to_string())?;
-    let user_id = app.parse_user_name(username).map_err(|e| e.to_string())?;
-    app.create_user(&user_id, Some(password), admin)
+    // As Matrix errors, so the messages read as they always have.
+    let failed = |e: ApiError| e.to_string();
+    let user_id = app
+        .accounts
+        .parse_user_name(username)
+        .map_err(|e| failed(e.into()))?;
+    app.accounts
+        .create_user(&user_id, Some(password), admin)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.into()))?;
+    app.store.flush().await.map_err(|e| failed(e.into()))?;
     println!("created {user_id}");
     Ok(())
 }

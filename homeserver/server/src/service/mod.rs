@@ -44,6 +44,7 @@ pub struct Services {
     pub settings: Settings,
     pub store: Arc<Store>,
     pub account_data: account_data::AccountData,
+    pub accounts: accounts::Accounts,
     pub directory: directory::Directory,
     pub filters: filters::Filters,
     pub media_records: media::MediaRecords,
@@ -113,11 +114,13 @@ impl Services {
         let search = crate::service::search::Search::open(&settings.data_dir.join("search"))?;
         let limiter = ratelimit::Limiter::new(settings.rate_limits.clone());
         let rooms = rooms::Rooms::new(store.clone(), settings.server_name.clone());
+        let accounts = accounts::Accounts::new(store.clone(), &settings);
         let app = Arc::new(Self {
             federation,
             media,
             settings,
             account_data: account_data::AccountData::new(store.clone()),
+            accounts,
             directory: directory::Directory::new(store.clone()),
             e2ee: e2ee::E2ee::new(store.clone()),
             filters: filters::Filters::new(store.clone()),
@@ -170,6 +173,10 @@ impl Services {
 
     pub fn server_name(&self) -> &ruma::ServerName {
         &self.settings.server_name
+    }
+
+    pub fn is_local(&self, user_id: &ruma::UserId) -> bool {
+        user_id.server_name() == self.server_name()
     }
 
     /// The append lock of a room: one writer builds on the room's extremities at a time.

@@ -711,7 +711,7 @@ pub fn redacted_form(
 pub fn member_content(svc: &Services, user: &UserId, membership: &str) -> ApiResult<Value> {
     let mut c = json!({ "membership": membership });
     if matches!(membership, "join" | "knock" | "invite") {
-        if let Some(rec) = svc.user(user)? {
+        if let Some(rec) = svc.accounts.user(user)? {
             add_profile(&mut c, &rec);
         }
     }

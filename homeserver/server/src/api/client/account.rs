@@ -29,7 +29,7 @@ use crate::{
     config::RegistrationPolicy,
     error::{ApiError, ApiResult},
     http::{extract::AppserviceCaller, ruma::Ruma},
-    service::accounts::{IssuedTokens, PASSWORD_FLOW},
+    service::accounts::{Accounts, IssuedTokens, PASSWORD_FLOW},
     service::{ratelimit::Action, App, Services},
 };
 
@@ -112,15 +112,17 @@ async fn register_user(app: &App, body: &register::v3::Request) -> ApiResult<Own
     };
     app.appservices
         .check_exclusive(Kind::User, user_id.as_str(), None)?;
-    if app.user(&user_id)?.is_some() {
+    if app.accounts.user(&user_id)?.is_some() {
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
     if let Some(p) = &body.password {
-        Services::password_policy(p)?;
+        Accounts::password_policy(p)?;
     }
     app.uia(uia_json(body.auth.as_ref())?, flows, None).await?;
-    app.create_user(&user_id, body.password.as_deref(), false)
+    app.accounts
+        .create_user(&user_id, body.password.as_deref(), false)
         .await?;
+    app.store.flush().await?;
     tracing::info!(user = %user_id, "registered");
     Ok(user_id)
 }
@@ -143,10 +145,11 @@ async fn register_for_appservice(
             "User ID is not in the application service's namespace".into(),
         ));
     }
-    if app.user(&user_id)?.is_some() {
+    if app.accounts.user(&user_id)?.is_some() {
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
-    app.create_user(&user_id, None, false).await?;
+    app.accounts.create_user(&user_id, None, false).await?;
+    app.store.flush().await?;
     tracing::info!(user = %user_id, appservice = %reg.id, "registered by appservice");
     Ok(user_id)
 }
@@ -158,7 +161,7 @@ pub async fn available(
     let user_id = validate_localpart(&app, &req.body.username)?;
     app.appservices
         .check_exclusive(Kind::User, user_id.as_str(), None)?;
-    if app.user(&user_id)?.is_some() {
+    if app.accounts.user(&user_id)?.is_some() {
         return Err(ApiError::UserInUse("User ID already taken".into()));
     }
     Ok(get_username_availability::v3::Response::new(true))
@@ -201,13 +204,13 @@ pub async fn login(app: App, req: Ruma<login::v3::Request>) -> ApiResult<login::
                 .or_else(|| creds.get("user"))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            if let Ok(id) = app.parse_user_name(name) {
-                if let Some(rec) = app.user(&id)? {
+            if let Ok(id) = app.accounts.parse_user_name(name) {
+                if let Some(rec) = app.accounts.user(&id)? {
                     let pw = creds
                         .get("password")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    if rec.deactivated && Services::check_password(&rec, pw) {
+                    if rec.deactivated && Accounts::check_password(&rec, pw) {
                         return Err(ApiError::UserDeactivated);
                     }
                 }
@@ -258,13 +261,13 @@ async fn login_for_appservice(
         .or_else(|| data.get("user"))
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::MissingParam("identifier.user is required".into()))?;
-    let user_id = app.parse_user_name(name)?;
+    let user_id = app.accounts.parse_user_name(name)?;
     if !reg.may_act_as(user_id.as_str(), app.server_name().as_str()) {
         return Err(ApiError::Forbidden(
             "User is not in the application service's namespace".into(),
         ));
     }
-    if app.user(&user_id)?.is_none_or(|r| r.deactivated) {
+    if app.accounts.user(&user_id)?.is_none_or(|r| r.deactivated) {
         return Err(ApiError::Forbidden(
             "Application service has not registered this user".into(),
         ));
@@ -325,16 +328,17 @@ pub async fn password(
         Some(s.user_id.clone()),
     )
     .await?;
-    Services::password_policy(&body.new_password)?;
+    Accounts::password_policy(&body.new_password)?;
     let mut rec = app
+        .accounts
         .user(&s.user_id)?
         .ok_or_else(|| ApiError::Forbidden("unknown user".into()))?;
     let new_password = body.new_password.clone();
     rec.password_hash = Some(
-        crate::service::accounts::blocking(move || Services::hash_password(&new_password))
+        crate::service::accounts::blocking(move || Accounts::hash_password(&new_password))
             .await??,
     );
-    app.save_user(&s.user_id, &rec)?;
+    app.accounts.save_user(&s.user_id, &rec)?;
     if body.logout_devices {
         let others: Vec<String> = app
             .devices(&s.user_id)?
@@ -376,12 +380,13 @@ pub async fn deactivate(
         }
     }
     let mut rec = app
+        .accounts
         .user(&s.user_id)?
         .ok_or_else(|| ApiError::Forbidden("unknown user".into()))?;
     rec.deactivated = true;
     rec.displayname = None;
     rec.avatar_url = None;
-    app.save_user(&s.user_id, &rec)?;
+    app.accounts.save_user(&s.user_id, &rec)?;
     let all: Vec<String> = app
         .devices(&s.user_id)?
         .into_iter()

@@ -312,7 +312,7 @@ pub async fn set_membership(
     }
     let mut content = content;
     if membership == "invite" && !remote_invite {
-        let Some(invitee) = app.user(target)? else {
+        let Some(invitee) = app.accounts.user(target)? else {
             return Err(ApiError::NotFound(format!("unknown user {target}")));
         };
         crate::service::writer::add_profile(&mut content, &invitee);

@@ -51,7 +51,7 @@ pub async fn get(
     let (s, user) = (req.caller, req.body.user_id);
     // Users of other servers have no account here; what their servers told us is kept as
     // for anyone else, and shown to those who share a room with them.
-    if app.is_local(&user) && app.user(&user)?.is_none() {
+    if app.is_local(&user) && app.accounts.user(&user)?.is_none() {
         return Err(ApiError::NotFound("Unknown user".into()));
     }
     if user != s.user_id && !app.presence_audience(&s.user_id)?.contains(&user) {

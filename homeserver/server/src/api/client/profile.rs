@@ -48,9 +48,9 @@ async fn profile_of(app: &App, user: &UserId) -> ApiResult<Map<String, Value>> {
         }
         return Ok(m);
     }
-    let rec = match app.user(user)? {
+    let rec = match app.accounts.user(user)? {
         // An unknown user in an appservice's namespace may be one it makes on demand.
-        None if app.ask_appservices_for_user(user).await => app.user(user)?,
+        None if app.ask_appservices_for_user(user).await => app.accounts.user(user)?,
         found => found,
     };
     let rec = rec
@@ -147,13 +147,14 @@ async fn update(
         return Err(ApiError::InvalidParam(format!("{field} too long")));
     }
     let mut rec = app
+        .accounts
         .user(user)?
         .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
     match field {
         "displayname" => rec.displayname = value,
         _ => rec.avatar_url = value,
     }
-    app.save_user(user, &rec)?;
+    app.accounts.save_user(user, &rec)?;
     app.store.flush().await?;
     // Propagate to joined rooms; a room that refuses (e.g. power levels) keeps the old profile.
     for (room_id, m) in app.rooms.user_rooms(user)? {

@@ -76,7 +76,7 @@ pub async fn report_user(
     // Users of other servers can be reported once this server has seen them in a room
     // (as the user directory and invites show them: MSC4260).
     let known = match app.is_local(&user) {
-        true => app.user(&user)?.is_some(),
+        true => app.accounts.user(&user)?.is_some(),
         false => !app.rooms.user_rooms(&user)?.is_empty(),
     };
     if !known {

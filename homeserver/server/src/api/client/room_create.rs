@@ -101,7 +101,7 @@ pub async fn create_room(
                     "federation is not enabled on this server".into(),
                 ));
             }
-        } else if app.user(&u)?.is_none() {
+        } else if app.accounts.user(&u)?.is_none() {
             return Err(ApiError::NotFound(format!("unknown user {u}")));
         }
         if u != sender && !invitees.contains(&u) {

@@ -57,7 +57,7 @@ pub async fn search(
     let others = public.iter().filter(|u| !mates.contains(*u));
     for user in mates.iter().chain(others) {
         let (name, avatar) = if app.is_local(user) {
-            let rec = app.user(user)?;
+            let rec = app.accounts.user(user)?;
             if rec.as_ref().is_some_and(|r| r.deactivated) {
                 continue;
             }

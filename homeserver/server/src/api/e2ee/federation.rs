@@ -34,7 +34,7 @@ pub async fn user_devices(
     if !app.is_local(&user) {
         return Err(ApiError::InvalidParam("user is not on this server".into()));
     }
-    if app.user(&user)?.is_none() {
+    if app.accounts.user(&user)?.is_none() {
         return Err(ApiError::NotFound("unknown user".into()));
     }
     let stream_id = app.e2ee.device_list_position(&user)?.unwrap_or(0);

@@ -93,7 +93,7 @@ pub fn local_keys(
     out: &mut KeysAnswer,
 ) -> ApiResult<()> {
     for (user, wanted) in users {
-        if app.user(user)?.is_none() {
+        if app.accounts.user(user)?.is_none() {
             continue;
         }
         let mut devices = Map::new();

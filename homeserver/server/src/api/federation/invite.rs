@@ -77,7 +77,7 @@ pub async fn invite(
         .and_then(|k| OwnedUserId::try_from(k).ok())
         .filter(|u| app.is_local(u))
         .ok_or_else(|| ApiError::InvalidParam("the invitee is not a user of this server".into()))?;
-    if app.user(&target)?.is_none() {
+    if app.accounts.user(&target)?.is_none() {
         return Err(ApiError::NotFound(format!("unknown user {target}")));
     }
     let state = invite_state(&app, &rules, &room_id, body.get("invite_room_state")).await?;

@@ -40,6 +40,7 @@ pub async fn profile(
         return Err(ApiError::InvalidParam("user is not on this server".into()));
     }
     let rec = app
+        .accounts
         .user(&user)?
         .ok_or_else(|| ApiError::NotFound("Profile not found".into()))?;
     let mut out = get_profile_information::v1::Response::new();

@@ -1,22 +1,25 @@
-//! Accounts: users and their passwords, devices (`devices`), access and refresh tokens
-//! (`tokens`), user-interactive auth sessions (`uia`).
+//! Accounts: users and their passwords (`USER__ACCOUNT`), devices (`devices`), access and
+//! refresh tokens (`tokens`), user-interactive auth sessions (`uia`). [`Accounts`] is the one
+//! owner of those tables.
 
 pub mod devices;
 pub mod tokens;
 pub mod uia;
+
+use std::sync::Arc;
 
 use argon2::{
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
     Argon2,
 };
 use plexus_core::signing::random_alnum;
-use plexus_store::{schema, Batch};
-use ruma::{OwnedUserId, UserId};
+use plexus_store::{schema, Batch, Store, StoreError};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{now_ms, Services};
-use crate::error::{ApiError, ApiResult};
+use super::now_ms;
+use crate::config::Settings;
 use uia::login_name;
 
 pub use devices::{valid_device_id, DeviceRecord};
@@ -35,40 +38,90 @@ pub struct UserRecord {
     pub created_ts: u64,
 }
 
-impl Services {
-    pub fn user(&self, user_id: &UserId) -> ApiResult<Option<UserRecord>> {
+/// Why an account read or write failed. Besides the store's errors, the refusals a client sees
+/// as Matrix errors (mapped in `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Work for the blocking pool did not run.
+    #[error(transparent)]
+    Blocking(#[from] BlockingError),
+    /// 400 `M_USER_IN_USE`.
+    #[error("User ID already taken")]
+    UserInUse,
+    /// 400 `M_INVALID_USERNAME`: a name that is no user id.
+    #[error("invalid user id: {0}")]
+    InvalidUserId(String),
+    /// 400 `M_INVALID_PARAM`: a user id of another server.
+    #[error("user is not on this server")]
+    NotLocal,
+    /// 400 `M_WEAK_PASSWORD`.
+    #[error("password must be 1 to 512 bytes")]
+    WeakPassword,
+    /// 500: Argon2 refused to hash.
+    #[error("{0}")]
+    Hash(String),
+}
+
+/// The accounts tables, and what their rules read from the configuration.
+pub struct Accounts {
+    store: Arc<Store>,
+    server_name: OwnedServerName,
+}
+
+impl Accounts {
+    pub fn new(store: Arc<Store>, settings: &Settings) -> Self {
+        Self {
+            store,
+            server_name: settings.server_name.clone(),
+        }
+    }
+
+    pub fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>, AccountsError> {
         Ok(schema::USER__ACCOUNT.get(&self.store.kv, user_id.as_str())?)
     }
 
-    pub fn is_local(&self, user_id: &UserId) -> bool {
-        user_id.server_name() == self.server_name()
-    }
-
     /// Replace a user's account record. Not yet durable: the caller flushes.
-    pub fn save_user(&self, user_id: &UserId, rec: &UserRecord) -> ApiResult<()> {
+    pub fn save_user(&self, user_id: &UserId, rec: &UserRecord) -> Result<(), AccountsError> {
         let mut b = Batch::default();
         schema::USER__ACCOUNT.put(&mut b, user_id.as_str(), rec)?;
         Ok(self.store.commit(b)?)
     }
 
+    /// The users of this server whose ids `keep` accepts, in id order.
+    pub fn local_users(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<OwnedUserId>, AccountsError> {
+        let mut out = vec![];
+        for item in schema::USER__ACCOUNT.iter::<serde::de::IgnoredAny>(&self.store.kv) {
+            let (name, _) = item?;
+            if keep(&name) {
+                if let Ok(u) = OwnedUserId::try_from(name) {
+                    out.push(u);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// What a new password must be: not empty (an empty one would log anybody in who tries
     /// it) and at most 512 bytes (Argon2 input stays bounded).
-    pub fn password_policy(password: &str) -> ApiResult<()> {
+    pub fn password_policy(password: &str) -> Result<(), AccountsError> {
         if password.is_empty() || password.len() > 512 {
-            return Err(ApiError::WeakPassword(
-                "password must be 1 to 512 bytes".into(),
-            ));
+            return Err(AccountsError::WeakPassword);
         }
         Ok(())
     }
 
-    pub fn hash_password(password: &str) -> ApiResult<String> {
+    pub fn hash_password(password: &str) -> Result<String, AccountsError> {
         let salt = SaltString::encode_b64(random_alnum(16).as_bytes())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| AccountsError::Hash(e.to_string()))?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(|e| AccountsError::Hash(e.to_string()))
     }
 
     pub fn check_password(rec: &UserRecord, password: &str) -> bool {
@@ -83,13 +136,14 @@ impl Services {
             .is_ok()
     }
 
-    /// Create an account. Fails with `M_USER_IN_USE` if taken.
+    /// Create an account. Fails with `UserInUse` if taken. Not yet durable: the caller
+    /// flushes.
     pub async fn create_user(
         &self,
         user_id: &UserId,
         password: Option<&str>,
         admin: bool,
-    ) -> ApiResult<()> {
+    ) -> Result<(), AccountsError> {
         let rec = UserRecord {
             password_hash: match password {
                 Some(p) => {
@@ -106,12 +160,13 @@ impl Services {
             created_ts: now_ms(),
         };
         if !schema::USER__ACCOUNT.insert_new(&self.store.kv, user_id.as_str(), &rec)? {
-            return Err(ApiError::UserInUse("User ID already taken".into()));
+            return Err(AccountsError::UserInUse);
         }
-        self.store.flush().await?;
         Ok(())
     }
 
+    /// The user an `m.login.password` body (identifier or legacy `user`) proves itself as:
+    /// a local, active account whose password it has.
     pub fn password_auth(&self, body: &Value) -> Option<OwnedUserId> {
         let name = login_name(body)?;
         let password = body.get("password").and_then(Value::as_str)?;
@@ -121,25 +176,36 @@ impl Services {
     }
 
     /// `alice` or `@alice:server` → a local user id.
-    pub fn parse_user_name(&self, name: &str) -> ApiResult<OwnedUserId> {
+    pub fn parse_user_name(&self, name: &str) -> Result<OwnedUserId, AccountsError> {
         let id = if name.starts_with('@') {
             UserId::parse(name)
         } else {
-            UserId::parse_with_server_name(name.to_lowercase(), self.server_name())
+            UserId::parse_with_server_name(name.to_lowercase(), &self.server_name)
         }
-        .map_err(|e| ApiError::InvalidUsername(format!("invalid user id: {e}")))?;
-        if !self.is_local(&id) {
-            return Err(ApiError::InvalidParam("user is not on this server".into()));
+        .map_err(|e| AccountsError::InvalidUserId(e.to_string()))?;
+        if id.server_name() != &*self.server_name {
+            return Err(AccountsError::NotLocal);
         }
         Ok(id)
     }
+}
+
+/// Why work sent to the blocking pool did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockingError {
+    #[error("blocking pool closed: {0}")]
+    Closed(tokio::sync::AcquireError),
+    #[error("blocking task failed: {0}")]
+    Failed(tokio::task::JoinError),
 }
 
 /// Run CPU-heavy work (password hashing, building sync responses) on the blocking pool, at
 /// most one job per core at a time, so it never occupies the async workers that answer every
 /// other request, and a burst queues rather than multiplies memory (each Argon2 hash takes
 /// 19 MiB: 16 at once peaked at 312 MiB RSS before this bound).
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BlockingError> {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     let slots = SLOTS.get_or_init(|| {
         let cores = std::thread::available_parallelism()
@@ -147,11 +213,8 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
             .unwrap_or(2);
         tokio::sync::Semaphore::new(cores)
     });
-    let _slot = slots
-        .acquire()
-        .await
-        .map_err(|e| ApiError::Internal(format!("blocking pool closed: {e}")))?;
+    let _slot = slots.acquire().await.map_err(BlockingError::Closed)?;
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
+        .map_err(BlockingError::Failed)
 }

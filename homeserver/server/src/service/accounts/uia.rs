@@ -191,11 +191,11 @@ impl Services {
     /// limit: refused at once (`M_LIMIT_EXCEEDED`) while the account has no attempt left, and
     /// every wrong password uses one up, from whatever address it came.
     pub fn password_login(&self, creds: &Value) -> ApiResult<Option<OwnedUserId>> {
-        let account = login_name(creds).and_then(|n| self.parse_user_name(n).ok());
+        let account = login_name(creds).and_then(|n| self.accounts.parse_user_name(n).ok());
         if let Some(a) = &account {
             self.limiter.peek(Action::FailedLogin, a.as_str())?;
         }
-        let user = self.password_auth(creds);
+        let user = self.accounts.password_auth(creds);
         if let (None, Some(a)) = (&user, &account) {
             self.limiter.charge(Action::FailedLogin, a.as_str());
         }

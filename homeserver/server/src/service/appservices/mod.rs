@@ -93,7 +93,7 @@ impl Services {
                         "Application service cannot masquerade as this user ({user})"
                     )));
                 }
-                if user.as_str() != reg.sender(server) && self.user(&user)?.is_none() {
+                if user.as_str() != reg.sender(server) && self.accounts.user(&user)?.is_none() {
                     return Err(ApiError::Forbidden(
                         "Application service has not registered this user".into(),
                     ));
@@ -133,8 +133,9 @@ impl Services {
         for reg in &self.appservices.regs {
             let user = UserId::parse(reg.sender(self.server_name().as_str()))
                 .map_err(|e| ApiError::Internal(format!("appservice {}: {e}", reg.id)))?;
-            if self.user(&user)?.is_none() {
-                self.create_user(&user, None, false).await?;
+            if self.accounts.user(&user)?.is_none() {
+                self.accounts.create_user(&user, None, false).await?;
+                self.store.flush().await?;
                 tracing::info!(appservice = %reg.id, user = %user, "created appservice sender");
             }
         }

@@ -582,14 +582,7 @@ impl View {
 
 /// This server's users in the appservice's namespace (and its sender).
 fn local_users(svc: &Services, reg: &Registration, server: &str) -> ApiResult<Vec<OwnedUserId>> {
-    let mut out = vec![];
-    for item in schema::USER__ACCOUNT.iter::<serde::de::IgnoredAny>(&svc.store.kv) {
-        let (name, _) = item?;
-        if reg.may_act_as(&name, server) {
-            if let Ok(u) = OwnedUserId::try_from(name) {
-                out.push(u);
-            }
-        }
-    }
-    Ok(out)
+    Ok(svc
+        .accounts
+        .local_users(|name| reg.may_act_as(name, server))?)
 }
