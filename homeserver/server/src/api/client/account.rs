@@ -289,6 +289,7 @@ pub async fn logout_all(
 ) -> ApiResult<logout_all::v3::Response> {
     let s = req.caller;
     let all: Vec<String> = app
+        .accounts
         .devices(&s.user_id)?
         .into_iter()
         .map(|(d, _)| d)
@@ -341,6 +342,7 @@ pub async fn password(
     app.accounts.save_user(&s.user_id, &rec)?;
     if body.logout_devices {
         let others: Vec<String> = app
+            .accounts
             .devices(&s.user_id)?
             .into_iter()
             .map(|(d, _)| d)
@@ -388,6 +390,7 @@ pub async fn deactivate(
     rec.avatar_url = None;
     app.accounts.save_user(&s.user_id, &rec)?;
     let all: Vec<String> = app
+        .accounts
         .devices(&s.user_id)?
         .into_iter()
         .map(|(d, _)| d)

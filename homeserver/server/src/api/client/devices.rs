@@ -38,6 +38,7 @@ pub async fn list(
 ) -> ApiResult<get_devices::v3::Response> {
     let s = req.caller;
     let devices = app
+        .accounts
         .devices(&s.user_id)?
         .iter()
         .map(|(id, d)| device(&app, &s.user_id, id, d))
@@ -51,6 +52,7 @@ pub async fn get(
 ) -> ApiResult<get_device::v3::Response> {
     let (s, device_id) = (req.caller, req.body.device_id);
     let d = app
+        .accounts
         .device(&s.user_id, device_id.as_str())?
         .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
     Ok(get_device::v3::Response::new(device(
@@ -68,6 +70,7 @@ pub async fn update(
     let (s, body) = (req.caller, req.body);
     let device_id = body.device_id.to_string();
     let mut d = app
+        .accounts
         .device(&s.user_id, &device_id)?
         .ok_or_else(|| ApiError::NotFound("Unknown device".into()))?;
     if let Some(name) = body.display_name {
@@ -86,7 +89,7 @@ pub async fn delete(
 ) -> ApiResult<delete_device::v3::Response> {
     let (s, body) = (req.caller, req.body);
     let device_id = body.device_id.to_string();
-    if app.device(&s.user_id, &device_id)?.is_none() {
+    if app.accounts.device(&s.user_id, &device_id)?.is_none() {
         return Err(ApiError::NotFound("Unknown device".into()));
     }
     app.uia(

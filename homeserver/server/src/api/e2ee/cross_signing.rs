@@ -101,7 +101,12 @@ pub async fn upload(
         }
     };
     let (master_id, master_pk) = check_key(master, user, MASTER)?;
-    let device_ids: Vec<String> = app.devices(user)?.into_iter().map(|(d, _)| d).collect();
+    let device_ids: Vec<String> = app
+        .accounts
+        .devices(user)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
     let mut writes = vec![];
     for (usage, key) in provided {
         let Some(k) = key else { continue };
@@ -243,7 +248,10 @@ fn sign_own(
             device: key_id.to_owned(),
             keys: stored.clone(),
         });
-        let display_name = app.device(me, key_id)?.and_then(|d| d.display_name);
+        let display_name = app
+            .accounts
+            .device(me, key_id)?
+            .and_then(|d| d.display_name);
         return Ok(Some(Change::Device {
             id: key_id.to_owned(),
             keys: Some(stored),

@@ -126,7 +126,10 @@ pub async fn upload(
                 device: device.to_owned(),
                 keys: keys.clone(),
             });
-            let display_name = app.device(&s.user_id, device)?.and_then(|d| d.display_name);
+            let display_name = app
+                .accounts
+                .device(&s.user_id, device)?
+                .and_then(|d| d.display_name);
             let change = Change::Device {
                 id: device.to_owned(),
                 keys: Some(keys),

@@ -39,7 +39,7 @@ pub async fn user_devices(
     }
     let stream_id = app.e2ee.device_list_position(&user)?.unwrap_or(0);
     let mut devices = vec![];
-    for (device, _) in app.devices(&user)? {
+    for (device, _) in app.accounts.devices(&user)? {
         let mut d = json!({ "device_id": device });
         if let Some(keys) = app.e2ee.device_keys(&user, &device)? {
             d["keys"] = keys;

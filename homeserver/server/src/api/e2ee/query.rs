@@ -97,7 +97,7 @@ pub fn local_keys(
             continue;
         }
         let mut devices = Map::new();
-        for (device, rec) in app.devices(user)? {
+        for (device, rec) in app.accounts.devices(user)? {
             if !wanted.is_empty() && !wanted.contains(&device) {
                 continue;
             }

@@ -2,13 +2,13 @@
 //! deletions.
 
 use plexus_core::signing::random_alnum;
-use plexus_store::{schema, Batch, First, StoreError};
+use plexus_store::{schema, Batch, First};
 use ruma::{OwnedDeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::{
     tokens::{hex, token_key},
-    IssuedTokens,
+    Accounts, AccountsError, IssuedTokens,
 };
 use crate::{
     error::{ApiError, ApiResult},
@@ -36,6 +36,37 @@ pub fn valid_device_id(d: &str) -> ApiResult<()> {
     Ok(())
 }
 
+impl Accounts {
+    pub fn device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+    ) -> Result<Option<DeviceRecord>, AccountsError> {
+        Ok(schema::USER_DEVICE__DEVICE.get(&self.store.kv, (user_id.as_str(), device_id))?)
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<(String, DeviceRecord)>, AccountsError> {
+        schema::USER_DEVICE__DEVICE
+            .prefix::<First<1>, DeviceRecord>(&self.store.kv, (user_id.as_str(),))
+            .map(|r| {
+                let ((_, device), rec) = r?;
+                Ok((device, rec))
+            })
+            .collect()
+    }
+
+    /// Put a device's record in `b`.
+    pub fn stage_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        rec: &DeviceRecord,
+        b: &mut Batch,
+    ) -> Result<(), AccountsError> {
+        Ok(schema::USER_DEVICE__DEVICE.put(b, (user_id.as_str(), device_id), rec)?)
+    }
+}
+
 impl Services {
     /// A new device with fresh tokens (or the named device, replacing its tokens).
     pub async fn issue_device(
@@ -53,7 +84,7 @@ impl Services {
             None => random_alnum(10).to_uppercase().into(),
         };
         let mut batch = Batch::default();
-        let existing = self.device(user_id, device_id.as_str())?;
+        let existing = self.accounts.device(user_id, device_id.as_str())?;
         if let Some(old) = &existing {
             self.revoke_tokens(old, &mut batch);
         }
@@ -64,34 +95,11 @@ impl Services {
             refresh_token: tokens.refresh_token.as_deref().map(|t| hex(&token_key(t))),
             last_seen_ts: now_ms(),
         };
-        self.put_device(user_id, device_id.as_str(), &rec, &mut batch)?;
+        self.accounts
+            .stage_device(user_id, device_id.as_str(), &rec, &mut batch)?;
         self.store.commit(batch)?;
         self.store.flush().await?;
         Ok((device_id, tokens))
-    }
-
-    pub fn device(&self, user_id: &UserId, device_id: &str) -> ApiResult<Option<DeviceRecord>> {
-        Ok(schema::USER_DEVICE__DEVICE.get(&self.store.kv, (user_id.as_str(), device_id))?)
-    }
-
-    pub fn devices(&self, user_id: &UserId) -> ApiResult<Vec<(String, DeviceRecord)>> {
-        schema::USER_DEVICE__DEVICE
-            .prefix::<First<1>, DeviceRecord>(&self.store.kv, (user_id.as_str(),))
-            .map(|r| {
-                let ((_, device), rec) = r?;
-                Ok((device, rec))
-            })
-            .collect()
-    }
-
-    pub fn put_device(
-        &self,
-        user_id: &UserId,
-        device_id: &str,
-        rec: &DeviceRecord,
-        b: &mut Batch,
-    ) -> Result<(), StoreError> {
-        schema::USER_DEVICE__DEVICE.put(b, (user_id.as_str(), device_id), rec)
     }
 
     /// Store a device's record as its user changed it (its display name). Other users see
@@ -103,7 +111,8 @@ impl Services {
         rec: DeviceRecord,
     ) -> ApiResult<()> {
         let mut b = Batch::default();
-        self.put_device(user_id, device_id, &rec, &mut b)?;
+        self.accounts
+            .stage_device(user_id, device_id, &rec, &mut b)?;
         let change = crate::service::e2ee::device_lists::Change::Device {
             keys: self.e2ee.device_keys(user_id, device_id)?,
             id: device_id.to_owned(),
@@ -119,7 +128,7 @@ impl Services {
         let mut batch = Batch::default();
         let mut changes = vec![];
         for d in device_ids {
-            if let Some(dev) = self.device(user_id, d)? {
+            if let Some(dev) = self.accounts.device(user_id, d)? {
                 self.revoke_tokens(&dev, &mut batch);
                 schema::USER_DEVICE__DEVICE.delete(&mut batch, (user_id.as_str(), d));
                 schema::USER_DEVICE__LAST_SEEN.delete(&mut batch, (user_id.as_str(), d));

@@ -171,6 +171,7 @@ impl Services {
     /// Replace the tokens of the device a taken refresh token belonged to, in one batch.
     fn rotate_tokens(&self, s: &SessionRecord) -> ApiResult<IssuedTokens> {
         let mut dev = self
+            .accounts
             .device(&s.user_id, s.device_id.as_str())?
             .ok_or(ApiError::UnknownToken { soft_logout: false })?;
         let mut batch = Batch::default();
@@ -178,7 +179,8 @@ impl Services {
         let tokens = self.new_tokens(&s.user_id, &s.device_id, true, &mut batch)?;
         dev.access_token = hex(&token_key(&tokens.access_token));
         dev.refresh_token = tokens.refresh_token.as_deref().map(|t| hex(&token_key(t)));
-        self.put_device(&s.user_id, s.device_id.as_str(), &dev, &mut batch)?;
+        self.accounts
+            .stage_device(&s.user_id, s.device_id.as_str(), &dev, &mut batch)?;
         self.store.commit(batch)?;
         Ok(tokens)
     }

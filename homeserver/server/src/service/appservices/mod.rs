@@ -104,7 +104,7 @@ impl Services {
         let device_id = match param(&["device_id", "org.matrix.msc3202.device_id"]) {
             None => None,
             Some(d) => {
-                if self.device(&user_id, &d)?.is_none() {
+                if self.accounts.device(&user_id, &d)?.is_none() {
                     return Err(ApiError::UnknownDevice(format!(
                         "Application service trying to use a device that doesn't exist ({d} for {user_id})"
                     )));

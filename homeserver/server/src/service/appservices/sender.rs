@@ -531,7 +531,7 @@ impl View {
         if self.key_devices.is_none() {
             let mut devices = BTreeSet::new();
             for user in local_users(svc, reg, server)? {
-                for (device, _) in svc.devices(&user)? {
+                for (device, _) in svc.accounts.devices(&user)? {
                     devices.insert((user.clone(), device));
                 }
             }

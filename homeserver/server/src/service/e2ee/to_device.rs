@@ -237,14 +237,14 @@ pub fn expand(app: &Services, deliveries: Vec<Delivery>) -> ApiResult<Vec<Delive
     let mut out = vec![];
     for d in deliveries {
         if d.device == "*" {
-            for (device, _) in app.devices(&d.user)? {
+            for (device, _) in app.accounts.devices(&d.user)? {
                 out.push(Delivery {
                     user: d.user.clone(),
                     device,
                     content: d.content.clone(),
                 });
             }
-        } else if app.device(&d.user, &d.device)?.is_some() {
+        } else if app.accounts.device(&d.user, &d.device)?.is_some() {
             out.push(d);
         }
     }
