@@ -261,6 +261,9 @@ impl From<crate::service::accounts::AccountsError> for ApiError {
             NotLocal => ApiError::InvalidParam(e.to_string()),
             WeakPassword => ApiError::WeakPassword(e.to_string()),
             Hash(why) => ApiError::Internal(why),
+            InvalidDeviceId => ApiError::InvalidParam(e.to_string()),
+            UnknownToken { soft_logout } => ApiError::UnknownToken { soft_logout },
+            Uia(body) => ApiError::Uia(body),
         }
     }
 }

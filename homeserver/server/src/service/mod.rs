@@ -57,7 +57,6 @@ pub struct Services {
     pub long_polls: notify::LongPolls,
     /// Set when the server is stopping: long-polls answer at once instead of holding shutdown.
     pub stopping: tokio::sync::watch::Sender<bool>,
-    pub uia: accounts::UiaSessions,
     pub typing: ephemeral::Typing,
     pub receipts: ephemeral::Receipts,
     pub presence: presence::Presence,
@@ -136,7 +135,6 @@ impl Services {
             notifier: notify::Notifier::default(),
             long_polls: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
-            uia: accounts::UiaSessions::default(),
             typing: ephemeral::Typing::default(),
             pushers: Default::default(),
             user_push: Default::default(),

@@ -82,14 +82,13 @@ pub async fn register(
     if body.inhibit_login {
         return Ok(res);
     }
-    let (device_id, t) = app
-        .issue_device(
-            &user_id,
-            body.device_id.as_deref().map(|d| d.as_str()),
-            body.initial_device_display_name,
-            body.refresh_token,
-        )
-        .await?;
+    let (device_id, t) = app.accounts.issue_device(
+        &user_id,
+        body.device_id.as_deref().map(|d| d.as_str()),
+        body.initial_device_display_name,
+        body.refresh_token,
+    )?;
+    app.store.flush().await?;
     res.expires_in = expires(&t);
     res.access_token = Some(t.access_token);
     res.refresh_token = t.refresh_token;
@@ -227,14 +226,13 @@ async fn logged_in(
     user_id: &UserId,
     body: login::v3::Request,
 ) -> ApiResult<login::v3::Response> {
-    let (device_id, t) = app
-        .issue_device(
-            user_id,
-            body.device_id.as_deref().map(|d| d.as_str()),
-            body.initial_device_display_name,
-            body.refresh_token,
-        )
-        .await?;
+    let (device_id, t) = app.accounts.issue_device(
+        user_id,
+        body.device_id.as_deref().map(|d| d.as_str()),
+        body.initial_device_display_name,
+        body.refresh_token,
+    )?;
+    app.store.flush().await?;
     let mut res = login::v3::Response::new(user_id.to_owned(), t.access_token.clone(), device_id);
     // Deprecated, but clients from before r0.4 read it.
     #[allow(deprecated)]
@@ -302,7 +300,8 @@ pub async fn refresh(
     app: App,
     req: Ruma<refresh_token::v3::Request>,
 ) -> ApiResult<refresh_token::v3::Response> {
-    let t = app.refresh(&req.body.refresh_token).await?;
+    let t = app.accounts.refresh(&req.body.refresh_token)?;
+    app.store.flush().await?;
     let mut res = refresh_token::v3::Response::new(t.access_token.clone());
     res.expires_in_ms = expires(&t);
     res.refresh_token = t.refresh_token;

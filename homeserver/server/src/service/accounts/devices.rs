@@ -11,7 +11,7 @@ use super::{
     Accounts, AccountsError, IssuedTokens,
 };
 use crate::{
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     service::{now_ms, Services},
 };
 
@@ -27,11 +27,9 @@ pub struct DeviceRecord {
 
 /// A device id a client chooses: the spec leaves it opaque, but it is shown in device lists,
 /// sent to every room-mate's server and used in store keys, so it must be short printable text.
-pub fn valid_device_id(d: &str) -> ApiResult<()> {
+pub fn valid_device_id(d: &str) -> Result<(), AccountsError> {
     if d.is_empty() || d.len() > 255 || d.chars().any(|c| c.is_control()) {
-        return Err(ApiError::InvalidParam(
-            "device_id must be 1 to 255 bytes of printable text".into(),
-        ));
+        return Err(AccountsError::InvalidDeviceId);
     }
     Ok(())
 }
@@ -65,17 +63,16 @@ impl Accounts {
     ) -> Result<(), AccountsError> {
         Ok(schema::USER_DEVICE__DEVICE.put(b, (user_id.as_str(), device_id), rec)?)
     }
-}
 
-impl Services {
-    /// A new device with fresh tokens (or the named device, replacing its tokens).
-    pub async fn issue_device(
+    /// A new device with fresh tokens (or the named device, replacing its tokens). Not yet
+    /// durable: the caller flushes.
+    pub fn issue_device(
         &self,
         user_id: &UserId,
         device_id: Option<&str>,
         display_name: Option<String>,
         refreshable: bool,
-    ) -> ApiResult<(OwnedDeviceId, IssuedTokens)> {
+    ) -> Result<(OwnedDeviceId, IssuedTokens), AccountsError> {
         let device_id: OwnedDeviceId = match device_id {
             Some(d) => {
                 valid_device_id(d)?;
@@ -84,7 +81,7 @@ impl Services {
             None => random_alnum(10).to_uppercase().into(),
         };
         let mut batch = Batch::default();
-        let existing = self.accounts.device(user_id, device_id.as_str())?;
+        let existing = self.device(user_id, device_id.as_str())?;
         if let Some(old) = &existing {
             self.revoke_tokens(old, &mut batch);
         }
@@ -95,13 +92,29 @@ impl Services {
             refresh_token: tokens.refresh_token.as_deref().map(|t| hex(&token_key(t))),
             last_seen_ts: now_ms(),
         };
-        self.accounts
-            .stage_device(user_id, device_id.as_str(), &rec, &mut batch)?;
+        self.stage_device(user_id, device_id.as_str(), &rec, &mut batch)?;
         self.store.commit(batch)?;
-        self.store.flush().await?;
         Ok((device_id, tokens))
     }
 
+    /// Remove a device, its tokens and when it was last seen, in `b`. Whether it existed.
+    pub fn stage_delete_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        b: &mut Batch,
+    ) -> Result<bool, AccountsError> {
+        let Some(dev) = self.device(user_id, device_id)? else {
+            return Ok(false);
+        };
+        self.revoke_tokens(&dev, b);
+        schema::USER_DEVICE__DEVICE.delete(b, (user_id.as_str(), device_id));
+        schema::USER_DEVICE__LAST_SEEN.delete(b, (user_id.as_str(), device_id));
+        Ok(true)
+    }
+}
+
+impl Services {
     /// Store a device's record as its user changed it (its display name). Other users see
     /// device names in key queries: this is a device list change too.
     pub async fn update_device(
@@ -128,10 +141,7 @@ impl Services {
         let mut batch = Batch::default();
         let mut changes = vec![];
         for d in device_ids {
-            if let Some(dev) = self.accounts.device(user_id, d)? {
-                self.revoke_tokens(&dev, &mut batch);
-                schema::USER_DEVICE__DEVICE.delete(&mut batch, (user_id.as_str(), d));
-                schema::USER_DEVICE__LAST_SEEN.delete(&mut batch, (user_id.as_str(), d));
+            if self.accounts.stage_delete_device(user_id, d, &mut batch)? {
                 self.e2ee.stage_delete_device_keys(user_id, d, &mut batch)?;
                 changes.push(crate::service::e2ee::device_lists::Change::Deleted { id: d.clone() });
             }

@@ -62,12 +62,26 @@ pub enum AccountsError {
     /// 500: Argon2 refused to hash.
     #[error("{0}")]
     Hash(String),
+    /// 400 `M_INVALID_PARAM`.
+    #[error("device_id must be 1 to 255 bytes of printable text")]
+    InvalidDeviceId,
+    /// 401 `M_UNKNOWN_TOKEN`; `soft_logout` when the token only expired (refreshing works).
+    #[error("unknown access token")]
+    UnknownToken { soft_logout: bool },
+    /// 401: user-interactive auth goes on; the body is its state.
+    #[error("user-interactive authentication required")]
+    Uia(Value),
 }
 
 /// The accounts tables, and what their rules read from the configuration.
 pub struct Accounts {
     store: Arc<Store>,
     server_name: OwnedServerName,
+    /// How long an access token issued with a refresh token lives.
+    refreshable_token_lifetime_ms: u64,
+    /// What `m.login.registration_token` accepts.
+    registration_tokens: Vec<String>,
+    uia: UiaSessions,
 }
 
 impl Accounts {
@@ -75,6 +89,9 @@ impl Accounts {
         Self {
             store,
             server_name: settings.server_name.clone(),
+            refreshable_token_lifetime_ms: settings.refreshable_token_lifetime_ms,
+            registration_tokens: settings.registration_tokens.clone(),
+            uia: UiaSessions::default(),
         }
     }
 

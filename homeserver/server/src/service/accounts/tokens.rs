@@ -6,10 +6,10 @@ use plexus_store::{schema, Batch, StoreError};
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::DeviceRecord;
+use super::{Accounts, AccountsError, DeviceRecord};
 use crate::{
     error::{ApiError, ApiResult},
-    service::{now_ms, Services},
+    service::now_ms,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ pub struct IssuedTokens {
     pub expires_in_ms: Option<u64>,
 }
 
-impl Services {
+impl Accounts {
     pub(super) fn new_tokens(
         &self,
         user_id: &UserId,
@@ -104,7 +104,7 @@ impl Services {
         batch: &mut Batch,
     ) -> Result<IssuedTokens, StoreError> {
         let access_token = format!("px_{}", random_alnum(32));
-        let lifetime = self.settings.refreshable_token_lifetime_ms;
+        let lifetime = self.refreshable_token_lifetime_ms;
         let session = SessionRecord {
             user_id: user_id.to_owned(),
             device_id: device_id.to_owned(),
@@ -139,59 +139,52 @@ impl Services {
 
     /// Exchange a refresh token for new tokens; the old pair stops working. The token is taken
     /// from the store atomically, so of two concurrent refreshes with it only one succeeds.
-    pub async fn refresh(&self, refresh_token: &str) -> ApiResult<IssuedTokens> {
+    /// Not yet durable: the caller flushes.
+    pub fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens, AccountsError> {
         // A refresh that cannot be written must not use the token up.
         self.store.kv.health()?;
         let key = token_key(refresh_token);
         let taken: SessionRecord = schema::REFRESH_TOKEN__SESSION
             .take(&self.store.kv, &key)?
-            .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+            .ok_or(AccountsError::UnknownToken { soft_logout: false })?;
         let committed = self.rotate_tokens(&taken);
-        match committed {
-            Ok(tokens) => {
-                self.store.flush().await?;
-                Ok(tokens)
-            }
-            Err(e) => {
-                // Nothing was written: put the token back, the client may try again with it.
-                if !matches!(e, ApiError::UnknownToken { .. }) {
-                    let mut b = Batch::default();
-                    if schema::REFRESH_TOKEN__SESSION
-                        .put(&mut b, &key, &taken)
-                        .is_ok()
-                    {
-                        let _ = self.store.commit(b);
-                    }
+        if let Err(e) = &committed {
+            // Nothing was written: put the token back, the client may try again with it.
+            if !matches!(e, AccountsError::UnknownToken { .. }) {
+                let mut b = Batch::default();
+                if schema::REFRESH_TOKEN__SESSION
+                    .put(&mut b, &key, &taken)
+                    .is_ok()
+                {
+                    let _ = self.store.commit(b);
                 }
-                Err(e)
             }
         }
+        committed
     }
 
     /// Replace the tokens of the device a taken refresh token belonged to, in one batch.
-    fn rotate_tokens(&self, s: &SessionRecord) -> ApiResult<IssuedTokens> {
+    fn rotate_tokens(&self, s: &SessionRecord) -> Result<IssuedTokens, AccountsError> {
         let mut dev = self
-            .accounts
             .device(&s.user_id, s.device_id.as_str())?
-            .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+            .ok_or(AccountsError::UnknownToken { soft_logout: false })?;
         let mut batch = Batch::default();
         self.revoke_tokens(&dev, &mut batch);
         let tokens = self.new_tokens(&s.user_id, &s.device_id, true, &mut batch)?;
         dev.access_token = hex(&token_key(&tokens.access_token));
         dev.refresh_token = tokens.refresh_token.as_deref().map(|t| hex(&token_key(t)));
-        self.accounts
-            .stage_device(&s.user_id, s.device_id.as_str(), &dev, &mut batch)?;
+        self.stage_device(&s.user_id, s.device_id.as_str(), &dev, &mut batch)?;
         self.store.commit(batch)?;
         Ok(tokens)
     }
 
     /// Resolve an access token.
-    pub fn session(&self, token: &str) -> ApiResult<Session> {
+    pub fn session(&self, token: &str) -> Result<Session, AccountsError> {
         let s: SessionRecord = schema::TOKEN__SESSION
             .get(&self.store.kv, &token_key(token))?
-            .ok_or(ApiError::UnknownToken { soft_logout: false })?;
+            .ok_or(AccountsError::UnknownToken { soft_logout: false })?;
         if s.expires_at.is_some_and(|t| t <= now_ms()) {
-            return Err(ApiError::UnknownToken { soft_logout: true });
+            return Err(AccountsError::UnknownToken { soft_logout: true });
         }
         Ok(Session {
             user_id: s.user_id,

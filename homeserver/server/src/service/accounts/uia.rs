@@ -6,9 +6,9 @@ use plexus_core::signing::random_alnum;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{json, Value};
 
-use super::blocking;
+use super::{blocking, Accounts, AccountsError};
 use crate::{
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     service::{now_ms, ratelimit::Action, Services},
 };
 
@@ -73,27 +73,17 @@ fn open_session(sessions: &mut HashMap<String, UiaState>) -> String {
 /// The flow for actions that need the account's password again.
 pub const PASSWORD_FLOW: &[&[&str]] = &[&["m.login.password"]];
 
-impl Services {
-    /// [`Self::uia_step`] off the async workers: a password stage runs Argon2, which would
-    /// otherwise stall every request sharing the worker.
-    pub async fn uia(
-        self: &std::sync::Arc<Self>,
-        auth: Option<Value>,
-        flows: &'static [&'static [&'static str]],
-        expected_user: Option<OwnedUserId>,
-    ) -> ApiResult<Option<OwnedUserId>> {
-        let app = self.clone();
-        blocking(move || app.uia_step(auth.as_ref(), flows, expected_user.as_deref())).await?
-    }
-
-    /// Run one step of user-interactive auth with the given flows. Returns `Ok(user)` once a flow
-    /// is complete (the user that proved itself with a password, if any).
+impl Accounts {
+    /// One step of user-interactive auth with the given flows, once any password in `auth` has
+    /// been checked: `password_user` is the account it proved, if it did. Returns `Ok(user)`
+    /// once a flow is complete (the user that proved itself with a password, if any).
     pub fn uia_step(
         &self,
         auth: Option<&Value>,
         flows: &[&[&str]],
         expected_user: Option<&UserId>,
-    ) -> ApiResult<Option<OwnedUserId>> {
+        password_user: Option<OwnedUserId>,
+    ) -> Result<Option<OwnedUserId>, AccountsError> {
         let challenge = |session: &str, completed: &[String], error: Option<(&str, &str)>| {
             let mut body = json!({
                 "flows": flows.iter().map(|f| json!({"stages": f})).collect::<Vec<_>>(),
@@ -105,20 +95,12 @@ impl Services {
                 body["errcode"] = json!(code);
                 body["error"] = json!(msg);
             }
-            ApiError::Uia(body)
+            AccountsError::Uia(body)
         };
-        // A password is checked (Argon2, tens of milliseconds) before the sessions are locked,
-        // so one slow check never holds up every other user-interactive auth.
         let stage = auth
             .and_then(|a| a.get("type"))
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let password_user = match auth {
-            Some(a) if stage == "m.login.password" && flows.iter().any(|f| f.contains(&stage)) => {
-                self.password_login(a)?
-            }
-            _ => None,
-        };
         let mut sessions = self.uia.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(auth) = auth else {
             let id = open_session(&mut sessions);
@@ -153,7 +135,7 @@ impl Services {
                     .get("token")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if self.settings.registration_tokens.iter().any(|t| t == token) {
+                if self.registration_tokens.iter().any(|t| t == token) {
                     Ok(())
                 } else {
                     Err(("M_FORBIDDEN", "Invalid registration token"))
@@ -184,6 +166,46 @@ impl Services {
             sessions.insert(session_id.clone(), state.clone());
             Err(challenge(&session_id, &state.completed, None))
         }
+    }
+}
+
+impl Services {
+    /// [`Self::uia_step`] off the async workers: a password stage runs Argon2, which would
+    /// otherwise stall every request sharing the worker.
+    pub async fn uia(
+        self: &std::sync::Arc<Self>,
+        auth: Option<Value>,
+        flows: &'static [&'static [&'static str]],
+        expected_user: Option<OwnedUserId>,
+    ) -> ApiResult<Option<OwnedUserId>> {
+        let app = self.clone();
+        blocking(move || app.uia_step(auth.as_ref(), flows, expected_user.as_deref())).await?
+    }
+
+    /// Run one step of user-interactive auth with the given flows. Returns `Ok(user)` once a flow
+    /// is complete (the user that proved itself with a password, if any). A password is checked
+    /// here, under the failed-login limit; the session is the accounts service's.
+    pub fn uia_step(
+        &self,
+        auth: Option<&Value>,
+        flows: &[&[&str]],
+        expected_user: Option<&UserId>,
+    ) -> ApiResult<Option<OwnedUserId>> {
+        // A password is checked (Argon2, tens of milliseconds) before the sessions are locked,
+        // so one slow check never holds up every other user-interactive auth.
+        let stage = auth
+            .and_then(|a| a.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let password_user = match auth {
+            Some(a) if stage == "m.login.password" && flows.iter().any(|f| f.contains(&stage)) => {
+                self.password_login(a)?
+            }
+            _ => None,
+        };
+        Ok(self
+            .accounts
+            .uia_step(auth, flows, expected_user, password_user)?)
     }
 
     /// Check an `m.login.password` body (identifier or legacy `user`); the user it names.

@@ -124,7 +124,7 @@ impl Services {
     pub fn authenticate(&self, token: &str, query: Option<&str>) -> ApiResult<Session> {
         match self.appservices.by_token(token) {
             Some(reg) => self.appservice_session(reg, token, query),
-            None => self.session(token),
+            None => Ok(self.accounts.session(token)?),
         }
     }
 
