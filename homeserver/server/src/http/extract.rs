@@ -143,7 +143,8 @@ pub fn authenticated(app: &App, parts: &Parts) -> Result<Session, ApiError> {
         session.device_id.as_ref().map(|d| d.as_str()),
     );
     if let Some(device) = &session.device_id {
-        app.saw_device(&session.user_id, device, client_ip(parts, app));
+        app.accounts
+            .saw_device(&session.user_id, device, client_ip(parts, app));
     }
     Ok(session)
 }

@@ -9,7 +9,6 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod filters;
-pub mod last_seen;
 pub mod media;
 pub mod notify;
 pub mod openid;
@@ -71,7 +70,6 @@ pub struct Services {
     /// Memory that request bodies in flight may hold, shared by both listeners.
     pub bodies: crate::http::body::BodyBudget,
     pub limiter: ratelimit::Limiter,
-    pub last_seen: last_seen::LastSeen,
     pub public_users: user_directory::PublicUsers,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -142,7 +140,6 @@ impl Services {
             search,
             bodies: Default::default(),
             limiter,
-            last_seen: Default::default(),
             public_users: Default::default(),
             room_locks: Mutex::new(HashMap::new()),
         });

@@ -18,7 +18,7 @@ use crate::{
 /// A device as clients see it. `last_seen_ip` is always present (null when the device has made
 /// no request since this was recorded): matrix-nio rejects a device list without it.
 fn device(app: &App, user: &UserId, id: &str, d: &DeviceRecord) -> ApiResult<Device> {
-    let seen = app.device_seen(user, id)?;
+    let seen = app.accounts.device_seen(user, id)?;
     let (ts, ip) = match seen {
         Some(s) => (s.ts.max(d.last_seen_ts), Some(s.ip)),
         None => (d.last_seen_ts, None),

@@ -155,7 +155,7 @@ impl Services {
         self.commit_device_list_changes(user_id, changes, batch)
             .await?;
         for d in device_ids {
-            self.last_seen.forget(user_id, d);
+            self.accounts.last_seen.forget(user_id, d);
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! Accounts: users and their passwords (`USER__ACCOUNT`), devices (`devices`), access and
-//! refresh tokens (`tokens`), user-interactive auth sessions (`uia`). [`Accounts`] is the one
-//! owner of those tables.
+//! refresh tokens (`tokens`), user-interactive auth sessions (`uia`) and when each device was
+//! last seen (`last_seen`). [`Accounts`] is the one owner of those tables.
 
 pub mod devices;
+pub mod last_seen;
 pub mod tokens;
 pub mod uia;
 
@@ -82,6 +83,7 @@ pub struct Accounts {
     /// What `m.login.registration_token` accepts.
     registration_tokens: Vec<String>,
     uia: UiaSessions,
+    last_seen: last_seen::LastSeen,
 }
 
 impl Accounts {
@@ -92,6 +94,7 @@ impl Accounts {
             refreshable_token_lifetime_ms: settings.refreshable_token_lifetime_ms,
             registration_tokens: settings.registration_tokens.clone(),
             uia: UiaSessions::default(),
+            last_seen: Default::default(),
         }
     }
 

@@ -8,8 +8,8 @@ use plexus_store::{schema, Batch};
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, Services};
-use crate::error::ApiResult;
+use super::{Accounts, AccountsError};
+use crate::service::now_ms;
 
 /// How stale a stored last-seen time may be (Synapse keeps 2 minutes).
 const GRANULARITY_MS: u64 = 60_000;
@@ -70,7 +70,7 @@ impl LastSeen {
     }
 }
 
-impl Services {
+impl Accounts {
     /// A device made a request from `ip`. Never fails the request: a store error is logged.
     pub fn saw_device(&self, user: &UserId, device: &OwnedDeviceId, ip: IpAddr) {
         let now = now_ms();
@@ -92,7 +92,7 @@ impl Services {
 
     /// When and from where the device was last seen, if it made a request since this was
     /// recorded.
-    pub fn device_seen(&self, user: &UserId, device: &str) -> ApiResult<Option<Seen>> {
+    pub fn device_seen(&self, user: &UserId, device: &str) -> Result<Option<Seen>, AccountsError> {
         Ok(schema::USER_DEVICE__LAST_SEEN.get(&self.store.kv, (user.as_str(), device))?)
     }
 }
