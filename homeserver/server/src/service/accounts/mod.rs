@@ -238,3 +238,64 @@ pub async fn blocking<T: Send + 'static>(
         .await
         .map_err(BlockingError::Failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        (dir, Accounts::new(store, &settings))
+    }
+
+    #[test]
+    fn user_names_are_local_user_ids() {
+        let (_dir, accounts) = service();
+        assert_eq!(
+            accounts.parse_user_name("Alice").unwrap().as_str(),
+            "@alice:localhost"
+        );
+        assert!(matches!(
+            accounts.parse_user_name("@bob:elsewhere"),
+            Err(AccountsError::NotLocal)
+        ));
+        assert!(matches!(
+            accounts.parse_user_name("@"),
+            Err(AccountsError::InvalidUserId(_))
+        ));
+    }
+
+    #[test]
+    fn a_refresh_replaces_both_tokens_once_and_a_deleted_device_has_none() {
+        let (_dir, accounts) = service();
+        let alice = ruma::user_id!("@alice:localhost");
+        let (device, first) = accounts.issue_device(alice, None, None, true).unwrap();
+        let session = accounts.session(&first.access_token).unwrap();
+        assert_eq!(session.device_id, Some(device.clone()));
+        let refresh = first.refresh_token.unwrap();
+        let second = accounts.refresh(&refresh).unwrap();
+        assert!(matches!(
+            accounts.session(&first.access_token),
+            Err(AccountsError::UnknownToken { soft_logout: false })
+        ));
+        assert!(matches!(
+            accounts.refresh(&refresh),
+            Err(AccountsError::UnknownToken { soft_logout: false })
+        ));
+        assert!(accounts.session(&second.access_token).is_ok());
+        let mut b = Batch::default();
+        assert!(accounts
+            .stage_delete_device(alice, device.as_str(), &mut b)
+            .unwrap());
+        accounts.store.commit(b).unwrap();
+        assert!(accounts.session(&second.access_token).is_err());
+        assert!(accounts.devices(alice).unwrap().is_empty());
+    }
+}
