@@ -344,6 +344,17 @@ impl From<crate::service::e2ee::E2eeError> for ApiError {
     }
 }
 
+impl From<crate::service::push::pushers::PushersError> for ApiError {
+    fn from(e: crate::service::push::pushers::PushersError) -> Self {
+        use crate::service::push::pushers::PushersError::*;
+        match e {
+            Store(e) => e.into(),
+            TooMany => ApiError::Forbidden(e.to_string()),
+            BadUser { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

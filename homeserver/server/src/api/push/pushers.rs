@@ -11,11 +11,7 @@ use crate::{
         extract::{Auth, JsonObject},
         ruma::Ruma,
     },
-    service::{
-        now_ms,
-        push::pushers::{self as store, PusherKey},
-        App, Services,
-    },
+    service::{now_ms, push::pushers::PusherKey, App, Services},
 };
 
 /// The push gateway path the spec requires an HTTP pusher's URL to have.
@@ -29,7 +25,7 @@ pub async fn get(
 ) -> ApiResult<get_pushers::v3::Response> {
     let s = req.caller;
     let mut pushers: Vec<Pusher> = vec![];
-    for ((_, app_id, _), p) in store::of_user(&app, &s.user_id)? {
+    for ((_, app_id, _), p) in app.pusher_records.of_user(&s.user_id)? {
         // What `set` stored; the store's own fields (`pushkey_ts`, `device_id`) are not
         // ruma's and are left out.
         match serde_json::from_value::<Pusher>(p) {
@@ -109,7 +105,7 @@ pub async fn set(
         }
     };
     let Some(kind) = kind else {
-        store::remove(&app, &key)?;
+        app.pusher_records.remove(&key)?;
         app.store.flush().await?;
         return Ok(Json(json!({})));
     };
@@ -175,7 +171,7 @@ pub async fn set(
     if let Some(d) = &s.device_id {
         pusher["device_id"] = json!(d);
     }
-    store::set(&app, &key, &pusher, append)?;
+    app.pusher_records.set(&key, &pusher, append)?;
     app.store.flush().await?;
     app.pushers.added(&s.user_id);
     Ok(Json(json!({})))

@@ -149,9 +149,8 @@ impl Services {
         if changes.is_empty() {
             return Ok(());
         }
-        crate::service::push::pushers::stage_delete_for_devices(
-            self, user_id, device_ids, &mut batch,
-        )?;
+        self.pusher_records
+            .stage_delete_for_devices(user_id, device_ids, &mut batch)?;
         self.commit_device_list_changes(user_id, changes, batch)
             .await?;
         for d in device_ids {

@@ -9,7 +9,7 @@ use ruma::{push::Action, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use crate::service::push::pushers::{self as store, of_user, users_with_pushers, PusherKey};
+use crate::service::push::pushers::PusherKey;
 use crate::service::push::{
     evaluate::tweaks,
     unread::{self, Stored},
@@ -83,7 +83,7 @@ impl Pushers {
             Default::default(),
         )?;
         let app = app.clone();
-        let initial = users_with_pushers(&app)?;
+        let initial = app.pusher_records.users_with_pushers()?;
         app.pushers
             .users
             .lock()
@@ -93,7 +93,7 @@ impl Pushers {
             let mut workers: HashMap<PusherKey, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
                 HashMap::new();
             let mut wake_user = |user: OwnedUserId| {
-                let pushers = match of_user(&app, &user) {
+                let pushers = match app.pusher_records.of_user(&user) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::warn!(user_id = %user, error = %e, "pushers unreadable");
@@ -165,10 +165,10 @@ async fn deliver(
     user: &UserId,
     key: &PusherKey,
 ) -> ApiResult<Pass> {
-    let Some(pusher) = store::get(app, key)? else {
+    let Some(pusher) = app.pusher_records.get(key)? else {
         return Ok(Pass::Gone);
     };
-    let progress = store::delivered(app, key)?;
+    let progress = app.pusher_records.delivered(key)?;
     let todo: Vec<(u64, Stored)> =
         unread::notifications(app, user, progress.saturating_add(1), u64::MAX)
             .take(BATCH)
@@ -179,13 +179,13 @@ async fn deliver(
         if unread::is_unread(app, user, n.short_room, count)? {
             if let Some(body) = request_body(app, user, &pusher, &n)? {
                 if post(client, app, &pusher, &body).await? {
-                    store::remove(app, key)?;
+                    app.pusher_records.remove(key)?;
                     tracing::info!(user_id = %user, "push gateway rejected the pushkey; pusher removed");
                     return Ok(Pass::Gone);
                 }
             }
         }
-        store::set_delivered(app, key, count)?;
+        app.pusher_records.set_delivered(key, count)?;
     }
     Ok(if more { Pass::More } else { Pass::CaughtUp })
 }
