@@ -119,6 +119,27 @@ impl Rooms {
         Ok([timeline, backfill])
     }
 
+    /// Timeline events after stream position `from` and up to `to`, `(count, short event
+    /// id)` in stream order, read as the caller goes (a consumer that stops early reads no
+    /// further).
+    pub fn events_since(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = Result<(u64, u64), RoomsError>> + '_ {
+        schema::COUNT__EVENT
+            .stream::<u64>(&self.store.kv, from, to)
+            .map(|r| r.map_err(RoomsError::from))
+    }
+
+    /// Every room known here, `(room id as stored, short id)` in room id order, read as the
+    /// caller goes.
+    pub fn all_rooms(&self) -> impl Iterator<Item = Result<(String, u64), RoomsError>> + '_ {
+        schema::ROOMID__SHORT
+            .iter::<u64>(&self.store.kv)
+            .map(|r| r.map_err(RoomsError::from))
+    }
+
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRef>, RoomsError> {
         let kv = &self.store.kv;
         let Some(short) = schema::ROOMID__SHORT.get(kv, room_id.as_str())? else {

@@ -12,7 +12,6 @@ use std::{
     },
 };
 
-use plexus_store::schema;
 use ruma::OwnedUserId;
 
 use super::Services;
@@ -65,7 +64,7 @@ impl Services {
 
     fn walk_public_rooms(&self) -> ApiResult<BTreeSet<OwnedUserId>> {
         let mut users = BTreeSet::new();
-        for item in schema::ROOMID__SHORT.iter::<u64>(&self.store.kv) {
+        for item in self.rooms.all_rooms() {
             let (room_id, short) = item?;
             let published = match ruma::RoomId::parse(&room_id) {
                 Ok(id) => self.directory.is_published(&id)?,

@@ -221,7 +221,7 @@ impl View {
         let mut events = vec![];
         // Users who left one of its rooms: candidates for MSC3202's `left`.
         let mut departed = BTreeSet::new();
-        for item in schema::COUNT__EVENT.stream::<u64>(&svc.store.kv, from, now) {
+        for item in svc.rooms.events_since(from, now) {
             let (count, short) = item?;
             if events.len() >= MAX_EVENTS {
                 upto = count.saturating_sub(1);
@@ -379,7 +379,7 @@ impl View {
             }
             let scan = match reg.namespaces.rooms.is_empty() {
                 true => None,
-                false => Some(schema::ROOMID__SHORT.iter::<u64>(&svc.store.kv)),
+                false => Some(svc.rooms.all_rooms()),
             };
             for item in scan.into_iter().flatten() {
                 let (id, _) = item?;
