@@ -448,7 +448,7 @@ impl<'a> RoomWriter<'a> {
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
                     {
-                        schema::EVENT__PDU.put(batch, target, &redacted)?;
+                        redacted_row(batch, target, &redacted)?;
                     }
                 }
                 last_short = short;
@@ -552,6 +552,35 @@ pub fn tip_rows(
         schema::ROOM_EVENT__EXTREMITY.delete(batch, (short_room, *t));
     }
     schema::ROOM_EVENT__EXTREMITY.put(batch, (short_room, tip), &())
+}
+
+/// A redacted event's stored form (see [`redacted_form`]) in place of the original.
+pub fn redacted_row(batch: &mut Batch, target: u64, redacted: &Value) -> Result<(), StoreError> {
+    schema::EVENT__PDU.put(batch, target, redacted)
+}
+
+/// The stripped state another server gave with `event_id` (an invite, or the answer to a
+/// knock), by which `user` recognises a room this server is not in
+/// ([`super::rooms::Rooms::stored_stripped_state`] reads it).
+pub fn stripped_state_row(
+    batch: &mut Batch,
+    user: &UserId,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+    events: &[Value],
+) -> Result<(), StoreError> {
+    schema::USER_ROOM__STRIPPED_STATE.put(
+        batch,
+        (user.as_str(), room_id.as_str()),
+        &json!({ "event_id": event_id, "events": events }),
+    )
+}
+
+/// The events backfill placed in a room's history, at stream position `count`: they have no
+/// timeline position, and the consumers that follow the write path (the search indexer) read
+/// them here after the timeline.
+pub fn backfilled_row(batch: &mut Batch, count: u64, events: Vec<u64>) -> Result<(), StoreError> {
+    schema::COUNT__BACKFILLED_EVENTS.put(batch, count, &events)
 }
 
 /// The short id of an event `sender`'s redaction may actually redact: one in the same room

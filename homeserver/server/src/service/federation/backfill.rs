@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     error::ApiResult,
-    service::{rooms::RoomRef, Services},
+    service::{rooms::RoomRef, writer::backfilled_row, Services},
 };
 
 /// Most events asked for in one `/backfill` request.
@@ -165,7 +165,7 @@ pub async fn backfill(app: &Services, room: &RoomRef, wanted: usize) -> Result<u
             // A stream position for the search indexer, which follows it after the timeline.
             let (count, ()) = app.store.commit_with_count(|count, b| {
                 b.append(batch);
-                schema::COUNT__BACKFILLED_EVENTS.put(b, count, &fresh)?;
+                backfilled_row(b, count, fresh)?;
                 Ok(())
             })?;
             app.notifier.wake(std::iter::empty(), count);

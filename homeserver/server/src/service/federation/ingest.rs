@@ -29,7 +29,7 @@ use crate::{
     service::{
         rooms::RoomRef,
         writer::{
-            event_rows, event_state_row, membership_rows, outbox_rows, redacted_form,
+            event_rows, event_state_row, membership_rows, outbox_rows, redacted_form, redacted_row,
             redaction_target, relation_row, room_state_row, timeline_rows, tip_rows,
         },
     },
@@ -807,7 +807,7 @@ pub async fn persist(
         };
         if let Some(t) = redaction_target(app, room.short, rules, &pdu.sender, target, state)? {
             if let Some(redacted) = redacted_form(app, t, &c.stored, &room_id, rules) {
-                schema::EVENT__PDU.put(&mut pre, t, &redacted)?;
+                redacted_row(&mut pre, t, &redacted)?;
             }
         }
     }

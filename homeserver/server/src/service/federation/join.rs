@@ -22,7 +22,7 @@ use crate::{
         rooms::RoomMeta,
         writer::{
             event_state_row, member_content, membership_rows, room_rows, room_state_row,
-            timeline_rows, tip_rows,
+            stripped_state_row, timeline_rows, tip_rows,
         },
         Services,
     },
@@ -301,11 +301,7 @@ pub async fn persist_out_of_room(
     let short_room = room_or_new(app, room_id, version, &mut pre)?;
     ingest::put_outlier(app, &c, &mut pre)?;
     if let Some(events) = stripped {
-        plexus_store::schema::USER_ROOM__STRIPPED_STATE.put(
-            &mut pre,
-            (user.as_str(), room_id.as_str()),
-            &json!({ "event_id": c.event_id, "events": events }),
-        )?;
+        stripped_state_row(&mut pre, &user, room_id, &c.event_id, &events)?;
     }
     let (last, ()) = app.store.commit_with_count(|count, batch| {
         batch.append(pre);
