@@ -262,6 +262,17 @@ impl Rooms {
         Ok(won)
     }
 
+    /// The short ids of every state key of type `kind` known here (in any room), in state key
+    /// order, read as the caller goes.
+    pub fn state_keys_of_type<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = Result<u64, RoomsError>> + 'a {
+        schema::TYPE_STATEKEY__SHORT
+            .prefix::<First<1>, u64>(&self.store.kv, (kind,))
+            .map(|r| r.map(|(_, short)| short).map_err(RoomsError::from))
+    }
+
     pub fn state_key_of(&self, short: u64) -> Result<(String, String), RoomsError> {
         schema::SHORT__TYPE_STATEKEY
             .get(&self.store.kv, short)?

@@ -5,8 +5,6 @@
 use ruma::{RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
-use plexus_store::{schema, First};
-
 use super::{rooms::RoomRef, Services};
 use crate::error::ApiResult;
 
@@ -94,10 +92,8 @@ impl Services {
         // fewer than the state entries of a space with many members.
         let state = self.rooms.state_map(hash)?;
         let mut out = vec![];
-        for item in
-            schema::TYPE_STATEKEY__SHORT.prefix::<First<1>, u64>(&self.store.kv, ("m.space.child",))
-        {
-            let (_, short) = item?;
+        for item in self.rooms.state_keys_of_type("m.space.child") {
+            let short = item?;
             let Some(ev) = state.get(&short) else {
                 continue;
             };
