@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use plexus_core::Pdu;
-use plexus_store::{schema, First, StateMap, Store, StoreError};
+use plexus_store::{schema, Batch, First, StateMap, Store, StoreError};
 use ruma::{
     events::{
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
@@ -193,6 +193,26 @@ impl Rooms {
         txn: &str,
     ) -> Result<Option<String>, RoomsError> {
         Ok(schema::USER_DEVICE_TXN__EVENTID.get(&self.store.kv, (user.as_str(), scope, txn))?)
+    }
+
+    /// Claim `/sendToDevice` transaction `txn` of `(user, scope)` in the caller's batch unless
+    /// it was claimed before; answers whether it is new. To-device ids have their own
+    /// namespace in the transaction table, apart from room sends'. Call it inside the commit,
+    /// under the store's write lock, so that two tries of one transaction cannot both claim it.
+    pub fn stage_to_device_txn(
+        &self,
+        b: &mut Batch,
+        user: &UserId,
+        scope: &str,
+        txn: &str,
+    ) -> Result<bool, StoreError> {
+        let txn_id = format!("m.to_device\0{txn}");
+        let key = (user.as_str(), scope, txn_id.as_str());
+        if schema::USER_DEVICE_TXN__EVENTID.contains(&self.store.kv, key)? {
+            return Ok(false);
+        }
+        schema::USER_DEVICE_TXN__EVENTID.put(b, key, "")?;
+        Ok(true)
     }
 
     pub fn extremities(&self, short_room: u64) -> Result<Vec<u64>, RoomsError> {

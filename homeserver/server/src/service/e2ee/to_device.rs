@@ -1,6 +1,7 @@
 //! To-device messages: a durable inbox per device (`USER_DEVICE_COUNT__TO_DEVICE`) that sync
-//! drains once the client has acknowledged a position past a message, the transaction ids of
-//! `/sendToDevice`, and the `m.direct_to_device` EDUs for other servers' users.
+//! drains once the client has acknowledged a position past a message, and the
+//! `m.direct_to_device` EDUs for other servers' users. `/sendToDevice` transaction ids are
+//! claimed in the rooms service's transaction table, which room sends use too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{device_lists::stage_edu, E2ee, E2eeError};
 use crate::{
     error::ApiResult,
-    service::{App, Services},
+    service::{rooms::Rooms, App, Services},
 };
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
@@ -67,12 +68,15 @@ fn stage_message(
 }
 
 impl E2ee {
-    /// Store a client's to-device messages once per transaction `txn` of `(sender, scope)`:
-    /// for local devices (each with the appservice that takes it, if any) and as an EDU per
-    /// other server. Answers the stream position and whether the transaction was new. Not yet
-    /// durable: the caller flushes.
+    /// Store a client's to-device messages once per transaction `txn` of `(sender, scope)`
+    /// (claimed in `rooms`' transaction table in the same batch): for local devices (each with
+    /// the appservice that takes it, if any) and as an EDU per other server. Answers the
+    /// stream position and whether the transaction was new. Not yet durable: the caller
+    /// flushes.
+    #[allow(clippy::too_many_arguments)]
     pub fn send_to_device(
         &self,
+        rooms: &Rooms,
         sender: &UserId,
         scope: &str,
         txn: &str,
@@ -80,16 +84,11 @@ impl E2ee {
         targets: &[(&Delivery, Option<&str>)],
         remote: &BTreeMap<OwnedServerName, Map<String, Value>>,
     ) -> Result<(u64, bool), E2eeError> {
-        // The transaction table is shared with room sends (the room writer's); to-device ids
-        // have their own namespace in it.
-        let txn_id = format!("m.to_device\0{txn}");
-        let txn_key = (sender.as_str(), scope, txn_id.as_str());
-        let sender = sender.as_str();
         let (count, fresh) = self.store.commit_with_count(|count, b| {
-            if schema::USER_DEVICE_TXN__EVENTID.contains(&self.store.kv, txn_key)? {
+            if !rooms.stage_to_device_txn(b, sender, scope, txn)? {
                 return Ok(false);
             }
-            schema::USER_DEVICE_TXN__EVENTID.put(b, txn_key, "")?;
+            let sender = sender.as_str();
             for (seq, (d, appservice)) in targets.iter().enumerate() {
                 stage_message(b, d, *appservice, (count, seq as u32), sender, kind)?;
             }
@@ -197,9 +196,9 @@ impl Services {
             .iter()
             .map(|d| (d, self.to_device_appservice(&d.user)))
             .collect();
-        let (count, fresh) = self
-            .e2ee
-            .send_to_device(sender, scope, txn, kind, &routed, &remote)?;
+        let (count, fresh) =
+            self.e2ee
+                .send_to_device(&self.rooms, sender, scope, txn, kind, &routed, &remote)?;
         if fresh {
             self.store.flush().await?;
             self.notifier.wake(recipients, count);
