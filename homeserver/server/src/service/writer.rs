@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
+    federation::sender::Sender,
     now_ms,
     rooms::{Membership, RoomAudience, RoomMeta},
     Services,
@@ -444,7 +445,7 @@ impl<'a> RoomWriter<'a> {
                     count,
                     crate::service::push::unread::ReadScope::of_event(&p.stored),
                 )?;
-                outbox_rows(batch, &dests, count, short)?;
+                Sender::stage_pdus(batch, &dests, count, short)?;
                 if let Some(target) = p.redacts {
                     if let Some(redacted) = redacted_form(svc, target, &p.stored, &room_id, &rules)
                     {
@@ -688,19 +689,6 @@ pub fn relation_row(
         }
         None => Ok(()),
     }
-}
-
-/// Queue an event for each destination server, in the same batch that persists it.
-pub fn outbox_rows(
-    batch: &mut Batch,
-    dests: &[ruma::OwnedServerName],
-    count: u64,
-    short: u64,
-) -> Result<(), StoreError> {
-    for d in dests {
-        schema::DEST_COUNT__PDU.put(batch, (d.as_str(), count), &short)?;
-    }
-    Ok(())
 }
 
 /// The event this one relates to through `m.relates_to` (replies are not relations).

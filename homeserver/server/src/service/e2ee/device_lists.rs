@@ -10,7 +10,10 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use super::{E2ee, E2eeError};
-use crate::{error::ApiResult, service::Services};
+use crate::{
+    error::ApiResult,
+    service::{federation::sender::Sender, Services},
+};
 
 /// One change to a local user's devices or cross-signing keys.
 pub enum Change {
@@ -74,18 +77,6 @@ impl Change {
     }
 }
 
-/// An EDU for `dest` into the federation outbox (`DEST_COUNT_SEQ__EDU`), in the batch of the
-/// change it tells of. The outbox belongs to the federation sender; this stays the e2ee
-/// service's one write to it until the sender is a service with a `stage_*` of its own.
-pub(super) fn stage_edu(
-    b: &mut Batch,
-    dest: &str,
-    count: u64,
-    edu: &Value,
-) -> Result<(), StoreError> {
-    schema::DEST_COUNT_SEQ__EDU.put(b, (dest, count, 0), edu)
-}
-
 impl E2ee {
     /// Move `user`'s row in the change stream to `count`; answers the previous position.
     fn stream_row(
@@ -126,7 +117,7 @@ impl E2ee {
                 prev = self.stream_row(b, user, count, prev)?;
                 let edu = change.edu(user, count, prev);
                 for dest in servers {
-                    stage_edu(b, dest.as_str(), count, &edu)?;
+                    Sender::stage_edu(b, dest.as_str(), count, &edu)?;
                 }
                 prev = Some(count);
             }

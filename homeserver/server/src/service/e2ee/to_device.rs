@@ -9,10 +9,10 @@ use plexus_store::{schema, Batch, StoreError};
 use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
-use super::{device_lists::stage_edu, E2ee, E2eeError};
+use super::{E2ee, E2eeError};
 use crate::{
     error::ApiResult,
-    service::{rooms::Rooms, App, Services},
+    service::{federation::sender::Sender, rooms::Rooms, App, Services},
 };
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
@@ -100,7 +100,7 @@ impl E2ee {
                         "messages": messages,
                     },
                 });
-                stage_edu(b, dest.as_str(), count, &edu)?;
+                Sender::stage_edu(b, dest.as_str(), count, &edu)?;
             }
             Ok(true)
         })?;

@@ -22,14 +22,14 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::client::FedError;
+use super::{client::FedError, sender::Sender};
 use crate::service::Services;
 use crate::{
     error::{ApiError, ApiResult},
     service::{
         rooms::RoomRef,
         writer::{
-            event_rows, event_state_row, membership_rows, outbox_rows, redacted_form, redacted_row,
+            event_rows, event_state_row, membership_rows, redacted_form, redacted_row,
             redaction_target, relation_row, room_state_row, timeline_rows, tip_rows,
         },
     },
@@ -857,7 +857,7 @@ pub async fn persist(
             crate::service::push::evaluate::thread_of(&c.stored),
             &notified,
         )?;
-        outbox_rows(batch, &dests, count, short)?;
+        Sender::stage_pdus(batch, &dests, count, short)?;
         Ok(())
     })?;
     drop(_guard);

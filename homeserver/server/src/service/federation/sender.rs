@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use plexus_store::{schema, First};
+use plexus_store::{schema, Batch, First, StoreError};
 use ruma::{OwnedServerName, ServerName};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -70,6 +70,32 @@ pub fn federation_form(stored: &Value) -> Value {
 }
 
 impl Sender {
+    /// Queue an event for each destination server in the outbox, in the same batch that
+    /// persists it.
+    pub fn stage_pdus(
+        batch: &mut Batch,
+        dests: &[OwnedServerName],
+        count: u64,
+        short: u64,
+    ) -> Result<(), StoreError> {
+        for d in dests {
+            schema::DEST_COUNT__PDU.put(batch, (d.as_str(), count), &short)?;
+        }
+        Ok(())
+    }
+
+    /// An EDU for `dest` into the durable outbox, in the batch of the change it tells of (a
+    /// to-device message, a device list update): unlike the EDUs held in memory, it survives
+    /// a restart.
+    pub fn stage_edu(
+        batch: &mut Batch,
+        dest: &str,
+        count: u64,
+        edu: &Value,
+    ) -> Result<(), StoreError> {
+        schema::DEST_COUNT_SEQ__EDU.put(batch, (dest, count, 0), edu)
+    }
+
     /// Start the queues with anything left in the outbox from before a restart.
     pub fn start(&self, app: &Arc<Services>) {
         let _ = self.app.set(Arc::downgrade(app));
