@@ -12,7 +12,7 @@ use std::{
 };
 
 use plexus_core::appservice::{Kind, Registration};
-use plexus_store::{schema, Batch};
+use plexus_store::{schema, Batch, StoreError};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -44,6 +44,18 @@ struct Pending {
     body: Value,
     /// Where `upto` moves once this is acknowledged.
     upto: u64,
+}
+
+/// A to-device message for one of `appservice`'s users into its queue, in the batch that
+/// stores the message at stream position `count` (`seq` orders the messages there); the
+/// sender delivers it in a transaction and deletes it once acknowledged.
+pub fn stage_to_device(
+    b: &mut Batch,
+    appservice: &str,
+    (count, seq): (u64, u32),
+    message: &Value,
+) -> Result<(), StoreError> {
+    schema::APPSERVICE_COUNT_SEQ__TO_DEVICE.put(b, (appservice, count, seq), message)
 }
 
 /// Start a sender for every appservice that wants traffic.

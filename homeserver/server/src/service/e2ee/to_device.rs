@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{E2ee, E2eeError};
 use crate::{
     error::ApiResult,
-    service::{federation::sender::Sender, rooms::Rooms, App, Services},
+    service::{appservices, federation::sender::Sender, rooms::Rooms, App, Services},
 };
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
@@ -26,19 +26,6 @@ pub struct Delivery {
     pub content: Value,
 }
 
-/// A message for an appservice's user into that appservice's queue
-/// (`APPSERVICE_COUNT_SEQ__TO_DEVICE`). The queue belongs to the appservice sender; this stays
-/// the e2ee service's one write to it until the sender is a service with a `stage_*` of its
-/// own.
-fn stage_appservice_message(
-    b: &mut Batch,
-    appservice: &str,
-    (count, seq): (u64, u32),
-    message: &Value,
-) -> Result<(), StoreError> {
-    schema::APPSERVICE_COUNT_SEQ__TO_DEVICE.put(b, (appservice, count, seq), message)
-}
-
 /// Into the device's inbox, or, when `appservice` takes the user's messages, into that
 /// appservice's queue: its devices get their messages in transactions (MSC2409).
 fn stage_message(
@@ -50,7 +37,7 @@ fn stage_message(
     kind: &str,
 ) -> Result<(), StoreError> {
     match appservice {
-        Some(id) => stage_appservice_message(
+        Some(id) => appservices::sender::stage_to_device(
             b,
             id,
             (count, seq),
