@@ -515,8 +515,8 @@ impl View {
             Ok(false)
         };
         let mut changed = BTreeSet::new();
-        for item in schema::COUNT__DEVICE_LIST_USER.stream::<String>(&svc.store.kv, from, upto) {
-            let (_, user) = item?;
+        for item in svc.e2ee.changed_between(from, upto) {
+            let user = item?;
             let Ok(user) = OwnedUserId::try_from(user) else {
                 continue;
             };

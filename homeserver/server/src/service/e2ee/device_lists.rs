@@ -142,14 +142,16 @@ impl E2ee {
         Ok(schema::USER__DEVICE_LIST_COUNT.get(&self.store.kv, user.as_str())?)
     }
 
-    /// Users whose device list changed after `since` and up to `upper`, as stored.
-    fn changed_between(&self, since: u64, upper: u64) -> Result<Vec<String>, E2eeError> {
-        let mut out = vec![];
-        for item in schema::COUNT__DEVICE_LIST_USER.stream::<String>(&self.store.kv, since, upper) {
-            let (_, who) = item?;
-            out.push(who);
-        }
-        Ok(out)
+    /// Users whose device list changed after `since` and up to `upper`, as stored, in stream
+    /// order; read as the caller goes.
+    pub fn changed_between(
+        &self,
+        since: u64,
+        upper: u64,
+    ) -> impl Iterator<Item = Result<String, E2eeError>> + '_ {
+        schema::COUNT__DEVICE_LIST_USER
+            .stream::<String>(&self.store.kv, since, upper)
+            .map(|r| r.map(|(_, who)| who).map_err(E2eeError::from))
     }
 
     /// `user`'s membership in a room by its short id (`ROOM_USER__MEMBERSHIP`). The table is
@@ -330,7 +332,11 @@ impl Services {
             }
             Ok(false)
         };
-        for who in self.e2ee.changed_between(since, upper)? {
+        let changed_users = self
+            .e2ee
+            .changed_between(since, upper)
+            .collect::<Result<Vec<_>, _>>()?;
+        for who in changed_users {
             let Ok(who) = OwnedUserId::try_from(who) else {
                 continue;
             };
