@@ -2,9 +2,12 @@
 //! (the handlers) on top, then `service/` (the domains), then the store crate, with `http/` (the
 //! edge: extractors, errors, spans) beside them. An import may only point down: nothing below
 //! `api/` imports it, and nothing imports the client handlers. Tables are read and written only
-//! in `service/`.
+//! in `service/`, each table by one domain.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 const SERVER_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../homeserver/server/src");
 
@@ -202,5 +205,134 @@ fn the_store_is_reached_through_services() {
     assert!(
         unexpected.is_empty(),
         "store access outside service/ (put it in the domain's service): {unexpected:?}"
+    );
+}
+
+/// The domain a file under `service/` belongs to: `service/x/...` and `service/x.rs` are `x`.
+/// The room writer's row functions and the relation index are the rooms domain's.
+fn domain(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("service/")?;
+    let name = match rest.split_once('/') {
+        Some((dir, _)) => dir,
+        None => rest.strip_suffix(".rs").unwrap_or(rest),
+    };
+    Some(match name {
+        "writer" | "aggregations" => "rooms",
+        n => n,
+    })
+}
+
+/// `line` up to a `//` comment (a `//` inside a string literal does not start one).
+fn code_of(line: &str) -> &str {
+    let (mut in_str, mut escaped) = (false, false);
+    let bytes = line.as_bytes();
+    for (i, &c) in bytes.iter().enumerate() {
+        if in_str {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+        } else if c == b'"' {
+            in_str = true;
+        } else if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+/// The tables a source names as `schema::NAME` (or in a one-line `schema::{A, B}`), outside
+/// comments.
+fn tables_named(text: &str) -> BTreeSet<String> {
+    let is_table = |n: &str| {
+        n.starts_with(|c: char| c.is_ascii_uppercase())
+            && n.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    };
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let mut rest = code_of(line);
+        while let Some(at) = rest.find("schema::") {
+            rest = &rest[at + "schema::".len()..];
+            let names = match rest.strip_prefix('{') {
+                Some(tree) => &tree[..tree.find('}').unwrap_or(tree.len())],
+                None => {
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    &rest[..end]
+                }
+            };
+            out.extend(
+                names
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| is_table(n))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn tables_and_domains_are_read_from_the_source() {
+    assert_eq!(domain("service/e2ee/keys.rs"), Some("e2ee"));
+    assert_eq!(domain("service/account_data.rs"), Some("account_data"));
+    assert_eq!(domain("service/writer.rs"), Some("rooms"));
+    assert_eq!(domain("service/aggregations.rs"), Some("rooms"));
+    assert_eq!(domain("api/client/sync.rs"), None);
+    let text = r#"let a = schema::ROOM__META.get(kv, 1)?; // schema::NOT_THIS
+        /// schema::NOR_THIS
+        let url = "https://x"; schema::EVENT__PDU.put(b, 2, &v)?;
+        use plexus_store::schema::{COUNT__EVENT, Kv};
+        use plexus_store::{schema, Batch};"#;
+    let found: Vec<String> = tables_named(text).into_iter().collect();
+    assert_eq!(found, ["COUNT__EVENT", "EVENT__PDU", "ROOM__META"]);
+}
+
+/// Each table has one owning domain. A table is changed in one place, so its invariants (the
+/// forms of its keys, the rows written with it) live in one place: another domain reads it
+/// through a method of the owner, or writes it with the owner's `stage_*` functions in its own
+/// batch. (Files outside `service/` may not name tables at all: see above.)
+#[test]
+fn each_table_has_one_owner() {
+    // table -> domain -> files
+    let mut named: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (path, text) in server_files() {
+        let Some(domain) = domain(&path) else {
+            continue;
+        };
+        for table in tables_named(&text) {
+            named
+                .entry(table)
+                .or_default()
+                .entry(domain.to_owned())
+                .or_default()
+                .insert(path.clone());
+        }
+    }
+    assert!(!named.is_empty(), "no table named under service/");
+    let shared: Vec<String> = named
+        .iter()
+        .filter(|(_, domains)| domains.len() > 1)
+        .map(|(table, domains)| {
+            let by: Vec<String> = domains
+                .iter()
+                .map(|(d, files)| {
+                    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+                    format!("{d} ({})", files.join(", "))
+                })
+                .collect();
+            format!("{table}: {}", by.join("; "))
+        })
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "each table belongs to one domain; these are named in more than one (keep the table in \
+         its owner and give the others a reader or a `stage_*` function on it):\n{}",
+        shared.join("\n")
     );
 }
