@@ -269,7 +269,7 @@ fn tables_named(text: &str) -> BTreeSet<String> {
                 names
                     .split(',')
                     .map(str::trim)
-                    .filter(|n| is_table(n))
+                    .filter(|&n| is_table(n))
                     .map(str::to_owned),
             );
         }
