@@ -474,6 +474,37 @@ impl Rooms {
             .collect()
     }
 
+    /// `user`'s membership in a room by its short id, as the member table keeps it.
+    pub fn membership_in(
+        &self,
+        short_room: u64,
+        user: &UserId,
+    ) -> Result<Option<String>, RoomsError> {
+        Ok(schema::ROOM_USER__MEMBERSHIP.get(&self.store.kv, (short_room, user.as_str()))?)
+    }
+
+    /// `(user, membership)` of member events in the room after `since` and up to `upper`, in
+    /// stream order (a user id that does not parse is skipped).
+    pub fn member_changes(
+        &self,
+        short_room: u64,
+        since: u64,
+        upper: u64,
+    ) -> Result<Vec<(OwnedUserId, String)>, RoomsError> {
+        let mut out = vec![];
+        for item in schema::ROOM_COUNT_USER__MEMBERSHIP.range::<String>(
+            &self.store.kv,
+            (short_room, since + 1, ""),
+            (short_room, upper.saturating_add(1), ""),
+        ) {
+            let ((_, _, who), membership) = item?;
+            if let Ok(who) = OwnedUserId::try_from(who) {
+                out.push((who, membership));
+            }
+        }
+        Ok(out)
+    }
+
     /// Who a write to the room concerns, from one scan of its members: local users to wake
     /// (joined or invited) and the other servers with a joined member.
     pub fn room_audience(&self, short_room: u64) -> Result<RoomAudience, RoomsError> {

@@ -505,8 +505,7 @@ impl View {
         let shares = |user: &UserId| -> ApiResult<bool> {
             for room_id in &rooms {
                 if let Some(r) = svc.rooms.room(room_id)? {
-                    let m: Option<String> = schema::ROOM_USER__MEMBERSHIP
-                        .get(&svc.store.kv, (r.short, user.as_str()))?;
+                    let m = svc.rooms.membership_in(r.short, user)?;
                     if m.as_deref() == Some("join") {
                         return Ok(true);
                     }

@@ -153,35 +153,6 @@ impl E2ee {
             .stream::<String>(&self.store.kv, since, upper)
             .map(|r| r.map(|(_, who)| who).map_err(E2eeError::from))
     }
-
-    /// `user`'s membership in a room by its short id (`ROOM_USER__MEMBERSHIP`). The table is
-    /// the room writer's; this read moves to the rooms service once it has one.
-    fn room_membership(&self, short_room: u64, user: &UserId) -> Result<Option<String>, E2eeError> {
-        Ok(schema::ROOM_USER__MEMBERSHIP.get(&self.store.kv, (short_room, user.as_str()))?)
-    }
-
-    /// `(user, membership)` of member events in the room after `since` and up to `upper`
-    /// (`ROOM_COUNT_USER__MEMBERSHIP`). The table is the room writer's; this read moves to the
-    /// rooms service once it has one.
-    fn member_changes(
-        &self,
-        short_room: u64,
-        since: u64,
-        upper: u64,
-    ) -> Result<Vec<(OwnedUserId, String)>, E2eeError> {
-        let mut out = vec![];
-        for item in schema::ROOM_COUNT_USER__MEMBERSHIP.range::<String>(
-            &self.store.kv,
-            (short_room, since + 1, ""),
-            (short_room, upper.saturating_add(1), ""),
-        ) {
-            let ((_, _, who), membership) = item?;
-            if let Ok(who) = OwnedUserId::try_from(who) {
-                out.push((who, membership));
-            }
-        }
-        Ok(out)
-    }
 }
 
 impl Services {
@@ -293,7 +264,7 @@ impl Services {
                     joined.push(room.short);
                     let mut i_joined = false;
                     let mut joins = vec![];
-                    for (who, membership) in self.e2ee.member_changes(room.short, since, upper)? {
+                    for (who, membership) in self.rooms.member_changes(room.short, since, upper)? {
                         if who == user {
                             i_joined |= membership == "join";
                         } else if membership == "join" {
@@ -325,7 +296,7 @@ impl Services {
         }
         let shares = |other: &UserId| -> ApiResult<bool> {
             for short in &joined {
-                let m = self.e2ee.room_membership(*short, other)?;
+                let m = self.rooms.membership_in(*short, other)?;
                 if m.as_deref() == Some("join") {
                     return Ok(true);
                 }
