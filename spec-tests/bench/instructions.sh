@@ -66,7 +66,7 @@ for run in runs:
     counts[run] = {}
     for path in glob.glob(f"{out}/{run}/cg.out.*"):
         text = open(path, errors="replace").read()
-        phase = re.search(r"^desc: Trigger: Client Request: (.*)$", text, re.M)
+        phase = re.search(r"^desc: Trigger: (?:Client Request: |dump )(.*)$", text, re.M)
         total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
         if phase and total:
             name = phase.group(1).strip()
