@@ -317,6 +317,18 @@ impl From<crate::service::rooms::RoomsError> for ApiError {
     }
 }
 
+impl From<crate::service::ratelimit::RateLimitError> for ApiError {
+    fn from(e: crate::service::ratelimit::RateLimitError) -> Self {
+        use crate::service::ratelimit::RateLimitError::*;
+        match e {
+            LimitExceeded { retry_after_ms } => ApiError::LimitExceeded {
+                why: e.to_string(),
+                retry_after_ms,
+            },
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

@@ -12,7 +12,12 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::error::ApiError;
+/// Why an action was refused: its bucket is empty.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("Too many requests")]
+    LimitExceeded { retry_after_ms: u64 },
+}
 
 /// A bucket's shape: `burst` actions at once, refilled at `per_second`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
@@ -94,7 +99,7 @@ impl crate::service::Services {
         &self,
         s: &crate::service::accounts::Session,
         action: Action,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RateLimitError> {
         if s.appservice.is_some() {
             return Ok(());
         }
@@ -147,7 +152,7 @@ impl Limiter {
     }
 
     /// Take `cost` tokens (0 only looks) from the bucket of `who`, or say how long to wait.
-    fn draw(&self, action: Action, who: &str, cost: f64) -> Result<(), ApiError> {
+    fn draw(&self, action: Action, who: &str, cost: f64) -> Result<(), RateLimitError> {
         if !self.limits.enabled {
             return Ok(());
         }
@@ -173,20 +178,19 @@ impl Limiter {
             return Ok(());
         }
         let wait = Duration::from_secs_f64((needed - b.tokens) / rate.per_second);
-        Err(ApiError::LimitExceeded {
-            why: "Too many requests".into(),
+        Err(RateLimitError::LimitExceeded {
             retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
         })
     }
 
     /// One action of `who`: allowed, or `M_LIMIT_EXCEEDED`.
-    pub fn check(&self, action: Action, who: &str) -> Result<(), ApiError> {
+    pub fn check(&self, action: Action, who: &str) -> Result<(), RateLimitError> {
         self.draw(action, who, 1.0)
     }
 
     /// Whether `who` has a token left, without taking it (failed logins are charged after the
     /// password check, and only when it fails).
-    pub fn peek(&self, action: Action, who: &str) -> Result<(), ApiError> {
+    pub fn peek(&self, action: Action, who: &str) -> Result<(), RateLimitError> {
         self.draw(action, who, 0.0)
     }
 
@@ -232,7 +236,7 @@ mod tests {
             l.check(Action::LoginIp, "1.2.3.4").unwrap();
         }
         match l.check(Action::LoginIp, "1.2.3.4") {
-            Err(ApiError::LimitExceeded { retry_after_ms, .. }) => {
+            Err(RateLimitError::LimitExceeded { retry_after_ms }) => {
                 assert!((1..=100).contains(&retry_after_ms), "{retry_after_ms}")
             }
             other => panic!("{other:?}"),
