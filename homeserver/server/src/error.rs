@@ -301,6 +301,7 @@ impl From<crate::service::presence::PresenceError> for ApiError {
         use crate::service::presence::PresenceError::*;
         match e {
             Store(e) => e.into(),
+            Rooms(e) => e.into(),
         }
     }
 }
@@ -325,6 +326,16 @@ impl From<crate::service::ratelimit::RateLimitError> for ApiError {
                 why: e.to_string(),
                 retry_after_ms,
             },
+        }
+    }
+}
+
+impl From<crate::service::user_directory::UserDirectoryError> for ApiError {
+    fn from(e: crate::service::user_directory::UserDirectoryError) -> Self {
+        use crate::service::user_directory::UserDirectoryError::*;
+        match e {
+            Rooms(e) => e.into(),
+            Directory(e) => e.into(),
         }
     }
 }

@@ -8,8 +8,7 @@ use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{now_ms, Services};
-use crate::error::ApiResult;
+use super::{now_ms, rooms::RoomsError, Services};
 
 /// Online users with no activity for this long are shown as unavailable (idle).
 pub const IDLE_AFTER_MS: u64 = 5 * 60 * 1000;
@@ -48,7 +47,7 @@ impl PresenceRecord {
 
 impl Services {
     /// Everyone who shares a joined room with `user`, and the user.
-    pub fn presence_audience(&self, user: &UserId) -> ApiResult<BTreeSet<OwnedUserId>> {
+    pub fn presence_audience(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>, PresenceError> {
         let mut out = BTreeSet::from([user.to_owned()]);
         for (room_id, m) in self.rooms.user_rooms(user)? {
             if m.membership != "join" {
@@ -75,7 +74,7 @@ impl Services {
         presence: &str,
         status_msg: Option<Option<String>>,
         active: bool,
-    ) -> ApiResult<()> {
+    ) -> Result<(), PresenceError> {
         let Some(change) = self.presence.update(user, presence, status_msg, active)? else {
             return Ok(());
         };
@@ -95,18 +94,24 @@ impl Services {
     }
 
     /// `m.presence` events of users the viewer shares rooms with, changed after `since`.
-    pub fn presence_since(&self, viewer: &UserId, since: Option<u64>) -> ApiResult<Vec<Value>> {
+    pub fn presence_since(
+        &self,
+        viewer: &UserId,
+        since: Option<u64>,
+    ) -> Result<Vec<Value>, PresenceError> {
         Ok(self
             .presence
             .events_since(self.presence_audience(viewer)?, since)?)
     }
 }
 
-/// Why presence could not be read or written.
+/// Why presence could not be read or written, or its audience found.
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
 }
 
 /// Presence as last set or seen: the one owner of `USER__PRESENCE`.

@@ -5,8 +5,10 @@
 use ruma::{RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
-use super::{rooms::RoomRef, Services};
-use crate::error::ApiResult;
+use super::{
+    rooms::{RoomRef, RoomsError},
+    Services,
+};
 
 /// Who is looking at a room: a local user, another server on behalf of its users, or
 /// anyone at all (no access token).
@@ -20,13 +22,13 @@ pub enum Viewer<'a> {
 impl Services {
     /// A room's public summary (the directory's chunk fields, plus `room_version`,
     /// `encryption` and, for restricted rooms, `allowed_room_ids`) from current state.
-    pub fn room_summary(&self, room: &RoomRef) -> ApiResult<Value> {
+    pub fn room_summary(&self, room: &RoomRef) -> Result<Value, RoomsError> {
         let hash = self
             .rooms
             .current_state(room.short)?
             .map(|h| h.0)
             .unwrap_or(0);
-        let content = |kind: &str| -> ApiResult<Value> {
+        let content = |kind: &str| -> Result<Value, RoomsError> {
             Ok(self
                 .rooms
                 .state_json(hash, kind, "")?
@@ -75,7 +77,7 @@ impl Services {
 
     /// The room's `m.space.child` events that name a `via`, as stripped state with
     /// `origin_server_ts`, in the spec's order; none for a room that is not a space.
-    pub fn children_state(&self, room: &RoomRef) -> ApiResult<Vec<Value>> {
+    pub fn children_state(&self, room: &RoomRef) -> Result<Vec<Value>, RoomsError> {
         let hash = self
             .rooms
             .current_state(room.short)?
@@ -123,7 +125,7 @@ impl Services {
         room_id: &RoomId,
         summary: &Value,
         viewer: Viewer,
-    ) -> ApiResult<bool> {
+    ) -> Result<bool, RoomsError> {
         if summary["world_readable"] == true {
             return Ok(true);
         }
@@ -131,7 +133,7 @@ impl Services {
         if matches!(rule, "public" | "knock" | "knock_restricted") {
             return Ok(true);
         }
-        let member_of = |room_id: &RoomId, invited_too: bool| -> ApiResult<bool> {
+        let member_of = |room_id: &RoomId, invited_too: bool| -> Result<bool, RoomsError> {
             Ok(match viewer {
                 Viewer::User(u) => self.rooms.membership(u, room_id)?.is_some_and(|m| {
                     m.membership == "join" || (invited_too && m.membership == "invite")

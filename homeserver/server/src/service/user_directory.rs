@@ -14,8 +14,16 @@ use std::{
 
 use ruma::OwnedUserId;
 
-use super::Services;
-use crate::error::ApiResult;
+use super::{directory::DirectoryError, rooms::RoomsError, Services};
+
+/// Why the publicly visible users could not be found: reading the rooms or the directory.
+#[derive(Debug, thiserror::Error)]
+pub enum UserDirectoryError {
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
 
 #[derive(Default)]
 pub struct PublicUsers {
@@ -43,7 +51,7 @@ impl PublicUsers {
 
 impl Services {
     /// Users joined to a public, world-readable or published room.
-    pub fn publicly_visible_users(&self) -> ApiResult<Arc<BTreeSet<OwnedUserId>>> {
+    pub fn publicly_visible_users(&self) -> Result<Arc<BTreeSet<OwnedUserId>>, UserDirectoryError> {
         // Held across the walk: searches that find the set stale wait for one walk instead
         // of each starting their own.
         let mut cached = self
@@ -62,7 +70,7 @@ impl Services {
         Ok(users)
     }
 
-    fn walk_public_rooms(&self) -> ApiResult<BTreeSet<OwnedUserId>> {
+    fn walk_public_rooms(&self) -> Result<BTreeSet<OwnedUserId>, UserDirectoryError> {
         let mut users = BTreeSet::new();
         for item in self.rooms.all_rooms() {
             let (room_id, short) = item?;
