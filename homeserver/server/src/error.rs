@@ -314,6 +314,7 @@ impl From<crate::service::rooms::RoomsError> for ApiError {
             NotInRoom => ApiError::Forbidden(e.to_string()),
             UnknownRoom => ApiError::NotFound(e.to_string()),
             Corrupt(why) => ApiError::Internal(why),
+            Core(e) => e.into(),
         }
     }
 }

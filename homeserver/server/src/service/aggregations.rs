@@ -13,7 +13,6 @@ use super::{
     rooms::{Rooms, RoomsError},
     Services,
 };
-use crate::error::ApiResult;
 
 /// What writing one event changes in the aggregation tables, worked out before the commit.
 pub enum Plan {
@@ -275,14 +274,14 @@ impl Services {
         viewer: &Session,
         include_room_id: bool,
         threads: bool,
-    ) -> ApiResult<Option<Value>> {
+    ) -> Result<Option<Value>, RoomsError> {
         if stored["unsigned"].get("redacted_because").is_some() {
             return Ok(None);
         }
         let mut out = Map::new();
         // What relates to an event may be newer than what the viewer may see (they left, or
         // history is `joined`): nothing of it is bundled then.
-        let visible = |e: u64| -> ApiResult<bool> {
+        let visible = |e: u64| -> Result<bool, RoomsError> {
             match self.rooms.pdu_by_short(e)? {
                 Some(p) => Ok(self.rooms.can_see(&viewer.user_id, room_id, e, &p)?),
                 None => Ok(false),

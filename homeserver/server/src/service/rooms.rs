@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use plexus_core::Pdu;
+use plexus_core::{CoreError, Pdu};
 use plexus_store::{schema, Batch, First, StateMap, Store, StoreError};
 use ruma::{
     events::{
@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Services;
-use crate::error::{ApiError, ApiResult};
 
 /// State types that let someone outside a room recognise it (the spec's recommended set).
 pub const STRIPPED_STATE: [&str; 7] = [
@@ -88,6 +87,9 @@ pub enum RoomsError {
     /// Stored rows that do not fit together (500).
     #[error("{0}")]
     Corrupt(String),
+    /// The room version's rules (an unsupported version).
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
 /// The rooms tables: rooms, events, timelines, state snapshots, memberships, relations.
@@ -592,7 +594,7 @@ impl Services {
         room_id: &RoomId,
         viewer: Option<&super::accounts::Session>,
         include_room_id: bool,
-    ) -> ApiResult<Value> {
+    ) -> Result<Value, RoomsError> {
         let mut ev = self.client_event_inner(short, stored, room_id, viewer, include_room_id)?;
         if let Some(s) = viewer {
             if let Some(m) = self.membership_at(&s.user_id, short, stored)? {
@@ -613,7 +615,7 @@ impl Services {
 
     /// Whether the room's version keeps a redaction's target in `content.redacts` (v11+)
     /// rather than at the top level.
-    pub fn redacts_in_content(&self, room_id: &RoomId) -> ApiResult<bool> {
+    pub fn redacts_in_content(&self, room_id: &RoomId) -> Result<bool, RoomsError> {
         Ok(match self.rooms.room(room_id)? {
             Some(room) => {
                 plexus_core::room_version::rules(&room.meta.version)?
@@ -631,7 +633,7 @@ impl Services {
         user: &UserId,
         short: u64,
         stored: &Value,
-    ) -> ApiResult<Option<String>> {
+    ) -> Result<Option<String>, RoomsError> {
         let own_change = stored.get("type").and_then(Value::as_str) == Some("m.room.member")
             && stored.get("state_key").and_then(Value::as_str) == Some(user.as_str());
         if own_change {
@@ -657,7 +659,7 @@ impl Services {
         {
             Some(e) => match schema::EVENT__PDU.get::<Vec<u8>>(&self.store.kv, e)? {
                 Some(raw) => serde_json::from_slice::<Member>(&raw)
-                    .map_err(|e| ApiError::Internal(format!("corrupt event {e}")))?
+                    .map_err(|e| RoomsError::Corrupt(format!("corrupt event {e}")))?
                     .content
                     .membership
                     .and_then(|m| m.as_str().map(str::to_owned)),
@@ -676,7 +678,7 @@ impl Services {
         room_id: &RoomId,
         viewer: Option<&super::accounts::Session>,
         include_room_id: bool,
-    ) -> ApiResult<Value> {
+    ) -> Result<Value, RoomsError> {
         // Only a redaction needs its room version: where its `redacts` counts.
         let redacts_in_content = match stored.get("type").and_then(Value::as_str) {
             Some("m.room.redaction") => self.redacts_in_content(room_id)?,
@@ -706,7 +708,7 @@ impl Services {
     /// The state a user may read: the current state while joined (or if the room is world
     /// readable), the state as they left it if they left (or were kicked or banned) after being
     /// joined. `M_FORBIDDEN` if they never were joined, or forgot the room.
-    pub fn visible_state_hash(&self, user: &UserId, room: &RoomRef) -> ApiResult<u64> {
+    pub fn visible_state_hash(&self, user: &UserId, room: &RoomRef) -> Result<u64, RoomsError> {
         let current = self
             .rooms
             .current_state(room.short)?
@@ -734,7 +736,7 @@ impl Services {
         if self.rooms.history_visibility(current)? == "world_readable" {
             return Ok(current);
         }
-        Err(ApiError::Forbidden("You are not in this room".into()))
+        Err(RoomsError::NotInRoom)
     }
 }
 
@@ -746,7 +748,7 @@ impl Services {
         &self,
         hash: u64,
         rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> ApiResult<RoomPowerLevels> {
+    ) -> Result<RoomPowerLevels, RoomsError> {
         let content: Option<RoomPowerLevelsEventContent> = self
             .rooms
             .state_json(hash, "m.room.power_levels", "")?
@@ -779,7 +781,12 @@ impl Services {
 
     /// Whether `user` is joined and has the power to send state of type `kind` in the room's
     /// current state.
-    pub fn may_send_state(&self, user: &UserId, room: &RoomRef, kind: &str) -> ApiResult<bool> {
+    pub fn may_send_state(
+        &self,
+        user: &UserId,
+        room: &RoomRef,
+        kind: &str,
+    ) -> Result<bool, RoomsError> {
         if !self.rooms.is_joined(user, &room.meta.room_id)? {
             return Ok(false);
         }

@@ -61,7 +61,8 @@ pub fn member_events_for(
 
 /// Ensure the user may read the room at all (was ever in it, or it is world readable).
 fn check_access(app: &App, s: &Session, room: &RoomRef) -> ApiResult<()> {
-    app.visible_state_hash(&s.user_id, room).map(|_| ())
+    app.visible_state_hash(&s.user_id, room)?;
+    Ok(())
 }
 
 /// A place between two events of a room as `/messages` sees it: after timeline position `n`
