@@ -341,6 +341,19 @@ impl From<crate::service::user_directory::UserDirectoryError> for ApiError {
     }
 }
 
+impl From<crate::service::restricted::RestrictedJoinError> for ApiError {
+    fn from(e: crate::service::restricted::RestrictedJoinError) -> Self {
+        use crate::service::restricted::RestrictedJoinError::*;
+        match e {
+            Rooms(e) => e.into(),
+            Core(e) => e.into(),
+            NotAllowed => ApiError::Forbidden(e.to_string()),
+            UnableToGrant => ApiError::UnableToGrantJoin,
+            UnableToAuthorise => ApiError::UnableToAuthoriseJoin,
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

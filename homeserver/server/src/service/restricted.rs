@@ -2,11 +2,32 @@
 //! `knock_restricted` room through their membership of one of its allowed rooms, and which local
 //! member vouches for the join (`join_authorised_via_users_server`).
 
-use plexus_core::room_version;
+use plexus_core::{room_version, CoreError};
 use ruma::{OwnedUserId, RoomId, UserId};
 
-use super::{rooms::RoomRef, spaces::allowed_room_ids, Services};
-use crate::error::{ApiError, ApiResult};
+use super::{
+    rooms::{RoomRef, RoomsError},
+    spaces::allowed_room_ids,
+    Services,
+};
+
+/// Why a restricted join is refused or cannot be decided here.
+#[derive(Debug, thiserror::Error)]
+pub enum RestrictedJoinError {
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// 403: the user is in none of the allowed rooms.
+    #[error("You are not a member of any room whose members may join this one")]
+    NotAllowed,
+    /// `M_UNABLE_TO_GRANT_JOIN`: this server is in none of the allowed rooms.
+    #[error("this server is in none of the rooms that grant access, so cannot grant the join")]
+    UnableToGrant,
+    /// `M_UNABLE_TO_AUTHORISE_JOIN`: no local member may invite.
+    #[error("no user on this server may authorise the join")]
+    UnableToAuthorise,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum JoinAuthorisation {
@@ -21,7 +42,11 @@ impl Services {
     /// Errors: `M_FORBIDDEN` when the user is in none of the allowed rooms,
     /// `M_UNABLE_TO_GRANT_JOIN` when this server is in none of them (so cannot tell), and
     /// `M_UNABLE_TO_AUTHORISE_JOIN` when no local member may invite.
-    pub fn authorise_join(&self, room: &RoomRef, user: &UserId) -> ApiResult<JoinAuthorisation> {
+    pub fn authorise_join(
+        &self,
+        room: &RoomRef,
+        user: &UserId,
+    ) -> Result<JoinAuthorisation, RestrictedJoinError> {
         let rules = room_version::rules(&room.meta.version)?;
         if !rules.authorization.restricted_join_rule {
             return Ok(JoinAuthorisation::NotNeeded);
@@ -64,16 +89,14 @@ impl Services {
         }
         if !allowed {
             return Err(if resident_in_any {
-                ApiError::Forbidden(
-                    "You are not a member of any room whose members may join this one".into(),
-                )
+                RestrictedJoinError::NotAllowed
             } else {
-                ApiError::UnableToGrantJoin
+                RestrictedJoinError::UnableToGrant
             });
         }
         self.local_inviter(room, hash, &rules)?
             .map(JoinAuthorisation::Via)
-            .ok_or(ApiError::UnableToAuthoriseJoin)
+            .ok_or(RestrictedJoinError::UnableToAuthorise)
     }
 
     /// A local joined member with the power to invite.
@@ -82,7 +105,7 @@ impl Services {
         room: &RoomRef,
         hash: u64,
         rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> ApiResult<Option<OwnedUserId>> {
+    ) -> Result<Option<OwnedUserId>, RoomsError> {
         let power = self.power_levels(hash, rules)?;
         let mut members = self.rooms.room_members(room.short)?;
         members.sort();
