@@ -354,6 +354,16 @@ impl From<crate::service::restricted::RestrictedJoinError> for ApiError {
     }
 }
 
+impl From<crate::service::ephemeral::EphemeralError> for ApiError {
+    fn from(e: crate::service::ephemeral::EphemeralError) -> Self {
+        use crate::service::ephemeral::EphemeralError::*;
+        match e {
+            Store(e) => e.into(),
+            Rooms(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

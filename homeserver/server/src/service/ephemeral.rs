@@ -14,8 +14,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::{now_ms, Services};
-use crate::error::ApiResult;
+use super::{now_ms, rooms::RoomsError, Services};
 
 /// Longest a client may claim to be typing without renewing.
 pub const MAX_TYPING_MS: u64 = 120_000;
@@ -114,6 +113,16 @@ pub enum ReceiptsError {
     Content,
 }
 
+/// Why typing or a receipt could not be set: the store, or reading the room's members and
+/// servers.
+#[derive(Debug, thiserror::Error)]
+pub enum EphemeralError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+}
+
 /// Read receipts: the one owner of `ROOM_USER_TYPE_THREAD__RECEIPT`.
 pub struct Receipts {
     store: Arc<Store>,
@@ -181,11 +190,11 @@ impl Receipts {
 
 impl Services {
     /// A new stream position for an update that has no batch of its own.
-    fn bump(&self) -> ApiResult<u64> {
+    fn bump(&self) -> Result<u64, StoreError> {
         Ok(self.store.commit_with_count(|_, _| Ok(()))?.0)
     }
 
-    fn wake_room(&self, room_id: &RoomId, count: u64) -> ApiResult<()> {
+    fn wake_room(&self, room_id: &RoomId, count: u64) -> Result<(), RoomsError> {
         let Some(room) = self.rooms.room(room_id)? else {
             return Ok(());
         };
@@ -206,11 +215,11 @@ impl Services {
         room_id: &RoomId,
         user: &UserId,
         timeout_ms: Option<u64>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), EphemeralError> {
         let count = self.bump()?;
         self.typing.set(room_id, user, timeout_ms, count);
         crate::service::federation::edu::send_typing(self, room_id, user, timeout_ms)?;
-        self.wake_room(room_id, count)
+        Ok(self.wake_room(room_id, count)?)
     }
 
     /// Drop expired typing entries and tell the rooms' members; runs every second.
@@ -240,7 +249,7 @@ impl Services {
         kind: &str,
         event_id: &str,
         thread: &str,
-    ) -> ApiResult<()> {
+    ) -> Result<(), EphemeralError> {
         // Where the receipt points in the timeline, for the unread notifications it clears.
         let read_upto = match ruma::EventId::parse(event_id) {
             Ok(id) if self.is_local(user) => self

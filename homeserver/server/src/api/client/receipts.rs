@@ -79,7 +79,8 @@ async fn apply(
     match kind {
         "m.read" | "m.read.private" => {
             app.set_receipt(room_id, room.short, &s.user_id, kind, event_id, thread)
-                .await
+                .await?;
+            Ok(())
         }
         "m.fully_read" => {
             app.set_account_data(
