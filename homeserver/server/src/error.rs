@@ -364,6 +364,21 @@ impl From<crate::service::ephemeral::EphemeralError> for ApiError {
     }
 }
 
+impl From<crate::service::writer::WriteError> for ApiError {
+    fn from(e: crate::service::writer::WriteError) -> Self {
+        use crate::service::writer::WriteError::*;
+        match e {
+            Store(e) => e.into(),
+            Rooms(e) => e.into(),
+            Core(e) => e.into(),
+            Push(e) => e.into(),
+            Forbidden(why) => ApiError::Forbidden(why),
+            BadJson(why) => ApiError::BadJson(why),
+            Internal(why) => ApiError::Internal(why),
+        }
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

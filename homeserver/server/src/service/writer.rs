@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use plexus_core::{
     auth,
     builder::{build_pdu, next_depth, BuiltPdu, EventRef, NewEvent, RoomContext},
-    room_version, Pdu,
+    room_version, CoreError, Pdu,
 };
 use plexus_store::{schema, Batch, StateMap, StoreError};
 use ruma::{
@@ -18,15 +18,39 @@ use serde_json::{json, Value};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
+    accounts::AccountsError,
     federation::sender::Sender,
     now_ms,
-    rooms::{Membership, RoomAudience, RoomMeta},
+    push::PushError,
+    rooms::{Membership, RoomAudience, RoomMeta, RoomsError},
     Services,
 };
-use crate::error::{ApiError, ApiResult};
 
 /// Most prev_events cited by one new event.
 const MAX_PREV_EVENTS: usize = 20;
+
+/// Why an event could not be built, authorized or committed to a room.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+    /// Building or signing the event, or the room version's rules.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// Running the local members' push rules on a new event.
+    #[error(transparent)]
+    Push(#[from] PushError),
+    /// 403: the auth rules refuse the event.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400 `M_BAD_JSON`: content the auth rules cannot read.
+    #[error("{0}")]
+    BadJson(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
 struct Pending {
     built: BuiltPdu,
@@ -55,7 +79,7 @@ pub struct RoomWriter<'a> {
 
 impl<'a> RoomWriter<'a> {
     /// Take the room's append lock and load its current state.
-    pub async fn open(svc: &'a Services, room_id: &ruma::RoomId) -> ApiResult<Self> {
+    pub async fn open(svc: &'a Services, room_id: &ruma::RoomId) -> Result<Self, WriteError> {
         let guard = svc.room_lock(room_id).lock_owned().await;
         let room = svc.rooms.room_or_404(room_id)?;
         let rules = room_version::rules(&room.meta.version)?;
@@ -91,7 +115,7 @@ impl<'a> RoomWriter<'a> {
     }
 
     /// A writer for a room that does not exist yet; the first event must be `m.room.create`.
-    pub fn create(svc: &'a Services, version: RoomVersionId) -> ApiResult<Self> {
+    pub fn create(svc: &'a Services, version: RoomVersionId) -> Result<Self, WriteError> {
         let rules = room_version::rules(&version)?;
         let room_id = if rules.authorization.room_create_event_id_as_room_id {
             None
@@ -101,7 +125,7 @@ impl<'a> RoomWriter<'a> {
                 plexus_core::signing::random_alnum(18),
                 svc.server_name()
             );
-            Some(OwnedRoomId::try_from(id).map_err(|e| ApiError::Internal(e.to_string()))?)
+            Some(OwnedRoomId::try_from(id).map_err(|e| WriteError::Internal(e.to_string()))?)
         };
         Ok(Self {
             svc,
@@ -122,7 +146,7 @@ impl<'a> RoomWriter<'a> {
 
     /// The current state event at `(type, state_key)`, including events appended but not
     /// committed yet.
-    pub fn state(&self, kind: &str, state_key: &str) -> ApiResult<Option<Pdu>> {
+    pub fn state(&self, kind: &str, state_key: &str) -> Result<Option<Pdu>, RoomsError> {
         if let Some(i) = self
             .pending_state
             .get(&(kind.to_owned(), state_key.to_owned()))
@@ -130,13 +154,12 @@ impl<'a> RoomWriter<'a> {
             return Ok(Some(self.pending[*i].built.pdu.clone()));
         }
         // One entry of the snapshot, read without materialising the whole room state.
-        Ok(self
-            .svc
+        self.svc
             .rooms
-            .state_pdu(self.base.map(|b| b.0).unwrap_or(0), kind, state_key)?)
+            .state_pdu(self.base.map(|b| b.0).unwrap_or(0), kind, state_key)
     }
 
-    pub fn membership_of(&self, user: &UserId) -> ApiResult<Option<String>> {
+    pub fn membership_of(&self, user: &UserId) -> Result<Option<String>, RoomsError> {
         Ok(self
             .state("m.room.member", user.as_str())?
             .and_then(|p| p.membership()))
@@ -151,7 +174,7 @@ impl<'a> RoomWriter<'a> {
     }
 
     /// The current state events an event must cite as its `auth_events`.
-    fn auth_refs(&self, sender: &UserId, ev: &NewEvent) -> ApiResult<Vec<EventRef>> {
+    fn auth_refs(&self, sender: &UserId, ev: &NewEvent) -> Result<Vec<EventRef>, WriteError> {
         let types = auth::auth_types(
             &self.rules,
             &ev.kind,
@@ -159,7 +182,7 @@ impl<'a> RoomWriter<'a> {
             ev.state_key.as_deref(),
             &ev.content,
         )
-        .map_err(|e| ApiError::BadJson(e.to_string()))?;
+        .map_err(|e| WriteError::BadJson(e.to_string()))?;
         let mut auth_events = Vec::with_capacity(types.len());
         for (t, k) in &types {
             if let Some(p) = self.state(&t.to_string(), k)? {
@@ -172,11 +195,11 @@ impl<'a> RoomWriter<'a> {
     /// An unsigned event on top of the room for another server to complete and sign (the
     /// make_join/make_leave template), checked against current state so a join that cannot
     /// succeed is refused up front.
-    pub fn template(&self, sender: &UserId, ev: &NewEvent) -> ApiResult<Value> {
+    pub fn template(&self, sender: &UserId, ev: &NewEvent) -> Result<Value, WriteError> {
         let room_id = self
             .room_id
             .as_ref()
-            .ok_or_else(|| ApiError::Internal("room without id".into()))?;
+            .ok_or_else(|| WriteError::Internal("room without id".into()))?;
         let auth_events = self.auth_refs(sender, ev)?;
         let mut t = json!({
             "room_id": room_id,
@@ -194,7 +217,7 @@ impl<'a> RoomWriter<'a> {
         }
         let mut probe = t.clone();
         probe["event_id"] = json!("$template:probe.invalid");
-        let probe = serde_json::to_vec(&probe).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let probe = serde_json::to_vec(&probe).map_err(|e| WriteError::Internal(e.to_string()))?;
         self.authorize(&Pdu::from_json(&probe)?)?;
         Ok(t)
     }
@@ -205,7 +228,7 @@ impl<'a> RoomWriter<'a> {
         sender: &UserId,
         ev: NewEvent,
         txn: Option<(String, String)>,
-    ) -> ApiResult<OwnedEventId> {
+    ) -> Result<OwnedEventId, WriteError> {
         let auth_events = self.auth_refs(sender, &ev)?;
         let ctx = RoomContext {
             room_id: self.room_id.as_deref(),
@@ -223,11 +246,11 @@ impl<'a> RoomWriter<'a> {
         if self.room_id.is_none() {
             let id = format!("!{}", &built.event_id.as_str()[1..]);
             self.room_id =
-                Some(OwnedRoomId::try_from(id).map_err(|e| ApiError::Internal(e.to_string()))?);
+                Some(OwnedRoomId::try_from(id).map_err(|e| WriteError::Internal(e.to_string()))?);
         }
 
         let mut stored =
-            serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+            serde_json::to_value(&built.stored).map_err(|e| WriteError::Internal(e.to_string()))?;
         if let Some(sk) = &ev.state_key {
             if let Some(prev) = self.state(&ev.kind, sk)? {
                 stored["unsigned"] = json!({
@@ -277,7 +300,11 @@ impl<'a> RoomWriter<'a> {
         }
     }
 
-    fn redaction_target(&self, sender: &UserId, target: &ruma::EventId) -> ApiResult<Option<u64>> {
+    fn redaction_target(
+        &self,
+        sender: &UserId,
+        target: &ruma::EventId,
+    ) -> Result<Option<u64>, RoomsError> {
         redaction_target(
             self.svc,
             self.short_room,
@@ -289,7 +316,7 @@ impl<'a> RoomWriter<'a> {
     }
 
     /// Auth rules against the room as this writer sees it (committed plus appended events).
-    fn authorize(&self, pdu: &Pdu) -> ApiResult<()> {
+    fn authorize(&self, pdu: &Pdu) -> Result<(), WriteError> {
         auth::check(
             &self.rules,
             pdu,
@@ -297,7 +324,7 @@ impl<'a> RoomWriter<'a> {
             |t, k| self.state(&t.to_string(), k).ok().flatten(),
         )
         .map_err(|e| {
-            ApiError::Forbidden(
+            WriteError::Forbidden(
                 e.to_string()
                     .trim_start_matches("event auth failed: ")
                     .to_owned(),
@@ -308,7 +335,7 @@ impl<'a> RoomWriter<'a> {
     /// Persist everything appended in one batch, flush, then wake the users it concerns.
     /// Returns the last stream position.
     #[tracing::instrument(skip_all, fields(room_id = self.room_id.as_ref().map(|r| r.as_str()), events = self.pending.len()))]
-    pub async fn commit(mut self) -> ApiResult<u64> {
+    pub async fn commit(mut self) -> Result<u64, WriteError> {
         if self.pending.is_empty() {
             return Ok(self.svc.store.current_count());
         }
@@ -316,7 +343,7 @@ impl<'a> RoomWriter<'a> {
         let room_id = self
             .room_id
             .clone()
-            .ok_or_else(|| ApiError::Internal("room without id".into()))?;
+            .ok_or_else(|| WriteError::Internal("room without id".into()))?;
         // Allocate state keys before the batch: they are shared across rooms and written once.
         let mut state_keys = Vec::with_capacity(self.pending.len());
         for p in &self.pending {
@@ -586,15 +613,16 @@ pub fn backfilled_row(batch: &mut Batch, count: u64, events: Vec<u64>) -> Result
 
 /// The short id of an event `sender`'s redaction may actually redact: one in the same room
 /// that the sender sent, or that another server's user sent with the sender on the same server
-/// (that server vouches for it), or any when the sender has the redact power level.
-pub fn redaction_target(
+/// (that server vouches for it), or any when the sender has the redact power level. `state`
+/// reads the room's state; its error is the caller's, which the rooms' errors convert into.
+pub fn redaction_target<E: From<RoomsError>>(
     svc: &Services,
     short_room: u64,
     rules: &RoomVersionRules,
     sender: &UserId,
     target: &ruma::EventId,
-    state: impl Fn(&str, &str) -> ApiResult<Option<Pdu>>,
-) -> ApiResult<Option<u64>> {
+    state: impl Fn(&str, &str) -> Result<Option<Pdu>, E>,
+) -> Result<Option<u64>, E> {
     let Some(short) = svc.rooms.short_event(target)? else {
         return Ok(None);
     };
@@ -626,11 +654,11 @@ pub fn redaction_target(
 }
 
 /// v12 creators (the create event's sender and `additional_creators`) outrank everyone.
-fn is_creator(
+fn is_creator<E>(
     rules: &RoomVersionRules,
     user: &UserId,
-    state: impl Fn(&str, &str) -> ApiResult<Option<Pdu>>,
-) -> ApiResult<bool> {
+    state: impl Fn(&str, &str) -> Result<Option<Pdu>, E>,
+) -> Result<bool, E> {
     if !rules.authorization.explicitly_privilege_room_creators {
         return Ok(false);
     }
@@ -725,7 +753,11 @@ pub fn redacted_form(
 /// The member event content for a local user joining, knocking, changing profile or being
 /// invited: with their displayname and avatar (in an invite, so that clients show who was
 /// invited before they join, as Synapse does).
-pub fn member_content(svc: &Services, user: &UserId, membership: &str) -> ApiResult<Value> {
+pub fn member_content(
+    svc: &Services,
+    user: &UserId,
+    membership: &str,
+) -> Result<Value, AccountsError> {
     let mut c = json!({ "membership": membership });
     if matches!(membership, "join" | "knock" | "invite") {
         if let Some(rec) = svc.accounts.user(user)? {
@@ -754,7 +786,7 @@ pub async fn send_one(
     sender: &UserId,
     ev: NewEvent,
     txn: Option<(String, String)>,
-) -> ApiResult<OwnedEventId> {
+) -> Result<OwnedEventId, WriteError> {
     let mut w = RoomWriter::open(svc, room_id).await?;
     let id = w.append(sender, ev, txn)?;
     w.commit().await?;
