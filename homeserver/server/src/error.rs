@@ -379,6 +379,26 @@ impl From<crate::service::writer::WriteError> for ApiError {
     }
 }
 
+impl From<crate::service::StartError> for ApiError {
+    fn from(e: crate::service::StartError) -> Self {
+        use crate::service::StartError::*;
+        match e {
+            Store(e) => e.into(),
+            Federation(e) => e.into(),
+            Media(e) => e.into(),
+            Appservices(e) => e.into(),
+            Search(e) => e.into(),
+            Internal(why) => ApiError::Internal(why),
+        }
+    }
+}
+
+impl From<crate::service::SerializeError> for ApiError {
+    fn from(e: crate::service::SerializeError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<crate::service::media::MediaRecordsError> for ApiError {
     fn from(e: crate::service::media::MediaRecordsError) -> Self {
         use crate::service::media::MediaRecordsError::*;

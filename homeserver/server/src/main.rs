@@ -152,7 +152,7 @@ async fn create_user(
     password: &str,
     admin: bool,
 ) -> Result<(), String> {
-    let app = Services::open(settings).map_err(|e| e.to_string())?;
+    let app = Services::open(settings).map_err(|e| ApiError::from(e).to_string())?;
     // As Matrix errors, so the messages read as they always have.
     let failed = |e: ApiError| e.to_string();
     let user_id = app
@@ -169,7 +169,7 @@ async fn create_user(
 }
 
 async fn rebuild_search_index(settings: Settings) -> Result<(), String> {
-    let app = Services::open(settings).map_err(|e| e.to_string())?;
+    let app = Services::open(settings).map_err(|e| ApiError::from(e).to_string())?;
     let started = std::time::Instant::now();
     let svc = app.clone();
     let events =
@@ -188,7 +188,7 @@ async fn rebuild_search_index(settings: Settings) -> Result<(), String> {
 
 async fn serve(settings: Settings) -> Result<(), String> {
     let addr: SocketAddr = settings.client_listen;
-    let app = Services::open(settings).map_err(|e| e.to_string())?;
+    let app = Services::open(settings).map_err(|e| ApiError::from(e).to_string())?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -246,7 +246,7 @@ fn parse_error(e: FromHttpRequestError) -> ApiError {
 
 /// JSON the server holds as a ruma `Raw<T>` for a response.
 pub fn raw_json<T>(v: &impl serde::Serialize) -> ApiResult<ruma::serde::Raw<T>> {
-    crate::service::raw_value(v).map(ruma::serde::Raw::from_json)
+    Ok(ruma::serde::Raw::from_json(crate::service::raw_value(v)?))
 }
 
 /// Whether a body error is a malformed Matrix identifier (a user, room or event id, a server

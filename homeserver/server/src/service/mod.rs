@@ -32,12 +32,35 @@ use std::{
 };
 
 use plexus_core::signing::ServerKey;
-use plexus_store::{schema, Store};
+use plexus_store::{schema, Store, StoreError};
 use ruma::OwnedRoomId;
 
-use crate::{config::Settings, error::ApiError};
+use crate::config::Settings;
 
 pub type App = Arc<Services>;
+
+/// Why the server could not open: its data dir, store or signing key, or a service's setup.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Federation(#[from] federation::FederationError),
+    #[error(transparent)]
+    Media(#[from] plexus_media::MediaError),
+    #[error(transparent)]
+    Appservices(#[from] appservices::AppserviceError),
+    #[error(transparent)]
+    Search(#[from] plexus_search::SearchError),
+    /// The data dir or the signing key could not be made or read.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// JSON the server holds that would not serialize.
+#[derive(Debug, thiserror::Error)]
+#[error("JSON serialization: {0}")]
+pub struct SerializeError(serde_json::Error);
 
 pub struct Services {
     pub settings: Settings,
@@ -78,9 +101,9 @@ pub struct Services {
 const META_SIGNING_KEY: &[u8] = b"signing_key";
 
 impl Services {
-    pub fn open(settings: Settings) -> Result<App, ApiError> {
+    pub fn open(settings: Settings) -> Result<App, StartError> {
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-            ApiError::Internal(format!(
+            StartError::Internal(format!(
                 "cannot create {}: {e}",
                 settings.data_dir.display()
             ))
@@ -184,9 +207,9 @@ impl Services {
 }
 
 /// A signing key kept in a file of its own (operators back it up and rotate it there).
-fn load_or_create_key_file(path: &std::path::Path) -> Result<ServerKey, ApiError> {
+fn load_or_create_key_file(path: &std::path::Path) -> Result<ServerKey, StartError> {
     let bad = |e: &dyn std::fmt::Display| {
-        ApiError::Internal(format!("signing key {}: {e}", path.display()))
+        StartError::Internal(format!("signing key {}: {e}", path.display()))
     };
     match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -207,15 +230,16 @@ fn load_or_create_key_file(path: &std::path::Path) -> Result<ServerKey, ApiError
 }
 
 /// The server signing key is generated on first start and kept in the store.
-fn load_or_create_key(store: &Store) -> Result<ServerKey, ApiError> {
+fn load_or_create_key(store: &Store) -> Result<ServerKey, StartError> {
     if let Some(raw) = schema::META.get::<Vec<u8>>(&store.kv, META_SIGNING_KEY)? {
         let text = String::from_utf8_lossy(&raw);
         let (version, doc) = text
             .split_once(' ')
-            .ok_or_else(|| ApiError::Internal("stored signing key is malformed".into()))?;
-        return ServerKey::from_stored(version, doc).map_err(|e| ApiError::Internal(e.to_string()));
+            .ok_or_else(|| StartError::Internal("stored signing key is malformed".into()))?;
+        return ServerKey::from_stored(version, doc)
+            .map_err(|e| StartError::Internal(e.to_string()));
     }
-    let key = ServerKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let key = ServerKey::generate().map_err(|e| StartError::Internal(e.to_string()))?;
     let (version, doc) = key.to_stored();
     let mut b = plexus_store::Batch::default();
     schema::META.put(
@@ -230,9 +254,10 @@ fn load_or_create_key(store: &Store) -> Result<ServerKey, ApiError> {
 
 /// JSON the server holds, as the raw JSON ruma's types carry (events in responses, an event
 /// for push rule evaluation).
-pub fn raw_value(v: &impl serde::Serialize) -> Result<Box<serde_json::value::RawValue>, ApiError> {
-    serde_json::value::to_raw_value(v)
-        .map_err(|e| ApiError::Internal(format!("JSON serialization: {e}")))
+pub fn raw_value(
+    v: &impl serde::Serialize,
+) -> Result<Box<serde_json::value::RawValue>, SerializeError> {
+    serde_json::value::to_raw_value(v).map_err(SerializeError)
 }
 
 pub fn now_ms() -> u64 {

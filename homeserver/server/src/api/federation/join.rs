@@ -259,6 +259,6 @@ pub async fn send_knock(
         .stripped_state_events(room.short, None)?
         .iter()
         .map(|e| raw_value(&federation_form(e)).map(RawStrippedState::Pdu))
-        .collect::<ApiResult<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(create_knock_event::v1::Response::new(state))
 }
