@@ -613,16 +613,15 @@ pub fn backfilled_row(batch: &mut Batch, count: u64, events: Vec<u64>) -> Result
 
 /// The short id of an event `sender`'s redaction may actually redact: one in the same room
 /// that the sender sent, or that another server's user sent with the sender on the same server
-/// (that server vouches for it), or any when the sender has the redact power level. `state`
-/// reads the room's state; its error is the caller's, which the rooms' errors convert into.
-pub fn redaction_target<E: From<RoomsError>>(
+/// (that server vouches for it), or any when the sender has the redact power level.
+pub fn redaction_target(
     svc: &Services,
     short_room: u64,
     rules: &RoomVersionRules,
     sender: &UserId,
     target: &ruma::EventId,
-    state: impl Fn(&str, &str) -> Result<Option<Pdu>, E>,
-) -> Result<Option<u64>, E> {
+    state: impl Fn(&str, &str) -> Result<Option<Pdu>, RoomsError>,
+) -> Result<Option<u64>, RoomsError> {
     let Some(short) = svc.rooms.short_event(target)? else {
         return Ok(None);
     };
@@ -654,11 +653,11 @@ pub fn redaction_target<E: From<RoomsError>>(
 }
 
 /// v12 creators (the create event's sender and `additional_creators`) outrank everyone.
-fn is_creator<E>(
+fn is_creator(
     rules: &RoomVersionRules,
     user: &UserId,
-    state: impl Fn(&str, &str) -> Result<Option<Pdu>, E>,
-) -> Result<bool, E> {
+    state: impl Fn(&str, &str) -> Result<Option<Pdu>, RoomsError>,
+) -> Result<bool, RoomsError> {
     if !rules.authorization.explicitly_privilege_room_creators {
         return Ok(false);
     }
