@@ -473,3 +473,52 @@ impl From<plexus_media::MediaError> for ApiError {
         }
     }
 }
+
+/// Remote refusals keep their Matrix error for the client; anything else is a 502.
+impl From<crate::service::federation::client::FedError> for ApiError {
+    fn from(e: crate::service::federation::client::FedError) -> Self {
+        use crate::service::federation::client::FedError;
+        match e {
+            FedError::Status {
+                status,
+                errcode,
+                error,
+            } if (400..500).contains(&status) => ApiError::Remote {
+                status,
+                errcode,
+                error,
+            },
+            e => ApiError::BadGateway(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::service::federation::FederationError> for ApiError {
+    fn from(e: crate::service::federation::FederationError) -> Self {
+        use crate::service::federation::FederationError::*;
+        match e {
+            Store(e) => e.into(),
+            Rooms(e) => e.into(),
+            Core(e) => e.into(),
+            Fed(e) => e.into(),
+            Presence(e) => e.into(),
+            Forbidden(why) => ApiError::Forbidden(why),
+            NotFound(why) => ApiError::NotFound(why),
+            InvalidParam(why) => ApiError::InvalidParam(why),
+            BadJson(why) => ApiError::BadJson(why),
+            BadGateway(why) => ApiError::BadGateway(why),
+            Unrecognized => ApiError::Unrecognized,
+            Internal(why) => ApiError::Internal(why),
+        }
+    }
+}
+
+/// A local failure while making a request to another server: kept as the text of the Matrix
+/// error it maps to, which is what a client is shown of it.
+impl From<crate::service::federation::FederationError>
+    for crate::service::federation::client::FedError
+{
+    fn from(e: crate::service::federation::FederationError) -> Self {
+        crate::service::federation::client::FedError::Local(ApiError::from(e).to_string())
+    }
+}

@@ -12,10 +12,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use ruma::ServerName;
 use serde_json::Value;
 
-use super::{resolve::Destination, x_matrix, Federation};
-use crate::error::ApiError;
+use super::{resolve::Destination, x_matrix, Federation, FederationError};
 use crate::service::Services;
 
+/// Why a request to another server failed. Mapped in `crate::error`: a remote refusal keeps its
+/// Matrix error for the client, anything else is a 502.
 #[derive(Debug, thiserror::Error)]
 pub enum FedError {
     #[error("{0} is unreachable: {1}")]
@@ -30,32 +31,10 @@ pub enum FedError {
     },
     #[error("bad response: {0}")]
     BadResponse(String),
+    /// A failure here while making the request, as the text its Matrix error has (built from
+    /// a [`FederationError`] in `crate::error`).
     #[error("{0}")]
     Local(String),
-}
-
-impl FedError {
-    pub fn local(e: ApiError) -> Self {
-        FedError::Local(e.to_string())
-    }
-}
-
-/// Remote refusals keep their Matrix error for the client; anything else is a 502.
-impl From<FedError> for ApiError {
-    fn from(e: FedError) -> Self {
-        match e {
-            FedError::Status {
-                status,
-                errcode,
-                error,
-            } if (400..500).contains(&status) => ApiError::Remote {
-                status,
-                errcode,
-                error,
-            },
-            e => ApiError::BadGateway(e.to_string()),
-        }
-    }
 }
 
 /// Addresses that remote input must not make us contact.
@@ -138,7 +117,7 @@ pub fn http_client(
     verify_tls: bool,
     allow_loopback: bool,
     targets: super::resolve::SrvTargets,
-) -> Result<reqwest::Client, ApiError> {
+) -> Result<reqwest::Client, FederationError> {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(!verify_tls)
         .connect_timeout(Duration::from_secs(10))
@@ -160,7 +139,7 @@ pub fn http_client(
         }))
         .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ApiError::Internal(format!("http client: {e}")))
+        .map_err(|e| FederationError::Internal(format!("http client: {e}")))
 }
 
 impl Federation {
@@ -222,7 +201,7 @@ impl Federation {
             .header(http::header::HOST, host_header);
         if signed {
             let auth = x_matrix::authorization(app, dest, method.as_str(), path, body)
-                .map_err(FedError::local)?;
+                .map_err(FedError::from)?;
             req = req.header(http::header::AUTHORIZATION, auth);
         }
         if let Some(b) = body {

@@ -16,13 +16,10 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::client::FedError;
+use super::{client::FedError, FederationError};
+use crate::service::now_ms;
 use crate::service::single_flight::SingleFlight;
 use crate::service::Services;
-use crate::{
-    error::{ApiError, ApiResult},
-    service::now_ms,
-};
 
 /// How long others may cache our key response.
 const OUR_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -94,7 +91,11 @@ impl KeyCache {
         failed.insert(server.to_owned(), now_ms() + FAILED_FOR_MS);
     }
 
-    fn known(&self, app: &Services, server: &ServerName) -> ApiResult<Option<Arc<KnownKeys>>> {
+    fn known(
+        &self,
+        app: &Services,
+        server: &ServerName,
+    ) -> Result<Option<Arc<KnownKeys>>, FederationError> {
         if let Some(k) = self
             .mem
             .lock()
@@ -139,10 +140,10 @@ impl KeyCache {
                     .any(|id| !k.keys.contains_key(id) || !k.valid_at(id, valid_at))
             })
         };
-        let mut known = self.known(app, server).map_err(FedError::local)?;
+        let mut known = self.known(app, server).map_err(FedError::from)?;
         if missing(&known) {
             let _flight = self.inflight.turn(server.to_owned()).await;
-            known = self.known(app, server).map_err(FedError::local)?;
+            known = self.known(app, server).map_err(FedError::from)?;
             let stale = known
                 .as_ref()
                 .is_none_or(|k| now_ms().saturating_sub(k.fetched_at) > REFETCH_AFTER_MS);
@@ -219,7 +220,7 @@ impl KeyCache {
         let known = Arc::new(known);
         app.server_keys
             .put(server, &*known)
-            .map_err(|e| FedError::local(e.into()))?;
+            .map_err(|e| FedError::from(FederationError::from(e)))?;
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -250,7 +251,7 @@ impl KeyCache {
                 })
                 .map(|k| k.response.clone())
         };
-        let known = |this: &Self| this.known(app, server).map_err(FedError::local);
+        let known = |this: &Self| this.known(app, server).map_err(FedError::from);
         if let Some(r) = usable(&known(self)?) {
             return Ok(r);
         }
@@ -365,7 +366,7 @@ fn check_key_response(
 }
 
 /// Our own signed key response.
-pub fn own_response(app: &Services) -> ApiResult<Value> {
+pub fn own_response(app: &Services) -> Result<Value, FederationError> {
     let v = json!({
         "server_name": app.server_name(),
         "verify_keys": { app.key.key_id(): { "key": app.key.public_key_b64() } },
@@ -376,14 +377,14 @@ pub fn own_response(app: &Services) -> ApiResult<Value> {
 }
 
 /// Add our signature to a JSON object.
-pub fn sign_value(app: &Services, v: Value) -> ApiResult<Value> {
+pub fn sign_value(app: &Services, v: Value) -> Result<Value, FederationError> {
     let mut obj = match to_canonical_value(v) {
         Ok(CanonicalJsonValue::Object(o)) => o,
-        _ => return Err(ApiError::Internal("not a canonical object".into())),
+        _ => return Err(FederationError::Internal("not a canonical object".into())),
     };
     ruma::signatures::sign_json(app.server_name().as_str(), app.key.pair(), &mut obj)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    serde_json::to_value(obj).map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(|e| FederationError::Internal(e.to_string()))?;
+    serde_json::to_value(obj).map_err(|e| FederationError::Internal(e.to_string()))
 }
 
 /// One server's keys, countersigned; `min_valid` defaults to now, as the spec says.
@@ -391,14 +392,14 @@ pub async fn notarise(
     app: &Services,
     server: &str,
     min_valid: Option<u64>,
-) -> ApiResult<Option<Value>> {
+) -> Result<Option<Value>, FederationError> {
     let Ok(server) = <&ServerName>::try_from(server) else {
         return Ok(None);
     };
     if server == app.server_name() {
         return own_response(app).map(Some);
     }
-    let fed = app.fed().map_err(|_| ApiError::Unrecognized)?;
+    let fed = app.fed().map_err(|_| FederationError::Unrecognized)?;
     match fed
         .keys
         .response(app, server, min_valid.unwrap_or_else(now_ms))

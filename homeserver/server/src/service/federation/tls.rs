@@ -9,14 +9,15 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{config::FederationSettings, error::ApiError};
+use super::FederationError;
+use crate::config::FederationSettings;
 
 /// The certificate and key to serve: the configured pair, else `data_dir/tls/` (generated once).
 pub fn load_or_generate(
     settings: &FederationSettings,
     data_dir: &Path,
     server_name: &str,
-) -> Result<rustls::ServerConfig, ApiError> {
+) -> Result<rustls::ServerConfig, FederationError> {
     let (cert_path, key_path) = match (&settings.tls_cert, &settings.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
@@ -29,7 +30,7 @@ pub fn load_or_generate(
         }
     };
     let io = |p: &Path, e: &dyn std::fmt::Display| {
-        ApiError::Internal(format!("TLS file {}: {e}", p.display()))
+        FederationError::Internal(format!("TLS file {}: {e}", p.display()))
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .map_err(|e| io(&cert_path, &e))?
@@ -43,25 +44,25 @@ pub fn load_or_generate(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| FederationError::Internal(e.to_string()))?
     .with_no_client_auth()
     .with_single_cert(certs, key)
-    .map_err(|e| ApiError::Internal(format!("TLS certificate: {e}")))?;
+    .map_err(|e| FederationError::Internal(format!("TLS certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
-fn generate(dir: &Path, cert: &Path, key: &Path, server_name: &str) -> Result<(), ApiError> {
+fn generate(dir: &Path, cert: &Path, key: &Path, server_name: &str) -> Result<(), FederationError> {
     let host = super::resolve::split(server_name).0;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()])
-        .map_err(|e| ApiError::Internal(format!("generating a certificate: {e}")))?;
+        .map_err(|e| FederationError::Internal(format!("generating a certificate: {e}")))?;
     let w = |p: &Path, data: String| {
         std::fs::write(p, data)
-            .map_err(|e| ApiError::Internal(format!("writing {}: {e}", p.display())))
+            .map_err(|e| FederationError::Internal(format!("writing {}: {e}", p.display())))
     };
     std::fs::create_dir_all(dir)
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
+        .map_err(|e| FederationError::Internal(format!("creating {}: {e}", dir.display())))?;
     w(key, ck.key_pair.serialize_pem())?;
     w(cert, ck.cert.pem())?;
     tracing::info!(cert = %cert.display(), "generated a self-signed federation certificate");

@@ -9,7 +9,8 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{error::ApiError, service::Services};
+use super::FederationError;
+use crate::service::Services;
 
 /// The parameters of one `X-Matrix` authorization header.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,7 +94,7 @@ pub fn signed_object(
     origin: &str,
     destination: &str,
     content: Option<&Value>,
-) -> Result<CanonicalJsonObject, ApiError> {
+) -> Result<CanonicalJsonObject, FederationError> {
     let mut obj = CanonicalJsonObject::new();
     let s = |v: &str| CanonicalJsonValue::String(v.to_owned());
     obj.insert("method".into(), s(method));
@@ -101,7 +102,7 @@ pub fn signed_object(
     obj.insert("origin".into(), s(origin));
     obj.insert("destination".into(), s(destination));
     if let Some(c) = content {
-        let c = to_canonical_value(c).map_err(|e| ApiError::BadJson(e.to_string()))?;
+        let c = to_canonical_value(c).map_err(|e| FederationError::BadJson(e.to_string()))?;
         obj.insert("content".into(), c);
     }
     Ok(obj)
@@ -114,10 +115,11 @@ pub fn authorization(
     method: &str,
     uri: &str,
     content: Option<&Value>,
-) -> Result<String, ApiError> {
+) -> Result<String, FederationError> {
     let origin = app.server_name().as_str();
     let obj = signed_object(method, uri, origin, destination.as_str(), content)?;
-    let canonical = serde_json::to_string(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let canonical =
+        serde_json::to_string(&obj).map_err(|e| FederationError::Internal(e.to_string()))?;
     let sig =
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(app.key.sign(canonical.as_bytes()));
     Ok(format!(
