@@ -4,10 +4,8 @@
 use ruma::{events::room::server_acl::RoomServerAclEventContent, ServerName};
 use serde_json::Value;
 
-use crate::{
-    error::{ApiError, ApiResult},
-    service::Services,
-};
+use super::FederationError;
+use crate::service::Services;
 
 /// The room's ACL as the spec reads it: `allow` and `deny` default to empty lists and
 /// `allow_ip_literals` to true when missing or not a boolean.
@@ -30,7 +28,11 @@ fn parse(content: &Value) -> RoomServerAclEventContent {
 }
 
 /// Whether the room's current ACL lets `server` take part (no ACL: everyone may).
-pub fn allowed(app: &Services, short_room: u64, server: &ServerName) -> ApiResult<bool> {
+pub fn allowed(
+    app: &Services,
+    short_room: u64,
+    server: &ServerName,
+) -> Result<bool, FederationError> {
     let Some((hash, _)) = app.rooms.current_state(short_room)? else {
         return Ok(true);
     };
@@ -41,11 +43,11 @@ pub fn allowed(app: &Services, short_room: u64, server: &ServerName) -> ApiResul
 }
 
 /// 403 `M_FORBIDDEN` for a server the room's ACL denies.
-pub fn ensure(app: &Services, short_room: u64, server: &ServerName) -> ApiResult<()> {
+pub fn ensure(app: &Services, short_room: u64, server: &ServerName) -> Result<(), FederationError> {
     if allowed(app, short_room, server)? {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(format!(
+        Err(FederationError::Forbidden(format!(
             "{server} is denied by the room's server ACL"
         )))
     }

@@ -13,27 +13,30 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::sender::federation_form;
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{rooms::RoomRef, Services},
-};
+use super::{sender::federation_form, FederationError};
+use crate::service::{rooms::RoomRef, Services};
 
 /// The room, if `origin` has a user joined to it now and the room's ACL lets it in.
-pub fn room_for_peer(app: &Services, room_id: &str, origin: &ServerName) -> ApiResult<RoomRef> {
+pub fn room_for_peer(
+    app: &Services,
+    room_id: &str,
+    origin: &ServerName,
+) -> Result<RoomRef, FederationError> {
     let room_id = OwnedRoomId::try_from(room_id)
-        .map_err(|e| ApiError::InvalidParam(format!("invalid room id: {e}")))?;
+        .map_err(|e| FederationError::InvalidParam(format!("invalid room id: {e}")))?;
     let room = app
         .rooms
         .room(&room_id)?
-        .ok_or_else(|| ApiError::NotFound("Unknown room".into()))?;
+        .ok_or_else(|| FederationError::NotFound("Unknown room".into()))?;
     let joined = app
         .rooms
         .room_members(room.short)?
         .into_iter()
         .any(|(u, m)| u.server_name() == origin && m == "join");
     if !joined {
-        return Err(ApiError::Forbidden(format!("{origin} is not in this room")));
+        return Err(FederationError::Forbidden(format!(
+            "{origin} is not in this room"
+        )));
     }
     super::acl::ensure(app, room.short, origin)?;
     Ok(room)
@@ -51,7 +54,11 @@ pub struct ServerView<'a> {
 }
 
 impl<'a> ServerView<'a> {
-    pub fn new(app: &'a Services, room: &RoomRef, origin: &'a ServerName) -> ApiResult<Self> {
+    pub fn new(
+        app: &'a Services,
+        room: &RoomRef,
+        origin: &'a ServerName,
+    ) -> Result<Self, FederationError> {
         let users = app
             .rooms
             .room_members(room.short)?
@@ -69,25 +76,32 @@ impl<'a> ServerView<'a> {
     }
 
     /// The event in federation form: whole if the server may see it, redacted otherwise.
-    pub fn form(&mut self, short: u64, pdu: &Pdu, stored: &Value) -> ApiResult<Value> {
+    pub fn form(
+        &mut self,
+        short: u64,
+        pdu: &Pdu,
+        stored: &Value,
+    ) -> Result<Value, FederationError> {
         let out = federation_form(stored);
         if self.may_see(short, pdu)? {
             return Ok(out);
         }
         let Value::Object(map) = out else {
-            return Err(ApiError::Internal("stored event is not an object".into()));
+            return Err(FederationError::Internal(
+                "stored event is not an object".into(),
+            ));
         };
-        let obj = try_from_json_map(map).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let obj = try_from_json_map(map).map_err(|e| FederationError::Internal(e.to_string()))?;
         let redacted = redact(obj, &self.rules.redaction, None)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        serde_json::to_value(redacted).map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(|e| FederationError::Internal(e.to_string()))?;
+        serde_json::to_value(redacted).map_err(|e| FederationError::Internal(e.to_string()))
     }
 
     /// The spec's rule for servers: world-readable and shared history is visible to a server in
     /// the room; `invited` history to a server with a user invited or joined at the event;
     /// `joined` history to a server with a user joined at the event. A server always sees its
     /// own users' membership events.
-    pub fn may_see(&mut self, short: u64, pdu: &Pdu) -> ApiResult<bool> {
+    pub fn may_see(&mut self, short: u64, pdu: &Pdu) -> Result<bool, FederationError> {
         if pdu.membership().is_some()
             && pdu
                 .state_key
@@ -112,7 +126,7 @@ impl<'a> ServerView<'a> {
         Ok(visible)
     }
 
-    fn any_member_is(&self, hash: u64, memberships: &[&str]) -> ApiResult<bool> {
+    fn any_member_is(&self, hash: u64, memberships: &[&str]) -> Result<bool, FederationError> {
         for user in &self.users {
             let m = self
                 .app
