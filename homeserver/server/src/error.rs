@@ -488,6 +488,7 @@ impl From<crate::service::federation::client::FedError> for ApiError {
                 errcode,
                 error,
             },
+            FedError::Internal(why) => ApiError::Internal(why),
             e => ApiError::BadGateway(e.to_string()),
         }
     }
@@ -501,7 +502,11 @@ impl From<crate::service::federation::FederationError> for ApiError {
             Rooms(e) => e.into(),
             Core(e) => e.into(),
             Fed(e) => e.into(),
+            Accounts(e) => e.into(),
+            Ephemeral(e) => e.into(),
             Presence(e) => e.into(),
+            E2ee(e) => e.into(),
+            Push(e) => e.into(),
             Forbidden(why) => ApiError::Forbidden(why),
             NotFound(why) => ApiError::NotFound(why),
             InvalidParam(why) => ApiError::InvalidParam(why),

@@ -12,11 +12,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use ruma::ServerName;
 use serde_json::Value;
 
-use super::{resolve::Destination, x_matrix, Federation, FederationError};
+use super::{resolve::Destination, x_matrix, Federation};
 use crate::service::Services;
 
 /// Why a request to another server failed. Mapped in `crate::error`: a remote refusal keeps its
-/// Matrix error for the client, anything else is a 502.
+/// Matrix error for the client, a client that cannot be built is a 500, anything else a 502.
 #[derive(Debug, thiserror::Error)]
 pub enum FedError {
     #[error("{0} is unreachable: {1}")]
@@ -32,9 +32,12 @@ pub enum FedError {
     #[error("bad response: {0}")]
     BadResponse(String),
     /// A failure here while making the request, as the text its Matrix error has (built from
-    /// a [`FederationError`] in `crate::error`).
+    /// a [`super::FederationError`] in `crate::error`).
     #[error("{0}")]
     Local(String),
+    /// 500: no request can be made at all (the HTTP client cannot be built).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Addresses that remote input must not make us contact.
@@ -117,7 +120,7 @@ pub fn http_client(
     verify_tls: bool,
     allow_loopback: bool,
     targets: super::resolve::SrvTargets,
-) -> Result<reqwest::Client, FederationError> {
+) -> Result<reqwest::Client, FedError> {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(!verify_tls)
         .connect_timeout(Duration::from_secs(10))
@@ -139,7 +142,7 @@ pub fn http_client(
         }))
         .user_agent(concat!("plexus/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| FederationError::Internal(format!("http client: {e}")))
+        .map_err(|e| FedError::Internal(format!("http client: {e}")))
 }
 
 impl Federation {

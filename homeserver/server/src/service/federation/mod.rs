@@ -26,7 +26,10 @@ use plexus_store::StoreError;
 
 use crate::{
     config::FederationSettings,
-    service::{presence::PresenceError, rooms::RoomsError},
+    service::{
+        accounts::AccountsError, e2ee::E2eeError, ephemeral::EphemeralError,
+        presence::PresenceError, push::PushError, rooms::RoomsError,
+    },
 };
 
 /// Why a federation service call failed, besides a request to another server (`FedError`)
@@ -43,8 +46,17 @@ pub enum FederationError {
     /// A request to another server failed or was refused there.
     #[error(transparent)]
     Fed(#[from] client::FedError),
+    /// The domains an inbound PDU or EDU writes to, and the profile in our member events.
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    #[error(transparent)]
+    Ephemeral(#[from] EphemeralError),
     #[error(transparent)]
     Presence(#[from] PresenceError),
+    #[error(transparent)]
+    E2ee(#[from] E2eeError),
+    #[error(transparent)]
+    Push(#[from] PushError),
     /// 403: a server not in the room, or denied by its ACL; our join refused by its state.
     #[error("{0}")]
     Forbidden(String),
