@@ -100,8 +100,12 @@ type Entries<'a> = Box<dyn Iterator<Item = ApiResult<(Pos, u64)>> + Send + 'a>;
 fn backwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: Option<Pos>) -> Entries<'a> {
     let history = move |after: u64, upto: u64| -> Entries<'a> {
         Box::new(
-            crate::service::federation::backfill::history(app, short_room, after + 1, upto)
-                .map(|r| r.map(|(seq, short)| (Pos::History(seq), short))),
+            crate::service::federation::backfill::history(app, short_room, after + 1, upto).map(
+                |r| {
+                    r.map(|(seq, short)| (Pos::History(seq), short))
+                        .map_err(ApiError::from)
+                },
+            ),
         )
     };
     match (from, to) {
@@ -151,7 +155,10 @@ fn forwards_from<'a>(app: &'a App, short_room: u64, from: Pos, to: u64) -> Entri
         Pos::History(h) => Box::new(
             crate::service::federation::backfill::history(app, short_room, 1, h)
                 .rev()
-                .map(|r| r.map(|(seq, short)| (Pos::History(seq - 1), short)))
+                .map(|r| {
+                    r.map(|(seq, short)| (Pos::History(seq - 1), short))
+                        .map_err(ApiError::from)
+                })
                 .chain(timeline(0)),
         ),
     }

@@ -194,7 +194,7 @@ async fn send_membership(
         .await
         .map_err(|e| match e {
             IngestError::Auth(why) => ApiError::Forbidden(why),
-            IngestError::Local(e) => e,
+            IngestError::Local(e) => e.into(),
             e => ApiError::BadJson(e.to_string()),
         })?;
     if outcome == Outcome::SoftFailed {

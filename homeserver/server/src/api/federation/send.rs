@@ -9,7 +9,10 @@ use serde_json::Value;
 use crate::{
     error::{ApiError, ApiResult},
     http::ruma::Ruma,
-    service::{federation::send::one_pdu, App},
+    service::{
+        federation::{ingest::IngestError, send::one_pdu},
+        App,
+    },
 };
 
 pub async fn transaction(
@@ -42,8 +45,13 @@ pub async fn transaction(
                 Ok(())
             }
             Err(e) => {
-                tracing::info!(event_id = %id, origin = %origin, error = %e, "inbound PDU refused");
-                Err(e.to_string())
+                // A failure of ours reads as the Matrix error it maps to.
+                let why = match e {
+                    IngestError::Local(e) => ApiError::from(e).to_string(),
+                    e => e.to_string(),
+                };
+                tracing::info!(event_id = %id, origin = %origin, error = %why, "inbound PDU refused");
+                Err(why)
             }
         };
         // An id a PDU only claims (one for a room we are not in) may not be an event id, and

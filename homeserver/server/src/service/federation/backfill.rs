@@ -10,11 +10,9 @@ use serde_json::Value;
 use super::{
     ingest::{self, IngestError},
     sender::enc,
+    FederationError,
 };
-use crate::{
-    error::ApiResult,
-    service::{rooms::RoomRef, writer::backfilled_row, Services},
-};
+use crate::service::{rooms::RoomRef, writer::backfilled_row, Services};
 
 /// Most events asked for in one `/backfill` request.
 const MAX_BACKFILL: usize = 100;
@@ -25,7 +23,7 @@ pub fn history(
     short_room: u64,
     lo: u64,
     hi: u64,
-) -> impl DoubleEndedIterator<Item = ApiResult<(u64, u64)>> + '_ {
+) -> impl DoubleEndedIterator<Item = Result<(u64, u64), FederationError>> + '_ {
     schema::ROOM_SEQ__HISTORY_EVENT
         .range(
             &app.store.kv,
@@ -39,20 +37,23 @@ pub fn history(
 }
 
 /// The oldest history seq of the room (0 when nothing was backfilled).
-fn last_seq(app: &Services, short_room: u64) -> ApiResult<u64> {
+fn last_seq(app: &Services, short_room: u64) -> Result<u64, FederationError> {
     Ok(history(app, short_room, 1, u64::MAX)
         .next_back()
         .transpose()?
         .map_or(0, |(seq, _)| seq))
 }
 
-fn placed(app: &Services, short: u64) -> ApiResult<bool> {
+fn placed(app: &Services, short: u64) -> Result<bool, FederationError> {
     Ok(schema::EVENT__HISTORY_SEQ.contains(&app.store.kv, short)?)
 }
 
 /// The events just before everything stored of the room's history: the prev events of the
 /// oldest backfilled event, or of the oldest timeline event.
-fn backward_extremities(app: &Services, room: &RoomRef) -> ApiResult<Vec<OwnedEventId>> {
+fn backward_extremities(
+    app: &Services,
+    room: &RoomRef,
+) -> Result<Vec<OwnedEventId>, FederationError> {
     let oldest = match history(app, room.short, 1, u64::MAX).next_back() {
         Some(item) => Some(item?.1),
         None => match app.rooms.timeline(room.short, 0, u64::MAX - 1).next() {

@@ -22,22 +22,21 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{client::FedError, sender::Sender};
+use super::{client::FedError, sender::Sender, FederationError};
 use crate::service::Services;
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{
-        rooms::RoomRef,
-        writer::{
-            event_rows, event_state_row, membership_rows, redacted_form, redacted_row,
-            redaction_target, relation_row, room_state_row, timeline_rows, tip_rows,
-        },
+use crate::service::{
+    push::PushError,
+    rooms::{RoomRef, RoomsError},
+    writer::{
+        event_rows, event_state_row, membership_rows, redacted_form, redacted_row,
+        redaction_target, relation_row, room_state_row, timeline_rows, tip_rows,
     },
 };
 
 /// Most events fetched to fill one gap or to find missing auth events.
 const MAX_FETCH: usize = 100;
 
+/// Why a PDU from another server was refused, or could not be taken in.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("invalid PDU: {0}")]
@@ -48,8 +47,9 @@ pub enum IngestError {
     Auth(String),
     #[error("{0}")]
     Fetch(#[from] FedError),
+    /// A failure here, not the PDU's fault.
     #[error("{0}")]
-    Local(#[from] ApiError),
+    Local(#[from] FederationError),
 }
 
 impl From<plexus_store::StoreError> for IngestError {
@@ -58,8 +58,14 @@ impl From<plexus_store::StoreError> for IngestError {
     }
 }
 
-impl From<crate::service::rooms::RoomsError> for IngestError {
-    fn from(e: crate::service::rooms::RoomsError) -> Self {
+impl From<RoomsError> for IngestError {
+    fn from(e: RoomsError) -> Self {
+        IngestError::Local(e.into())
+    }
+}
+
+impl From<PushError> for IngestError {
+    fn from(e: PushError) -> Self {
         IngestError::Local(e.into())
     }
 }
@@ -286,7 +292,7 @@ pub async fn check_each<'a>(
 }
 
 /// Write an event that is known but not part of the timeline (auth chains, fetched state).
-pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<u64> {
+pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> Result<u64, FederationError> {
     if let Some(s) = app.rooms.short_event(&c.event_id)? {
         return Ok(s);
     }
@@ -297,7 +303,7 @@ pub fn put_outlier(app: &Services, c: &Checked, batch: &mut Batch) -> ApiResult<
 
 /// The state after an event: the state before it plus itself when it is a state event.
 /// Shared, not copied, when the event changes no state.
-pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<Arc<StateMap>>> {
+pub fn state_after(app: &Services, short: u64) -> Result<Option<Arc<StateMap>>, FederationError> {
     let Some((before, _)) = app.rooms.event_state(short)? else {
         return Ok(None);
     };
@@ -317,7 +323,7 @@ pub fn state_after(app: &Services, short: u64) -> ApiResult<Option<Arc<StateMap>
 }
 
 /// Whether the event is persisted with its state (not merely known as an outlier).
-pub fn has_state(app: &Services, id: &EventId) -> ApiResult<bool> {
+pub fn has_state(app: &Services, id: &EventId) -> Result<bool, FederationError> {
     Ok(match app.rooms.short_event(id)? {
         Some(s) => app.rooms.event_state(s)?.is_some(),
         None => false,
@@ -329,7 +335,7 @@ pub fn resolve(
     app: &Services,
     rules: &RoomVersionRules,
     maps: &[&StateMap],
-) -> ApiResult<StateMap> {
+) -> Result<StateMap, FederationError> {
     let mut uniq: Vec<&StateMap> = vec![];
     for m in maps {
         if !uniq.contains(m) {
@@ -339,10 +345,9 @@ pub fn resolve(
     if uniq.len() <= 1 {
         return Ok(uniq.pop().cloned().unwrap_or_default());
     }
-    let state_res_rules = rules
-        .state_res
-        .v2_rules()
-        .ok_or_else(|| ApiError::Internal("room version without state resolution v2".into()))?;
+    let state_res_rules = rules.state_res.v2_rules().ok_or_else(|| {
+        FederationError::Internal("room version without state resolution v2".into())
+    })?;
     let mut cache: HashMap<OwnedEventId, Pdu> = HashMap::new();
     let mut key_names: HashMap<u64, (StateEventType, String)> = HashMap::new();
     let mut ruma_maps = vec![];
@@ -361,7 +366,7 @@ pub fn resolve(
             let pdu = app
                 .rooms
                 .pdu_by_short(ev)?
-                .ok_or_else(|| ApiError::Internal(format!("state event {ev} missing")))?;
+                .ok_or_else(|| FederationError::Internal(format!("state event {ev} missing")))?;
             let id = pdu.event_id.clone();
             cache.insert(id.clone(), pdu);
             rm.insert(name, id);
@@ -399,14 +404,14 @@ pub fn resolve(
         fetch,
         subgraph,
     )
-    .map_err(|e| ApiError::Internal(format!("state resolution failed: {e}")))?;
+    .map_err(|e| FederationError::Internal(format!("state resolution failed: {e}")))?;
     let mut out = StateMap::new();
     for ((t, k), id) in resolved {
         let sk = app.rooms.short_state_key_or_create(&t.to_string(), &k)?;
         let ev = app
             .rooms
             .short_event(&id)?
-            .ok_or_else(|| ApiError::Internal(format!("resolved event {id} unknown")))?;
+            .ok_or_else(|| FederationError::Internal(format!("resolved event {id} unknown")))?;
         out.insert(sk, ev);
     }
     Ok(out)
@@ -417,7 +422,7 @@ pub fn auth_chain(
     app: &Services,
     starts: &[OwnedEventId],
     cache: &mut HashMap<OwnedEventId, Pdu>,
-) -> ApiResult<HashSet<OwnedEventId>> {
+) -> Result<HashSet<OwnedEventId>, FederationError> {
     let mut seen: HashSet<OwnedEventId> = HashSet::new();
     let mut queue: VecDeque<OwnedEventId> = starts.iter().cloned().collect();
     while let Some(id) = queue.pop_front() {
@@ -492,7 +497,7 @@ fn snapshot(
     map: &StateMap,
     base: Option<((u64, u32), &StateMap)>,
     batch: &mut Batch,
-) -> ApiResult<Option<(u64, u32)>> {
+) -> Result<Option<(u64, u32)>, FederationError> {
     let empty = StateMap::new();
     let (base_hash, base_map) = match base {
         Some((h, m)) => (Some(h), m),
@@ -532,7 +537,7 @@ fn snapshot_on_prev(
     map: &StateMap,
     prev_shorts: &[u64],
     batch: &mut Batch,
-) -> ApiResult<Option<(u64, u32)>> {
+) -> Result<Option<(u64, u32)>, FederationError> {
     let base = match prev_shorts.first() {
         Some(&p) => with_depth(app, app.rooms.event_state(p)?.map_or(0, |s| s.0))?,
         None => None,
@@ -544,7 +549,7 @@ fn snapshot_on_prev(
     snapshot(app, map, base.zip(base_map.as_deref()), batch)
 }
 
-fn with_depth(app: &Services, hash: u64) -> ApiResult<Option<(u64, u32)>> {
+fn with_depth(app: &Services, hash: u64) -> Result<Option<(u64, u32)>, FederationError> {
     if hash == 0 {
         return Ok(None);
     }
@@ -798,7 +803,7 @@ pub async fn persist(
         room_state_row(&mut pre, room.short, snap)?;
     }
     if let Some(target) = pdu.redacted_event(rules.redaction.content_field_redacts) {
-        let state = |t: &str, k: &str| -> ApiResult<Option<Pdu>> {
+        let state = |t: &str, k: &str| -> Result<Option<Pdu>, RoomsError> {
             Ok(app
                 .rooms
                 .short_state_key(t, k)?
@@ -877,7 +882,11 @@ const MAX_SOFT_FAILED_WALK: usize = 100;
 /// soft-failed events: an event that builds on a soft-failed one builds on its parents too.
 /// (Never through the far end of a gap, whose state is only a peer's word: the extremities
 /// before the gap stay, and their state is resolved with what comes after it.)
-fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec<u64>> {
+fn superseded_tips(
+    app: &Services,
+    tips: &[u64],
+    prevs: &[u64],
+) -> Result<Vec<u64>, FederationError> {
     let mut out = vec![];
     let mut seen: HashSet<u64> = HashSet::new();
     let mut queue: VecDeque<u64> = prevs.iter().copied().collect();
@@ -905,12 +914,12 @@ fn superseded_tips(app: &Services, tips: &[u64], prevs: &[u64]) -> ApiResult<Vec
 }
 
 /// Whether an event is the far end of a gap: stored with the state a peer gave us for it.
-fn is_gap_point(app: &Services, short: u64) -> ApiResult<bool> {
+fn is_gap_point(app: &Services, short: u64) -> Result<bool, FederationError> {
     Ok(schema::EVENT__GAP_POINT.contains(&app.store.kv, short)?)
 }
 
 /// Whether an event from another server was soft-failed on receipt.
-pub fn is_soft_failed(app: &Services, short: u64) -> ApiResult<bool> {
+pub fn is_soft_failed(app: &Services, short: u64) -> Result<bool, FederationError> {
     Ok(schema::EVENT__SOFT_FAILED.contains(&app.store.kv, short)?)
 }
 

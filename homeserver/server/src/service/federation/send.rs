@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 use super::{
     ingest::{self, Checked, IngestError},
     sender::enc,
+    FederationError,
 };
-use crate::{error::ApiResult, service::Services};
+use crate::service::Services;
 
 /// Most events one `get_missing_events` call asks for.
 const MISSING_LIMIT: u64 = 20;
@@ -107,7 +108,7 @@ pub async fn accept(
     ingest::persist(app, &room, rules, checked, None).await
 }
 
-fn missing_prevs(app: &Services, c: &Checked) -> ApiResult<Vec<OwnedEventId>> {
+fn missing_prevs(app: &Services, c: &Checked) -> Result<Vec<OwnedEventId>, FederationError> {
     let mut out = vec![];
     for p in &c.pdu.prev_events {
         if !ingest::has_state(app, p)? {
@@ -254,7 +255,7 @@ pub(super) async fn state_at_prevs(
 const STATE_IDS_FETCH_MAX: usize = 50;
 
 /// A stored event as a [`Checked`] (it was checked when it was stored).
-fn stored_checked(app: &Services, id: &ruma::EventId) -> ApiResult<Option<Checked>> {
+fn stored_checked(app: &Services, id: &ruma::EventId) -> Result<Option<Checked>, FederationError> {
     let Some(short) = app.rooms.short_event(id)? else {
         return Ok(None);
     };
