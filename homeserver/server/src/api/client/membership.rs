@@ -132,7 +132,7 @@ async fn reject_remote(
             }
         }
     }
-    crate::service::federation::join::local_rejection(app, user, room_id, &m.event_id).await
+    Ok(crate::service::federation::join::local_rejection(app, user, room_id, &m.event_id).await?)
 }
 
 /// Join, leave or knock on a room this server is not in. Servers are asked in this order:
@@ -162,7 +162,7 @@ async fn remote(
     if let Some(r) = app.rooms.room(room_id)? {
         servers.extend(app.rooms.room_servers(r.short)?);
     }
-    remote_membership(app, user, room_id, &servers, membership, reason).await
+    Ok(remote_membership(app, user, room_id, &servers, membership, reason).await?)
 }
 
 /// A room id, or an alias resolved (over federation if need be), with the servers that may

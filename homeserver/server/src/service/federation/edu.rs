@@ -4,8 +4,8 @@
 use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 
-use crate::error::ApiResult;
-use crate::service::{App, Services};
+use super::FederationError;
+use crate::service::{rooms::RoomsError, App, Services};
 
 fn remote_member(
     app: &Services,
@@ -21,7 +21,7 @@ fn remote_member(
     .then_some(u)
 }
 
-pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> ApiResult<()> {
+pub async fn handle(app: &App, origin: &ServerName, edu: &Value) -> Result<(), FederationError> {
     let content = edu.get("content").cloned().unwrap_or(Value::Null);
     match edu.get("edu_type").and_then(Value::as_str) {
         Some("m.typing") => {
@@ -146,7 +146,7 @@ pub fn send_typing(
     room_id: &RoomId,
     user: &UserId,
     timeout_ms: Option<u64>,
-) -> ApiResult<()> {
+) -> Result<(), RoomsError> {
     if !outbound(app, user) {
         return Ok(());
     }
@@ -178,7 +178,7 @@ pub fn send_receipt(
     user: &UserId,
     event_id: &str,
     thread: &str,
-) -> ApiResult<()> {
+) -> Result<(), RoomsError> {
     if !outbound(app, user) {
         return Ok(());
     }

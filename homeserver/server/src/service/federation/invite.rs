@@ -7,11 +7,9 @@ use serde_json::{json, Value};
 use super::{
     ingest,
     sender::{enc, federation_form},
+    FederationError,
 };
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{writer::RoomWriter, Services},
-};
+use crate::service::{writer::RoomWriter, Services};
 
 /// Have the invitee's server countersign an invite appended to `w` (not yet committed), and
 /// take its signature onto the event. A refusal there is the invite's refusal.
@@ -20,17 +18,17 @@ pub async fn countersigned_invite(
     w: &mut RoomWriter<'_>,
     event_id: &EventId,
     target: &UserId,
-) -> ApiResult<()> {
+) -> Result<(), FederationError> {
     let fed = app.fed()?;
     let room_id = w
         .room_id
         .clone()
-        .ok_or_else(|| ApiError::Internal("room without id".into()))?;
+        .ok_or_else(|| FederationError::Internal("room without id".into()))?;
     let room = app.rooms.room_or_404(&room_id)?;
     let ours = w
         .pending_event(event_id)
         .map(federation_form)
-        .ok_or_else(|| ApiError::Internal("invite not appended".into()))?;
+        .ok_or_else(|| FederationError::Internal("invite not appended".into()))?;
     let sender = ours
         .get("sender")
         .and_then(Value::as_str)
@@ -55,10 +53,9 @@ pub async fn countersigned_invite(
     let resp = fed
         .request(app, server, http::Method::PUT, &path, Some(body), true)
         .await?;
-    let theirs = resp
-        .get("event")
-        .filter(|e| e.is_object())
-        .ok_or_else(|| ApiError::BadGateway(format!("{server} answered the invite without it")))?;
+    let theirs = resp.get("event").filter(|e| e.is_object()).ok_or_else(|| {
+        FederationError::BadGateway(format!("{server} answered the invite without it"))
+    })?;
 
     // Only their signature may differ from what we sent.
     let strip = |v: &Value| {
@@ -69,7 +66,7 @@ pub async fn countersigned_invite(
         v
     };
     if strip(theirs) != strip(&ours) {
-        return Err(ApiError::BadGateway(format!(
+        return Err(FederationError::BadGateway(format!(
             "{server} changed the invite it signed"
         )));
     }
@@ -78,21 +75,21 @@ pub async fn countersigned_invite(
         .and_then(|s| s.get(server.as_str()))
         .filter(|s| s.as_object().is_some_and(|o| !o.is_empty()))
         .cloned()
-        .ok_or_else(|| ApiError::BadGateway(format!("{server} did not sign the invite")))?;
+        .ok_or_else(|| FederationError::BadGateway(format!("{server} did not sign the invite")))?;
     let ids: Vec<String> = sigs
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
     let keys = fed.keys.verify_keys(app, server, &ids, None).await?;
     let mut obj =
-        ingest::canonical_object(&federation_form(theirs)).map_err(ApiError::BadGateway)?;
+        ingest::canonical_object(&federation_form(theirs)).map_err(FederationError::BadGateway)?;
     if let Some(ruma::CanonicalJsonValue::Object(all)) = obj.get_mut("signatures") {
         all.retain(|s, _| s == server.as_str());
     }
-    let redacted =
-        redact(obj, &w.rules.redaction, None).map_err(|e| ApiError::BadGateway(e.to_string()))?;
+    let redacted = redact(obj, &w.rules.redaction, None)
+        .map_err(|e| FederationError::BadGateway(e.to_string()))?;
     ruma::signatures::verify_json(&keys, &redacted).map_err(|e| {
-        ApiError::BadGateway(format!(
+        FederationError::BadGateway(format!(
             "{server}'s signature on the invite is invalid: {e}"
         ))
     })?;

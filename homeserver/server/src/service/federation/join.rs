@@ -15,17 +15,15 @@ use serde_json::{json, Value};
 use super::{
     ingest::{self, Checked, IngestError},
     sender::{enc, federation_form},
+    FederationError,
 };
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{
-        rooms::RoomMeta,
-        writer::{
-            event_state_row, member_content, membership_rows, room_rows, room_state_row,
-            stripped_state_row, timeline_rows, tip_rows,
-        },
-        Services,
+use crate::service::{
+    rooms::RoomMeta,
+    writer::{
+        event_state_row, member_content, membership_rows, room_rows, room_state_row,
+        stripped_state_row, timeline_rows, tip_rows,
     },
+    Services,
 };
 
 /// The membership event of `user` before it is filled in: a make_{membership} template here, or
@@ -46,7 +44,7 @@ fn stage_state(
     events: &HashMap<OwnedEventId, Checked>,
     state_ids: &[OwnedEventId],
     batch: &mut Batch,
-) -> ApiResult<(Option<(u64, u32)>, StateMap)> {
+) -> Result<(Option<(u64, u32)>, StateMap), FederationError> {
     let mut shorts: HashMap<OwnedEventId, u64> = HashMap::new();
     for c in events.values() {
         shorts.insert(c.event_id.clone(), ingest::put_outlier(app, c, batch)?);
@@ -107,13 +105,13 @@ pub async fn remote_membership(
     servers: &[OwnedServerName],
     membership: &str,
     reason: Option<&String>,
-) -> ApiResult<()> {
+) -> Result<(), FederationError> {
     let fed = app.fed()?;
     let vers: Vec<String> = room_version::SUPPORTED
         .iter()
         .map(|v| format!("ver={v}"))
         .collect();
-    let mut last: Option<ApiError> = None;
+    let mut last: Option<FederationError> = None;
     let mut tried = BTreeSet::new();
     for server in servers {
         if server == app.server_name() || !tried.insert(server.clone()) {
@@ -146,7 +144,7 @@ pub async fn remote_membership(
             }
         }
     }
-    Err(last.unwrap_or_else(|| ApiError::NotFound("No known servers for this room".into())))
+    Err(last.unwrap_or_else(|| FederationError::NotFound("No known servers for this room".into())))
 }
 
 /// Fill in and sign a make_{membership} template, send it, and store what comes back.
@@ -158,26 +156,28 @@ async fn send_remote(
     tpl: &Value,
     membership: &str,
     reason: Option<&String>,
-) -> ApiResult<()> {
+) -> Result<(), FederationError> {
     let fed = app.fed()?;
     let version = tpl
         .get("room_version")
         .and_then(Value::as_str)
         .unwrap_or("1");
     let version = RoomVersionId::try_from(version)
-        .map_err(|e| ApiError::BadGateway(format!("bad room version: {e}")))?;
+        .map_err(|e| FederationError::BadGateway(format!("bad room version: {e}")))?;
     let rules = room_version::rules(&version)?;
     let mut ev = tpl
         .get("event")
         .cloned()
         .filter(Value::is_object)
-        .ok_or_else(|| ApiError::BadGateway(format!("make_{membership} without an event")))?;
+        .ok_or_else(|| {
+            FederationError::BadGateway(format!("make_{membership} without an event"))
+        })?;
     if ev.get("sender").and_then(Value::as_str) != Some(user.as_str())
         || ev.get("state_key").and_then(Value::as_str) != Some(user.as_str())
         || ev.get("room_id").and_then(Value::as_str) != Some(room_id.as_str())
         || ev.get("type").and_then(Value::as_str) != Some("m.room.member")
     {
-        return Err(ApiError::BadGateway(format!(
+        return Err(FederationError::BadGateway(format!(
             "make_{membership} template is for something else"
         )));
     }
@@ -195,10 +195,10 @@ async fn send_remote(
     ev["content"] = content;
     ev["origin"] = json!(app.server_name());
     ev["origin_server_ts"] = json!(crate::service::now_ms());
-    let obj = ingest::canonical_object(&ev).map_err(ApiError::BadGateway)?;
+    let obj = ingest::canonical_object(&ev).map_err(FederationError::BadGateway)?;
     let built = plexus_core::builder::sign_pdu(obj, &rules, app.server_name(), &app.key)?;
-    let stored =
-        serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let stored = serde_json::to_value(&built.stored)
+        .map_err(|e| FederationError::Internal(e.to_string()))?;
     // Knocks were added after v2 of send_join/send_leave and only exist as v1.
     let api = if membership == "knock" { "v1" } else { "v2" };
     let path = format!(
@@ -245,7 +245,7 @@ async fn send_remote(
         c.pdu.kind == ruma::events::TimelineEventType::RoomCreate && state_ids.contains(&c.event_id)
     });
     if !create_ok {
-        return Err(ApiError::BadGateway(
+        return Err(FederationError::BadGateway(
             "send_join state has no valid create event".into(),
         ));
     }
@@ -267,7 +267,7 @@ fn room_or_new(
     room_id: &RoomId,
     version: &RoomVersionId,
     batch: &mut Batch,
-) -> ApiResult<u64> {
+) -> Result<u64, FederationError> {
     if let Some(r) = app.rooms.room(room_id)? {
         return Ok(r.short);
     }
@@ -289,13 +289,13 @@ pub async fn persist_out_of_room(
     version: &RoomVersionId,
     c: Checked,
     stripped: Option<Vec<Value>>,
-) -> ApiResult<()> {
+) -> Result<(), FederationError> {
     let user = c
         .pdu
         .state_key
         .as_deref()
         .and_then(|k| OwnedUserId::try_from(k).ok())
-        .ok_or_else(|| ApiError::Internal("membership without a user".into()))?;
+        .ok_or_else(|| FederationError::Internal("membership without a user".into()))?;
     let _guard = app.room_lock(room_id).lock_owned().await;
     let mut pre = Batch::default();
     let short_room = room_or_new(app, room_id, version, &mut pre)?;
@@ -321,13 +321,13 @@ pub async fn local_rejection(
     user: &UserId,
     room_id: &RoomId,
     invite: &EventId,
-) -> ApiResult<()> {
+) -> Result<(), FederationError> {
     let room = app.rooms.room_or_404(room_id)?;
     let rules = room_version::rules(&room.meta.version)?;
     let prev = app
         .rooms
         .pdu(invite)?
-        .ok_or_else(|| ApiError::NotFound("the invite is gone".into()))?;
+        .ok_or_else(|| FederationError::NotFound("the invite is gone".into()))?;
     let refs = vec![plexus_core::builder::EventRef::of(&prev)];
     let ctx = plexus_core::builder::RoomContext {
         room_id: Some(room_id),
@@ -341,8 +341,8 @@ pub async fn local_rejection(
     };
     let built =
         plexus_core::builder::build_pdu(&member_template_event(user, "leave"), &ctx, &app.key)?;
-    let stored =
-        serde_json::to_value(&built.stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let stored = serde_json::to_value(&built.stored)
+        .map_err(|e| FederationError::Internal(e.to_string()))?;
     let c = local_checked(&built, stored);
     persist_out_of_room(app, room_id, &room.meta.version, c, None).await
 }
@@ -364,7 +364,7 @@ async fn persist_joined_room(
     events: HashMap<OwnedEventId, Checked>,
     state_ids: &[OwnedEventId],
     join: Checked,
-) -> ApiResult<()> {
+) -> Result<(), FederationError> {
     let _guard = app.room_lock(room_id).lock_owned().await;
     let fetch = |id: &EventId| {
         events
@@ -377,7 +377,7 @@ async fn persist_joined_room(
         .filter_map(|id| events.get(id))
         .map(|c| c.pdu.clone());
     ingest::check_against_events(rules, &join.pdu, fetch, state).map_err(|e| {
-        ApiError::Forbidden(format!("our join is not allowed by the room state: {e}"))
+        FederationError::Forbidden(format!("our join is not allowed by the room state: {e}"))
     })?;
     let mut pre = Batch::default();
     let short_room = room_or_new(app, room_id, version, &mut pre)?;
