@@ -126,7 +126,7 @@ impl super::Services {
         room: &str,
         kind: &str,
         content: &Value,
-    ) -> crate::error::ApiResult<()> {
+    ) -> Result<(), AccountDataError> {
         let count = self.account_data.set(user, room, kind, content)?;
         if room.is_empty() && matches!(kind, PUSH_RULES | IGNORED_USERS) {
             self.user_push.forget(user);

@@ -35,7 +35,7 @@ async fn put<T>(
     let content: Value = content
         .deserialize_as_unchecked()
         .map_err(|e| ApiError::BadJson(e.to_string()))?;
-    app.set_account_data(user, room, kind, &content).await
+    Ok(app.set_account_data(user, room, kind, &content).await?)
 }
 
 /// One entry; `M_NOT_FOUND` if the user never set it.

@@ -39,8 +39,9 @@ pub(crate) async fn edit(
     let mut rules = ruleset(app, user)?;
     change(&mut rules)?;
     let global = serde_json::to_value(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.set_account_data(user, "", PUSH_RULES, &json!({ "global": global }))
-        .await
+    Ok(app
+        .set_account_data(user, "", PUSH_RULES, &json!({ "global": global }))
+        .await?)
 }
 
 fn kind(s: &str) -> ApiResult<RuleKind> {

@@ -82,15 +82,14 @@ async fn apply(
                 .await?;
             Ok(())
         }
-        "m.fully_read" => {
-            app.set_account_data(
+        "m.fully_read" => Ok(app
+            .set_account_data(
                 &s.user_id,
                 room_id.as_str(),
                 "m.fully_read",
                 &json!({ "event_id": event_id }),
             )
-            .await
-        }
+            .await?),
         other => Err(ApiError::InvalidParam(format!(
             "unknown receipt type {other}"
         ))),

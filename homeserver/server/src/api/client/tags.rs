@@ -22,8 +22,9 @@ fn current(app: &App, user: &UserId, room: &RoomId) -> ApiResult<Map<String, Val
 }
 
 async fn save(app: &App, user: &UserId, room: &RoomId, tags: Map<String, Value>) -> ApiResult<()> {
-    app.set_account_data(user, room.as_str(), "m.tag", &json!({ "tags": tags }))
-        .await
+    Ok(app
+        .set_account_data(user, room.as_str(), "m.tag", &json!({ "tags": tags }))
+        .await?)
 }
 
 pub async fn list(app: App, req: Ruma<get_tags::v3::Request>) -> ApiResult<get_tags::v3::Response> {
