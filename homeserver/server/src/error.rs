@@ -437,6 +437,21 @@ impl From<crate::service::push::pushers::PushersError> for ApiError {
     }
 }
 
+impl From<crate::service::push::PushError> for ApiError {
+    fn from(e: crate::service::push::PushError) -> Self {
+        use crate::service::push::PushError::*;
+        match e {
+            Store(e) => e.into(),
+            Rooms(e) => e.into(),
+            AccountData(e) => e.into(),
+            Pushers(e) => e.into(),
+            Fed(e) => e.into(),
+            BadGateway(why) => ApiError::BadGateway(why),
+            Internal(why) => ApiError::Internal(why),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

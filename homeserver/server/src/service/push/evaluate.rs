@@ -8,7 +8,8 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{error::ApiResult, service::rooms::RoomAudience, service::Services};
+use super::PushError;
+use crate::{service::rooms::RoomAudience, service::Services};
 
 /// What one user's rules decided about one event that notifies them.
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ pub async fn evaluate(
     state_hash: u64,
     rules: &ruma::room_version_rules::RoomVersionRules,
     stored: &Value,
-) -> ApiResult<Vec<Notified>> {
+) -> Result<Vec<Notified>, PushError> {
     let sender = stored.get("sender").and_then(Value::as_str).unwrap_or("");
     let mut audience: Vec<OwnedUserId> = members
         .local_joined
@@ -57,7 +58,10 @@ pub async fn evaluate(
     if audience.is_empty() {
         return Ok(vec![]);
     }
-    let raw: Raw<Value> = Raw::from_json(crate::service::raw_value(stored)?);
+    let raw: Raw<Value> = Raw::from_json(
+        serde_json::value::to_raw_value(stored)
+            .map_err(|e| PushError::Internal(format!("JSON serialization: {e}")))?,
+    );
     // Flattened once for every member (ruma's `get_actions` would flatten per call).
     let event = FlattenedJson::from_raw(&raw);
     let power: PushConditionPowerLevelsCtx = app.power_levels(state_hash, rules)?.into();

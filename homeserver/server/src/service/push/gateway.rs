@@ -5,6 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use plexus_store::StoreError;
 use ruma::{push::Action, OwnedUserId, UserId};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
@@ -13,11 +14,9 @@ use crate::service::push::pushers::PusherKey;
 use crate::service::push::{
     evaluate::tweaks,
     unread::{self, Stored},
+    PushError,
 };
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{App, Services},
-};
+use crate::service::{App, Services};
 
 /// Notifications one pass of a worker sends before looking for new work.
 const BATCH: usize = 100;
@@ -67,7 +66,7 @@ impl Pushers {
 
     /// Start delivering: a dispatcher that owns one worker per pusher, beginning with every
     /// pusher that exists (work left from before a restart).
-    pub fn spawn(app: &App) -> ApiResult<()> {
+    pub fn spawn(app: &App) -> Result<(), PushError> {
         let Some(mut rx) = app
             .pushers
             .rx
@@ -164,7 +163,7 @@ async fn deliver(
     client: &reqwest::Client,
     user: &UserId,
     key: &PusherKey,
-) -> ApiResult<Pass> {
+) -> Result<Pass, PushError> {
     let Some(pusher) = app.pusher_records.get(key)? else {
         return Ok(Pass::Gone);
     };
@@ -172,7 +171,7 @@ async fn deliver(
     let todo: Vec<(u64, Stored)> =
         unread::notifications(app, user, progress.saturating_add(1), u64::MAX)
             .take(BATCH)
-            .collect::<ApiResult<_>>()?;
+            .collect::<Result<_, StoreError>>()?;
     let more = todo.len() == BATCH;
     for (count, n) in todo {
         // Read before it could be delivered: nothing to alert about any more.
@@ -196,16 +195,16 @@ async fn post(
     app: &Services,
     pusher: &Value,
     body: &Value,
-) -> ApiResult<bool> {
+) -> Result<bool, PushError> {
     let url = pusher["data"]["url"]
         .as_str()
-        .ok_or_else(|| ApiError::Internal("pusher without url".into()))?;
-    let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::Internal(e.to_string()))?;
+        .ok_or_else(|| PushError::Internal("pusher without url".into()))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| PushError::Internal(e.to_string()))?;
     if let Some(why) = crate::service::federation::client::literal_ip_refused(
         &parsed,
         app.settings.push.allow_loopback,
     ) {
-        return Err(ApiError::BadGateway(format!("push gateway is a {why}")));
+        return Err(PushError::BadGateway(format!("push gateway is a {why}")));
     }
     let resp = client
         .post(parsed)
@@ -214,14 +213,14 @@ async fn post(
         .send()
         .await
         .map_err(|e| {
-            ApiError::BadGateway(format!(
+            PushError::BadGateway(format!(
                 "push gateway: {}",
                 crate::service::federation::client::error_chain(&e)
             ))
         })?;
     let status = resp.status();
     if !status.is_success() {
-        return Err(ApiError::BadGateway(format!(
+        return Err(PushError::BadGateway(format!(
             "push gateway answered {status}"
         )));
     }
@@ -239,7 +238,7 @@ fn request_body(
     user: &UserId,
     pusher: &Value,
     n: &Stored,
-) -> ApiResult<Option<Value>> {
+) -> Result<Option<Value>, PushError> {
     let Some(event) = app.rooms.pdu_json(n.event)? else {
         return Ok(None);
     };

@@ -9,3 +9,31 @@ pub mod gateway;
 pub mod pushers;
 pub mod unread;
 pub mod user_cache;
+
+use plexus_store::StoreError;
+
+use crate::service::{
+    account_data::AccountDataError, federation::client::FedError, rooms::RoomsError,
+};
+use pushers::PushersError;
+
+/// Why push rules could not be run on an event, or a notification not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+    #[error(transparent)]
+    AccountData(#[from] AccountDataError),
+    #[error(transparent)]
+    Pushers(#[from] PushersError),
+    /// The HTTP client for push gateways could not be built.
+    #[error(transparent)]
+    Fed(#[from] FedError),
+    /// 502: the push gateway is refused, unreachable, or answered an error.
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}

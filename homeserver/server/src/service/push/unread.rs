@@ -9,7 +9,7 @@ use ruma::{RoomId, UserId};
 use serde_json::{json, Value};
 
 use super::evaluate::Notified;
-use crate::{error::ApiResult, service::Services};
+use crate::service::Services;
 
 /// The stored notification: where, which event, and what the rules said.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -135,7 +135,7 @@ pub fn room_counts(
     app: &Services,
     user: &UserId,
     short_room: u64,
-) -> ApiResult<(Counts, BTreeMap<String, Counts>)> {
+) -> Result<(Counts, BTreeMap<String, Counts>), StoreError> {
     let mut main = Counts::default();
     let mut threads: BTreeMap<String, Counts> = BTreeMap::new();
     for item in schema::USER_ROOM_COUNT__UNREAD
@@ -152,14 +152,19 @@ pub fn room_counts(
 }
 
 /// Unread notifications across all the user's rooms (the badge a push gateway shows).
-pub fn total_unread(app: &Services, user: &UserId) -> ApiResult<u64> {
+pub fn total_unread(app: &Services, user: &UserId) -> Result<u64, StoreError> {
     Ok(
         schema::USER_ROOM_COUNT__UNREAD
             .count_prefix::<First<1>>(&app.store.kv, (user.as_str(),))?,
     )
 }
 
-pub fn is_unread(app: &Services, user: &UserId, short_room: u64, count: u64) -> ApiResult<bool> {
+pub fn is_unread(
+    app: &Services,
+    user: &UserId,
+    short_room: u64,
+    count: u64,
+) -> Result<bool, StoreError> {
     Ok(schema::USER_ROOM_COUNT__UNREAD
         .contains(&app.store.kv, (user.as_str(), short_room, count))?)
 }
@@ -171,7 +176,7 @@ pub fn notifications<'a>(
     user: &UserId,
     from: u64,
     to: u64,
-) -> impl DoubleEndedIterator<Item = ApiResult<(u64, Stored)>> + 'a {
+) -> impl DoubleEndedIterator<Item = Result<(u64, Stored), StoreError>> + 'a {
     let user = user.as_str();
     schema::USER_COUNT__NOTIFICATION
         .range(&app.store.kv, (user, from), (user, to))

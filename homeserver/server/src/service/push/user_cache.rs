@@ -12,7 +12,7 @@ use std::{
 
 use ruma::{push::Ruleset, OwnedUserId, UserId};
 
-use crate::{error::ApiResult, service::Services};
+use crate::service::{account_data::AccountDataError, Services};
 
 /// Entries kept before the cache starts over (a bound, not a working-set estimate).
 const MAX_USERS: usize = 50_000;
@@ -30,7 +30,7 @@ pub struct UserPushCache {
 }
 
 impl UserPushCache {
-    pub fn get(&self, app: &Services, user: &UserId) -> ApiResult<Arc<UserPush>> {
+    pub fn get(&self, app: &Services, user: &UserId) -> Result<Arc<UserPush>, AccountDataError> {
         if let Some(hit) = self.lock().get(user) {
             return Ok(hit.clone());
         }
