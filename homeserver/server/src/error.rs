@@ -452,6 +452,16 @@ impl From<crate::service::push::PushError> for ApiError {
     }
 }
 
+impl From<crate::service::search::IndexingError> for ApiError {
+    fn from(e: crate::service::search::IndexingError) -> Self {
+        use crate::service::search::IndexingError::*;
+        match e {
+            Index(e) => e.into(),
+            Rooms(e) => e.into(),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

@@ -10,8 +10,8 @@ use std::{
 
 use plexus_search::Opened;
 
-use super::index_event;
-use crate::{error::ApiResult, service::Services};
+use super::{index_event, IndexingError};
+use crate::service::Services;
 
 /// Stream rows indexed per commit. A commit makes a segment: larger batches while catching
 /// up, and whatever has arrived when keeping up.
@@ -121,7 +121,7 @@ impl CatchUp {
 /// Index what the stream and the backfill queue hold past the index's position (at most
 /// `max` rows of each) and commit. Answers how many events it looked at; `None` when the
 /// index was already current.
-pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
+pub fn step(svc: &Services, max: usize) -> Result<Option<usize>, IndexingError> {
     let from = svc.search.position();
     let now = svc.store.current_count();
     if now <= from {
@@ -157,7 +157,7 @@ pub fn step(svc: &Services, max: usize) -> ApiResult<Option<usize>> {
 
 /// `plexus rebuild-search-index`: empty the index and index the whole store again, reporting
 /// as it goes. Answers the number of events looked at.
-pub fn rebuild(svc: &Services) -> ApiResult<u64> {
+pub fn rebuild(svc: &Services) -> Result<u64, IndexingError> {
     svc.search.index.clear()?;
     svc.search.set_position(0);
     let mut catch_up = CatchUp::default();

@@ -11,10 +11,19 @@ use std::{
     },
 };
 
-use plexus_search::{Doc, Key, Opened, SearchIndex};
+use plexus_search::{Doc, Key, Opened, SearchError, SearchIndex};
 use serde_json::Value;
 
-use crate::{error::ApiResult, service::Services};
+use crate::service::{rooms::RoomsError, Services};
+
+/// Why events could not be indexed: the index refused, or their rows could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexingError {
+    #[error(transparent)]
+    Index(#[from] SearchError),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+}
 
 pub struct Search {
     pub index: Arc<SearchIndex>,
@@ -25,7 +34,7 @@ pub struct Search {
 }
 
 impl Search {
-    pub fn open(dir: &std::path::Path) -> ApiResult<Search> {
+    pub fn open(dir: &std::path::Path) -> Result<Search, SearchError> {
         let (index, opened) = SearchIndex::open(dir)?;
         let position = match opened {
             Opened::Existing(p) => p,
@@ -70,7 +79,11 @@ pub struct Searchable {
 /// The searchable part of an event as it is now: a message's body (its latest edit's, if
 /// edited), or the name or topic a state event sets. `None`: nothing to find it by (another
 /// type, encrypted, redacted, or an edit, which is found through its original).
-pub fn searchable(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<Searchable>> {
+pub fn searchable(
+    svc: &Services,
+    short: u64,
+    stored: &Value,
+) -> Result<Option<Searchable>, RoomsError> {
     let kind = stored["type"].as_str().unwrap_or_default();
     let state_key = stored.get("state_key").and_then(Value::as_str);
     let mut edit = None;
@@ -111,7 +124,11 @@ pub fn searchable(svc: &Services, short: u64, stored: &Value) -> ApiResult<Optio
 
 /// Order key for "recent": timeline events by stream position, above every backfilled event
 /// (which came from before the room's timeline here), those by their timestamp.
-fn order_key(svc: &Services, short: u64, stored: &Value) -> ApiResult<Option<(u64, u64)>> {
+fn order_key(
+    svc: &Services,
+    short: u64,
+    stored: &Value,
+) -> Result<Option<(u64, u64)>, RoomsError> {
     const TIMELINE: u64 = 1 << 63;
     if let Some((room, count)) = svc.rooms.event_position(short)? {
         return Ok(Some((room, TIMELINE | count)));
@@ -142,7 +159,7 @@ fn reindex(
     short: u64,
     stored: Option<Value>,
     edits: &mut HashMap<u64, u64>,
-) -> ApiResult<()> {
+) -> Result<(), IndexingError> {
     let stored = match stored {
         Some(v) => Some(v),
         None => svc.rooms.pdu_json(short)?,
@@ -171,7 +188,11 @@ fn reindex(
 
 /// What a newly stored event changes in the index: itself; for an edit, the original; for a
 /// redaction, the redacted event, or the original whose text came from a redacted edit.
-fn index_event(svc: &Services, short: u64, edits: &mut HashMap<u64, u64>) -> ApiResult<()> {
+fn index_event(
+    svc: &Services,
+    short: u64,
+    edits: &mut HashMap<u64, u64>,
+) -> Result<(), IndexingError> {
     let Some(stored) = svc.rooms.pdu_json(short)? else {
         return Ok(());
     };
