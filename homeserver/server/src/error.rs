@@ -462,6 +462,21 @@ impl From<crate::service::search::IndexingError> for ApiError {
     }
 }
 
+impl From<crate::service::media::remote::RemoteMediaError> for ApiError {
+    fn from(e: crate::service::media::remote::RemoteMediaError) -> Self {
+        use crate::service::media::remote::RemoteMediaError::*;
+        match e {
+            Store(e) => e.into(),
+            Media(e) => e.into(),
+            Fed(e) => e.into(),
+            NotFound => ApiError::NotFound("Media not found".into()),
+            NotYetUploaded => ApiError::NotYetUploaded,
+            TooLarge => ApiError::RemoteTooLarge,
+            BadGateway(why) => ApiError::BadGateway(why),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

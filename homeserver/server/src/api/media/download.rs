@@ -125,7 +125,7 @@ async fn find(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    crate::service::media::remote::fetch(app, server, id, timeout_ms).await
+    Ok(crate::service::media::remote::fetch(app, server, id, timeout_ms).await?)
 }
 
 /// A stored content as a streamed body, with its length.

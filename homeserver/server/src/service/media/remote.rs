@@ -3,18 +3,41 @@
 //! `/_matrix/media/v3/download` for servers that predate it, then kept here.
 
 use http::{Method, StatusCode};
-use plexus_media::{disposition, multipart};
+use plexus_media::{disposition, multipart, MediaError};
+use plexus_store::StoreError;
 use ruma::ServerName;
 use serde_json::Value;
 
 use super::{Record, DEFAULT_WAIT_MS, MAX_WAIT};
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{
-        federation::client::{error_chain, literal_ip_refused, status_error, FedError},
-        now_ms, App,
-    },
+use crate::service::{
+    federation::client::{error_chain, literal_ip_refused, status_error, FedError},
+    now_ms, App,
 };
+
+/// Why another server's media could not be fetched and kept here.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteMediaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the blob, or reading the multipart answer.
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    /// The request to the other server failed, or federation is off.
+    #[error(transparent)]
+    Fed(#[from] FedError),
+    /// 404: the other server does not have it.
+    #[error("Media not found")]
+    NotFound,
+    /// 504: the other server's reserved id has not received its upload yet.
+    #[error("content has not yet been uploaded")]
+    NotYetUploaded,
+    /// 502: the content is larger than this server accepts.
+    #[error("remote content is larger than this server accepts")]
+    TooLarge,
+    /// 502: an answer this server cannot use.
+    #[error("{0}")]
+    BadGateway(String),
+}
 
 /// What a remote server answered for a media id.
 struct Fetched {
@@ -24,18 +47,21 @@ struct Fetched {
 }
 
 /// Reads a response body, giving up as soon as it passes `limit` bytes.
-async fn read_limited(mut resp: reqwest::Response, limit: u64) -> ApiResult<bytes::Bytes> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: u64,
+) -> Result<bytes::Bytes, RemoteMediaError> {
     if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(ApiError::RemoteTooLarge);
+        return Err(RemoteMediaError::TooLarge);
     }
     let mut out = bytes::BytesMut::new();
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| ApiError::BadGateway(format!("remote media: {}", error_chain(&e))))?
+        .map_err(|e| RemoteMediaError::BadGateway(format!("remote media: {}", error_chain(&e))))?
     {
         if (out.len() + chunk.len()) as u64 > limit {
-            return Err(ApiError::RemoteTooLarge);
+            return Err(RemoteMediaError::TooLarge);
         }
         out.extend_from_slice(&chunk);
     }
@@ -74,7 +100,7 @@ pub async fn fetch(
     server: &ServerName,
     id: &str,
     timeout_ms: Option<u64>,
-) -> ApiResult<Record> {
+) -> Result<Record, RemoteMediaError> {
     let fed = app.fed()?;
     let limit = app
         .settings
@@ -129,19 +155,19 @@ pub async fn fetch(
     Ok(rec)
 }
 
-fn map_error(e: FedError) -> ApiError {
+fn map_error(e: FedError) -> RemoteMediaError {
     match e {
-        FedError::Status { status: 404, .. } => ApiError::NotFound("Media not found".into()),
+        FedError::Status { status: 404, .. } => RemoteMediaError::NotFound,
         FedError::Status { errcode, .. } if errcode == "M_NOT_YET_UPLOADED" => {
-            ApiError::NotYetUploaded
+            RemoteMediaError::NotYetUploaded
         }
-        FedError::Status { errcode, .. } if errcode == "M_TOO_LARGE" => ApiError::RemoteTooLarge,
-        e => ApiError::BadGateway(e.to_string()),
+        FedError::Status { errcode, .. } if errcode == "M_TOO_LARGE" => RemoteMediaError::TooLarge,
+        e => RemoteMediaError::BadGateway(e.to_string()),
     }
 }
 
 /// A response whose body is the media itself.
-async fn plain(resp: reqwest::Response, limit: u64) -> ApiResult<Fetched> {
+async fn plain(resp: reqwest::Response, limit: u64) -> Result<Fetched, RemoteMediaError> {
     let content_type = clean_type(header(&resp, http::header::CONTENT_TYPE).as_deref());
     let filename =
         header(&resp, http::header::CONTENT_DISPOSITION).and_then(|d| disposition::filename_of(&d));
@@ -154,8 +180,12 @@ async fn plain(resp: reqwest::Response, limit: u64) -> ApiResult<Fetched> {
 }
 
 /// The federation answer: metadata, then the content or where to get it.
-async fn from_multipart(app: &App, resp: reqwest::Response, limit: u64) -> ApiResult<Fetched> {
-    let bad = |why: &str| ApiError::BadGateway(format!("remote media: {why}"));
+async fn from_multipart(
+    app: &App,
+    resp: reqwest::Response,
+    limit: u64,
+) -> Result<Fetched, RemoteMediaError> {
+    let bad = |why: &str| RemoteMediaError::BadGateway(format!("remote media: {why}"));
     let boundary = header(&resp, http::header::CONTENT_TYPE)
         .and_then(|t| multipart::boundary_of(&t))
         .ok_or_else(|| bad("not multipart/mixed"))?;
@@ -172,7 +202,7 @@ async fn from_multipart(app: &App, resp: reqwest::Response, limit: u64) -> ApiRe
         return follow(app, location, limit).await;
     }
     if content.body.len() as u64 > limit {
-        return Err(ApiError::RemoteTooLarge);
+        return Err(RemoteMediaError::TooLarge);
     }
     Ok(Fetched {
         content_type: clean_type(content.header("content-type")),
@@ -185,23 +215,23 @@ async fn from_multipart(app: &App, resp: reqwest::Response, limit: u64) -> ApiRe
 
 /// A `Location` another server pointed at (a CDN, say): fetched without our signature, and
 /// never at an address remote input must not make us contact.
-async fn follow(app: &App, location: &str, limit: u64) -> ApiResult<Fetched> {
+async fn follow(app: &App, location: &str, limit: u64) -> Result<Fetched, RemoteMediaError> {
     let fed = app.fed()?;
     let url = reqwest::Url::parse(location)
-        .map_err(|e| ApiError::BadGateway(format!("remote media location: {e}")))?;
+        .map_err(|e| RemoteMediaError::BadGateway(format!("remote media location: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(ApiError::BadGateway(
+        return Err(RemoteMediaError::BadGateway(
             "remote media location is not http(s)".into(),
         ));
     }
     if let Some(why) = literal_ip_refused(&url, fed.settings.allow_loopback) {
-        return Err(ApiError::BadGateway(format!(
+        return Err(RemoteMediaError::BadGateway(format!(
             "remote media location: {why}"
         )));
     }
     let resp =
         fed.http.get(url).send().await.map_err(|e| {
-            ApiError::BadGateway(format!("remote media location: {}", error_chain(&e)))
+            RemoteMediaError::BadGateway(format!("remote media location: {}", error_chain(&e)))
         })?;
     if !resp.status().is_success() {
         return Err(map_error(error_of(resp).await));

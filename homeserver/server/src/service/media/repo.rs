@@ -1,9 +1,7 @@
 //! The media repository's local side: content-addressed blobs under `<data_dir>/media`, and
 //! the limits shared by uploads, thumbnails and remote downloads.
 
-use plexus_media::blob::BlobStore;
-
-use crate::error::ApiError;
+use plexus_media::{blob::BlobStore, MediaError};
 
 /// Media state held by [`crate::service::Services`].
 pub struct Repo {
@@ -25,7 +23,7 @@ pub struct Repo {
 const REMOTE_FETCHES: usize = 4;
 
 impl Repo {
-    pub fn open(dir: &std::path::Path) -> Result<Self, ApiError> {
+    pub fn open(dir: &std::path::Path) -> Result<Self, MediaError> {
         Ok(Self {
             blobs: BlobStore::open(dir)?,
             uploaded: tokio::sync::Notify::new(),
