@@ -282,6 +282,8 @@ impl From<crate::service::directory::DirectoryError> for ApiError {
             AliasTaken(_) => ApiError::Conflict("Room alias already exists".into()),
             UnknownNetwork(_) => ApiError::InvalidParam(e.to_string()),
             Corrupt(_) => ApiError::Internal(e.to_string()),
+            InvalidParam(why) => ApiError::InvalidParam(why),
+            Rooms(e) => e.into(),
         }
     }
 }

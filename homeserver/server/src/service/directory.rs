@@ -9,8 +9,7 @@ use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::App;
-use crate::error::{ApiError, ApiResult};
+use super::{rooms::RoomsError, App};
 
 /// Why a directory change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +22,11 @@ pub enum DirectoryError {
     Corrupt(String),
     #[error("unknown third_party_instance_id {0}")]
     UnknownNetwork(String),
+    /// 400: a listing request's `limit` or `since` that does not parse.
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
 }
 
 pub struct Directory {
@@ -181,7 +185,7 @@ impl Directory {
 
 /// One room as the public directory shows it: the room summary without the fields the
 /// directory's chunk does not have.
-fn summary(app: &App, room_id: &ruma::RoomId) -> ApiResult<Option<Value>> {
+fn summary(app: &App, room_id: &ruma::RoomId) -> Result<Option<Value>, RoomsError> {
     let Some(room) = app.rooms.room(room_id)? else {
         return Ok(None);
     };
@@ -244,11 +248,12 @@ pub struct PublicRoomsBody {
 }
 
 /// The `limit` query parameter of `publicRooms`.
-pub fn parse_limit(limit: Option<&str>) -> ApiResult<Option<usize>> {
+pub fn parse_limit(limit: Option<&str>) -> Result<Option<usize>, DirectoryError> {
     limit
         .map(|l| {
-            l.parse::<usize>()
-                .map_err(|_| ApiError::InvalidParam("limit must be a non-negative integer".into()))
+            l.parse::<usize>().map_err(|_| {
+                DirectoryError::InvalidParam("limit must be a non-negative integer".into())
+            })
         })
         .transpose()
 }
@@ -260,13 +265,13 @@ pub fn list_public(
     since: Option<&str>,
     filter: &PublicRoomsFilter,
     network: &Network,
-) -> ApiResult<Value> {
+) -> Result<Value, DirectoryError> {
     let offset = match since {
         None => 0,
         Some(t) => t
             .strip_prefix('o')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| ApiError::InvalidParam(format!("invalid since token {t}")))?,
+            .ok_or_else(|| DirectoryError::InvalidParam(format!("invalid since token {t}")))?,
     };
     let term = filter
         .generic_search_term

@@ -120,13 +120,13 @@ async fn list_public_on(
         Some(s) if s != app.server_name().as_str() => ruma::ServerName::parse(s)
             .map_err(|e| ApiError::InvalidParam(format!("invalid server name: {e}")))?,
         _ => {
-            return list_public(
+            return Ok(list_public(
                 app,
                 limit,
                 since,
                 filter.unwrap_or(&Default::default()),
                 network,
-            )
+            )?)
         }
     };
     let Some(fed) = &app.federation else {
