@@ -479,6 +479,30 @@ impl From<crate::service::media::remote::RemoteMediaError> for ApiError {
     }
 }
 
+impl From<crate::service::appservices::AppserviceError> for ApiError {
+    fn from(e: crate::service::appservices::AppserviceError) -> Self {
+        use crate::service::appservices::AppserviceError::*;
+        match e {
+            Store(e) => e.into(),
+            Accounts(e) => e.into(),
+            Rooms(e) => e.into(),
+            Directory(e) => e.into(),
+            Receipts(e) => e.into(),
+            Presence(e) => e.into(),
+            E2ee(e) => e.into(),
+            Exclusive(why) => ApiError::Exclusive(why),
+            Forbidden(why) => ApiError::Forbidden(why),
+            InvalidParam(why) => ApiError::InvalidParam(why),
+            UnknownDevice(why) => ApiError::UnknownDevice(why),
+            UrlNotSet => ApiError::UrlNotSet,
+            BadStatus { status, body } => ApiError::BadStatus { status, body },
+            ConnectionFailed(why) => ApiError::ConnectionFailed(why),
+            ConnectionTimeout => ApiError::ConnectionTimeout,
+            Internal(why) => ApiError::Internal(why),
+        }
+    }
+}
+
 impl From<plexus_search::SearchError> for ApiError {
     fn from(e: plexus_search::SearchError) -> Self {
         ApiError::Internal(e.to_string())

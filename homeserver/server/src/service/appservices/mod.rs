@@ -9,12 +9,64 @@ pub mod sender;
 use std::{sync::Arc, time::Duration};
 
 use plexus_core::appservice::{Kind, Registration};
+use plexus_store::StoreError;
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{accounts::Session, Services},
+use crate::service::{
+    accounts::{AccountsError, Session},
+    directory::DirectoryError,
+    e2ee::E2eeError,
+    ephemeral::ReceiptsError,
+    presence::PresenceError,
+    rooms::RoomsError,
+    Services,
 };
+
+/// Why an appservice request was refused, or a request to an appservice (a ping, a
+/// transaction) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppserviceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    Receipts(#[from] ReceiptsError),
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+    #[error(transparent)]
+    E2ee(#[from] E2eeError),
+    /// 400 `M_EXCLUSIVE`: an id in an appservice's exclusive namespace.
+    #[error("{0}")]
+    Exclusive(String),
+    /// 403: a user the appservice may not act as.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400 `M_INVALID_PARAM`.
+    #[error("{0}")]
+    InvalidParam(String),
+    /// 400 `M_UNKNOWN_DEVICE` (MSC3202): a device its user does not have.
+    #[error("{0}")]
+    UnknownDevice(String),
+    /// 400 `M_URL_NOT_SET`: the appservice wants no traffic.
+    #[error("Application service doesn't have a URL configured")]
+    UrlNotSet,
+    /// 502 `M_BAD_STATUS`: the appservice answered with an error.
+    #[error("Ping returned status {status}")]
+    BadStatus { status: u16, body: String },
+    /// 502 `M_CONNECTION_FAILED`: the appservice could not be reached.
+    #[error("{0}")]
+    ConnectionFailed(String),
+    /// 504 `M_CONNECTION_TIMEOUT`.
+    #[error("Connection to application service timed out")]
+    ConnectionTimeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
 /// The configured appservices, their HTTP client and the wake-ups of their senders.
 pub struct Appservices {
@@ -23,7 +75,7 @@ pub struct Appservices {
 }
 
 impl Appservices {
-    pub fn new(regs: Vec<Arc<Registration>>) -> ApiResult<Self> {
+    pub fn new(regs: Vec<Arc<Registration>>) -> Result<Self, AppserviceError> {
         // No private-address guard here: appservices usually run on the same host, and their
         // URLs come from the operator, not from users.
         let http = reqwest::Client::builder()
@@ -31,7 +83,7 @@ impl Appservices {
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| ApiError::Internal(format!("appservice HTTP client: {e}")))?;
+            .map_err(|e| AppserviceError::Internal(format!("appservice HTTP client: {e}")))?;
         Ok(Self { regs, http })
     }
 
@@ -54,11 +106,13 @@ impl Appservices {
         kind: Kind,
         id: &str,
         caller: Option<&Registration>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), AppserviceError> {
         match self.exclusive_owner(kind, id) {
-            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => Err(ApiError::Exclusive(
-                format!("{id} is reserved by an application service"),
-            )),
+            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => {
+                Err(AppserviceError::Exclusive(format!(
+                    "{id} is reserved by an application service"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -73,7 +127,7 @@ impl Services {
         reg: &Arc<Registration>,
         token: &str,
         query: Option<&str>,
-    ) -> ApiResult<Session> {
+    ) -> Result<Session, AppserviceError> {
         let pairs = crate::http::extract::query_pairs(query);
         let param = |names: &[&str]| {
             pairs
@@ -84,17 +138,17 @@ impl Services {
         let server = self.server_name().as_str();
         let user_id: OwnedUserId = match param(&["user_id"]) {
             None => UserId::parse(reg.sender(server))
-                .map_err(|e| ApiError::Internal(format!("appservice sender: {e}")))?,
+                .map_err(|e| AppserviceError::Internal(format!("appservice sender: {e}")))?,
             Some(u) => {
                 let user = UserId::parse(u.as_str())
-                    .map_err(|e| ApiError::InvalidParam(format!("user_id: {e}")))?;
+                    .map_err(|e| AppserviceError::InvalidParam(format!("user_id: {e}")))?;
                 if user.server_name() != server || !reg.may_act_as(user.as_str(), server) {
-                    return Err(ApiError::Forbidden(format!(
+                    return Err(AppserviceError::Forbidden(format!(
                         "Application service cannot masquerade as this user ({user})"
                     )));
                 }
                 if user.as_str() != reg.sender(server) && self.accounts.user(&user)?.is_none() {
-                    return Err(ApiError::Forbidden(
+                    return Err(AppserviceError::Forbidden(
                         "Application service has not registered this user".into(),
                     ));
                 }
@@ -105,7 +159,7 @@ impl Services {
             None => None,
             Some(d) => {
                 if self.accounts.device(&user_id, &d)?.is_none() {
-                    return Err(ApiError::UnknownDevice(format!(
+                    return Err(AppserviceError::UnknownDevice(format!(
                         "Application service trying to use a device that doesn't exist ({d} for {user_id})"
                     )));
                 }
@@ -121,7 +175,11 @@ impl Services {
     }
 
     /// Resolve any access token: an appservice's, or a user's.
-    pub fn authenticate(&self, token: &str, query: Option<&str>) -> ApiResult<Session> {
+    pub fn authenticate(
+        &self,
+        token: &str,
+        query: Option<&str>,
+    ) -> Result<Session, AppserviceError> {
         match self.appservices.by_token(token) {
             Some(reg) => self.appservice_session(reg, token, query),
             None => Ok(self.accounts.session(token)?),
@@ -129,10 +187,10 @@ impl Services {
     }
 
     /// Each appservice's sender user exists from the start, as the spec expects.
-    pub async fn ensure_appservice_senders(&self) -> ApiResult<()> {
+    pub async fn ensure_appservice_senders(&self) -> Result<(), AppserviceError> {
         for reg in &self.appservices.regs {
             let user = UserId::parse(reg.sender(self.server_name().as_str()))
-                .map_err(|e| ApiError::Internal(format!("appservice {}: {e}", reg.id)))?;
+                .map_err(|e| AppserviceError::Internal(format!("appservice {}: {e}", reg.id)))?;
             if self.accounts.user(&user)?.is_none() {
                 self.accounts.create_user(&user, None, false).await?;
                 self.store.flush().await?;

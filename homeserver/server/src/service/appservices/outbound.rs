@@ -7,10 +7,8 @@ use plexus_core::appservice::{Kind, Registration};
 use ruma::{RoomAliasId, UserId};
 use serde_json::Value;
 
-use crate::{
-    error::{ApiError, ApiResult},
-    service::{federation::sender::enc, Services},
-};
+use super::AppserviceError;
+use crate::service::{federation::sender::enc, Services};
 
 /// Queries are answered quickly or not at all: a client is waiting.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +39,12 @@ impl Services {
     }
 
     /// `POST /_matrix/app/v1/ping`: how long the appservice took to answer.
-    pub async fn ping_appservice(&self, reg: &Registration, txn: Option<&str>) -> ApiResult<u64> {
-        let url = reg.url.as_deref().ok_or(ApiError::UrlNotSet)?;
+    pub async fn ping_appservice(
+        &self,
+        reg: &Registration,
+        txn: Option<&str>,
+    ) -> Result<u64, AppserviceError> {
+        let url = reg.url.as_deref().ok_or(AppserviceError::UrlNotSet)?;
         let mut body = serde_json::json!({});
         if let Some(t) = txn {
             body["transaction_id"] = Value::String(t.to_owned());
@@ -59,14 +61,14 @@ impl Services {
             .await
             .map_err(|e| {
                 if e.is_timeout() {
-                    ApiError::ConnectionTimeout
+                    AppserviceError::ConnectionTimeout
                 } else {
-                    ApiError::ConnectionFailed(format!("Ping failed: {e}"))
+                    AppserviceError::ConnectionFailed(format!("Ping failed: {e}"))
                 }
             })?;
         let elapsed = started.elapsed().as_millis() as u64;
         if !res.status().is_success() {
-            return Err(ApiError::BadStatus {
+            return Err(AppserviceError::BadStatus {
                 status: res.status().as_u16(),
                 body: res.text().await.unwrap_or_default(),
             });

@@ -17,10 +17,8 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::{
-    error::{ApiError, ApiResult},
-    service::Services,
-};
+use super::AppserviceError;
+use crate::service::{rooms::RoomsError, Services};
 
 /// Most timeline events in one transaction; the rest follow in the next.
 const MAX_EVENTS: usize = 100;
@@ -67,7 +65,7 @@ pub fn start(app: &Arc<Services>) {
     }
 }
 
-fn load(svc: &Services, reg: &Registration) -> ApiResult<Progress> {
+fn load(svc: &Services, reg: &Registration) -> Result<Progress, AppserviceError> {
     match schema::APPSERVICE__SENDER_STATE.get(&svc.store.kv, reg.id.as_str())? {
         Some(p) => Ok(p),
         // A new appservice starts from now: it is not sent the server's whole history.
@@ -83,7 +81,12 @@ fn load(svc: &Services, reg: &Registration) -> ApiResult<Progress> {
     }
 }
 
-fn save(svc: &Services, reg: &Registration, p: &Progress, mut batch: Batch) -> ApiResult<()> {
+fn save(
+    svc: &Services,
+    reg: &Registration,
+    p: &Progress,
+    mut batch: Batch,
+) -> Result<(), AppserviceError> {
     schema::APPSERVICE__SENDER_STATE.put(&mut batch, reg.id.as_str(), p)?;
     Ok(svc.store.commit(batch)?)
 }
@@ -124,7 +127,11 @@ async fn run(app: Weak<Services>, reg: Arc<Registration>) {
 }
 
 /// Send the stored transaction, or build and send the next one. `Ok(false)`: nothing to send.
-async fn send_next(svc: &Services, reg: &Registration, view: &mut View) -> ApiResult<bool> {
+async fn send_next(
+    svc: &Services,
+    reg: &Registration,
+    view: &mut View,
+) -> Result<bool, AppserviceError> {
     let mut progress = load(svc, reg)?;
     let pending = match progress.pending.take() {
         Some(p) => p,
@@ -160,7 +167,7 @@ async fn send_next(svc: &Services, reg: &Registration, view: &mut View) -> ApiRe
             progress
                 .pending
                 .take()
-                .ok_or_else(|| ApiError::Internal("pending transaction".into()))?
+                .ok_or_else(|| AppserviceError::Internal("pending transaction".into()))?
         }
     };
     put_transaction(svc, reg, &pending).await?;
@@ -180,8 +187,12 @@ async fn send_next(svc: &Services, reg: &Registration, view: &mut View) -> ApiRe
     Ok(true)
 }
 
-async fn put_transaction(svc: &Services, reg: &Registration, p: &Pending) -> ApiResult<()> {
-    let url = reg.url.as_deref().ok_or(ApiError::UrlNotSet)?.to_owned();
+async fn put_transaction(
+    svc: &Services,
+    reg: &Registration,
+    p: &Pending,
+) -> Result<(), AppserviceError> {
+    let url = reg.url.as_deref().ok_or(AppserviceError::UrlNotSet)?.to_owned();
     let res = svc
         .appservices
         .http
@@ -190,11 +201,11 @@ async fn put_transaction(svc: &Services, reg: &Registration, p: &Pending) -> Api
         .json(&p.body)
         .send()
         .await
-        .map_err(|e| ApiError::ConnectionFailed(e.to_string()))?;
+        .map_err(|e| AppserviceError::ConnectionFailed(e.to_string()))?;
     if res.status().is_success() {
         Ok(())
     } else {
-        Err(ApiError::BadStatus {
+        Err(AppserviceError::BadStatus {
             status: res.status().as_u16(),
             body: res.text().await.unwrap_or_default(),
         })
@@ -226,7 +237,7 @@ impl View {
         reg: &Registration,
         from: u64,
         now: u64,
-    ) -> ApiResult<(Map<String, Value>, u64)> {
+    ) -> Result<(Map<String, Value>, u64), AppserviceError> {
         let server = svc.server_name().as_str().to_owned();
         let mut body = Map::new();
         let mut upto = now;
@@ -331,7 +342,7 @@ impl View {
         server: &str,
         room_id: &RoomId,
         stored: &Value,
-    ) -> ApiResult<bool> {
+    ) -> Result<bool, AppserviceError> {
         let in_ns = |u: &str| reg.may_act_as(u, server);
         if stored
             .get("sender")
@@ -379,7 +390,7 @@ impl View {
         svc: &Services,
         reg: &Registration,
         server: &str,
-    ) -> ApiResult<&mut BTreeSet<OwnedRoomId>> {
+    ) -> Result<&mut BTreeSet<OwnedRoomId>, AppserviceError> {
         if self.member_rooms.is_none() {
             let mut rooms = BTreeSet::new();
             for user in local_users(svc, reg, server)? {
@@ -416,7 +427,7 @@ impl View {
         user: &str,
         membership: &str,
         departed: &mut BTreeSet<OwnedUserId>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), AppserviceError> {
         let ours = reg.may_act_as(user, server);
         let rooms = self.member_rooms(svc, reg, server)?;
         if ours {
@@ -450,7 +461,7 @@ impl View {
         server: &str,
         from: u64,
         upto: u64,
-    ) -> ApiResult<Vec<Value>> {
+    ) -> Result<Vec<Value>, AppserviceError> {
         let rooms: Vec<OwnedRoomId> = self
             .member_rooms(svc, reg, server)?
             .iter()
@@ -500,9 +511,9 @@ impl View {
         upto: u64,
         departed: &BTreeSet<OwnedUserId>,
         body: &mut Map<String, Value>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), AppserviceError> {
         let rooms = self.member_rooms(svc, reg, server)?.clone();
-        let shares = |user: &UserId| -> ApiResult<bool> {
+        let shares = |user: &UserId| -> Result<bool, RoomsError> {
             for room_id in &rooms {
                 if let Some(r) = svc.rooms.room(room_id)? {
                     let m = svc.rooms.membership_in(r.short, user)?;
@@ -592,7 +603,11 @@ impl View {
 }
 
 /// This server's users in the appservice's namespace (and its sender).
-fn local_users(svc: &Services, reg: &Registration, server: &str) -> ApiResult<Vec<OwnedUserId>> {
+fn local_users(
+    svc: &Services,
+    reg: &Registration,
+    server: &str,
+) -> Result<Vec<OwnedUserId>, AppserviceError> {
     Ok(svc
         .accounts
         .local_users(|name| reg.may_act_as(name, server))?)
