@@ -264,6 +264,11 @@ impl From<crate::service::accounts::AccountsError> for ApiError {
             InvalidDeviceId => ApiError::InvalidParam(e.to_string()),
             UnknownToken { soft_logout } => ApiError::UnknownToken { soft_logout },
             Uia(body) => ApiError::Uia(body),
+            NoDevice => ApiError::MissingParam(e.to_string()),
+            NotSelf => ApiError::Forbidden(e.to_string()),
+            RateLimit(e) => e.into(),
+            E2ee(e) => (*e).into(),
+            Pushers(e) => e.into(),
         }
     }
 }
@@ -424,6 +429,8 @@ impl From<crate::service::e2ee::E2eeError> for ApiError {
             WrongBackupVersion { current } => ApiError::WrongRoomKeysVersion {
                 current: Some(current.to_string()),
             },
+            Accounts(e) => e.into(),
+            Rooms(e) => e.into(),
         }
     }
 }
@@ -501,6 +508,12 @@ impl From<crate::service::appservices::AppserviceError> for ApiError {
             Internal(why) => ApiError::Internal(why),
         }
     }
+}
+
+/// The text a client reads for a service error, for answers that carry a failure's text in
+/// their body (a key query's `failures`) rather than as the response's error.
+pub fn client_text(e: impl Into<ApiError>) -> String {
+    e.into().to_string()
 }
 
 impl From<plexus_search::SearchError> for ApiError {

@@ -10,10 +10,7 @@ use super::{
     tokens::{hex, token_key},
     Accounts, AccountsError, IssuedTokens,
 };
-use crate::{
-    error::ApiResult,
-    service::{now_ms, Services},
-};
+use crate::service::{now_ms, Services};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -122,7 +119,7 @@ impl Services {
         user_id: &UserId,
         device_id: &str,
         rec: DeviceRecord,
-    ) -> ApiResult<()> {
+    ) -> Result<(), AccountsError> {
         let mut b = Batch::default();
         self.accounts
             .stage_device(user_id, device_id, &rec, &mut b)?;
@@ -131,13 +128,18 @@ impl Services {
             id: device_id.to_owned(),
             display_name: rec.display_name,
         };
-        self.commit_device_list_changes(user_id, vec![change], b)
-            .await
+        Ok(self
+            .commit_device_list_changes(user_id, vec![change], b)
+            .await?)
     }
 
     /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
     /// are gone.
-    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> ApiResult<()> {
+    pub async fn delete_devices(
+        &self,
+        user_id: &UserId,
+        device_ids: &[String],
+    ) -> Result<(), AccountsError> {
         let mut batch = Batch::default();
         let mut changes = vec![];
         for d in device_ids {

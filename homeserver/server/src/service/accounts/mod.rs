@@ -19,7 +19,7 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::now_ms;
+use super::{e2ee::E2eeError, now_ms, push::pushers::PushersError, ratelimit::RateLimitError};
 use crate::config::Settings;
 use uia::login_name;
 
@@ -72,6 +72,27 @@ pub enum AccountsError {
     /// 401: user-interactive auth goes on; the body is its state.
     #[error("user-interactive authentication required")]
     Uia(Value),
+    /// 400 `M_MISSING_PARAM`: a device-scoped request from an appservice that named no device.
+    #[error("this request acts for a device: an appservice must pass device_id")]
+    NoDevice,
+    /// 403: a per-user endpoint asked about another user.
+    #[error("Cannot access another user's data")]
+    NotSelf,
+    /// 429: the account's failed logins are used up for now.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
+    /// A device change's keys or device list rows (boxed: `E2eeError` holds an `AccountsError`).
+    #[error(transparent)]
+    E2ee(Box<E2eeError>),
+    /// Removing the pushers of deleted devices.
+    #[error(transparent)]
+    Pushers(#[from] PushersError),
+}
+
+impl From<E2eeError> for AccountsError {
+    fn from(e: E2eeError) -> Self {
+        AccountsError::E2ee(Box::new(e))
+    }
 }
 
 /// The accounts tables, and what their rules read from the configuration.

@@ -7,10 +7,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::{Accounts, AccountsError, DeviceRecord};
-use crate::{
-    error::{ApiError, ApiResult},
-    service::now_ms,
-};
+use crate::service::now_ms;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -59,12 +56,8 @@ pub struct Session {
 impl Session {
     /// The device the request acts for. Device-scoped endpoints (keys, to-device, logout)
     /// need one; an appservice names it with `device_id` (MSC3202).
-    pub fn device(&self) -> ApiResult<&ruma::DeviceId> {
-        self.device_id.as_deref().ok_or_else(|| {
-            ApiError::MissingParam(
-                "this request acts for a device: an appservice must pass device_id".into(),
-            )
-        })
+    pub fn device(&self) -> Result<&ruma::DeviceId, AccountsError> {
+        self.device_id.as_deref().ok_or(AccountsError::NoDevice)
     }
 
     /// What transaction ids are unique within: the device, or for an appservice acting
@@ -78,11 +71,9 @@ impl Session {
     }
 
     /// Per-user endpoints (`/user/{userId}/...`) act only on the caller's own data.
-    pub fn require_self(&self, user: &str) -> ApiResult<()> {
+    pub fn require_self(&self, user: &str) -> Result<(), AccountsError> {
         if self.user_id.as_str() != user {
-            return Err(ApiError::Forbidden(
-                "Cannot access another user's data".into(),
-            ));
+            return Err(AccountsError::NotSelf);
         }
         Ok(())
     }

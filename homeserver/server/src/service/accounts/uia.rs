@@ -7,10 +7,7 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use super::{blocking, Accounts, AccountsError};
-use crate::{
-    error::ApiResult,
-    service::{now_ms, ratelimit::Action, Services},
-};
+use crate::service::{now_ms, ratelimit::Action, Services};
 
 /// The account named in login credentials (`identifier.user`, or the older `user`).
 pub(super) fn login_name(creds: &Value) -> Option<&str> {
@@ -177,7 +174,7 @@ impl Services {
         auth: Option<Value>,
         flows: &'static [&'static [&'static str]],
         expected_user: Option<OwnedUserId>,
-    ) -> ApiResult<Option<OwnedUserId>> {
+    ) -> Result<Option<OwnedUserId>, AccountsError> {
         let app = self.clone();
         blocking(move || app.uia_step(auth.as_ref(), flows, expected_user.as_deref())).await?
     }
@@ -190,7 +187,7 @@ impl Services {
         auth: Option<&Value>,
         flows: &[&[&str]],
         expected_user: Option<&UserId>,
-    ) -> ApiResult<Option<OwnedUserId>> {
+    ) -> Result<Option<OwnedUserId>, AccountsError> {
         // A password is checked (Argon2, tens of milliseconds) before the sessions are locked,
         // so one slow check never holds up every other user-interactive auth.
         let stage = auth
@@ -212,7 +209,7 @@ impl Services {
     /// A password check for login or user-interactive auth, under the account's failed-login
     /// limit: refused at once (`M_LIMIT_EXCEEDED`) while the account has no attempt left, and
     /// every wrong password uses one up, from whatever address it came.
-    pub fn password_login(&self, creds: &Value) -> ApiResult<Option<OwnedUserId>> {
+    pub fn password_login(&self, creds: &Value) -> Result<Option<OwnedUserId>, AccountsError> {
         let account = login_name(creds).and_then(|n| self.accounts.parse_user_name(n).ok());
         if let Some(a) = &account {
             self.limiter.peek(Action::FailedLogin, a.as_str())?;

@@ -9,7 +9,7 @@ use ruma::UserId;
 use serde_json::{json, Value};
 
 use super::{signatures::merge_signatures, E2ee, E2eeError};
-use crate::{error::ApiResult, service::Services};
+use crate::service::Services;
 
 pub const MASTER: &str = "master";
 pub const SELF_SIGNING: &str = "self_signing";
@@ -97,7 +97,7 @@ impl Services {
         target: &UserId,
         key_id: &str,
         signatures: &Value,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let mut b = Batch::default();
         schema::SIGNER_TARGET_KEYID__SIGNATURES.put(
             &mut b,

@@ -10,10 +10,7 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use super::{E2ee, E2eeError};
-use crate::{
-    error::ApiResult,
-    service::{federation::sender::Sender, Services},
-};
+use crate::service::{federation::sender::Sender, rooms::RoomsError, Services};
 
 /// One change to a local user's devices or cross-signing keys.
 pub enum Change {
@@ -163,7 +160,7 @@ impl Services {
         user: &UserId,
         changes: Vec<Change>,
         batch: Batch,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let (locals, servers) = self.device_list_audience(user)?;
         let servers: Vec<OwnedServerName> = if self.federation.is_some() {
             servers.into_iter().collect()
@@ -191,7 +188,7 @@ impl Services {
         &self,
         user: &UserId,
         batch: Batch,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let (locals, _) = self.device_list_audience(user)?;
         let count = self.e2ee.commit_remote_change(user, batch)?;
         self.store.flush().await?;
@@ -203,7 +200,7 @@ impl Services {
     pub fn device_list_audience(
         &self,
         user: &UserId,
-    ) -> ApiResult<(BTreeSet<OwnedUserId>, BTreeSet<OwnedServerName>)> {
+    ) -> Result<(BTreeSet<OwnedUserId>, BTreeSet<OwnedServerName>), RoomsError> {
         let mut locals = BTreeSet::new();
         let mut servers = BTreeSet::new();
         for (room_id, m) in self.rooms.user_rooms(user)? {
@@ -224,7 +221,7 @@ impl Services {
 
     /// Whether any local user shares a joined room with `user`: only then do we track their
     /// keys.
-    pub fn shared_with_local(&self, user: &UserId) -> ApiResult<bool> {
+    pub fn shared_with_local(&self, user: &UserId) -> Result<bool, RoomsError> {
         for (room_id, m) in self.rooms.user_rooms(user)? {
             if m.membership != "join" {
                 continue;
@@ -250,7 +247,7 @@ impl Services {
         user: &UserId,
         since: u64,
         upper: u64,
-    ) -> ApiResult<(BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>)> {
+    ) -> Result<(BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>), E2eeError> {
         let mut joined = vec![];
         let mut changed = BTreeSet::new();
         let mut left_candidates = BTreeSet::new();
@@ -294,7 +291,7 @@ impl Services {
                 _ => {}
             }
         }
-        let shares = |other: &UserId| -> ApiResult<bool> {
+        let shares = |other: &UserId| -> Result<bool, RoomsError> {
             for short in &joined {
                 let m = self.rooms.membership_in(*short, other)?;
                 if m.as_deref() == Some("join") {

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
-use super::remote_devices::RemoteCopy;
+use super::{remote_devices::RemoteCopy, E2eeError};
 use crate::{
-    error::ApiResult,
+    error::client_text,
     service::{federation::sender::enc, App},
 };
 
@@ -23,8 +23,8 @@ pub async fn query_remote(
     let mut out = json!({ "device_keys": {}, "master_keys": {}, "self_signing_keys": {} });
     let mut ask = Map::new();
     for (user, wanted) in users {
-        if !app.shared_with_local(user).map_err(|e| e.to_string())? {
-            forget_untracked(app, user).map_err(|e| e.to_string())?;
+        if !app.shared_with_local(user).map_err(client_text)? {
+            forget_untracked(app, user).map_err(client_text)?;
             ask.insert(user.to_string(), json!(wanted));
             continue;
         }
@@ -118,7 +118,7 @@ pub async fn remote_devices(app: &App, user: &UserId) -> Result<Value, String> {
             user.server_name()
         ));
     }
-    if app.shared_with_local(user).map_err(|e| e.to_string())? {
+    if app.shared_with_local(user).map_err(client_text)? {
         app.e2ee
             .keep_remote_devices(user, &list)
             .map_err(|e| e.to_string())?;
@@ -131,7 +131,7 @@ fn tracked_sender(
     app: &App,
     origin: &ServerName,
     content: &Value,
-) -> ApiResult<Option<OwnedUserId>> {
+) -> Result<Option<OwnedUserId>, E2eeError> {
     let Some(user) = content["user_id"]
         .as_str()
         .and_then(|u| OwnedUserId::try_from(u).ok())
@@ -151,13 +151,17 @@ fn tracked_sender(
 
 /// We stop following the EDUs of a user no local user shares a room with, so a copy of their
 /// device list would go stale: drop it, and fetch afresh if they come back.
-fn forget_untracked(app: &App, user: &UserId) -> ApiResult<()> {
-    Ok(app.e2ee.forget_remote_devices(user)?)
+fn forget_untracked(app: &App, user: &UserId) -> Result<(), E2eeError> {
+    app.e2ee.forget_remote_devices(user)
 }
 
 /// `m.device_list_update`: apply it to our copy when it follows on from what we have; when
 /// an update was missed, drop the copy and fetch the list again.
-pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+pub async fn device_list_update(
+    app: &App,
+    origin: &ServerName,
+    content: &Value,
+) -> Result<(), E2eeError> {
     let Some(user) = tracked_sender(app, origin, content)? else {
         return Ok(());
     };
@@ -215,7 +219,11 @@ pub async fn device_list_update(app: &App, origin: &ServerName, content: &Value)
 }
 
 /// `m.signing_key_update`: new public cross-signing keys of a remote user.
-pub async fn signing_key_update(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+pub async fn signing_key_update(
+    app: &App,
+    origin: &ServerName,
+    content: &Value,
+) -> Result<(), E2eeError> {
     let Some(user) = tracked_sender(app, origin, content)? else {
         return Ok(());
     };

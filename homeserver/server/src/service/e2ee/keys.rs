@@ -10,7 +10,7 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{device_lists::Change, E2ee, E2eeError};
-use crate::{error::ApiResult, service::Services};
+use crate::service::Services;
 
 /// A write to a local user's own published keys, gathered while an upload is checked whole.
 pub enum KeyWrite {
@@ -258,7 +258,7 @@ impl Services {
         user: &UserId,
         writes: Vec<KeyWrite>,
         changes: Vec<Change>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let mut b = Batch::default();
         for w in &writes {
             w.stage(&mut b, user.as_str())?;

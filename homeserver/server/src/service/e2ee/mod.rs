@@ -21,6 +21,8 @@ use std::{
 
 use plexus_store::{Store, StoreError};
 
+use super::{accounts::AccountsError, rooms::RoomsError};
+
 /// Why an E2EE read or write failed. Besides the store's errors, the refusals a client sees as
 /// Matrix errors (mapped in `crate::error`).
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,12 @@ pub enum E2eeError {
     /// 403: keys written to a version that is not the current one.
     #[error("Wrong backup version")]
     WrongBackupVersion { current: u64 },
+    /// The devices a to-device message names.
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    /// Who shares a room with a user whose device list changed.
+    #[error(transparent)]
+    Rooms(#[from] RoomsError),
 }
 
 /// The E2EE tables, and the locks that keep read-modify-write sequences on them whole.

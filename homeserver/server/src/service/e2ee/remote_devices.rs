@@ -7,7 +7,7 @@ use ruma::UserId;
 use serde_json::Value;
 
 use super::{E2ee, E2eeError};
-use crate::{error::ApiResult, service::Services};
+use crate::service::Services;
 
 /// What an EDU does to our copy of a remote user's device list.
 pub enum RemoteCopy {
@@ -50,7 +50,7 @@ impl Services {
         &self,
         user: &UserId,
         copy: RemoteCopy,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let mut b = Batch::default();
         match copy {
             RemoteCopy::Keep => {}

@@ -10,10 +10,7 @@ use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{E2ee, E2eeError};
-use crate::{
-    error::ApiResult,
-    service::{appservices, federation::sender::Sender, rooms::Rooms, App, Services},
-};
+use crate::service::{appservices, federation::sender::Sender, rooms::Rooms, App, Services};
 
 /// Most messages one sync delivers to a device; the rest wait for the next.
 const SYNC_LIMIT: usize = 100;
@@ -177,7 +174,7 @@ impl Services {
         kind: &str,
         targets: Vec<Delivery>,
         remote: BTreeMap<OwnedServerName, Map<String, Value>>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let recipients: BTreeSet<&UserId> = targets.iter().map(|d| d.user.as_ref()).collect();
         let routed: Vec<(&Delivery, Option<&str>)> = targets
             .iter()
@@ -205,7 +202,7 @@ impl Services {
         sender: &str,
         kind: &str,
         targets: Vec<Delivery>,
-    ) -> ApiResult<()> {
+    ) -> Result<(), E2eeError> {
         let routed: Vec<(&Delivery, Option<&str>)> = targets
             .iter()
             .map(|d| (d, self.to_device_appservice(&d.user)))
@@ -219,7 +216,7 @@ impl Services {
 }
 
 /// `*` becomes every device of the user; messages for devices that do not exist are dropped.
-pub fn expand(app: &Services, deliveries: Vec<Delivery>) -> ApiResult<Vec<Delivery>> {
+pub fn expand(app: &Services, deliveries: Vec<Delivery>) -> Result<Vec<Delivery>, E2eeError> {
     let mut out = vec![];
     for d in deliveries {
         if d.device == "*" {
@@ -239,7 +236,7 @@ pub fn expand(app: &Services, deliveries: Vec<Delivery>) -> ApiResult<Vec<Delive
 
 /// An `m.direct_to_device` EDU from `origin`: its sender must be one of origin's users, and
 /// only messages for our users are taken. A retried transaction's message is taken once.
-pub async fn receive(app: &App, origin: &ServerName, content: &Value) -> ApiResult<()> {
+pub async fn receive(app: &App, origin: &ServerName, content: &Value) -> Result<(), E2eeError> {
     let sender = content["sender"].as_str().unwrap_or_default();
     let Ok(sender_id) = OwnedUserId::try_from(sender) else {
         return Ok(());
