@@ -176,7 +176,7 @@ async fn rebuild_search_index(settings: Settings) -> Result<(), String> {
         tokio::task::spawn_blocking(move || plexus::service::search::indexer::rebuild(&svc))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApiError::from(e).to_string())?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "indexed {events} events in {secs:.2} s ({:.0} events/s); {} searchable documents",
@@ -195,10 +195,11 @@ async fn serve(settings: Settings) -> Result<(), String> {
     tracing::info!(%addr, server_name = %app.server_name(), registration = ?app.settings.registration, "plexus listening (client API)");
     app.spawn_typing_expiry();
     tokio::spawn(hand_back_freed_memory());
-    plexus::service::push::gateway::Pushers::spawn(&app).map_err(|e| e.to_string())?;
+    plexus::service::push::gateway::Pushers::spawn(&app)
+        .map_err(|e| ApiError::from(e).to_string())?;
     app.ensure_appservice_senders()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ApiError::from(e).to_string())?;
     plexus::service::appservices::sender::start(&app);
     plexus::service::search::indexer::start(&app);
     for reg in &app.appservices.regs {
