@@ -512,7 +512,7 @@ impl From<crate::service::appservices::AppserviceError> for ApiError {
 
 /// The text a client reads for a service error, for answers that carry a failure's text in
 /// their body (a key query's `failures`) rather than as the response's error.
-pub fn client_text(e: impl Into<ApiError>) -> String {
+pub fn client_text<E: Into<ApiError>>(e: E) -> String {
     e.into().to_string()
 }
 

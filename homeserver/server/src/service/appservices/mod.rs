@@ -108,11 +108,9 @@ impl Appservices {
         caller: Option<&Registration>,
     ) -> Result<(), AppserviceError> {
         match self.exclusive_owner(kind, id) {
-            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => {
-                Err(AppserviceError::Exclusive(format!(
-                    "{id} is reserved by an application service"
-                )))
-            }
+            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => Err(
+                AppserviceError::Exclusive(format!("{id} is reserved by an application service")),
+            ),
             _ => Ok(()),
         }
     }

@@ -192,7 +192,11 @@ async fn put_transaction(
     reg: &Registration,
     p: &Pending,
 ) -> Result<(), AppserviceError> {
-    let url = reg.url.as_deref().ok_or(AppserviceError::UrlNotSet)?.to_owned();
+    let url = reg
+        .url
+        .as_deref()
+        .ok_or(AppserviceError::UrlNotSet)?
+        .to_owned();
     let res = svc
         .appservices
         .http

@@ -229,10 +229,9 @@ async fn follow(app: &App, location: &str, limit: u64) -> Result<Fetched, Remote
             "remote media location: {why}"
         )));
     }
-    let resp =
-        fed.http.get(url).send().await.map_err(|e| {
-            RemoteMediaError::BadGateway(format!("remote media location: {}", error_chain(&e)))
-        })?;
+    let resp = fed.http.get(url).send().await.map_err(|e| {
+        RemoteMediaError::BadGateway(format!("remote media location: {}", error_chain(&e)))
+    })?;
     if !resp.status().is_success() {
         return Err(map_error(error_of(resp).await));
     }

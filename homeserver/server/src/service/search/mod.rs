@@ -124,11 +124,7 @@ pub fn searchable(
 
 /// Order key for "recent": timeline events by stream position, above every backfilled event
 /// (which came from before the room's timeline here), those by their timestamp.
-fn order_key(
-    svc: &Services,
-    short: u64,
-    stored: &Value,
-) -> Result<Option<(u64, u64)>, RoomsError> {
+fn order_key(svc: &Services, short: u64, stored: &Value) -> Result<Option<(u64, u64)>, RoomsError> {
     const TIMELINE: u64 = 1 << 63;
     if let Some((room, count)) = svc.rooms.event_position(short)? {
         return Ok(Some((room, TIMELINE | count)));
