@@ -99,9 +99,8 @@ impl Services {
         viewer: &UserId,
         since: Option<u64>,
     ) -> Result<Vec<Value>, PresenceError> {
-        Ok(self
-            .presence
-            .events_since(self.presence_audience(viewer)?, since)?)
+        self.presence
+            .events_since(self.presence_audience(viewer)?, since)
     }
 }
 

@@ -39,7 +39,7 @@ fn now() -> MilliSecondsSinceUnixEpoch {
 
 /// PDUs as the raw JSON ruma's responses carry.
 fn raws(vs: Vec<Value>) -> ApiResult<Vec<Box<RawJsonValue>>> {
-    vs.iter().map(raw_value).collect()
+    Ok(vs.iter().map(raw_value).collect::<Result<_, _>>()?)
 }
 
 /// A `limit` a peer asked for, between 1 and [`MAX_BACKFILL`].

@@ -200,9 +200,8 @@ impl Services {
             }
             _ => None,
         };
-        Ok(self
-            .accounts
-            .uia_step(auth, flows, expected_user, password_user)?)
+        self.accounts
+            .uia_step(auth, flows, expected_user, password_user)
     }
 
     /// Check an `m.login.password` body (identifier or legacy `user`); the user it names.

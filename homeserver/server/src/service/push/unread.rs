@@ -153,10 +153,7 @@ pub fn room_counts(
 
 /// Unread notifications across all the user's rooms (the badge a push gateway shows).
 pub fn total_unread(app: &Services, user: &UserId) -> Result<u64, StoreError> {
-    Ok(
-        schema::USER_ROOM_COUNT__UNREAD
-            .count_prefix::<First<1>>(&app.store.kv, (user.as_str(),))?,
-    )
+    schema::USER_ROOM_COUNT__UNREAD.count_prefix::<First<1>>(&app.store.kv, (user.as_str(),))
 }
 
 pub fn is_unread(
@@ -165,8 +162,7 @@ pub fn is_unread(
     short_room: u64,
     count: u64,
 ) -> Result<bool, StoreError> {
-    Ok(schema::USER_ROOM_COUNT__UNREAD
-        .contains(&app.store.kv, (user.as_str(), short_room, count))?)
+    schema::USER_ROOM_COUNT__UNREAD.contains(&app.store.kv, (user.as_str(), short_room, count))
 }
 
 /// The user's notifications with counts in `[from, to)`, oldest first (reverse it for newest
