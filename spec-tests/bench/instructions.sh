@@ -20,7 +20,12 @@ shift 2
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)"; exit 1; }
 out=$(mktemp -d)
 vpid=""
-cleanup() { [ -n "$vpid" ] && kill "$vpid" 2>/dev/null; rm -rf "$out"; }
+# KEEP=DIR keeps callgrind's dumps there (one folder per build and run), for callgrind_annotate.
+cleanup() {
+  [ -n "$vpid" ] && kill "$vpid" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp -r "$out"/. "$KEEP"/; fi
+  rm -rf "$out"
+}
 trap cleanup EXIT
 
 runs=()
@@ -34,6 +39,7 @@ for spec in "$@"; do
     PLEXUS_DATA_DIR="$dir/data" PLEXUS_CLIENT_LISTEN="127.0.0.1:$port" PLEXUS_REGISTRATION=open \
       PLEXUS_RATE_LIMITS=off PLEXUS_LOG=warn \
       valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" --dump-instr=no \
+      --compress-strings=no --compress-pos=no \
       "$bin" >"$dir/log" 2>&1 &
     vpid=$!
     up=0
