@@ -2,7 +2,7 @@
 //! (the handlers) on top, then `service/` (the domains), then the store crate, with `http/` (the
 //! edge: extractors, errors, spans) beside them. An import may only point down: nothing below
 //! `api/` imports it, and nothing imports the client handlers. Tables are read and written only
-//! in `service/`, each table by one domain.
+//! in `service/`, each table by one domain, and services answer their own error types.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -189,6 +189,29 @@ fn nothing_imports_the_client_handlers() {
     assert!(
         offenders.is_empty(),
         "client handlers are the top layer; these import them:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn services_answer_their_own_errors() {
+    // Each domain answers its own error type; `error.rs` turns them into Matrix errors at the
+    // edge, so the Matrix error a client sees is decided in one place.
+    let mut offenders = vec![];
+    for (path, text) in server_files() {
+        if !path.starts_with("service/") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains("ApiError") || code.contains("ApiResult") {
+                offenders.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "services answer their domain's error type, not the HTTP edge's:\n{}",
         offenders.join("\n")
     );
 }
