@@ -9,20 +9,22 @@ use axum::{
     extract::State,
     http::{header, HeaderValue},
     response::{IntoResponse, Response},
-    Json,
 };
 use plexus_media::{
     disposition::{content_disposition, CONTENT_SECURITY_POLICY},
     thumbnail::{self, Method, Size},
 };
+use ruma::{api::client::authenticated_media::get_media_config, UInt};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::{parse_mxc, DEFAULT_WAIT_MS, MAX_WAIT};
 use crate::service::media::{Record, ThumbRecord};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Path, Query},
+    http::{
+        extract::{Auth, Path, Query},
+        ruma::Ruma,
+    },
     service::{now_ms, App},
 };
 
@@ -320,6 +322,23 @@ pub async fn legacy_thumbnail(
     serve_thumbnail(app, server, media_id, q, LEGACY_FETCHES_REMOTE).await
 }
 
-pub async fn config(State(app): State<App>, _auth: Auth) -> Json<Value> {
-    Json(json!({ "m.upload.size": app.settings.media.max_upload_bytes }))
+/// The largest upload this server takes.
+fn upload_size(app: &App) -> UInt {
+    UInt::new_saturating(app.settings.media.max_upload_bytes)
+}
+
+pub async fn config(
+    app: App,
+    _req: Ruma<get_media_config::v1::Request>,
+) -> ApiResult<get_media_config::v1::Response> {
+    Ok(get_media_config::v1::Response::new(upload_size(&app)))
+}
+
+/// The deprecated `/_matrix/media/v3/config`, for clients from before authenticated media.
+#[allow(deprecated)] // served for those clients; ruma marks the type deprecated
+pub async fn legacy_config(
+    app: App,
+    _req: Ruma<ruma::api::client::media::get_media_config::v3::Request>,
+) -> ApiResult<ruma::api::client::media::get_media_config::v3::Response> {
+    Ok(ruma::api::client::media::get_media_config::v3::Response::new(upload_size(&app)))
 }

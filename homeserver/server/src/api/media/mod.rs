@@ -17,6 +17,7 @@ use axum::{
 
 use crate::{
     error::{ApiError, ApiResult},
+    http::ruma::RumaRoutes,
     service::App,
 };
 
@@ -45,7 +46,9 @@ pub fn parse_mxc(server: &str, id: &str) -> ApiResult<(ruma::OwnedServerName, St
 /// Media routes for the client listener.
 pub fn router() -> Router<App> {
     Router::new()
-        .route("/_matrix/client/v1/media/config", get(download::config))
+        .ruma(download::config)
+        .ruma(download::legacy_config)
+        .ruma(upload::create)
         .route(
             "/_matrix/client/v1/media/download/{server}/{media_id}",
             get(download::download),
@@ -58,13 +61,11 @@ pub fn router() -> Router<App> {
             "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
             get(download::thumbnail),
         )
-        .route("/_matrix/media/v3/config", get(download::config))
         .route("/_matrix/media/v3/upload", post(upload::upload))
         .route(
             "/_matrix/media/v3/upload/{server}/{media_id}",
             put(upload::upload_reserved),
         )
-        .route("/_matrix/media/v1/create", post(upload::create))
         .route(
             "/_matrix/media/v3/download/{server}/{media_id}",
             get(download::legacy_download),

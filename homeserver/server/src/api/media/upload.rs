@@ -8,6 +8,7 @@ use axum::{
     Json,
 };
 use plexus_core::signing::random_alnum;
+use ruma::{api::client::media::create_mxc_uri, MilliSecondsSinceUnixEpoch, UInt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -15,7 +16,10 @@ use super::parse_mxc;
 use crate::service::media::{MediaRecordsError, Record};
 use crate::{
     error::{ApiError, ApiResult},
-    http::extract::{Auth, Path, Query},
+    http::{
+        extract::{Auth, Path, Query},
+        ruma::Ruma,
+    },
     service::{now_ms, ratelimit::Action, App},
 };
 
@@ -119,7 +123,11 @@ pub async fn upload(
 }
 
 /// Reserves an id. Each user may hold a few at a time; expired reservations are dropped here.
-pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Value>> {
+pub async fn create(
+    app: App,
+    req: Ruma<create_mxc_uri::v1::Request>,
+) -> ApiResult<create_mxc_uri::v1::Response> {
+    let s = req.caller;
     let now = now_ms();
     let user = s.user_id.to_string();
     let id = random_alnum(24);
@@ -133,9 +141,9 @@ pub async fn create(State(app): State<App>, Auth(s): Auth) -> ApiResult<Json<Val
         app.settings.media.max_pending_uploads,
     )?;
     app.store.flush().await?;
-    Ok(Json(
-        json!({ "content_uri": mxc(&app, &id), "unused_expires_at": expires }),
-    ))
+    let mut res = create_mxc_uri::v1::Response::new(mxc(&app, &id).into());
+    res.unused_expires_at = Some(MilliSecondsSinceUnixEpoch(UInt::new_saturating(expires)));
+    Ok(res)
 }
 
 /// Why a reserved id cannot take this upload, if it cannot.
