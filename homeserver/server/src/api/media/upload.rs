@@ -86,6 +86,8 @@ fn mxc(app: &App, id: &str) -> String {
     format!("mxc://{}/{id}", app.server_name())
 }
 
+/// `POST /upload`. Hand-typed: the body is the file, streamed to disk under the size limit;
+/// ruma's request would hold all of it in memory first.
 pub async fn upload(
     State(app): State<App>,
     Auth(s): Auth,
@@ -165,6 +167,8 @@ fn check_reserved(rec: Option<&Record>, user: &str, now: u64) -> ApiResult<()> {
     Ok(())
 }
 
+/// `PUT /upload/{serverName}/{mediaId}`: the content of a reserved id. Hand-typed, as
+/// [`upload`] is.
 pub async fn upload_reserved(
     State(app): State<App>,
     Auth(s): Auth,
