@@ -79,7 +79,8 @@ for run in runs:
             counts[run][name] = int(total.group(1))
             if name not in phases:
                 phases.append(name)
-order = ["register", "send", "sync wake-up", "initial sync", "join", "messages"]
+order = ["register", "send", "sync wake-up", "initial sync setup", "initial sync", "join",
+         "messages setup", "messages"]
 phases.sort(key=lambda p: order.index(p) if p in order else len(order))
 labels = []
 for run in runs:

@@ -169,6 +169,9 @@ impl Bench {
         let Some(hook) = &self.phase_hook else {
             return;
         };
+        // Let background work the scenario caused (indexing, flushes) finish, so that it is
+        // counted with this scenario rather than the next.
+        std::thread::sleep(Duration::from_secs(5));
         match Command::new("sh")
             .args(["-c", hook])
             .env("PLEXUS_BENCH_PHASE", phase)
@@ -636,6 +639,7 @@ async fn run_all(
                 rooms.push(r);
             }
         }
+        bench.done("initial sync setup");
         let mut times = vec![];
         for i in 0..3 {
             let t = Instant::now();
@@ -705,6 +709,7 @@ async fn run_all(
                     32,
                 )
                 .await;
+            bench.done("messages setup");
             let t = Instant::now();
             let mut pages = 0usize;
             let mut seen = 0usize;
