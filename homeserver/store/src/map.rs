@@ -46,6 +46,19 @@ impl<K: Key, V> Map<K, V> {
         V::decode(raw).map_err(|why| self.corrupt(why))
     }
 
+    /// A raw value read in place by `f`, without copying it out first: for layouts this
+    /// crate decodes itself on a hot path (a state lookup walks a chain of deltas).
+    pub(crate) fn get_with<T>(
+        &self,
+        kv: &Kv,
+        key: K::Ref<'_>,
+        f: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        kv.get(self.table, &K::encode(key))?
+            .map(|raw| f(&raw))
+            .transpose()
+    }
+
     fn row<T>(&self, (k, v): (Vec<u8>, Vec<u8>)) -> Result<Row<K, T>, StoreError>
     where
         V: Decode<T>,

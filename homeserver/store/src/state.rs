@@ -97,13 +97,12 @@ impl StateStore {
     }
 
     fn load(&self, hash: u64) -> Result<Delta, StoreError> {
-        let raw: Vec<u8> = schema::STATEHASH__DELTA
-            .get(&self.kv, hash)?
+        schema::STATEHASH__DELTA
+            .get_with(&self.kv, hash, Delta::decode)?
             .ok_or_else(|| StoreError::Corrupt {
                 table: Table::StateSnapshot,
                 why: format!("missing {hash}"),
-            })?;
-        Delta::decode(&raw)
+            })
     }
 
     /// The whole snapshot.
