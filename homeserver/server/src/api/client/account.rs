@@ -286,13 +286,7 @@ pub async fn logout_all(
     req: Ruma<logout_all::v3::Request>,
 ) -> ApiResult<logout_all::v3::Response> {
     let s = req.caller;
-    let all: Vec<String> = app
-        .accounts
-        .devices(&s.user_id)?
-        .into_iter()
-        .map(|(d, _)| d)
-        .collect();
-    app.delete_devices(&s.user_id, &all).await?;
+    app.delete_all_devices(&s.user_id).await?;
     Ok(logout_all::v3::Response::new())
 }
 
@@ -388,13 +382,7 @@ pub async fn deactivate(
     rec.displayname = None;
     rec.avatar_url = None;
     app.accounts.save_user(&s.user_id, &rec)?;
-    let all: Vec<String> = app
-        .accounts
-        .devices(&s.user_id)?
-        .into_iter()
-        .map(|(d, _)| d)
-        .collect();
-    app.delete_devices(&s.user_id, &all).await?;
+    app.delete_all_devices(&s.user_id).await?;
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::NoSupport,
     ))

@@ -133,6 +133,17 @@ impl Services {
             .await?)
     }
 
+    /// Remove every device of the user (logout from all of them, deactivation).
+    pub async fn delete_all_devices(&self, user_id: &UserId) -> Result<(), AccountsError> {
+        let all: Vec<String> = self
+            .accounts
+            .devices(user_id)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        self.delete_devices(user_id, &all).await
+    }
+
     /// Remove devices, their tokens and their keys; the user's room-mates hear the devices
     /// are gone.
     pub async fn delete_devices(
